@@ -1,0 +1,55 @@
+"""The exception hierarchy of flexnn: every error names what is wrong, with the numbers."""
+
+from __future__ import annotations
+
+
+class FlexnnError(Exception):
+    """Base of every error flexnn raises on purpose."""
+
+
+class ModelImportError(FlexnnError):
+    """A model could not be imported (bad file, unsupported construct)."""
+
+
+class ModelFormatError(ModelImportError):
+    """The file is not a readable ONNX model (truncated, not protobuf, wrong IR)."""
+
+
+class UnsupportedOp(ModelImportError):
+    """An op (or an attribute value of it) that flexnn cannot run."""
+
+    def __init__(self, op_type: str, node: str, opset: int | None = None, why: str = ""):
+        self.op_type, self.node, self.opset = op_type, node, opset
+        where = f"node {node!r}" + (f", opset {opset}" if opset is not None else "")
+        super().__init__(f"unsupported op {op_type} ({where})" + (f": {why}" if why else ""))
+
+
+class ShapeError(ModelImportError):
+    """Shapes that do not agree, or cannot be made static."""
+
+
+class PackageError(FlexnnError):
+    """A model package on disk is missing, stale or corrupt."""
+
+
+class FeedError(FlexnnError, ValueError):
+    """Inputs given to Session.run do not match the model (names, shapes, dtypes)."""
+
+
+class PlanError(FlexnnError):
+    """A plan is invalid (fails verification) or cannot be built."""
+
+
+class BudgetTooSmall(PlanError):
+    """The budget is below the smallest feasible plan."""
+
+    def __init__(self, requested: int, minimum: int, model: str = ""):
+        self.requested, self.minimum, self.model = requested, minimum, model
+        of = f" of {model}" if model else ""
+        super().__init__(
+            f"budget {requested:,} bytes is below the smallest feasible plan{of}: {minimum:,} bytes"
+        )
+
+
+class LoadError(FlexnnError):
+    """Reading weights from storage failed during an inference or a plan adoption."""

@@ -1,0 +1,74 @@
+"""The intermediate representation: frozen dataclasses, shapes fully static."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from flexnnd.ops.base import Op
+
+Shape = tuple[int, ...]
+
+
+def nbytes_of(shape: Shape, dtype: str = "float32") -> int:
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: Shape
+    dtype: str = "float32"
+
+    @property
+    def nbytes(self) -> int:
+        return nbytes_of(self.shape, self.dtype)
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    op: Op
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+    @property
+    def op_type(self) -> str:
+        return self.op.op_type
+
+
+@dataclass(frozen=True)
+class Graph:
+    """A model ready to plan: nodes in execution order, every shape static.
+
+    `constants` are the weights, already in the layout their kernel wants; their values live in
+    the model package (or, during import, in a separate dict), never in the graph.
+    """
+
+    name: str
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+    nodes: tuple[Node, ...]
+    tensors: Mapping[str, TensorInfo] = field(repr=False)
+    constants: tuple[str, ...] = ()
+    opset: int = 13
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.tensors, MappingProxyType):
+            object.__setattr__(self, "tensors", MappingProxyType(dict(self.tensors)))
+
+    @cached_property
+    def _constant_set(self) -> frozenset[str]:
+        return frozenset(self.constants)
+
+    def is_constant(self, name: str) -> bool:
+        return name in self._constant_set
+
+    def shape(self, name: str) -> Shape:
+        return self.tensors[name].shape

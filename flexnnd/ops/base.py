@@ -1,0 +1,181 @@
+"""The op contract: one frozen dataclass per ONNX op type, registered by that name.
+
+The dataclass fields are the ONNX attributes with the spec's defaults, so `Conv(group=32)` reads
+like the ONNX node it came from. Fields marked `internal()` are flexnn's own (set by graph passes,
+such as a fused activation) and are not accepted from an ONNX file.
+
+An op knows its shapes, its memory profile, how its weights are laid out for its kernel, how to
+bind its kernel to buffers it is given (never allocating), and a plain numpy reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, ClassVar
+
+import numpy as np
+
+from flexnnd.errors import ShapeError, UnsupportedOp
+from flexnnd.graph.ir import Shape
+
+_REGISTRY: dict[str, type[Op]] = {}
+
+Kernel = Callable[[], None]
+
+
+def register(cls: type[Op]) -> type[Op]:
+    """Class decorator: make `cls` the implementation of ONNX op `cls.op_type`."""
+    if cls.op_type in _REGISTRY:
+        raise RuntimeError(f"op {cls.op_type} registered twice")
+    _REGISTRY[cls.op_type] = cls
+    return cls
+
+
+def op_class(op_type: str, node: str = "?", opset: int | None = None) -> type[Op]:
+    try:
+        return _REGISTRY[op_type]
+    except KeyError:
+        raise UnsupportedOp(op_type, node, opset) from None
+
+
+def registered_ops() -> tuple[str, ...]:
+    return tuple(sorted(_REGISTRY))
+
+
+def internal(default: Any) -> Any:
+    """A field that is flexnn's own, not an ONNX attribute (e.g. a fused activation)."""
+    return field(default=default, metadata={"internal": True})
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+@dataclass(frozen=True)
+class Part:
+    """One slice of a sliced step (the planner's unit), or None for the whole op.
+
+    axis "rows": output rows [start, stop) of every output channel (conv input slicing: scratch
+    shrinks with the band). axis "channels": output channels [start, stop) (conv or Gemm weight
+    slicing); the op is then bound to the weight/bias slice of those channels only, and writes
+    just its part of the full output tensor.
+    """
+
+    axis: str
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class Op:
+    op_type: ClassVar[str] = ""
+    # Output 0 is input 0 with another shape: no kernel, shares the input's memory.
+    alias: ClassVar[bool] = False
+    # Input positions that must be constants known at import (weights, biases).
+    const_inputs: ClassVar[tuple[int, ...]] = ()
+    # Input positions that are optional in ONNX (may be given as "").
+    optional_inputs: ClassVar[tuple[int, ...]] = ()
+    # Part axes this op can be sliced along ("rows", "channels"); () = never sliced.
+    slicing: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            object.__setattr__(self, f.name, _freeze(getattr(self, f.name)))
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def onnx_attribute_names(cls) -> frozenset[str]:
+        return frozenset(f.name for f in fields(cls) if not f.metadata.get("internal"))
+
+    @classmethod
+    def from_onnx(
+        cls,
+        attrs: Mapping[str, Any],
+        consts: Sequence[np.ndarray | None],
+        node: str,
+        opset: int,
+    ) -> tuple[Op, tuple[int, ...]]:
+        """Build the op from an ONNX node's attributes.
+
+        `consts` holds, per input, its value when it is a constant known at import, else None.
+        Returns the op and the input positions the runtime node keeps; an op may absorb constant
+        parameter inputs (Clip's min/max, Reshape's shape) into its attributes and drop them.
+        """
+        unknown = set(attrs) - cls.onnx_attribute_names()
+        if unknown:
+            raise UnsupportedOp(cls.op_type, node, opset, f"attribute(s) {sorted(unknown)} not supported")
+        op = cls(**attrs)
+        op.check(node, opset)
+        return op, tuple(range(len(consts)))
+
+    def check(self, node: str, opset: int) -> None:
+        """Reject attribute values the kernels do not support (raise UnsupportedOp)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Op:
+        return cls(**d)
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        return {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+
+    # ---- shapes and memory --------------------------------------------------------------
+    def infer(self, shapes: Sequence[Shape | None], consts: Sequence[np.ndarray | None]) -> list[Shape]:
+        """Output shapes from input shapes (ONNX layout); `consts` as in from_onnx."""
+        raise NotImplementedError
+
+    def prepare(self, consts: Sequence[np.ndarray | None]) -> list[np.ndarray | None]:
+        """Constant inputs rewritten into the layout the kernel wants (done once, at import)."""
+        return list(consts)
+
+    def scratch_bytes(self, shapes: Sequence[Shape | None], part: Part | None = None) -> int:
+        """Bytes of scratch space one execution (of `part`) needs (im2col buffers and the like)."""
+        return 0
+
+    def flops(self, shapes: Sequence[Shape | None], out_shapes: Sequence[Shape]) -> int:
+        """Floating point operations of one execution (an estimate for the planner)."""
+        return sum(int(np.prod(s)) for s in out_shapes)
+
+    # ---- execution ----------------------------------------------------------------------
+    def bind(
+        self,
+        ins: Sequence[np.ndarray | None],
+        outs: Sequence[np.ndarray],
+        scratch: np.ndarray | None,
+        part: Part | None = None,
+    ) -> Kernel:
+        """A callable that computes `outs` from `ins` in place, allocating nothing.
+
+        `ins` are arena views: activations in ONNX layout, constants in the prepared layout
+        (for a "channels" part: only that part's slice of each constant); `scratch` is a float32
+        view of at least `scratch_bytes` bytes (None when 0). All shape work happens here, once;
+        the returned callable only calls kernels.
+        """
+        raise NotImplementedError
+
+    def reference(self, ins: Sequence[np.ndarray | None]) -> list[np.ndarray]:
+        """The same op in plain numpy, on ONNX-layout inputs: the kernels' oracle."""
+        raise NotImplementedError
+
+
+def require_rank(op: str, shape: Shape | None, ranks: Sequence[int], what: str = "input") -> Shape:
+    if shape is None or len(shape) not in ranks:
+        raise ShapeError(f"{op}: {what} must have rank {'/'.join(map(str, ranks))}, got shape {shape}")
+    return shape
+
+
+def broadcast_shapes(op: str, *shapes: Shape) -> Shape:
+    try:
+        return tuple(int(d) for d in np.broadcast_shapes(*shapes))
+    except ValueError:
+        raise ShapeError(f"{op}: shapes {list(shapes)} do not broadcast") from None
