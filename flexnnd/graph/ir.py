@@ -33,10 +33,15 @@ class TensorInfo:
 
 @dataclass(frozen=True)
 class Node:
+    """One op application. `in_shapes` are the ONNX-layout shapes of the inputs (None where an
+    optional input is absent), which is what Op.infer/scratch_bytes/flops take; constants are
+    stored in their prepared layout, whose shapes may differ."""
+
     name: str
     op: Op
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
+    in_shapes: tuple[Shape | None, ...] = ()
 
     @property
     def op_type(self) -> str:

@@ -162,4 +162,3 @@ class Clip(_Activation):
 
     def act(self):
         return "Clip", float(self.min), float(self.max)
-

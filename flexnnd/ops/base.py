@@ -75,6 +75,9 @@ class Part:
 
 @dataclass(frozen=True)
 class Op:
+    """Every `shapes` argument below holds the ONNX-layout shapes of the node's inputs (None for
+    an absent optional input), even after constants were rewritten by prepare()."""
+
     op_type: ClassVar[str] = ""
     # Output 0 is input 0 with another shape: no kernel, shares the input's memory.
     alias: ClassVar[bool] = False

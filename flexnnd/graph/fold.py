@@ -1,0 +1,161 @@
+"""Constant folding of shape subgraphs: numpy evaluations of the ops exporters use on shapes.
+
+These ops never run at inference; they exist only to turn Shape→Gather→Unsqueeze→Concat→Reshape
+chains (and the like) into constants at import. Each function takes the node's input values (None
+for an absent optional input), its attributes and the opset, and returns the output values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+Values = Sequence[np.ndarray | None]
+
+
+def _axes(ins: Values, attrs: dict[str, Any], pos: int) -> list[int] | None:
+    if len(ins) > pos and ins[pos] is not None:
+        return [int(a) for a in np.asarray(ins[pos]).reshape(-1)]
+    return list(attrs["axes"]) if "axes" in attrs else None
+
+
+def Shape(ins, attrs, opset, in_shape=None):
+    shape = np.array(in_shape, dtype=np.int64)
+    start, end = attrs.get("start", 0), attrs.get("end", None)
+    return [shape[start:end]]
+
+
+def Size(ins, attrs, opset, in_shape=None):
+    return [np.array(int(np.prod(in_shape)), dtype=np.int64)]
+
+
+def Gather(ins, attrs, opset):
+    return [np.take(ins[0], ins[1], axis=attrs.get("axis", 0))]
+
+
+def Unsqueeze(ins, attrs, opset):
+    x, axes = ins[0], _axes(ins, attrs, 1)
+    rank = x.ndim + len(axes)
+    for a in sorted(a % rank for a in axes):
+        x = np.expand_dims(x, a)
+    return [x]
+
+
+def Squeeze(ins, attrs, opset):
+    axes = _axes(ins, attrs, 1)
+    return [np.squeeze(ins[0], axis=None if axes is None else tuple(axes))]
+
+
+def Concat(ins, attrs, opset):
+    return [np.concatenate([v for v in ins if v is not None], axis=attrs["axis"])]
+
+
+def Slice(ins, attrs, opset):
+    x = ins[0]
+    if opset < 10:
+        starts, ends = attrs["starts"], attrs["ends"]
+        axes = attrs.get("axes", list(range(len(starts))))
+        steps = [1] * len(starts)
+    else:
+        starts, ends = ins[1].tolist(), ins[2].tolist()
+        axes = ins[3].tolist() if len(ins) > 3 and ins[3] is not None else list(range(len(starts)))
+        steps = ins[4].tolist() if len(ins) > 4 and ins[4] is not None else [1] * len(starts)
+    index = [slice(None)] * x.ndim
+    for s, e, a, st in zip(starts, ends, axes, steps, strict=True):
+        index[a] = slice(s, e, st)
+    return [x[tuple(index)]]
+
+
+def Cast(ins, attrs, opset):
+    return [ins[0].astype(onnx.helper.tensor_dtype_to_np_dtype(attrs["to"]))]
+
+
+def Reshape(ins, attrs, opset):
+    x, shape = ins[0], [int(d) for d in ins[1]]
+    if not attrs.get("allowzero", 0):
+        shape = [x.shape[i] if d == 0 else d for i, d in enumerate(shape)]
+    return [x.reshape(shape)]
+
+
+def Constant(ins, attrs, opset):
+    (key, value), *_ = attrs.items()
+    if key == "value":
+        return [value]
+    if key in ("value_float", "value_int"):
+        return [np.array(value, dtype=np.float32 if key == "value_float" else np.int64)]
+    if key in ("value_floats", "value_ints"):
+        return [np.array(value, dtype=np.float32 if key == "value_floats" else np.int64)]
+    raise NotImplementedError(f"Constant with {key}")
+
+
+def ConstantOfShape(ins, attrs, opset):
+    value = attrs.get("value", np.zeros(1, dtype=np.float32))
+    return [np.full([int(d) for d in ins[0]], value.reshape(-1)[0], dtype=value.dtype)]
+
+
+def Range(ins, attrs, opset):
+    return [np.arange(ins[0], ins[1], ins[2]).astype(ins[0].dtype)]
+
+
+def Expand(ins, attrs, opset):
+    shape = np.broadcast_shapes(ins[0].shape, tuple(int(d) for d in ins[1]))
+    return [np.broadcast_to(ins[0], shape).copy()]
+
+
+def Transpose(ins, attrs, opset):
+    return [np.transpose(ins[0], attrs.get("perm"))]
+
+
+def _binary(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]):
+    return lambda ins, attrs, opset: [np.asarray(fn(ins[0], ins[1])).astype(ins[0].dtype)]
+
+
+def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return a // b if np.issubdtype(a.dtype, np.integer) else a / b
+
+
+FOLDERS: dict[str, Callable[..., list[np.ndarray]]] = {
+    "Shape": Shape,
+    "Size": Size,
+    "Gather": Gather,
+    "Unsqueeze": Unsqueeze,
+    "Squeeze": Squeeze,
+    "Concat": Concat,
+    "Slice": Slice,
+    "Cast": Cast,
+    "Reshape": Reshape,
+    "Constant": Constant,
+    "ConstantOfShape": ConstantOfShape,
+    "Range": Range,
+    "Expand": Expand,
+    "Transpose": Transpose,
+    "Identity": lambda ins, attrs, opset: [ins[0]],
+    "Add": _binary(np.add),
+    "Sub": _binary(np.subtract),
+    "Mul": _binary(np.multiply),
+    "Div": _binary(_div),
+    "Floor": lambda ins, attrs, opset: [np.floor(ins[0])],
+    "Ceil": lambda ins, attrs, opset: [np.ceil(ins[0])],
+    "Equal": lambda ins, attrs, opset: [np.equal(ins[0], ins[1])],
+    "Where": lambda ins, attrs, opset: [np.where(ins[0], ins[1], ins[2])],
+}
+
+# Folders that need only the (static) shape of their input, not its value.
+SHAPE_FOLDERS = {"Shape", "Size"}
+
+
+def attribute_values(node: onnx.NodeProto) -> dict[str, Any]:
+    """ONNX attributes as plain Python values (tensors as numpy arrays, strings as str)."""
+    out: dict[str, Any] = {}
+    for attr in node.attribute:
+        value = onnx.helper.get_attribute_value(attr)
+        if isinstance(value, onnx.TensorProto):
+            value = numpy_helper.to_array(value)
+        elif isinstance(value, bytes):
+            value = value.decode()
+        out[attr.name] = value
+    return out

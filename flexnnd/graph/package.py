@@ -1,0 +1,235 @@
+"""The model package on disk: `manifest.json` (graph, weight index) and `weights.bin`.
+
+Weights are written once, in execution order, already in their kernel's layout, each at an
+offset aligned to 4096 bytes, so that loading one is a single `os.preadv` into an arena view
+(and O_DIRECT stays possible). The manifest carries a format version and checksums; a stale or
+corrupt package is rejected with a message that says what to run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+from flexnnd.errors import PackageError, UnsupportedOp
+from flexnnd.graph.ir import Graph, Node, TensorInfo
+from flexnnd.ops import op_class
+
+FORMAT = "flexnn-package"
+# Bump whenever the manifest schema or any op's prepared weight layout changes.
+VERSION = 1
+ALIGN = 4096
+MANIFEST = "manifest.json"
+WEIGHTS = "weights.bin"
+
+
+@dataclass(frozen=True)
+class WeightEntry:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    offset: int
+    nbytes: int
+    crc32: int
+
+
+@dataclass(frozen=True)
+class Package:
+    path: Path
+    graph: Graph
+    weights: Mapping[str, WeightEntry]
+    weights_size: int
+    weights_sha256: str
+    source: Mapping[str, Any]
+
+    @property
+    def weights_path(self) -> Path:
+        return self.path / WEIGHTS
+
+    def read_weight(self, name: str) -> np.ndarray:
+        """One weight as a fresh array (tests and tools; the runtime reads into its arena)."""
+        entry = self.weights[name]
+        out = np.empty(entry.shape, dtype=entry.dtype)
+        with open(self.weights_path, "rb") as f:
+            got = os.preadv(f.fileno(), [memoryview(out).cast("B")], entry.offset)
+        if got != entry.nbytes:
+            raise PackageError(f"{self.weights_path}: short read of {name!r} ({got} of {entry.nbytes} bytes)")
+        return out
+
+
+def _align(n: int, to: int = ALIGN) -> int:
+    return (n + to - 1) // to * to
+
+
+def graph_to_json(graph: Graph) -> dict[str, Any]:
+    return {
+        "name": graph.name,
+        "opset": graph.opset,
+        "inputs": [t.name for t in graph.inputs],
+        "outputs": [t.name for t in graph.outputs],
+        "constants": list(graph.constants),
+        "tensors": [[t.name, list(t.shape), t.dtype] for t in graph.tensors.values()],
+        "nodes": [
+            {
+                "name": n.name,
+                "op_type": n.op_type,
+                "attrs": n.op.to_dict(),
+                "inputs": list(n.inputs),
+                "outputs": list(n.outputs),
+                "in_shapes": [None if s is None else list(s) for s in n.in_shapes],
+            }
+            for n in graph.nodes
+        ],
+    }
+
+
+def graph_from_json(d: Mapping[str, Any]) -> Graph:
+    tensors = {name: TensorInfo(name, tuple(shape), dtype) for name, shape, dtype in d["tensors"]}
+    nodes = []
+    for n in d["nodes"]:
+        op = op_class(n["op_type"], n["name"]).from_dict(n["attrs"])
+        in_shapes = tuple(None if s is None else tuple(s) for s in n["in_shapes"])
+        nodes.append(Node(n["name"], op, tuple(n["inputs"]), tuple(n["outputs"]), in_shapes))
+    return Graph(
+        name=d["name"],
+        inputs=tuple(tensors[i] for i in d["inputs"]),
+        outputs=tuple(tensors[o] for o in d["outputs"]),
+        nodes=tuple(nodes),
+        tensors=tensors,
+        constants=tuple(d["constants"]),
+        opset=d["opset"],
+    )
+
+
+def write_package(
+    graph: Graph, consts: Mapping[str, np.ndarray], path: str | os.PathLike, source: Mapping[str, Any]
+) -> Package:
+    """Write the package atomically: a temporary folder beside `path`, fsync'd, then renamed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        entries: dict[str, WeightEntry] = {}
+        digest = hashlib.sha256()
+        offset = 0
+        with open(tmp / WEIGHTS, "wb") as f:
+            for name in graph.constants:
+                value = np.ascontiguousarray(consts[name])
+                start = _align(offset)
+                pad = bytes(start - offset)
+                raw = memoryview(value).cast("B")
+                f.write(pad)
+                f.write(raw)
+                digest.update(pad)
+                digest.update(raw)
+                entries[name] = WeightEntry(
+                    name, tuple(value.shape), str(value.dtype), start, value.nbytes, zlib.crc32(raw)
+                )
+                offset = start + value.nbytes
+            f.flush()
+            os.fsync(f.fileno())
+        manifest = {
+            "format": FORMAT,
+            "version": VERSION,
+            "source": dict(source),
+            "graph": graph_to_json(graph),
+            "weights": {
+                "file": WEIGHTS,
+                "size": offset,
+                "sha256": digest.hexdigest(),
+                "tensors": [
+                    [e.name, list(e.shape), e.dtype, e.offset, e.nbytes, e.crc32] for e in entries.values()
+                ],
+            },
+        }
+        with open(tmp / MANIFEST, "w") as f:
+            json.dump(manifest, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        old = path.parent / f".{path.name}.old-{os.getpid()}"
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+        _fsync_dir(path.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return read_package(path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_package(path: str | os.PathLike, verify: bool = False) -> Package:
+    """Open a package; `verify` also checks the weights file's sha256 (reads it whole)."""
+    path = Path(path)
+    redo = f"re-import it: flexnnctl import MODEL.onnx {path}"
+    try:
+        with open(path / MANIFEST) as f:
+            manifest = json.load(f)
+    except FileNotFoundError:
+        raise PackageError(f"{path}: not a flexnn model package (no {MANIFEST}); {redo}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PackageError(f"{path}/{MANIFEST} is corrupt ({e}); {redo}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise PackageError(f"{path}/{MANIFEST} is not a flexnn package manifest; {redo}")
+    if manifest.get("version") != VERSION:
+        raise PackageError(
+            f"{path}: package format version {manifest.get('version')}, this flexnn reads version {VERSION}; {redo}"
+        )
+    try:
+        w = manifest["weights"]
+        graph = graph_from_json(manifest["graph"])
+        entries = {
+            name: WeightEntry(name, tuple(shape), dtype, offset, nbytes, crc)
+            for name, shape, dtype, offset, nbytes, crc in w["tensors"]
+        }
+        size, sha = int(w["size"]), str(w["sha256"])
+    except UnsupportedOp as e:
+        raise PackageError(f"{path}: {e}; {redo}") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise PackageError(f"{path}/{MANIFEST} is corrupt ({type(e).__name__}: {e}); {redo}") from None
+    missing = [c for c in graph.constants if c not in entries]
+    if missing:
+        raise PackageError(f"{path}: weights {missing[:3]} are not in the weight index; {redo}")
+    try:
+        actual = os.stat(path / WEIGHTS).st_size
+    except FileNotFoundError:
+        raise PackageError(f"{path}: {WEIGHTS} is missing; {redo}") from None
+    if actual != size:
+        raise PackageError(f"{path}/{WEIGHTS} has {actual:,} bytes, the manifest says {size:,}; {redo}")
+    package = Package(
+        path, graph, MappingProxyType(entries), size, sha, MappingProxyType(manifest.get("source", {}))
+    )
+    if verify:
+        verify_weights(package)
+    return package
+
+
+def verify_weights(package: Package) -> None:
+    digest = hashlib.sha256()
+    with open(package.weights_path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    if digest.hexdigest() != package.weights_sha256:
+        raise PackageError(
+            f"{package.weights_path}: checksum mismatch (file changed since import); "
+            f"re-import it: flexnnctl import MODEL.onnx {package.path}"
+        )

@@ -1,0 +1,44 @@
+"""The planner: a pure function from a graph (and a budget) to a Plan."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+from flexnnd.graph.ir import Graph
+from flexnnd.planner.lifetimes import lifetimes
+from flexnnd.planner.pack import Request, place_greedy_by_size
+from flexnnd.planner.plan import Plan, Region, Step, check_no_overlap
+
+__all__ = ["Plan", "Region", "Step", "plan_resident"]
+
+
+def scratch_name(node: str) -> str:
+    return f"{node}#scratch"
+
+
+def plan_resident(graph: Graph) -> Plan:
+    """Everything resident, no slicing: the plan of an unlimited budget.
+
+    Weights live for the whole inference; activations and scratch share memory by lifetime.
+    """
+    life = lifetimes(graph)
+    end = max(len(life.steps) - 1, 0)
+    requests = [Request(w, graph.tensors[w].nbytes, 0, end) for w in graph.constants]
+    for root, first in life.first.items():
+        requests.append(Request(root, graph.tensors[root].nbytes, first, life.last[root]))
+    for i, node in enumerate(life.steps):
+        scratch = node.op.scratch_bytes(node.in_shapes)
+        if scratch:
+            requests.append(Request(scratch_name(node.name), scratch, i, i))
+    regions, arena = place_greedy_by_size(requests)
+    plan = Plan(
+        model=graph.name,
+        budget=None,
+        arena_bytes=arena,
+        steps=tuple(Step(n.name) for n in life.steps),
+        regions=tuple(sorted(regions, key=lambda r: (r.offset, r.first))),
+        resident=graph.constants,
+        aliases=MappingProxyType(life.aliases),
+    )
+    check_no_overlap(plan)
+    return plan

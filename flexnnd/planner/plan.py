@@ -1,0 +1,90 @@
+"""A plan: the steps of one inference and where every byte of it lives in one arena.
+
+Memory is a plane: x is the step index, y the byte offset. Every region (an activation, a weight,
+a step's scratch) is a rectangle [first, last] × [offset, offset + nbytes). Regions are keyed by
+name (tensor name, or "<node>#scratch"), never by a running counter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+
+from flexnnd.errors import PlanError
+from flexnnd.ops.base import Part
+
+PLAN_VERSION = 1
+ALIGNMENT = 64
+
+
+@dataclass(frozen=True)
+class Step:
+    node: str
+    part: Part | None = None
+
+    @property
+    def label(self) -> str:
+        if self.part is None:
+            return self.node
+        return f"{self.node}[{self.part.axis} {self.part.start}:{self.part.stop}]"
+
+
+@dataclass(frozen=True)
+class Region:
+    name: str
+    offset: int
+    nbytes: int
+    first: int  # first step during which these bytes are reserved
+    last: int  # last step during which they are reserved
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.nbytes
+
+    def collides(self, other: Region) -> bool:
+        return (
+            self.first <= other.last
+            and other.first <= self.last
+            and self.offset < other.end
+            and other.offset < self.end
+        )
+
+
+@dataclass(frozen=True)
+class Plan:
+    model: str
+    budget: int | None
+    arena_bytes: int
+    steps: tuple[Step, ...]
+    regions: tuple[Region, ...]
+    resident: tuple[str, ...]  # weights loaded once, when the plan is adopted
+    aliases: Mapping[str, str]  # tensor -> the tensor whose storage it shares (reshape, flatten)
+
+    @cached_property
+    def region(self) -> Mapping[str, Region]:
+        return {r.name: r for r in self.regions}
+
+    def storage(self, tensor: str) -> Region:
+        return self.region[self.aliases.get(tensor, tensor)]
+
+
+def check_no_overlap(plan: Plan) -> None:
+    """The invariant: no two regions live at the same step overlap; nothing leaves the arena."""
+    for r in plan.regions:
+        if r.offset < 0 or r.end > plan.arena_bytes:
+            raise PlanError(
+                f"region {r.name!r} [{r.offset:,}, {r.end:,}) crosses the arena end ({plan.arena_bytes:,} bytes)"
+            )
+        if r.offset % ALIGNMENT:
+            raise PlanError(f"region {r.name!r} at offset {r.offset} is not {ALIGNMENT}-byte aligned")
+    by_offset = sorted(plan.regions, key=lambda r: r.offset)
+    for i, a in enumerate(by_offset):
+        for b in by_offset[i + 1 :]:
+            if b.offset >= a.end:
+                break
+            if a.collides(b):
+                raise PlanError(
+                    f"regions {a.name!r} [{a.offset:,}+{a.nbytes:,}, steps {a.first}-{a.last}] and "
+                    f"{b.name!r} [{b.offset:,}+{b.nbytes:,}, steps {b.first}-{b.last}] overlap"
+                )

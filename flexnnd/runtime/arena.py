@@ -1,0 +1,38 @@
+"""The arena: one page-aligned anonymous mapping of exactly a plan's size.
+
+Anonymous mmap (not the heap) so that dropping it returns the pages to the OS at once: a swap to
+a smaller plan really shrinks RSS.
+"""
+
+from __future__ import annotations
+
+import mmap
+
+import numpy as np
+
+from flexnnd.graph.ir import Shape
+
+
+class Arena:
+    def __init__(self, nbytes: int):
+        self.nbytes = int(nbytes)
+        # mmap refuses length 0; a model with no tensors still gets one page.
+        self._map = mmap.mmap(
+            -1, max(self.nbytes, mmap.PAGESIZE), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+        )
+        self.bytes = np.frombuffer(self._map, dtype=np.uint8, count=self.nbytes)
+
+    def view(self, offset: int, shape: Shape, dtype: str = "float32") -> np.ndarray:
+        dt = np.dtype(dtype)
+        n = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+        if offset < 0 or offset + n > self.nbytes:
+            raise ValueError(f"view [{offset}, {offset + n}) outside the arena of {self.nbytes} bytes")
+        return self.bytes[offset : offset + n].view(dt).reshape(shape)
+
+    def close(self) -> None:
+        """Unmap; every view must be gone by then (numpy views pin the mapping)."""
+        self.bytes = None
+        try:
+            self._map.close()
+        except BufferError as e:
+            raise RuntimeError("arena closed while views of it are still alive") from e

@@ -1,0 +1,104 @@
+"""The executor: one plan bound to one arena; an inference walks its steps.
+
+All shape work and view creation happen once, when the plan is adopted; `run` only copies the
+inputs in, calls the bound kernels in order, and copies the outputs out.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Mapping
+
+import numpy as np
+
+from flexnnd.errors import FeedError, LoadError
+from flexnnd.graph.package import Package
+from flexnnd.ops.base import Kernel
+from flexnnd.planner import scratch_name
+from flexnnd.planner.plan import Plan
+from flexnnd.runtime.arena import Arena
+
+
+class Executor:
+    def __init__(self, package: Package, plan: Plan):
+        self.package, self.plan = package, plan
+        graph = package.graph
+        self.arena = Arena(plan.arena_bytes)
+        self.views: dict[str, np.ndarray] = {}
+        for name, info in graph.tensors.items():
+            if name in plan.region or name in plan.aliases:
+                self.views[name] = self.arena.view(plan.storage(name).offset, info.shape, info.dtype)
+        self._load_resident()
+        nodes = {n.name: n for n in graph.nodes}
+        self.kernels: list[Kernel] = []
+        for step in plan.steps:
+            node = nodes[step.node]
+            ins = [self.views[i] if i else None for i in node.inputs]
+            outs = [self.views[o] for o in node.outputs]
+            region = plan.region.get(scratch_name(node.name))
+            scratch = None if region is None else self.arena.view(region.offset, (region.nbytes // 4,))
+            self.kernels.append(node.op.bind(ins, outs, scratch, step.part))
+        self.inputs = [(t.name, self.views[t.name]) for t in graph.inputs]
+        self.outputs = [(t.name, self.views[t.name]) for t in graph.outputs]
+
+    def _load_resident(self) -> None:
+        """Read every resident weight straight into its arena view, checking its CRC."""
+        path = self.package.weights_path
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as e:
+            raise LoadError(f"cannot open weights file {path}: {e}") from None
+        try:
+            for name in self.plan.resident:
+                entry = self.package.weights[name]
+                raw = memoryview(self.views[name]).cast("B")
+                try:
+                    got = os.preadv(fd, [raw], entry.offset)
+                except OSError as e:
+                    raise LoadError(f"reading weight {name!r} from {path}: {e}") from None
+                if got != entry.nbytes:
+                    raise LoadError(
+                        f"short read of weight {name!r} from {path}: {got:,} of {entry.nbytes:,} bytes"
+                    )
+                if zlib.crc32(raw) != entry.crc32:
+                    raise LoadError(
+                        f"weight {name!r} in {path} fails its checksum: the file changed since import"
+                    )
+            # What we read now lives in the arena; keeping it in the page cache too would double it.
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for name, view in self.inputs:
+            np.copyto(view, feeds[name])
+        for kernel in self.kernels:
+            kernel()
+        return {name: view.copy() for name, view in self.outputs}
+
+    def close(self) -> None:
+        self.kernels.clear()
+        self.views.clear()
+        self.inputs = self.outputs = []
+        self.arena.close()
+
+
+def check_feeds(feeds: Mapping[str, np.ndarray], expected: Mapping[str, tuple[tuple[int, ...], str]]) -> None:
+    """Names, shapes and dtypes of the inputs, each mismatch named in the error."""
+    if not isinstance(feeds, Mapping):
+        raise FeedError(f"feeds must be a dict of input name -> array, got {type(feeds).__name__}")
+    missing = [n for n in expected if n not in feeds]
+    unknown = [n for n in feeds if n not in expected]
+    if missing or unknown:
+        raise FeedError(
+            f"inputs do not match the model: missing {missing}, unknown {unknown}; the model takes {list(expected)}"
+        )
+    for name, (shape, dtype) in expected.items():
+        value = feeds[name]
+        if not isinstance(value, np.ndarray):
+            raise FeedError(f"input {name!r} must be a numpy array, got {type(value).__name__}")
+        if value.dtype != np.dtype(dtype):
+            raise FeedError(f"input {name!r} has dtype {value.dtype}, the model expects {dtype}")
+        if value.shape != tuple(shape):
+            raise FeedError(f"input {name!r} has shape {value.shape}, the model expects {tuple(shape)}")
