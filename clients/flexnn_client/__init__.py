@@ -1,0 +1,8 @@
+"""The flexnn client: flexnnctl and (with the daemon) the Python client library."""
+
+# Exit codes of flexnnctl, distinct so scripts can tell failures apart.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_NOT_RUNNING = 3
+EXIT_BUDGET_TOO_SMALL = 4
