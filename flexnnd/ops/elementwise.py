@@ -1,0 +1,392 @@
+"""Broadcasting arithmetic (Add, Sub, Mul, Div, Sum) and Softmax.
+
+A binary op picks its kernel once, in bind, from the operands' shapes:
+  same shape          one flat loop;
+  scalar operand      one flat loop with a scalar read at call time (it may be an activation);
+  "per-channel"       the smaller operand varies along one block of adjacent axes only, e.g.
+                      (1,C,1,1) against (N,C,H,W): the output is seen as (outer, block, inner);
+  anything else       a 6-D loop over zero-stride broadcast views (np.broadcast_to, no copy).
+Either operand may be a constant or an activation; constants keep their ONNX layout. A fused
+activation (the graph pass fuses Add -> Relu in ResNets) is applied block by block while the
+block is still in cache.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
+import numpy as np
+
+from flexnnd.errors import ShapeError, UnsupportedOp
+from flexnnd.graph.ir import Shape
+from flexnnd.ops.activation import ACT_CODES, ACT_NONE, activate, reference_activation
+from flexnnd.ops.base import Kernel, Op, broadcast_shapes, internal, register
+from flexnnd.ops.jit import kernel
+from flexnnd.ops.tensor import copy_flat, normalize_axis, reshaped
+
+# Operation codes; R* swap the operands, so the kernels can keep the broadcast one second.
+ADD, SUB, MUL, DIV, RSUB, RDIV = range(6)
+SWAPPED = {ADD: ADD, SUB: RSUB, MUL: MUL, DIV: RDIV}
+BLOCK = 4096  # elements per fused-activation block: 16 KiB of float32, stays in L1
+MAX_RANK = 6
+
+
+@kernel(inline="always")
+def _apply(op, u, v):
+    # Loop-invariant `op`: LLVM unswitches the loop, so each loop body stays branch-free.
+    if op == ADD:
+        return u + v
+    if op == SUB:
+        return u - v
+    if op == MUL:
+        return u * v
+    if op == DIV:
+        return u / v
+    if op == RSUB:
+        return v - u
+    return v / u
+
+
+@kernel
+def binary_flat(a, b, y, op, act, alpha, beta):
+    """y = a op b over flat arrays of one size."""
+    n = y.size
+    for start in range(0, n, BLOCK):
+        stop = min(n, start + BLOCK)
+        # Block views indexed from 0: no negative-index wraparound check, so the loop vectorizes.
+        a_blk, b_blk, y_blk = a[start:stop], b[start:stop], y[start:stop]
+        for i in range(stop - start):
+            y_blk[i] = _apply(op, a_blk[i], b_blk[i])
+        if act != ACT_NONE:
+            activate(y_blk, y_blk, act, alpha, beta)
+
+
+@kernel
+def binary_scalar(a, b, y, op, act, alpha, beta):
+    """y = a op b[0]; a and y flat, b holds one element (read now: it may be an activation)."""
+    n = y.size
+    v = b[0]
+    for start in range(0, n, BLOCK):
+        stop = min(n, start + BLOCK)
+        a_blk, y_blk = a[start:stop], y[start:stop]
+        for i in range(stop - start):
+            y_blk[i] = _apply(op, a_blk[i], v)
+        if act != ACT_NONE:
+            activate(y_blk, y_blk, act, alpha, beta)
+
+
+@kernel
+def binary_block(a, b, y, op, act, alpha, beta):
+    """y[o, m, i] = a[o, m, i] op b[m]: a, y (outer, block, inner), b (block,)."""
+    outer, block, inner = y.shape
+    for o in range(outer):
+        if inner == 1:
+            for m in range(block):
+                y[o, m, 0] = _apply(op, a[o, m, 0], b[m])
+            if act != ACT_NONE:
+                activate(y[o, :, 0], y[o, :, 0], act, alpha, beta)
+        else:
+            for m in range(block):
+                v = b[m]
+                for i in range(inner):
+                    y[o, m, i] = _apply(op, a[o, m, i], v)
+                if act != ACT_NONE:
+                    activate(y[o, m], y[o, m], act, alpha, beta)
+
+
+@kernel
+def binary_broadcast(a, b, y, op):
+    """y = a op b over 6-D views of y's shape (a and b may have zero strides)."""
+    d0, d1, d2, d3, d4, d5 = y.shape
+    for i0 in range(d0):
+        for i1 in range(d1):
+            for i2 in range(d2):
+                for i3 in range(d3):
+                    for i4 in range(d4):
+                        for i5 in range(d5):
+                            y[i0, i1, i2, i3, i4, i5] = _apply(
+                                op, a[i0, i1, i2, i3, i4, i5], b[i0, i1, i2, i3, i4, i5]
+                            )
+
+
+def _padded(shape: Shape, rank: int) -> Shape:
+    return (1,) * (rank - len(shape)) + tuple(shape)
+
+
+def _block(small: Shape, out: Shape) -> tuple[int, int, int] | None:
+    """(outer, block, inner) when `small` (padded to out's rank) equals `out` on one run of adjacent
+    axes and is 1 elsewhere; else None."""
+    varying = [i for i, s in enumerate(small) if s != 1]
+    if (
+        not varying
+        or any(small[i] != out[i] for i in varying)
+        or varying[-1] - varying[0] + 1 != len(varying)
+    ):
+        return None
+    lo, hi = varying[0], varying[-1] + 1
+    return math.prod(out[:lo]), math.prod(out[lo:hi]), math.prod(out[hi:])
+
+
+def binary_path(name: str, a: Shape, b: Shape, out: Shape | None = None) -> tuple[str, bool]:
+    """The kernel for `a op b` into `out` (default: their broadcast shape): "flat", "scalar",
+    "block" or "broadcast", and whether the operands are swapped so the full-size one is first."""
+    out = broadcast_shapes(name, a, b) if out is None else out
+    rank = max(len(out), 1)
+    pa, pb, po = _padded(a, rank), _padded(b, rank), _padded(out, rank)
+    swap = pa != po and pb == po
+    if swap:
+        pa, pb = pb, pa
+    if pa == po:
+        if pb == po:
+            return "flat", swap
+        if math.prod(pb) == 1:
+            return "scalar", swap
+        if _block(pb, po) is not None:
+            return "block", swap
+    if len(out) > MAX_RANK:
+        raise UnsupportedOp(name, "?", None, f"broadcasting {a} with {b}: rank above {MAX_RANK}")
+    return "broadcast", False
+
+
+def bind_binary(
+    op: int, a: np.ndarray, b: np.ndarray, y: np.ndarray, act: str = "", alpha: float = 0.0, beta: float = 0.0
+) -> Kernel:
+    """A callable computing y = act(a op b), both broadcast to y's shape; all shape work done here."""
+    name = {ADD: "Add", SUB: "Sub", MUL: "Mul", DIV: "Div"}[op]
+    out = broadcast_shapes(name, a.shape, b.shape, y.shape)
+    if out != y.shape:
+        raise ShapeError(f"{name}: inputs {a.shape} and {b.shape} broadcast to {out}, output is {y.shape}")
+    path, swap = binary_path(name, a.shape, b.shape, out)
+    if swap:
+        a, b, op = b, a, SWAPPED[op]
+    code = ACT_CODES[act]
+    y_flat = reshaped(y, (-1,))
+    if path == "flat":
+        a_flat, b_flat = reshaped(a, (-1,)), reshaped(b, (-1,))
+        return lambda: binary_flat(a_flat, b_flat, y_flat, op, code, alpha, beta)
+    if path == "scalar":
+        a_flat, b_one = reshaped(a, (-1,)), reshaped(b, (1,))
+        return lambda: binary_scalar(a_flat, b_one, y_flat, op, code, alpha, beta)
+    if path == "block":
+        shape = _block(_padded(b.shape, max(len(out), 1)), _padded(out, max(len(out), 1)))
+        a3, b1, y3 = reshaped(a, shape), reshaped(b, (-1,)), reshaped(y, shape)
+        return lambda: binary_block(a3, b1, y3, op, code, alpha, beta)
+    full = _padded(out, MAX_RANK)
+    a6 = np.broadcast_to(reshaped(a, _padded(a.shape, MAX_RANK)), full)
+    b6 = np.broadcast_to(reshaped(b, _padded(b.shape, MAX_RANK)), full)
+    y6 = reshaped(y, full)
+    if code == ACT_NONE:
+        return lambda: binary_broadcast(a6, b6, y6, op)
+
+    def run() -> None:
+        binary_broadcast(a6, b6, y6, op)
+        activate(y_flat, y_flat, code, alpha, beta)
+
+    return run
+
+
+def reference_binary(op: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = np.asarray(a), np.asarray(b)
+    fn = {ADD: np.add, SUB: np.subtract, MUL: np.multiply, DIV: np.divide}[op]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return fn(a, b)
+
+
+@dataclass(frozen=True)
+class _Binary(Op):
+    """Add/Sub/Mul/Div with numpy broadcasting and an optional fused activation."""
+
+    code: ClassVar[int] = ADD
+    activation: str = internal("")  # a fused activation: a key of activation.ACT_CODES
+    activation_alpha: float = internal(0.0)
+    activation_beta: float = internal(0.0)
+
+    def check(self, node, opset):
+        if self.activation not in ACT_CODES:
+            raise UnsupportedOp(self.op_type, node, opset, f"fused activation {self.activation!r}")
+
+    def infer(self, shapes, consts):
+        binary_path(self.op_type, tuple(shapes[0]), tuple(shapes[1]))  # rejects a rank it cannot run
+        return [broadcast_shapes(self.op_type, tuple(shapes[0]), tuple(shapes[1]))]
+
+    def bind(self, ins, outs, scratch, part=None):
+        act = (self.activation, float(self.activation_alpha), float(self.activation_beta))
+        return bind_binary(self.code, ins[0], ins[1], outs[0], *act)
+
+    def reference(self, ins):
+        y = reference_binary(self.code, ins[0], ins[1])
+        if self.activation:
+            y = reference_activation(y, self.activation, self.activation_alpha, self.activation_beta)
+        return [y]
+
+
+@register
+@dataclass(frozen=True)
+class Add(_Binary):
+    op_type = "Add"
+    code = ADD
+
+
+@register
+@dataclass(frozen=True)
+class Sub(_Binary):
+    op_type = "Sub"
+    code = SUB
+
+
+@register
+@dataclass(frozen=True)
+class Mul(_Binary):
+    op_type = "Mul"
+    code = MUL
+
+
+@register
+@dataclass(frozen=True)
+class Div(_Binary):
+    op_type = "Div"
+    code = DIV
+
+
+@register
+@dataclass(frozen=True)
+class Sum(Op):
+    """Variadic Add: y = x0 + x1, then y += x2, ... (each step any broadcast path)."""
+
+    op_type = "Sum"
+
+    def infer(self, shapes, consts):
+        return [broadcast_shapes(self.op_type, *(tuple(s) for s in shapes))]
+
+    def bind(self, ins, outs, scratch, part=None):
+        y = outs[0]
+        if len(ins) == 1:
+            src, dst = reshaped(ins[0], (-1,)), reshaped(y, (-1,))
+            return lambda: copy_flat(src, dst)
+        steps = [bind_binary(ADD, ins[0], ins[1], y)] + [bind_binary(ADD, y, x, y) for x in ins[2:]]
+        if len(steps) == 1:
+            return steps[0]
+
+        def run() -> None:
+            for step in steps:
+                step()
+
+        return run
+
+    def reference(self, ins):
+        y = np.asarray(ins[0])
+        for x in ins[1:]:
+            y = y + np.asarray(x)
+        return [np.array(y, copy=True)]
+
+
+# ---- Softmax -------------------------------------------------------------------------------------
+
+
+@kernel
+def softmax_rows(x, y):
+    """Softmax of each row of x (rows, n) into y; y may be x."""
+    rows, n = x.shape
+    for r in range(rows):
+        m = x[r, 0]
+        for i in range(1, n):
+            m = max(m, x[r, i])
+        s = np.float32(0.0)
+        for i in range(n):
+            e = np.exp(x[r, i] - m)
+            y[r, i] = e
+            s += e
+        inv = np.float32(1.0) / s
+        for i in range(n):
+            y[r, i] *= inv
+
+
+@kernel
+def softmax_strided(x, y):
+    """Softmax of x (outer, n, inner) along axis 1 into y, vectorized over inner.
+
+    y's rows 0 and 1 hold the running max and sum (the output is the workspace), so those two
+    rows' exponentials are computed twice; y must not overlap x.
+    """
+    outer, n, inner = x.shape
+    for o in range(outer):
+        if n == 1:
+            for i in range(inner):
+                e = np.exp(x[o, 0, i] - x[o, 0, i])
+                y[o, 0, i] = e / e
+            continue
+        top, total = y[o, 0], y[o, 1]
+        for i in range(inner):
+            top[i] = x[o, 0, i]
+        for k in range(1, n):
+            for i in range(inner):
+                top[i] = max(top[i], x[o, k, i])
+        for i in range(inner):
+            total[i] = np.exp(x[o, 0, i] - top[i]) + np.exp(x[o, 1, i] - top[i])
+        for k in range(2, n):
+            for i in range(inner):
+                e = np.exp(x[o, k, i] - top[i])
+                y[o, k, i] = e
+                total[i] += e
+        for i in range(inner):
+            total[i] = np.float32(1.0) / total[i]
+        for k in range(2, n):
+            for i in range(inner):
+                y[o, k, i] *= total[i]
+        for i in range(inner):
+            inv = total[i]
+            top_i = top[i]
+            top[i] = np.exp(x[o, 0, i] - top_i) * inv
+            total[i] = np.exp(x[o, 1, i] - top_i) * inv
+
+
+@register
+@dataclass(frozen=True)
+class Softmax(Op):
+    """Softmax along `axis` (opset >= 13). Before opset 13 the input was coerced to 2-D at
+    `axis` (default 1) and normalized over the whole second dimension: `coerce_2d`."""
+
+    op_type = "Softmax"
+    axis: int = -1
+    coerce_2d: bool = internal(False)
+
+    @classmethod
+    def from_onnx(cls, attrs, consts, node, opset):
+        op, keep = super().from_onnx(attrs, consts, node, opset)
+        if opset < 13:
+            op = replace(op, axis=int(attrs.get("axis", 1)), coerce_2d=True)
+        return op, keep
+
+    def _view(self, shape: Shape) -> tuple[int, int, int]:
+        """(outer, n, inner): the softmax runs over n."""
+        axis = normalize_axis(self.op_type, self.axis, len(shape), shape)
+        if self.coerce_2d:
+            return math.prod(shape[:axis]), math.prod(shape[axis:]), 1
+        return math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1 :])
+
+    def infer(self, shapes, consts):
+        shape = tuple(shapes[0])
+        self._view(shape)
+        return [shape]
+
+    def flops(self, shapes, out_shapes):
+        return 4 * int(np.prod(out_shapes[0], dtype=np.int64))
+
+    def bind(self, ins, outs, scratch, part=None):
+        outer, n, inner = self._view(ins[0].shape)
+        if inner == 1:
+            x2, y2 = reshaped(ins[0], (outer, n)), reshaped(outs[0], (outer, n))
+            return lambda: softmax_rows(x2, y2)
+        if np.may_share_memory(ins[0], outs[0]):
+            raise ValueError("Softmax: output must not overlap the input (it is the workspace)")
+        x3, y3 = reshaped(ins[0], (outer, n, inner)), reshaped(outs[0], (outer, n, inner))
+        return lambda: softmax_strided(x3, y3)
+
+    def reference(self, ins):
+        x = np.asarray(ins[0], dtype=np.float32)
+        outer, n, inner = self._view(x.shape)
+        x3 = x.reshape(outer, n, inner).astype(np.float64)
+        e = np.exp(x3 - x3.max(axis=1, keepdims=True))
+        return [(e / e.sum(axis=1, keepdims=True)).astype(np.float32).reshape(x.shape)]

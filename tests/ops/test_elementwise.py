@@ -1,0 +1,272 @@
+"""Add/Sub/Mul/Div/Sum and Softmax kernels against their references, references against onnxruntime."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from flexnnd.errors import ShapeError, UnsupportedOp
+from flexnnd.ops.elementwise import Add, Div, Mul, Softmax, Sub, Sum, binary_path
+
+ALIGN = 64
+BINARY = [Add, Sub, Mul, Div]
+
+
+def arena_views(shapes):
+    """Float32 views at 64-byte-aligned offsets of one byte buffer, as the executor's arena gives."""
+    sizes = [int(np.prod(s, dtype=np.int64)) * 4 for s in shapes]
+    buf = np.empty(sum(-(-n // ALIGN) * ALIGN for n in sizes) + ALIGN, dtype=np.uint8)
+    offset = -buf.ctypes.data % ALIGN
+    views = []
+    for shape, n in zip(shapes, sizes, strict=True):
+        views.append(buf[offset : offset + n].view(np.float32).reshape(shape))
+        offset += -(-n // ALIGN) * ALIGN
+    return views
+
+
+def run_in_arena(op, inputs):
+    """Bind `op` to arena views holding `inputs`; return (kernel, outputs)."""
+    out_shapes = op.infer([x.shape for x in inputs], [None] * len(inputs))
+    views = arena_views([x.shape for x in inputs] + list(out_shapes))
+    for view, x in zip(views, inputs, strict=False):
+        view[...] = x
+    outs = views[len(inputs) :]
+    return op.bind(views[: len(inputs)], outs, None), outs
+
+
+def assert_no_numpy_allocations(call):
+    """After a warm-up, `call()` allocates no numpy memory (neither kept nor temporary)."""
+    call()
+    numpy_only = [tracemalloc.DomainFilter(True, np.lib.tracemalloc_domain)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot().filter_traces(numpy_only)
+        tracemalloc.reset_peak()
+        start, _ = tracemalloc.get_traced_memory()
+        call()
+        _, peak = tracemalloc.get_traced_memory()
+        after = tracemalloc.take_snapshot().filter_traces(numpy_only)
+    finally:
+        tracemalloc.stop()
+    assert not [d for d in after.compare_to(before, "filename") if d.size_diff or d.count_diff]
+    # A temporary array would raise the peak by its size; the test tensors are far larger than this.
+    assert peak - start < 1024
+
+
+def ort_run(op_type, inputs, opset=17, **attrs):
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    names = [f"x{i}" for i in range(len(inputs))]
+    node = helper.make_node(op_type, names, ["y"], **attrs)
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [
+            helper.make_tensor_value_info(n, TensorProto.FLOAT, x.shape)
+            for n, x in zip(names, inputs, strict=True)
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=9)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, dict(zip(names, inputs, strict=True)))[0]
+
+
+def operands(shape_a, shape_b, seed=0):
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal(shape_a).astype(np.float32)
+    b = rng.standard_normal(shape_b).astype(np.float32)
+    return a, np.where(np.abs(b) < 0.1, 0.5, b).astype(np.float32)  # keep Div away from 0
+
+
+# (a, b, the kernel bind picks); channel counts 1, 3, 13, 24 and odd sizes.
+BROADCAST_CASES = [
+    ((2, 13, 5, 7), (2, 13, 5, 7), "flat"),
+    ((7,), (7,), "flat"),
+    ((1, 24, 5, 7), (24, 5, 7), "flat"),
+    ((2, 3, 5, 7), (), "scalar"),
+    ((1,), (2, 13, 3), "scalar"),
+    ((2, 1, 1, 1), (1, 1, 1), "scalar"),
+    ((2, 24, 5, 7), (1, 24, 1, 1), "block"),
+    ((13, 1, 1), (2, 13, 5, 7), "block"),
+    ((2, 3, 5, 7), (7,), "block"),
+    ((2, 3, 5, 7), (3, 5, 1), "block"),
+    ((5, 7), (2, 1, 5, 7), "block"),
+    ((2, 1, 5, 1), (1, 3, 1, 7), "broadcast"),
+    ((3, 1), (1, 13), "broadcast"),
+    ((2, 13, 5, 7), (2, 1, 5, 1), "broadcast"),
+    ((2, 3, 1, 4, 1, 3), (3, 1, 5, 3), "broadcast"),
+]
+
+
+@pytest.mark.parametrize("cls", BINARY, ids=lambda c: c.op_type)
+@pytest.mark.parametrize(("shape_a", "shape_b", "path"), BROADCAST_CASES)
+def test_binary_matches_reference(cls, shape_a, shape_b, path):
+    assert binary_path(cls.op_type, shape_a, shape_b)[0] == path
+    op = cls()
+    for a_shape, b_shape in ((shape_a, shape_b), (shape_b, shape_a)):  # either side may be the small one
+        a, b = operands(a_shape, b_shape)
+        kernel, (y,) = run_in_arena(op, [a, b])
+        kernel()
+        want = op.reference([a, b])[0]
+        assert want.shape == y.shape
+        np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("activation", "alpha", "beta"),
+    [("Relu", 0.0, 0.0), ("Clip", -0.5, 0.7), ("LeakyRelu", 0.1, 0.0), ("HardSigmoid", 0.2, 0.5)],
+)
+@pytest.mark.parametrize(("shape_a", "shape_b"), [(a, b) for a, b, _ in BROADCAST_CASES[::2]])
+def test_fused_activation(activation, alpha, beta, shape_a, shape_b):
+    op = Add(activation=activation, activation_alpha=alpha, activation_beta=beta)
+    a, b = operands(shape_a, shape_b, seed=1)
+    kernel, (y,) = run_in_arena(op, [a, b])
+    kernel()
+    np.testing.assert_allclose(y, op.reference([a, b])[0], rtol=1e-6, atol=1e-6)
+
+
+def test_fused_add_relu_spans_blocks():
+    """A ResNet-sized residual add + Relu: many fused blocks and a partial last one."""
+    op = Add(activation="Relu")
+    a, b = operands((1, 24, 29, 31), (1, 24, 29, 31), seed=2)
+    kernel, (y,) = run_in_arena(op, [a, b])
+    kernel()
+    np.testing.assert_array_equal(y, np.maximum(a + b, 0))
+
+
+def test_unknown_fused_activation_is_refused():
+    with pytest.raises(UnsupportedOp, match="Swish"):
+        Add(activation="Swish").check("add1", 13)
+
+
+@pytest.mark.parametrize(
+    "shapes",
+    [
+        [(2, 13, 5, 7)],
+        [(2, 13, 5, 7), (1, 13, 1, 1)],
+        [(7,), (2, 13, 5, 7), (1, 13, 1, 1)],
+        [(2, 13, 5, 7), (1, 13, 1, 1), (7,), (2, 1, 5, 1)],
+        [(3, 1), (1, 24), (2, 1, 1)],  # no two of them make the output shape
+    ],
+)
+def test_sum_matches_reference(shapes):
+    rng = np.random.default_rng(len(shapes))
+    xs = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    kernel, (y,) = run_in_arena(Sum(), xs)
+    kernel()
+    np.testing.assert_allclose(y, Sum().reference(xs)[0], rtol=1e-6, atol=1e-6)
+
+
+# ---- Softmax ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(2, 13, 5, 7), (2, 24, 3, 1), (2, 1, 7, 3), (3, 1000)])
+def test_softmax_matches_reference_on_every_axis(shape):
+    x = (np.random.default_rng(3).standard_normal(shape) * 10).astype(np.float32)
+    for axis in range(-len(shape), len(shape)):
+        for coerce_2d in (False, True):
+            op = Softmax(axis=axis, coerce_2d=coerce_2d)
+            kernel, (y,) = run_in_arena(op, [x])
+            kernel()
+            np.testing.assert_allclose(y, op.reference([x])[0], rtol=1e-5, atol=1e-7)
+
+
+def test_softmax_is_numerically_stable():
+    x = np.array([[1000.0, 1000.0, -1000.0], [-1e30, 0.0, 1e30]], dtype=np.float32)
+    kernel, (y,) = run_in_arena(Softmax(), [x])
+    kernel()
+    np.testing.assert_allclose(y, [[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]], atol=1e-7)
+
+
+def test_softmax_opset_semantics_from_onnx():
+    op, keep = Softmax.from_onnx({}, [None], "sm", 13)
+    assert (op.axis, op.coerce_2d, keep) == (-1, False, (0,))
+    op, _ = Softmax.from_onnx({}, [None], "sm", 11)
+    assert (op.axis, op.coerce_2d) == (1, True)
+    op, _ = Softmax.from_onnx({"axis": 2}, [None], "sm", 11)
+    assert (op.axis, op.coerce_2d) == (2, True)
+    assert Softmax.from_dict(op.to_dict()) == op
+
+
+@pytest.mark.parametrize(
+    ("opset", "axis"), [(13, None), (13, 1), (13, -3), (13, 0), (11, None), (11, 2), (11, -1)]
+)
+def test_softmax_reference_matches_onnxruntime(opset, axis):
+    x = (np.random.default_rng(4).standard_normal((2, 3, 5, 4)) * 4).astype(np.float32)
+    attrs = {} if axis is None else {"axis": axis}
+    op, _ = Softmax.from_onnx(attrs, [None], "sm", opset)
+    want = ort_run("Softmax", [x], opset=opset, **attrs)
+    np.testing.assert_allclose(op.reference([x])[0], want, rtol=1e-5, atol=1e-7)
+
+
+# ---- references vs onnxruntime, errors --------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", BINARY, ids=lambda c: c.op_type)
+@pytest.mark.parametrize(
+    ("shape_a", "shape_b"), [((2, 13, 5, 7), (13, 1, 1)), ((1,), (3, 4)), ((3, 1), (1, 13))]
+)
+def test_binary_reference_matches_onnxruntime(cls, shape_a, shape_b):
+    a, b = operands(shape_a, shape_b, seed=5)
+    np.testing.assert_allclose(cls().reference([a, b])[0], ort_run(cls.op_type, [a, b]), rtol=1e-6)
+
+
+def test_sum_reference_matches_onnxruntime():
+    rng = np.random.default_rng(6)
+    xs = [rng.standard_normal(s).astype(np.float32) for s in [(2, 3, 4), (3, 1), (4,)]]
+    np.testing.assert_allclose(Sum().reference(xs)[0], ort_run("Sum", xs), rtol=1e-6)
+
+
+def test_shapes_that_do_not_broadcast():
+    for cls in BINARY:
+        with pytest.raises(ShapeError, match=r"\(2, 3\).*\(4,\)"):
+            cls().infer([(2, 3), (4,)], [None, None])
+    with pytest.raises(ShapeError, match=r"\(2, 3\).*\(3, 2\)"):
+        Sum().infer([(2, 3), (3, 2), (2, 3)], [None] * 3)
+    y = np.empty((2, 4), np.float32)
+    with pytest.raises(ShapeError, match=r"\(2, 3\).*\(2, 4\)"):
+        Add().bind([np.ones((2, 3), np.float32), np.ones((3,), np.float32)], [y], None)
+
+
+def test_softmax_bad_axis():
+    with pytest.raises(ShapeError, match=r"axis 3.*\(2, 5, 3\)"):
+        Softmax(axis=3).infer([(2, 5, 3)], [None])
+    with pytest.raises(ShapeError, match=r"axis -4"):
+        Softmax(axis=-4).infer([(2, 5, 3)], [None])
+
+
+# ---- no allocation per call -------------------------------------------------------------------
+
+
+ALLOCATION_CASES = [  # one per kernel, each far larger than the 2 KiB peak allowance
+    ((2, 24, 29, 31), (2, 24, 29, 31)),
+    ((2, 24, 29, 31), ()),
+    ((2, 24, 29, 31), (24, 1, 1)),
+    ((2, 24, 29, 31), (31,)),
+    ((2, 1, 29, 31), (1, 24, 1, 31)),
+    ((2, 3, 4, 29, 1, 31), (3, 1, 29, 5, 31)),
+]
+
+
+@pytest.mark.parametrize(("shape_a", "shape_b"), ALLOCATION_CASES)
+@pytest.mark.parametrize("activation", ["", "Relu"])
+def test_binary_allocates_nothing_per_call(shape_a, shape_b, activation):
+    a, b = operands(shape_a, shape_b)
+    kernel, _ = run_in_arena(Sub(activation=activation), [a, b])
+    assert_no_numpy_allocations(kernel)
+
+
+@pytest.mark.parametrize("op", [Softmax(), Softmax(axis=1), Softmax(axis=1, coerce_2d=True), Sum()])
+def test_softmax_and_sum_allocate_nothing_per_call(op):
+    rng = np.random.default_rng(7)
+    xs = [
+        rng.standard_normal((2, 24, 13, 17)).astype(np.float32) for _ in range(1 + (op.op_type == "Sum") * 2)
+    ]
+    kernel, _ = run_in_arena(op, xs)
+    assert_no_numpy_allocations(kernel)

@@ -1,0 +1,287 @@
+"""Pooling kernels against their numpy references, and the references against onnxruntime."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from flexnnd.errors import ShapeError, UnsupportedOp
+from flexnnd.ops.pool import AveragePool, GlobalAveragePool, GlobalMaxPool, MaxPool
+
+ALIGN = 64
+
+
+def arena_views(shapes):
+    """Float32 views at 64-byte-aligned offsets of one byte buffer, as the executor's arena gives."""
+    sizes = [int(np.prod(s, dtype=np.int64)) * 4 for s in shapes]
+    buf = np.empty(sum(-(-n // ALIGN) * ALIGN for n in sizes) + ALIGN, dtype=np.uint8)
+    offset = -buf.ctypes.data % ALIGN
+    views = []
+    for shape, n in zip(shapes, sizes, strict=True):
+        views.append(buf[offset : offset + n].view(np.float32).reshape(shape))
+        offset += -(-n // ALIGN) * ALIGN
+    return views
+
+
+def run_in_arena(op, inputs):
+    """Bind `op` to arena views holding `inputs`; return (kernel, outputs)."""
+    out_shapes = op.infer([x.shape for x in inputs], [None] * len(inputs))
+    views = arena_views([x.shape for x in inputs] + list(out_shapes))
+    for view, x in zip(views, inputs, strict=False):
+        view[...] = x
+    outs = views[len(inputs) :]
+    return op.bind(views[: len(inputs)], outs, None), outs
+
+
+def assert_no_numpy_allocations(call):
+    """After a warm-up, `call()` allocates no numpy memory (neither kept nor temporary)."""
+    call()
+    numpy_only = [tracemalloc.DomainFilter(True, np.lib.tracemalloc_domain)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot().filter_traces(numpy_only)
+        tracemalloc.reset_peak()
+        start, _ = tracemalloc.get_traced_memory()
+        call()
+        _, peak = tracemalloc.get_traced_memory()
+        after = tracemalloc.take_snapshot().filter_traces(numpy_only)
+    finally:
+        tracemalloc.stop()
+    assert not [d for d in after.compare_to(before, "filename") if d.size_diff or d.count_diff]
+    # A temporary array would raise the peak by its size; the test tensors are far larger than this.
+    assert peak - start < 1024
+
+
+def ort_run(op_type, inputs, opset=19, **attrs):
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    names = [f"x{i}" for i in range(len(inputs))]
+    node = helper.make_node(op_type, names, ["y"], **attrs)
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [
+            helper.make_tensor_value_info(n, TensorProto.FLOAT, x.shape)
+            for n, x in zip(names, inputs, strict=True)
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=9)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, dict(zip(names, inputs, strict=True)))[0]
+
+
+def random_geometries(count, seed):
+    """Pool attributes over kernel 1..7, stride 1..3, dilation 1..2, asymmetric pads, ceil_mode."""
+    rng = np.random.default_rng(seed)
+    out = []
+    while len(out) < count:
+        k = tuple(int(v) for v in rng.integers(1, 8, size=2))
+        attrs = {
+            "kernel_shape": k,
+            "strides": tuple(int(v) for v in rng.integers(1, 4, size=2)),
+            "dilations": tuple(int(v) for v in rng.choice([1, 1, 2], size=2)),
+            "pads": tuple(int(rng.integers(0, k[i % 2])) for i in range(4)),
+            "ceil_mode": int(rng.integers(0, 2)),
+        }
+        size = tuple(int(v) for v in rng.integers(1, 16, size=2) * 2 + 1)  # odd sizes
+        out.append((attrs, size))
+    return out
+
+
+def check_against_reference(op, x):
+    kernel, (y,) = run_in_arena(op, [x])
+    y[...] = np.nan  # every output cell must be written
+    kernel()
+    np.testing.assert_allclose(y, op.reference([x])[0], rtol=1e-5, atol=1e-6)
+
+
+# ---- kernels vs references ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("channels", [1, 3, 13, 24])
+def test_max_pool_matches_reference(channels):
+    rng = np.random.default_rng(channels)
+    tested = 0
+    for attrs, size in random_geometries(60, seed=channels):
+        op = MaxPool(**attrs)
+        try:
+            op.infer([(2, channels, *size)], [None])
+        except ShapeError:
+            continue  # window larger than the padded input
+        check_against_reference(op, rng.standard_normal((2, channels, *size)).astype(np.float32))
+        tested += 1
+    assert tested > 30
+
+
+@pytest.mark.parametrize("channels", [1, 3, 13, 24])
+@pytest.mark.parametrize("include_pad", [0, 1])
+def test_average_pool_matches_reference(channels, include_pad):
+    rng = np.random.default_rng(channels)
+    tested = 0
+    for attrs, size in random_geometries(60, seed=100 + channels):
+        op = AveragePool(count_include_pad=include_pad, **attrs)
+        try:
+            op.infer([(2, channels, *size)], [None])
+        except ShapeError:
+            continue
+        check_against_reference(op, rng.standard_normal((2, channels, *size)).astype(np.float32))
+        tested += 1
+    assert tested > 30
+
+
+@pytest.mark.parametrize("cls", [MaxPool, AveragePool])
+@pytest.mark.parametrize("auto_pad", ["VALID", "SAME_UPPER", "SAME_LOWER"])
+def test_auto_pad_matches_reference(cls, auto_pad):
+    rng = np.random.default_rng(7)
+    for k, s, size in [(3, 2, (7, 9)), (2, 2, (5, 5)), (5, 1, (9, 6)), (3, 3, (11, 13))]:
+        op = cls(kernel_shape=(k, k), strides=(s, s), auto_pad=auto_pad)
+        check_against_reference(op, rng.standard_normal((2, 3, *size)).astype(np.float32))
+
+
+@pytest.mark.parametrize("cls", [MaxPool, AveragePool])
+def test_one_dimensional_pool(cls):
+    x = np.random.default_rng(3).standard_normal((2, 13, 17)).astype(np.float32)
+    op = cls(kernel_shape=(3,), strides=(2,), pads=(1, 2), ceil_mode=1)
+    assert op.infer([x.shape], [None]) == [(2, 13, 9)]
+    check_against_reference(op, x)
+
+
+@pytest.mark.parametrize("cls", [GlobalAveragePool, GlobalMaxPool])
+@pytest.mark.parametrize("shape", [(2, 1, 7, 7), (2, 3, 5, 9), (2, 13, 1, 1), (2, 24, 3), (1, 3, 2, 3, 4)])
+def test_global_pool_matches_reference(cls, shape):
+    op = cls()
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    assert op.infer([shape], [None]) == [shape[:2] + (1,) * (len(shape) - 2)]
+    check_against_reference(op, x)
+
+
+def test_padded_cells_never_win_a_max():
+    x = -np.ones((1, 1, 3, 3), dtype=np.float32)
+    kernel, (y,) = run_in_arena(MaxPool(kernel_shape=(3, 3), pads=(2, 2, 2, 2)), [x])
+    kernel()
+    assert (y == -1).all()
+
+
+def test_average_divisors():
+    """Edge windows divide by their valid cells, or by the cells inside the explicit pads."""
+    x = np.ones((1, 1, 5, 5), dtype=np.float32)
+    attrs = {"kernel_shape": (3, 3), "strides": (2, 2), "pads": (1, 1, 0, 0), "ceil_mode": 1}
+    kernel, (y,) = run_in_arena(AveragePool(count_include_pad=0, **attrs), [x])
+    kernel()
+    assert (y == 1).all()
+    kernel, (y,) = run_in_arena(AveragePool(count_include_pad=1, **attrs), [x])
+    kernel()
+    # The last row/column of windows reaches past the (zero) end pads: those cells do not count.
+    np.testing.assert_allclose(y[0, 0], [[4 / 9, 4 / 6, 4 / 6], [4 / 6, 1, 1], [4 / 6, 1, 1]], rtol=1e-6)
+
+
+# ---- references vs onnxruntime ----------------------------------------------------------------
+
+ORT_CASES = [
+    # ceil_mode: the last window starts in the right padding and is dropped (onnxruntime's rule).
+    ({"kernel_shape": [2, 2], "strides": [2, 2], "pads": [0, 0, 1, 1], "ceil_mode": 1}, (4, 4)),
+    ({"kernel_shape": [1, 1], "strides": [2, 2], "ceil_mode": 1}, (4, 5)),
+    ({"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "ceil_mode": 1}, (6, 6)),
+    ({"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 0, 0, 2], "ceil_mode": 1}, (8, 7)),
+    ({"kernel_shape": [3, 2], "strides": [3, 2], "pads": [2, 1, 0, 1], "ceil_mode": 1}, (11, 6)),
+    ({"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "ceil_mode": 0}, (7, 7)),
+    (
+        {
+            "kernel_shape": [3, 3],
+            "strides": [2, 1],
+            "dilations": [2, 2],
+            "pads": [1, 2, 2, 1],
+            "ceil_mode": 1,
+        },
+        (9, 8),
+    ),
+    ({"kernel_shape": [7, 7], "strides": [3, 3], "pads": [3, 3, 3, 3], "ceil_mode": 1}, (11, 13)),
+    ({"kernel_shape": [3, 3], "strides": [2, 2], "auto_pad": "SAME_UPPER"}, (7, 8)),
+    ({"kernel_shape": [4, 4], "strides": [3, 3], "auto_pad": "SAME_LOWER", "ceil_mode": 1}, (7, 8)),
+    ({"kernel_shape": [3, 3], "strides": [2, 2], "auto_pad": "VALID", "ceil_mode": 1}, (8, 9)),
+]
+
+
+@pytest.mark.parametrize(("attrs", "size"), ORT_CASES)
+@pytest.mark.parametrize(
+    ("cls", "extra"),
+    [(MaxPool, {}), (AveragePool, {"count_include_pad": 0}), (AveragePool, {"count_include_pad": 1})],
+)
+def test_reference_matches_onnxruntime(cls, extra, attrs, size):
+    x = np.random.default_rng(5).standard_normal((2, 3, *size)).astype(np.float32)
+    want = ort_run(cls.op_type, [x], **attrs, **extra)
+    got = cls(**attrs, **extra).reference([x])[0]
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("cls", [MaxPool, AveragePool])
+def test_one_dimensional_reference_matches_onnxruntime(cls):
+    x = np.random.default_rng(6).standard_normal((2, 3, 15)).astype(np.float32)
+    attrs = {"kernel_shape": [4], "strides": [3], "pads": [1, 2], "ceil_mode": 1}
+    np.testing.assert_allclose(cls(**attrs).reference([x])[0], ort_run(cls.op_type, [x], **attrs), rtol=1e-5)
+
+
+@pytest.mark.parametrize("cls", [GlobalAveragePool, GlobalMaxPool])
+def test_global_reference_matches_onnxruntime(cls):
+    x = np.random.default_rng(8).standard_normal((2, 13, 7, 5)).astype(np.float32)
+    np.testing.assert_allclose(cls().reference([x])[0], ort_run(cls.op_type, [x]), rtol=1e-5, atol=1e-6)
+
+
+# ---- import checks and shape errors ---------------------------------------------------------
+
+
+def test_from_onnx_reads_attributes():
+    op, keep = MaxPool.from_onnx(
+        {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "storage_order": 0}, [None], "n", 13
+    )
+    assert op == MaxPool(kernel_shape=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1))
+    assert keep == (0,)
+
+
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        {"kernel_shape": [2, 2, 2]},  # 3-D pooling
+        {"kernel_shape": [3, 3], "pads": [3, 0, 0, 0]},  # pad as large as the kernel
+        {"kernel_shape": [3, 3], "dilations": [2, 2], "auto_pad": "SAME_UPPER"},
+        {"kernel_shape": [3, 3], "auto_pad": "SAME"},
+        {"kernel_shape": [3, 3], "strides": [2]},
+    ],
+)
+def test_unsupported_attributes(attrs):
+    with pytest.raises(UnsupportedOp, match="MaxPool"):
+        MaxPool.from_onnx(attrs, [None], "pool1", 13)
+
+
+def test_window_larger_than_input_is_a_shape_error():
+    with pytest.raises(ShapeError, match=r"\(1, 3, 4, 4\)"):
+        MaxPool(kernel_shape=(5, 5)).infer([(1, 3, 4, 4)], [None])
+    with pytest.raises(ShapeError, match=r"rank 4.*\(1, 3, 4\)"):
+        MaxPool(kernel_shape=(2, 2)).infer([(1, 3, 4)], [None])
+
+
+# ---- no allocation per call -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "op",
+    [
+        MaxPool(kernel_shape=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1), ceil_mode=1),
+        AveragePool(kernel_shape=(3, 3), strides=(1, 1), pads=(1, 1, 1, 1), count_include_pad=1),
+        AveragePool(kernel_shape=(2, 3), strides=(3, 2), dilations=(2, 1), pads=(1, 0, 0, 1)),
+        GlobalAveragePool(),
+        GlobalMaxPool(),
+    ],
+    ids=lambda op: op.op_type,
+)
+def test_no_numpy_allocation_per_call(op):
+    x = np.random.default_rng(2).standard_normal((2, 24, 21, 19)).astype(np.float32)
+    kernel, _ = run_in_arena(op, [x])
+    assert_no_numpy_allocations(kernel)
