@@ -75,7 +75,11 @@ def _static_input_shape(value: onnx.ValueInfoProto, override: Shape | None) -> S
         raise ShapeError(f"input {value.name!r} has no shape; pass input_shapes={{{value.name!r}: (...)}}")
     dims = []
     for axis, dim in enumerate(value.type.tensor_type.shape.dim):
-        if dim.HasField("dim_value") and dim.dim_value > 0:
+        if dim.HasField("dim_value"):
+            if dim.dim_value <= 0:
+                raise ShapeError(
+                    f"input {value.name!r}: dimension {axis} is {dim.dim_value}; zero-size tensors are refused"
+                )
             dims.append(int(dim.dim_value))
         elif axis == 0:
             label = dim.dim_param or "?"

@@ -1,0 +1,181 @@
+"""The importer: folding, BatchNorm folding, fusion, static shapes, and clear errors."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+import flexnnd
+from flexnnd.graph.onnx_import import import_onnx, load_onnx
+from tests.conftest import assert_close_to_reference, make_model, ort_run, save
+
+RNG = np.random.default_rng(7)
+
+
+def conv_bn_relu_model():
+    w = RNG.standard_normal((8, 3, 3, 3)).astype(np.float32)
+    bn = [
+        RNG.uniform(0.5, 1.5, 8),
+        RNG.standard_normal(8),
+        RNG.standard_normal(8) * 0.1,
+        RNG.uniform(0.5, 2.0, 8),
+    ]
+    inits = [("w", w)] + [(k, v.astype(np.float32)) for k, v in zip(("s", "b", "m", "v"), bn, strict=True)]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["n"], epsilon=1e-3, name="bn"),
+        helper.make_node("Relu", ["n"], ["r"], name="relu"),
+        helper.make_node("Dropout", ["r"], ["y"], name="drop"),
+    ]
+    return make_model(nodes, [("x", ["batch", 3, 9, 11])], [("y", None)], inits)
+
+
+def test_batchnorm_folds_and_activation_fuses(tmp_path):
+    model = conv_bn_relu_model()
+    graph, consts = import_onnx(model)
+    assert [n.op_type for n in graph.nodes] == ["Conv"]
+    conv = graph.nodes[0]
+    assert conv.op.activation == "Relu"
+    assert conv.outputs == ("y",)
+    assert graph.inputs[0].shape == (1, 3, 9, 11)
+    assert set(consts) == set(graph.constants) == set(conv.inputs[1:])
+
+    path = save(model, tmp_path / "m.onnx")
+    x = RNG.standard_normal((1, 3, 9, 11)).astype(np.float32)
+    with flexnnd.Session(path, cache_dir=tmp_path / "c") as sess:
+        got = sess.run({"x": x})["y"]
+    assert_close_to_reference(got, ort_run(path, {"x": x})[0])
+
+
+def test_shape_chain_is_folded_into_a_static_reshape(tmp_path):
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("Shape", ["r"], ["s"]),
+        helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+        helper.make_node("Unsqueeze", ["n", "axes"], ["n1"]),
+        helper.make_node("Concat", ["n1", "minus1"], ["shape"], axis=0),
+        helper.make_node("Reshape", ["r", "shape"], ["y"]),
+    ]
+    inits = [
+        ("zero", np.array(0, np.int64)),
+        ("axes", np.array([0], np.int64)),
+        ("minus1", np.array([-1], np.int64)),
+    ]
+    model = make_model(nodes, [("x", ["N", 2, 3, 4])], [("y", None)], inits)
+    graph, consts = import_onnx(model)
+    assert [n.op_type for n in graph.nodes] == ["Relu", "Reshape"]
+    assert graph.outputs[0].shape == (1, 24)
+    assert consts == {}
+    path = save(model, tmp_path / "m.onnx")
+    x = RNG.standard_normal((1, 2, 3, 4)).astype(np.float32)
+    with flexnnd.Session(path, cache_dir=tmp_path / "c") as sess:
+        np.testing.assert_array_equal(sess.run({"x": x})["y"], np.maximum(x, 0).reshape(1, 24))
+
+
+def test_symbolic_batch_becomes_one_and_is_logged(caplog):
+    with caplog.at_level(logging.INFO, logger="flexnnd.import"):
+        graph, _ = import_onnx(
+            make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", ["batch", 5])], [("y", None)])
+        )
+    assert graph.inputs[0].shape == (1, 5)
+    assert "symbolic batch dimension 'batch' set to 1" in caplog.text
+
+
+def test_symbolic_inner_dimension_is_a_clear_error():
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", [1, "height"])], [("y", None)])
+    with pytest.raises(flexnnd.ShapeError, match=r"input 'x': dimension 1 is symbolic \('height'\)"):
+        import_onnx(model)
+    graph, _ = import_onnx(model, input_shapes={"x": (1, 7)})
+    assert graph.outputs[0].shape == (1, 7)
+
+
+def test_unsupported_op_names_op_node_and_opset():
+    model = make_model(
+        [helper.make_node("Erf", ["x"], ["y"], name="gelu_erf")], [("x", [1, 4])], [("y", None)], opset=18
+    )
+    with pytest.raises(flexnnd.UnsupportedOp, match=r"Erf \(node 'gelu_erf', opset 18\)"):
+        import_onnx(model)
+
+
+def test_non_constant_weights_are_refused():
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="c")
+    model = make_model([node], [("x", [1, 1, 4, 4]), ("w", [1, 1, 3, 3])], [("y", None)])
+    with pytest.raises(flexnnd.UnsupportedOp, match="must be a constant"):
+        import_onnx(model)
+
+
+def test_undefined_input_is_reported_with_the_node():
+    nodes = [helper.make_node("Relu", ["ghost"], ["y"], name="r")]
+    with pytest.raises(flexnnd.ModelImportError, match="'r' \\(Relu\\) reads 'ghost'"):
+        import_onnx(make_model(nodes, [("x", [1, 2])], [("y", None)]))
+
+
+def test_cycle_is_reported():
+    nodes = [
+        helper.make_node("Add", ["x", "b"], ["a"], name="first"),
+        helper.make_node("Relu", ["a"], ["b"], name="second"),
+    ]
+    with pytest.raises(flexnnd.ModelImportError, match="reads 'b'"):
+        import_onnx(make_model(nodes, [("x", [1, 2])], [("b", None)]))
+
+
+def test_integer_input_is_refused():
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.INT64, [1, 2])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.INT64, None)],
+    )
+    with pytest.raises(flexnnd.ModelImportError, match="input 'x' has type INT64"):
+        import_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"not an onnx model at all\n" * 10, b"\x08\x07\x12\x04test\x3a\xff\xff\xff"],
+    ids=["empty", "text", "garbage-protobuf"],
+)
+def test_non_onnx_files_are_refused(tmp_path, content):
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(content)
+    with pytest.raises(flexnnd.ModelFormatError, match=r"bad\.onnx"):
+        load_onnx(path)
+
+
+def test_truncated_model_is_refused(tmp_path):
+    full = save(conv_bn_relu_model(), tmp_path / "full.onnx").read_bytes()
+    path = tmp_path / "cut.onnx"
+    path.write_bytes(full[: len(full) // 2])
+    with pytest.raises(flexnnd.ModelFormatError, match=r"cut\.onnx"):
+        load_onnx(path)
+
+
+def test_missing_file():
+    with pytest.raises(flexnnd.ModelFormatError, match="no such model file"):
+        load_onnx("/nonexistent/model.onnx")
+
+
+def test_external_data_outside_the_model_folder_is_refused(tmp_path):
+    model = make_model(
+        [helper.make_node("Add", ["x", "w"], ["y"])],
+        [("x", [1, 4])],
+        [("y", None)],
+        [("w", np.ones(4, np.float32))],
+    )
+    tensor = model.graph.initializer[0]
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    tensor.external_data.add(key="location", value="../../etc/passwd")
+    path = save(model, tmp_path / "m.onnx")
+    with pytest.raises(flexnnd.ModelFormatError, match="outside the model's folder"):
+        load_onnx(path)
+
+
+def test_opset_out_of_range():
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", [1, 2])], [("y", None)], opset=5)
+    with pytest.raises(flexnnd.ModelImportError, match="opset 5 is not supported"):
+        import_onnx(model)

@@ -1,0 +1,90 @@
+"""Session: feeds checked, arena reused by lifetime, and no allocation after warm-up."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper
+
+import flexnnd
+from flexnnd.planner.plan import check_no_overlap
+from tests.alloc import OBJECT_SLACK, peak_allocation
+from tests.conftest import make_model, save
+from tests.graph.test_import import conv_bn_relu_model
+
+
+@pytest.fixture
+def session(tmp_path):
+    path = save(conv_bn_relu_model(), tmp_path / "m.onnx")
+    with flexnnd.Session(path, cache_dir=tmp_path / "cache") as sess:
+        yield sess
+
+
+def test_inputs_and_outputs_are_described(session):
+    assert [(s.name, s.shape, s.dtype) for s in session.inputs] == [("x", (1, 3, 9, 11), "float32")]
+    assert [(s.name, s.shape) for s in session.outputs] == [("y", (1, 8, 9, 11))]
+
+
+@pytest.mark.parametrize(
+    ("feeds", "message"),
+    [
+        ({}, r"missing \['x'\]"),
+        ({"x": np.zeros((1, 3, 9, 11), np.float32), "z": np.zeros(1, np.float32)}, r"unknown \['z'\]"),
+        (
+            {"x": np.zeros((1, 3, 9, 10), np.float32)},
+            r"shape \(1, 3, 9, 10\), the model expects \(1, 3, 9, 11\)",
+        ),
+        ({"x": np.zeros((1, 3, 9, 11), np.float64)}, "dtype float64, the model expects float32"),
+        ({"x": [[1.0]]}, "must be a numpy array"),
+    ],
+    ids=["missing", "unknown", "shape", "dtype", "type"],
+)
+def test_wrong_feeds_are_named(session, feeds, message):
+    with pytest.raises(flexnnd.FeedError, match=message):
+        session.run(feeds)
+
+
+def test_session_from_package_folder_equals_session_from_onnx(tmp_path, session):
+    pkg = flexnnd.import_model(tmp_path / "m.onnx", tmp_path / "pkg")
+    x = np.random.default_rng(1).standard_normal((1, 3, 9, 11)).astype(np.float32)
+    with flexnnd.Session(pkg) as other:
+        np.testing.assert_array_equal(other.run({"x": x})["y"], session.run({"x": x})["y"])
+
+
+def chain_model(depth=6, width=16):
+    """A chain of Relu/Add layers: activations die early, so the arena must reuse them."""
+    nodes, prev = [], "x"
+    for i in range(depth):
+        nodes.append(helper.make_node("Relu", [prev], [f"r{i}"]))
+        nodes.append(helper.make_node("Add", [f"r{i}", prev], [f"a{i}"]))
+        prev = f"a{i}"
+    nodes.append(helper.make_node("Relu", [prev], ["y"]))
+    return make_model(nodes, [("x", [1, width, 32, 32])], [("y", None)])
+
+
+def test_arena_reuses_memory_by_lifetime(tmp_path):
+    path = save(chain_model(), tmp_path / "chain.onnx")
+    with flexnnd.Session(path, cache_dir=tmp_path / "c") as sess:
+        check_no_overlap(sess.plan)
+        one = 16 * 32 * 32 * 4
+        # 13 activations of one tensor each; at most three are alive at any step.
+        assert sess.plan.arena_bytes <= 3 * one
+        x = np.random.default_rng(2).standard_normal((1, 16, 32, 32)).astype(np.float32)
+        ref = x
+        for _ in range(6):
+            ref = np.maximum(ref, 0) + ref
+        np.testing.assert_allclose(sess.run({"x": x})["y"], np.maximum(ref, 0), rtol=1e-6)
+
+
+def test_inference_allocates_nothing_but_its_outputs_after_warmup(tmp_path):
+    path = save(chain_model(width=16), tmp_path / "chain.onnx")
+    with flexnnd.Session(path, cache_dir=tmp_path / "c") as sess:
+        x = np.random.default_rng(3).standard_normal((1, 16, 32, 32)).astype(np.float32)
+        out_bytes = sum(int(np.prod(s.shape)) * 4 for s in sess.outputs)
+        assert peak_allocation(lambda: sess.run({"x": x})) <= out_bytes + OBJECT_SLACK
+
+
+def test_budget_is_not_accepted_yet(tmp_path):
+    path = save(chain_model(), tmp_path / "chain.onnx")
+    with pytest.raises(flexnnd.PlanError, match="ladder"):
+        flexnnd.Session(path, budget=1 << 20, cache_dir=tmp_path / "c")
