@@ -1,0 +1,874 @@
+"""Conv (2-D, NCHW, float32) with a fused bias + activation epilogue.
+
+Three paths, picked in bind() by shape, all writing straight into the output:
+  pointwise  1×1, stride 1, no padding: the input already is the GEMM operand (no im2col);
+  im2col     anything else that is not depthwise: im2col into scratch, then a BLAS matmul, per
+             group and per band of output rows, so the scratch stays cache-sized;
+  depthwise  group == Cin == Cout: a direct numba kernel, one pass per output channel.
+A band of output rows is also exactly what Part("rows", r0, r1) asks for, so the planner's input
+slicing and the kernel's cache blocking are the same machinery.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from flexnnd.errors import ShapeError, UnsupportedOp
+from flexnnd.ops.activation import (
+    ACT_CLIP,
+    ACT_CODES,
+    ACT_HARDSIGMOID,
+    ACT_HARDSWISH,
+    ACT_LEAKY,
+    ACT_NONE,
+    ACT_RELU,
+    ACT_SIGMOID,
+    reference_activation,
+)
+from flexnnd.ops.base import Kernel, Op, Part, internal, register
+from flexnnd.ops.jit import kernel
+
+# The im2col band (K × band columns) and the pointwise band (input + output columns) are kept
+# below these sizes: they then stay in the 2 MiB L2 while BLAS and the epilogue reuse them.
+IM2COL_BAND_BYTES = 1 << 20
+POINTWISE_BAND_BYTES = 1 << 20
+MIN_BAND_COLS = 512
+# Winograd: used for 3x3 stride-1 convs with at least this many channels and output pixels (below
+# that the transforms cost more than the multiplies they save); v+m per band and u per chunk of
+# output channels stay below these sizes, but a band has at least WINO_MIN_TILES tiles for BLAS.
+WINO_MIN_CHANNELS = 16
+WINO_MIN_PIXELS = 24 * 24
+WINO_BAND_BYTES = 2 << 20
+WINO_WEIGHT_BYTES = 2 << 20
+WINO_MIN_TILES = 256
+
+# Stands for an absent bias: the epilogue adds 0 when it is empty (bind must not allocate one).
+NO_BIAS = np.zeros(0, dtype=np.float32)
+
+
+# ---- kernels --------------------------------------------------------------------------------------
+# Kernels index flat arrays with unsigned offsets (np.uint64): numba then skips the wraparound
+# check of a possibly negative index, which would keep LLVM from vectorizing the loop, and no
+# per-row array view is created (views cost refcount updates, which dominate on 7-wide rows).
+# Callers guarantee that every offset and length is >= 0.
+@kernel(inline="always")
+def fill(dst, start, n, value):
+    """dst[start : start+n] = value (dst flat)."""
+    d = np.uint64(start)
+    v = np.float32(value)
+    for k in range(np.uint64(max(n, 0))):
+        dst[d + k] = v
+
+
+@kernel(inline="always")
+def fill_strided(dst, start, step, n, value):
+    """dst[start + k*step] = value for k < n (dst flat)."""
+    d, st = np.uint64(start), np.uint64(step)
+    v = np.float32(value)
+    for k in range(np.uint64(max(n, 0))):
+        dst[d + k * st] = v
+
+
+@kernel(inline="always")
+def copy(dst, d0, src, s0, n):
+    """dst[d0 : d0+n] = src[s0 : s0+n] (flat, non-overlapping)."""
+    d, s = np.uint64(d0), np.uint64(s0)
+    for k in range(np.uint64(max(n, 0))):
+        dst[d + k] = src[s + k]
+
+
+@kernel
+def bias_act(y, off, ld, rows, cols, bias, boff, act, alpha, beta):
+    """y[off + r*ld + k] = act(y[...] + bias[boff + r]) for r < rows, k < cols (y flat, in place).
+
+    The branch on the activation kind is outside the loops, so every loop body vectorizes.
+    An empty `bias` adds nothing.
+    """
+    has_bias = bias.size > 0
+    n = np.uint64(cols)
+    zero, one = np.float32(0.0), np.float32(1.0)
+    if act == ACT_NONE:
+        if not has_bias:
+            return
+        for r in range(rows):
+            b, s = bias[boff + r], np.uint64(off + r * ld)
+            for k in range(n):
+                y[s + k] = y[s + k] + b
+    elif act == ACT_RELU:
+        for r in range(rows):
+            b, s = (bias[boff + r] if has_bias else zero), np.uint64(off + r * ld)
+            for k in range(n):
+                y[s + k] = max(y[s + k] + b, zero)
+    elif act == ACT_CLIP:
+        lo, hi = np.float32(alpha), np.float32(beta)
+        for r in range(rows):
+            b, s = (bias[boff + r] if has_bias else zero), np.uint64(off + r * ld)
+            for k in range(n):
+                y[s + k] = min(max(y[s + k] + b, lo), hi)
+    elif act == ACT_LEAKY:
+        slope = np.float32(alpha)
+        for r in range(rows):
+            b, s = (bias[boff + r] if has_bias else zero), np.uint64(off + r * ld)
+            for k in range(n):
+                v = y[s + k] + b
+                y[s + k] = v if v >= zero else v * slope
+    elif act == ACT_SIGMOID:
+        for r in range(rows):
+            b, s = (bias[boff + r] if has_bias else zero), np.uint64(off + r * ld)
+            for k in range(n):
+                y[s + k] = one / (one + np.exp(-(y[s + k] + b)))
+    elif act == ACT_HARDSIGMOID:
+        scale, shift = np.float32(alpha), np.float32(beta)
+        for r in range(rows):
+            b, s = (bias[boff + r] if has_bias else zero), np.uint64(off + r * ld)
+            for k in range(n):
+                y[s + k] = min(max((y[s + k] + b) * scale + shift, zero), one)
+    elif act == ACT_HARDSWISH:
+        sixth, half = np.float32(1.0 / 6.0), np.float32(0.5)
+        for r in range(rows):
+            b, s = (bias[boff + r] if has_bias else zero), np.uint64(off + r * ld)
+            for k in range(n):
+                v = y[s + k] + b
+                y[s + k] = v * min(max(v * sixth + half, zero), one)
+
+
+@kernel
+def im2col(x, n, c0, channels, col, r0, r1, out_w, kh, kw, sh, sw, dh, dw, pt, pl):
+    """col[(c*kh + i)*kw + j, (oh-r0)*out_w + ow] = x[n, c0+c, oh*sh-pt+i*dh, ow*sw-pl+j*dw] (0 outside).
+
+    Output rows [r0, r1) only. Each col row is written front to back, and the valid output
+    columns of kernel column j are computed once, so no copy loop checks bounds. With stride 1
+    and out_w == width, the rows of a col row are one contiguous run of the input plane: one
+    copy, then the few columns that wrapped into a neighbouring input row are zeroed.
+    """
+    height, width = x.shape[2], x.shape[3]
+    plane_size = height * width
+    xf, cf = x.reshape(-1), col.reshape(-1)
+    span = (r1 - r0) * out_w
+    flat = sh == 1 and sw == 1 and out_w == width
+    for c in range(channels):
+        plane = (n * x.shape[1] + c0 + c) * plane_size
+        for i in range(kh):
+            for j in range(kw):
+                row = ((c * kh + i) * kw + j) * span
+                shift = j * dw - pl
+                lo = min(max(-(shift // sw), 0), out_w)  # first ow with ow*sw + shift >= 0
+                hi = min(max((width - 1 - shift) // sw + 1, lo), out_w)  # past the last valid ow
+                if flat:
+                    a = min(max(r0, pt - i * dh), r1)  # output rows [a, b) read real input rows
+                    b = max(min(r1, height + pt - i * dh), a)
+                    fill(cf, row, (a - r0) * out_w, 0.0)
+                    fill(cf, row + (b - r0) * out_w, (r1 - b) * out_w, 0.0)
+                    dst = row + (a - r0) * out_w
+                    src = plane + (a - pt + i * dh) * width + shift
+                    k0 = max(0, plane - src)  # clipped to the plane: those are wrapped columns
+                    k1 = min((b - a) * out_w, plane + plane_size - src)
+                    copy(cf, dst + k0, xf, src + k0, k1 - k0)
+                    # Zero the wrapped columns down the rows: a strided loop per column, since
+                    # two tiny fills per row would cost more in loop set-up than they store.
+                    for ow in range(lo):
+                        fill_strided(cf, dst + ow, out_w, b - a, 0.0)
+                    for ow in range(hi, out_w):
+                        fill_strided(cf, dst + ow, out_w, b - a, 0.0)
+                    continue
+                # Zero the whole col row first when some columns are padding: one vectorized fill
+                # costs less than two tiny fills (loop set-up dominated) per output row.
+                edges = lo > 0 or hi < out_w
+                if edges:
+                    fill(cf, row, span, 0.0)
+                d0, step = np.uint64(lo), np.uint64(sw)
+                for oh in range(r0, r1):
+                    ih = oh * sh - pt + i * dh
+                    dst = row + (oh - r0) * out_w
+                    if ih < 0 or ih >= height:
+                        if not edges:
+                            fill(cf, dst, out_w, 0.0)
+                        continue
+                    d, s = np.uint64(dst) + d0, np.uint64(plane + ih * width + lo * sw + shift)
+                    if sw == 1:
+                        for k in range(np.uint64(hi - lo)):
+                            cf[d + k] = xf[s + k]
+                    elif sw == 2:  # a literal stride lets LLVM vectorize with interleaved loads
+                        for k in range(np.uint64(hi - lo)):
+                            cf[d + k] = xf[s + np.uint64(2) * k]
+                    else:
+                        for k in range(np.uint64(hi - lo)):
+                            cf[d + k] = xf[s + step * k]
+
+
+@kernel(inline="always")
+def depthwise_taps(src, s0, acc, a0, span, stride, taps, kh, kw, dh, dw, pw):
+    """acc[a0 + p] = sum over taps (i, j) of taps[i*kw + j] * src[s0 + stride*p + i*dh*pw + j*dw].
+
+    `src` is a zero-padded input band of row width pw, so no read needs a bounds check. One pass
+    per kernel row; 3-wide rows (almost every depthwise conv) get all three taps in one pass.
+    """
+    a, n, step = np.uint64(a0), np.uint64(span), np.uint64(stride)
+    for i in range(kh):
+        r = s0 + i * dh * pw
+        if kw == 3:
+            t0, t1, t2 = taps[i * 3], taps[i * 3 + 1], taps[i * 3 + 2]
+            p0, p1, p2 = np.uint64(r), np.uint64(r + dw), np.uint64(r + 2 * dw)
+            if stride == 1:
+                if i == 0:
+                    for k in range(n):
+                        acc[a + k] = t0 * src[p0 + k] + t1 * src[p1 + k] + t2 * src[p2 + k]
+                else:
+                    for k in range(n):
+                        acc[a + k] += t0 * src[p0 + k] + t1 * src[p1 + k] + t2 * src[p2 + k]
+            elif stride == 2:
+                two = np.uint64(2)
+                if i == 0:
+                    for k in range(n):
+                        acc[a + k] = t0 * src[p0 + two * k] + t1 * src[p1 + two * k] + t2 * src[p2 + two * k]
+                else:
+                    for k in range(n):
+                        acc[a + k] += t0 * src[p0 + two * k] + t1 * src[p1 + two * k] + t2 * src[p2 + two * k]
+            else:
+                if i == 0:
+                    fill(acc, a0, span, 0.0)
+                for k in range(n):
+                    acc[a + k] += t0 * src[p0 + step * k] + t1 * src[p1 + step * k] + t2 * src[p2 + step * k]
+            continue
+        if i == 0:
+            fill(acc, a0, span, 0.0)
+        for j in range(kw):
+            t, p = taps[i * kw + j], np.uint64(r + j * dw)
+            if stride == 1:
+                for k in range(n):
+                    acc[a + k] += t * src[p + k]
+            else:
+                for k in range(n):
+                    acc[a + k] += t * src[p + step * k]
+
+
+@kernel
+def depthwise(x, w, bias, y, pad, wide, c0, c1, r0, r1, kh, kw, sh, sw, dh, dw, pt, pl, act, alpha, beta):
+    """Depthwise conv of channels [c0, c1), output rows [r0, r1), bias and activation fused.
+
+    w is (c1-c0, kh*kw), bias (c1-c0,) or empty. Per channel, the input rows the band reads are
+    copied into `pad` (its zero border is written once per call: it is the same for every
+    channel). The taps then run over `wide`, the output band laid out at the padded row width:
+    with equal strides the whole band is one run per kernel row, garbage in the columns past
+    out_w but vectorized even for 7-wide planes; when those wasted columns would cost more than
+    per-row calls, each output row is its own run. The valid columns are copied out and the
+    epilogue runs over the channel's band while it is still in L1.
+    """
+    batch, height, width = x.shape[0], x.shape[2], x.shape[3]
+    channels, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
+    rows = r1 - r0
+    pw = (out_w - 1) * sw + (kw - 1) * dw + 1  # padded width: exactly the columns the taps read
+    in_rows = (rows - 1) * sh + (kh - 1) * dh + 1
+    ih0 = r0 * sh - pt
+    ih_lo, ih_hi = max(ih0, 0), min(ih0 + in_rows, height)  # input rows that exist
+    col_lo, col_hi = min(pl, pw), min(pl + width, pw)  # padded columns holding input columns
+    whole = sh == sw and (rows - 1) * pw + out_w <= rows * (out_w + 16)
+    xf, yf = x.reshape(-1), y.reshape(-1)
+    fill(pad, 0, in_rows * pw, 0.0)
+    for n in range(batch):
+        for c in range(c0, c1):
+            plane = (n * channels + c) * height * width
+            for ih in range(ih_lo, ih_hi):
+                copy(pad, (ih - ih0) * pw + col_lo, xf, plane + ih * width + col_lo - pl, col_hi - col_lo)
+            taps = w[c - c0]
+            if whole:
+                depthwise_taps(pad, 0, wide, 0, (rows - 1) * pw + out_w, sw, taps, kh, kw, dh, dw, pw)
+            else:
+                for oh in range(rows):
+                    depthwise_taps(pad, oh * sh * pw, wide, oh * pw, out_w, sw, taps, kh, kw, dh, dw, pw)
+            start = ((n * channels + c) * out_h + r0) * out_w
+            for oh in range(rows):
+                copy(yf, start + oh * out_w, wide, oh * pw, out_w)
+            bias_act(yf, start, 0, 1, rows * out_w, bias, c - c0, act, alpha, beta)
+
+
+def depthwise_scratch(
+    rows: int, out_w: int, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int
+) -> tuple[int, int]:
+    """Floats of the `pad` and `wide` buffers of `depthwise` for a band of `rows` output rows."""
+    pw = (out_w - 1) * sw + (kw - 1) * dw + 1
+    in_rows = (rows - 1) * sh + (kh - 1) * dh + 1
+    return in_rows * pw, (rows - 1) * pw + out_w
+
+
+# ---- Winograd F(2x2, 3x3) ---------------------------------------------------------------------------
+# Y = A^T [(G g G^T) ⊙ (B^T d B)] A per 2x2 output tile: the GEMMs do 16 multiplies per tile and
+# channel pair where im2col does 36, at the price of transforming input, weights and output.
+# Rows of B^T and A^T as (index, sign) pairs; G dense. Numba freezes these globals as constants.
+WINO_BT = np.array([[0, 1, 2, -1], [1, 1, 2, 1], [2, 1, 1, -1], [1, 1, 3, -1]], dtype=np.int64)
+WINO_AT = np.array([[0, 1, 1, 1, 2, 1], [1, 1, 2, -1, 3, -1]], dtype=np.int64)
+WINO_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float32)
+
+
+@kernel
+def winograd_weights(w, k0, k1, cin, u, tmp):
+    """u[e, k-k0, ci] = (G g G^T)[e] for the rows k in [k0, k1) of w ((C, cin*9), flat).
+
+    tmp holds 21*cin floats: the 9 taps of a row split by tap (contiguous over ci), then G g.
+    """
+    cc = k1 - k0
+    n = np.uint64(cin)
+    for k in range(k0, k1):
+        row = np.uint64(k * cin * 9)
+        for ci in range(n):
+            s = row + np.uint64(9) * ci
+            for p in range(9):
+                tmp[np.uint64(p) * n + ci] = w[s + np.uint64(p)]
+        for a in range(4):
+            ga0, ga1, ga2 = WINO_G[a, 0], WINO_G[a, 1], WINO_G[a, 2]
+            for q in range(3):
+                t = np.uint64((9 + a * 3 + q) * cin)
+                p0, p1, p2 = np.uint64(q * cin), np.uint64((3 + q) * cin), np.uint64((6 + q) * cin)
+                for ci in range(n):
+                    tmp[t + ci] = ga0 * tmp[p0 + ci] + ga1 * tmp[p1 + ci] + ga2 * tmp[p2 + ci]
+        for a in range(4):
+            s0 = np.uint64((9 + a * 3) * cin)
+            for b in range(4):
+                gb0, gb1, gb2 = WINO_G[b, 0], WINO_G[b, 1], WINO_G[b, 2]
+                d = np.uint64(((a * 4 + b) * cc + k - k0) * cin)
+                for ci in range(n):
+                    u[d + ci] = gb0 * tmp[s0 + ci] + gb1 * tmp[s0 + n + ci] + gb2 * tmp[s0 + n + n + ci]
+
+
+@kernel
+def winograd_input(x, n, pad, v, r0, tiles_y, tiles_x, pt, pl):
+    """v[e, ci, ty*tiles_x + tx] = (B^T d B)[e] of the 4x4 input tile under output (r0+2ty, 2tx).
+
+    Per channel the input rows of the band are copied into `pad` split into even and odd
+    columns (zero border included), so that every tap of the transform is a contiguous run.
+    """
+    cin, height, width = x.shape[1], x.shape[2], x.shape[3]
+    half = tiles_x + 1  # width of the even and of the odd half-plane
+    in_rows = 2 * tiles_y + 2
+    odd = in_rows * half
+    ih0 = r0 - pt
+    ih_lo, ih_hi = max(ih0, 0), min(ih0 + in_rows, height)
+    col_lo, col_hi = min(pl, 2 * half), min(pl + width, 2 * half)
+    tiles = tiles_y * tiles_x
+    xf = x.reshape(-1)
+    fill(pad, 0, 2 * odd, 0.0)  # the border is the same for every channel: zeroed once
+    for ci in range(cin):
+        plane = (n * cin + ci) * height * width
+        for ih in range(ih_lo, ih_hi):
+            r, s = (ih - ih0) * half, plane + ih * width - pl
+            for col in range(col_lo, col_hi):
+                pad[np.uint64(r + col // 2 + (col % 2) * odd)] = xf[np.uint64(s + col)]
+        for ty in range(tiles_y):
+            base = 2 * ty * half
+            for alpha in range(4):
+                a1, s1, a2, s2 = WINO_BT[alpha, 0], WINO_BT[alpha, 1], WINO_BT[alpha, 2], WINO_BT[alpha, 3]
+                for beta in range(4):
+                    b1, r1, b2, r2 = WINO_BT[beta, 0], WINO_BT[beta, 1], WINO_BT[beta, 2], WINO_BT[beta, 3]
+                    c11, c12 = np.float32(s1 * r1), np.float32(s1 * r2)
+                    c21, c22 = np.float32(s2 * r1), np.float32(s2 * r2)
+                    # column b of tile tx is column tx + b//2 of the even (b even) or odd half-plane
+                    p11 = np.uint64(base + a1 * half + b1 // 2 + (b1 % 2) * odd)
+                    p12 = np.uint64(base + a1 * half + b2 // 2 + (b2 % 2) * odd)
+                    p21 = np.uint64(base + a2 * half + b1 // 2 + (b1 % 2) * odd)
+                    p22 = np.uint64(base + a2 * half + b2 // 2 + (b2 % 2) * odd)
+                    d = np.uint64(((alpha * 4 + beta) * cin + ci) * tiles + ty * tiles_x)
+                    for tx in range(np.uint64(tiles_x)):
+                        v[d + tx] = (
+                            c11 * pad[p11 + tx]
+                            + c12 * pad[p12 + tx]
+                            + c21 * pad[p21 + tx]
+                            + c22 * pad[p22 + tx]
+                        )
+
+
+@kernel
+def winograd_output(m, y, n, cc, c_abs, r0, r1, tiles_y, tiles_x, bias, boff, act, alpha, beta):
+    """y[n, c_abs + k, r0 + 2ty + i, 2tx + j] = act((A^T M_k A)[i, j] + bias[boff + k]), k < cc.
+
+    m is (16, cc, tiles) flat. Output rows at or past r1 and columns past the output are skipped.
+    """
+    channels, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
+    tiles = tiles_y * tiles_x
+    yf = y.reshape(-1)
+    two = np.uint64(2)
+    for k in range(cc):
+        plane = (n * channels + c_abs + k) * out_h * out_w
+        for ty in range(tiles_y):
+            for i in range(2):
+                oh = r0 + 2 * ty + i
+                if oh >= r1:
+                    continue
+                x1, e1, x2, e2, x3, e3 = (WINO_AT[i, 0], WINO_AT[i, 1], WINO_AT[i, 2], WINO_AT[i, 3],
+                                          WINO_AT[i, 4], WINO_AT[i, 5])  # fmt: skip
+                for j in range(2):
+                    z1, f1, z2, f2, z3, f3 = (WINO_AT[j, 0], WINO_AT[j, 1], WINO_AT[j, 2], WINO_AT[j, 3],
+                                              WINO_AT[j, 4], WINO_AT[j, 5])  # fmt: skip
+                    off = k * tiles + ty * tiles_x
+                    q11 = np.uint64((x1 * 4 + z1) * cc * tiles + off)
+                    q12 = np.uint64((x1 * 4 + z2) * cc * tiles + off)
+                    q13 = np.uint64((x1 * 4 + z3) * cc * tiles + off)
+                    q21 = np.uint64((x2 * 4 + z1) * cc * tiles + off)
+                    q22 = np.uint64((x2 * 4 + z2) * cc * tiles + off)
+                    q23 = np.uint64((x2 * 4 + z3) * cc * tiles + off)
+                    q31 = np.uint64((x3 * 4 + z1) * cc * tiles + off)
+                    q32 = np.uint64((x3 * 4 + z2) * cc * tiles + off)
+                    q33 = np.uint64((x3 * 4 + z3) * cc * tiles + off)
+                    g1, g2, g3 = np.float32(e1 * f1), np.float32(e1 * f2), np.float32(e1 * f3)
+                    h1, h2, h3 = np.float32(e2 * f1), np.float32(e2 * f2), np.float32(e2 * f3)
+                    l1, l2, l3 = np.float32(e3 * f1), np.float32(e3 * f2), np.float32(e3 * f3)
+                    dst = np.uint64(plane + oh * out_w + j)
+                    for tx in range(np.uint64((out_w - j + 1) // 2)):
+                        yf[dst + two * tx] = (
+                            g1 * m[q11 + tx] + g2 * m[q12 + tx] + g3 * m[q13 + tx]
+                            + h1 * m[q21 + tx] + h2 * m[q22 + tx] + h3 * m[q23 + tx]
+                            + l1 * m[q31 + tx] + l2 * m[q32 + tx] + l3 * m[q33 + tx]
+                        )  # fmt: skip
+        bias_act(yf, plane + r0 * out_w, 0, 1, (r1 - r0) * out_w, bias, boff + k, act, alpha, beta)
+
+
+# ---- geometry -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Geometry:
+    """Every number of one 2-D convolution (explicit pads resolved from auto_pad)."""
+
+    batch: int
+    cin: int
+    height: int
+    width: int
+    cout: int
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    dh: int
+    dw: int
+    pt: int
+    pl: int
+    pb: int
+    pr: int
+    out_h: int
+    out_w: int
+    group: int
+
+    @property
+    def k(self) -> int:
+        """Rows of one group's im2col matrix (= columns of the prepared weight)."""
+        return self.cin // self.group * self.kh * self.kw
+
+    @property
+    def depthwise(self) -> bool:
+        return self.group > 1 and self.group == self.cin == self.cout
+
+    @property
+    def pointwise(self) -> bool:
+        return self.kh == self.kw == self.sh == self.sw == 1 and not (
+            self.pt or self.pl or self.pb or self.pr
+        )
+
+    @property
+    def winograd(self) -> bool:
+        """3x3, stride 1, dense, and big enough for the transforms to pay off."""
+        return (
+            self.kh == self.kw == 3
+            and self.sh == self.sw == self.dh == self.dw == self.group == 1
+            and min(self.cin, self.cout) >= WINO_MIN_CHANNELS
+            and self.out_h * self.out_w >= WINO_MIN_PIXELS
+        )
+
+
+def _same_pads(size: int, k: int, s: int, d: int, upper: bool) -> tuple[int, int]:
+    out = -(-size // s)
+    total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
+    small = total // 2
+    return (small, total - small) if upper else (total - small, small)
+
+
+def _even_split(total: int, most: int) -> int:
+    """The size of the parts when `total` is cut into as few parts of at most `most` as possible,
+    all (nearly) equal."""
+    most = max(1, min(total, most))
+    parts = -(-total // most)
+    return -(-total // parts)
+
+
+def _band_rows(rows: int, row_bytes: int, row_cols: int, limit: int, min_cols: int) -> int:
+    """Output rows per band: below `limit` bytes, but at least `min_cols` GEMM columns (BLAS
+    loses a third of its speed on narrow matrices)."""
+    return _even_split(rows, max(limit // max(row_bytes, 1), -(-min_cols // row_cols)))
+
+
+@dataclass(frozen=True)
+class WinogradPlan:
+    """How the Winograd path cuts one execution: bands of tile rows, chunks of output channels."""
+
+    tiles_x: int
+    band: int  # tile rows (two output rows each) per band
+    chunk: int  # output channels per weight chunk
+    cin: int
+
+    @classmethod
+    def of(cls, geo: Geometry, rows: int, channels: int) -> WinogradPlan:
+        tiles_x = (geo.out_w + 1) // 2
+        chunk = _even_split(channels, WINO_WEIGHT_BYTES // (64 * geo.cin))
+        per_tile_row = 64 * tiles_x * (geo.cin + chunk)  # bytes of v and m per tile row
+        most = max(WINO_BAND_BYTES // per_tile_row, -(-WINO_MIN_TILES // tiles_x))
+        return cls(tiles_x, _even_split((rows + 1) // 2, most), chunk, geo.cin)
+
+    @property
+    def buffers(self) -> dict[str, int]:
+        """Floats of each scratch buffer, in scratch order."""
+        tiles = self.band * self.tiles_x
+        return {
+            "tmp": 21 * self.cin,
+            "pad": 2 * (2 * self.band + 2) * (self.tiles_x + 1),
+            "u": 16 * self.chunk * self.cin,
+            "v": 16 * self.cin * tiles,
+            "m": 16 * self.chunk * tiles,
+        }
+
+
+# ---- the op ---------------------------------------------------------------------------------------
+@register
+@dataclass(frozen=True)
+class Conv(Op):
+    op_type = "Conv"
+    const_inputs = (1, 2)
+    optional_inputs = (2,)
+    slicing = ("rows", "channels")
+
+    auto_pad: str = "NOTSET"
+    dilations: tuple[int, ...] = ()
+    group: int = 1
+    kernel_shape: tuple[int, ...] = ()
+    pads: tuple[int, ...] = ()
+    strides: tuple[int, ...] = ()
+    activation: str = internal("")
+    activation_alpha: float = internal(0.0)
+    activation_beta: float = internal(0.0)
+
+    @classmethod
+    def from_onnx(cls, attrs, consts, node, opset):
+        if len(consts) < 2 or consts[1] is None:
+            raise UnsupportedOp(cls.op_type, node, opset, "weight W must be a constant")
+        w = consts[1]
+        if w.ndim != 4:
+            raise UnsupportedOp(
+                cls.op_type, node, opset, f"{w.ndim - 2}-D convolution (weight shape {w.shape})"
+            )
+        attrs = dict(attrs)
+        # bind() sees only the prepared (Cout, K) weight: keep the kernel size in the op.
+        attrs.setdefault("kernel_shape", tuple(int(d) for d in w.shape[2:]))
+        return super().from_onnx(attrs, consts, node, opset)
+
+    def check(self, node: str, opset: int) -> None:
+        def bad(why: str) -> UnsupportedOp:
+            return UnsupportedOp(self.op_type, node, opset, why)
+
+        for name, value, rank in (
+            ("kernel_shape", self.kernel_shape, 2),
+            ("strides", self.strides, 2),
+            ("dilations", self.dilations, 2),
+            ("pads", self.pads, 4),
+        ):
+            if value and len(value) != rank:
+                raise bad(f"{len(value) * 2 // rank}-D convolution ({name}={list(value)})")
+        if self.auto_pad not in ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"):
+            raise bad(f"auto_pad={self.auto_pad!r}")
+        if any(v < 1 for v in (*self.kernel_shape, *self.strides, *self.dilations)) or self.group < 1:
+            raise bad(f"kernel_shape/strides/dilations/group must be >= 1, got {self.to_dict()}")
+        if any(p < 0 for p in self.pads):
+            raise bad(f"negative pads {list(self.pads)}")
+        if self.activation not in ACT_CODES:
+            raise bad(f"fused activation {self.activation!r}")
+
+    # ---- shapes ---------------------------------------------------------------------------------
+    def geometry(self, x_shape, cout: int, kernel: tuple[int, int] | None = None) -> Geometry:
+        if len(x_shape) != 4:
+            raise UnsupportedOp(
+                self.op_type, "?", None, f"{len(x_shape) - 2}-D convolution (input {x_shape})"
+            )
+        kernel = kernel or self.kernel_shape
+        if len(kernel) != 2:
+            raise ShapeError(f"Conv: kernel_shape unknown or not 2-D: {kernel}")
+        batch, cin, height, width = (int(d) for d in x_shape)
+        kh, kw = kernel
+        sh, sw = self.strides or (1, 1)
+        dh, dw = self.dilations or (1, 1)
+        if self.auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            upper = self.auto_pad == "SAME_UPPER"
+            pt, pb = _same_pads(height, kh, sh, dh, upper)
+            pl, pr = _same_pads(width, kw, sw, dw, upper)
+        elif self.auto_pad == "VALID":
+            pt = pl = pb = pr = 0
+        else:
+            pt, pl, pb, pr = self.pads or (0, 0, 0, 0)
+        out_h = (height + pt + pb - (kh - 1) * dh - 1) // sh + 1
+        out_w = (width + pl + pr - (kw - 1) * dw - 1) // sw + 1
+        if out_h < 1 or out_w < 1:
+            raise ShapeError(
+                f"Conv: empty output {out_h}x{out_w} for input {x_shape}, kernel {kernel}, "
+                f"pads {(pt, pl, pb, pr)}, strides {(sh, sw)}, dilations {(dh, dw)}"
+            )
+        if cin % self.group or cout % self.group:
+            raise ShapeError(
+                f"Conv: group {self.group} does not divide Cin {cin} and Cout {cout} (input {x_shape})"
+            )
+        return Geometry(
+            batch, cin, height, width, cout, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, out_h, out_w, self.group
+        )
+
+    def _geometry_of(self, shapes) -> Geometry:
+        x, w = shapes[0], shapes[1]
+        if x is None or len(x) != 4:
+            rank = None if x is None else len(x)
+            raise UnsupportedOp(self.op_type, "?", None, f"input of rank {rank} (only 2-D NCHW convolution)")
+        if w is None or len(w) != 4:
+            raise ShapeError(f"Conv: weight must have rank 4, got shape {w} (input {x})")
+        if self.kernel_shape and tuple(self.kernel_shape) != tuple(w[2:]):
+            raise ShapeError(f"Conv: kernel_shape {list(self.kernel_shape)} does not match weight {w}")
+        geo = self.geometry(x, int(w[0]), (int(w[2]), int(w[3])))
+        if w[1] * self.group != geo.cin:
+            raise ShapeError(
+                f"Conv: input {x} has {geo.cin} channels but weight {w} with group {self.group} "
+                f"expects {w[1] * self.group}"
+            )
+        bias = shapes[2] if len(shapes) > 2 else None
+        if bias is not None and tuple(bias) != (geo.cout,):
+            raise ShapeError(f"Conv: bias shape {bias} does not match weight {w} (want ({geo.cout},))")
+        return geo
+
+    def infer(self, shapes, consts):
+        geo = self._geometry_of(shapes)
+        if len(shapes) > 2 and shapes[2] is not None and len(consts) > 2 and consts[2] is None:
+            raise UnsupportedOp(self.op_type, "?", None, "bias B must be a constant")
+        return [(geo.batch, geo.cout, geo.out_h, geo.out_w)]
+
+    def prepare(self, consts):
+        out = list(consts)
+        w = consts[1]
+        out[1] = np.ascontiguousarray(np.asarray(w, dtype=np.float32).reshape(w.shape[0], -1))
+        if len(consts) > 2 and consts[2] is not None:
+            out[2] = np.ascontiguousarray(consts[2], dtype=np.float32).reshape(-1)
+        return out
+
+    def _part_range(self, geo: Geometry, part: Part | None) -> tuple[int, int, int, int]:
+        """(r0, r1, c0, c1): the output rows and channels that `part` computes."""
+        r0, r1, c0, c1 = 0, geo.out_h, 0, geo.cout
+        if part is None:
+            return r0, r1, c0, c1
+        if part.axis == "rows":
+            r0, r1 = part.start, part.stop
+            limit = geo.out_h
+        elif part.axis == "channels":
+            c0, c1 = part.start, part.stop
+            limit = geo.cout
+            per_group = geo.cout // geo.group
+            if geo.group > 1 and not geo.depthwise and (c0 % per_group or c1 % per_group):
+                raise ValueError(
+                    f"Conv: channel part [{c0}, {c1}) does not align to groups of {per_group} channels"
+                )
+        else:
+            raise ValueError(f"Conv: cannot slice along {part.axis!r}")
+        if not 0 <= part.start < part.stop <= limit:
+            raise ValueError(f"Conv: part {part} outside [0, {limit})")
+        return r0, r1, c0, c1
+
+    def _band(self, geo: Geometry, rows: int) -> int:
+        """Output rows per im2col / pointwise band."""
+        if geo.pointwise:
+            per_group_out = geo.cout // geo.group
+            row_bytes = (geo.cin // geo.group + per_group_out) * geo.width * 4
+            return _band_rows(rows, row_bytes, geo.width, POINTWISE_BAND_BYTES, MIN_BAND_COLS)
+        return _band_rows(rows, geo.k * geo.out_w * 4, geo.out_w, IM2COL_BAND_BYTES, MIN_BAND_COLS)
+
+    def scratch_bytes(self, shapes, part=None):
+        geo = self._geometry_of(shapes)
+        r0, r1, c0, c1 = self._part_range(geo, part)
+        if geo.depthwise:
+            g = geo
+            return 4 * sum(depthwise_scratch(r1 - r0, g.out_w, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw))
+        if geo.winograd:
+            return 4 * sum(WinogradPlan.of(geo, r1 - r0, c1 - c0).buffers.values())
+        if geo.pointwise:
+            return 0
+        return geo.k * self._band(geo, r1 - r0) * geo.out_w * 4
+
+    def flops(self, shapes, out_shapes):
+        geo = self._geometry_of(shapes)
+        return 2 * geo.batch * geo.cout * geo.out_h * geo.out_w * geo.k
+
+    # ---- execution ------------------------------------------------------------------------------
+    def bind(self, ins, outs, scratch, part=None):
+        x, wp, y = ins[0], ins[1], outs[0]
+        bias = ins[2] if len(ins) > 2 and ins[2] is not None else NO_BIAS
+        geo = self.geometry(x.shape, y.shape[1])
+        r0, r1, c0, c1 = self._part_range(geo, part)
+        rows, chans = (r0, r1), (c0, c1)
+        want_y = (geo.batch, geo.cout, geo.out_h, geo.out_w)
+        want_w = (chans[1] - chans[0], geo.k)
+        if tuple(y.shape) != want_y or tuple(wp.shape) != want_w or bias.size not in (0, want_w[0]):
+            raise ShapeError(
+                f"Conv.bind: input {x.shape}, weight {wp.shape}, bias {bias.shape}, output {y.shape}; "
+                f"want weight {want_w}, output {want_y} for part {part}"
+            )
+        for name, a in (("input", x), ("weight", wp), ("bias", bias), ("output", y)):
+            if a.dtype != np.float32 or not a.flags.c_contiguous:
+                raise ValueError(f"Conv.bind: {name} must be C-contiguous float32, got {a.dtype} {a.strides}")
+        epilogue = (ACT_CODES[self.activation], float(self.activation_alpha), float(self.activation_beta))
+        if geo.depthwise:
+            return _bind_depthwise(geo, x, wp, bias, y, scratch, rows, chans, epilogue)
+        if geo.winograd:
+            return _bind_winograd(geo, x, wp, bias, y, scratch, rows, chans, epilogue)
+        return _bind_gemm(
+            geo, self._band(geo, rows[1] - rows[0]), x, wp, bias, y, scratch, rows, chans, epilogue
+        )
+
+    def reference(self, ins):
+        x = np.asarray(ins[0], dtype=np.float64)
+        w = np.asarray(ins[1], dtype=np.float64)
+        bias = ins[2] if len(ins) > 2 and ins[2] is not None else np.zeros(w.shape[0])
+        g = self._geometry_of([x.shape, w.shape, None])
+        xp = np.pad(x, ((0, 0), (0, 0), (g.pt, g.pb), (g.pl, g.pr)))
+        y = np.zeros((g.batch, g.cout, g.out_h, g.out_w))
+        cin_g, cout_g = g.cin // g.group, g.cout // g.group
+        for grp in range(g.group):
+            xs = xp[:, grp * cin_g : (grp + 1) * cin_g]
+            ws = w[grp * cout_g : (grp + 1) * cout_g]
+            for i in range(g.kh):
+                for j in range(g.kw):
+                    patch = xs[
+                        :,
+                        :,
+                        i * g.dh : i * g.dh + (g.out_h - 1) * g.sh + 1 : g.sh,
+                        j * g.dw : j * g.dw + (g.out_w - 1) * g.sw + 1 : g.sw,
+                    ]
+                    y[:, grp * cout_g : (grp + 1) * cout_g] += np.einsum(
+                        "nchw,oc->nohw", patch, ws[:, :, i, j]
+                    )
+        y += np.asarray(bias, dtype=np.float64).reshape(1, -1, 1, 1)
+        return [reference_activation(y, self.activation, self.activation_alpha, self.activation_beta)]
+
+
+def _bind_depthwise(g: Geometry, x, wp, bias, y, scratch, rows, chans, epilogue) -> Kernel:
+    (r0, r1), (c0, c1), (act, alpha, beta) = rows, chans, epilogue
+    n_pad, n_wide = depthwise_scratch(r1 - r0, g.out_w, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw)
+    scratch = _scratch_floats(scratch, n_pad + n_wide)
+    pad, wide = scratch[:n_pad], scratch[n_pad:]
+
+    def run_depthwise():
+        depthwise(
+            x, wp, bias, y, pad, wide, c0, c1, r0, r1, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl,
+            act, alpha, beta,
+        )  # fmt: skip
+
+    return run_depthwise
+
+
+def _bind_winograd(g: Geometry, x, wp, bias, y, scratch, rows, chans, epilogue) -> Kernel:
+    (r0, r1), (c0, c1), (act, alpha, beta) = rows, chans, epilogue
+    plan = WinogradPlan.of(g, r1 - r0, c1 - c0)
+    sizes = plan.buffers
+    scratch = _scratch_floats(scratch, sum(sizes.values()))
+    buf, start = {}, 0
+    for name, size in sizes.items():
+        buf[name] = scratch[start : start + size]
+        start += size
+    tmp, pad, u, v, m = buf["tmp"], buf["pad"], buf["u"], buf["v"], buf["m"]
+    w_flat, cin, tx = reshape_view(wp, (-1,)), g.cin, plan.tiles_x
+    chunks = []
+    for k0 in range(0, c1 - c0, plan.chunk):
+        kc = min(plan.chunk, c1 - c0 - k0)
+        chunks.append((k0, k0 + kc, u[: 16 * kc * cin].reshape(16, kc, cin)))
+    bands = []  # (first output row, end row, tile rows, v, [(chunk, m) per chunk])
+    for b0 in range(r0, r1, 2 * plan.band):
+        b1 = min(b0 + 2 * plan.band, r1)
+        ty = (b1 - b0 + 1) // 2
+        v3 = v[: 16 * cin * ty * tx].reshape(16, cin, ty * tx)
+        per_chunk = [
+            (k0, k1, u3, m[: 16 * (k1 - k0) * ty * tx].reshape(16, k1 - k0, ty * tx)) for k0, k1, u3 in chunks
+        ]
+        for _, _, u3, m3 in per_chunk:
+            check_blas(u3[0], v3[0], m3[0])
+        bands.append((b0, b1, ty, v3, per_chunk))
+    # The weight transform runs once per call when one chunk holds every output channel.
+    once = len(chunks) == 1
+
+    def run_winograd():
+        if once:
+            winograd_weights(w_flat, 0, c1 - c0, cin, u, tmp)
+        for n in range(g.batch):
+            for b0, b1, ty, v3, per_chunk in bands:
+                winograd_input(x, n, pad, v, b0, ty, tx, g.pt, g.pl)
+                for k0, k1, u3, m3 in per_chunk:
+                    if not once:
+                        winograd_weights(w_flat, k0, k1, cin, u, tmp)
+                    np.matmul(u3, v3, out=m3)
+                    winograd_output(m, y, n, k1 - k0, c0 + k0, b0, b1, ty, tx, bias, k0, act, alpha, beta)
+
+    return run_winograd
+
+
+def _bind_gemm(g: Geometry, band: int, x, wp, bias, y, scratch, rows, chans, epilogue) -> Kernel:
+    """The pointwise and im2col paths: one task per (batch, group, band of output rows)."""
+    (r0, r1), (c0, c1), (act, alpha, beta) = rows, chans, epilogue
+    flat = reshape_view(y, (-1,))
+    plane = g.out_h * g.out_w
+    cout_g, cin_g = g.cout // g.group, g.cin // g.group
+    if not g.pointwise:
+        scratch = _scratch_floats(scratch, g.k * band * g.out_w)
+    tasks = []
+    for n in range(g.batch):
+        for grp in range(c0 // cout_g, -(-c1 // cout_g)):
+            lo_c, hi_c = max(grp * cout_g, c0), min((grp + 1) * cout_g, c1)
+            w_g = wp[lo_c - c0 : hi_c - c0]
+            y_g = reshape_view(y[n, lo_c:hi_c], (hi_c - lo_c, plane))
+            for b0 in range(r0, r1, band):
+                b1 = min(b0 + band, r1)
+                cols = slice(b0 * g.out_w, b1 * g.out_w)
+                if g.pointwise:  # output row r reads input row r: the band is a view of the input
+                    col = reshape_view(x[n, grp * cin_g : (grp + 1) * cin_g], (cin_g, g.height * g.width))[
+                        :, cols
+                    ]
+                else:
+                    col = scratch[: g.k * (b1 - b0) * g.out_w].reshape(g.k, (b1 - b0) * g.out_w)
+                out = y_g[:, cols]
+                check_blas(w_g, col, out)
+                off = (n * g.cout + lo_c) * plane + b0 * g.out_w
+                tasks.append((n, grp * cin_g, b0, b1, w_g, col, out, off, hi_c - lo_c, lo_c - c0))
+
+    if g.pointwise:
+
+        def run_pointwise():
+            for _, _, _, _, w_g, col, out, off, n_rows, boff in tasks:
+                np.matmul(w_g, col, out=out)
+                bias_act(flat, off, plane, n_rows, out.shape[1], bias, boff, act, alpha, beta)
+
+        return run_pointwise
+
+    def run_im2col():
+        for n, ci, b0, b1, w_g, col, out, off, n_rows, boff in tasks:
+            im2col(x, n, ci, cin_g, col, b0, b1, g.out_w, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl)
+            np.matmul(w_g, col, out=out)
+            bias_act(flat, off, plane, n_rows, out.shape[1], bias, boff, act, alpha, beta)
+
+    return run_im2col
+
+
+def _scratch_floats(scratch: np.ndarray | None, need: int) -> np.ndarray:
+    """The first `need` floats of the scratch view, flat (empty when nothing is needed)."""
+    have = 0 if scratch is None else scratch.size
+    if have < need:
+        raise ValueError(f"Conv.bind: scratch of {have * 4} bytes, need {need * 4}")
+    return NO_BIAS if need == 0 else scratch.reshape(-1)[:need]
+
+
+def reshape_view(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """a.reshape(shape), refusing to copy: a copy would silently detach the result from the arena."""
+    v = a.reshape(shape)
+    if v.size and not np.shares_memory(v, a):
+        raise ValueError(f"cannot view an array of shape {a.shape}, strides {a.strides} as {shape}")
+    return v
+
+
+def check_blas(*arrays: np.ndarray) -> None:
+    """np.matmul falls back to a slow non-BLAS loop unless every operand has a unit inner stride."""
+    for a in arrays:
+        if a.shape[0] > 1 and a.shape[1] > 1 and a.strides[1] != a.itemsize and a.strides[0] != a.itemsize:
+            raise ValueError(f"operand {a.shape} with strides {a.strides} is not BLAS-friendly")

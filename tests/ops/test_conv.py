@@ -1,0 +1,425 @@
+"""Conv and BatchNormalization kernels against their numpy references, on awkward shapes."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from flexnnd.errors import ShapeError, UnsupportedOp
+from flexnnd.ops.base import Part, op_class
+from flexnnd.ops.conv import Conv
+from flexnnd.ops.norm import BatchNormalization
+
+ACTIVATIONS = [
+    ("", 0.0, 0.0),
+    ("Relu", 0.0, 0.0),
+    ("Clip", 0.0, 6.0),
+    ("LeakyRelu", 0.1, 0.0),
+    ("Sigmoid", 0.0, 0.0),
+    ("HardSigmoid", 0.2, 0.5),
+    ("HardSwish", 0.0, 0.0),
+]
+
+
+class Arena:
+    """Float32 views carved from one byte buffer at 64-byte-aligned offsets, like the runtime's."""
+
+    def __init__(self, nbytes: int):
+        self.buffer = np.empty(nbytes + 64, dtype=np.uint8)
+        self.offset = -self.buffer.ctypes.data % 64
+
+    def take(self, shape, value=None) -> np.ndarray:
+        """A view of `shape`, filled with `value` (NaN when None: unwritten output shows up)."""
+        nbytes = int(np.prod(shape, dtype=np.int64)) * 4
+        view = self.buffer[self.offset : self.offset + nbytes].view(np.float32).reshape(shape)
+        self.offset += -(-nbytes // 64) * 64
+        view[...] = np.nan if value is None else value
+        return view
+
+
+def arena_for(*shapes) -> Arena:
+    return Arena(sum(-(-int(np.prod(s, dtype=np.int64)) * 4 // 64) * 64 for s in shapes))
+
+
+def assert_close(got: np.ndarray, ref: np.ndarray) -> None:
+    assert got.shape == ref.shape
+    err = float(np.max(np.abs(got.astype(np.float64) - ref)))
+    assert err <= 1e-4 * max(1.0, float(np.max(np.abs(ref)))), f"max |diff| {err}"
+
+
+def assert_no_numpy_allocations(fn) -> None:
+    """A second call allocates no numpy memory (none live afterwards, no transient buffer)."""
+    fn()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        base, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        fn()
+        _, peak = tracemalloc.get_traced_memory()
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    numpy_only = [tracemalloc.DomainFilter(True, np.lib.tracemalloc_domain)]
+    grown = after.filter_traces(numpy_only).compare_to(before.filter_traces(numpy_only), "lineno")
+    assert sum(s.count_diff for s in grown) == 0, grown[:3]
+    # Python's own bookkeeping of a call is a few hundred bytes; any data buffer would be larger.
+    assert peak - base < 1024, f"{peak - base} bytes allocated during the call"
+
+
+@dataclasses.dataclass
+class ConvCase:
+    op: Conv
+    x: np.ndarray  # ONNX-layout values
+    w: np.ndarray
+    b: np.ndarray | None
+    y_shape: tuple[int, ...]
+
+    @property
+    def shapes(self):
+        return [self.x.shape, self.w.shape] + ([self.b.shape] if self.b is not None else [])
+
+    def reference(self) -> np.ndarray:
+        return self.op.reference([self.x, self.w, self.b])[0]
+
+    def bind(self, part=None, y=None, scratch_floats=None):
+        """Bind on arena views; returns (kernel, output view). `y` reuses an output view."""
+        prepared = self.op.prepare([None, self.w, self.b])
+        wp, bp = prepared[1], (prepared[2] if self.b is not None else None)
+        if part is not None and part.axis == "channels":
+            wp = wp[part.start : part.stop]
+            bp = None if bp is None else bp[part.start : part.stop]
+        need = self.op.scratch_bytes(self.shapes, part) // 4 if scratch_floats is None else scratch_floats
+        arena = arena_for(self.x.shape, wp.shape, wp.shape[:1], self.y_shape, (max(need, 1),))
+        ins = [arena.take(self.x.shape, self.x), arena.take(wp.shape, wp)]
+        ins.append(None if bp is None else arena.take(bp.shape, bp))
+        y = arena.take(self.y_shape) if y is None else y
+        scratch = arena.take((need,)) if need else None
+        return self.op.bind(ins, [y], scratch, part), y
+
+
+def conv_case(x_shape, w_shape, bias=True, activation=("", 0.0, 0.0), seed=0, **attrs) -> ConvCase:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(x_shape, dtype=np.float32)
+    w = rng.standard_normal(w_shape, dtype=np.float32)
+    b = rng.standard_normal(w_shape[0], dtype=np.float32) if bias else None
+    consts = [None, w, b] if bias else [None, w]
+    op, kept = Conv.from_onnx(attrs, consts, "conv", 17)
+    assert kept == tuple(range(len(consts)))
+    name, alpha, beta = activation
+    op = dataclasses.replace(op, activation=name, activation_alpha=alpha, activation_beta=beta)
+    shapes = [x.shape, w.shape] + ([b.shape] if bias else [])
+    (y_shape,) = op.infer(shapes, consts)
+    return ConvCase(op, x, w, b, y_shape)
+
+
+# (id, input shape, weight shape, attributes): every path, on awkward shapes.
+CASES = [
+    # pointwise: 1×1, stride 1, no pad
+    ("1x1", (1, 13, 7, 7), (24, 13, 1, 1), {}),
+    ("1x1-cin1", (1, 1, 17, 13), (3, 1, 1, 1), {}),
+    ("1x1-group2-batch2", (2, 24, 7, 13), (6, 12, 1, 1), {"group": 2}),
+    # im2col + GEMM
+    ("3x3-pad1", (1, 3, 17, 13), (24, 3, 3, 3), {"pads": [1, 1, 1, 1]}),
+    ("3x3-batch2", (2, 13, 17, 17), (24, 13, 3, 3), {"pads": [1, 1, 1, 1]}),
+    ("5x5-s2-asym", (1, 13, 17, 17), (13, 13, 5, 5), {"pads": [2, 1, 0, 2], "strides": [2, 2]}),
+    ("7x7-s3", (1, 3, 17, 13), (24, 3, 7, 7), {"pads": [3, 3, 3, 3], "strides": [3, 3]}),
+    ("11x11-s2x3", (1, 3, 31, 29), (13, 3, 11, 11), {"pads": [2, 5, 3, 1], "strides": [2, 3]}),
+    ("3x3-dil2", (2, 13, 17, 13), (24, 13, 3, 3), {"pads": [2, 2, 2, 2], "dilations": [2, 2]}),
+    (
+        "3x5-dil2x1-s1x2",
+        (1, 13, 17, 13),
+        (1, 13, 3, 5),
+        {"pads": [1, 2, 1, 2], "dilations": [2, 1], "strides": [1, 2]},
+    ),
+    ("1x1-s2", (1, 24, 13, 13), (13, 24, 1, 1), {"strides": [2, 2]}),
+    ("1x1-pad", (1, 13, 7, 7), (24, 13, 1, 1), {"pads": [1, 0, 0, 1]}),
+    ("4x4-same-upper-s2", (1, 3, 17, 13), (13, 3, 4, 4), {"auto_pad": "SAME_UPPER", "strides": [2, 2]}),
+    ("4x4-same-lower-s2", (1, 3, 17, 13), (13, 3, 4, 4), {"auto_pad": "SAME_LOWER", "strides": [2, 2]}),
+    ("3x3-same-upper", (1, 13, 7, 13), (3, 13, 3, 3), {"auto_pad": "SAME_UPPER"}),
+    ("3x5-valid", (1, 13, 17, 13), (24, 13, 3, 5), {"auto_pad": "VALID"}),
+    ("3x3-no-pad-wide-kernel", (1, 3, 7, 17), (13, 3, 7, 3), {}),
+    # grouped (1 < group < C): per-group im2col + GEMM
+    ("group2", (2, 24, 13, 13), (24, 12, 3, 3), {"group": 2, "pads": [1, 1, 1, 1]}),
+    ("group3-5x5-s2", (1, 24, 17, 17), (12, 8, 5, 5), {"group": 3, "pads": [2, 2, 2, 2], "strides": [2, 2]}),
+    ("depthwise-multiplier2", (1, 13, 13, 13), (26, 1, 3, 3), {"group": 13, "pads": [1, 1, 1, 1]}),
+    # depthwise (group == Cin == Cout)
+    ("dw3x3", (2, 24, 17, 13), (24, 1, 3, 3), {"group": 24, "pads": [1, 1, 1, 1]}),
+    ("dw3x3-s2-asym", (1, 24, 17, 13), (24, 1, 3, 3), {"group": 24, "pads": [0, 1, 1, 0], "strides": [2, 2]}),
+    ("dw3x3-s2-small", (1, 13, 7, 7), (13, 1, 3, 3), {"group": 13, "pads": [1, 1, 1, 1], "strides": [2, 2]}),
+    ("dw3x3-s2-wide", (1, 3, 41, 45), (3, 1, 3, 3), {"group": 3, "pads": [1, 1, 1, 1], "strides": [2, 2]}),
+    ("dw3x3-s1x2", (1, 13, 17, 13), (13, 1, 3, 3), {"group": 13, "pads": [1, 1, 1, 1], "strides": [1, 2]}),
+    ("dw3x3-s3", (1, 13, 17, 17), (13, 1, 3, 3), {"group": 13, "pads": [1, 1, 1, 1], "strides": [3, 3]}),
+    ("dw3x3-dil2", (1, 13, 17, 13), (13, 1, 3, 3), {"group": 13, "pads": [2, 2, 2, 2], "dilations": [2, 2]}),
+    ("dw5x5-s2", (1, 13, 17, 17), (13, 1, 5, 5), {"group": 13, "pads": [2, 2, 2, 2], "strides": [2, 2]}),
+    ("dw7x7-s3", (1, 3, 17, 13), (3, 1, 7, 7), {"group": 3, "pads": [3, 3, 3, 3], "strides": [3, 3]}),
+    ("dw11x11", (1, 3, 17, 17), (3, 1, 11, 11), {"group": 3, "pads": [5, 5, 5, 5]}),
+    ("dw1x1", (1, 13, 7, 7), (13, 1, 1, 1), {"group": 13}),
+    (
+        "dw3x3-same-upper-s2",
+        (2, 13, 17, 13),
+        (13, 1, 3, 3),
+        {"group": 13, "auto_pad": "SAME_UPPER", "strides": [2, 2]},
+    ),
+    ("dw3x3-valid", (1, 24, 7, 7), (24, 1, 3, 3), {"group": 24, "auto_pad": "VALID"}),
+]
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "attrs"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_conv_matches_reference(x_shape, w_shape, attrs):
+    case = conv_case(x_shape, w_shape, **attrs)
+    kernel, y = case.bind()
+    kernel()
+    assert_close(y, case.reference())
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS, ids=[a[0] or "none" for a in ACTIVATIONS])
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "attrs"),
+    [
+        ((1, 13, 7, 7), (24, 13, 1, 1), {}),
+        ((1, 3, 17, 13), (24, 3, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}),
+        ((2, 24, 13, 13), (24, 1, 3, 3), {"group": 24, "pads": [1, 1, 1, 1]}),
+    ],
+    ids=["pointwise", "im2col", "depthwise"],
+)
+def test_fused_activation(x_shape, w_shape, attrs, activation):
+    case = conv_case(x_shape, w_shape, activation=activation, **attrs)
+    kernel, y = case.bind()
+    kernel()
+    assert_close(y, case.reference())
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "attrs"),
+    [
+        ((1, 13, 7, 7), (24, 13, 1, 1), {}),
+        ((1, 3, 17, 13), (24, 3, 3, 3), {}),
+        ((1, 13, 9, 9), (13, 1, 3, 3), {"group": 13}),
+    ],
+    ids=["pointwise", "im2col", "depthwise"],
+)
+def test_without_bias(x_shape, w_shape, attrs):
+    case = conv_case(x_shape, w_shape, bias=False, activation=("Relu", 0.0, 0.0), **attrs)
+    kernel, y = case.bind()
+    kernel()
+    assert_close(y, case.reference())
+
+
+def test_reference_matches_onnxruntime():
+    """The oracle itself, on the attributes most easily got wrong (auto_pad, asymmetric pads)."""
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+
+    for x_shape, w_shape, attrs in [
+        ((1, 3, 17, 13), (13, 3, 4, 4), {"auto_pad": "SAME_UPPER", "strides": [2, 2]}),
+        ((1, 3, 17, 13), (13, 3, 4, 4), {"auto_pad": "SAME_LOWER", "strides": [2, 2]}),
+        ((1, 13, 17, 17), (13, 13, 5, 5), {"pads": [2, 1, 0, 2], "strides": [2, 3], "dilations": [1, 2]}),
+        ((1, 24, 17, 17), (12, 8, 5, 5), {"group": 3, "pads": [2, 2, 2, 2], "strides": [2, 2]}),
+    ]:
+        case = conv_case(x_shape, w_shape, **attrs)
+        graph = helper.make_graph(
+            [helper.make_node("Conv", ["x", "w", "b"], ["y"], **attrs)],
+            "conv",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(case.w, "w"), numpy_helper.from_array(case.b, "b")],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        (expected,) = session.run(None, {"x": case.x})
+        assert_close(expected, case.reference())
+
+
+# ---- parts -----------------------------------------------------------------------------------------
+def _run_parts(case: ConvCase, parts: list[Part]) -> np.ndarray:
+    _, y = case.bind()  # a NaN-filled output view that every part writes into
+    for part in parts:
+        kernel, _ = case.bind(part, y=y)
+        kernel()
+    return y
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "attrs"),
+    [
+        ((2, 13, 17, 13), (24, 13, 3, 3), {"pads": [1, 2, 0, 1], "strides": [1, 1]}),
+        ((1, 13, 17, 13), (24, 13, 5, 5), {"pads": [2, 2, 2, 2], "strides": [2, 2]}),
+        ((1, 13, 17, 13), (24, 13, 1, 1), {}),
+        ((2, 24, 17, 13), (24, 1, 3, 3), {"group": 24, "pads": [1, 1, 1, 1]}),
+        ((1, 24, 17, 13), (24, 1, 3, 3), {"group": 24, "pads": [1, 1, 1, 1], "strides": [2, 2]}),
+        ((1, 24, 13, 13), (24, 12, 3, 3), {"group": 2, "pads": [1, 1, 1, 1]}),
+    ],
+    ids=["im2col", "im2col-s2", "pointwise", "depthwise", "depthwise-s2", "group2"],
+)
+def test_row_bands_cover_the_whole_op(x_shape, w_shape, attrs):
+    case = conv_case(x_shape, w_shape, activation=("Relu", 0.0, 0.0), **attrs)
+    whole, y_whole = case.bind()
+    whole()
+    rows = case.y_shape[2]
+    cuts = [0, 1, 3, rows // 2 + 1, rows]
+    y = _run_parts(case, [Part("rows", a, b) for a, b in itertools.pairwise(cuts)])
+    np.testing.assert_allclose(y, y_whole, rtol=1e-5, atol=1e-5)
+    full = case.op.scratch_bytes(case.shapes)
+    band = case.op.scratch_bytes(case.shapes, Part("rows", 3, 5))
+    if full:
+        assert band < full
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "attrs", "cuts"),
+    [
+        ((2, 13, 17, 13), (24, 13, 3, 3), {"pads": [1, 1, 1, 1]}, [0, 5, 13, 24]),
+        ((1, 13, 7, 7), (24, 13, 1, 1), {}, [0, 1, 24]),
+        ((1, 24, 13, 13), (24, 12, 3, 3), {"group": 2, "pads": [1, 1, 1, 1]}, [0, 12, 24]),
+        ((1, 24, 13, 13), (24, 8, 3, 3), {"group": 3, "pads": [1, 1, 1, 1]}, [0, 16, 24]),
+        ((2, 24, 13, 13), (24, 1, 3, 3), {"group": 24, "pads": [1, 1, 1, 1]}, [0, 5, 24]),
+    ],
+    ids=["im2col", "pointwise", "group2", "group3-two-groups-at-once", "depthwise"],
+)
+def test_channel_parts_cover_the_whole_op(x_shape, w_shape, attrs, cuts):
+    case = conv_case(x_shape, w_shape, activation=("Clip", 0.0, 6.0), **attrs)
+    whole, y_whole = case.bind()
+    whole()
+    y = _run_parts(case, [Part("channels", a, b) for a, b in itertools.pairwise(cuts)])
+    np.testing.assert_allclose(y, y_whole, rtol=1e-5, atol=1e-5)
+
+
+def test_channel_parts_must_align_to_groups():
+    case = conv_case((1, 24, 13, 13), (24, 12, 3, 3), group=2, pads=[1, 1, 1, 1])
+    with pytest.raises(ValueError, match="align"):
+        case.bind(Part("channels", 0, 5))
+    with pytest.raises(ValueError, match="outside"):
+        case.bind(Part("rows", 0, 99))
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "attrs"),
+    [
+        ((1, 13, 17, 13), (24, 13, 3, 3), {"pads": [1, 1, 1, 1]}),
+        ((1, 24, 17, 13), (24, 1, 3, 3), {"group": 24, "pads": [1, 1, 1, 1], "strides": [2, 2]}),
+    ],
+    ids=["im2col", "depthwise"],
+)
+def test_scratch_bytes_is_exactly_what_bind_needs(x_shape, w_shape, attrs):
+    case = conv_case(x_shape, w_shape, **attrs)
+    for part in (None, Part("rows", 2, 5)):
+        need = case.op.scratch_bytes(case.shapes, part) // 4
+        kernel, _ = case.bind(part, scratch_floats=need)
+        kernel()
+        with pytest.raises(ValueError, match="scratch"):
+            case.bind(part, scratch_floats=need - 1)
+
+
+def test_large_conv_is_banded_within_the_cache_budget():
+    """The whole op needs less scratch than a full im2col matrix, and still matches."""
+    case = conv_case((1, 64, 56, 56), (8, 64, 3, 3), pads=[1, 1, 1, 1])
+    assert case.op.scratch_bytes(case.shapes) < 64 * 9 * 56 * 56 * 4 // 4
+    kernel, y = case.bind()
+    kernel()
+    assert_close(y, case.reference())
+
+
+# ---- no allocation -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "attrs"),
+    [
+        ((2, 13, 17, 13), (24, 13, 1, 1), {}),
+        ((2, 13, 17, 13), (24, 13, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 1]}),
+        ((2, 24, 17, 13), (24, 1, 3, 3), {"group": 24, "pads": [1, 1, 1, 1]}),
+        ((2, 24, 17, 13), (24, 8, 3, 3), {"group": 3, "pads": [1, 1, 1, 1]}),
+    ],
+    ids=["pointwise", "im2col", "depthwise", "grouped"],
+)
+def test_kernels_allocate_nothing(x_shape, w_shape, attrs):
+    case = conv_case(x_shape, w_shape, activation=("HardSwish", 0.0, 0.0), **attrs)
+    kernel, _ = case.bind()
+    assert_no_numpy_allocations(kernel)
+    kernel, _ = case.bind(Part("rows", 2, 6))
+    assert_no_numpy_allocations(kernel)
+
+
+# ---- contract ----------------------------------------------------------------------------------------
+def test_registered_and_attributes():
+    assert op_class("Conv") is Conv
+    assert op_class("BatchNormalization") is BatchNormalization
+    case = conv_case((1, 3, 17, 13), (24, 3, 5, 3), pads=[1, 1, 1, 1], strides=[2, 2])
+    assert case.op.kernel_shape == (5, 3)  # filled from W: bind sees only the (Cout, K) weight
+    assert Conv.from_dict(case.op.to_dict()) == case.op
+    assert "activation" not in Conv.onnx_attribute_names()
+    y = case.y_shape
+    assert case.op.flops(case.shapes, [y]) == 2 * 24 * y[2] * y[3] * 3 * 5 * 3
+    w_prepared = case.op.prepare([None, case.w, case.b])[1]
+    assert w_prepared.shape == (24, 3 * 5 * 3) and w_prepared.flags.c_contiguous
+
+
+def test_rejects_other_ranks_and_variable_weights():
+    w1d = np.zeros((4, 3, 3), np.float32)
+    with pytest.raises(UnsupportedOp, match="1-D"):
+        Conv.from_onnx({}, [None, w1d], "conv1d", 17)
+    with pytest.raises(UnsupportedOp, match="constant"):
+        Conv.from_onnx({}, [None, None], "conv", 17)
+    with pytest.raises(UnsupportedOp, match="rank 5"):
+        Conv(kernel_shape=(3, 3)).infer([(1, 3, 8, 8, 8), (4, 3, 3, 3)], [None, None])
+    with pytest.raises(UnsupportedOp, match="3-D"):
+        Conv.from_onnx({"kernel_shape": [3, 3, 3]}, [None, np.zeros((4, 3, 3, 3), np.float32)], "c", 17)
+    with pytest.raises(UnsupportedOp, match="auto_pad"):
+        Conv.from_onnx({"auto_pad": "SAME"}, [None, np.zeros((4, 3, 3, 3), np.float32)], "c", 17)
+
+
+@pytest.mark.parametrize(
+    ("shapes", "attrs", "match"),
+    [
+        ([(1, 4, 8, 8), (8, 3, 3, 3)], {}, r"\(1, 4, 8, 8\).*\(8, 3, 3, 3\)"),
+        ([(1, 6, 8, 8), (8, 3, 3, 3)], {"group": 4}, "group 4"),
+        ([(1, 3, 8, 8), (8, 3, 3, 3), (7,)], {}, r"bias shape \(7,\)"),
+        ([(1, 3, 2, 2), (8, 3, 3, 3)], {}, "empty output"),
+        ([(1, 3, 8, 8), (8, 3, 3, 3)], {"kernel_shape": (5, 5)}, "kernel_shape"),
+    ],
+    ids=["channels", "group", "bias", "empty", "kernel_shape"],
+)
+def test_shape_errors_name_the_shapes(shapes, attrs, match):
+    with pytest.raises(ShapeError, match=match):
+        Conv(**attrs).infer(shapes, [None] * len(shapes))
+
+
+# ---- BatchNormalization ---------------------------------------------------------------------------
+@pytest.mark.parametrize("activation", [("", 0.0, 0.0), ("Relu", 0.0, 0.0), ("HardSwish", 0.0, 0.0)])
+@pytest.mark.parametrize("x_shape", [(2, 13, 7, 9), (3, 24), (1, 3, 5)])
+def test_batchnorm(x_shape, activation):
+    rng = np.random.default_rng(1)
+    channels = x_shape[1]
+    x = rng.standard_normal(x_shape, dtype=np.float32)
+    params = [
+        rng.standard_normal(channels).astype(np.float32),
+        rng.standard_normal(channels).astype(np.float32),
+        rng.standard_normal(channels).astype(np.float32),
+        rng.uniform(0.5, 2.0, channels).astype(np.float32),
+    ]
+    consts = [None, *params]
+    op, _ = BatchNormalization.from_onnx({"epsilon": 1e-3}, consts, "bn", 17)
+    name, alpha, beta = activation
+    op = dataclasses.replace(op, activation=name, activation_alpha=alpha, activation_beta=beta)
+    assert op.infer([x.shape] + [p.shape for p in params], consts) == [x_shape]
+    prepared = op.prepare(consts)
+    arena = arena_for(x_shape, x_shape, *[(channels,)] * 4)
+    ins = [arena.take(x_shape, x)] + [arena.take(p.shape, p) for p in prepared[1:]]
+    y = arena.take(x_shape)
+    kernel = op.bind(ins, [y], None)
+    kernel()
+    assert_close(y, op.reference([x, *params])[0])
+    assert_no_numpy_allocations(kernel)
+
+
+def test_batchnorm_rejects_training_and_variable_statistics():
+    stats = [np.ones(3, np.float32)] * 4
+    with pytest.raises(UnsupportedOp, match="training_mode"):
+        BatchNormalization.from_onnx({"training_mode": 1}, [None, *stats], "bn", 15)
+    with pytest.raises(UnsupportedOp, match="constants"):
+        BatchNormalization.from_onnx({}, [None, *stats[:3], None], "bn", 15)
+    with pytest.raises(ShapeError, match=r"mean shape \(4,\)"):
+        BatchNormalization().infer([(1, 3, 4, 4), (3,), (3,), (4,), (3,)], [None] * 5)

@@ -1,0 +1,230 @@
+"""Gemm and MatMul against their numpy references; weight slicing; no allocation per call."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from flexnnd.errors import ShapeError, UnsupportedOp
+from flexnnd.ops.base import Part, op_class
+from flexnnd.ops.gemm import Gemm, MatMul
+
+ACTIVATIONS = [
+    ("", 0.0, 0.0),
+    ("Relu", 0.0, 0.0),
+    ("Clip", -1.0, 1.0),
+    ("LeakyRelu", 0.1, 0.0),
+    ("Sigmoid", 0.0, 0.0),
+    ("HardSigmoid", 0.2, 0.5),
+    ("HardSwish", 0.0, 0.0),
+]
+
+
+class Arena:
+    """Float32 views carved from one byte buffer at 64-byte-aligned offsets, like the runtime's."""
+
+    def __init__(self, *shapes):
+        sizes = [-(-int(np.prod(s, dtype=np.int64)) * 4 // 64) * 64 for s in shapes]
+        self.buffer = np.empty(sum(sizes) + 64, dtype=np.uint8)
+        self.offset = -self.buffer.ctypes.data % 64
+
+    def take(self, shape, value=None) -> np.ndarray:
+        nbytes = int(np.prod(shape, dtype=np.int64)) * 4
+        view = self.buffer[self.offset : self.offset + nbytes].view(np.float32).reshape(shape)
+        self.offset += -(-nbytes // 64) * 64
+        view[...] = np.nan if value is None else value
+        return view
+
+
+def assert_close(got: np.ndarray, ref: np.ndarray) -> None:
+    assert got.shape == ref.shape
+    err = float(np.max(np.abs(got.astype(np.float64) - ref)))
+    assert err <= 1e-4 * max(1.0, float(np.max(np.abs(ref)))), f"max |diff| {err}"
+
+
+def assert_no_numpy_allocations(fn) -> None:
+    """A second call allocates no numpy memory (none live afterwards, no transient buffer)."""
+    fn()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        base, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        fn()
+        _, peak = tracemalloc.get_traced_memory()
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    numpy_only = [tracemalloc.DomainFilter(True, np.lib.tracemalloc_domain)]
+    grown = after.filter_traces(numpy_only).compare_to(before.filter_traces(numpy_only), "lineno")
+    assert sum(s.count_diff for s in grown) == 0, grown[:3]
+    assert peak - base < 1024, f"{peak - base} bytes allocated during the call"
+
+
+def bind_on_arena(op, values, consts, out_shape, part=None):
+    """Prepare the constants, put every input and the output in one arena, bind. -> (kernel, y)."""
+    prepared = op.prepare(consts)
+    ins = [p if c is not None else v for v, c, p in zip(values, consts, prepared, strict=True)]
+    if part is not None:
+        ins = [
+            ins[0],
+            ins[1][part.start : part.stop],
+            *[c[part.start : part.stop] for c in ins[2:] if c is not None],
+        ]
+    arena = Arena(out_shape, *[v.shape for v in ins if v is not None])
+    ins = [None if v is None else arena.take(v.shape, v) for v in ins]
+    y = arena.take(out_shape)
+    return op.bind(ins, [y], None, part), y
+
+
+def gemm_case(m, k, n, c_shape=(-1,), activation=("", 0.0, 0.0), seed=0, **attrs):
+    """-> (op, values in ONNX layout, consts, output shape); c_shape None = no C, -1 = N."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((k, m) if attrs.get("transA") else (m, k), dtype=np.float32)
+    b = rng.standard_normal((n, k) if attrs.get("transB") else (k, n), dtype=np.float32)
+    values = [a, b]
+    if c_shape is not None:
+        values.append(rng.standard_normal(tuple(n if d == -1 else d for d in c_shape)).astype(np.float32))
+    consts = [None, *values[1:]]
+    op, _ = Gemm.from_onnx(attrs, consts, "gemm", 13)
+    name, alpha, beta = activation
+    op = dataclasses.replace(op, activation=name, activation_alpha=alpha, activation_beta=beta)
+    (out_shape,) = op.infer([v.shape for v in values], consts)
+    return op, values, consts, out_shape
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS, ids=[a[0] or "none" for a in ACTIVATIONS])
+@pytest.mark.parametrize(
+    ("m", "k", "n", "c_shape", "attrs"),
+    [
+        (1, 29, 37, (-1,), {}),
+        (3, 29, 37, (1, -1), {"transB": 1}),
+        (3, 13, 24, (), {"transA": 1, "alpha": 0.5, "beta": 2.0}),
+        (2, 24, 13, (1,), {"transA": 1, "transB": 1, "beta": -1.0}),
+        (1, 7, 13, (1, -1), {"alpha": 3.0}),
+        (5, 24, 1, None, {}),
+        (3, 13, 24, (3, -1), {"beta": 0.5}),
+        (4, 13, 7, (4, 1), {"transA": 1}),
+    ],
+    ids=[
+        "vector",
+        "transB-row-bias",
+        "transA-scalar-bias",
+        "both-trans",
+        "M1-full-C",
+        "no-C",
+        "matrix-C",
+        "column-C",
+    ],
+)
+def test_gemm_matches_reference(m, k, n, c_shape, attrs, activation):
+    op, values, consts, out_shape = gemm_case(m, k, n, c_shape, activation, **attrs)
+    kernel, y = bind_on_arena(op, values, consts, out_shape)
+    kernel()
+    assert_close(y, op.reference(values)[0])
+
+
+@pytest.mark.parametrize(("transB", "c_shape"), [(0, (-1,)), (1, (-1,)), (1, (3, -1))])
+def test_gemm_channel_parts_cover_the_whole_op(transB, c_shape):
+    op, values, consts, out_shape = gemm_case(3, 29, 37, c_shape, ("Relu", 0.0, 0.0), transB=transB)
+    whole, y_whole = bind_on_arena(op, values, consts, out_shape)
+    whole()
+    cuts = [0, 1, 16, 37]
+    _, y = bind_on_arena(op, values, consts, out_shape)
+    prepared = op.prepare(consts)
+    for n0, n1 in itertools.pairwise(cuts):
+        kernel = op.bind(
+            [values[0], prepared[1][n0:n1], prepared[2][n0:n1]], [y], None, Part("channels", n0, n1)
+        )
+        kernel()
+    np.testing.assert_allclose(y, y_whole, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="part"):
+        op.bind([values[0], prepared[1], prepared[2]], [y], None, Part("rows", 0, 1))
+
+
+def test_gemm_weight_layout_is_output_major():
+    op, values, consts, _ = gemm_case(2, 5, 7, alpha=2.0, beta=3.0)
+    w, bias = op.prepare(consts)[1:]
+    assert w.shape == (7, 5) and w.flags.c_contiguous
+    np.testing.assert_allclose(w, 2.0 * values[1].T)
+    np.testing.assert_allclose(bias, 3.0 * values[2])
+    op, values, consts, _ = gemm_case(2, 5, 7, (2, -1), beta=3.0)
+    bias = op.prepare(consts)[2]  # a C that varies along M is stored transposed: channel slices
+    assert bias.shape == (7, 2) and bias.flags.c_contiguous
+    np.testing.assert_allclose(bias, 3.0 * values[2].T)
+    assert op.flops([v.shape for v in values], [(2, 7)]) == 2 * 2 * 5 * 7
+
+
+def test_gemm_errors():
+    b = np.zeros((4, 5), np.float32)
+    with pytest.raises(UnsupportedOp, match="constant"):
+        Gemm.from_onnx({}, [None, None], "gemm", 13)
+    with pytest.raises(ShapeError, match="rank 2"):
+        Gemm().infer([(2, 3, 4), (4, 5)], [None, b])
+    with pytest.raises(ShapeError, match="disagree on K"):
+        Gemm().infer([(2, 3), (4, 5)], [None, b])
+    with pytest.raises(ShapeError, match="broadcast"):
+        Gemm().infer([(2, 4), (4, 5), (3,)], [None, b, np.zeros(3, np.float32)])
+    with pytest.raises(UnsupportedOp, match="attribute"):
+        Gemm.from_onnx({"activation": "Relu"}, [None, b], "gemm", 13)
+
+
+# ---- MatMul ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("a_shape", "b_shape", "b_const"),
+    [
+        ((3, 29), (29, 37), True),
+        ((2, 3, 29), (29, 37), True),
+        ((29,), (29, 37), True),
+        ((3, 29), (29,), True),
+        ((2, 3, 5, 7), (3, 7, 4), False),
+        ((2, 1, 5, 7), (3, 7, 4), False),
+        ((7,), (7, 4), False),
+        ((2, 5, 7), (7,), False),
+        ((2, 5, 7), (2, 7, 3), True),
+    ],
+    ids=["2d-const", "batched-const", "vector-const", "matrix-vector-const", "batched", "broadcast", "vector",
+         "matrix-vector", "3d-const"],
+)  # fmt: skip
+def test_matmul_matches_reference(a_shape, b_shape, b_const):
+    rng = np.random.default_rng(2)
+    values = [rng.standard_normal(a_shape, dtype=np.float32), rng.standard_normal(b_shape, dtype=np.float32)]
+    consts = [None, values[1] if b_const else None]
+    op, kept = MatMul.from_onnx({}, consts, "matmul", 13)
+    assert kept == (0, 1)
+    assert op.const_b == (b_const and len(b_shape) <= 2)
+    (out_shape,) = op.infer([a_shape, b_shape], consts)
+    assert out_shape == np.matmul(values[0], values[1]).shape
+    kernel, y = bind_on_arena(op, values, consts, out_shape)
+    kernel()
+    assert_close(y, op.reference(values)[0])
+    assert_no_numpy_allocations(kernel)
+
+
+def test_matmul_errors():
+    with pytest.raises(ShapeError, match="disagree on K"):
+        MatMul().infer([(3, 4), (5, 6)], [None, None])
+    with pytest.raises(ShapeError, match="do not broadcast"):
+        MatMul().infer([(2, 3, 4), (3, 4, 6)], [None, None])
+    with pytest.raises(ShapeError, match="rank >= 1"):
+        MatMul().infer([(), (3,)], [None, None])
+
+
+# ---- no allocation -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(("m", "c_shape"), [(1, (-1,)), (4, (-1,)), (4, (4, -1))])
+def test_gemm_allocates_nothing(m, c_shape):
+    op, values, consts, out_shape = gemm_case(m, 64, 300, c_shape, ("Sigmoid", 0.0, 0.0), transB=1)
+    kernel, _ = bind_on_arena(op, values, consts, out_shape)
+    assert_no_numpy_allocations(kernel)
+    kernel, _ = bind_on_arena(op, values, consts, out_shape, Part("channels", 100, 300))
+    assert_no_numpy_allocations(kernel)
+
+
+def test_registered():
+    assert op_class("Gemm") is Gemm
+    assert op_class("MatMul") is MatMul
+    assert Gemm.slicing == ("channels",)
