@@ -144,6 +144,111 @@ def max_pool2d(x, y, kh, kw, sh, sw, dh, dw, pad_top, pad_left):
                     yrow[ow] = m
 
 
+@kernel(inline="always")
+def _max_into(dst, src, n):
+    """dst[i] = max(dst[i], src[i]) for i < n: slices, not offset indices, so LLVM vectorizes."""
+    for i in range(n):
+        a = dst[i]
+        b = src[i]
+        dst[i] = a if a >= b else b
+
+
+@kernel(inline="always")
+def _max_into_strided(dst, src, n, stride):
+    if stride == 1:
+        _max_into(dst, src, n)
+    elif stride == 2:
+        for i in range(n):
+            a = dst[i]
+            b = src[2 * i]
+            dst[i] = a if a >= b else b
+    else:
+        for i in range(n):
+            a = dst[i]
+            b = src[i * stride]
+            dst[i] = a if a >= b else b
+
+
+@kernel
+def max_pool2d_separable(x, y, tmp, height, width, out_h, out_w, kh, kw, sh, sw, pad_top, pad_left):
+    """Max pooling without dilation, as a max over rows into `tmp` then a max over columns.
+
+    x: (P, H*W), y: (P, OH*OW), tmp: (OH*W,), all flat and C-contiguous. Each pass is a few
+    long loops over slices; with stride 1 and an output as wide as the input, the rows of a plane
+    are done in one flat loop per tap, and the few columns whose flat window wraps into the
+    next row are recomputed with their valid taps.
+    """
+    sw = max(sw, 1)
+    c_lo = min(out_w, (pad_left + sw - 1) // sw)
+    c_hi = max(c_lo, min(out_w, (width - kw + pad_left) // sw + 1))
+    flat_columns = sw == 1 and out_w == width
+    for p in range(x.shape[0]):
+        xf = x[p]
+        yf = y[p]
+        # Rows: tmp[oh] = max over the window's valid input rows.
+        oh = 0
+        while oh < out_h:
+            h0 = oh * sh - pad_top
+            r_lo = max(0, -h0)
+            r_hi = min(kh, height - h0)
+            if sh == 1 and r_lo == 0 and r_hi == kh:
+                # A run of interior rows: one flat loop per tap.
+                last = min(out_h, height - kh + pad_top + 1)
+                n = (last - oh) * width
+                dst = tmp[oh * width : oh * width + n]
+                src = xf[h0 * width : h0 * width + n]
+                for i in range(n):
+                    dst[i] = src[i]
+                for r in range(1, kh):
+                    _max_into(dst, xf[(h0 + r) * width : (h0 + r) * width + n], n)
+                oh = last
+                continue
+            dst = tmp[oh * width : (oh + 1) * width]
+            src = xf[(h0 + r_lo) * width : (h0 + r_lo + 1) * width]
+            for i in range(width):
+                dst[i] = src[i]
+            for r in range(r_lo + 1, r_hi):
+                _max_into(dst, xf[(h0 + r) * width : (h0 + r + 1) * width], width)
+            oh += 1
+        # Columns.
+        if flat_columns:
+            n = out_h * width - (kw - 1)
+            dst = yf[pad_left : pad_left + n]
+            src = tmp[0:n]
+            for i in range(n):
+                dst[i] = src[i]
+            for c in range(1, kw):
+                _max_into(dst, tmp[c : c + n], n)
+            border = True
+        else:
+            border = c_lo > 0 or c_hi < out_w
+            n = c_hi - c_lo
+            for oh in range(out_h):
+                row = tmp[oh * width : (oh + 1) * width]
+                dst = yf[oh * out_w + c_lo : oh * out_w + c_hi]
+                start = c_lo * sw - pad_left
+                src = row[start:]
+                if n > 0:
+                    for i in range(n):
+                        dst[i] = src[i * sw]
+                    for c in range(1, kw):
+                        _max_into_strided(dst, row[start + c :], n, sw)
+        if border:
+            edge = c_lo + out_w - c_hi  # border columns per row: only these are visited
+            for k in range(edge * out_h):
+                oh, ow = k // edge, k % edge
+                ow = ow if ow < c_lo else ow - c_lo + c_hi
+                base = oh * width
+                w0 = ow * sw - pad_left
+                t_lo = max(0, -w0)
+                t_hi = min(kw, width - w0)
+                m = tmp[base + w0 + t_lo]
+                for c in range(t_lo + 1, t_hi):
+                    v = tmp[base + w0 + c]
+                    m = m if m >= v else v
+                yf[oh * out_w + ow] = m
+
+
 @kernel
 def average_pool2d(x, y, kh, kw, sh, sw, dh, dw, pad_top, pad_left, padded_h, padded_w, include_pad):
     """y[p] = average pooling of x[p]: x (P, H, W), y (P, OH, OW), both C-contiguous.
@@ -357,10 +462,29 @@ class MaxPool(_Pool):
     op_type = "MaxPool"
     storage_order: int = 0
 
+    def _separable(self, shape: Shape) -> bool:
+        """No dilation and every window overlapping the input: rows then columns."""
+        rows, cols = self.windows(shape)
+        return rows.dilation == cols.dilation == 1 and all(
+            (w.out - 1) * w.stride - w.pad_begin < w.size and w.kernel > w.pad_begin for w in (rows, cols)
+        )
+
+    def scratch_bytes(self, shapes, part=None):
+        if not self._separable(shapes[0]):
+            return 0
+        rows, cols = self.windows(shapes[0])
+        return rows.out * cols.size * 4
+
     def bind(self, ins, outs, scratch, part=None):
         x, y, rows, cols = self.planes(ins[0], outs[0])
-        args = (rows.kernel, cols.kernel, rows.stride, cols.stride, rows.dilation, cols.dilation)
         pads = (rows.pad_begin, cols.pad_begin)
+        if self._separable(ins[0].shape):
+            flat_x, flat_y = reshaped(x, (x.shape[0], -1)), reshaped(y, (y.shape[0], -1))
+            tmp = scratch[: rows.out * cols.size]
+            geometry = (rows.size, cols.size, rows.out, cols.out, rows.kernel, cols.kernel)
+            strides = (rows.stride, cols.stride)
+            return lambda: max_pool2d_separable(flat_x, flat_y, tmp, *geometry, *strides, *pads)
+        args = (rows.kernel, cols.kernel, rows.stride, cols.stride, rows.dilation, cols.dilation)
         return lambda: max_pool2d(x, y, *args, *pads)
 
     def reference(self, ins):

@@ -219,3 +219,29 @@ def test_no_numpy_allocation_per_call(op):
     x = np.random.default_rng(2).standard_normal((2, 24, 21, 19)).astype(np.float32)
     kernel, _ = run_in_arena(op, [x])
     assert_no_numpy_allocations(kernel)
+
+
+@pytest.mark.parametrize(
+    ("shape", "kernel", "strides", "pads", "ceil"),
+    [
+        ((1, 13, 14, 14), (3, 3), (1, 1), (1, 1, 1, 1), 1),  # GoogLeNet's branch pools: flat columns
+        ((2, 3, 7, 9), (5, 5), (1, 1), (2, 2, 2, 2), 0),
+        ((1, 24, 5, 5), (2, 2), (1, 1), (0, 0, 1, 1), 0),
+        ((1, 1, 3, 3), (3, 3), (1, 1), (2, 0, 0, 2), 0),
+        ((1, 3, 4, 17), (1, 3), (1, 1), (0, 1, 0, 1), 0),
+        ((1, 13, 111, 111), (3, 3), (2, 2), (0, 0, 0, 0), 1),  # SqueezeNet's: strided columns, ceil
+        ((1, 3, 112, 112), (3, 3), (2, 2), (1, 1, 1, 1), 0),  # ResNet's
+        ((1, 24, 14, 14), (2, 2), (2, 2), (0, 0, 0, 0), 1),
+        ((2, 3, 17, 13), (4, 3), (3, 2), (1, 0, 2, 1), 1),
+    ],
+)
+def test_separable_maxpool(shape, kernel, strides, pads, ceil):
+    op = MaxPool(kernel_shape=kernel, strides=strides, pads=pads, ceil_mode=ceil)
+    assert op.scratch_bytes([shape]) > 0
+    x = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
+    fn, (y,) = run_in_arena(op, [x])
+    fn()
+    np.testing.assert_array_equal(y, op.reference([x])[0])
+    attrs = {"kernel_shape": kernel, "strides": strides, "pads": pads, "ceil_mode": ceil}
+    np.testing.assert_array_equal(y, ort_run("MaxPool", [x], **attrs))
+    assert_no_numpy_allocations(fn)
