@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from flexnnd.graph.ir import Graph
+from flexnnd.graph.ir import Graph, Node
 from flexnnd.planner.lifetimes import lifetimes
 from flexnnd.planner.pack import Request, place_greedy_by_size
-from flexnnd.planner.plan import Plan, Region, Step, check_no_overlap
+from flexnnd.planner.plan import Plan, Region, Step, WeightPiece, check_no_overlap
 
 __all__ = ["Plan", "Region", "Step", "plan_resident"]
 
 
 def scratch_name(node: str) -> str:
     return f"{node}#scratch"
+
+
+def constant_inputs(graph: Graph, node: Node) -> tuple[str, ...]:
+    return tuple(i for i in node.inputs if i and graph.is_constant(i))
 
 
 def plan_resident(graph: Graph) -> Plan:
@@ -31,14 +35,16 @@ def plan_resident(graph: Graph) -> Plan:
         if scratch:
             requests.append(Request(scratch_name(node.name), scratch, i, i))
     regions, arena = place_greedy_by_size(requests)
+    pieces = {w: WeightPiece(w, w, 0, graph.tensors[w].shape[0]) for w in graph.constants}
     plan = Plan(
         model=graph.name,
         budget=None,
         arena_bytes=arena,
-        steps=tuple(Step(n.name) for n in life.steps),
+        steps=tuple(Step(n.name, None, constant_inputs(graph, n)) for n in life.steps),
         regions=tuple(sorted(regions, key=lambda r: (r.offset, r.first))),
         resident=graph.constants,
         aliases=MappingProxyType(life.aliases),
+        pieces=MappingProxyType(pieces),
     )
     check_no_overlap(plan)
     return plan

@@ -8,7 +8,7 @@ name (tensor name, or "<node>#scratch"), never by a running counter.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 from flexnnd.errors import PlanError
@@ -19,9 +19,30 @@ ALIGNMENT = 64
 
 
 @dataclass(frozen=True)
+class WeightPiece:
+    """Rows [start, stop) of one weight's first dimension: a contiguous byte range of the weights
+    file (weights are stored row-major in kernel layout), loaded and viewed as one region."""
+
+    name: str  # its region's name: the tensor's name when whole, else "tensor[start:stop]"
+    tensor: str
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class Load:
+    """A streamed piece, read into its region during each inference."""
+
+    piece: str
+    after_step: int  # the loader may start once this step has finished; -1: at the start
+    step: int  # the first step that reads it
+
+
+@dataclass(frozen=True)
 class Step:
     node: str
     part: Part | None = None
+    weights: tuple[str, ...] = ()  # the pieces bound to the node's constant inputs, in input order
 
     @property
     def label(self) -> str:
@@ -58,8 +79,11 @@ class Plan:
     arena_bytes: int
     steps: tuple[Step, ...]
     regions: tuple[Region, ...]
-    resident: tuple[str, ...]  # weights loaded once, when the plan is adopted
+    resident: tuple[str, ...]  # pieces loaded once, when the plan is adopted
     aliases: Mapping[str, str]  # tensor -> the tensor whose storage it shares (reshape, flatten)
+    pieces: Mapping[str, WeightPiece] = field(default_factory=dict)
+    loads: tuple[Load, ...] = ()  # streamed pieces, in file order
+    predicted_seconds: float | None = None  # the latency simulator's estimate
 
     @cached_property
     def region(self) -> Mapping[str, Region]:

@@ -27,14 +27,21 @@ class Executor:
         self.arena = Arena(plan.arena_bytes)
         self.views: dict[str, np.ndarray] = {}
         for name, info in graph.tensors.items():
-            if name in plan.region or name in plan.aliases:
+            if not graph.is_constant(name) and (name in plan.region or name in plan.aliases):
                 self.views[name] = self.arena.view(plan.storage(name).offset, info.shape, info.dtype)
+        for piece in plan.pieces.values():
+            info = graph.tensors[piece.tensor]
+            shape = (piece.stop - piece.start, *info.shape[1:])
+            self.views[piece.name] = self.arena.view(plan.region[piece.name].offset, shape, info.dtype)
         self._load_resident()
         nodes = {n.name: n for n in graph.nodes}
         self.kernels: list[Kernel] = []
         for step in plan.steps:
             node = nodes[step.node]
-            ins = [self.views[i] if i else None for i in node.inputs]
+            pieces = iter(step.weights)
+            ins = [
+                None if not i else self.views[next(pieces) if graph.is_constant(i) else i] for i in node.inputs
+            ]
             outs = [self.views[o] for o in node.outputs]
             region = plan.region.get(scratch_name(node.name))
             scratch = None if region is None else self.arena.view(region.offset, (region.nbytes // 4,))
@@ -42,8 +49,15 @@ class Executor:
         self.inputs = [(t.name, self.views[t.name]) for t in graph.inputs]
         self.outputs = [(t.name, self.views[t.name]) for t in graph.outputs]
 
+    def piece_range(self, name: str) -> tuple[int, int]:
+        """(file offset, bytes) of a weight piece: its rows are contiguous in the weights file."""
+        piece = self.plan.pieces[name]
+        entry = self.package.weights[piece.tensor]
+        row = entry.nbytes // entry.shape[0]
+        return entry.offset + piece.start * row, (piece.stop - piece.start) * row
+
     def _load_resident(self) -> None:
-        """Read every resident weight straight into its arena view, checking its CRC."""
+        """Read every resident piece straight into its arena view; whole weights check their CRC."""
         path = self.package.weights_path
         try:
             fd = os.open(path, os.O_RDONLY)
@@ -51,20 +65,17 @@ class Executor:
             raise LoadError(f"cannot open weights file {path}: {e}") from None
         try:
             for name in self.plan.resident:
-                entry = self.package.weights[name]
+                offset, nbytes = self.piece_range(name)
                 raw = memoryview(self.views[name]).cast("B")
                 try:
-                    got = os.preadv(fd, [raw], entry.offset)
+                    got = os.preadv(fd, [raw], offset)
                 except OSError as e:
                     raise LoadError(f"reading weight {name!r} from {path}: {e}") from None
-                if got != entry.nbytes:
-                    raise LoadError(
-                        f"short read of weight {name!r} from {path}: {got:,} of {entry.nbytes:,} bytes"
-                    )
-                if zlib.crc32(raw) != entry.crc32:
-                    raise LoadError(
-                        f"weight {name!r} in {path} fails its checksum: the file changed since import"
-                    )
+                if got != nbytes:
+                    raise LoadError(f"short read of weight {name!r} from {path}: {got:,} of {nbytes:,} bytes")
+                entry = self.package.weights[self.plan.pieces[name].tensor]
+                if nbytes == entry.nbytes and zlib.crc32(raw) != entry.crc32:
+                    raise LoadError(f"weight {name!r} in {path} fails its checksum: the file changed since import")
             # What we read now lives in the arena; keeping it in the page cache too would double it.
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
