@@ -7,13 +7,10 @@ from types import MappingProxyType
 from flexnnd.graph.ir import Graph, Node
 from flexnnd.planner.lifetimes import lifetimes
 from flexnnd.planner.pack import Request, place_greedy_by_size
-from flexnnd.planner.plan import Plan, Region, Step, WeightPiece, check_no_overlap
+from flexnnd.planner.plan import Plan, Region, Step, WeightPiece, scratch_name
+from flexnnd.planner.verify import verify
 
-__all__ = ["Plan", "Region", "Step", "plan_resident"]
-
-
-def scratch_name(node: str) -> str:
-    return f"{node}#scratch"
+__all__ = ["Plan", "Region", "Step", "plan_resident", "verify"]
 
 
 def constant_inputs(graph: Graph, node: Node) -> tuple[str, ...]:
@@ -46,5 +43,5 @@ def plan_resident(graph: Graph) -> Plan:
         aliases=MappingProxyType(life.aliases),
         pieces=MappingProxyType(pieces),
     )
-    check_no_overlap(plan)
+    verify(plan, graph)
     return plan

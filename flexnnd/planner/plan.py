@@ -18,6 +18,10 @@ PLAN_VERSION = 1
 ALIGNMENT = 64
 
 
+def scratch_name(node: str) -> str:
+    return f"{node}#scratch"
+
+
 @dataclass(frozen=True)
 class WeightPiece:
     """Rows [start, stop) of one weight's first dimension: a contiguous byte range of the weights

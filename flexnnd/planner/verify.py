@@ -1,0 +1,101 @@
+"""The plan verifier, run on every plan built, written or read.
+
+It checks what makes a plan safe to execute, not whether it is good: live regions never overlap,
+nothing leaves the arena, every region a step touches is reserved at that step, each streamed
+piece's region is reserved from the moment its load may start until its last reader ends, loads
+are released before their step and issued in file order, and every weight piece is either
+resident or streamed, exactly once.
+"""
+
+from __future__ import annotations
+
+from flexnnd.errors import PlanError
+from flexnnd.graph.ir import Graph
+from flexnnd.planner.plan import Plan, check_no_overlap, scratch_name
+
+
+def verify(plan: Plan, graph: Graph) -> None:
+    check_no_overlap(plan)
+    nodes = {n.name: n for n in graph.nodes}
+    n_steps = len(plan.steps)
+
+    def reserved(name: str, step: int, what: str) -> None:
+        region = plan.region.get(name)
+        if region is None:
+            raise PlanError(
+                f"step {step} ({plan.steps[step].label}) uses {what} {name!r}, which has no region"
+            )
+        if not region.first <= step <= region.last:
+            raise PlanError(
+                f"step {step} ({plan.steps[step].label}) uses {what} {name!r}, but its region is reserved "
+                f"only for steps {region.first}-{region.last}"
+            )
+
+    for i, step in enumerate(plan.steps):
+        node = nodes.get(step.node)
+        if node is None:
+            raise PlanError(f"step {i} names node {step.node!r}, which the graph does not have")
+        constants = [x for x in node.inputs if x and graph.is_constant(x)]
+        if len(constants) != len(step.weights):
+            raise PlanError(
+                f"step {i} ({step.label}) binds {len(step.weights)} pieces to {len(constants)} weights"
+            )
+        for tensor, piece_name in zip(constants, step.weights, strict=True):
+            piece = plan.pieces.get(piece_name)
+            if piece is None or piece.tensor != tensor:
+                raise PlanError(f"step {i} ({step.label}) binds piece {piece_name!r} to weight {tensor!r}")
+            reserved(piece_name, i, "weight piece")
+        for name in (*node.inputs, *node.outputs):
+            if name and not graph.is_constant(name):
+                reserved(plan.aliases.get(name, name), i, "tensor")
+        if scratch_name(node.name) in plan.region:
+            reserved(scratch_name(node.name), i, "scratch")
+
+    for piece in plan.pieces.values():
+        rows = graph.tensors[piece.tensor].shape[0]
+        if not 0 <= piece.start < piece.stop <= rows:
+            raise PlanError(
+                f"piece {piece.name!r} covers rows {piece.start}:{piece.stop} of a weight with {rows} rows"
+            )
+
+    streamed = [load.piece for load in plan.loads]
+    both = set(streamed) & set(plan.resident)
+    twice = {p for p in streamed if streamed.count(p) > 1}
+    if both or twice:
+        raise PlanError(
+            f"pieces both resident and streamed {sorted(both)}, or streamed twice {sorted(twice)}"
+        )
+    missing = set(plan.pieces) - set(streamed) - set(plan.resident)
+    if missing:
+        raise PlanError(f"pieces neither resident nor streamed: {sorted(missing)[:5]}")
+    for name in plan.resident:
+        region = plan.region[name]
+        if region.first > 0 or region.last < n_steps - 1:
+            raise PlanError(
+                f"resident piece {name!r} is reserved only for steps {region.first}-{region.last} of 0-{n_steps - 1}"
+            )
+
+    previous: tuple[int, int, int] | None = None  # (file position, rows start, after_step)
+    for load in plan.loads:
+        region = plan.region[load.piece]
+        if not -1 <= load.after_step < load.step < n_steps:
+            raise PlanError(
+                f"load of {load.piece!r} is released after step {load.after_step}, not before its step {load.step}"
+            )
+        if region.first > load.after_step + 1 or region.last < load.step:
+            raise PlanError(
+                f"load of {load.piece!r} may write from step {load.after_step + 1} until step {load.step}, but its "
+                f"region is reserved only for steps {region.first}-{region.last}"
+            )
+        first_reader = min(i for i, s in enumerate(plan.steps) if load.piece in s.weights)
+        if first_reader != load.step:
+            raise PlanError(
+                f"load of {load.piece!r} names step {load.step}, but step {first_reader} reads it first"
+            )
+        piece = plan.pieces[load.piece]
+        position = (graph.constants.index(piece.tensor), piece.start, load.after_step)
+        if previous is not None and (position[:2] <= previous[:2] or position[2] < previous[2]):
+            raise PlanError(
+                f"load of {load.piece!r} is out of file order (weights must stream in the order they are stored)"
+            )
+        previous = position
