@@ -1,7 +1,9 @@
 """Conv (2-D, NCHW, float32) with a fused bias + activation epilogue.
 
-Three paths, picked in bind() by shape, all writing straight into the output:
+Four paths, picked in bind() by shape, all writing straight into the output:
   pointwise  1×1, stride 1, no padding: the input already is the GEMM operand (no im2col);
+  winograd   3×3, stride 1, dense, large enough: F(2×2, 3×3), 16 batched GEMMs on transformed
+             tiles (2.25× fewer multiplies), in bands of tile rows and chunks of output channels;
   im2col     anything else that is not depthwise: im2col into scratch, then a BLAS matmul, per
              group and per band of output rows, so the scratch stays cache-sized;
   depthwise  group == Cin == Cout: a direct numba kernel, one pass per output channel.
@@ -30,18 +32,22 @@ from flexnnd.ops.activation import (
 from flexnnd.ops.base import Kernel, Op, Part, internal, register
 from flexnnd.ops.jit import kernel
 
-# The im2col band (K × band columns) and the pointwise band (input + output columns) are kept
-# below these sizes: they then stay in the 2 MiB L2 while BLAS and the epilogue reuse them.
+# The im2col band (K × band columns) stays below 1 MiB, in the 2 MiB L2 while BLAS packs it, but
+# has at least MIN_BAND_COLS columns (BLAS loses a third of its speed on narrower matrices). The
+# pointwise band (input + output columns) needs no scratch: it only keeps the epilogue in cache.
 IM2COL_BAND_BYTES = 1 << 20
-POINTWISE_BAND_BYTES = 1 << 20
+POINTWISE_BAND_BYTES = 4 << 20
 MIN_BAND_COLS = 512
-# Winograd: used for 3x3 stride-1 convs with at least this many channels and output pixels (below
-# that the transforms cost more than the multiplies they save); v+m per band and u per chunk of
-# output channels stay below these sizes, but a band has at least WINO_MIN_TILES tiles for BLAS.
-WINO_MIN_CHANNELS = 16
-WINO_MIN_PIXELS = 24 * 24
-WINO_BAND_BYTES = 2 << 20
-WINO_WEIGHT_BYTES = 2 << 20
+# Winograd saves multiplies in proportion to Cin*Cout per pixel and pays transforms in proportion
+# to Cin+Cout, with per-tile-row loop costs that narrow planes do not amortize: it is used when
+# out_w >= WINO_MIN_WIDTH and Cin*Cout/(Cin+Cout) * min(out_w, 56) >= WINO_MIN_SCORE (measured:
+# ResNet's 64@56 and 128@28 3x3 convs and bigger qualify, 14x14 layers and SqueezeNet's do not).
+# v+m per band and u per chunk of output channels stay below the byte limits, but a band has at
+# least WINO_MIN_TILES tiles so that the 16 GEMMs stay efficient.
+WINO_MIN_WIDTH = 20
+WINO_MIN_SCORE = 1700
+WINO_BAND_BYTES = 4 << 20
+WINO_WEIGHT_BYTES = 4 << 20
 WINO_MIN_TILES = 256
 
 # Stands for an absent bias: the epilogue adds 0 when it is empty (bind must not allocate one).
@@ -199,18 +205,46 @@ def im2col(x, n, c0, channels, col, r0, r1, out_w, kh, kw, sh, sw, dh, dw, pt, p
 
 
 @kernel(inline="always")
-def depthwise_taps(src, s0, acc, a0, span, stride, taps, kh, kw, dh, dw, pw):
-    """acc[a0 + p] = sum over taps (i, j) of taps[i*kw + j] * src[s0 + stride*p + i*dh*pw + j*dw].
+def depthwise_layout(rows, out_w, kh, kw, sh, sw, dh, dw):
+    """How `depthwise` lays out a band of `rows` output rows in its scratch.
 
-    `src` is a zero-padded input band of row width pw, so no read needs a bounds check. One pass
-    per kernel row; 3-wide rows (almost every depthwise conv) get all three taps in one pass.
+    Returns (pad floats, wide floats, pad row stride, tap stride, wide row stride, whole, split).
+    With stride 2 the padded input is split into its even and its odd columns, so that every tap
+    reads a contiguous run. `whole`: the band is one run per tap at the wide row stride (garbage
+    in the columns past out_w, but vectorized even for 7-wide planes); else one run per row.
+    """
+    pw = (out_w - 1) * sw + (kw - 1) * dw + 1  # padded width: exactly the columns the taps read
+    in_rows = (rows - 1) * sh + (kh - 1) * dh + 1
+    split = sw == 2
+    rs = (pw + 1) // 2 if split else pw
+    st = 1 if split else sw
+    whole = (sh * rs) % st == 0
+    wz = sh * rs // st if whole else out_w
+    whole = whole and (rows - 1) * wz + out_w <= rows * (out_w + 16)
+    wz = wz if whole else out_w
+    pad = 2 * in_rows * rs if split else in_rows * pw
+    return pad, (rows - 1) * wz + out_w, rs, st, wz, whole, split
+
+
+@kernel(inline="always")
+def depthwise_taps(src, s0, acc, a0, span, stride, w, w0, kh, kw, dh, dw, rs, odd):
+    """acc[a0 + p] = sum over taps (i, j) of w[w0 + i*kw + j] * src[tap(i, j) + stride*p].
+
+    `src` is the zero-padded input band, row stride rs; with `odd` > 0 it is split into even and
+    odd columns (the odd half `odd` floats on), and tap (i, j) starts at column (j*dw)//2 of the
+    half of its parity. One pass per kernel row: 3-wide rows get their three taps in one pass.
     """
     a, n, step = np.uint64(a0), np.uint64(span), np.uint64(stride)
     for i in range(kh):
-        r = s0 + i * dh * pw
+        r = s0 + i * dh * rs
         if kw == 3:
-            t0, t1, t2 = taps[i * 3], taps[i * 3 + 1], taps[i * 3 + 2]
-            p0, p1, p2 = np.uint64(r), np.uint64(r + dw), np.uint64(r + 2 * dw)
+            t0, t1, t2 = w[w0 + i * 3], w[w0 + i * 3 + 1], w[w0 + i * 3 + 2]
+            if odd > 0:
+                p0 = np.uint64(r)
+                p1 = np.uint64(r + (dw // 2) + (dw % 2) * odd)
+                p2 = np.uint64(r + dw)
+            else:
+                p0, p1, p2 = np.uint64(r), np.uint64(r + dw), np.uint64(r + 2 * dw)
             if stride == 1:
                 if i == 0:
                     for k in range(n):
@@ -218,14 +252,6 @@ def depthwise_taps(src, s0, acc, a0, span, stride, taps, kh, kw, dh, dw, pw):
                 else:
                     for k in range(n):
                         acc[a + k] += t0 * src[p0 + k] + t1 * src[p1 + k] + t2 * src[p2 + k]
-            elif stride == 2:
-                two = np.uint64(2)
-                if i == 0:
-                    for k in range(n):
-                        acc[a + k] = t0 * src[p0 + two * k] + t1 * src[p1 + two * k] + t2 * src[p2 + two * k]
-                else:
-                    for k in range(n):
-                        acc[a + k] += t0 * src[p0 + two * k] + t1 * src[p1 + two * k] + t2 * src[p2 + two * k]
             else:
                 if i == 0:
                     fill(acc, a0, span, 0.0)
@@ -235,7 +261,9 @@ def depthwise_taps(src, s0, acc, a0, span, stride, taps, kh, kw, dh, dw, pw):
         if i == 0:
             fill(acc, a0, span, 0.0)
         for j in range(kw):
-            t, p = taps[i * kw + j], np.uint64(r + j * dw)
+            t = w[w0 + i * kw + j]
+            c = j * dw
+            p = np.uint64(r + (c // 2) + (c % 2) * odd) if odd > 0 else np.uint64(r + c)
             if stride == 1:
                 for k in range(n):
                     acc[a + k] += t * src[p + k]
@@ -250,37 +278,50 @@ def depthwise(x, w, bias, y, pad, wide, c0, c1, r0, r1, kh, kw, sh, sw, dh, dw, 
 
     w is (c1-c0, kh*kw), bias (c1-c0,) or empty. Per channel, the input rows the band reads are
     copied into `pad` (its zero border is written once per call: it is the same for every
-    channel). The taps then run over `wide`, the output band laid out at the padded row width:
-    with equal strides the whole band is one run per kernel row, garbage in the columns past
-    out_w but vectorized even for 7-wide planes; when those wasted columns would cost more than
-    per-row calls, each output row is its own run. The valid columns are copied out and the
-    epilogue runs over the channel's band while it is still in L1.
+    channel), then the taps accumulate into `wide` (see depthwise_layout), the valid columns
+    are copied out and the epilogue runs over the channel's band while it is still in L1.
     """
     batch, height, width = x.shape[0], x.shape[2], x.shape[3]
     channels, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
     rows = r1 - r0
-    pw = (out_w - 1) * sw + (kw - 1) * dw + 1  # padded width: exactly the columns the taps read
+    n_pad, _, rs, st, wz, whole, split = depthwise_layout(rows, out_w, kh, kw, sh, sw, dh, dw)
+    pw = (out_w - 1) * sw + (kw - 1) * dw + 1
     in_rows = (rows - 1) * sh + (kh - 1) * dh + 1
+    odd = in_rows * rs if split else 0
     ih0 = r0 * sh - pt
     ih_lo, ih_hi = max(ih0, 0), min(ih0 + in_rows, height)  # input rows that exist
     col_lo, col_hi = min(pl, pw), min(pl + width, pw)  # padded columns holding input columns
-    whole = sh == sw and (rows - 1) * pw + out_w <= rows * (out_w + 16)
-    xf, yf = x.reshape(-1), y.reshape(-1)
-    fill(pad, 0, in_rows * pw, 0.0)
+    xf, yf, wf = x.reshape(-1), y.reshape(-1), w.reshape(-1)
+    taps = kh * kw
+    fill(pad, 0, n_pad, 0.0)
     for n in range(batch):
         for c in range(c0, c1):
             plane = (n * channels + c) * height * width
             for ih in range(ih_lo, ih_hi):
-                copy(pad, (ih - ih0) * pw + col_lo, xf, plane + ih * width + col_lo - pl, col_hi - col_lo)
-            taps = w[c - c0]
+                s = plane + ih * width + col_lo - pl
+                if split:  # even columns to the first half, odd ones to the second
+                    r = (ih - ih0) * rs
+                    lo_e, lo_o = (col_lo + 1) // 2, col_lo // 2  # first even / odd padded column // 2
+                    se, so = np.uint64(s + 2 * lo_e - col_lo), np.uint64(s + 2 * lo_o + 1 - col_lo)
+                    de, do = np.uint64(r + lo_e), np.uint64(odd + r + lo_o)
+                    two = np.uint64(2)
+                    for k in range(np.uint64(max((col_hi + 1) // 2 - lo_e, 0))):
+                        pad[de + k] = xf[se + two * k]
+                    for k in range(np.uint64(max(col_hi // 2 - lo_o, 0))):
+                        pad[do + k] = xf[so + two * k]
+                else:
+                    copy(pad, (ih - ih0) * pw + col_lo, xf, s, col_hi - col_lo)
+            w0 = (c - c0) * taps
             if whole:
-                depthwise_taps(pad, 0, wide, 0, (rows - 1) * pw + out_w, sw, taps, kh, kw, dh, dw, pw)
+                depthwise_taps(pad, 0, wide, 0, (rows - 1) * wz + out_w, st, wf, w0, kh, kw, dh, dw, rs, odd)
             else:
                 for oh in range(rows):
-                    depthwise_taps(pad, oh * sh * pw, wide, oh * pw, out_w, sw, taps, kh, kw, dh, dw, pw)
+                    depthwise_taps(
+                        pad, oh * sh * rs, wide, oh * wz, out_w, st, wf, w0, kh, kw, dh, dw, rs, odd
+                    )
             start = ((n * channels + c) * out_h + r0) * out_w
             for oh in range(rows):
-                copy(yf, start + oh * out_w, wide, oh * pw, out_w)
+                copy(yf, start + oh * out_w, wide, oh * wz, out_w)
             bias_act(yf, start, 0, 1, rows * out_w, bias, c - c0, act, alpha, beta)
 
 
@@ -288,9 +329,8 @@ def depthwise_scratch(
     rows: int, out_w: int, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int
 ) -> tuple[int, int]:
     """Floats of the `pad` and `wide` buffers of `depthwise` for a band of `rows` output rows."""
-    pw = (out_w - 1) * sw + (kw - 1) * dw + 1
-    in_rows = (rows - 1) * sh + (kh - 1) * dh + 1
-    return in_rows * pw, (rows - 1) * pw + out_w
+    n_pad, n_wide = depthwise_layout(rows, out_w, kh, kw, sh, sw, dh, dw)[:2]
+    return int(n_pad), int(n_wide)
 
 
 # ---- Winograd F(2x2, 3x3) ---------------------------------------------------------------------------
@@ -464,12 +504,12 @@ class Geometry:
 
     @property
     def winograd(self) -> bool:
-        """3x3, stride 1, dense, and big enough for the transforms to pay off."""
+        """3x3, stride 1, dense, and big enough for the transforms to pay off (see WINO_MIN_SCORE)."""
         return (
             self.kh == self.kw == 3
             and self.sh == self.sw == self.dh == self.dw == self.group == 1
-            and min(self.cin, self.cout) >= WINO_MIN_CHANNELS
-            and self.out_h * self.out_w >= WINO_MIN_PIXELS
+            and min(self.out_h, self.out_w) >= WINO_MIN_WIDTH
+            and self.cin * self.cout / (self.cin + self.cout) * min(self.out_w, 56) >= WINO_MIN_SCORE
         )
 
 
@@ -528,6 +568,8 @@ class WinogradPlan:
 @register
 @dataclass(frozen=True)
 class Conv(Op):
+    """ONNX Conv, 2-D NCHW; W (and B) constant, W prepared as (Cout, Cin/group*kh*kw)."""
+
     op_type = "Conv"
     const_inputs = (1, 2)
     optional_inputs = (2,)
@@ -776,7 +818,7 @@ def _bind_winograd(g: Geometry, x, wp, bias, y, scratch, rows, chans, epilogue) 
     for k0 in range(0, c1 - c0, plan.chunk):
         kc = min(plan.chunk, c1 - c0 - k0)
         chunks.append((k0, k0 + kc, u[: 16 * kc * cin].reshape(16, kc, cin)))
-    bands = []  # (first output row, end row, tile rows, v, [(chunk, m) per chunk])
+    bands = []  # (first output row, end row, tile rows, v, [(chunk start, end, u, m)])
     for b0 in range(r0, r1, 2 * plan.band):
         b1 = min(b0 + 2 * plan.band, r1)
         ty = (b1 - b0 + 1) // 2
@@ -823,9 +865,8 @@ def _bind_gemm(g: Geometry, band: int, x, wp, bias, y, scratch, rows, chans, epi
                 b1 = min(b0 + band, r1)
                 cols = slice(b0 * g.out_w, b1 * g.out_w)
                 if g.pointwise:  # output row r reads input row r: the band is a view of the input
-                    col = reshape_view(x[n, grp * cin_g : (grp + 1) * cin_g], (cin_g, g.height * g.width))[
-                        :, cols
-                    ]
+                    x_g = reshape_view(x[n, grp * cin_g : (grp + 1) * cin_g], (cin_g, g.height * g.width))
+                    col = x_g[:, cols]
                 else:
                     col = scratch[: g.k * (b1 - b0) * g.out_w].reshape(g.k, (b1 - b0) * g.out_w)
                 out = y_g[:, cols]
@@ -856,7 +897,7 @@ def _scratch_floats(scratch: np.ndarray | None, need: int) -> np.ndarray:
     have = 0 if scratch is None else scratch.size
     if have < need:
         raise ValueError(f"Conv.bind: scratch of {have * 4} bytes, need {need * 4}")
-    return NO_BIAS if need == 0 else scratch.reshape(-1)[:need]
+    return NO_BIAS if scratch is None else reshape_view(scratch, (-1,))[:need]
 
 
 def reshape_view(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

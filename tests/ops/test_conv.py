@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import tracemalloc
 
 import numpy as np
 import pytest
 
 from flexnnd.errors import ShapeError, UnsupportedOp
+from flexnnd.ops import conv
 from flexnnd.ops.base import Part, op_class
 from flexnnd.ops.conv import Conv
 from flexnnd.ops.norm import BatchNormalization
+from tests.ops.harness import arena_views, assert_no_numpy_allocations, ort_run
 
 ACTIVATIONS = [
     ("", 0.0, 0.0),
@@ -25,50 +26,20 @@ ACTIVATIONS = [
 ]
 
 
-class Arena:
-    """Float32 views carved from one byte buffer at 64-byte-aligned offsets, like the runtime's."""
-
-    def __init__(self, nbytes: int):
-        self.buffer = np.empty(nbytes + 64, dtype=np.uint8)
-        self.offset = -self.buffer.ctypes.data % 64
-
-    def take(self, shape, value=None) -> np.ndarray:
-        """A view of `shape`, filled with `value` (NaN when None: unwritten output shows up)."""
-        nbytes = int(np.prod(shape, dtype=np.int64)) * 4
-        view = self.buffer[self.offset : self.offset + nbytes].view(np.float32).reshape(shape)
-        self.offset += -(-nbytes // 64) * 64
-        view[...] = np.nan if value is None else value
-        return view
-
-
-def arena_for(*shapes) -> Arena:
-    return Arena(sum(-(-int(np.prod(s, dtype=np.int64)) * 4 // 64) * 64 for s in shapes))
+def in_arena(*values):
+    """Arena views (see harness.arena_views) holding `values`; a shape instead of an array gives
+    a NaN-filled view, so that anything a kernel leaves unwritten shows up."""
+    shapes = [v if isinstance(v, tuple) else v.shape for v in values]
+    views = arena_views(shapes)
+    for view, v in zip(views, values, strict=True):
+        view[...] = np.nan if isinstance(v, tuple) else v
+    return views
 
 
 def assert_close(got: np.ndarray, ref: np.ndarray) -> None:
     assert got.shape == ref.shape
     err = float(np.max(np.abs(got.astype(np.float64) - ref)))
     assert err <= 1e-4 * max(1.0, float(np.max(np.abs(ref)))), f"max |diff| {err}"
-
-
-def assert_no_numpy_allocations(fn) -> None:
-    """A second call allocates no numpy memory (none live afterwards, no transient buffer)."""
-    fn()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.take_snapshot()
-        base, _ = tracemalloc.get_traced_memory()
-        tracemalloc.reset_peak()
-        fn()
-        _, peak = tracemalloc.get_traced_memory()
-        after = tracemalloc.take_snapshot()
-    finally:
-        tracemalloc.stop()
-    numpy_only = [tracemalloc.DomainFilter(True, np.lib.tracemalloc_domain)]
-    grown = after.filter_traces(numpy_only).compare_to(before.filter_traces(numpy_only), "lineno")
-    assert sum(s.count_diff for s in grown) == 0, grown[:3]
-    # Python's own bookkeeping of a call is a few hundred bytes; any data buffer would be larger.
-    assert peak - base < 1024, f"{peak - base} bytes allocated during the call"
 
 
 @dataclasses.dataclass
@@ -94,12 +65,11 @@ class ConvCase:
             wp = wp[part.start : part.stop]
             bp = None if bp is None else bp[part.start : part.stop]
         need = self.op.scratch_bytes(self.shapes, part) // 4 if scratch_floats is None else scratch_floats
-        arena = arena_for(self.x.shape, wp.shape, wp.shape[:1], self.y_shape, (max(need, 1),))
-        ins = [arena.take(self.x.shape, self.x), arena.take(wp.shape, wp)]
-        ins.append(None if bp is None else arena.take(bp.shape, bp))
-        y = arena.take(self.y_shape) if y is None else y
-        scratch = arena.take((need,)) if need else None
-        return self.op.bind(ins, [y], scratch, part), y
+        consts = [wp] if bp is None else [wp, bp]
+        x, *weights, y_new, scratch = in_arena(self.x, *consts, self.y_shape, (max(need, 1),))
+        ins = [x, *weights] if bp is not None else [x, *weights, None]
+        y = y_new if y is None else y
+        return self.op.bind(ins, [y], None if need == 0 else scratch[:need], part), y
 
 
 def conv_case(x_shape, w_shape, bias=True, activation=("", 0.0, 0.0), seed=0, **attrs) -> ConvCase:
@@ -212,9 +182,6 @@ def test_without_bias(x_shape, w_shape, attrs):
 
 def test_reference_matches_onnxruntime():
     """The oracle itself, on the attributes most easily got wrong (auto_pad, asymmetric pads)."""
-    ort = pytest.importorskip("onnxruntime")
-    from onnx import TensorProto, helper, numpy_helper
-
     for x_shape, w_shape, attrs in [
         ((1, 3, 17, 13), (13, 3, 4, 4), {"auto_pad": "SAME_UPPER", "strides": [2, 2]}),
         ((1, 3, 17, 13), (13, 3, 4, 4), {"auto_pad": "SAME_LOWER", "strides": [2, 2]}),
@@ -222,17 +189,72 @@ def test_reference_matches_onnxruntime():
         ((1, 24, 17, 17), (12, 8, 5, 5), {"group": 3, "pads": [2, 2, 2, 2], "strides": [2, 2]}),
     ]:
         case = conv_case(x_shape, w_shape, **attrs)
-        graph = helper.make_graph(
-            [helper.make_node("Conv", ["x", "w", "b"], ["y"], **attrs)],
-            "conv",
-            [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-            [numpy_helper.from_array(case.w, "w"), numpy_helper.from_array(case.b, "b")],
-        )
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        (expected,) = session.run(None, {"x": case.x})
-        assert_close(expected, case.reference())
+        assert_close(ort_run("Conv", [case.x], consts=(case.w, case.b), **attrs), case.reference())
+
+
+# ---- Winograd -------------------------------------------------------------------------------------
+@pytest.fixture
+def winograd_everywhere(monkeypatch):
+    """Every 3x3 stride-1 dense conv takes the Winograd path, however small."""
+    monkeypatch.setattr(conv, "WINO_MIN_WIDTH", 1)
+    monkeypatch.setattr(conv, "WINO_MIN_SCORE", 0)
+
+
+@pytest.fixture
+def winograd_tiny_blocks(monkeypatch, winograd_everywhere):
+    """Bands of one tile row and chunks of one output channel: every loop of the path runs."""
+    monkeypatch.setattr(conv, "WINO_BAND_BYTES", 1)
+    monkeypatch.setattr(conv, "WINO_MIN_TILES", 1)
+    monkeypatch.setattr(conv, "WINO_WEIGHT_BYTES", 1)
+
+
+WINOGRAD_CASES = [
+    ("odd-plane", (1, 13, 17, 13), (24, 13, 3, 3), {"pads": [1, 1, 1, 1]}),
+    ("asym-pads", (2, 3, 16, 9), (13, 3, 3, 3), {"pads": [0, 2, 1, 0]}),
+    ("no-pad", (1, 24, 9, 8), (1, 24, 3, 3), {}),
+    ("same-lower", (1, 13, 7, 13), (13, 13, 3, 3), {"auto_pad": "SAME_LOWER"}),
+    ("tiny", (1, 1, 3, 3), (1, 1, 3, 3), {}),
+]
+
+
+@pytest.mark.usefixtures("winograd_everywhere")
+@pytest.mark.parametrize("activation", [("", 0.0, 0.0), ("Clip", 0.0, 6.0)], ids=["none", "clip"])
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "attrs"), [c[1:] for c in WINOGRAD_CASES], ids=[c[0] for c in WINOGRAD_CASES]
+)
+def test_winograd_matches_reference(x_shape, w_shape, attrs, activation):
+    case = conv_case(x_shape, w_shape, activation=activation, **attrs)
+    assert case.op.geometry(case.x.shape, case.w.shape[0]).winograd
+    kernel, y = case.bind()
+    kernel()
+    assert_close(y, case.reference())
+
+
+@pytest.mark.usefixtures("winograd_tiny_blocks")
+@pytest.mark.parametrize("bias", [True, False])
+def test_winograd_in_bands_and_chunks(bias):
+    case = conv_case(
+        (2, 13, 17, 11), (5, 13, 3, 3), bias=bias, activation=("Relu", 0.0, 0.0), pads=[1, 1, 1, 1]
+    )
+    kernel, y = case.bind()
+    kernel()
+    assert_close(y, case.reference())
+
+
+def test_winograd_is_chosen_where_it_pays():
+    def path(x_shape, cout):
+        return Conv(kernel_shape=(3, 3), pads=(1, 1, 1, 1)).geometry(x_shape, cout).winograd
+
+    assert path((1, 64, 56, 56), 64) and path((1, 128, 28, 28), 128) and path((1, 64, 224, 224), 64)
+    assert not path((1, 256, 14, 14), 256) and not path((1, 16, 55, 55), 64)
+    assert not Conv(kernel_shape=(3, 3), strides=(2, 2)).geometry((1, 64, 56, 56), 64).winograd
+
+
+def test_winograd_at_a_real_layer_size():
+    case = conv_case((1, 64, 56, 56), (64, 64, 3, 3), activation=("Relu", 0.0, 0.0), pads=[1, 1, 1, 1])
+    kernel, y = case.bind()
+    kernel()
+    assert_close(y, case.reference())
 
 
 # ---- parts -----------------------------------------------------------------------------------------
@@ -257,7 +279,17 @@ def _run_parts(case: ConvCase, parts: list[Part]) -> np.ndarray:
     ids=["im2col", "im2col-s2", "pointwise", "depthwise", "depthwise-s2", "group2"],
 )
 def test_row_bands_cover_the_whole_op(x_shape, w_shape, attrs):
-    case = conv_case(x_shape, w_shape, activation=("Relu", 0.0, 0.0), **attrs)
+    _check_row_bands(conv_case(x_shape, w_shape, activation=("Relu", 0.0, 0.0), **attrs))
+
+
+@pytest.mark.usefixtures("winograd_everywhere")
+def test_winograd_row_bands_cover_the_whole_op():
+    case = conv_case((2, 13, 17, 13), (24, 13, 3, 3), activation=("Relu", 0.0, 0.0), pads=[1, 2, 0, 1])
+    assert case.op.geometry(case.x.shape, 24).winograd
+    _check_row_bands(case)
+
+
+def _check_row_bands(case: ConvCase) -> None:
     whole, y_whole = case.bind()
     whole()
     rows = case.y_shape[2]
@@ -282,7 +314,16 @@ def test_row_bands_cover_the_whole_op(x_shape, w_shape, attrs):
     ids=["im2col", "pointwise", "group2", "group3-two-groups-at-once", "depthwise"],
 )
 def test_channel_parts_cover_the_whole_op(x_shape, w_shape, attrs, cuts):
-    case = conv_case(x_shape, w_shape, activation=("Clip", 0.0, 6.0), **attrs)
+    _check_channel_parts(conv_case(x_shape, w_shape, activation=("Clip", 0.0, 6.0), **attrs), cuts)
+
+
+@pytest.mark.usefixtures("winograd_everywhere")
+def test_winograd_channel_parts_cover_the_whole_op():
+    case = conv_case((1, 13, 17, 13), (24, 13, 3, 3), activation=("Clip", 0.0, 6.0), pads=[1, 1, 1, 1])
+    _check_channel_parts(case, [0, 5, 13, 24])
+
+
+def _check_channel_parts(case: ConvCase, cuts) -> None:
     whole, y_whole = case.bind()
     whole()
     y = _run_parts(case, [Part("channels", a, b) for a, b in itertools.pairwise(cuts)])
@@ -341,6 +382,17 @@ def test_kernels_allocate_nothing(x_shape, w_shape, attrs):
     assert_no_numpy_allocations(kernel)
     kernel, _ = case.bind(Part("rows", 2, 6))
     assert_no_numpy_allocations(kernel)
+
+
+@pytest.mark.usefixtures("winograd_everywhere")
+def test_winograd_allocates_nothing_and_needs_its_scratch_exactly():
+    case = conv_case((2, 13, 17, 13), (24, 13, 3, 3), activation=("HardSwish", 0.0, 0.0), pads=[1, 1, 1, 1])
+    for part in (None, Part("rows", 2, 7), Part("channels", 3, 11)):
+        need = case.op.scratch_bytes(case.shapes, part) // 4
+        kernel, _ = case.bind(part, scratch_floats=need)
+        assert_no_numpy_allocations(kernel)
+        with pytest.raises(ValueError, match="scratch"):
+            case.bind(part, scratch_floats=need - 1)
 
 
 # ---- contract ----------------------------------------------------------------------------------------
@@ -406,9 +458,7 @@ def test_batchnorm(x_shape, activation):
     op = dataclasses.replace(op, activation=name, activation_alpha=alpha, activation_beta=beta)
     assert op.infer([x.shape] + [p.shape for p in params], consts) == [x_shape]
     prepared = op.prepare(consts)
-    arena = arena_for(x_shape, x_shape, *[(channels,)] * 4)
-    ins = [arena.take(x_shape, x)] + [arena.take(p.shape, p) for p in prepared[1:]]
-    y = arena.take(x_shape)
+    *ins, y = in_arena(x, *prepared[1:], x_shape)
     kernel = op.bind(ins, [y], None)
     kernel()
     assert_close(y, op.reference([x, *params])[0])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ import pytest
 from flexnnd.errors import ShapeError, UnsupportedOp
 from flexnnd.ops.base import Part, op_class
 from flexnnd.ops.gemm import Gemm, MatMul
+from tests.ops.harness import arena_views, assert_no_numpy_allocations
 
 ACTIVATIONS = [
     ("", 0.0, 0.0),
@@ -24,45 +24,10 @@ ACTIVATIONS = [
 ]
 
 
-class Arena:
-    """Float32 views carved from one byte buffer at 64-byte-aligned offsets, like the runtime's."""
-
-    def __init__(self, *shapes):
-        sizes = [-(-int(np.prod(s, dtype=np.int64)) * 4 // 64) * 64 for s in shapes]
-        self.buffer = np.empty(sum(sizes) + 64, dtype=np.uint8)
-        self.offset = -self.buffer.ctypes.data % 64
-
-    def take(self, shape, value=None) -> np.ndarray:
-        nbytes = int(np.prod(shape, dtype=np.int64)) * 4
-        view = self.buffer[self.offset : self.offset + nbytes].view(np.float32).reshape(shape)
-        self.offset += -(-nbytes // 64) * 64
-        view[...] = np.nan if value is None else value
-        return view
-
-
 def assert_close(got: np.ndarray, ref: np.ndarray) -> None:
     assert got.shape == ref.shape
     err = float(np.max(np.abs(got.astype(np.float64) - ref)))
     assert err <= 1e-4 * max(1.0, float(np.max(np.abs(ref)))), f"max |diff| {err}"
-
-
-def assert_no_numpy_allocations(fn) -> None:
-    """A second call allocates no numpy memory (none live afterwards, no transient buffer)."""
-    fn()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.take_snapshot()
-        base, _ = tracemalloc.get_traced_memory()
-        tracemalloc.reset_peak()
-        fn()
-        _, peak = tracemalloc.get_traced_memory()
-        after = tracemalloc.take_snapshot()
-    finally:
-        tracemalloc.stop()
-    numpy_only = [tracemalloc.DomainFilter(True, np.lib.tracemalloc_domain)]
-    grown = after.filter_traces(numpy_only).compare_to(before.filter_traces(numpy_only), "lineno")
-    assert sum(s.count_diff for s in grown) == 0, grown[:3]
-    assert peak - base < 1024, f"{peak - base} bytes allocated during the call"
 
 
 def bind_on_arena(op, values, consts, out_shape, part=None):
@@ -75,9 +40,13 @@ def bind_on_arena(op, values, consts, out_shape, part=None):
             ins[1][part.start : part.stop],
             *[c[part.start : part.stop] for c in ins[2:] if c is not None],
         ]
-    arena = Arena(out_shape, *[v.shape for v in ins if v is not None])
-    ins = [None if v is None else arena.take(v.shape, v) for v in ins]
-    y = arena.take(out_shape)
+    present = [v for v in ins if v is not None]
+    *views, y = arena_views([v.shape for v in present] + [out_shape])
+    for view, v in zip(views, present, strict=True):
+        view[...] = v
+    y[...] = np.nan  # anything left unwritten shows up
+    it = iter(views)
+    ins = [None if v is None else next(it) for v in ins]
     return op.bind(ins, [y], None, part), y
 
 
