@@ -41,6 +41,7 @@ def plan_resident(graph: Graph) -> Plan:
         regions=tuple(sorted(regions, key=lambda r: (r.offset, r.first))),
         resident=graph.constants,
         aliases=MappingProxyType(life.aliases),
+        offsets=MappingProxyType(life.offsets),
         pieces=MappingProxyType(pieces),
     )
     verify(plan, graph)

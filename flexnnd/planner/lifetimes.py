@@ -9,21 +9,71 @@ from flexnnd.graph.ir import Graph, Node
 
 @dataclass(frozen=True)
 class Lifetimes:
-    steps: tuple[Node, ...]  # nodes that run, in order (alias nodes run nothing)
+    steps: tuple[Node, ...]  # nodes that run, in order (alias and elided nodes run nothing)
     aliases: dict[str, str]  # tensor -> storage root
+    offsets: dict[str, int]  # tensor -> byte offset inside its root (a slice of an elided Concat)
     first: dict[str, int]  # storage root -> step that writes it (0 for graph inputs)
     last: dict[str, int]  # storage root -> last step that reads it (the end for graph outputs)
 
 
+def elidable_concats(graph: Graph) -> dict[str, list[tuple[str, int]]]:
+    """Concats whose inputs can be written straight into their slice of the output.
+
+    That needs the slices to be contiguous (every dimension before the axis is 1) and each input
+    to be an activation computed by a kernel for this concat alone: not a graph input or output,
+    not a constant, not an alias, not listed twice. Returns node name -> [(input, byte offset)].
+    """
+    producers = {o: n for n in graph.nodes for o in n.outputs}
+    outputs = {t.name for t in graph.outputs}
+    claimed: set[str] = set()
+    result: dict[str, list[tuple[str, int]]] = {}
+    for node in graph.nodes:
+        if node.op_type != "Concat":
+            continue
+        shape = graph.shape(node.outputs[0])
+        axis = node.op.axis % len(shape)
+        names = list(node.inputs)
+        ok = all(d == 1 for d in shape[:axis]) and len(set(names)) == len(names)
+        for name in names:
+            producer = producers.get(name)
+            ok = ok and (
+                producer is not None
+                and not producer.op.alias
+                and name not in outputs
+                and name not in claimed
+                and not graph.is_constant(name)
+            )
+        if not ok:
+            continue
+        offset, pieces = 0, []
+        for name in names:
+            pieces.append((name, offset))
+            offset += graph.tensors[name].nbytes
+        claimed.update(names)
+        result[node.name] = pieces
+    return result
+
+
 def lifetimes(graph: Graph) -> Lifetimes:
-    aliases: dict[str, str] = {}
+    parent: dict[str, tuple[str, int]] = {}
+    elided = elidable_concats(graph)
     steps: list[Node] = []
     for node in graph.nodes:
         if node.op.alias:
-            src = node.inputs[0]
-            aliases[node.outputs[0]] = aliases.get(src, src)
+            parent[node.outputs[0]] = (node.inputs[0], 0)
+        elif node.name in elided:
+            for name, offset in elided[node.name]:
+                parent[name] = (node.outputs[0], offset)
         else:
             steps.append(node)
+    aliases: dict[str, str] = {}
+    offsets: dict[str, int] = {}
+    for name in parent:
+        root, offset = name, 0
+        while root in parent:
+            root, step_offset = parent[root]
+            offset += step_offset
+        aliases[name], offsets[name] = root, offset
     end = max(len(steps) - 1, 0)
     first: dict[str, int] = {}
     last: dict[str, int] = {}
@@ -32,12 +82,13 @@ def lifetimes(graph: Graph) -> Lifetimes:
         last[t.name] = 0
     for i, node in enumerate(steps):
         for name in node.outputs:
-            first.setdefault(aliases.get(name, name), i)
-            last.setdefault(aliases.get(name, name), i)
+            root = aliases.get(name, name)
+            first.setdefault(root, i)
+            last.setdefault(root, i)
         for name in node.inputs:
             if name and not graph.is_constant(name):
                 root = aliases.get(name, name)
                 last[root] = max(last.get(root, i), i)
     for t in graph.outputs:
         last[aliases.get(t.name, t.name)] = end
-    return Lifetimes(tuple(steps), aliases, first, last)
+    return Lifetimes(tuple(steps), aliases, offsets, first, last)

@@ -85,6 +85,7 @@ class Plan:
     regions: tuple[Region, ...]
     resident: tuple[str, ...]  # pieces loaded once, when the plan is adopted
     aliases: Mapping[str, str]  # tensor -> the tensor whose storage it shares (reshape, flatten)
+    offsets: Mapping[str, int] = field(default_factory=dict)  # alias -> byte offset in its root
     pieces: Mapping[str, WeightPiece] = field(default_factory=dict)
     loads: tuple[Load, ...] = ()  # streamed pieces, in file order
     predicted_seconds: float | None = None  # the latency simulator's estimate
@@ -95,6 +96,10 @@ class Plan:
 
     def storage(self, tensor: str) -> Region:
         return self.region[self.aliases.get(tensor, tensor)]
+
+    def address(self, tensor: str) -> int:
+        """Byte offset of an activation in the arena (an elided Concat's input sits inside it)."""
+        return self.storage(tensor).offset + self.offsets.get(tensor, 0)
 
 
 def check_no_overlap(plan: Plan) -> None:

@@ -28,7 +28,7 @@ class Executor:
         self.views: dict[str, np.ndarray] = {}
         for name, info in graph.tensors.items():
             if not graph.is_constant(name) and (name in plan.region or name in plan.aliases):
-                self.views[name] = self.arena.view(plan.storage(name).offset, info.shape, info.dtype)
+                self.views[name] = self.arena.view(plan.address(name), info.shape, info.dtype)
         for piece in plan.pieces.values():
             info = graph.tensors[piece.tensor]
             shape = (piece.stop - piece.start, *info.shape[1:])
