@@ -24,9 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     from flexnnd.runtime.session import default_cache_dir
 
     name = args.model or zoo.DEFAULT_MODEL
-    model = Path(name) if Path(name).exists() else zoo.cached(name, default_cache_dir().parent / "zoo")
     start = time.perf_counter()
     try:
+        model = Path(name) if Path(name).exists() else zoo.cached(name, default_cache_dir().parent / "zoo")
         sess = flexnnd.Session(model, threads=args.threads)
     except flexnnd.FlexnnError as e:
         print(f"flexnnd: {e}", file=sys.stderr)

@@ -47,3 +47,16 @@ def test_flexnnd_runs_a_zoo_model_once(tmp_path):
     assert "model squeezenet1_1" in out
     assert "top-5:" in out
     assert (tmp_path / "flexnn" / "zoo").is_dir()
+
+
+def test_flexnnd_names_the_zoo_for_an_unknown_model(tmp_path):
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path))
+    out = subprocess.run(
+        [sys.executable, "-m", "flexnnd.main", "--model", "alexnet"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 1
+    assert "unknown zoo model 'alexnet'; the zoo has: resnet18" in out.stderr
