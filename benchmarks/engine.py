@@ -15,6 +15,7 @@ converter binary reads ONNX without it). Without them ncnn is reported as not in
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -87,29 +88,36 @@ def run_probe(engine: str, model: str, onnx_path: Path, package: Path, numba_cac
 
 
 class Ncnn:
-    def __init__(self, onnx_path: Path, threads: int):
+    def __init__(self, model: str, onnx_path: Path, threads: int):
         import ncnn
 
-        stem = onnx_path.with_suffix("")
-        param, weights = Path(f"{stem}.ncnn.param"), Path(f"{stem}.ncnn.bin")
+        # pnnx names its outputs after the input file, with '-' turned into '_': convert a link.
+        folder = CACHE / "ncnn"
+        folder.mkdir(parents=True, exist_ok=True)
+        param, weights = folder / f"{model}.ncnn.param", folder / f"{model}.ncnn.bin"
         if not param.exists():
-            pnnx = shutil.which("pnnx") or str(Path(__import__("pnnx").__file__).parent / "pnnx")
+            link = folder / f"{model}.onnx"
+            link.unlink(missing_ok=True)
+            link.symlink_to(onnx_path.resolve())
             subprocess.run(
-                [pnnx, str(onnx_path), "inputshape=[1,3,224,224]"],
-                cwd=onnx_path.parent,
+                [pnnx_binary(), link.name, "inputshape=[1,3,224,224]"],
+                cwd=folder,
                 check=True,
                 capture_output=True,
             )
-            for junk in onnx_path.parent.glob(f"{stem.name}.pnnx*"):
+            for junk in [*folder.glob(f"{model}.pnnx*"), *folder.glob(f"{model}_*.py"), link]:
                 junk.unlink()
-            for junk in onnx_path.parent.glob(f"{stem.name}_*.py"):
-                junk.unlink()
+        if not param.exists() or not weights.exists():
+            raise RuntimeError(f"pnnx did not write {param} and {weights}")
         self.ncnn = ncnn
         self.net = ncnn.Net()
         self.net.opt.num_threads = threads
         self.net.opt.use_vulkan_compute = False
-        self.net.load_param(str(param))
-        self.net.load_model(str(weights))
+        # fp32 like the other engines: ncnn would otherwise store and compute in fp16/bf16 here.
+        for flag in ("use_fp16_packed", "use_fp16_storage", "use_fp16_arithmetic", "use_bf16_storage"):
+            setattr(self.net.opt, flag, False)
+        if self.net.load_param(str(param)) or self.net.load_model(str(weights)):
+            raise RuntimeError(f"ncnn could not load {param}")
 
     def run(self, x: np.ndarray) -> np.ndarray:
         with self.net.create_extractor() as ex:
@@ -118,13 +126,18 @@ class Ncnn:
             return np.array(out).reshape(1, -1)
 
 
+def pnnx_binary() -> str | None:
+    """pnnx's converter binary; found without importing the package, whose __init__ needs torch."""
+    spec = importlib.util.find_spec("pnnx")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / "pnnx"
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path)
+    return shutil.which("pnnx")
+
+
 def ncnn_available() -> bool:
-    try:
-        import ncnn  # noqa: F401
-        import pnnx  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("ncnn") is not None and pnnx_binary() is not None
 
 
 def latency(model: str, onnx_path: Path, package: Path, threads: int, runs: int, warmup: int) -> dict:
@@ -137,6 +150,8 @@ def latency(model: str, onnx_path: Path, package: Path, threads: int, runs: int,
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    # Interleaved runs: ORT's pool would otherwise spin after each run and take the cores from BLAS.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     ort_sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
     ort_name = ort_sess.get_inputs()[0].name
     x = np.random.default_rng(1).standard_normal(sess.inputs[0].shape, dtype=np.float32)
@@ -145,7 +160,7 @@ def latency(model: str, onnx_path: Path, package: Path, threads: int, runs: int,
         "onnxruntime": lambda: ort_sess.run(None, {ort_name: x})[0],
     }
     if ncnn_available():
-        net = Ncnn(onnx_path, threads)
+        net = Ncnn(model, onnx_path, threads)
         engines["ncnn"] = lambda: net.run(x)
     ref = engines["onnxruntime"]()
     diffs = {e: float(np.abs(f() - ref).max()) for e, f in engines.items()}
@@ -175,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS / "engine.json")
-    parser.add_argument("--probe", nargs=4, metavar=("ENGINE", "MODEL", "ONNX", "PACKAGE"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--probe", nargs=4, metavar=("ENGINE", "MODEL", "ONNX", "PACKAGE"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
     if args.probe:
         print(json.dumps(probe(*args.probe)))
