@@ -221,6 +221,7 @@ def import_onnx(
     passes.remove_identities(draft)
     passes.fold_batchnorm(draft)
     passes.fuse_activations(draft)
+    passes.fuse_residual_adds(draft)
     passes.drop_unused(draft)
     passes.prepare_constants(draft)
     passes.drop_unused(draft)

@@ -131,6 +131,58 @@ def fuse_activations(draft: Draft) -> None:
     draft.nodes = [replaced.get(n.name, n) for n in draft.nodes if n.name not in removed]
 
 
+def fuse_residual_adds(draft: Draft) -> None:
+    """Add(conv_out, r) [+Relu] becomes the Conv's epilogue: y = act(conv + bias + r).
+
+    Only for a dense Conv whose output the Add alone reads, a residual `r` of the same shape that
+    is computed before the Conv runs, and no activation or Relu after the Add.
+    """
+    uses = draft.consumers()
+    position = {o: i for i, n in enumerate(draft.nodes) for o in n.outputs}
+    position.update({name: -1 for name in draft.inputs})
+    producers = {o: n for n in draft.nodes for o in n.outputs}
+    replaced: dict[str, Node] = {}
+    removed: set[str] = set()
+    for node in draft.nodes:
+        if (
+            node.op_type != "Add"
+            or getattr(node.op, "activation", "") not in ("", "Relu")
+            or len(node.inputs) != 2
+        ):
+            continue
+        out_shape = draft.infos[node.outputs[0]].shape
+        # Host the residual in the later of the two Convs, so the other is already computed.
+        for host_name, residual in sorted(
+            (node.inputs, node.inputs[::-1]), key=lambda pair: -position.get(pair[0], -1)
+        ):
+            conv = producers.get(host_name)
+            if (
+                conv is None
+                or conv.op_type != "Conv"
+                or conv.name in replaced
+                or conv.op.activation
+                or conv.op.group != 1
+                or uses[host_name] != 1
+                or host_name in draft.outputs
+                or residual in draft.consts
+                or residual not in position
+                or position[residual] >= position[host_name]
+                or draft.infos[residual].shape != out_shape
+                or draft.infos[host_name].shape != out_shape
+            ):
+                continue
+            inputs = (*conv.inputs, *[""] * (3 - len(conv.inputs)), residual)
+            in_shapes = (*conv.in_shapes, *[None] * (3 - len(conv.in_shapes)), out_shape)
+            fused_op = dataclasses.replace(conv.op, residual=True, activation=node.op.activation)
+            replaced[conv.name] = dataclasses.replace(
+                conv, op=fused_op, inputs=inputs, outputs=node.outputs, in_shapes=in_shapes
+            )
+            removed.add(node.name)
+            draft.log.append(f"fused residual Add {node.name} into Conv {conv.name}")
+            break
+    draft.nodes = [replaced.get(n.name, n) for n in draft.nodes if n.name not in removed]
+
+
 def prepare_constants(draft: Draft) -> None:
     """Rewrite each node's constant inputs into its kernel's layout (a copy per node when shared)."""
     uses = draft.consumers()

@@ -86,15 +86,28 @@ def copy(dst, d0, src, s0, n):
 
 
 @kernel
-def bias_act(y, off, ld, rows, cols, bias, boff, act, alpha, beta):
-    """y[off + r*ld + k] = act(y[...] + bias[boff + r]) for r < rows, k < cols (y flat, in place).
+def bias_act(y, res, off, ld, rows, cols, bias, boff, act, alpha, beta):
+    """y[i] = act(y[i] + bias[boff + r] + res[i]) for i = off + r*ld + k, r < rows, k < cols
+    (y flat, in place; `res` flat with y's layout, a fused residual Add).
 
-    The branch on the activation kind is outside the loops, so every loop body vectorizes.
-    An empty `bias` adds nothing.
+    The branches on the activation kind and on the residual are outside the loops, so every
+    loop body vectorizes. An empty `bias` or `res` adds nothing.
     """
     has_bias = bias.size > 0
     n = np.uint64(cols)
     zero, one = np.float32(0.0), np.float32(1.0)
+    if res.size > 0:
+        if act in (ACT_NONE, ACT_RELU):
+            floor = zero if act == ACT_RELU else np.float32(-np.inf)
+            for r in range(rows):
+                b, s = (bias[boff + r] if has_bias else zero), np.uint64(off + r * ld)
+                for k in range(n):
+                    y[s + k] = max(y[s + k] + b + res[s + k], floor)
+            return
+        for r in range(rows):  # rarer activations: add the residual first, then the usual pass
+            s = np.uint64(off + r * ld)
+            for k in range(n):
+                y[s + k] = y[s + k] + res[s + k]
     if act == ACT_NONE:
         if not has_bias:
             return
@@ -322,7 +335,7 @@ def depthwise(x, w, bias, y, pad, wide, c0, c1, r0, r1, kh, kw, sh, sw, dh, dw, 
             start = ((n * channels + c) * out_h + r0) * out_w
             for oh in range(rows):
                 copy(yf, start + oh * out_w, wide, oh * wz, out_w)
-            bias_act(yf, start, 0, 1, rows * out_w, bias, c - c0, act, alpha, beta)
+            bias_act(yf, NO_BIAS, start, 0, 1, rows * out_w, bias, c - c0, act, alpha, beta)
 
 
 def depthwise_scratch(
@@ -419,7 +432,7 @@ def winograd_input(x, n, pad, v, r0, tiles_y, tiles_x, pt, pl):
 
 
 @kernel
-def winograd_output(m, y, n, cc, c_abs, r0, r1, tiles_y, tiles_x, bias, boff, act, alpha, beta):
+def winograd_output(m, y, res, n, cc, c_abs, r0, r1, tiles_y, tiles_x, bias, boff, act, alpha, beta):
     """y[n, c_abs + k, r0 + 2ty + i, 2tx + j] = act((A^T M_k A)[i, j] + bias[boff + k]), k < cc.
 
     m is (16, cc, tiles) flat. Output rows at or past r1 and columns past the output are skipped.
@@ -460,7 +473,7 @@ def winograd_output(m, y, n, cc, c_abs, r0, r1, tiles_y, tiles_x, bias, boff, ac
                             + h1 * m[q21 + tx] + h2 * m[q22 + tx] + h3 * m[q23 + tx]
                             + l1 * m[q31 + tx] + l2 * m[q32 + tx] + l3 * m[q33 + tx]
                         )  # fmt: skip
-        bias_act(yf, plane + r0 * out_w, 0, 1, (r1 - r0) * out_w, bias, boff + k, act, alpha, beta)
+        bias_act(yf, res, plane + r0 * out_w, 0, 1, (r1 - r0) * out_w, bias, boff + k, act, alpha, beta)
 
 
 # ---- geometry -------------------------------------------------------------------------------------
@@ -584,6 +597,8 @@ class Conv(Op):
     activation: str = internal("")
     activation_alpha: float = internal(0.0)
     activation_beta: float = internal(0.0)
+    # A fused residual Add: a fourth input, added before the activation (not for depthwise).
+    residual: bool = internal(False)
 
     @classmethod
     def from_onnx(cls, attrs, consts, node, opset):
@@ -754,12 +769,19 @@ class Conv(Op):
             if a.dtype != np.float32 or not a.flags.c_contiguous:
                 raise ValueError(f"Conv.bind: {name} must be C-contiguous float32, got {a.dtype} {a.strides}")
         epilogue = (ACT_CODES[self.activation], float(self.activation_alpha), float(self.activation_beta))
+        res = NO_BIAS
+        if self.residual:
+            res = reshape_view(ins[3], (-1,))
+            if ins[3].shape != y.shape or geo.depthwise:
+                raise ShapeError(
+                    f"Conv.bind: residual {ins[3].shape} for output {y.shape} (depthwise {geo.depthwise})"
+                )
         if geo.depthwise:
             return _bind_depthwise(geo, x, wp, bias, y, scratch, rows, chans, epilogue)
         if geo.winograd:
-            return _bind_winograd(geo, x, wp, bias, y, scratch, rows, chans, epilogue)
+            return _bind_winograd(geo, x, wp, bias, y, res, scratch, rows, chans, epilogue)
         return _bind_gemm(
-            geo, self._band(geo, rows[1] - rows[0]), x, wp, bias, y, scratch, rows, chans, epilogue
+            geo, self._band(geo, rows[1] - rows[0]), x, wp, bias, y, res, scratch, rows, chans, epilogue
         )
 
     def reference(self, ins):
@@ -785,6 +807,8 @@ class Conv(Op):
                         "nchw,oc->nohw", patch, ws[:, :, i, j]
                     )
         y += np.asarray(bias, dtype=np.float64).reshape(1, -1, 1, 1)
+        if self.residual:
+            y += np.asarray(ins[3], dtype=np.float64)
         return [reference_activation(y, self.activation, self.activation_alpha, self.activation_beta)]
 
 
@@ -803,7 +827,7 @@ def _bind_depthwise(g: Geometry, x, wp, bias, y, scratch, rows, chans, epilogue)
     return run_depthwise
 
 
-def _bind_winograd(g: Geometry, x, wp, bias, y, scratch, rows, chans, epilogue) -> Kernel:
+def _bind_winograd(g: Geometry, x, wp, bias, y, res, scratch, rows, chans, epilogue) -> Kernel:
     (r0, r1), (c0, c1), (act, alpha, beta) = rows, chans, epilogue
     plan = WinogradPlan.of(g, r1 - r0, c1 - c0)
     sizes = plan.buffers
@@ -842,12 +866,14 @@ def _bind_winograd(g: Geometry, x, wp, bias, y, scratch, rows, chans, epilogue) 
                     if not once:
                         winograd_weights(w_flat, k0, k1, cin, u, tmp)
                     np.matmul(u3, v3, out=m3)
-                    winograd_output(m, y, n, k1 - k0, c0 + k0, b0, b1, ty, tx, bias, k0, act, alpha, beta)
+                    winograd_output(
+                        m, y, res, n, k1 - k0, c0 + k0, b0, b1, ty, tx, bias, k0, act, alpha, beta
+                    )
 
     return run_winograd
 
 
-def _bind_gemm(g: Geometry, band: int, x, wp, bias, y, scratch, rows, chans, epilogue) -> Kernel:
+def _bind_gemm(g: Geometry, band: int, x, wp, bias, y, res, scratch, rows, chans, epilogue) -> Kernel:
     """The pointwise and im2col paths: one task per (batch, group, band of output rows)."""
     (r0, r1), (c0, c1), (act, alpha, beta) = rows, chans, epilogue
     flat = reshape_view(y, (-1,))
@@ -879,7 +905,7 @@ def _bind_gemm(g: Geometry, band: int, x, wp, bias, y, scratch, rows, chans, epi
         def run_pointwise():
             for _, _, _, _, w_g, col, out, off, n_rows, boff in tasks:
                 np.matmul(w_g, col, out=out)
-                bias_act(flat, off, plane, n_rows, out.shape[1], bias, boff, act, alpha, beta)
+                bias_act(flat, res, off, plane, n_rows, out.shape[1], bias, boff, act, alpha, beta)
 
         return run_pointwise
 
@@ -887,7 +913,7 @@ def _bind_gemm(g: Geometry, band: int, x, wp, bias, y, scratch, rows, chans, epi
         for n, ci, b0, b1, w_g, col, out, off, n_rows, boff in tasks:
             im2col(x, n, ci, cin_g, col, b0, b1, g.out_w, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl)
             np.matmul(w_g, col, out=out)
-            bias_act(flat, off, plane, n_rows, out.shape[1], bias, boff, act, alpha, beta)
+            bias_act(flat, res, off, plane, n_rows, out.shape[1], bias, boff, act, alpha, beta)
 
     return run_im2col
 

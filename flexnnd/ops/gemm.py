@@ -39,7 +39,7 @@ def gemm_epilogue(y, off, ld, rows, cols, bias, bias_rows, act, alpha, beta):
             for k in range(n):
                 y[s + k] += bias[k * step + c]
     if act != ACT_NONE:
-        bias_act(y, off, ld, rows, cols, bias[:0], 0, act, alpha, beta)
+        bias_act(y, bias[:0], off, ld, rows, cols, bias[:0], 0, act, alpha, beta)
 
 
 @register

@@ -28,7 +28,7 @@ def channel_affine(x, y, a, b, inner, act, alpha, beta):
         for k in range(n):
             y[s + k] = scale * x[s + k] + shift
         if act != ACT_NONE:
-            bias_act(y, block * inner, 0, 1, inner, b[:0], 0, act, alpha, beta)
+            bias_act(y, b[:0], block * inner, 0, 1, inner, b[:0], 0, act, alpha, beta)
 
 
 @register

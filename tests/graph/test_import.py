@@ -179,3 +179,45 @@ def test_opset_out_of_range():
     model = make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", [1, 2])], [("y", None)], opset=5)
     with pytest.raises(flexnnd.ModelImportError, match="opset 5 is not supported"):
         import_onnx(model)
+
+
+def residual_block(downsample_after=True):
+    """x -> conv_a -> relu -> conv_b, plus a 1x1 downsample conv of x; Add; Relu (a ResNet block)."""
+    w = lambda *s: RNG.standard_normal(s).astype(np.float32) * 0.3  # noqa: E731
+    main = [
+        helper.make_node("Conv", ["x", "wa"], ["a"], pads=[1, 1, 1, 1], name="conv_a"),
+        helper.make_node("Relu", ["a"], ["ar"], name="relu_a"),
+        helper.make_node("Conv", ["ar", "wb"], ["b"], pads=[1, 1, 1, 1], name="conv_b"),
+    ]
+    down = [helper.make_node("Conv", ["x", "wd"], ["d"], name="down")]
+    tail = [
+        helper.make_node("Add", ["b", "d"], ["s"], name="add"),
+        helper.make_node("Relu", ["s"], ["y"], name="out"),
+    ]
+    nodes = main + down + tail if downsample_after else down + main + tail
+    inits = [("wa", w(8, 4, 3, 3)), ("wb", w(8, 8, 3, 3)), ("wd", w(8, 4, 1, 1))]
+    return make_model(nodes, [("x", [1, 4, 9, 7])], [("y", None)], inits)
+
+
+@pytest.mark.parametrize("downsample_after", [True, False])
+def test_residual_add_and_relu_fuse_into_the_later_conv(tmp_path, downsample_after):
+    model = residual_block(downsample_after)
+    graph, _ = import_onnx(model)
+    assert [n.op_type for n in graph.nodes] == ["Conv", "Conv", "Conv"]
+    host = graph.nodes[-1]
+    assert host.op.residual and host.op.activation == "Relu" and host.outputs == ("y",)
+    assert host.name == ("down" if downsample_after else "conv_b")
+    path = save(model, tmp_path / "m.onnx")
+    x = RNG.standard_normal((1, 4, 9, 7)).astype(np.float32)
+    with flexnnd.Session(path, cache_dir=tmp_path / "c") as sess:
+        assert_close_to_reference(sess.run({"x": x})["y"], ort_run(path, {"x": x})[0])
+
+
+def test_add_of_a_graph_output_or_a_broadcast_is_not_fused():
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        helper.make_node("Add", ["c", "bias"], ["y"], name="add"),
+    ]
+    inits = [("w", np.ones((2, 2, 1, 1), np.float32)), ("bias", np.ones((1, 2, 1, 1), np.float32))]
+    graph, _ = import_onnx(make_model(nodes, [("x", [1, 2, 3, 3])], [("y", None)], inits))
+    assert [n.op_type for n in graph.nodes] == ["Conv", "Add"]

@@ -473,3 +473,42 @@ def test_batchnorm_rejects_training_and_variable_statistics():
         BatchNormalization.from_onnx({}, [None, *stats[:3], None], "bn", 15)
     with pytest.raises(ShapeError, match=r"mean shape \(4,\)"):
         BatchNormalization().infer([(1, 3, 4, 4), (3,), (3,), (4,), (3,)], [None] * 5)
+
+
+# ---- fused residual Add ---------------------------------------------------------------------------
+RESIDUAL_CASES = [
+    ("1x1", (1, 13, 7, 9), (24, 13, 1, 1), {}),
+    ("3x3-im2col-s2", (2, 13, 17, 13), (24, 13, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}),
+    ("3x3-winograd", (1, 24, 16, 13), (13, 24, 3, 3), {"pads": [1, 1, 1, 1]}),
+]
+
+
+@pytest.mark.usefixtures("winograd_everywhere")
+@pytest.mark.parametrize("activation", [("", 0.0, 0.0), ("Relu", 0.0, 0.0), ("HardSwish", 0.0, 0.0)])
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "attrs"), [c[1:] for c in RESIDUAL_CASES], ids=[c[0] for c in RESIDUAL_CASES]
+)
+@pytest.mark.parametrize("rows", [None, (1, 3)], ids=["whole", "row-band"])
+def test_fused_residual(x_shape, w_shape, attrs, activation, rows):
+    case = conv_case(x_shape, w_shape, activation=activation, **attrs)
+    op = dataclasses.replace(case.op, residual=True)
+    residual = np.random.default_rng(9).standard_normal(case.y_shape, dtype=np.float32)
+    part = None if rows is None else Part("rows", *rows)
+    prepared = op.prepare([None, case.w, case.b])
+    need = max(op.scratch_bytes([*case.shapes, case.y_shape], part) // 4, 1)
+    x, wp, bp, res, y, scratch = in_arena(case.x, prepared[1], prepared[2], residual, case.y_shape, (need,))
+    kernel = op.bind([x, wp, bp, res], [y], scratch, part)
+    kernel()
+    ref = op.reference([case.x, case.w, case.b, residual])[0]
+    r0, r1 = (0, case.y_shape[2]) if rows is None else rows
+    assert_close(y[:, :, r0:r1], ref[:, :, r0:r1])
+    assert_no_numpy_allocations(kernel)
+
+
+def test_residual_of_the_wrong_shape_is_refused():
+    case = conv_case((1, 13, 7, 9), (24, 13, 1, 1))
+    op = dataclasses.replace(case.op, residual=True)
+    prepared = op.prepare([None, case.w, case.b])
+    x, wp, bp, res, y = in_arena(case.x, prepared[1], prepared[2], (1, 24, 7, 8), case.y_shape)
+    with pytest.raises(ShapeError, match="residual"):
+        op.bind([x, wp, bp, res], [y], None)
