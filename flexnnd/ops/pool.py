@@ -234,19 +234,18 @@ def max_pool2d_separable(x, y, tmp, height, width, out_h, out_w, kh, kw, sh, sw,
                     for c in range(1, kw):
                         _max_into_strided(dst, row[start + c :], n, sw)
         if border:
-            edge = c_lo + out_w - c_hi  # border columns per row: only these are visited
-            for k in range(edge * out_h):
-                oh, ow = k // edge, k % edge
-                ow = ow if ow < c_lo else ow - c_lo + c_hi
+            for oh in range(out_h):
                 base = oh * width
-                w0 = ow * sw - pad_left
-                t_lo = max(0, -w0)
-                t_hi = min(kw, width - w0)
-                m = tmp[base + w0 + t_lo]
-                for c in range(t_lo + 1, t_hi):
-                    v = tmp[base + w0 + c]
-                    m = m if m >= v else v
-                yf[oh * out_w + ow] = m
+                for e in range(c_lo + out_w - c_hi):  # only the border columns of each row
+                    ow = e if e < c_lo else e - c_lo + c_hi
+                    w0 = ow * sw - pad_left
+                    t_lo = max(0, -w0)
+                    t_hi = min(kw, width - w0)
+                    m = tmp[base + w0 + t_lo]
+                    for c in range(t_lo + 1, t_hi):
+                        v = tmp[base + w0 + c]
+                        m = m if m >= v else v
+                    yf[oh * out_w + ow] = m
 
 
 @kernel
