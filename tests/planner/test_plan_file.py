@@ -1,0 +1,76 @@
+"""Plan files: round trip, diffable layout, and stale, foreign, corrupt or invalid files refused."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+import flexnnd
+from flexnnd.planner import plan_resident
+from flexnnd.planner.plan_file import read_plans, write_plans
+from tests.planner.plans import streamed_plan
+
+SHA = "ab" * 32
+
+
+@pytest.fixture
+def plans(graph):
+    return [plan_resident(graph), streamed_plan(graph)]
+
+
+def test_round_trip(tmp_path, graph, plans):
+    path = tmp_path / "plans.json"
+    write_plans(path, plans, graph, SHA)
+    again = read_plans(path, graph, SHA)
+    assert again == plans
+    # One record per line: a region or a load is one line of the file.
+    lines = path.read_text().splitlines()
+    assert any(line.strip().startswith('["') and "fc2" not in line for line in lines)
+    assert len(lines) > sum(len(p.regions) for p in plans)
+
+
+def test_an_invalid_plan_is_never_written(tmp_path, graph, plans):
+    broken = dataclasses.replace(plans[1], arena_bytes=64)
+    with pytest.raises(flexnnd.PlanError, match="crosses the arena end"):
+        write_plans(tmp_path / "plans.json", [broken], graph, SHA)
+    assert not (tmp_path / "plans.json").exists()
+
+
+def test_an_invalid_plan_is_never_read(tmp_path, graph, plans):
+    path = tmp_path / "plans.json"
+    write_plans(path, plans, graph, SHA)
+    document = json.loads(path.read_text())
+    document["plans"][1]["arena_bytes"] = 64
+    path.write_text(json.dumps(document))
+    with pytest.raises(flexnnd.PlanError, match="crosses the arena end"):
+        read_plans(path, graph, SHA)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d.update(version=0), "plan format version 0"),
+        (lambda d: d.update(format="other"), "not a flexnn plan file"),
+        (lambda d: d.update(weights_sha256="00" * 32), "planned for other weights"),
+        (lambda d: d["plans"][0].pop("regions"), "corrupt"),
+    ],
+    ids=["stale", "foreign", "other-weights", "missing-field"],
+)
+def test_bad_files_say_what_to_do(tmp_path, graph, plans, edit, message):
+    path = tmp_path / "plans.json"
+    write_plans(path, plans, graph, SHA)
+    document = json.loads(path.read_text())
+    edit(document)
+    path.write_text(json.dumps(document))
+    with pytest.raises(flexnnd.PlanError, match=f"{message}.*re-import"):
+        read_plans(path, graph, SHA)
+
+
+def test_truncated_file(tmp_path, graph, plans):
+    path = tmp_path / "plans.json"
+    write_plans(path, plans, graph, SHA)
+    path.write_text(path.read_text()[:100])
+    with pytest.raises(flexnnd.PlanError, match="corrupt"):
+        read_plans(path, graph, SHA)
