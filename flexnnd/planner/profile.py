@@ -1,0 +1,136 @@
+"""Profile by arithmetic, and a latency simulator of one loader and one compute thread.
+
+Sizes come from shapes, not from a test run. Times come from a `Machine`: the rates of each
+kernel path and of the storage the weights are read from, measured once per machine
+(`flexnnd.planner.calibrate`) and passed in, so that everything here is a pure function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from flexnnd.graph.ir import Graph, Node
+from flexnnd.planner.lifetimes import lifetimes
+from flexnnd.planner.plan import Plan
+
+# Kernel paths with their own rate: dense GEMM-like convs and FC, Winograd, depthwise, and
+# memory-bound ops (pooling, elementwise, copies), whose time follows bytes moved.
+KINDS = ("gemm", "winograd", "depthwise", "memory")
+
+
+@dataclass(frozen=True)
+class Machine:
+    gemm_flops: float  # FLOP/s of BLAS-backed convolutions and fully connected layers
+    winograd_flops: float  # direct-convolution-equivalent FLOP/s of the Winograd path
+    depthwise_flops: float
+    memory_bytes: float  # bytes/s moved by memory-bound kernels
+    read_bytes: float  # bytes/s read from the weights file's storage
+    step_overhead: float = 2e-6  # seconds of Python dispatch per step
+
+
+@dataclass(frozen=True)
+class StepCost:
+    node: str
+    kind: str
+    weight_bytes: int
+    input_bytes: int
+    output_bytes: int
+    scratch_bytes: int
+    flops: int
+
+    def compute_seconds(self, machine: Machine) -> float:
+        if self.kind == "memory":
+            return (self.input_bytes + self.output_bytes) / machine.memory_bytes + machine.step_overhead
+        rate = {
+            "gemm": machine.gemm_flops,
+            "winograd": machine.winograd_flops,
+            "depthwise": machine.depthwise_flops,
+        }
+        return self.flops / rate[self.kind] + machine.step_overhead
+
+
+def kind_of(graph: Graph, node: Node) -> str:
+    if node.op_type == "Conv":
+        geo = node.op.geometry(node.in_shapes[0], node.in_shapes[1][0])
+        return "depthwise" if geo.depthwise else "winograd" if geo.winograd else "gemm"
+    if node.op_type in ("Gemm", "MatMul"):
+        return "gemm"
+    return "memory"
+
+
+def step_costs(graph: Graph) -> list[StepCost]:
+    """One cost per step of an unsliced plan (alias and elided nodes do not run)."""
+    costs = []
+    for node in lifetimes(graph).steps:
+        weights = sum(graph.tensors[i].nbytes for i in node.inputs if i and graph.is_constant(i))
+        inputs = sum(graph.tensors[i].nbytes for i in node.inputs if i and not graph.is_constant(i))
+        outputs = sum(graph.tensors[o].nbytes for o in node.outputs)
+        out_shapes = [graph.shape(o) for o in node.outputs]
+        costs.append(
+            StepCost(
+                node=node.name,
+                kind=kind_of(graph, node),
+                weight_bytes=weights,
+                input_bytes=inputs,
+                output_bytes=outputs,
+                scratch_bytes=node.op.scratch_bytes(node.in_shapes),
+                flops=node.op.flops(node.in_shapes, out_shapes),
+            )
+        )
+    return costs
+
+
+@dataclass(frozen=True)
+class Timeline:
+    seconds: float  # end of the last step
+    compute_start: tuple[float, ...]
+    compute_end: tuple[float, ...]
+    load_start: tuple[float, ...]
+    load_end: tuple[float, ...]
+
+    @property
+    def stall_seconds(self) -> float:
+        """Time the compute thread waited for weights."""
+        busy = sum(e - s for s, e in zip(self.compute_start, self.compute_end, strict=True))
+        return self.seconds - busy
+
+
+def simulate(
+    plan: Plan,
+    step_seconds: Sequence[float],
+    load_bytes: Mapping[str, int],
+    machine: Machine,
+) -> Timeline:
+    """Predicted latency of one inference under `plan`.
+
+    `step_seconds[i]` is step i's compute time; `load_bytes[piece]` the size of each streamed
+    piece. The loader reads the plan's loads one after another, each no earlier than the end of
+    the step that releases it; a step starts when the previous one ended and its pieces are in.
+    """
+    n = len(plan.steps)
+    loads_of_step: dict[int, list[int]] = {}
+    for k, load in enumerate(plan.loads):
+        loads_of_step.setdefault(load.step, []).append(k)
+    load_start = [0.0] * len(plan.loads)
+    load_end = [0.0] * len(plan.loads)
+    compute_start = [0.0] * n
+    compute_end = [0.0] * n
+    loader_free, next_load, clock = 0.0, 0, 0.0
+    for i in range(n):
+        # The loader runs every load released by steps before i (their end times are known).
+        while next_load < len(plan.loads) and plan.loads[next_load].after_step < i:
+            released = (
+                0.0 if plan.loads[next_load].after_step < 0 else compute_end[plan.loads[next_load].after_step]
+            )
+            load_start[next_load] = max(loader_free, released)
+            load_end[next_load] = (
+                load_start[next_load] + load_bytes[plan.loads[next_load].piece] / machine.read_bytes
+            )
+            loader_free = load_end[next_load]
+            next_load += 1
+        ready = max((load_end[k] for k in loads_of_step.get(i, ())), default=0.0)
+        compute_start[i] = max(clock, ready)
+        compute_end[i] = compute_start[i] + step_seconds[i]
+        clock = compute_end[i]
+    return Timeline(clock, tuple(compute_start), tuple(compute_end), tuple(load_start), tuple(load_end))

@@ -1,0 +1,59 @@
+"""Profile by arithmetic and the one-loader, one-compute-thread latency simulator."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from flexnnd.planner import plan_resident
+from flexnnd.planner.profile import Machine, simulate, step_costs
+from tests.planner.plans import streamed_plan
+
+MACHINE = Machine(
+    gemm_flops=1e11, winograd_flops=2e11, depthwise_flops=2e10, memory_bytes=1e10, read_bytes=1e9
+)
+
+
+def test_costs_come_from_shapes(graph):
+    costs = step_costs(graph)
+    assert [c.node for c in costs] == ["fc1", "fc2"]
+    fc1, fc2 = costs
+    assert (fc1.weight_bytes, fc1.input_bytes, fc1.output_bytes) == ((64 * 32 + 64) * 4, 32 * 4, 64 * 4)
+    assert fc2.weight_bytes == (16 * 64 + 16) * 4
+    assert fc1.kind == fc2.kind == "gemm"
+    assert fc1.flops >= 2 * 64 * 32
+
+
+def test_all_resident_plan_takes_the_sum_of_its_steps(graph):
+    timeline = simulate(plan_resident(graph), [1.0, 2.0], {}, MACHINE)
+    assert timeline.seconds == 3.0
+    assert timeline.stall_seconds == 0.0
+
+
+@pytest.mark.parametrize(("load_seconds", "expected"), [(0.5, 3.0), (1.5, 3.5)])
+def test_a_load_overlaps_the_step_before_its_own(graph, load_seconds, expected):
+    plan = streamed_plan(graph)  # fc2's weight is released at the start, read at step 1
+    piece = plan.loads[0].piece
+    timeline = simulate(plan, [1.0, 2.0], {piece: int(load_seconds * MACHINE.read_bytes)}, MACHINE)
+    assert timeline.load_start == (0.0,)
+    assert timeline.seconds == pytest.approx(expected)
+    assert timeline.stall_seconds == pytest.approx(max(0.0, load_seconds - 1.0))
+
+
+def test_a_load_released_late_waits_for_its_step(graph):
+    plan = streamed_plan(graph)
+    late = dataclasses.replace(plan, loads=(dataclasses.replace(plan.loads[0], after_step=0),))
+    timeline = simulate(late, [1.0, 2.0], {late.loads[0].piece: int(0.5 * MACHINE.read_bytes)}, MACHINE)
+    assert timeline.load_start == (1.0,)
+    assert timeline.seconds == pytest.approx(3.5)
+
+
+@pytest.mark.parametrize(("name", "gflops"), [("resnet18", 3.64), ("resnet50", 8.21), ("mobilenet_v2", 0.60)])
+def test_zoo_flops_match_the_published_counts(name, gflops, zoo_model, package_cache):
+    from flexnnd.graph.package import read_package
+    from flexnnd.runtime.session import package_for
+
+    graph = read_package(package_for(zoo_model(name), package_cache)).graph
+    total = sum(c.flops for c in step_costs(graph) if c.kind != "memory") / 1e9
+    assert total == pytest.approx(gflops, rel=0.05)
