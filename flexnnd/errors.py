@@ -43,11 +43,12 @@ class PlanError(FlexnnError):
 class BudgetTooSmall(PlanError):
     """The budget is below the smallest feasible plan."""
 
-    def __init__(self, requested: int, minimum: int, model: str = ""):
+    def __init__(self, requested: int, minimum: int, model: str = "", exact: bool = True):
         self.requested, self.minimum, self.model = requested, minimum, model
         of = f" of {model}" if model else ""
+        bound = "" if exact else "at least "
         super().__init__(
-            f"budget {requested:,} bytes is below the smallest feasible plan{of}: {minimum:,} bytes"
+            f"budget {requested:,} bytes is below the smallest feasible plan{of}: {bound}{minimum:,} bytes"
         )
 
 

@@ -6,6 +6,7 @@ a smaller plan really shrinks RSS.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 
 import numpy as np
@@ -30,9 +31,11 @@ class Arena:
         return self.bytes[offset : offset + n].view(dt).reshape(shape)
 
     def close(self) -> None:
-        """Unmap; every view must be gone by then (numpy views pin the mapping)."""
+        """Unmap now if nothing else views the arena; otherwise (say, a caller still holds a
+        traceback whose frames hold views) the mapping goes when the last view does."""
         self.bytes = None
-        try:
-            self._map.close()
-        except BufferError as e:
-            raise RuntimeError("arena closed while views of it are still alive") from e
+        mapping, self._map = self._map, None
+        if mapping is None:
+            return
+        with contextlib.suppress(BufferError):
+            mapping.close()

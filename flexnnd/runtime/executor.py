@@ -18,6 +18,7 @@ from flexnnd.ops.base import Kernel
 from flexnnd.planner import scratch_name
 from flexnnd.planner.plan import Plan
 from flexnnd.runtime.arena import Arena
+from flexnnd.runtime.loader import Loader, PieceRead
 
 
 class Executor:
@@ -40,7 +41,8 @@ class Executor:
             node = nodes[step.node]
             pieces = iter(step.weights)
             ins = [
-                None if not i else self.views[next(pieces) if graph.is_constant(i) else i] for i in node.inputs
+                None if not i else self.views[next(pieces) if graph.is_constant(i) else i]
+                for i in node.inputs
             ]
             outs = [self.views[o] for o in node.outputs]
             region = plan.region.get(scratch_name(node.name))
@@ -48,6 +50,20 @@ class Executor:
             self.kernels.append(node.op.bind(ins, outs, scratch, step.part))
         self.inputs = [(t.name, self.views[t.name]) for t in graph.inputs]
         self.outputs = [(t.name, self.views[t.name]) for t in graph.outputs]
+        self.loader: Loader | None = None
+        if plan.loads:
+            reads = [
+                PieceRead(
+                    ld.piece,
+                    memoryview(self.views[ld.piece]).cast("B"),
+                    self.piece_range(ld.piece)[0],
+                    ld.after_step,
+                )
+                for ld in plan.loads
+            ]
+            self.loader = Loader(str(package.weights_path), reads)
+        # Loads that must be in before each step (loads are in step order).
+        self.loads_before = [sum(1 for ld in plan.loads if ld.step <= i) for i in range(len(plan.steps))]
 
     def piece_range(self, name: str) -> tuple[int, int]:
         """(file offset, bytes) of a weight piece: its rows are contiguous in the weights file."""
@@ -75,7 +91,9 @@ class Executor:
                     raise LoadError(f"short read of weight {name!r} from {path}: {got:,} of {nbytes:,} bytes")
                 entry = self.package.weights[self.plan.pieces[name].tensor]
                 if nbytes == entry.nbytes and zlib.crc32(raw) != entry.crc32:
-                    raise LoadError(f"weight {name!r} in {path} fails its checksum: the file changed since import")
+                    raise LoadError(
+                        f"weight {name!r} in {path} fails its checksum: the file changed since import"
+                    )
             # What we read now lives in the arena; keeping it in the page cache too would double it.
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
@@ -84,11 +102,27 @@ class Executor:
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         for name, view in self.inputs:
             np.copyto(view, feeds[name])
-        for kernel in self.kernels:
-            kernel()
+        loader = self.loader
+        if loader is None:
+            for kernel in self.kernels:
+                kernel()
+        else:
+            loader.begin()
+            try:
+                for i, kernel in enumerate(self.kernels):
+                    loader.wait_for(self.loads_before[i])
+                    kernel()
+                    loader.step_done(i)
+            finally:
+                loader.end()
         return {name: view.copy() for name, view in self.outputs}
 
     def close(self) -> None:
+        if self.loader is not None:
+            self.loader.close()
+            for read in self.loader.reads:
+                read.view.release()
+            self.loader = None
         self.kernels.clear()
         self.views.clear()
         self.inputs = self.outputs = []

@@ -12,12 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
-from flexnnd.errors import PlanError
+from flexnnd.errors import BudgetTooSmall
 from flexnnd.graph.onnx_import import import_model
 from flexnnd.graph.package import MANIFEST, Package, read_package
 from flexnnd.planner import plan_resident
+from flexnnd.planner.plan import Plan
+from flexnnd.planner.stream import plan_for_budget
 from flexnnd.runtime import threads as threads_mod
 from flexnnd.runtime.executor import Executor, check_feeds
+from flexnnd.sizes import parse_size
 
 
 @dataclass(frozen=True)
@@ -55,23 +58,47 @@ class Session:
         threads: int | None = None,
         cache_dir: str | os.PathLike | None = None,
     ):
-        if budget is not None:
-            raise PlanError("budgeted plans need the planner's ladder, which this version does not have yet")
         self.package: Package = read_package(package_for(model, cache_dir))
         self.threads = int(threads) if threads else threads_mod.available_cores()
         self._lock = threading.Lock()
-        self.plan = plan_resident(self.package.graph)
-        self._executor = Executor(self.package, self.plan)
-        self.last_inference_seconds: float | None = None
         graph = self.package.graph
         self.inputs = [TensorSpec(t.name, t.shape, t.dtype) for t in graph.inputs]
         self.outputs = [TensorSpec(t.name, t.shape, t.dtype) for t in graph.outputs]
         self._expected = {t.name: (t.shape, t.dtype) for t in graph.inputs}
+        # What one inference allocates besides the arena: the copies of its outputs it returns.
+        self.output_bytes = sum(t.nbytes for t in graph.outputs)
+        self.budget: int | None = None
+        self.plan = self._plan_for(budget)
+        self.budget = None if budget is None else parse_size(budget)
+        self._pending: Plan | None = None
+        self._executor = Executor(self.package, self.plan)
+        self.last_inference_seconds: float | None = None
+
+    def _plan_for(self, budget: int | str | None) -> Plan:
+        if budget is None:
+            return plan_resident(self.package.graph)
+        requested = parse_size(budget)
+        try:
+            return plan_for_budget(self.package.graph, requested - self.output_bytes)
+        except BudgetTooSmall as e:
+            raise BudgetTooSmall(requested, e.minimum + self.output_bytes, e.model, exact=False) from None
+
+    def set_budget(self, budget: int | str | None) -> None:
+        """Plan for `budget` now (BudgetTooSmall at once if nothing fits); swap at the next inference."""
+        plan = self._plan_for(budget)
+        with self._lock:
+            self._pending = plan
+            self.budget = None if budget is None else parse_size(budget)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Outputs by name for one set of inputs (copies; the arena is reused next time)."""
         check_feeds(feeds, self._expected)
         with self._lock:  # one arena holds one inference's activations at a time
+            if self._pending is not None:
+                # The old arena goes first, so the two never add up beyond the budget.
+                self._executor.close()
+                self.plan, self._pending = self._pending, None
+                self._executor = Executor(self.package, self.plan)
             threads_mod.set_threads(self.threads)
             start = time.perf_counter()
             outputs = self._executor.run(feeds)
@@ -79,11 +106,16 @@ class Session:
         return outputs
 
     def stats(self) -> dict[str, object]:
+        plan = self.plan
         return {
             "model": self.package.graph.name,
-            "arena_bytes": self.plan.arena_bytes,
-            "resident_bytes": sum(self.package.weights[w].nbytes for w in self.plan.resident),
-            "steps": len(self.plan.steps),
+            "budget": self.budget,
+            "plan_budget": plan.budget,
+            "arena_bytes": plan.arena_bytes,
+            "resident_bytes": sum(plan.region[p].nbytes for p in plan.resident),
+            "streamed_bytes": sum(plan.region[ld.piece].nbytes for ld in plan.loads),
+            "steps": len(plan.steps),
+            "sliced_steps": sum(1 for s in plan.steps if s.part is not None),
             "last_inference_seconds": self.last_inference_seconds,
         }
 

@@ -82,9 +82,3 @@ def test_inference_allocates_nothing_but_its_outputs_after_warmup(tmp_path):
         x = np.random.default_rng(3).standard_normal((1, 16, 32, 32)).astype(np.float32)
         out_bytes = sum(int(np.prod(s.shape)) * 4 for s in sess.outputs)
         assert peak_allocation(lambda: sess.run({"x": x})) <= out_bytes + OBJECT_SLACK
-
-
-def test_budget_is_not_accepted_yet(tmp_path):
-    path = save(chain_model(), tmp_path / "chain.onnx")
-    with pytest.raises(flexnnd.PlanError, match="ladder"):
-        flexnnd.Session(path, budget=1 << 20, cache_dir=tmp_path / "c")

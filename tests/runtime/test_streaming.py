@@ -1,0 +1,146 @@
+"""Budgeted sessions: streamed weights give the same outputs, load faults fail one inference only,
+set_budget swaps plans, and sizes parse the way operators write them."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+import pytest
+from onnx import helper
+
+import flexnnd
+from flexnnd.sizes import parse_size
+from tests.conftest import assert_close_to_reference, make_model, ort_run, save
+
+
+@pytest.mark.parametrize(
+    ("name", "fraction"),
+    [
+        ("resnet18", 0.5),
+        ("resnet18", 0.1),
+        ("mobilenet_v2", 0.4),
+        ("squeezenet1_1", 0.5),
+        ("googlenet", 0.25),
+    ],
+)
+def test_zoo_models_under_a_budget_match_onnxruntime(name, fraction, zoo_model, package_cache):
+    path = zoo_model(name)
+    x = np.random.default_rng(3).standard_normal((1, 3, 224, 224), dtype=np.float32)
+    want = ort_run(path, {"input": x})[0]
+    with flexnnd.Session(path, threads=1, cache_dir=package_cache) as sess:
+        full = sess.stats()["arena_bytes"]
+        sess.set_budget(int(full * fraction))
+        got = sess.run({"input": x})["logits"]
+        stats = sess.stats()
+    assert stats["arena_bytes"] <= full * fraction
+    assert stats["streamed_bytes"] > 0
+    assert_close_to_reference(got, want)
+
+
+def fc_chain(layers=4, width=256):
+    """Fully connected layers big enough to stream (each weight 256 KiB)."""
+    rng = np.random.default_rng(0)
+    nodes, inits, prev = [], [], "x"
+    for i in range(layers):
+        nodes.append(helper.make_node("Gemm", [prev, f"w{i}", f"b{i}"], [f"h{i}"], transB=1, name=f"fc{i}"))
+        nodes.append(helper.make_node("Relu", [f"h{i}"], [f"r{i}"], name=f"relu{i}"))
+        inits += [
+            (f"w{i}", rng.standard_normal((width, width)).astype(np.float32) / 16),
+            (f"b{i}", np.zeros(width, np.float32)),
+        ]
+        prev = f"r{i}"
+    nodes[-1] = helper.make_node("Relu", [f"h{layers - 1}"], ["y"], name=f"relu{layers - 1}")
+    return make_model(nodes, [("x", [1, width])], [("y", None)], inits)
+
+
+@pytest.fixture
+def streamed_session(tmp_path):
+    path = save(fc_chain(), tmp_path / "fc.onnx")
+    with flexnnd.Session(path, budget=400 * 1024, cache_dir=tmp_path / "c") as sess:
+        assert len(sess.plan.loads) >= 4
+        yield sess
+
+
+def test_the_kth_load_failing_fails_that_inference_only(streamed_session):
+    sess = streamed_session
+    x = np.random.default_rng(1).standard_normal((1, 256)).astype(np.float32)
+    want = sess.run({"x": x})["y"]
+    loader = sess._executor.loader
+    real = loader.reader
+    threads_before = threading.active_count()
+    fds_before = len(os.listdir("/proc/self/fd"))
+    for k in range(len(sess.plan.loads)):
+        calls = []
+
+        def failing(fd, buffers, offset, k=k, calls=calls):
+            calls.append(offset)
+            if len(calls) == k + 1:
+                raise OSError(5, "Input/output error (injected)")
+            return real(fd, buffers, offset)
+
+        loader.reader = failing
+        with pytest.raises(flexnnd.LoadError, match="injected"):
+            sess.run({"x": x})
+        loader.reader = real
+        np.testing.assert_array_equal(sess.run({"x": x})["y"], want)
+    assert threading.active_count() == threads_before
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+
+
+def test_a_short_read_is_a_load_error(streamed_session):
+    loader = streamed_session._executor.loader
+    loader.reader = lambda fd, buffers, offset: 3
+    with pytest.raises(flexnnd.LoadError, match="short read"):
+        streamed_session.run({"x": np.zeros((1, 256), np.float32)})
+
+
+def test_set_budget_swaps_at_the_next_inference(tmp_path):
+    path = save(fc_chain(), tmp_path / "fc.onnx")
+    x = np.random.default_rng(2).standard_normal((1, 256)).astype(np.float32)
+    with flexnnd.Session(path, cache_dir=tmp_path / "c") as sess:
+        want = sess.run({"x": x})["y"]
+        full = sess.stats()["arena_bytes"]
+        sess.set_budget("400K")
+        assert sess.stats()["arena_bytes"] == full  # not yet: at the next inference
+        np.testing.assert_allclose(sess.run({"x": x})["y"], want, rtol=1e-5, atol=1e-6)
+        small = sess.stats()
+        assert small["arena_bytes"] <= 400 * 1024 and small["streamed_bytes"] > 0
+        sess.set_budget(None)
+        np.testing.assert_allclose(sess.run({"x": x})["y"], want, rtol=1e-5, atol=1e-6)
+        assert sess.stats()["arena_bytes"] == full
+
+
+def test_a_budget_below_the_minimum_names_the_minimum(tmp_path):
+    path = save(fc_chain(), tmp_path / "fc.onnx")
+    with flexnnd.Session(path, cache_dir=tmp_path / "c") as sess:
+        with pytest.raises(
+            flexnnd.BudgetTooSmall, match=r"budget 1,000 bytes is below .*: at least [\d,]+ bytes"
+        ) as info:
+            sess.set_budget(1000)
+        assert info.value.minimum > 1000
+        sess.run({"x": np.zeros((1, 256), np.float32)})  # the session still serves
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (4096, 4096),
+        ("4096", 4096),
+        ("128M", 128 << 20),
+        ("1.5G", 3 << 29),
+        ("512Mi", 512 << 20),
+        ("512MiB", 512 << 20),
+        ("300MB", 300_000_000),
+        ("64k", 64 << 10),
+    ],
+)
+def test_sizes(text, expected):
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "12Q", "-5", "M", "1.2.3G", True, -1])
+def test_bad_sizes(text):
+    with pytest.raises(ValueError, match="size"):
+        parse_size(text)
