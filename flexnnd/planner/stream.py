@@ -111,9 +111,14 @@ def _file_order(graph: Graph, pieces: Mapping[str, WeightPiece]) -> list[str]:
     return sorted(pieces, key=lambda p: (position[pieces[p].tensor], pieces[p].start))
 
 
-def pack(graph: Graph, lay: Layout, budget: int, resident: frozenset[str]) -> Plan | None:
-    """Offsets for every region of `lay` within `budget` bytes, or None when they do not fit."""
-    regions, _ = place_greedy_by_size(lay.requests)
+def pack(
+    graph: Graph, lay: Layout, budget: int, resident: frozenset[str], base: list[Region] | None = None
+) -> Plan | None:
+    """Offsets for every region of `lay` within `budget` bytes, or None when they do not fit.
+
+    `base` is the activations' and scratch's placement of `lay` when the caller already has it.
+    """
+    regions = list(base) if base is not None else place_greedy_by_size(lay.requests)[0]
     if max((r.end for r in regions), default=0) > budget:
         return None
     end = len(lay.steps) - 1
@@ -231,8 +236,9 @@ def plan_for_budget(graph: Graph, budget: int) -> Plan:
         key=lambda p: -graph.tensors[p].nbytes,
     )
     resident = set(always)
+    base = place_greedy_by_size(lay.requests)[0]
     for name in whole:
-        trial = pack(graph, lay, budget, frozenset(resident | {name}))
+        trial = pack(graph, lay, budget, frozenset(resident | {name}), base)
         if trial is not None:
             resident.add(name)
             plan = trial
