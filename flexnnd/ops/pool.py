@@ -5,9 +5,11 @@ that would start beyond the input and its left padding is dropped. Padded cells 
 an average divides by its valid cells (count_include_pad=0) or by its cells inside the explicitly
 padded input (count_include_pad=1: cells that ceil_mode adds beyond the pads do not count).
 
-The kernels split each output row into interior columns, whose windows lie inside the input
-(a branch-free loop over the output width that vectorizes), and the few border columns; the
-valid kernel rows are computed once per output row.
+The generic kernels split each output row into interior columns, whose windows lie inside the
+input (a branch-free loop over the output width that vectorizes), and the few border columns; the
+valid kernel rows are computed once per output row. MaxPool without dilation has two faster
+kernels: max_pool3x3_same (GoogLeNet's 3x3 stride-1 pools: flat loops over chunks of planes) and
+max_pool2d_rows (all others: a max over rows into one padded row buffer, then over columns).
 """
 
 from __future__ import annotations
@@ -144,108 +146,165 @@ def max_pool2d(x, y, kh, kw, sh, sw, dh, dw, pad_top, pad_left):
                     yrow[ow] = m
 
 
+# The max of two cells; `a if a > b else b` compiles to one vmaxps (a NaN in `a` is dropped).
 @kernel(inline="always")
-def _max_into(dst, src, n):
-    """dst[i] = max(dst[i], src[i]) for i < n: slices, not offset indices, so LLVM vectorizes."""
-    for i in range(n):
-        a = dst[i]
-        b = src[i]
-        dst[i] = a if a >= b else b
+def _larger(a, b):
+    return a if a > b else b
+
+
+# LLVM runs a vectorized loop 32 floats at a time and the rest one by one; short rows (7..56 wide)
+# are mostly rest, so the row kernel computes whole 32-float spans and lets the excess spill
+# into the next row (recomputed after) wherever that stays inside the tensor.
+SPAN = 32
 
 
 @kernel(inline="always")
-def _max_into_strided(dst, src, n, stride):
-    if stride == 1:
-        _max_into(dst, src, n)
-    elif stride == 2:
-        for i in range(n):
-            a = dst[i]
-            b = src[2 * i]
-            dst[i] = a if a >= b else b
-    else:
-        for i in range(n):
-            a = dst[i]
-            b = src[i * stride]
-            dst[i] = a if a >= b else b
+def _span(n):
+    return (n + SPAN - 1) // SPAN * SPAN
+
+
+def row_buffer_length(width: int, out_w: int, kw: int, sw: int, pad_left: int) -> int:
+    """Cells of max_pool2d_rows' row buffer: the padded input row, or all that spans read."""
+    spanned = -(-out_w // SPAN) * SPAN
+    return max(pad_left + -(-width // SPAN) * SPAN, (spanned - 1) * sw + kw)
 
 
 @kernel
-def max_pool2d_separable(x, y, tmp, height, width, out_h, out_w, kh, kw, sh, sw, pad_top, pad_left):
-    """Max pooling without dilation, as a max over rows into `tmp` then a max over columns.
+def max_pool2d_rows(x, y, row, height, width, out_h, out_w, kh, kw, sh, sw, pad_top, pad_left):
+    """Max pooling without dilation, one output row at a time: the max over the window's valid
+    input rows goes into `row` between -inf pads, then each output is a max over kw cells of it.
 
-    x: (P, H*W), y: (P, OH*OW), tmp: (OH*W,), all flat and C-contiguous. Each pass is a few
-    long loops over slices; with stride 1 and an output as wide as the input, the rows of a plane
-    are done in one flat loop per tap, and the few columns whose flat window wraps into the
-    next row are recomputed with their valid taps.
+    x: (P*H*W,), y: (P*OH*OW,) flat and C-contiguous; row: (row_buffer_length(...),). Every
+    window must overlap the input.
     """
-    sw = max(sw, 1)
-    c_lo = min(out_w, (pad_left + sw - 1) // sw)
-    c_hi = max(c_lo, min(out_w, (width - kw + pad_left) // sw + 1))
-    flat_columns = sw == 1 and out_w == width
-    for p in range(x.shape[0]):
-        xf = x[p]
-        yf = y[p]
-        # Rows: tmp[oh] = max over the window's valid input rows.
-        oh = 0
-        while oh < out_h:
+    lowest = np.float32(-np.inf)
+    plane = height * width
+    planes = x.shape[0] // plane if plane > 0 else 0
+    reach = (out_w - 1) * sw + kw  # the cells the windows read, pads included
+    span_w = _span(width)
+    span_out = _span(out_w)
+    for i in range(row.shape[0]):
+        row[i] = lowest
+    cells = row[pad_left:]
+    # Unsigned offsets instead of per-row slices: a slice costs tens of ns, a signed offset a
+    # wraparound check that stops vectorization.
+    u = np.uint64
+    w = u(width)
+    two = u(2)
+    s = u(sw)
+    for p in range(planes):
+        for oh in range(out_h):
             h0 = oh * sh - pad_top
             r_lo = max(0, -h0)
             r_hi = min(kh, height - h0)
-            if sh == 1 and r_lo == 0 and r_hi == kh:
-                # A run of interior rows: one flat loop per tap.
-                last = min(out_h, height - kh + pad_top + 1)
-                n = (last - oh) * width
-                dst = tmp[oh * width : oh * width + n]
-                src = xf[h0 * width : h0 * width + n]
+            base = p * plane + (h0 + r_lo) * width
+            taps = r_hi - r_lo
+            n = u(span_w if base + (taps - 1) * width + span_w <= x.shape[0] else width)
+            a = u(base)
+            if taps == 3:
                 for i in range(n):
-                    dst[i] = src[i]
-                for r in range(1, kh):
-                    _max_into(dst, xf[(h0 + r) * width : (h0 + r) * width + n], n)
-                oh = last
-                continue
-            dst = tmp[oh * width : (oh + 1) * width]
-            src = xf[(h0 + r_lo) * width : (h0 + r_lo + 1) * width]
-            for i in range(width):
-                dst[i] = src[i]
-            for r in range(r_lo + 1, r_hi):
-                _max_into(dst, xf[(h0 + r) * width : (h0 + r + 1) * width], width)
-            oh += 1
-        # Columns.
-        if flat_columns:
-            n = out_h * width - (kw - 1)
-            dst = yf[pad_left : pad_left + n]
-            src = tmp[0:n]
-            for i in range(n):
-                dst[i] = src[i]
-            for c in range(1, kw):
-                _max_into(dst, tmp[c : c + n], n)
-            border = True
-        else:
-            border = c_lo > 0 or c_hi < out_w
-            n = c_hi - c_lo
-            for oh in range(out_h):
-                row = tmp[oh * width : (oh + 1) * width]
-                dst = yf[oh * out_w + c_lo : oh * out_w + c_hi]
-                start = c_lo * sw - pad_left
-                src = row[start:]
-                if n > 0:
+                    cells[i] = _larger(_larger(x[a + i], x[a + w + i]), x[a + two * w + i])
+            elif taps == 2:
+                for i in range(n):
+                    cells[i] = _larger(x[a + i], x[a + w + i])
+            else:
+                for i in range(n):
+                    cells[i] = x[a + i]
+                for r in range(1, taps):
+                    b = a + u(r) * w
                     for i in range(n):
-                        dst[i] = src[i * sw]
-                    for c in range(1, kw):
-                        _max_into_strided(dst, row[start + c :], n, sw)
-        if border:
-            for oh in range(out_h):
-                base = oh * width
-                for e in range(c_lo + out_w - c_hi):  # only the border columns of each row
-                    ow = e if e < c_lo else e - c_lo + c_hi
-                    w0 = ow * sw - pad_left
-                    t_lo = max(0, -w0)
-                    t_hi = min(kw, width - w0)
-                    m = tmp[base + w0 + t_lo]
-                    for c in range(t_lo + 1, t_hi):
-                        v = tmp[base + w0 + c]
-                        m = m if m >= v else v
-                    yf[oh * out_w + ow] = m
+                        cells[i] = _larger(cells[i], x[b + i])
+            for i in range(pad_left + width, reach):  # the spill overwrote the right pads
+                row[i] = lowest
+            start = (p * out_h + oh) * out_w
+            m = u(span_out if start + span_out <= y.shape[0] else out_w)
+            o = u(start)
+            if sw == 2 and kw == 3:
+                for i in range(m):
+                    j = two * i
+                    y[o + i] = _larger(_larger(row[j], row[j + u(1)]), row[j + two])
+            elif sw == 2 and kw == 2:
+                for i in range(m):
+                    j = two * i
+                    y[o + i] = _larger(row[j], row[j + u(1)])
+            else:
+                for i in range(m):
+                    y[o + i] = row[i * s]
+                for c in range(1, kw):
+                    src = row[c:]
+                    for i in range(m):
+                        y[o + i] = _larger(y[o + i], src[i * s])
+
+
+# 3x3 stride-1 "same" pooling works on chunks of whole planes of about this many floats.
+SAME3_CHUNK = 2048
+
+
+def same3_chunk(planes: int, plane: int) -> int:
+    return plane * max(1, min(planes, SAME3_CHUNK // max(plane, 1)))
+
+
+@kernel
+def max_pool3x3_same(x, y, tmp, code, height, width):
+    """3x3 max pooling, stride 1, pads 1, output as large as the input (GoogLeNet's branch pools).
+
+    x, y: (P*H*W,) flat; tmp: (chunk + 2,) floats; code: (chunk,) uint8, where chunk is a whole
+    number of planes. A chunk of planes is done as two flat loops (a max over rows into tmp, then
+    over columns into y); `code` says per cell which neighbours lie in its plane, so the loops
+    have no per-row set-up and vectorize.
+    """
+    n = x.shape[0]
+    plane = height * width
+    chunk = code.shape[0]
+    for r in range(height):  # bits: 1 row above, 2 row below, 4 column left, 8 column right
+        vertical = (1 if r > 0 else 0) | (2 if r < height - 1 else 0)
+        cells = code[r * width : (r + 1) * width]
+        for c in range(width):
+            cells[c] = vertical | (4 if c > 0 else 0) | (8 if c < width - 1 else 0)
+    first = code[0:plane]
+    for start in range(plane, chunk, plane):
+        dst = code[start : start + plane]
+        for i in range(plane):
+            dst[i] = first[i]
+    centre = tmp[1:]
+    right = tmp[2:]
+    for c0 in range(0, n, chunk):
+        m = min(chunk, n - c0)
+        # The tensor's first and last rows: their masked neighbour would lie outside x.
+        lo = width if c0 == 0 else 0
+        hi = m - width if c0 + m == n else m
+        if lo > 0:
+            below = x[width:] if height > 1 else x
+            for i in range(width):
+                centre[i] = _larger(x[i], below[i])
+        if hi < m:
+            above = x[n - 2 * width :] if height > 1 else x[n - width :]
+            last = x[n - width :]
+            dst = centre[m - width :]
+            for i in range(width):
+                dst[i] = _larger(above[i], last[i])
+        above = x[c0 + lo - width :]
+        mid = x[c0 + lo :]
+        below = x[c0 + lo + width :]
+        dst = centre[lo:]
+        bits = code[lo:]
+        for j in range(hi - lo):
+            v = mid[j]
+            u = above[j]
+            d = below[j]
+            f = bits[j]
+            u = u if f & 1 else v
+            d = d if f & 2 else v
+            dst[j] = _larger(_larger(v, u), d)
+        out = y[c0:]
+        for i in range(m):
+            v = centre[i]
+            left = tmp[i]
+            r = right[i]
+            f = code[i]
+            left = left if f & 4 else v
+            r = r if f & 8 else v
+            out[i] = _larger(_larger(v, left), r)
 
 
 @kernel
@@ -462,27 +521,47 @@ class MaxPool(_Pool):
     storage_order: int = 0
 
     def _separable(self, shape: Shape) -> bool:
-        """No dilation and every window overlapping the input: rows then columns."""
+        """No dilation and every window overlapping the input: max_pool2d_rows."""
         rows, cols = self.windows(shape)
         return rows.dilation == cols.dilation == 1 and all(
             (w.out - 1) * w.stride - w.pad_begin < w.size and w.kernel > w.pad_begin for w in (rows, cols)
         )
 
+    def _same3(self, shape: Shape) -> bool:
+        """3x3, stride 1, pads 1, output as large as the input: max_pool3x3_same."""
+        return all(
+            (w.kernel, w.stride, w.dilation, w.pad_begin, w.out) == (3, 1, 1, 1, w.size) and w.size > 0
+            for w in self.windows(shape)
+        )
+
+    def _same3_scratch(self, shape: Shape) -> tuple[int, int]:
+        """(tmp floats, code floats) of max_pool3x3_same."""
+        rows, cols = self.windows(shape)
+        chunk = same3_chunk(shape[0] * shape[1], rows.size * cols.size)
+        return chunk + 2, -(-chunk // 4)
+
     def scratch_bytes(self, shapes, part=None):
+        if self._same3(shapes[0]):
+            return sum(self._same3_scratch(shapes[0])) * 4
         if not self._separable(shapes[0]):
             return 0
-        rows, cols = self.windows(shapes[0])
-        return rows.out * cols.size * 4
+        _, cols = self.windows(shapes[0])
+        return row_buffer_length(cols.size, cols.out, cols.kernel, cols.stride, cols.pad_begin) * 4
 
     def bind(self, ins, outs, scratch, part=None):
         x, y, rows, cols = self.planes(ins[0], outs[0])
         pads = (rows.pad_begin, cols.pad_begin)
+        flat_x, flat_y = reshaped(x, (-1,)), reshaped(y, (-1,))
+        if self._same3(ins[0].shape):
+            tmp_floats, code_floats = self._same3_scratch(ins[0].shape)
+            tmp = scratch[:tmp_floats]
+            code = scratch[tmp_floats : tmp_floats + code_floats].view(np.uint8)[: tmp_floats - 2]
+            return lambda: max_pool3x3_same(flat_x, flat_y, tmp, code, rows.size, cols.size)
         if self._separable(ins[0].shape):
-            flat_x, flat_y = reshaped(x, (x.shape[0], -1)), reshaped(y, (y.shape[0], -1))
-            tmp = scratch[: rows.out * cols.size]
+            row = scratch[: row_buffer_length(cols.size, cols.out, cols.kernel, cols.stride, cols.pad_begin)]
             geometry = (rows.size, cols.size, rows.out, cols.out, rows.kernel, cols.kernel)
             strides = (rows.stride, cols.stride)
-            return lambda: max_pool2d_separable(flat_x, flat_y, tmp, *geometry, *strides, *pads)
+            return lambda: max_pool2d_rows(flat_x, flat_y, row, *geometry, *strides, *pads)
         args = (rows.kernel, cols.kernel, rows.stride, cols.stride, rows.dilation, cols.dilation)
         return lambda: max_pool2d(x, y, *args, *pads)
 

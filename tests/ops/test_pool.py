@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from flexnnd.errors import ShapeError, UnsupportedOp
+from flexnnd.ops import pool
 from flexnnd.ops.pool import AveragePool, GlobalAveragePool, GlobalMaxPool, MaxPool
 from tests.ops.harness import assert_no_numpy_allocations, ort_run, run_in_arena
 
@@ -240,6 +241,69 @@ def test_separable_maxpool(shape, kernel, strides, pads, ceil):
     assert op.scratch_bytes([shape]) > 0
     x = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
     fn, (y,) = run_in_arena(op, [x])
+    fn()
+    np.testing.assert_array_equal(y, op.reference([x])[0])
+    attrs = {"kernel_shape": kernel, "strides": strides, "pads": pads, "ceil_mode": ceil}
+    np.testing.assert_array_equal(y, ort_run("MaxPool", [x], **attrs))
+    assert_no_numpy_allocations(fn)
+
+
+@pytest.mark.parametrize("channels", [1, 3, 13, 24])
+@pytest.mark.parametrize(
+    ("batch", "size"),
+    [
+        (2, (1, 1)),
+        (2, (1, 5)),
+        (2, (5, 1)),
+        (2, (2, 2)),
+        (1, (7, 7)),
+        (1, (14, 14)),
+        (2, (9, 13)),
+        (1, (50, 47)),
+    ],
+)
+@pytest.mark.parametrize("ceil", [0, 1])
+def test_maxpool_3x3_same(channels, batch, size, ceil):
+    """GoogLeNet's stride-1 pools: chunks of whole planes (one, several, a partial last one, or a
+    plane larger than a chunk), with every plane's border cells masked."""
+    shape = (batch, channels, *size)
+    op = MaxPool(kernel_shape=(3, 3), strides=(1, 1), pads=(1, 1, 1, 1), ceil_mode=ceil)
+    assert op._same3(shape)
+    tmp_floats, code_floats = op._same3_scratch(shape)
+    assert op.scratch_bytes([shape]) == (tmp_floats + code_floats) * 4
+    # At most one plane, or one chunk of small planes, beside the masks.
+    assert tmp_floats - 2 <= max(size[0] * size[1], pool.SAME3_CHUNK)
+    x = np.random.default_rng(channels).standard_normal(shape).astype(np.float32)
+    fn, (y,) = run_in_arena(op, [x])
+    y[...] = np.nan
+    fn()
+    np.testing.assert_array_equal(y, op.reference([x])[0])
+    attrs = {"kernel_shape": (3, 3), "strides": (1, 1), "pads": (1, 1, 1, 1), "ceil_mode": ceil}
+    np.testing.assert_array_equal(y, ort_run("MaxPool", [x], **attrs))
+    assert_no_numpy_allocations(fn)
+
+
+@pytest.mark.parametrize("channels", [1, 3, 13, 24])
+@pytest.mark.parametrize(
+    ("size", "kernel", "strides", "pads", "ceil"),
+    [
+        ((14, 14), (2, 2), (2, 2), (0, 0, 0, 0), 1),  # GoogLeNet's last pool
+        ((27, 27), (3, 3), (2, 2), (0, 0, 0, 0), 1),  # SqueezeNet's
+        ((28, 28), (3, 3), (2, 2), (0, 0, 0, 0), 1),  # GoogLeNet's: the ceil window has 2 columns
+        ((33, 35), (3, 3), (2, 2), (1, 1, 1, 1), 0),  # ResNet's, odd
+        ((9, 70), (3, 2), (1, 3), (0, 1, 2, 1), 1),  # a row wider than one span, stride 3
+        ((13, 5), (2, 3), (3, 1), (1, 0, 0, 2), 1),
+        ((4, 4), (3, 3), (1, 1), (1, 0, 0, 1), 0),  # stride 1 but not "same": the row kernel
+    ],
+)
+def test_maxpool_rows_kernel(channels, size, kernel, strides, pads, ceil):
+    """Whole 32-float spans spill into the next row except near the tensor's end."""
+    shape = (1, channels, *size)
+    op = MaxPool(kernel_shape=kernel, strides=strides, pads=pads, ceil_mode=ceil)
+    assert op._separable(shape) and not op._same3(shape)
+    x = np.random.default_rng(channels).standard_normal(shape).astype(np.float32)
+    fn, (y,) = run_in_arena(op, [x])
+    y[...] = np.nan
     fn()
     np.testing.assert_array_equal(y, op.reference([x])[0])
     attrs = {"kernel_shape": kernel, "strides": strides, "pads": pads, "ceil_mode": ceil}
