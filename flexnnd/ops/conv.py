@@ -5,7 +5,8 @@ Four paths, picked in bind() by shape, all writing straight into the output:
   winograd   3×3, stride 1, dense, large enough: F(2×2, 3×3), 16 batched GEMMs on transformed
              tiles (2.25× fewer multiplies), in bands of tile rows and chunks of output channels;
   im2col     anything else that is not depthwise: im2col into scratch, then a BLAS matmul, per
-             group and per band of output rows, so the scratch stays cache-sized;
+             group and per band of output rows, so the scratch stays cache-sized; with a column
+             stride (the 7x7/2 and 3x3/2 stems) im2col_strided splits input rows by phase first;
   depthwise  group == Cin == Cout: a direct numba kernel, one pass per output channel.
 A band of output rows is also exactly what Part("rows", r0, r1) asks for, so the planner's input
 slicing and the kernel's cache blocking are the same machinery.
@@ -38,6 +39,13 @@ from flexnnd.ops.jit import kernel
 IM2COL_BAND_BYTES = 1 << 20
 POINTWISE_BAND_BYTES = 4 << 20
 MIN_BAND_COLS = 512
+# With a column stride, im2col_strided (split each input row by column phase once, then contiguous
+# copies) replaces the strided gather per tap when the kernel is at least STRIDED_MIN_KW wide or
+# the output at least STRIDED_MIN_WIDTH wide. Measured: 7x7/2 stem 0.32 ms vs 0.57, 3x3/2 stems
+# (out_w 111, 112) 0.11 vs 0.12; but 3x3/2 with Cin 64..256 at out_w 28..7 is 5-10% slower and
+# 1x1/2 5x slower (the split copies every phase, the 1x1 tap reads one).
+STRIDED_MIN_KW = 5
+STRIDED_MIN_WIDTH = 64
 # Winograd saves multiplies in proportion to Cin*Cout per pixel and pays transforms in proportion
 # to Cin+Cout, with per-tile-row loop costs that narrow planes do not amortize: it is used when
 # out_w >= WINO_MIN_WIDTH and Cin*Cout/(Cin+Cout) * min(out_w, 56) >= WINO_MIN_SCORE (measured:
@@ -215,6 +223,59 @@ def im2col(x, n, c0, channels, col, r0, r1, out_w, kh, kw, sh, sw, dh, dw, pt, p
                     else:
                         for k in range(np.uint64(hi - lo)):
                             cf[d + k] = xf[s + step * k]
+
+
+@kernel(inline="always")
+def phased_layout(rows, out_w, kh, kw, sh, sw, dh, dw):
+    """(phase row length, floats) of the `phased` buffer of `im2col_strided` for `rows` rows."""
+    ph_len = out_w + (kw - 1) * dw // sw
+    in_rows = (rows - 1) * sh + (kh - 1) * dh + 1
+    return ph_len, in_rows * sw * ph_len
+
+
+@kernel
+def im2col_strided(x, n, c0, channels, col, phased, r0, r1, out_w, kh, kw, sh, sw, dh, dw, pt, pl):
+    """im2col (same result) for a column stride sw > 1, without a strided gather per tap.
+
+    Per channel, each input row that output rows [r0, r1) read is split once into `phased` by
+    column phase: row r of the band, phase p holds the padded input columns q*sw + p at
+    (r*sw + p)*ph_len + q (zero outside the input). Tap (i, j) of output (ro, ow) is then at
+    q = ow + (j*dw)//sw of phase (j*dw) % sw of row ro*sh + i*dh: every col row is one
+    contiguous copy per output row.
+    """
+    height, width = x.shape[2], x.shape[3]
+    rows = r1 - r0
+    ph_len = phased_layout(rows, out_w, kh, kw, sh, sw, dh, dw)[0]
+    in_rows = (rows - 1) * sh + (kh - 1) * dh + 1
+    ih0 = r0 * sh - pt
+    xf, cf = x.reshape(-1), col.reshape(-1)
+    span = rows * out_w
+    for c in range(channels):
+        plane = (n * x.shape[1] + c0 + c) * height * width
+        for r in range(in_rows):
+            ih = ih0 + r
+            for p in range(sw):
+                d = (r * sw + p) * ph_len
+                if ih < 0 or ih >= height:
+                    fill(phased, d, ph_len, 0.0)
+                    continue
+                lo = min(max(-((p - pl) // sw), 0), ph_len)  # first q on an input column
+                hi = min(max((width - 1 + pl - p) // sw + 1, lo), ph_len)
+                fill(phased, d, lo, 0.0)
+                fill(phased, d + hi, ph_len - hi, 0.0)
+                dd, s = np.uint64(d + lo), np.uint64(plane + ih * width + lo * sw + p - pl)
+                if sw == 2:  # a literal stride lets LLVM vectorize with interleaved loads
+                    for k in range(np.uint64(hi - lo)):
+                        phased[dd + k] = xf[s + np.uint64(2) * k]
+                else:
+                    for k in range(np.uint64(hi - lo)):
+                        phased[dd + k] = xf[s + np.uint64(sw) * k]
+        for i in range(kh):
+            for j in range(kw):
+                src = (i * dh * sw + (j * dw) % sw) * ph_len + (j * dw) // sw
+                dst = ((c * kh + i) * kw + j) * span
+                for ro in range(rows):
+                    copy(cf, dst + ro * out_w, phased, src + ro * sh * sw * ph_len, out_w)
 
 
 @kernel(inline="always")
@@ -516,6 +577,12 @@ class Geometry:
         )
 
     @property
+    def strided(self) -> bool:
+        """The im2col path uses im2col_strided (see STRIDED_MIN_KW)."""
+        wide = self.kw >= STRIDED_MIN_KW or (self.kw > 1 and self.out_w >= STRIDED_MIN_WIDTH)
+        return self.sw > 1 and wide
+
+    @property
     def winograd(self) -> bool:
         """3x3, stride 1, dense, and big enough for the transforms to pay off (see WINO_MIN_SCORE)."""
         return (
@@ -745,7 +812,7 @@ class Conv(Op):
             return 4 * sum(WinogradPlan.of(geo, r1 - r0, c1 - c0).buffers.values())
         if geo.pointwise:
             return 0
-        return geo.k * self._band(geo, r1 - r0) * geo.out_w * 4
+        return 4 * _im2col_floats(geo, self._band(geo, r1 - r0))
 
     def flops(self, shapes, out_shapes):
         geo = self._geometry_of(shapes)
@@ -879,8 +946,10 @@ def _bind_gemm(g: Geometry, band: int, x, wp, bias, y, res, scratch, rows, chans
     flat = reshape_view(y, (-1,))
     plane = g.out_h * g.out_w
     cout_g, cin_g = g.cout // g.group, g.cin // g.group
+    phased = NO_BIAS
     if not g.pointwise:
-        scratch = _scratch_floats(scratch, g.k * band * g.out_w)
+        scratch = _scratch_floats(scratch, _im2col_floats(g, band))
+        phased = scratch[g.k * band * g.out_w :]
     tasks = []
     for n in range(g.batch):
         for grp in range(c0 // cout_g, -(-c1 // cout_g)):
@@ -915,7 +984,22 @@ def _bind_gemm(g: Geometry, band: int, x, wp, bias, y, res, scratch, rows, chans
             np.matmul(w_g, col, out=out)
             bias_act(flat, res, off, plane, n_rows, out.shape[1], bias, boff, act, alpha, beta)
 
-    return run_im2col
+    def run_im2col_strided():
+        for n, ci, b0, b1, w_g, col, out, off, n_rows, boff in tasks:
+            im2col_strided(
+                x, n, ci, cin_g, col, phased, b0, b1, g.out_w, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl,
+            )  # fmt: skip
+            np.matmul(w_g, col, out=out)
+            bias_act(flat, res, off, plane, n_rows, out.shape[1], bias, boff, act, alpha, beta)
+
+    return run_im2col_strided if g.strided else run_im2col
+
+
+def _im2col_floats(g: Geometry, band: int) -> int:
+    """Scratch floats of the im2col path: the col band, and with a column stride the phase-split
+    input rows of one channel (see im2col_strided)."""
+    phased = int(phased_layout(band, g.out_w, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw)[1]) if g.strided else 0
+    return g.k * band * g.out_w + phased
 
 
 def _scratch_floats(scratch: np.ndarray | None, need: int) -> np.ndarray:

@@ -113,6 +113,28 @@ CASES = [
     ("3x3-same-upper", (1, 13, 7, 13), (3, 13, 3, 3), {"auto_pad": "SAME_UPPER"}),
     ("3x5-valid", (1, 13, 17, 13), (24, 13, 3, 5), {"auto_pad": "VALID"}),
     ("3x3-no-pad-wide-kernel", (1, 3, 7, 17), (13, 3, 7, 3), {}),
+    # im2col_strided (column stride, kernel >= STRIDED_MIN_KW wide): the network stems and odd ones
+    ("stem-7x7-s2-cin1", (1, 1, 23, 19), (5, 1, 7, 7), {"pads": [3, 3, 3, 3], "strides": [2, 2]}),
+    (
+        "stem-5x5-s2-cin2-asym-batch2",
+        (2, 2, 17, 21),
+        (13, 2, 5, 5),
+        {"pads": [0, 2, 1, 3], "strides": [2, 2]},
+    ),
+    (
+        "stem-7x7-s3-cin4-dil2",
+        (1, 4, 31, 29),
+        (7, 4, 7, 7),
+        {"pads": [1, 4, 2, 0], "strides": [3, 3], "dilations": [2, 2]},
+    ),
+    ("stem-5x5-s1x2-cin3", (1, 3, 13, 22), (9, 3, 5, 5), {"pads": [2, 2, 2, 2], "strides": [1, 2]}),
+    ("stem-5x5-s3x2-no-pad", (1, 4, 20, 20), (6, 4, 5, 5), {"strides": [3, 2]}),
+    (
+        "stem-6x5-s2x3-dil1x2",
+        (1, 3, 19, 29),
+        (7, 3, 6, 5),
+        {"pads": [2, 3, 1, 0], "strides": [2, 3], "dilations": [1, 2]},
+    ),
     # grouped (1 < group < C): per-group im2col + GEMM
     ("group2", (2, 24, 13, 13), (24, 12, 3, 3), {"group": 2, "pads": [1, 1, 1, 1]}),
     ("group3-5x5-s2", (1, 24, 17, 17), (12, 8, 5, 5), {"group": 3, "pads": [2, 2, 2, 2], "strides": [2, 2]}),
@@ -154,8 +176,9 @@ def test_conv_matches_reference(x_shape, w_shape, attrs):
         ((1, 13, 7, 7), (24, 13, 1, 1), {}),
         ((1, 3, 17, 13), (24, 3, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}),
         ((2, 24, 13, 13), (24, 1, 3, 3), {"group": 24, "pads": [1, 1, 1, 1]}),
+        ((2, 3, 19, 17), (13, 3, 7, 7), {"pads": [3, 2, 1, 3], "strides": [2, 2]}),
     ],
-    ids=["pointwise", "im2col", "depthwise"],
+    ids=["pointwise", "im2col", "depthwise", "im2col-strided"],
 )
 def test_fused_activation(x_shape, w_shape, attrs, activation):
     case = conv_case(x_shape, w_shape, activation=activation, **attrs)
@@ -257,6 +280,42 @@ def test_winograd_at_a_real_layer_size():
     assert_close(y, case.reference())
 
 
+def test_strided_im2col_is_chosen_for_wide_strided_kernels():
+    """The stems (7x7/2, 3x3/2 on 224x224) take im2col_strided; small 3x3/2, 1x1/2 and stride-1
+    convs keep the per-tap gather (faster there)."""
+    for w_shape, attrs in [
+        ((64, 3, 7, 7), {"pads": [3, 3, 3, 3], "strides": [2, 2]}),
+        ((64, 3, 3, 3), {"strides": [2, 2]}),
+        ((32, 3, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}),
+    ]:
+        stem = conv_case((1, 3, 224, 224), w_shape, **attrs)
+        assert stem.op.geometry(stem.x.shape, w_shape[0]).strided
+    for x_shape, w_shape, attrs in [
+        ((1, 64, 56, 56), (128, 64, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}),
+        ((1, 64, 224, 224), (8, 64, 1, 1), {"strides": [2, 2]}),
+        ((1, 3, 32, 32), (8, 3, 7, 7), {"pads": [3, 3, 3, 3]}),
+    ]:
+        op = conv_case((1, 1, 9, 9), (1, 1, *w_shape[2:]), **attrs).op  # only its attributes
+        assert not op.geometry(x_shape, w_shape[0], w_shape[2:]).strided
+
+
+STRIDED_CASES = [c for c in CASES if c[3].get("strides", [1, 1])[1] > 1 and "group" not in c[3]]
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "attrs"), [c[1:] for c in STRIDED_CASES], ids=[c[0] for c in STRIDED_CASES]
+)
+def test_strided_im2col_on_any_kernel_width(monkeypatch, x_shape, w_shape, attrs):
+    """im2col_strided is also right on the narrow kernels (3x3, 4x4, 1x1) it is not chosen for."""
+    monkeypatch.setattr(conv, "STRIDED_MIN_KW", 1)
+    case = conv_case(x_shape, w_shape, activation=("Relu", 0.0, 0.0), **attrs)
+    assert case.op.geometry(case.x.shape, w_shape[0]).strided
+    kernel, y = case.bind()
+    kernel()
+    assert_close(y, case.reference())
+    assert_no_numpy_allocations(kernel)
+
+
 # ---- parts -----------------------------------------------------------------------------------------
 def _run_parts(case: ConvCase, parts: list[Part]) -> np.ndarray:
     _, y = case.bind()  # a NaN-filled output view that every part writes into
@@ -275,8 +334,19 @@ def _run_parts(case: ConvCase, parts: list[Part]) -> np.ndarray:
         ((2, 24, 17, 13), (24, 1, 3, 3), {"group": 24, "pads": [1, 1, 1, 1]}),
         ((1, 24, 17, 13), (24, 1, 3, 3), {"group": 24, "pads": [1, 1, 1, 1], "strides": [2, 2]}),
         ((1, 24, 13, 13), (24, 12, 3, 3), {"group": 2, "pads": [1, 1, 1, 1]}),
+        ((2, 3, 29, 27), (13, 3, 7, 7), {"pads": [3, 3, 3, 3], "strides": [2, 2]}),
+        ((1, 4, 31, 29), (7, 4, 5, 5), {"pads": [1, 2, 0, 2], "strides": [3, 3]}),
     ],
-    ids=["im2col", "im2col-s2", "pointwise", "depthwise", "depthwise-s2", "group2"],
+    ids=[
+        "im2col",
+        "im2col-s2",
+        "pointwise",
+        "depthwise",
+        "depthwise-s2",
+        "group2",
+        "stem-7x7-s2",
+        "stem-5x5-s3",
+    ],
 )
 def test_row_bands_cover_the_whole_op(x_shape, w_shape, attrs):
     _check_row_bands(conv_case(x_shape, w_shape, activation=("Relu", 0.0, 0.0), **attrs))
@@ -310,8 +380,10 @@ def _check_row_bands(case: ConvCase) -> None:
         ((1, 24, 13, 13), (24, 12, 3, 3), {"group": 2, "pads": [1, 1, 1, 1]}, [0, 12, 24]),
         ((1, 24, 13, 13), (24, 8, 3, 3), {"group": 3, "pads": [1, 1, 1, 1]}, [0, 16, 24]),
         ((2, 24, 13, 13), (24, 1, 3, 3), {"group": 24, "pads": [1, 1, 1, 1]}, [0, 5, 24]),
+        ((2, 3, 21, 19), (13, 3, 7, 7), {"pads": [3, 3, 3, 3], "strides": [2, 2]}, [0, 5, 13]),
+        ((1, 24, 17, 17), (12, 8, 5, 5), {"group": 3, "pads": [2, 2, 2, 2], "strides": [2, 2]}, [0, 4, 12]),
     ],
-    ids=["im2col", "pointwise", "group2", "group3-two-groups-at-once", "depthwise"],
+    ids=["im2col", "pointwise", "group2", "group3-two-groups-at-once", "depthwise", "stem", "group3-strided"],
 )
 def test_channel_parts_cover_the_whole_op(x_shape, w_shape, attrs, cuts):
     _check_channel_parts(conv_case(x_shape, w_shape, activation=("Clip", 0.0, 6.0), **attrs), cuts)
@@ -343,8 +415,9 @@ def test_channel_parts_must_align_to_groups():
     [
         ((1, 13, 17, 13), (24, 13, 3, 3), {"pads": [1, 1, 1, 1]}),
         ((1, 24, 17, 13), (24, 1, 3, 3), {"group": 24, "pads": [1, 1, 1, 1], "strides": [2, 2]}),
+        ((1, 3, 29, 27), (13, 3, 7, 7), {"pads": [3, 3, 3, 3], "strides": [2, 2]}),
     ],
-    ids=["im2col", "depthwise"],
+    ids=["im2col", "depthwise", "im2col-strided"],
 )
 def test_scratch_bytes_is_exactly_what_bind_needs(x_shape, w_shape, attrs):
     case = conv_case(x_shape, w_shape, **attrs)
@@ -373,8 +446,9 @@ def test_large_conv_is_banded_within_the_cache_budget():
         ((2, 13, 17, 13), (24, 13, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 1]}),
         ((2, 24, 17, 13), (24, 1, 3, 3), {"group": 24, "pads": [1, 1, 1, 1]}),
         ((2, 24, 17, 13), (24, 8, 3, 3), {"group": 3, "pads": [1, 1, 1, 1]}),
+        ((2, 3, 29, 27), (13, 3, 7, 7), {"pads": [3, 3, 3, 3], "strides": [2, 2]}),
     ],
-    ids=["pointwise", "im2col", "depthwise", "grouped"],
+    ids=["pointwise", "im2col", "depthwise", "grouped", "im2col-strided"],
 )
 def test_kernels_allocate_nothing(x_shape, w_shape, attrs):
     case = conv_case(x_shape, w_shape, activation=("HardSwish", 0.0, 0.0), **attrs)
@@ -480,6 +554,7 @@ RESIDUAL_CASES = [
     ("1x1", (1, 13, 7, 9), (24, 13, 1, 1), {}),
     ("3x3-im2col-s2", (2, 13, 17, 13), (24, 13, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}),
     ("3x3-winograd", (1, 24, 16, 13), (13, 24, 3, 3), {"pads": [1, 1, 1, 1]}),
+    ("7x7-im2col-strided", (2, 3, 19, 17), (13, 3, 7, 7), {"pads": [3, 3, 3, 3], "strides": [2, 2]}),
 ]
 
 
