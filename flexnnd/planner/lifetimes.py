@@ -73,7 +73,9 @@ def lifetimes(graph: Graph) -> Lifetimes:
         while root in parent:
             root, step_offset = parent[root]
             offset += step_offset
-        aliases[name], offsets[name] = root, offset
+        aliases[name] = root
+        if offset:  # zero offsets are implied (Plan.address), so plans compare equal after a round trip
+            offsets[name] = offset
     end = max(len(steps) - 1, 0)
     first: dict[str, int] = {}
     last: dict[str, int] = {}

@@ -16,6 +16,7 @@ from flexnnd.errors import BudgetTooSmall
 from flexnnd.graph.onnx_import import import_model
 from flexnnd.graph.package import MANIFEST, Package, read_package
 from flexnnd.planner import plan_resident
+from flexnnd.planner.ladder import choose, stored_ladder
 from flexnnd.planner.plan import Plan
 from flexnnd.planner.stream import plan_for_budget
 from flexnnd.runtime import threads as threads_mod
@@ -68,6 +69,7 @@ class Session:
         # What one inference allocates besides the arena: the copies of its outputs it returns.
         self.output_bytes = sum(t.nbytes for t in graph.outputs)
         self.budget: int | None = None
+        self.ladder = stored_ladder(self.package)
         self.plan = self._plan_for(budget)
         self.budget = None if budget is None else parse_size(budget)
         self._pending: Plan | None = None
@@ -78,6 +80,11 @@ class Session:
         if budget is None:
             return plan_resident(self.package.graph)
         requested = parse_size(budget)
+        if self.ladder is not None:  # a switch between precomputed rungs, not a re-plan
+            try:
+                return choose(self.ladder, requested - self.output_bytes)
+            except BudgetTooSmall as e:
+                raise BudgetTooSmall(requested, e.minimum + self.output_bytes, e.model) from None
         try:
             return plan_for_budget(self.package.graph, requested - self.output_bytes)
         except BudgetTooSmall as e:

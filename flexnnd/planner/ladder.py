@@ -1,0 +1,97 @@
+"""The ladder: one model's plans for many budgets, from the smallest feasible one to everything
+resident, each with its predicted latency, so that a budget change is a switch, not a re-plan."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from flexnnd.errors import BudgetTooSmall
+from flexnnd.graph.ir import Graph
+from flexnnd.planner import plan_resident
+from flexnnd.planner.plan import Plan
+from flexnnd.planner.profile import Machine, simulate, step_costs
+from flexnnd.planner.stream import minimum_budget_hint, plan_for_budget
+
+RUNGS = 24  # geometric rungs between the two ends
+
+
+def predict(graph: Graph, plan: Plan, machine: Machine) -> float:
+    """The simulator's latency for `plan`: a sliced node's time is shared by its parts."""
+    cost = {c.node: c.compute_seconds(machine) for c in step_costs(graph)}
+    parts: dict[str, int] = {}
+    for step in plan.steps:
+        parts[step.node] = parts.get(step.node, 0) + 1
+    seconds = [
+        cost[s.node] / parts[s.node] + (machine.step_overhead if parts[s.node] > 1 else 0.0)
+        for s in plan.steps
+    ]
+    loads = {ld.piece: plan.region[ld.piece].nbytes for ld in plan.loads}
+    return simulate(plan, seconds, loads, machine).seconds
+
+
+def smallest_budget(graph: Graph, top: int, precision: float = 0.01) -> tuple[int, Plan]:
+    """The smallest feasible budget (within `precision`) and its plan, by bisection."""
+    lo = minimum_budget_hint(graph) - 1  # infeasible
+    best = (top, plan_resident(graph))
+    hi = top
+    while hi - lo > max(precision * hi, 4096):
+        mid = (lo + hi) // 2
+        try:
+            best = (mid, plan_for_budget(graph, mid))
+            hi = mid
+        except BudgetTooSmall:
+            lo = mid
+    return best
+
+
+def build_ladder(graph: Graph, machine: Machine, rungs: int = RUNGS) -> list[Plan]:
+    """Plans from the smallest feasible budget to all-resident, ascending, each with its
+    predicted latency; budgets between the ends are geometric."""
+    top_plan = plan_resident(graph)
+    top = top_plan.arena_bytes
+    bottom, bottom_plan = smallest_budget(graph, top)
+    plans = [bottom_plan]
+    ratio = (top / bottom) ** (1 / (rungs + 1)) if bottom < top else 1.0
+    for k in range(1, rungs + 1):
+        budget = int(bottom * ratio**k)
+        if budget >= top:
+            break
+        plans.append(plan_for_budget(graph, budget))
+    plans.append(dataclasses.replace(top_plan, budget=top))
+    distinct: dict[tuple, Plan] = {}
+    for plan in plans:  # neighbouring budgets often give the same plan: keep it once
+        key = (plan.arena_bytes, plan.resident, tuple(ld.piece for ld in plan.loads), plan.steps)
+        distinct.setdefault(key, plan)
+    return [dataclasses.replace(p, predicted_seconds=predict(graph, p, machine)) for p in distinct.values()]
+
+
+def choose(ladder: Sequence[Plan], budget: int) -> Plan:
+    """The largest rung that fits `budget`; BudgetTooSmall naming the smallest rung otherwise."""
+    fitting = [p for p in ladder if p.arena_bytes <= budget]
+    if not fitting:
+        raise BudgetTooSmall(budget, min(p.arena_bytes for p in ladder), ladder[0].model)
+    return max(fitting, key=lambda p: (p.arena_bytes, -(p.predicted_seconds or 0)))
+
+
+LADDER_FILE = "plans.json"
+
+
+def stored_ladder(package) -> list[Plan] | None:
+    """The package's ladder, verified, or None when none was built yet."""
+    from flexnnd.planner.plan_file import read_plans
+
+    path = package.path / LADDER_FILE
+    if not path.exists():
+        return None
+    return read_plans(path, package.graph, package.weights_sha256)
+
+
+def build_and_store(package, cache_dir) -> list[Plan]:
+    """Build the ladder with this machine's calibration and store it beside the weights."""
+    from flexnnd.planner.calibrate import machine
+    from flexnnd.planner.plan_file import write_plans
+
+    ladder = build_ladder(package.graph, machine(cache_dir, package.weights_path))
+    write_plans(package.path / LADDER_FILE, ladder, package.graph, package.weights_sha256)
+    return ladder

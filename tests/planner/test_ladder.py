@@ -1,0 +1,95 @@
+"""The ladder: rungs from the smallest feasible budget to all-resident, stored with the package,
+and sessions that switch between rungs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import flexnnd
+from flexnn_client import EXIT_OK
+from flexnn_client.ctl import main as flexnnctl
+from flexnnd.graph.package import read_package
+from flexnnd.planner import plan_resident
+from flexnnd.planner.ladder import LADDER_FILE, build_ladder, choose, stored_ladder
+from flexnnd.planner.profile import Machine
+from tests.conftest import save
+from tests.runtime.test_streaming import fc_chain
+
+MACHINE = Machine(
+    gemm_flops=5e10, winograd_flops=8e10, depthwise_flops=1e10, memory_bytes=1e10, read_bytes=1e9
+)
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ladder")
+    return read_package(flexnnd.import_model(save(fc_chain(layers=6), tmp / "fc.onnx"), tmp / "pkg"))
+
+
+def test_rungs_span_smallest_to_resident(package):
+    ladder = build_ladder(package.graph, MACHINE)
+    assert len(ladder) >= 5  # distinct plans only: a small model has fewer than RUNGS of them
+    arenas = [p.arena_bytes for p in ladder]
+    assert arenas == sorted(arenas)
+    assert arenas[-1] == plan_resident(package.graph).arena_bytes
+    assert ladder[0].loads and not ladder[-1].loads
+    assert all(p.predicted_seconds > 0 for p in ladder)
+    # Streaming costs time: the smallest rung is predicted slower than everything resident.
+    assert ladder[0].predicted_seconds > ladder[-1].predicted_seconds
+    with pytest.raises(flexnnd.BudgetTooSmall):
+        flexnnd.planner.stream.plan_for_budget(package.graph, int(ladder[0].arena_bytes * 0.9))
+
+
+def test_choose_takes_the_largest_rung_that_fits(package):
+    ladder = build_ladder(package.graph, MACHINE)
+    middle = ladder[len(ladder) // 2]
+    assert choose(ladder, middle.arena_bytes + 100) == middle
+    assert choose(ladder, 10**12) == ladder[-1]
+    with pytest.raises(flexnnd.BudgetTooSmall, match=f"{ladder[0].arena_bytes:,} bytes"):
+        choose(ladder, ladder[0].arena_bytes - 1)
+
+
+def test_flexnnctl_plans_builds_stores_and_reuses_the_ladder(package, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert flexnnctl(["plans", str(package.path)]) == EXIT_OK
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["budget", "resident", "streamed", "sliced", "layers", "predicted"]
+    assert len(table) - 1 == len(build_ladder(package.graph, MACHINE))
+    stored = package.path / LADDER_FILE
+    mtime = stored.stat().st_mtime_ns
+    assert flexnnctl(["plans", str(package.path)]) == EXIT_OK
+    assert stored.stat().st_mtime_ns == mtime
+    assert (tmp_path / "flexnn" / "calibration.json").exists()
+
+    ladder = stored_ladder(package)
+    x = np.random.default_rng(0).standard_normal((1, 256)).astype(np.float32)
+    with flexnnd.Session(package.path) as sess:
+        want = sess.run({"x": x})["y"]
+        for rung in ladder:
+            sess.set_budget(rung.arena_bytes + sess.output_bytes)
+            np.testing.assert_allclose(sess.run({"x": x})["y"], want, rtol=1e-5, atol=1e-6)
+            assert sess.plan == rung
+
+
+def test_every_rung_of_squeezenet_matches_onnxruntime(zoo_model, package_cache, tmp_path):
+    import shutil
+
+    from flexnnd.planner.plan_file import write_plans
+    from flexnnd.runtime.session import package_for
+    from tests.conftest import assert_close_to_reference, ort_run
+
+    path = zoo_model("squeezenet1_1")
+    folder = shutil.copytree(package_for(path, package_cache), tmp_path / "pkg")
+    package = read_package(folder)
+    ladder = build_ladder(package.graph, MACHINE)
+    assert len(ladder) >= 26
+    write_plans(folder / LADDER_FILE, ladder, package.graph, package.weights_sha256)
+    x = np.random.default_rng(5).standard_normal((1, 3, 224, 224), dtype=np.float32)
+    want = ort_run(path, {"input": x})[0]
+    with flexnnd.Session(folder, threads=1) as sess:
+        for rung in ladder:
+            sess.set_budget(rung.arena_bytes + sess.output_bytes)
+            got = sess.run({"input": x})["logits"]
+            assert sess.plan == rung
+            assert_close_to_reference(got, want)
