@@ -1,0 +1,170 @@
+"""Memory–latency benchmark: every rung of a model's ladder, measured, against its lower bound.
+
+    python -m benchmarks.ladder --models squeezenet1_1 resnet18
+
+Per rung: median latency over `--runs` runs (one thread), the planner's prediction, and the best
+a streaming plan can do on this machine: max(all-resident latency, streamed bytes ÷ measured read
+bandwidth). ONNX Runtime's point is its median latency at its peak model memory (peak RSS minus
+RSS before loading, in a fresh process). Writes benchmarks/results/ladder.json and one PNG per
+model (x: budget, y: latency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+CACHE = ROOT / "benchmarks" / ".cache"
+
+ORT_PROBE = """
+import sys, json, numpy as np, onnxruntime as ort
+def st(f):
+    for l in open('/proc/self/status'):
+        if l.startswith(f + ':'): return int(l.split()[1]) * 1024
+x = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
+before = st('VmRSS'); open('/proc/self/clear_refs', 'w').write('5')
+o = ort.SessionOptions(); o.intra_op_num_threads = 1
+s = ort.InferenceSession(sys.argv[1], o, providers=['CPUExecutionProvider'])
+s.run(None, {'input': x})
+print(json.dumps({'peak_model_bytes': st('VmHWM') - before}))
+"""
+
+
+def median_latency(fn, runs: int) -> float:
+    fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_model(name: str, runs: int) -> dict:
+    import onnxruntime as ort
+
+    import flexnnd
+    from flexnnd import zoo
+    from flexnnd.graph.package import read_package
+    from flexnnd.planner.calibrate import machine
+    from flexnnd.planner.ladder import build_ladder
+    from flexnnd.runtime.session import package_for
+
+    onnx_path = zoo.cached(name, CACHE)
+    package = read_package(package_for(onnx_path, CACHE / "packages"))
+    rates = machine(CACHE, package.weights_path)
+    start = time.perf_counter()
+    ladder = build_ladder(package.graph, rates)
+    ladder_seconds = time.perf_counter() - start
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
+    rungs = []
+    with flexnnd.Session(package.path, threads=1) as sess:
+        for rung in reversed(ladder):  # all-resident first: its latency is the lower bound's floor
+            sess.set_budget(rung.arena_bytes + sess.output_bytes)
+            seconds = median_latency(lambda: sess.run({"input": x}), runs)
+            streamed = sum(rung.region[ld.piece].nbytes for ld in rung.loads)
+            rungs.append(
+                {
+                    "budget": rung.arena_bytes + sess.output_bytes,
+                    "streamed_bytes": streamed,
+                    "predicted_s": rung.predicted_seconds,
+                    "median_s": seconds,
+                }
+            )
+    resident = rungs[0]["median_s"]
+    for r in rungs:
+        r["lower_bound_s"] = max(resident, r["streamed_bytes"] / rates.read_bytes)
+        r["ratio_to_bound"] = r["median_s"] / r["lower_bound_s"]
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    ort_sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    ort_seconds = median_latency(lambda: ort_sess.run(None, {"input": x}), runs)
+    probe = subprocess.run(
+        [sys.executable, "-c", ORT_PROBE, str(onnx_path)], capture_output=True, text=True, check=True
+    )
+    ort_peak = json.loads(probe.stdout)["peak_model_bytes"]
+    return {
+        "ladder_plan_seconds": ladder_seconds,
+        "read_bytes_per_s": rates.read_bytes,
+        "rungs": sorted(rungs, key=lambda r: r["budget"]),
+        "onnxruntime": {"median_s": ort_seconds, "peak_model_bytes": ort_peak},
+        "smallest_budget_vs_ort_peak": min(r["budget"] for r in rungs) / ort_peak,
+    }
+
+
+def plot(name: str, result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mib = 2**20
+    rungs = result["rungs"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(
+        [r["budget"] / mib for r in rungs],
+        [r["median_s"] * 1e3 for r in rungs],
+        "o-",
+        label="flexnn (measured)",
+    )
+    ax.plot(
+        [r["budget"] / mib for r in rungs],
+        [r["lower_bound_s"] * 1e3 for r in rungs],
+        "--",
+        label="streaming lower bound",
+    )
+    ax.plot(
+        [r["budget"] / mib for r in rungs],
+        [r["predicted_s"] * 1e3 for r in rungs],
+        ":",
+        label="flexnn (predicted)",
+    )
+    o = result["onnxruntime"]
+    ax.plot(
+        [o["peak_model_bytes"] / mib], [o["median_s"] * 1e3], "s", label="ONNX Runtime (peak model memory)"
+    )
+    ax.set_xscale("log")
+    ax.set_xlabel("model memory budget (MiB)")
+    ax.set_ylabel("latency, 1 thread (ms)")
+    ax.set_title(f"{name}: latency against memory")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="*", default=["squeezenet1_1", "resnet18"])
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=RESULTS / "ladder.json")
+    args = parser.parse_args(argv)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    report = {}
+    for name in args.models:
+        report[name] = result = bench_model(name, args.runs)
+        plot(name, result, args.out.with_name(f"ladder-{name}.png"))
+        worst = max(r["ratio_to_bound"] for r in result["rungs"])
+        print(
+            f"{name}: {len(result['rungs'])} rungs planned in {result['ladder_plan_seconds']:.1f} s; smallest budget "
+            f"= {result['smallest_budget_vs_ort_peak']:.3f} × ORT's peak model memory; worst rung latency ÷ lower "
+            f"bound {worst:.2f}",
+            flush=True,
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
