@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -17,7 +18,7 @@ Shape = tuple[int, ...]
 
 
 def nbytes_of(shape: Shape, dtype: str = "float32") -> int:
-    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    return math.prod(shape) * np.dtype(dtype).itemsize
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class TensorInfo:
     shape: Shape
     dtype: str = "float32"
 
-    @property
+    @cached_property
     def nbytes(self) -> int:
         return nbytes_of(self.shape, self.dtype)
 

@@ -11,7 +11,7 @@ from flexnnd.graph.ir import Graph
 from flexnnd.planner import plan_resident
 from flexnnd.planner.plan import Plan
 from flexnnd.planner.profile import Machine, simulate, step_costs
-from flexnnd.planner.stream import minimum_budget_hint, plan_for_budget
+from flexnnd.planner.stream import plan_for_budget, smallest_plan
 
 RUNGS = 24  # geometric rungs between the two ends
 
@@ -30,27 +30,13 @@ def predict(graph: Graph, plan: Plan, machine: Machine) -> float:
     return simulate(plan, seconds, loads, machine).seconds
 
 
-def smallest_budget(graph: Graph, top: int, precision: float = 0.01) -> tuple[int, Plan]:
-    """The smallest feasible budget (within `precision`) and its plan, by bisection."""
-    lo = minimum_budget_hint(graph) - 1  # infeasible
-    best = (top, plan_resident(graph))
-    hi = top
-    while hi - lo > max(precision * hi, 4096):
-        mid = (lo + hi) // 2
-        try:
-            best = (mid, plan_for_budget(graph, mid))
-            hi = mid
-        except BudgetTooSmall:
-            lo = mid
-    return best
-
-
 def build_ladder(graph: Graph, machine: Machine, rungs: int = RUNGS) -> list[Plan]:
     """Plans from the smallest feasible budget to all-resident, ascending, each with its
     predicted latency; budgets between the ends are geometric."""
     top_plan = plan_resident(graph)
     top = top_plan.arena_bytes
-    bottom, bottom_plan = smallest_budget(graph, top)
+    bottom_plan = smallest_plan(graph)
+    bottom = bottom_plan.arena_bytes
     plans = [bottom_plan]
     ratio = (top / bottom) ** (1 / (rungs + 1)) if bottom < top else 1.0
     for k in range(1, rungs + 1):

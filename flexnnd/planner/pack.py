@@ -24,12 +24,14 @@ def align(n: int, to: int = ALIGNMENT) -> int:
 
 def lowest_fit(size: int, first: int, last: int, placed: Iterable[Region]) -> int:
     """The lowest aligned offset where `size` bytes are free for all of steps [first, last]."""
-    busy = sorted((r.offset, r.end) for r in placed if r.first <= last and first <= r.last)
+    # The planner's innermost loop: plain tuples, no property or function call per region.
+    busy = sorted([(r.offset, r.offset + r.nbytes) for r in placed if r.first <= last and first <= r.last])
     offset = 0
     for start, end in busy:
         if start - offset >= size:
             break
-        offset = max(offset, align(end))
+        if end > offset:
+            offset = -(-end // ALIGNMENT) * ALIGNMENT
     return offset
 
 

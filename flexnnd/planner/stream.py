@@ -10,6 +10,7 @@ or its scratch by bands of output rows) until the plan fits.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -112,7 +113,12 @@ def _file_order(graph: Graph, pieces: Mapping[str, WeightPiece]) -> list[str]:
 
 
 def pack(
-    graph: Graph, lay: Layout, budget: int, resident: frozenset[str], base: list[Region] | None = None
+    graph: Graph,
+    lay: Layout,
+    budget: int,
+    resident: frozenset[str],
+    base: list[Region] | None = None,
+    preload: bool = True,
 ) -> Plan | None:
     """Offsets for every region of `lay` within `budget` bytes, or None when they do not fit.
 
@@ -143,7 +149,7 @@ def pack(
 
         if fits(first) is None:
             return None
-        lo, hi = earliest, first  # the smallest start that fits: feasibility is monotone in it
+        lo, hi = (earliest, first) if preload else (first, first)  # the smallest start that fits: monotone
         while lo < hi:
             mid = (lo + hi) // 2
             if fits(mid) is None:
@@ -250,3 +256,40 @@ def minimum_budget_hint(graph: Graph) -> int:
     """A lower bound on any plan's arena: the activations alive together (no slicing shrinks them)."""
     requests = [r for r in layout(graph, {}).requests if not r.name.endswith("#scratch")]
     return place_greedy_by_size(requests)[1]
+
+
+def max_slicing(graph: Graph) -> dict[str, tuple[str, int]]:
+    """Every sliceable node split as finely as the part limits allow (weights by channels where
+    they outweigh the scratch, else scratch by rows)."""
+    slicing: dict[str, tuple[str, int]] = {}
+    for node in lifetimes(graph).steps:
+        weights = [t for t in node.inputs if t and graph.is_constant(t)]
+        weight_bytes = sum(graph.tensors[t].nbytes for t in weights)
+        scratch = node.op.scratch_bytes(node.in_shapes)
+        out_shape = graph.shape(node.outputs[0])
+        if "channels" in node.op.slicing and weights and weight_bytes >= scratch and _groups_ok(node):
+            count = 1
+            while graph.shape(weights[0])[0] // (count * 2) >= MIN_CHANNELS_PER_PART:
+                count *= 2
+            if count > 1:
+                slicing[node.name] = ("channels", count)
+        elif "rows" in node.op.slicing and len(out_shape) == 4 and scratch:
+            count = 1
+            while out_shape[2] // (count * 2) * out_shape[3] >= MIN_PIXELS_PER_BAND:
+                count *= 2
+            if count > 1:
+                slicing[node.name] = ("rows", count)
+    return slicing
+
+
+def smallest_plan(graph: Graph) -> Plan:
+    """The plan of the smallest budget: maximal slicing, nothing preloaded, only the tiny weights
+    resident; its arena is that budget."""
+    lay = layout(graph, max_slicing(graph))
+    small = frozenset(
+        p for p, w in lay.pieces.items() if graph.tensors[w.tensor].nbytes <= ALWAYS_RESIDENT_BYTES
+    )
+    plan = pack(graph, lay, 1 << 62, small, preload=False)
+    plan = dataclasses.replace(plan, budget=plan.arena_bytes)
+    verify(plan, graph)
+    return plan
