@@ -16,9 +16,11 @@ from flexnnd.planner.stream import plan_for_budget, smallest_plan
 RUNGS = 24  # geometric rungs between the two ends
 
 
-def predict(graph: Graph, plan: Plan, machine: Machine) -> float:
-    """The simulator's latency for `plan`: a sliced node's time is shared by its parts."""
-    cost = {c.node: c.compute_seconds(machine) for c in step_costs(graph)}
+def predict(graph: Graph, plan: Plan, machine: Machine, cost: dict[str, float] | None = None) -> float:
+    """The simulator's latency for `plan`: a sliced node's time is shared by its parts.
+    `cost` (node -> compute seconds) may be passed when predicting many plans of one graph."""
+    if cost is None:
+        cost = {c.node: c.compute_seconds(machine) for c in step_costs(graph)}
     parts: dict[str, int] = {}
     for step in plan.steps:
         parts[step.node] = parts.get(step.node, 0) + 1
@@ -49,7 +51,10 @@ def build_ladder(graph: Graph, machine: Machine, rungs: int = RUNGS) -> list[Pla
     for plan in plans:  # neighbouring budgets often give the same plan: keep it once
         key = (plan.arena_bytes, plan.resident, tuple(ld.piece for ld in plan.loads), plan.steps)
         distinct.setdefault(key, plan)
-    return [dataclasses.replace(p, predicted_seconds=predict(graph, p, machine)) for p in distinct.values()]
+    cost = {c.node: c.compute_seconds(machine) for c in step_costs(graph)}
+    return [
+        dataclasses.replace(p, predicted_seconds=predict(graph, p, machine, cost)) for p in distinct.values()
+    ]
 
 
 def choose(ladder: Sequence[Plan], budget: int) -> Plan:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from flexnnd.errors import PlanError
+from flexnnd.graph.ir import Graph
 from flexnnd.ops.base import Part
 
 PLAN_VERSION = 1
@@ -31,6 +32,12 @@ class WeightPiece:
     tensor: str
     start: int
     stop: int
+
+
+def piece_nbytes(graph: Graph, piece: WeightPiece) -> int:
+    """Bytes of a piece: its share of the weight's rows."""
+    info = graph.tensors[piece.tensor]
+    return info.nbytes // info.shape[0] * (piece.stop - piece.start)
 
 
 @dataclass(frozen=True)

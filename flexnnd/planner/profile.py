@@ -14,10 +14,6 @@ from flexnnd.graph.ir import Graph, Node
 from flexnnd.planner.lifetimes import lifetimes
 from flexnnd.planner.plan import Plan
 
-# Kernel paths with their own rate: dense GEMM-like convs and FC, Winograd, depthwise, and
-# memory-bound ops (pooling, elementwise, copies), whose time follows bytes moved.
-KINDS = ("gemm", "winograd", "depthwise", "memory")
-
 
 @dataclass(frozen=True)
 class Machine:

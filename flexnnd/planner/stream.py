@@ -21,7 +21,7 @@ from flexnnd.graph.ir import Graph, Node
 from flexnnd.ops.base import Part
 from flexnnd.planner.lifetimes import lifetimes
 from flexnnd.planner.pack import Request, align, lowest_fit, place_greedy_by_size
-from flexnnd.planner.plan import Load, Plan, Region, Step, WeightPiece, scratch_name
+from flexnnd.planner.plan import Load, Plan, Region, Step, WeightPiece, piece_nbytes, scratch_name
 from flexnnd.planner.verify import verify
 
 # Weights this small are always resident: streaming them costs a read call for nothing.
@@ -128,8 +128,7 @@ def pack(
     if max((r.end for r in regions), default=0) > budget:
         return None
     end = len(lay.steps) - 1
-    piece_bytes = {p: graph.tensors[w.tensor].nbytes // graph.shape(w.tensor)[0] * (w.stop - w.start)
-                   for p, w in lay.pieces.items()}  # fmt: skip
+    piece_bytes = {p: piece_nbytes(graph, w) for p, w in lay.pieces.items()}
     for name in sorted(resident, key=lambda p: -piece_bytes[p]):
         offset = lowest_fit(align(piece_bytes[name]), 0, end, regions)
         if offset + piece_bytes[name] > budget:
@@ -182,9 +181,7 @@ def _step_demand(graph: Graph, lay: Layout) -> list[int]:
         for i in range(req.first, req.last + 1):
             demand[i] += req.nbytes
     for i, step in enumerate(lay.steps):
-        for p in step.weights:
-            w = lay.pieces[p]
-            demand[i] += graph.tensors[w.tensor].nbytes // graph.shape(w.tensor)[0] * (w.stop - w.start)
+        demand[i] += sum(piece_nbytes(graph, lay.pieces[p]) for p in step.weights)
     return demand
 
 

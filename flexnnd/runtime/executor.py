@@ -18,7 +18,7 @@ from flexnnd.ops.base import Kernel
 from flexnnd.planner import scratch_name
 from flexnnd.planner.plan import Plan
 from flexnnd.runtime.arena import Arena
-from flexnnd.runtime.loader import Loader, PieceRead
+from flexnnd.runtime.loader import Loader, PieceRead, read_piece
 
 
 class Executor:
@@ -74,7 +74,7 @@ class Executor:
 
     def _load_resident(self) -> None:
         """Read every resident piece straight into its arena view; whole weights check their CRC."""
-        path = self.package.weights_path
+        path = str(self.package.weights_path)
         try:
             fd = os.open(path, os.O_RDONLY)
         except OSError as e:
@@ -83,19 +83,12 @@ class Executor:
             for name in self.plan.resident:
                 offset, nbytes = self.piece_range(name)
                 raw = memoryview(self.views[name]).cast("B")
-                try:
-                    got = os.preadv(fd, [raw], offset)
-                except OSError as e:
-                    raise LoadError(f"reading weight {name!r} from {path}: {e}") from None
-                if got != nbytes:
-                    raise LoadError(f"short read of weight {name!r} from {path}: {got:,} of {nbytes:,} bytes")
+                read_piece(fd, raw, offset, name, path)
                 entry = self.package.weights[self.plan.pieces[name].tensor]
                 if nbytes == entry.nbytes and zlib.crc32(raw) != entry.crc32:
                     raise LoadError(
                         f"weight {name!r} in {path} fails its checksum: the file changed since import"
                     )
-            # What we read now lives in the arena; keeping it in the page cache too would double it.
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
 

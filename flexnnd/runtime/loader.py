@@ -113,16 +113,25 @@ class Loader:
                 return
 
     def _read(self, read: PieceRead) -> LoadError | None:
-        nbytes = len(read.view)
         try:
-            got = self.reader(self._fd, [read.view], read.offset)
-        except OSError as e:
-            return LoadError(
-                f"reading weight piece {read.name!r} ({nbytes:,} bytes at {read.offset:,}) from {self.path}: {e}"
-            )
-        if got != nbytes:
-            return LoadError(
-                f"short read of weight piece {read.name!r} from {self.path}: {got:,} of {nbytes:,} bytes"
-            )
-        os.posix_fadvise(self._fd, read.offset, nbytes, os.POSIX_FADV_DONTNEED)
+            read_piece(self._fd, read.view, read.offset, read.name, self.path, self.reader)
+        except LoadError as e:
+            return e
         return None
+
+
+def read_piece(
+    fd: int, view: memoryview, offset: int, name: str, path: str, reader: Reader = os.preadv
+) -> None:
+    """One piece straight into its arena bytes, its page-cache pages dropped after; LoadError
+    naming the piece, its size and the file when the read fails or comes up short."""
+    nbytes = len(view)
+    try:
+        got = reader(fd, [view], offset)
+    except OSError as e:
+        raise LoadError(
+            f"reading weight piece {name!r} ({nbytes:,} bytes at {offset:,}) from {path}: {e}"
+        ) from None
+    if got != nbytes:
+        raise LoadError(f"short read of weight piece {name!r} from {path}: {got:,} of {nbytes:,} bytes")
+    os.posix_fadvise(fd, offset, nbytes, os.POSIX_FADV_DONTNEED)

@@ -68,10 +68,9 @@ class Session:
         self._expected = {t.name: (t.shape, t.dtype) for t in graph.inputs}
         # What one inference allocates besides the arena: the copies of its outputs it returns.
         self.output_bytes = sum(t.nbytes for t in graph.outputs)
-        self.budget: int | None = None
         self.ladder = stored_ladder(self.package)
         self.plan = self._plan_for(budget)
-        self.budget = None if budget is None else parse_size(budget)
+        self.budget: int | None = None if budget is None else parse_size(budget)
         self._pending: Plan | None = None
         self._executor = Executor(self.package, self.plan)
         self.last_inference_seconds: float | None = None
