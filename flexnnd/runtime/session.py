@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flexnnd.errors import BudgetTooSmall
+from flexnnd.errors import BudgetTooSmall, LoadError
 from flexnnd.graph.onnx_import import import_model
 from flexnnd.graph.package import MANIFEST, Package, read_package
 from flexnnd.planner import plan_resident
@@ -31,6 +31,21 @@ class TensorSpec:
     dtype: str
 
 
+class _Closed:
+    """Stands in for an executor whose arena was released and whose successor failed to build."""
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise LoadError(
+            f"no plan is loaded (wanted a {self.plan.arena_bytes:,}-byte arena): the last plan adoption failed"
+        )
+
+    def close(self) -> None:
+        pass
+
+
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "flexnn" / "packages"
@@ -47,6 +62,16 @@ def package_for(model: str | os.PathLike, cache_dir: str | os.PathLike | None = 
     if not (target / MANIFEST).is_file():
         import_model(path, target)
     return target
+
+
+@dataclass(frozen=True)
+class Swap:
+    """One adopted plan change: sizes before and after, how long it took, whether serving went on."""
+
+    from_arena: int
+    to_arena: int
+    seconds: float
+    overlapped: bool  # the old plan kept serving while the new arena was loaded
 
 
 class Session:
@@ -69,13 +94,14 @@ class Session:
         # What one inference allocates besides the arena: the copies of its outputs it returns.
         self.output_bytes = sum(t.nbytes for t in graph.outputs)
         self.ladder = stored_ladder(self.package)
-        self.plan = self._plan_for(budget)
+        self.plan = self.plan_for(budget)
         self.budget: int | None = None if budget is None else parse_size(budget)
         self._pending: Plan | None = None
         self._executor = Executor(self.package, self.plan)
         self.last_inference_seconds: float | None = None
 
-    def _plan_for(self, budget: int | str | None) -> Plan:
+    def plan_for(self, budget: int | str | None) -> Plan:
+        """The plan this session would adopt for `budget` (arena plus output copies); None: all resident."""
         if budget is None:
             return plan_resident(self.package.graph)
         requested = parse_size(budget)
@@ -91,7 +117,7 @@ class Session:
 
     def set_budget(self, budget: int | str | None) -> None:
         """Plan for `budget` now (BudgetTooSmall at once if nothing fits); swap at the next inference."""
-        plan = self._plan_for(budget)
+        plan = self.plan_for(budget)
         with self._lock:
             self._pending = plan
             self.budget = None if budget is None else parse_size(budget)
@@ -110,6 +136,37 @@ class Session:
             outputs = self._executor.run(feeds)
             self.last_inference_seconds = time.perf_counter() - start
         return outputs
+
+    def adopt(self, plan: Plan, budget: int | None, overlap: bool) -> Swap:
+        """Switch to `plan` now.
+
+        overlap=True builds the new arena and loads its resident weights while the old plan keeps
+        serving, then switches; the caller vouches that both arenas fit its budget at once. Otherwise
+        the inference in flight finishes, the old arena is released, then the new one is built
+        (queued inferences wait meanwhile). If building fails, an overlapped swap keeps the old plan;
+        a blocking one leaves the session without a plan until the next successful adopt.
+        """
+        start = time.perf_counter()
+        old_arena = self.plan.arena_bytes
+        if overlap:
+            fresh = Executor(self.package, plan)
+            with self._lock:
+                old, self._executor = self._executor, fresh
+                self.plan, self._pending, self.budget = plan, None, budget
+            old.close()
+        else:
+            with self._lock:
+                self._executor.close()
+                self._executor = _Closed(self.plan)
+                fresh = Executor(self.package, plan)
+                self._executor = fresh
+                self.plan, self._pending, self.budget = plan, None, budget
+        return Swap(old_arena, plan.arena_bytes, time.perf_counter() - start, overlap)
+
+    @property
+    def loaded(self) -> bool:
+        """False after a blocking adopt failed to build its arena."""
+        return not isinstance(self._executor, _Closed)
 
     def stats(self) -> dict[str, object]:
         plan = self.plan
