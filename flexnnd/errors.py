@@ -54,3 +54,26 @@ class BudgetTooSmall(PlanError):
 
 class LoadError(FlexnnError):
     """Reading weights from storage failed during an inference or a plan adoption."""
+
+
+class ServingError(FlexnnError):
+    """A request the daemon cannot serve now (unknown model, model not ready, over capacity)."""
+
+
+class ModelNotFound(ServingError, KeyError):
+    """No model of that name is loaded."""
+
+    def __init__(self, name: str, loaded: list[str]):
+        self.name = name
+        super().__init__(f"model {name!r} is not loaded; loaded: {', '.join(loaded) or 'none'}")
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.args[0]
+
+
+class ModelNotReady(ServingError):
+    """The model is loaded but has no usable plan (budget too small, failed load)."""
+
+
+class Overloaded(ServingError):
+    """More requests than the model's queue holds; the plan only accounts for that many."""

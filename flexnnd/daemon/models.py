@@ -1,0 +1,263 @@
+"""The daemon's models: loading, a shared budget split to minimise total latency, swaps, admission.
+
+The budget covers every loaded model: each model's share pays for its arena plus the output copies
+one inference makes. Each model's ladder gives its predicted latency per budget, and the split picks
+one rung per model so the summed latency is smallest (an exact multiple-choice knapsack over the
+Pareto fronts). A model runs one inference at a time on its arena; up to `queue_depth` more wait,
+beyond that a request is refused (Overloaded) rather than allocating outside the budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from flexnnd.daemon.events import Event, EventBus
+from flexnnd.errors import BudgetTooSmall, FlexnnError, ModelNotFound, ModelNotReady, Overloaded
+from flexnnd.graph.package import read_package
+from flexnnd.planner.ladder import build_and_store, stored_ladder
+from flexnnd.planner.plan import Plan
+from flexnnd.runtime.session import Session, package_for
+
+log = logging.getLogger("flexnnd.models")
+
+
+@dataclass(frozen=True)
+class Rung:
+    cost: int  # bytes of the model's share: arena plus one inference's output copies
+    seconds: float  # predicted latency
+    plan: Plan
+
+
+def split_budget(rungs: Mapping[str, list[Rung]], total: int | None) -> dict[str, Rung] | None:
+    """One rung per model with summed cost ≤ total and the least summed latency; None if none fits."""
+    if total is None:
+        return {name: max(options, key=lambda r: r.cost) for name, options in rungs.items()}
+    front: list[tuple[int, float, dict[str, Rung]]] = [(0, 0.0, {})]
+    for name, options in rungs.items():
+        merged = [
+            (cost + r.cost, seconds + r.seconds, {**chosen, name: r})
+            for cost, seconds, chosen in front
+            for r in options
+            if cost + r.cost <= total
+        ]
+        merged.sort(key=lambda x: (x[0], x[1]))
+        front = []
+        for item in merged:  # keep the Pareto front: each costlier choice must be faster
+            if not front or item[1] < front[-1][1]:
+                front.append(item)
+        if not front:
+            return None
+    return min(front, key=lambda x: (x[1], x[0]))[2]
+
+
+class Model:
+    """One loaded model: its session, state, share of the budget and admission counter."""
+
+    def __init__(self, name: str, source: Path, package_dir: Path, rungs: list[Rung], queue_depth: int):
+        self.name, self.source, self.package_dir, self.rungs = name, source, package_dir, rungs
+        self.session: Session | None = None
+        self.state = "loading"  # loading | ready | no-fit | failed
+        self.reason = ""
+        self.share: int | None = None
+        self.inferences = 0
+        self.capacity = 1 + queue_depth  # the one running plus those waiting for the arena
+        self._admitted = 0
+        self._lock = threading.Lock()
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready" and self.session is not None and self.session.loaded
+
+    @property
+    def minimum(self) -> int:
+        return min(r.cost for r in self.rungs)
+
+    @property
+    def queue_depth(self) -> int:
+        return self._admitted
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self._lock:
+            if not self.ready:
+                raise ModelNotReady(f"model {self.name!r} is not ready ({self.state}): {self.reason}")
+            if self._admitted >= self.capacity:
+                raise Overloaded(
+                    f"model {self.name!r} has {self._admitted} requests in flight or queued "
+                    f"(capacity {self.capacity}); retry later"
+                )
+            self._admitted += 1
+            session = self.session
+        try:
+            outputs = session.run(feeds)
+        finally:
+            with self._lock:
+                self._admitted -= 1
+        self.inferences += 1
+        return outputs
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+
+
+class Models:
+    """Every loaded model under one budget. Loads, unloads and rebalances are serialized."""
+
+    def __init__(self, cache_dir: Path, events: EventBus, threads: int | None = None, queue_depth: int = 8):
+        self.cache_dir, self.events, self.threads, self.queue_depth = cache_dir, events, threads, queue_depth
+        self._models: dict[str, Model] = {}
+        self._lock = threading.RLock()  # held across a whole rebalance: swaps never interleave
+        self.total: int | None = None
+        self.swaps = 0
+
+    def names(self) -> list[str]:
+        return list(self._models)
+
+    def get(self, name: str) -> Model:
+        try:
+            return self._models[name]
+        except KeyError:
+            raise ModelNotFound(name, self.names()) from None
+
+    def all(self) -> list[Model]:
+        return list(self._models.values())
+
+    def infer(self, name: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.get(name).run(feeds)
+
+    @property
+    def committed(self) -> int:
+        """Bytes the loaded plans hold now (arenas plus output copies)."""
+        return sum(
+            m.session.plan.arena_bytes + m.session.output_bytes for m in self.all() if m.session and m.session.loaded
+        )
+
+    def minimum(self) -> int:
+        return sum(m.minimum for m in self.all())
+
+    def load(self, name: str, source: Path, required: bool = False) -> Model:
+        """Import (cached), plan the ladder if the package has none, fit it into the budget and warm it.
+
+        With required=True a budget too small for it raises BudgetTooSmall; else it stays loaded but
+        not ready ("no-fit") until the budget grows.
+        """
+        with self._lock:
+            if name in self._models:
+                raise FlexnnError(f"a model named {name!r} is already loaded (from {self._models[name].source})")
+            package_dir = package_for(source, self.cache_dir / "packages")
+            package = read_package(package_dir)
+            ladder = stored_ladder(package)
+            if ladder is None:
+                start = time.perf_counter()
+                ladder = build_and_store(package, self.cache_dir)
+                log.info("planned the ladder of %s: %d rungs in %.1f s", name, len(ladder), time.perf_counter() - start)
+            out_bytes = sum(t.nbytes for t in package.graph.outputs)
+            rungs = [Rung(p.arena_bytes + out_bytes, p.predicted_seconds or 0.0, p) for p in ladder]
+            model = Model(name, source, package_dir, rungs, self.queue_depth)
+            if required and self.total is not None:
+                others = sum(m.minimum for m in self.all() if m.state != "no-fit")
+                if others + model.minimum > self.total:
+                    raise BudgetTooSmall(self.total, others + model.minimum, name)
+            self._models[name] = model
+            self.events.publish(Event("model", f"loaded from {source}", model=name))
+            self.rebalance(self.total, reason=f"model {name} loaded")
+            return model
+
+    def unload(self, name: str) -> None:
+        with self._lock:
+            model = self.get(name)
+            del self._models[name]
+            model.close()
+            self.events.publish(Event("model", "unloaded", model=name))
+            self.rebalance(self.total, reason=f"model {name} unloaded")
+
+    def close(self) -> None:
+        with self._lock:
+            for model in self.all():
+                model.close()
+            self._models.clear()
+
+    def plan_split(self, total: int | None) -> tuple[dict[str, Rung], list[Model]]:
+        """The split for `total`, dropping the most recently loaded models until the rest fit."""
+        candidates = self.all()
+        while candidates:
+            chosen = split_budget({m.name: m.rungs for m in candidates}, total)
+            if chosen is not None:
+                return chosen, [m for m in self.all() if m.name not in chosen]
+            candidates = candidates[:-1]
+        return {}, self.all()
+
+    def rebalance(self, total: int | None, reason: str = "") -> None:
+        """Adopt the split for `total`: shrinking models first (frees memory), then growing ones.
+
+        A growing model keeps serving on its old plan while the new arena loads when the old and
+        new arenas fit the budget together; otherwise it waits for its inference in flight.
+        """
+        with self._lock:
+            self.total = total
+            chosen, left_out = self.plan_split(total)
+            for model in left_out:
+                if model.state != "no-fit":
+                    model.close()
+                    model.state = "no-fit"
+                    model.share = None
+                    model.reason = (
+                        f"budget {total:,} bytes cannot hold it: it needs at least {model.minimum:,} bytes"
+                        + (" beside the other models" if len(self._models) > 1 else "")
+                    )
+                    self.events.publish(Event("error", model.reason, model=model.name))
+
+            def size(m: Model) -> int:
+                return m.session.plan.arena_bytes if m.session and m.session.loaded else 0
+
+            order = sorted(chosen, key=lambda n: chosen[n].plan.arena_bytes - size(self._models[n]))
+            for name in order:
+                self._adopt(self._models[name], chosen[name], total, reason)
+
+    def _adopt(self, model: Model, rung: Rung, total: int | None, reason: str) -> None:
+        model.share = rung.cost
+        session = model.session
+        if session is not None and session.loaded and session.plan.arena_bytes == rung.plan.arena_bytes:
+            return
+        start = time.perf_counter()
+        try:
+            if session is None:
+                model.session = Session(model.package_dir, budget=rung.cost, threads=self.threads, cache_dir=self.cache_dir)
+                _warm(model.session)
+                before, overlapped = 0, False
+            else:
+                before = session.plan.arena_bytes if session.loaded else 0
+                grow = rung.plan.arena_bytes > before
+                overlapped = grow and (total is None or self.committed + rung.cost <= total)
+                session.adopt(rung.plan, rung.cost, overlap=overlapped)
+        except FlexnnError as e:
+            model.state, model.reason = "failed", str(e)
+            self.events.publish(Event("error", f"adopting a {rung.plan.arena_bytes:,}-byte plan failed: {e}", model=model.name))
+            return
+        model.state, model.reason = "ready", ""
+        self.swaps += session is not None
+        self.events.publish(
+            Event(
+                "swap",
+                f"arena {before:,} → {rung.plan.arena_bytes:,} bytes"
+                + (" (old plan served meanwhile)" if overlapped else "")
+                + (f": {reason}" if reason else ""),
+                model=model.name,
+                from_bytes=before,
+                to_bytes=rung.plan.arena_bytes,
+                duration_s=time.perf_counter() - start,
+            )
+        )
+
+
+def _warm(session: Session) -> None:
+    """One inference on zeros so the kernels are compiled (or loaded from numba's cache) before serving."""
+    session.run({t.name: np.zeros(t.shape, dtype=t.dtype) for t in session.inputs})

@@ -1,0 +1,158 @@
+"""The daemon's model set: the budget split, loading under a budget, swaps down and up, admission."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import helper
+
+from flexnnd.daemon.events import EventBus
+from flexnnd.daemon.models import Models, Rung, split_budget
+from flexnnd.errors import BudgetTooSmall, ModelNotFound, ModelNotReady, Overloaded
+from tests.conftest import make_model, save
+
+
+def fc_model(path, width=256, layers=4, seed=0):
+    rng = np.random.default_rng(seed)
+    nodes, inits, prev = [], [], "x"
+    for i in range(layers):
+        out = "y" if i == layers - 1 else f"r{i}"
+        nodes.append(helper.make_node("Gemm", [prev, f"w{i}", f"b{i}"], [f"h{i}"], transB=1, name=f"fc{i}"))
+        nodes.append(helper.make_node("Relu", [f"h{i}"], [out], name=f"relu{i}"))
+        inits += [(f"w{i}", rng.standard_normal((width, width)).astype(np.float32) / 16), (f"b{i}", np.zeros(width, np.float32))]
+        prev = out
+    return save(make_model(nodes, [("x", [1, width])], [("y", None)], inits, name=path.stem), path)
+
+
+@pytest.fixture(scope="module")
+def onnx_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    return {"a": fc_model(d / "a.onnx", seed=1), "b": fc_model(d / "b.onnx", width=192, seed=2)}
+
+
+@pytest.fixture
+def models(tmp_path_factory):
+    # One cache per module run: packages and their ladders are built once.
+    cache = tmp_path_factory.getbasetemp() / "daemon-models-cache"
+    m = Models(cache, EventBus(), threads=1, queue_depth=2)
+    yield m
+    m.close()
+
+
+def rung(cost, seconds):
+    return Rung(cost, seconds, None)
+
+
+def brute_force(options, total):
+    import itertools
+
+    best = None
+    names = list(options)
+    for combo in itertools.product(*(options[n] for n in names)):
+        cost = sum(r.cost for r in combo)
+        seconds = sum(r.seconds for r in combo)
+        if cost <= total and (best is None or seconds < best[0] - 1e-12):
+            best = (seconds, combo)
+    return best
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.tuples(st.integers(1, 100), st.floats(0.001, 10)), min_size=1, max_size=5),
+        min_size=1,
+        max_size=3,
+    ),
+    st.integers(0, 300),
+)
+def test_split_is_the_least_total_latency_that_fits(ladders, total):
+    options = {f"m{i}": [rung(c, s) for c, s in ladder] for i, ladder in enumerate(ladders)}
+    chosen = split_budget(options, total)
+    best = brute_force(options, total)
+    if best is None:
+        assert chosen is None
+        return
+    assert chosen is not None and set(chosen) == set(options)
+    assert sum(r.cost for r in chosen.values()) <= total
+    assert sum(r.seconds for r in chosen.values()) == pytest.approx(best[0])
+
+
+def test_split_without_a_budget_takes_every_largest_rung():
+    options = {"a": [rung(10, 2.0), rung(50, 1.0)], "b": [rung(5, 1.0), rung(7, 0.5)]}
+    assert {n: r.cost for n, r in split_budget(options, None).items()} == {"a": 50, "b": 7}
+
+
+def feeds(model, seed=0):
+    spec = model.session.inputs[0]
+    return {spec.name: np.random.default_rng(seed).standard_normal(spec.shape).astype(np.float32)}
+
+
+def test_budget_down_and_up_keeps_outputs_and_stays_within_budget(models, onnx_files):
+    a = models.load("a", onnx_files["a"])
+    x = feeds(a)
+    full = models.infer("a", x)["y"]
+    top = max(r.cost for r in a.rungs)
+    for total in (top // 3, a.minimum, top // 2, None):
+        models.rebalance(total, reason="test")
+        assert a.ready
+        if total is not None:
+            assert models.committed <= total
+        np.testing.assert_allclose(models.infer("a", x)["y"], full, rtol=1e-5, atol=1e-5)
+    swaps = [e for e in models.events.history if e.kind == "swap"]
+    assert len(swaps) >= 4 and all(e.duration_s >= 0 for e in swaps)
+    assert any("old plan served" in e.message for e in swaps)  # the last step up overlapped
+
+
+def test_two_models_share_a_budget(models, onnx_files):
+    a = models.load("a", onnx_files["a"])
+    b = models.load("b", onnx_files["b"])
+    total = (max(r.cost for r in a.rungs) + max(r.cost for r in b.rungs)) // 2
+    models.rebalance(total)
+    assert a.ready and b.ready
+    assert a.share + b.share <= total and models.committed <= total
+    assert set(models.names()) == {"a", "b"}
+
+
+def test_too_small_a_budget_leaves_a_model_not_ready_until_it_grows(models, onnx_files):
+    models.rebalance(1000)
+    a = models.load("a", onnx_files["a"])
+    assert a.state == "no-fit" and not a.ready and "needs at least" in a.reason
+    with pytest.raises(ModelNotReady, match="no-fit"):
+        models.infer("a", {"x": np.zeros((1, 256), np.float32)})
+    with pytest.raises(BudgetTooSmall) as err:
+        models.load("b", onnx_files["b"], required=True)
+    assert err.value.requested == 1000
+    models.rebalance(None)
+    assert a.ready
+    models.infer("a", feeds(a))
+
+
+def test_unknown_model_names_the_loaded_ones(models, onnx_files):
+    models.load("a", onnx_files["a"])
+    with pytest.raises(ModelNotFound, match="loaded: a"):
+        models.infer("zzz", {})
+
+
+def test_requests_beyond_the_queue_are_refused(models, onnx_files):
+    a = models.load("a", onnx_files["a"])
+    x = feeds(a)
+    a.session._lock.acquire()  # the arena is busy: requests queue up behind it
+    threads = [threading.Thread(target=models.infer, args=("a", x)) for _ in range(a.capacity)]
+    try:
+        for t in threads:
+            t.start()
+        for _ in range(3000):  # until every slot is taken (bounded, so a bug fails instead of hanging)
+            if a.queue_depth == a.capacity:
+                break
+            threading.Event().wait(0.01)
+        with pytest.raises(Overloaded, match=f"capacity {a.capacity}"):
+            models.infer("a", x)
+    finally:
+        a.session._lock.release()
+        for t in threads:
+            t.join(30)
+    assert a.queue_depth == 0 and a.inferences >= a.capacity
