@@ -20,10 +20,10 @@ import numpy as np
 
 from flexnnd.daemon.events import Event, EventBus
 from flexnnd.errors import BudgetTooSmall, FlexnnError, ModelNotFound, ModelNotReady, Overloaded
-from flexnnd.graph.package import read_package
+from flexnnd.graph.package import Package, read_package
 from flexnnd.planner.ladder import build_and_store, stored_ladder
 from flexnnd.planner.plan import Plan
-from flexnnd.runtime.session import Session, package_for
+from flexnnd.runtime.session import Session, TensorSpec, package_for
 
 log = logging.getLogger("flexnnd.models")
 
@@ -60,8 +60,12 @@ def split_budget(rungs: Mapping[str, list[Rung]], total: int | None) -> dict[str
 class Model:
     """One loaded model: its session, state, share of the budget and admission counter."""
 
-    def __init__(self, name: str, source: Path, package_dir: Path, rungs: list[Rung], queue_depth: int):
-        self.name, self.source, self.package_dir, self.rungs = name, source, package_dir, rungs
+    def __init__(self, name: str, source: Path, package: Package, rungs: list[Rung], queue_depth: int):
+        self.name, self.source, self.package_dir, self.rungs = name, source, package.path, rungs
+        graph = package.graph
+        self.inputs = [TensorSpec(t.name, t.shape, t.dtype) for t in graph.inputs]
+        self.outputs = [TensorSpec(t.name, t.shape, t.dtype) for t in graph.outputs]
+        self.measured: dict[int, float] = {}  # arena bytes of a plan -> its last measured latency
         self.session: Session | None = None
         self.state = "loading"  # loading | ready | no-fit | failed
         self.reason = ""
@@ -100,7 +104,16 @@ class Model:
             with self._lock:
                 self._admitted -= 1
         self.inferences += 1
+        if session.last_inference_seconds is not None:
+            self.measured[session.plan.arena_bytes] = session.last_inference_seconds
         return outputs
+
+    @property
+    def stuck_seconds(self) -> float:
+        """How long the inference holding the arena has been running (0 when idle)."""
+        session = self.session
+        since = session.running_since if session is not None else None
+        return 0.0 if since is None else time.monotonic() - since
 
     def close(self) -> None:
         if self.session is not None:
@@ -161,7 +174,7 @@ class Models:
                 log.info("planned the ladder of %s: %d rungs in %.1f s", name, len(ladder), time.perf_counter() - start)
             out_bytes = sum(t.nbytes for t in package.graph.outputs)
             rungs = [Rung(p.arena_bytes + out_bytes, p.predicted_seconds or 0.0, p) for p in ladder]
-            model = Model(name, source, package_dir, rungs, self.queue_depth)
+            model = Model(name, source, package, rungs, self.queue_depth)
             if required and self.total is not None:
                 others = sum(m.minimum for m in self.all() if m.state != "no-fit")
                 if others + model.minimum > self.total:

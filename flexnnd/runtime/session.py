@@ -99,6 +99,7 @@ class Session:
         self._pending: Plan | None = None
         self._executor = Executor(self.package, self.plan)
         self.last_inference_seconds: float | None = None
+        self.running_since: float | None = None  # monotonic start of the inference in flight, for watchdogs
 
     def plan_for(self, budget: int | str | None) -> Plan:
         """The plan this session would adopt for `budget` (arena plus output copies); None: all resident."""
@@ -133,7 +134,11 @@ class Session:
                 self._executor = Executor(self.package, self.plan)
             threads_mod.set_threads(self.threads)
             start = time.perf_counter()
-            outputs = self._executor.run(feeds)
+            self.running_since = time.monotonic()
+            try:
+                outputs = self._executor.run(feeds)
+            finally:
+                self.running_since = None
             self.last_inference_seconds = time.perf_counter() - start
         return outputs
 
