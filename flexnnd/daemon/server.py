@@ -1,0 +1,552 @@
+"""flexnnd's lifecycle: startup → main loop → shutdown.
+
+Startup loads the configuration, takes the instance lock, loads the models and their ladders,
+warms the kernels, measures the runtime's own memory, binds the socket, and only then tells
+systemd READY=1. The main loop waits on memory pressure, re-decides the budget, swaps plans,
+pings the watchdog once the inference workers look alive, and reloads on SIGHUP. Shutdown stops
+accepting, drains in-flight requests within the grace period, then cancels and says how many.
+Signal handlers only set flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import ipaddress
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import psutil
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from flexnnd import zoo
+from flexnnd.daemon import services
+from flexnnd.daemon.config import Config, resolve_dirs
+from flexnnd.daemon.events import Event, EventBus
+from flexnnd.daemon.lock import InstanceLock
+from flexnnd.daemon.models import Model, Models
+from flexnnd.daemon.monitor import Monitor
+from flexnnd.daemon.policy import BudgetPolicy, Decision, PolicyConfig
+from flexnnd.daemon.proto import control_pb2, control_pb2_grpc, inference_pb2, inference_pb2_grpc
+from flexnnd.daemon.sdnotify import Notifier, watchdog_interval
+from flexnnd.errors import BudgetTooSmall, ConfigError, FlexnnError, InvalidRequest
+from flexnnd.sizes import format_size, parse_size
+
+log = logging.getLogger("flexnnd")
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # a failure while serving
+EXIT_STARTUP = 3  # configuration, lock, model or socket problems before serving began
+EXIT_FORCED = 130  # a second SIGINT cut the drain short
+
+BUDGET_FILE = "budget"  # the operator's budget in the state directory: a size, absent means auto
+MAX_WATCHERS = 8
+TICK_S = 0.5  # the main loop's longest sleep: the bound on reacting to a signal flag
+
+
+class Daemon:
+    def __init__(self, config: Config, env: Mapping[str, str] | None = None, config_path: Path | None = None):
+        self.env = dict(os.environ if env is None else env)
+        self.config, self.config_path = config, config_path
+        self.dirs = resolve_dirs(config, self.env)
+        self.events = EventBus()
+        self.models = Models(self.dirs.cache, self.events, config.threads or None, config.queue_depth)
+        self.notifier = Notifier.from_env(self.env)
+        self.policy = BudgetPolicy(self._policy_config(config))
+        self.max_watchers = MAX_WATCHERS
+        self.operator_budget: int | None = None
+        self.decision: Decision | None = None
+        self.runtime_overhead = 0
+        self.started = time.time()
+        self.monitor: Monitor | None = None
+        self.server: grpc.Server | None = None
+        self.health = health.HealthServicer()
+        self.lock: InstanceLock | None = None
+        self._budget_lock = threading.RLock()
+        self.should_exit = threading.Event()
+        self.force_exit = False
+        self.reload_requested = False
+        self._observer = None
+
+    # ----- budget -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _policy_config(config: Config) -> PolicyConfig:
+        return PolicyConfig(
+            headroom=parse_size(config.headroom),
+            quiet_period_s=config.quiet_period_s,
+            min_dwell_s=config.min_dwell_s,
+        )
+
+    @property
+    def config_max_bytes(self) -> int:
+        return parse_size(self.config.max_message_bytes)
+
+    @property
+    def budget_file(self) -> Path:
+        return self.dirs.state / BUDGET_FILE
+
+    def _read_operator_budget(self) -> int | None:
+        try:
+            text = self.budget_file.read_text().strip()
+        except FileNotFoundError:
+            text = self.config.budget
+        if text.lower() in ("", "auto"):
+            return None
+        try:
+            return parse_size(text)
+        except ValueError as e:
+            raise ConfigError(f"{self.budget_file}: {e}") from None
+
+    def _write_operator_budget(self, budget: int | None) -> None:
+        path = self.budget_file
+        if budget is None:
+            path.unlink(missing_ok=True)
+            return
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "w") as f:
+            f.write(f"{budget}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def set_operator_budget(self, text: str) -> Decision:
+        """`flexnnctl set-budget`: a size or "auto". Refused (not stored) below the smallest plans."""
+        text = text.strip()
+        try:
+            budget = None if text.lower() == "auto" else parse_size(text)
+        except ValueError as e:
+            raise InvalidRequest(str(e)) from None
+        with self._budget_lock:
+            if budget is not None and budget < self.models.minimum():
+                names = ", ".join(m.name for m in self.models.all())
+                raise BudgetTooSmall(budget, self.models.minimum(), names)
+            self._write_operator_budget(budget)
+            self.operator_budget = budget
+            self.events.publish(
+                Event("budget", f"operator budget {'auto' if budget is None else format_size(budget)}",
+                      source="operator", to_bytes=budget or 0)
+            )
+            return self.reevaluate([], force=True)
+
+    def reevaluate(self, pressure: list, force: bool = False) -> Decision:
+        """Decide the effective budget from every source; rebalance the models when it moved."""
+        with self._budget_lock:
+            reading = self.monitor.read() if self.monitor is not None else None
+            decision = self.policy.decide(
+                time.monotonic(), reading, self.operator_budget, self.runtime_overhead, self.models.total, pressure
+            )
+            previous = self.models.total
+            self.decision = decision
+            if decision.budget != previous or force:
+                if decision.budget != previous:
+                    self.events.publish(
+                        Event(
+                            "budget",
+                            f"effective budget {_fmt(previous)} → {_fmt(decision.budget)} ({decision.source}): "
+                            f"{decision.reason}",
+                            source=decision.source,
+                            from_bytes=previous or 0,
+                            to_bytes=decision.budget or 0,
+                        )
+                    )
+                self.models.rebalance(decision.budget, reason=f"{decision.source} budget")
+            self._update_health()
+            return decision
+
+    # ----- models -----------------------------------------------------------------------------
+
+    def _resolve_model(self, spec: str) -> Path:
+        """A model named in the configuration: a file or package inside the models directory, or a zoo name."""
+        models_dir = self.dirs.models.resolve()
+        candidate = (models_dir / spec).resolve()
+        if candidate.exists():
+            if not candidate.is_relative_to(models_dir):
+                raise InvalidRequest(f"model {spec!r} resolves to {candidate}, outside the models directory {models_dir}")
+            return candidate
+        if spec in zoo.MODELS:
+            return zoo.cached(spec, self.dirs.cache / "zoo")
+        raise InvalidRequest(
+            f"no model {spec!r} in {models_dir} (an .onnx file or a package folder), and it is not a built-in "
+            f"model ({', '.join(zoo.MODELS)})"
+        )
+
+    def load_model(self, name: str, path: str) -> Model:
+        """LoadModel: only files inside the models directory (or built-in zoo names) are accepted."""
+        if not name:
+            raise InvalidRequest("a model name is required")
+        return self.models.load(name, self._resolve_model(path or name), required=True)
+
+    def unload_model(self, name: str) -> None:
+        self.models.unload(name)
+        self._update_health()
+
+    @property
+    def ready(self) -> bool:
+        models = self.models.all()
+        return bool(models) and all(m.ready for m in models)
+
+    def _update_health(self) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if self.ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in ("", "inference.GRPCInferenceService"):
+            self.health.set(service, status)
+
+    # ----- status -----------------------------------------------------------------------------
+
+    def status_text(self) -> str:
+        decision = self.decision
+        budget = _fmt(decision.budget if decision else None)
+        source = decision.source if decision else "none"
+        plans = ", ".join(
+            f"{m.name} {format_size(m.session.plan.arena_bytes)}" if m.ready else f"{m.name} {m.state}"
+            for m in self.models.all()
+        )
+        return f"budget {budget} ({source}); plans: {plans or 'no models'}"
+
+    def status_message(self) -> control_pb2.Status:
+        decision = self.decision
+        reading = self.monitor.read() if self.monitor is not None else None
+        last = self.events.last.get("pressure")
+        return control_pb2.Status(
+            effective_budget_bytes=(decision.budget or 0) if decision else 0,
+            budget_source=decision.source if decision else "none",
+            operator_budget="auto" if self.operator_budget is None else str(self.operator_budget),
+            cgroup_limit_bytes=(getattr(reading, "limit", None) or 0) if reading is not None else 0,
+            runtime_overhead_bytes=self.runtime_overhead,
+            rss_bytes=psutil.Process().memory_info().rss,
+            swaps=self.models.swaps,
+            last_pressure_event=services.event_message(last) if last is not None else None,
+            uptime_s=time.time() - self.started,
+            models=[services.model_status(m) for m in self.models.all()],
+        )
+
+    # ----- lifecycle --------------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        def on_stop(signum, frame):
+            if self.should_exit.is_set() and signum == signal.SIGINT:
+                self.force_exit = True  # a second Ctrl-C: stop waiting for in-flight requests
+            self.should_exit.set()
+
+        def on_hup(signum, frame):
+            self.reload_requested = True
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGHUP, on_hup)
+
+    def startup(self) -> None:
+        dirs = self.dirs
+        for d in (dirs.runtime, dirs.state, dirs.cache, dirs.models):
+            d.mkdir(parents=True, exist_ok=True)
+        os.chmod(dirs.runtime, 0o750)
+        self.lock = InstanceLock(dirs.lock)
+        self.operator_budget = self._read_operator_budget()
+        if self.config.watch_pressure:
+            self.monitor = self._open_monitor()
+        specs = self.config.models or (zoo.DEFAULT_MODEL,)
+        # The first decision has no runtime overhead measured yet; the real one follows warm-up.
+        self.reevaluate([])
+        for spec in specs:
+            name = Path(spec).stem if "/" in spec or spec.endswith(".onnx") else spec
+            self.models.load(name, self._resolve_model(spec))
+        self.server = self._start_server()
+        self.runtime_overhead = max(0, psutil.Process().memory_info().rss - self.models.committed)
+        log.info("runtime overhead %s (RSS beside the models' arenas)", format_size(self.runtime_overhead))
+        self.reevaluate([])
+        self._watch_files()
+        self.notifier.ready()
+        self.notifier.status(self.status_text())
+        log.info("serving on %s: %s", self.dirs.socket, self.status_text())
+
+    def _open_monitor(self) -> Monitor | None:
+        from flexnnd.daemon.monitor import MonitorConfig
+
+        try:
+            monitor = Monitor(
+                MonitorConfig(
+                    proc_root=self.config.proc_root,
+                    cgroup_root=self.config.cgroup_root,
+                    trigger=self.config.pressure_trigger,
+                    env=self.env,
+                )
+            )
+            monitor.open()
+            return monitor
+        except (OSError, FlexnnError) as e:
+            # Not silent: logged and shown as an error event; the other budget sources still apply.
+            self.events.publish(Event("error", f"memory monitor unavailable, budget from the operator only: {e}"))
+            return None
+
+    def _start_server(self) -> grpc.Server:
+        config = self.config
+        max_bytes = self.config_max_bytes
+        workers = 8 + self.max_watchers + 4 * (1 + config.queue_depth)
+        options = [
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", max_bytes),
+            ("grpc.max_send_message_length", max_bytes),
+        ]
+        interceptors = []
+        token = _read_token(config.token_file)
+        if token is not None:
+            interceptors.append(TokenInterceptor(token))
+        server = grpc.server(
+            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="flexnnd-rpc"),
+            options=options,
+            interceptors=interceptors,
+            maximum_concurrent_rpcs=workers,
+        )
+        inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(services.InferenceService(self), server)
+        control_pb2_grpc.add_ControlServicer_to_server(services.ControlService(self), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        names = (
+            inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+            control_pb2.DESCRIPTOR.services_by_name["Control"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        )
+        reflection.enable_server_reflection(names, server)
+        socket_path = self.dirs.socket
+        if socket_path.exists() or socket_path.is_symlink():
+            socket_path.unlink()  # ours: the instance lock is held, so no live daemon owns it
+        if server.add_insecure_port(f"unix:{socket_path}") == 0:
+            raise ConfigError(f"cannot bind the socket {socket_path}")
+        if config.tcp_address:
+            self._add_tcp_port(server, config.tcp_address, token)
+        server.start()
+        os.chmod(socket_path, 0o660)
+        return server
+
+    def _add_tcp_port(self, server: grpc.Server, address: str, token: str | None) -> None:
+        config = self.config
+        if config.tls_cert and config.tls_key:
+            if token is None:
+                raise ConfigError("TCP serving with TLS also needs token_file (a bearer token)")
+            creds = grpc.ssl_server_credentials([(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())])
+            port = server.add_secure_port(address, creds)
+        elif config.allow_insecure_loopback and _is_loopback(address):
+            port = server.add_insecure_port(address)
+        else:
+            raise ConfigError(
+                f"tcp_address {address!r} needs tls_cert, tls_key and token_file "
+                "(or allow_insecure_loopback with a 127.0.0.1/[::1] address)"
+            )
+        if port == 0:
+            raise ConfigError(f"cannot bind {address}")
+        log.info("also serving on %s", address)
+
+    def _watch_files(self) -> None:
+        """The operator may edit the budget file or the config file by hand: watchdog tells us."""
+        from watchdog.events import FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        watched = {self.budget_file.resolve()}
+        if self.config_path is not None:
+            watched.add(Path(self.config_path).resolve())
+        daemon = self
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event):
+                for p in (event.src_path, getattr(event, "dest_path", "")):
+                    if p and Path(p).resolve() in watched:
+                        daemon._file_changed(Path(p).resolve())
+
+        observer = Observer()
+        for d in {p.parent for p in watched}:
+            observer.schedule(Handler(), str(d), recursive=False)
+        observer.daemon = True
+        observer.start()
+        self._observer = observer
+
+    def _file_changed(self, path: Path) -> None:
+        if path == self.budget_file.resolve():
+            try:
+                budget = self._read_operator_budget()
+            except ConfigError as e:
+                self.events.publish(Event("error", str(e)))
+                return
+            if budget != self.operator_budget:
+                self.operator_budget = budget
+                self.events.publish(Event("budget", f"budget file changed: {_fmt(budget)}", source="operator"))
+                self._pending_reevaluate = True
+        else:
+            self.reload_requested = True
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config file; budget policy, models and logging apply now."""
+        from flexnnd.daemon.config import load_config
+
+        self.reload_requested = False
+        self.notifier.reloading()
+        try:
+            fresh = load_config(self.config_path) if self.config_path is not None else self.config
+        except (ConfigError, OSError) as e:
+            self.events.publish(Event("error", f"reload failed, keeping the old configuration: {e}"))
+            self.notifier.ready()
+            return
+        needs_restart = [
+            f.name for f in dataclasses.fields(Config)
+            if f.name in ("socket", "tcp_address", "runtime_dir", "state_dir", "cache_dir", "tls_cert", "tls_key")
+            and getattr(fresh, f.name) != getattr(self.config, f.name)
+        ]
+        if needs_restart:
+            log.warning("reload: %s change only on restart", ", ".join(needs_restart))
+        self.config = fresh
+        self.policy = BudgetPolicy(self._policy_config(fresh))
+        logging.getLogger().setLevel(fresh.log_level.upper())
+        wanted = {Path(s).stem if "/" in s or s.endswith(".onnx") else s: s for s in fresh.models or (zoo.DEFAULT_MODEL,)}
+        for name in set(self.models.names()) - set(wanted):
+            self.models.unload(name)
+        for name, spec in wanted.items():
+            if name not in self.models.names():
+                try:
+                    self.models.load(name, self._resolve_model(spec))
+                except FlexnnError as e:
+                    self.events.publish(Event("error", f"reload: cannot load {name}: {e}", model=name))
+        self.events.publish(Event("model", "configuration reloaded"))
+        self.reevaluate([], force=True)
+        self.notifier.ready()
+
+    def workers_alive(self, limit_s: float) -> bool:
+        """No inference has been running for longer than `limit_s` (a stuck kernel or loader)."""
+        return all(m.stuck_seconds < limit_s for m in self.models.all())
+
+    def main_loop(self) -> None:
+        interval = watchdog_interval(self.env)
+        last_ping = 0.0
+        self._pending_reevaluate = False
+        while not self.should_exit.is_set():
+            pressure = self.monitor.wait(TICK_S) if self.monitor is not None else []
+            if self.monitor is None:
+                self.should_exit.wait(TICK_S)
+            if self.reload_requested:
+                self.reload()
+            for event in pressure:
+                self.events.publish(Event("pressure", str(event), source="pressure"))
+            self.reevaluate(pressure, force=self._pending_reevaluate)
+            self._pending_reevaluate = False
+            now = time.monotonic()
+            if interval and now - last_ping >= interval:
+                if self.workers_alive(limit_s=2 * interval):
+                    self.notifier.watchdog()
+                    last_ping = now
+                else:
+                    log.error("an inference has run for over %.0f s: withholding the watchdog ping", 2 * interval)
+            self.notifier.status(self.status_text())
+
+    def in_flight(self) -> int:
+        return sum(m.queue_depth for m in self.models.all())
+
+    def shutdown(self) -> int:
+        self.notifier.stopping()
+        self.health.enter_graceful_shutdown()
+        code = EXIT_OK
+        if self.server is not None:
+            pending = self.in_flight()
+            grace = 0.0 if self.force_exit else self.config.grace_period_s
+            log.info("stopping: %d requests in flight, grace period %.1f s", pending, grace)
+            done = self.server.stop(grace)
+            deadline = time.monotonic() + grace + 1.0
+            while not done.wait(0.1):
+                if self.force_exit:
+                    self.server.stop(0)
+                if time.monotonic() > deadline:
+                    break
+            cancelled = self.in_flight()
+            if cancelled:
+                log.warning("cancelled %d requests still running after the grace period", cancelled)
+            else:
+                log.info("drained %d requests", pending)
+            if self.force_exit:
+                code = EXIT_FORCED
+        self.events.close()
+        if self._observer is not None:
+            self._observer.stop()
+        self.models.close()
+        if self.monitor is not None:
+            self.monitor.close()
+        if self.dirs.socket.exists():
+            self.dirs.socket.unlink()
+        if self.lock is not None:
+            self.lock.close()
+        return code
+
+    def serve(self) -> int:
+        self.install_signal_handlers()
+        try:
+            self.startup()
+        except FlexnnError as e:
+            log.error("startup failed: %s", e)
+            self.shutdown_quietly()
+            return EXIT_STARTUP
+        try:
+            self.main_loop()
+        except FlexnnError as e:
+            log.error("stopping after an error: %s", e)
+            self.shutdown()
+            return EXIT_FAILED
+        return self.shutdown()
+
+    def shutdown_quietly(self) -> None:
+        if self.server is not None:
+            self.server.stop(0)
+        self.models.close()
+        if self.monitor is not None:
+            self.monitor.close()
+        if self.lock is not None:
+            self.lock.close()
+
+
+class TokenInterceptor(grpc.ServerInterceptor):
+    """Bearer token on every RPC but health checks and ServerLive; compared in constant time."""
+
+    EXEMPT = ("/grpc.health.v1.Health/", "/inference.GRPCInferenceService/ServerLive")
+
+    def __init__(self, token: str):
+        self._expected = f"bearer {token}".encode()
+
+        def deny(request, context):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid 'authorization: Bearer <token>' header is required")
+
+        self._deny = grpc.unary_unary_rpc_method_handler(deny)
+
+    def intercept_service(self, continuation, handler_call_details):
+        method = handler_call_details.method
+        if method.startswith(self.EXEMPT):
+            return continuation(handler_call_details)
+        given = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
+        if hmac.compare_digest(given.encode()[:4096].lower()[:7] + given.encode()[7:4096], self._expected):
+            return continuation(handler_call_details)
+        return self._deny
+
+
+def _read_token(path) -> str | None:
+    if not path:
+        return None
+    token = Path(path).read_text().strip()
+    if not token:
+        raise ConfigError(f"token file {path} is empty")
+    return token
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _fmt(budget: int | None) -> str:
+    return "unlimited" if budget is None else format_size(budget)

@@ -1,0 +1,196 @@
+"""The gRPC servicers: Open Inference Protocol v2, flexnn.control.v1, and their error mapping.
+
+Servicers are thin: they translate messages and map flexnn's exceptions to gRPC status codes.
+The work happens in the daemon's Models and its budget control.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import grpc
+
+from flexnnd import __version__
+from flexnnd.daemon import oip
+from flexnnd.daemon.events import Event
+from flexnnd.daemon.proto import control_pb2, control_pb2_grpc, inference_pb2, inference_pb2_grpc
+from flexnnd.errors import (
+    BudgetTooSmall,
+    FeedError,
+    FlexnnError,
+    InvalidRequest,
+    LoadError,
+    ModelNotFound,
+    ModelNotReady,
+    Overloaded,
+    PackageError,
+)
+
+log = logging.getLogger("flexnnd.services")
+
+# Most specific first: the first matching class decides the status.
+STATUS_OF = (
+    (ModelNotFound, grpc.StatusCode.NOT_FOUND),
+    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (ModelNotReady, grpc.StatusCode.UNAVAILABLE),
+    (BudgetTooSmall, grpc.StatusCode.FAILED_PRECONDITION),
+    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (FeedError, grpc.StatusCode.INVALID_ARGUMENT),
+    (LoadError, grpc.StatusCode.UNAVAILABLE),
+    (PackageError, grpc.StatusCode.FAILED_PRECONDITION),
+    (FlexnnError, grpc.StatusCode.FAILED_PRECONDITION),
+)
+
+
+def abort(context: grpc.ServicerContext, error: FlexnnError):
+    """End the RPC with the status that fits `error` and its message (which carries the numbers)."""
+    code = next(code for cls, code in STATUS_OF if isinstance(error, cls))
+    context.abort(code, str(error))
+
+
+@contextlib.contextmanager
+def mapped_errors(context: grpc.ServicerContext):
+    try:
+        yield
+    except FlexnnError as e:
+        abort(context, e)
+
+
+class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, daemon):
+        self.daemon = daemon
+
+    def ServerLive(self, request, context):
+        return inference_pb2.ServerLiveResponse(live=True)
+
+    def ServerReady(self, request, context):
+        return inference_pb2.ServerReadyResponse(ready=self.daemon.ready)
+
+    def ModelReady(self, request, context):
+        with mapped_errors(context):
+            model = self.daemon.models.get(request.name)
+            self._check_version(request.version, model.name)
+            return inference_pb2.ModelReadyResponse(ready=model.ready)
+
+    def ServerMetadata(self, request, context):
+        return oip.server_metadata(__version__, [])
+
+    def ModelMetadata(self, request, context):
+        with mapped_errors(context):
+            model = self.daemon.models.get(request.name)
+            self._check_version(request.version, model.name)
+            return oip.model_metadata(model.name, ["1"], model.inputs, model.outputs)
+
+    def ModelInfer(self, request, context):
+        with mapped_errors(context):
+            models = self.daemon.models
+            model = models.get(request.model_name)
+            self._check_version(request.model_version, model.name)
+            feeds = oip.decode_infer_request(request, model.inputs, self.daemon.config_max_bytes)
+            names = oip.requested_outputs(request, model.outputs)
+            outputs = model.run(feeds)
+            return oip.encode_infer_response(model.name, "1", request.id, outputs, names)
+
+    @staticmethod
+    def _check_version(version: str, name: str) -> None:
+        if version not in ("", "1"):
+            raise ModelNotFound(f"{name}:{version}", [f"{name}:1"])
+
+
+def plan_info(model, rung, active: bool) -> control_pb2.PlanInfo:
+    plan = rung.plan
+    return control_pb2.PlanInfo(
+        budget_bytes=rung.cost,
+        arena_bytes=plan.arena_bytes,
+        resident_bytes=sum(plan.region[p].nbytes for p in plan.resident),
+        streamed_bytes=sum(plan.region[ld.piece].nbytes for ld in plan.loads),
+        sliced_layers=sorted({s.node for s in plan.steps if s.part is not None}),
+        predicted_latency_s=rung.seconds,
+        measured_latency_s=model.measured.get(plan.arena_bytes, 0.0),
+        active=active,
+    )
+
+
+def model_status(model) -> control_pb2.ModelStatus:
+    session = model.session
+    stats = session.stats() if session is not None and session.loaded else {}
+    return control_pb2.ModelStatus(
+        name=model.name,
+        ready=model.ready,
+        state=model.state,
+        reason=model.reason,
+        budget_bytes=model.share or 0,
+        plan_budget_bytes=(stats.get("arena_bytes", 0) + session.output_bytes) if stats else 0,
+        arena_bytes=stats.get("arena_bytes", 0),
+        resident_bytes=stats.get("resident_bytes", 0),
+        streamed_bytes=stats.get("streamed_bytes", 0),
+        sliced_layers=len({s.node for s in session.plan.steps if s.part is not None}) if stats else 0,
+        predicted_latency_s=next(
+            (r.seconds for r in model.rungs if stats and r.plan.arena_bytes == stats["arena_bytes"]), 0.0
+        ),
+        last_latency_s=(stats.get("last_inference_seconds") or 0.0) if stats else 0.0,
+        inferences=model.inferences,
+        queue_depth=model.queue_depth,
+    )
+
+
+def event_message(event: Event) -> control_pb2.Event:
+    return control_pb2.Event(
+        time=event.time,
+        kind=control_pb2.Event.Kind.Value(event.kind.upper()),
+        model=event.model,
+        message=event.message,
+        source=event.source,
+        from_bytes=event.from_bytes,
+        to_bytes=event.to_bytes,
+        duration_s=event.duration_s,
+    )
+
+
+class ControlService(control_pb2_grpc.ControlServicer):
+    def __init__(self, daemon):
+        self.daemon = daemon
+
+    def SetBudget(self, request, context):
+        with mapped_errors(context):
+            decision = self.daemon.set_operator_budget(request.budget)
+            return control_pb2.SetBudgetResponse(
+                effective_budget_bytes=decision.budget or 0, source=decision.source, accepted=request.budget
+            )
+
+    def GetStatus(self, request, context):
+        return self.daemon.status_message()
+
+    def ListModels(self, request, context):
+        return control_pb2.ListModelsResponse(models=[model_status(m) for m in self.daemon.models.all()])
+
+    def LoadModel(self, request, context):
+        with mapped_errors(context):
+            model = self.daemon.load_model(request.name, request.path)
+            return control_pb2.LoadModelResponse(model=model_status(model))
+
+    def UnloadModel(self, request, context):
+        with mapped_errors(context):
+            self.daemon.unload_model(request.name)
+            return control_pb2.UnloadModelResponse()
+
+    def ListPlans(self, request, context):
+        with mapped_errors(context):
+            model = self.daemon.models.get(request.model)
+            active = model.session.plan.arena_bytes if model.session is not None and model.session.loaded else -1
+            return control_pb2.ListPlansResponse(
+                plans=[plan_info(model, r, r.plan.arena_bytes == active) for r in model.rungs]
+            )
+
+    def WatchEvents(self, request, context):
+        if self.daemon.events.watchers >= self.daemon.max_watchers:
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self.daemon.events.watchers} watchers already (limit {self.daemon.max_watchers})",
+            )
+        with self.daemon.events.subscribe() as sub:
+            while context.is_active() and not sub.closed:
+                event = sub.get(timeout=0.5)
+                if event is not None:
+                    yield event_message(event)
