@@ -33,9 +33,9 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace):
-    from flexnn_client.client import Client
-
     from pathlib import Path
+
+    from flexnn_client.client import Client
 
     token = Path(args.token_file).read_text().strip() if args.token_file else None
     return Client(args.address, token=token)
