@@ -15,7 +15,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from flexnnd.daemon.proto import control_pb2, control_pb2_grpc, inference_pb2, inference_pb2_grpc
+from flexnnd.daemon.proto import inference_pb2, inference_pb2_grpc
+from flexnnd.daemon.proto.flexnn.control.v1 import control_pb2, control_pb2_grpc
 
 MAX_MESSAGE_BYTES = 256 * 2**20
 DATATYPES = {"FP32": np.float32, "UINT8": np.uint8, "FP64": np.float64, "INT64": np.int64, "INT32": np.int32}
@@ -113,7 +114,7 @@ class Client:
         return self._call(self.control.SetBudget, control_pb2.SetBudgetRequest(budget=str(budget)))
 
     def status(self) -> control_pb2.Status:
-        return self._call(self.control.GetStatus, control_pb2.GetStatusRequest())
+        return self._call(self.control.GetStatus, control_pb2.GetStatusRequest()).status
 
     def models(self) -> list:
         return list(self._call(self.control.ListModels, control_pb2.ListModelsRequest()).models)

@@ -89,7 +89,7 @@ def _ms(seconds: float) -> str:
 def cmd_set_budget(args: argparse.Namespace, client) -> int:
     reply = client.set_budget(args.budget)
     budget = _size(reply.effective_budget_bytes) if reply.effective_budget_bytes else "unlimited"
-    print(f"budget {args.budget} accepted; effective budget {budget} ({reply.source})")
+    print(f"budget {reply.operator_budget} accepted; effective budget {budget} ({reply.budget_source})")
     return EXIT_OK
 
 
@@ -154,7 +154,7 @@ def cmd_watch(args: argparse.Namespace, client) -> int:
     import time
 
     for event in client.watch():
-        kind = type(event).Kind.Name(event.kind).lower()
+        kind = type(event).Kind.Name(event.kind).removeprefix("KIND_").lower()
         stamp = time.strftime("%H:%M:%S", time.localtime(event.time))
         model = f" [{event.model}]" if event.model else ""
         took = f" ({event.duration_s * 1e3:.0f} ms)" if event.duration_s else ""

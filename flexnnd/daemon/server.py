@@ -35,7 +35,8 @@ from flexnnd.daemon.lock import InstanceLock
 from flexnnd.daemon.models import Model, Models
 from flexnnd.daemon.monitor import Monitor
 from flexnnd.daemon.policy import BudgetPolicy, Decision, PolicyConfig
-from flexnnd.daemon.proto import control_pb2, control_pb2_grpc, inference_pb2, inference_pb2_grpc
+from flexnnd.daemon.proto import inference_pb2, inference_pb2_grpc
+from flexnnd.daemon.proto.flexnn.control.v1 import control_pb2, control_pb2_grpc
 from flexnnd.daemon.sdnotify import Notifier, watchdog_interval
 from flexnnd.errors import BudgetTooSmall, ConfigError, FlexnnError, InvalidRequest
 from flexnnd.sizes import format_size, parse_size

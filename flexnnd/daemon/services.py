@@ -14,7 +14,8 @@ import grpc
 from flexnnd import __version__
 from flexnnd.daemon import oip
 from flexnnd.daemon.events import Event
-from flexnnd.daemon.proto import control_pb2, control_pb2_grpc, inference_pb2, inference_pb2_grpc
+from flexnnd.daemon.proto import inference_pb2, inference_pb2_grpc
+from flexnnd.daemon.proto.flexnn.control.v1 import control_pb2, control_pb2_grpc
 from flexnnd.errors import (
     BudgetTooSmall,
     FeedError,
@@ -138,7 +139,7 @@ def model_status(model) -> control_pb2.ModelStatus:
 def event_message(event: Event) -> control_pb2.Event:
     return control_pb2.Event(
         time=event.time,
-        kind=control_pb2.Event.Kind.Value(event.kind.upper()),
+        kind=control_pb2.Event.Kind.Value(f"KIND_{event.kind.upper()}"),
         model=event.model,
         message=event.message,
         source=event.source,
@@ -155,12 +156,15 @@ class ControlService(control_pb2_grpc.ControlServicer):
     def SetBudget(self, request, context):
         with mapped_errors(context):
             decision = self.daemon.set_operator_budget(request.budget)
+            operator = self.daemon.operator_budget
             return control_pb2.SetBudgetResponse(
-                effective_budget_bytes=decision.budget or 0, source=decision.source, accepted=request.budget
+                effective_budget_bytes=decision.budget or 0,
+                budget_source=decision.source,
+                operator_budget="auto" if operator is None else str(operator),
             )
 
     def GetStatus(self, request, context):
-        return self.daemon.status_message()
+        return control_pb2.GetStatusResponse(status=self.daemon.status_message())
 
     def ListModels(self, request, context):
         return control_pb2.ListModelsResponse(models=[model_status(m) for m in self.daemon.models.all()])
