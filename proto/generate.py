@@ -46,17 +46,20 @@ def make_package(out_dir: Path) -> None:
     """Turn protoc's top-level modules into a subpackage: relative imports, real module names, __init__s."""
     generated = sorted(out_dir.rglob("*_pb2*.py"))
     for path in generated:
-        here = path.parent.relative_to(out_dir)
-        text = _IMPORT.sub(lambda m: _relative_import(m, here, out_dir), path.read_text())
-        module = ".".join(path.relative_to(out_dir).with_suffix("").parts)
-        text = _BUILD.sub(lambda m: f"{m[1]}{PACKAGE}.{module}{m[3]}", text)
-        path.write_text(text)
+        path.write_text(_packaged(path, out_dir))
     for folder in sorted({p.parent for p in generated}):
         while folder != out_dir.parent:
             init = folder / "__init__.py"
             if not init.exists():
                 init.write_text(INIT_DOC if folder == out_dir else "")
             folder = folder.parent
+
+
+def _packaged(path: Path, out_dir: Path) -> str:
+    here = path.parent.relative_to(out_dir)
+    text = _IMPORT.sub(lambda m: _relative_import(m, here, out_dir), path.read_text())
+    module = ".".join(path.relative_to(out_dir).with_suffix("").parts)
+    return _BUILD.sub(lambda m: f"{m[1]}{PACKAGE}.{module}{m[3]}", text)
 
 
 def _relative_import(match: re.Match, here: Path, out_dir: Path) -> str:
@@ -84,7 +87,9 @@ def generate(out_dir: Path = OUT_DIR) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=OUT_DIR, help="package directory to (re)write")
     args = parser.parse_args(argv)
     installed = importlib.metadata.version("grpcio-tools")
