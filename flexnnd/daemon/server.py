@@ -18,7 +18,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -54,9 +54,16 @@ TICK_S = 0.5  # the main loop's longest sleep: the bound on reacting to a signal
 
 
 class Daemon:
-    def __init__(self, config: Config, env: Mapping[str, str] | None = None, config_path: Path | None = None):
+    def __init__(
+        self,
+        config: Config,
+        env: Mapping[str, str] | None = None,
+        config_path: Path | None = None,
+        reload: Callable[[], Config] | None = None,
+    ):
         self.env = dict(os.environ if env is None else env)
         self.config, self.config_path = config, config_path
+        self._load_config = reload or (lambda: self.config)  # SIGHUP: the file again, the flags kept
         self.dirs = resolve_dirs(config, self.env)
         self.events = EventBus()
         self.models = Models(self.dirs.cache, self.events, config.threads or None, config.queue_depth)
@@ -82,14 +89,14 @@ class Daemon:
     @staticmethod
     def _policy_config(config: Config) -> PolicyConfig:
         return PolicyConfig(
-            headroom=parse_size(config.headroom),
+            headroom=config.headroom,
             quiet_period_s=config.quiet_period_s,
             min_dwell_s=config.min_dwell_s,
         )
 
     @property
     def config_max_bytes(self) -> int:
-        return parse_size(self.config.max_message_bytes)
+        return self.config.max_message_bytes
 
     @property
     def budget_file(self) -> Path:
@@ -384,12 +391,10 @@ class Daemon:
 
     def reload(self) -> None:
         """SIGHUP: re-read the config file; budget policy, models and logging apply now."""
-        from flexnnd.daemon.config import load_config
-
         self.reload_requested = False
         self.notifier.reloading()
         try:
-            fresh = load_config(self.config_path) if self.config_path is not None else self.config
+            fresh = self._load_config()
         except (ConfigError, OSError) as e:
             self.events.publish(Event("error", f"reload failed, keeping the old configuration: {e}"))
             self.notifier.ready()

@@ -1,0 +1,207 @@
+"""End to end: the real flexnnd in a subprocess, talked to with the Python client and flexnnctl."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import numpy as np
+import pytest
+
+import flexnnd
+from flexnn_client import EXIT_BUDGET_TOO_SMALL, EXIT_NOT_RUNNING, EXIT_OK, EXIT_USAGE
+from flexnn_client.client import ClientError, NotRunning
+from tests.daemon.harness import DaemonProcess
+from tests.daemon.test_models import fc_model
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One cache for every daemon here: packages, ladders and calibration are built once."""
+    return tmp_path_factory.mktemp("daemon-cache")
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    fc_model(d / "a.onnx", seed=1)
+    fc_model(d / "b.onnx", width=192, seed=2)
+    return d
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory, cache, models_dir):
+    d = DaemonProcess(
+        tmp_path_factory.mktemp("daemon"),
+        ["--models-dir", str(models_dir), "--models", "a.onnx", "--threads", "1"],
+        cache=cache,
+    )
+    d.start()
+    yield d
+    d.stop()
+    d.close()
+
+
+def x_for(width=256, seed=0):
+    return np.random.default_rng(seed).standard_normal((1, width)).astype(np.float32)
+
+
+def reference(models_dir, name, x, tmp_path):
+    with flexnnd.Session(models_dir / f"{name}.onnx", cache_dir=tmp_path) as sess:
+        return sess.run({"x": x})["y"]
+
+
+def test_infer_with_the_client_equals_session_run(daemon, models_dir, tmp_path):
+    x = x_for()
+    with daemon.client() as c:
+        assert c.server_live() and c.server_ready()
+        got = c.infer("a", {"x": x})["y"]
+    np.testing.assert_array_equal(got, reference(models_dir, "a", x, tmp_path))
+
+
+def test_flexnnctl_infer_prints_top_k_and_saves_the_output(daemon, models_dir, tmp_path):
+    x = x_for(seed=5)
+    np.save(tmp_path / "x.npy", x)
+    out = daemon.ctl("infer", "a", str(tmp_path / "x.npy"), "--top", "3", "--out", str(tmp_path / "y.npy"))
+    assert out.returncode == EXIT_OK, out.stderr
+    want = reference(models_dir, "a", x, tmp_path)
+    assert str(int(np.argmax(want))) in out.stdout.split(":", 1)[1].split(",")[0]
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), want)
+
+
+def test_set_budget_down_and_up_swaps_keeps_outputs_and_memory(daemon, models_dir, tmp_path):
+    x = x_for(seed=2)
+    want = reference(models_dir, "a", x, tmp_path)
+    with daemon.client() as c:
+        events = []
+        watch = c.watch()
+        reader = threading.Thread(target=lambda: [events.append(e) for e in watch], daemon=True)
+        reader.start()
+        plans = c.plans("a")
+        top = max(p.budget_bytes for p in plans)
+        smallest = min(p.budget_bytes for p in plans)
+        for budget in (top // 3, smallest, top // 2, "auto"):
+            out = daemon.ctl("set-budget", str(budget))
+            assert out.returncode == EXIT_OK, out.stderr
+            status = c.status()
+            model = status.models[0]
+            assert model.ready
+            if budget != "auto":
+                assert status.effective_budget_bytes == budget and status.budget_source == "operator"
+                assert model.arena_bytes <= budget
+            np.testing.assert_allclose(c.infer("a", {"x": x})["y"], want, rtol=1e-5, atol=1e-5)
+        c.channel.close()  # ends the watch
+        reader.join(10)
+    swaps = [e for e in events if e.kind == e.KIND_SWAP]
+    assert len(swaps) >= 3 and all(e.model == "a" for e in swaps)
+
+
+def test_a_budget_below_the_minimum_is_refused_and_serving_goes_on(daemon):
+    out = daemon.ctl("set-budget", "1K")
+    assert out.returncode == EXIT_BUDGET_TOO_SMALL
+    assert "below the smallest feasible plan" in out.stderr
+    with daemon.client() as c:
+        assert c.server_ready()
+        assert c.infer("a", {"x": x_for()})["y"].shape == (1, 256)
+
+
+def test_bad_arguments_and_unknown_models_are_clear(daemon, tmp_path):
+    out = daemon.ctl("set-budget", "lots")
+    assert out.returncode == EXIT_USAGE and "not a size" in out.stderr
+    with daemon.client() as c, pytest.raises(ClientError, match="not loaded") as err:
+        c.infer("nope", {"x": x_for()})
+    assert err.value.code.name == "NOT_FOUND"
+    out = daemon.ctl("load", "evil", "../../etc/passwd")
+    assert out.returncode != EXIT_OK and "outside the models directory" in out.stderr
+
+
+def test_two_models_share_a_budget(daemon):
+    with daemon.client() as c:
+        c.load_model("b", "b.onnx")
+        try:
+            plans_a, plans_b = c.plans("a"), c.plans("b")
+            total = (max(p.budget_bytes for p in plans_a) + max(p.budget_bytes for p in plans_b)) // 2
+            c.set_budget(total)
+            status = c.status()
+            shares = {m.name: m for m in status.models}
+            assert set(shares) == {"a", "b"} and all(m.ready for m in shares.values())
+            assert sum(m.budget_bytes for m in shares.values()) <= total
+            assert c.infer("b", {"x": x_for(192)})["y"].shape == (1, 192)
+        finally:
+            c.set_budget("auto")
+            c.unload_model("b")
+
+
+def test_status_table_and_json(daemon):
+    out = daemon.ctl("status")
+    assert out.returncode == EXIT_OK and "budget" in out.stdout and " a " in out.stdout
+    out = daemon.ctl("status", "--json")
+    assert out.returncode == EXIT_OK and '"models"' in out.stdout
+
+
+def test_flexnnctl_without_a_daemon_says_so(tmp_path):
+    d = DaemonProcess(tmp_path)
+    out = d.ctl("status")
+    assert out.returncode == EXIT_NOT_RUNNING and "not running" in out.stderr
+    with d.client() as c, pytest.raises(NotRunning):
+        c.status()
+
+
+def test_a_second_instance_is_refused(daemon):
+    second = DaemonProcess(daemon.tmp, daemon.args, cache=daemon.cache)
+    second.notify_path = daemon.tmp / "notify2.sock"
+    second.log_path = daemon.tmp / "second.log"
+    second.start(wait=False)
+    try:
+        code = second.proc.wait(120)
+    finally:
+        second.close()
+    assert code == 3, second.log()
+    assert "already running" in second.log()
+    with daemon.client() as c:  # the first one still serves on its socket
+        assert c.server_ready()
+
+
+def test_sigterm_drains_readiness_watchdog_and_restart_keeps_the_budget(tmp_path, cache, models_dir):
+    d = DaemonProcess(
+        tmp_path,
+        ["--models-dir", str(models_dir), "--models", "a.onnx", "--threads", "1"],
+        env={"WATCHDOG_USEC": "400000"},
+        cache=cache,
+    )
+    try:
+        d.start()
+        d.wait_for("WATCHDOG=1", 30)
+        assert any(n.startswith("STATUS=") for n in d.notifications)
+        with d.client() as c:
+            smallest = min(p.budget_bytes for p in c.plans("a"))
+            c.set_budget(smallest)
+        d.stop(signal.SIGKILL)
+        d.start()  # the operator's budget comes back from the state directory
+        with d.client() as c:
+            status = c.status()
+            assert status.budget_source == "operator" and status.effective_budget_bytes == smallest
+            results = []
+            t = threading.Thread(target=lambda: results.append(c.infer("a", {"x": x_for()})))
+            t.start()
+            d.signal(signal.SIGTERM)
+            t.join(60)
+        assert d.proc.wait(60) == 0, d.log()
+        assert "STOPPING=1" in d.notifications[-1] or d.wait_for("STOPPING=1", 5)
+    finally:
+        d.close()
+
+
+def test_no_configuration_serves_the_default_model(tmp_path, cache):
+    """The README's first command: `flexnnd` with nothing configured."""
+    d = DaemonProcess(tmp_path, ["--threads", "1"], cache=cache)
+    try:
+        d.start()
+        with d.client() as c:
+            meta = c.model_metadata("mobilenet_v2")
+            x = np.random.default_rng(0).integers(0, 255, size=tuple(meta.inputs[0].shape), dtype=np.uint8)
+            out = c.infer("mobilenet_v2", x)
+        assert next(iter(out.values())).shape == (1, 1000)
+        assert d.stop() == 0
+    finally:
+        d.close()
