@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -77,10 +78,8 @@ class DaemonProcess:
             if time.monotonic() > deadline:
                 raise AssertionError(f"no {message!r} from flexnnd within {timeout} s:\n{self.log()}")
             self._notify.settimeout(0.2)
-            try:
+            with contextlib.suppress(TimeoutError):
                 self.notifications.append(self._notify.recv(4096).decode())
-            except TimeoutError:
-                pass
 
     def client(self, **kw):
         from flexnn_client.client import Client
