@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 class FlexnnError(Exception):
     """Base of every error flexnn raises on purpose."""
@@ -77,3 +79,16 @@ class ModelNotReady(ServingError):
 
 class Overloaded(ServingError):
     """More requests than the model's queue holds; the plan only accounts for that many."""
+
+
+class ConfigError(FlexnnError):
+    """A setting that is unknown or invalid; names the setting and where it came from."""
+
+
+class AlreadyRunning(FlexnnError):
+    """Another flexnnd holds the instance lock of this socket."""
+
+    def __init__(self, lock_path: str | os.PathLike[str], pid: int | None):
+        self.lock_path, self.pid = lock_path, pid
+        holder = f"pid {pid}" if pid is not None else "a process whose pid is not yet written"
+        super().__init__(f"another flexnnd is already running ({holder} holds the lock {lock_path})")
