@@ -1,0 +1,1 @@
+"""The flexnnd daemon: configuration, memory monitor, budget policy, gRPC services, lifecycle."""
