@@ -106,17 +106,10 @@ class Config:
             "Compute threads per inference; 0 = one per core. Fewer leave cores to others, at some latency."
         ),
     )
-    workers: int = field(
-        default=1,
-        metadata=doc(
-            "Inferences run at the same time; each needs its own activations, so each extra worker "
-            "leaves a smaller plan within the same budget."
-        ),
-    )
     queue_depth: int = field(
         default=8,
         metadata=doc(
-            "Requests that may wait for a worker; more get RESOURCE_EXHAUSTED. A waiting request "
+            "Requests per model that may wait while one runs (each model runs one inference at a time on its arena); more get RESOURCE_EXHAUSTED. A waiting request "
             "holds its input tensors in memory."
         ),
     )
@@ -163,9 +156,11 @@ class Config:
             "the budget, and one poll thread less."
         ),
     )
-    cgroup_root: Path = field(
-        default=Path("/sys/fs/cgroup"),
-        metadata=doc("Where the cgroup file systems are mounted; tests point it at a fake tree."),
+    fs_root: Path = field(
+        default=Path("/"),
+        metadata=doc(
+            "Root under which the cgroup mount points named in mountinfo are found; tests point it at a fake tree."
+        ),
     )
     proc_root: Path = field(
         default=Path("/proc"),
@@ -363,7 +358,6 @@ def _problems(c: Config) -> list[tuple[str, str]]:
             problems.append(("budget", f"{e}; or write auto"))
     need(all(m.strip() for m in c.models), "models", "has an empty name")
     need(c.threads >= 0, "threads", f"is {c.threads}; use 0 for one per core")
-    need(c.workers >= 1, "workers", f"is {c.workers}; at least 1 is needed to serve")
     need(c.queue_depth >= 0, "queue_depth", f"is {c.queue_depth}; cannot be negative")
     # gRPC keeps message limits in a signed 32-bit int.
     need(

@@ -33,7 +33,7 @@ from flexnnd.daemon.config import Config, resolve_dirs
 from flexnnd.daemon.events import Event, EventBus
 from flexnnd.daemon.lock import InstanceLock
 from flexnnd.daemon.models import Model, Models
-from flexnnd.daemon.monitor import Monitor
+from flexnnd.daemon.monitor import EventCounts, Monitor, MonitorConfig, Reading
 from flexnnd.daemon.policy import BudgetPolicy, Decision, PolicyConfig
 from flexnnd.daemon.proto import inference_pb2, inference_pb2_grpc
 from flexnnd.daemon.proto.flexnn.control.v1 import control_pb2, control_pb2_grpc
@@ -48,6 +48,7 @@ EXIT_FAILED = 1  # a failure while serving
 EXIT_STARTUP = 3  # configuration, lock, model or socket problems before serving began
 EXIT_FORCED = 130  # a second SIGINT cut the drain short
 
+NO_READING = Reading(None, None, None, None, None, EventCounts(), None)  # no monitor: no machine constraint
 BUDGET_FILE = "budget"  # the operator's budget in the state directory: a size, absent means auto
 MAX_WATCHERS = 8
 TICK_S = 0.5  # the main loop's longest sleep: the bound on reacting to a signal flag
@@ -148,9 +149,15 @@ class Daemon:
     def reevaluate(self, pressure: list, force: bool = False) -> Decision:
         """Decide the effective budget from every source; rebalance the models when it moved."""
         with self._budget_lock:
-            reading = self.monitor.read() if self.monitor is not None else None
+            reading = self.monitor.read() if self.monitor is not None else NO_READING
             decision = self.policy.decide(
-                time.monotonic(), reading, self.operator_budget, self.runtime_overhead, self.models.total, pressure
+                time.monotonic(),
+                reading,
+                self.operator_budget,
+                self.runtime_overhead,
+                self.models.total,
+                pressure,
+                model_bytes=self.models.committed,
             )
             previous = self.models.total
             self.decision = decision
@@ -221,13 +228,13 @@ class Daemon:
 
     def status_message(self) -> control_pb2.Status:
         decision = self.decision
-        reading = self.monitor.read() if self.monitor is not None else None
+        reading = self.monitor.read() if self.monitor is not None else NO_READING
         last = self.events.last.get("pressure")
         return control_pb2.Status(
             effective_budget_bytes=(decision.budget or 0) if decision else 0,
             budget_source=decision.source if decision else "none",
             operator_budget="auto" if self.operator_budget is None else str(self.operator_budget),
-            cgroup_limit_bytes=(getattr(reading, "limit", None) or 0) if reading is not None else 0,
+            cgroup_limit_bytes=reading.limit or 0,
             runtime_overhead_bytes=self.runtime_overhead,
             rss_bytes=psutil.Process().memory_info().rss,
             swaps=self.models.swaps,
@@ -276,18 +283,19 @@ class Daemon:
         log.info("serving on %s: %s", self.dirs.socket, self.status_text())
 
     def _open_monitor(self) -> Monitor | None:
-        from flexnnd.daemon.monitor import MonitorConfig
-
         try:
             monitor = Monitor(
                 MonitorConfig(
                     proc_root=self.config.proc_root,
-                    cgroup_root=self.config.cgroup_root,
-                    trigger=self.config.pressure_trigger,
+                    fs_root=self.config.fs_root,
+                    psi_trigger=self.config.pressure_trigger,
                     env=self.env,
                 )
             )
             monitor.open()
+            for note in monitor.notes:
+                log.info("monitor: %s", note)
+            log.info("memory signals: %s", ", ".join(monitor.sources) or "none (limits and MemAvailable polled)")
             return monitor
         except (OSError, FlexnnError) as e:
             # Not silent: logged and shown as an error event; the other budget sources still apply.
@@ -437,7 +445,9 @@ class Daemon:
             if self.reload_requested:
                 self.reload()
             for event in pressure:
-                self.events.publish(Event("pressure", str(event), source="pressure"))
+                self.events.publish(
+                    Event("pressure", f"{event.kind} ×{event.count} from {event.source}", source="pressure")
+                )
             self.reevaluate(pressure, force=self._pending_reevaluate)
             self._pending_reevaluate = False
             now = time.monotonic()
