@@ -205,3 +205,26 @@ def test_no_configuration_serves_the_default_model(tmp_path, cache):
         assert d.stop() == 0
     finally:
         d.close()
+
+
+def test_a_stock_tritonclient_talks_to_flexnnd(daemon, models_dir, tmp_path):
+    """tritonclient's gRPC client, in its own process (its `inference` messages clash with ours)."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.daemon.harness import ROOT
+
+    pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] is a test extra")
+    x = x_for(seed=9)
+    np.save(tmp_path / "x.npy", x)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "clients/examples/triton_infer.py"), "--url", f"unix://{daemon.socket}",
+         "--model", "a", "--input", str(tmp_path / "x.npy"), "--json"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["live"] and got["ready"] and got["shape"] == [1, 256]
+    want = reference(models_dir, "a", x, tmp_path)
+    np.testing.assert_array_equal(np.array(got["values"], np.float32), want.reshape(-1))
