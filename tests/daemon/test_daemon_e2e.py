@@ -215,7 +215,6 @@ def test_a_stock_tritonclient_talks_to_flexnnd(daemon, models_dir, tmp_path):
 
     from tests.daemon.harness import ROOT
 
-    pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] is a test extra")
     x = x_for(seed=9)
     np.save(tmp_path / "x.npy", x)
     out = subprocess.run(
