@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from pathlib import Path
 
@@ -97,7 +98,9 @@ def test_reading_again_reloads_the_file(tmp_path):
 def test_unknown_key_names_key_file_and_line(tmp_path):
     path = tmp_path / "flexnnd.toml"
     path.write_text('budget = "64M"\n\n# a comment\nwrokers = 2\n')
-    with pytest.raises(ConfigError, match=rf"{re.escape(str(path))} line 4: unknown setting 'wrokers'.*'workers'"):
+    with pytest.raises(
+        ConfigError, match=rf"{re.escape(str(path))} line 4: unknown setting 'wrokers'.*'workers'"
+    ):
         load_config(path)
 
 
@@ -208,6 +211,7 @@ def test_dirs_from_systemd(tmp_path):
     assert dirs.models == Path("/var/lib/flexnn/models")
     assert dirs.socket == Path("/run/flexnn/flexnnd.sock")
     assert dirs.lock == Path("/run/flexnn/flexnnd.sock.lock")
+    assert dirs.numba_cache == Path("/var/cache/flexnn/numba")
 
 
 def test_dirs_from_xdg_and_home(tmp_path):
@@ -217,7 +221,9 @@ def test_dirs_from_xdg_and_home(tmp_path):
     assert dirs.state == Path("/home/u/.local/state/flexnn")
     assert dirs.cache == Path("/c/flexnn")
     # Relative XDG paths are invalid by the spec and ignored.
-    assert resolve_dirs(Config(), {"XDG_CACHE_HOME": "rel", "HOME": "/h"}, uid=0).cache == Path("/h/.cache/flexnn")
+    assert resolve_dirs(Config(), {"XDG_CACHE_HOME": "rel", "HOME": "/h"}, uid=0).cache == Path(
+        "/h/.cache/flexnn"
+    )
 
 
 def test_dirs_without_a_session():
@@ -252,3 +258,13 @@ def test_size_text_round_trips():
     for n in (0, 1, 1000, 4096, 8 << 20, (1 << 30) + 1, 3 << 40):
         assert parse_size(cfg.size_text(n)) == n
     assert cfg.size_text(64 << 20) == "64M"
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="handing a folder to another user needs root")
+def test_create_dirs_refuses_a_runtime_dir_of_another_user(tmp_path):
+    runtime = tmp_path / "flexnn-1000"
+    runtime.mkdir()
+    os.chown(runtime, 12345, 12345)  # as if planted in a shared temp dir by someone else
+    dirs = resolve_dirs(Config(runtime_dir=runtime, state_dir=tmp_path / "s", cache_dir=tmp_path / "c"), {})
+    with pytest.raises(ConfigError, match="belongs to uid 12345"):
+        cfg.create_dirs(dirs)

@@ -17,7 +17,9 @@ REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "flexnnd.service"
 EXPOSURE_BAR = 2.0  # issue 4: `systemd-analyze security` exposure at most 2.0
 
-needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+needs_analyze = pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed"
+)
 
 
 def settings(text: str) -> dict[str, list[str]]:
