@@ -29,7 +29,7 @@ from grpc_reflection.v1alpha import reflection
 
 from flexnnd import zoo
 from flexnnd.daemon import services
-from flexnnd.daemon.config import Config, resolve_dirs
+from flexnnd.daemon.config import Config, create_dirs, resolve_dirs
 from flexnnd.daemon.events import Event, EventBus
 from flexnnd.daemon.lock import InstanceLock
 from flexnnd.daemon.models import Model, Models
@@ -260,9 +260,7 @@ class Daemon:
 
     def startup(self) -> None:
         dirs = self.dirs
-        for d in (dirs.runtime, dirs.state, dirs.cache, dirs.models):
-            d.mkdir(parents=True, exist_ok=True)
-        os.chmod(dirs.runtime, 0o750)
+        create_dirs(dirs)
         self.lock = InstanceLock(dirs.lock)
         self.operator_budget = self._read_operator_budget()
         if self.config.watch_pressure:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -97,7 +98,7 @@ class DaemonProcess:
             timeout=timeout,
         )
 
-    def signal(self, sig: int) -> None:
+    def send(self, sig: int) -> None:
         self.proc.send_signal(sig)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:

@@ -53,9 +53,9 @@ def test_every_field_has_a_flag():
 
 def test_precedence_defaults_file_flags(tmp_path):
     path = tmp_path / "flexnnd.toml"
-    path.write_text('workers = 3\nbudget = "96M"\nheadroom = 1048576\nmodels = ["resnet18", "vgg16"]\n')
-    config = parse(["--config", str(path), "--workers", "2", "--no-watch-pressure"])
-    assert config.workers == 2  # flag over file
+    path.write_text('threads = 3\nbudget = "96M"\nheadroom = 1048576\nmodels = ["resnet18", "vgg16"]\n')
+    config = parse(["--config", str(path), "--threads", "2", "--no-watch-pressure"])
+    assert config.threads == 2  # flag over file
     assert config.budget == "96M" and config.budget_bytes == 96 << 20  # file over default
     assert config.headroom == 1 << 20
     assert config.models == ("resnet18", "vgg16")
@@ -88,26 +88,26 @@ def test_flag_types(tmp_path):
 def test_reading_again_reloads_the_file(tmp_path):
     path = tmp_path / "flexnnd.toml"
     path.write_text("queue_depth = 4\n")
-    args = build_parser().parse_args(["--config", str(path), "--workers", "2"])
+    args = build_parser().parse_args(["--config", str(path), "--threads", "2"])
     assert config_from_args(args).queue_depth == 4
     path.write_text("queue_depth = 16\n")
     again = config_from_args(args)
-    assert again.queue_depth == 16 and again.workers == 2
+    assert again.queue_depth == 16 and again.threads == 2
 
 
 def test_unknown_key_names_key_file_and_line(tmp_path):
     path = tmp_path / "flexnnd.toml"
-    path.write_text('budget = "64M"\n\n# a comment\nwrokers = 2\n')
+    path.write_text('budget = "64M"\n\n# a comment\nthraeds = 2\n')
     with pytest.raises(
-        ConfigError, match=rf"{re.escape(str(path))} line 4: unknown setting 'wrokers'.*'workers'"
+        ConfigError, match=rf"{re.escape(str(path))} line 4: unknown setting 'thraeds'.*'threads'"
     ):
         load_config(path)
 
 
 def test_wrong_type_in_file_names_the_line(tmp_path):
     path = tmp_path / "flexnnd.toml"
-    path.write_text('threads = 2\nworkers = "two"\n')
-    with pytest.raises(ConfigError, match=r"line 2: workers expected an integer"):
+    path.write_text('queue_depth = 2\nthreads = "two"\n')
+    with pytest.raises(ConfigError, match=r"line 2: threads expected an integer"):
         load_config(path)
     path.write_text("watch_pressure = 1\n")
     with pytest.raises(ConfigError, match=r"line 1: watch_pressure expected a bool"):
@@ -119,7 +119,7 @@ def test_wrong_type_in_file_names_the_line(tmp_path):
 
 def test_bad_toml_and_missing_file(tmp_path):
     path = tmp_path / "flexnnd.toml"
-    path.write_text("workers = \n")
+    path.write_text("threads = \n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(path)
     with pytest.raises(ConfigError, match="cannot read the configuration file"):
@@ -130,10 +130,10 @@ def test_range_errors_name_the_origin(tmp_path):
     path = tmp_path / "flexnnd.toml"
     path.write_text("\nqueue_depth = -1\n")
     with pytest.raises(ConfigError) as info:
-        parse(["--config", str(path), "--workers", "0"])
+        parse(["--config", str(path), "--threads", "-2"])
     message = str(info.value)
     assert f"queue_depth ({path} line 2) is -1" in message
-    assert "workers (flag --workers) is 0" in message  # every problem at once
+    assert "threads (flag --threads) is -2" in message  # every problem at once
 
 
 def test_relative_paths_in_the_file_are_relative_to_it(tmp_path):
@@ -147,7 +147,6 @@ def test_relative_paths_in_the_file_are_relative_to_it(tmp_path):
 @pytest.mark.parametrize(
     ("changes", "field", "why"),
     [
-        ({"workers": 0}, "workers", "at least 1"),
         ({"threads": -2}, "threads", "one per core"),
         ({"budget": "lots"}, "budget", "not a size"),
         ({"budget": "0"}, "budget", "above 0"),
@@ -194,7 +193,7 @@ def test_valid_settings_are_accepted(changes):
 
 def test_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
-        Config().workers = 2  # type: ignore[misc]
+        Config().threads = 2  # type: ignore[misc]
 
 
 def test_dirs_from_systemd(tmp_path):

@@ -184,7 +184,7 @@ def test_sigterm_drains_readiness_watchdog_and_restart_keeps_the_budget(tmp_path
             results = []
             t = threading.Thread(target=lambda: results.append(c.infer("a", {"x": x_for()})))
             t.start()
-            d.signal(signal.SIGTERM)
+            d.send(signal.SIGTERM)
             t.join(60)
         assert d.proc.wait(60) == 0, d.log()
         assert "STOPPING=1" in d.notifications[-1] or d.wait_for("STOPPING=1", 5)
