@@ -54,3 +54,11 @@ class BudgetTooSmall(PlanError):
 
 class LoadError(FlexnnError):
     """Reading weights from storage failed during an inference or a plan adoption."""
+
+
+class InvalidRequest(FlexnnError, ValueError):
+    """An inference request that does not fit the model: names, datatypes, shapes, byte counts or values."""
+
+    def __init__(self, message: str, expected: object = None, got: object = None, tensor: str = ""):
+        self.expected, self.got, self.tensor = expected, got, tensor
+        super().__init__(message)
