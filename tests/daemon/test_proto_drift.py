@@ -261,3 +261,49 @@ def test_control_service_methods():
     watch = service.methods_by_name["WatchEvents"]
     assert watch.server_streaming and not watch.client_streaming
     assert watch.output_type.full_name == "flexnn.control.v1.Event"
+
+
+def test_generated_stubs_serve_over_a_unix_socket(tmp_path):
+    """The committed code works with the installed grpcio: a unary OIP call and the Control event stream."""
+    from concurrent import futures
+
+    import grpc
+
+    from flexnnd.daemon.proto import inference_pb2_grpc
+    from flexnnd.daemon.proto.flexnn.control.v1 import control_pb2_grpc
+
+    class Inference(inference_pb2_grpc.GRPCInferenceServiceServicer):
+        def ServerLive(self, request, context):
+            return inference_pb2.ServerLiveResponse(live=True)
+
+    class Control(control_pb2_grpc.ControlServicer):
+        def WatchEvents(self, request, context):
+            for i in range(3):
+                yield control_pb2.Event(kind=control_pb2.Event.KIND_SWAP, from_bytes=i, to_bytes=i + 1)
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(Inference(), server)
+    control_pb2_grpc.add_ControlServicer_to_server(Control(), server)
+    address = f"unix://{tmp_path}/s.sock"
+    assert server.add_insecure_port(address)
+    server.start()
+    try:
+        with grpc.insecure_channel(address) as channel:
+            assert (
+                inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+                .ServerLive(inference_pb2.ServerLiveRequest(), timeout=30)
+                .live
+            )
+            events = list(
+                control_pb2_grpc.ControlStub(channel).WatchEvents(
+                    control_pb2.WatchEventsRequest(), timeout=30
+                )
+            )
+            assert [(e.kind, e.from_bytes, e.to_bytes) for e in events] == [(2, 0, 1), (2, 1, 2), (2, 2, 3)]
+            with pytest.raises(grpc.RpcError) as info:
+                inference_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+                    inference_pb2.ModelInferRequest(), timeout=30
+                )
+            assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        server.stop(None).wait()
