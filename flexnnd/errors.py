@@ -92,3 +92,11 @@ class AlreadyRunning(FlexnnError):
         self.lock_path, self.pid = lock_path, pid
         holder = f"pid {pid}" if pid is not None else "a process whose pid is not yet written"
         super().__init__(f"another flexnnd is already running ({holder} holds the lock {lock_path})")
+
+
+class InvalidRequest(FlexnnError, ValueError):
+    """An inference request that does not fit the model: names, datatypes, shapes, byte counts or values."""
+
+    def __init__(self, message: str, expected: object = None, got: object = None, tensor: str = ""):
+        self.expected, self.got, self.tensor = expected, got, tensor
+        super().__init__(message)

@@ -1,0 +1,312 @@
+"""Codec between Open Inference Protocol v2 messages and numpy arrays (no server here).
+
+Inputs come raw (`raw_input_contents`: little-endian, row-major, one blob per input in the order of
+`inputs`) or typed (`InferInputTensor.contents`), never both in one request. Datatypes: FP32, and UINT8
+for camera frames, which becomes float32 with the values 0..255 unscaled. Outputs go back raw, one
+`raw_output_contents` blob per output in order: the common clients (tritonclient) read only that.
+Every malformed request raises InvalidRequest with the numbers, and is rejected before any buffer is
+sized from what it declares.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from flexnnd.daemon.proto import inference_pb2 as pb
+from flexnnd.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from flexnnd.runtime.session import TensorSpec
+
+# numpy dtype name -> OIP datatype, for metadata and responses.
+DATATYPES = {
+    "float32": "FP32",
+    "float64": "FP64",
+    "uint8": "UINT8",
+    "int32": "INT32",
+    "int64": "INT64",
+    "bool": "BOOL",
+}
+# Datatypes accepted for a float32 model input: their wire dtype and the typed field that carries them.
+INPUT_DATATYPES = {
+    "FP32": (np.dtype("<f4"), "fp32_contents"),
+    "UINT8": (np.dtype("u1"), "uint_contents"),
+}
+_CONTENT_FIELDS = tuple(f.name for f in pb.InferTensorContents.DESCRIPTOR.fields)
+# Elements checked for NaN/Inf at a time: bounds the temporary mask whatever the input's size.
+_FINITE_CHUNK = 1 << 16
+
+
+def decode_infer_request(
+    request: pb.ModelInferRequest,
+    inputs: Sequence[TensorSpec],
+    max_bytes: int,
+    *,
+    allow_nonfinite: bool = False,
+) -> dict[str, np.ndarray]:
+    """The request's inputs as float32 arrays of the model's shapes, keyed by name.
+
+    `inputs` are the model's input specs (float32, static shapes with batch 1); `max_bytes` bounds the
+    decoded inputs together. The declared shape must equal the model's; a raw blob must hold exactly
+    prod(shape) x itemsize bytes, a typed field exactly prod(shape) values. UINT8 data (raw bytes or
+    `uint_contents` values 0..255) is converted to float32 0.0..255.0 unscaled: no /255, no mean or
+    std, as the model was exported. FP32 raw inputs are returned as read-only views of the request's
+    bytes (no copy). NaN and Inf are rejected unless `allow_nonfinite`.
+    """
+    _check_names(request, inputs)
+    raw = request.raw_input_contents
+    typed = [t.name for t in request.inputs if t.HasField("contents")]
+    if len(raw) and typed:
+        raise InvalidRequest(
+            f"request mixes {len(raw)} raw_input_contents blob(s) with typed contents on {_names(typed)}: "
+            "use one or the other",
+            expected=0,
+            got=len(typed),
+        )
+    if len(raw) and len(raw) != len(request.inputs):
+        raise InvalidRequest(
+            f"request has {len(raw)} raw_input_contents blob(s) for {len(request.inputs)} input(s): "
+            "one blob per input, in order",
+            expected=len(request.inputs),
+            got=len(raw),
+        )
+    specs = {s.name: s for s in inputs}
+    for tensor in request.inputs:
+        _check_header(tensor, specs[tensor.name])
+    total = sum(math.prod(s.shape) * np.dtype(np.float32).itemsize for s in inputs)
+    if total > max_bytes:
+        raise InvalidRequest(
+            f"the inputs take {total:,} bytes, above the limit of {max_bytes:,} bytes",
+            expected=max_bytes,
+            got=total,
+        )
+    feeds = {}
+    for i, tensor in enumerate(request.inputs):
+        spec = specs[tensor.name]
+        array = _decode_raw(tensor, raw[i], spec) if len(raw) else _decode_typed(tensor, spec)
+        if not allow_nonfinite and tensor.datatype == "FP32":
+            _check_finite(tensor.name, array)
+        feeds[tensor.name] = array
+    return feeds
+
+
+def requested_outputs(request: pb.ModelInferRequest, outputs: Sequence[TensorSpec]) -> list[str]:
+    """The output names to answer with: those requested, in request order, or all in model order."""
+    known = [s.name for s in outputs]
+    if not request.outputs:
+        return known
+    names = [o.name for o in request.outputs]
+    _reject_duplicates(names, "output")
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise InvalidRequest(
+            f"unknown output(s) {_names(unknown)}; the model's outputs are {_names(known)}",
+            expected=known,
+            got=unknown,
+        )
+    for o in request.outputs:
+        if "classification" in o.parameters:
+            raise InvalidRequest(
+                f"output {o.name!r}: the classification extension is not supported; "
+                "request the raw output and take the top classes on the client",
+                tensor=o.name,
+            )
+    return names
+
+
+def encode_infer_response(
+    model_name: str,
+    model_version: str,
+    request_id: str,
+    outputs: Mapping[str, np.ndarray],
+    names: Iterable[str],
+) -> pb.ModelInferResponse:
+    """A response with the `names` outputs, one little-endian raw_output_contents blob each, in order."""
+    response = pb.ModelInferResponse(model_name=model_name, model_version=model_version, id=request_id)
+    for name in names:
+        array = np.asarray(outputs[name])
+        response.outputs.add(name=name, datatype=_datatype(array.dtype, name), shape=array.shape)
+        response.raw_output_contents.append(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+    return response
+
+
+def model_metadata(
+    name: str,
+    versions: Sequence[str],
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
+    platform: str = "flexnn",
+) -> pb.ModelMetadataResponse:
+    """The ModelMetadata answer: the model's tensors with their OIP datatypes and static shapes."""
+
+    def tensors(specs: Sequence[TensorSpec]) -> list[pb.ModelMetadataResponse.TensorMetadata]:
+        return [
+            pb.ModelMetadataResponse.TensorMetadata(
+                name=s.name, datatype=_datatype(np.dtype(s.dtype), s.name), shape=s.shape
+            )
+            for s in specs
+        ]
+
+    return pb.ModelMetadataResponse(
+        name=name, versions=versions, platform=platform, inputs=tensors(inputs), outputs=tensors(outputs)
+    )
+
+
+def server_metadata(
+    version: str, extensions: Sequence[str], name: str = "flexnnd"
+) -> pb.ServerMetadataResponse:
+    """The ServerMetadata answer."""
+    return pb.ServerMetadataResponse(name=name, version=version, extensions=extensions)
+
+
+def _check_names(request: pb.ModelInferRequest, inputs: Sequence[TensorSpec]) -> None:
+    names = [t.name for t in request.inputs]
+    _reject_duplicates(names, "input")
+    expected = [s.name for s in inputs]
+    unknown = [n for n in names if n not in expected]
+    if unknown:
+        raise InvalidRequest(
+            f"unknown input(s) {_names(unknown)}; the model's inputs are {_names(expected)}",
+            expected=expected,
+            got=unknown,
+        )
+    missing = [n for n in expected if n not in names]
+    if missing:
+        raise InvalidRequest(
+            f"missing input(s) {_names(missing)}; the model's inputs are {_names(expected)}",
+            expected=expected,
+            got=names,
+        )
+
+
+def _check_header(tensor: pb.ModelInferRequest.InferInputTensor, spec: TensorSpec) -> None:
+    """Datatype and declared shape against the model, before anything is sized from them."""
+    if spec.dtype != "float32":
+        raise InvalidRequest(
+            f"input {spec.name!r}: the model takes {spec.dtype}; this codec serves float32 inputs",
+            expected="float32",
+            got=spec.dtype,
+            tensor=spec.name,
+        )
+    if tensor.datatype not in INPUT_DATATYPES:
+        raise InvalidRequest(
+            f"input {tensor.name!r}: datatype {tensor.datatype!r} is not accepted; "
+            f"send one of {sorted(INPUT_DATATYPES)}",
+            expected=sorted(INPUT_DATATYPES),
+            got=tensor.datatype,
+            tensor=tensor.name,
+        )
+    shape = tuple(tensor.shape)
+    if shape != tuple(spec.shape):
+        raise InvalidRequest(
+            f"input {tensor.name!r}: shape {_shape(shape)} does not match the model's {_shape(spec.shape)}",
+            expected=tuple(spec.shape),
+            got=shape if len(shape) <= 16 else f"{len(shape)} dimensions",
+            tensor=tensor.name,
+        )
+
+
+def _decode_raw(tensor: pb.ModelInferRequest.InferInputTensor, blob: bytes, spec: TensorSpec) -> np.ndarray:
+    wire, _ = INPUT_DATATYPES[tensor.datatype]
+    count = math.prod(spec.shape)
+    expected = count * wire.itemsize
+    if len(blob) != expected:
+        raise InvalidRequest(
+            f"input {tensor.name!r}: raw contents are {len(blob):,} bytes, expected {expected:,} "
+            f"({_shape(spec.shape)} x {wire.itemsize} byte(s) of {tensor.datatype})",
+            expected=expected,
+            got=len(blob),
+            tensor=tensor.name,
+        )
+    array = np.frombuffer(blob, dtype=wire).reshape(spec.shape)
+    return array.astype(np.float32, copy=False)
+
+
+def _decode_typed(tensor: pb.ModelInferRequest.InferInputTensor, spec: TensorSpec) -> np.ndarray:
+    if not tensor.HasField("contents"):
+        raise InvalidRequest(
+            f"input {tensor.name!r} has no data: neither raw_input_contents nor contents "
+            "(shared memory is not supported)",
+            tensor=tensor.name,
+        )
+    _, field = INPUT_DATATYPES[tensor.datatype]
+    stray = [f for f in _CONTENT_FIELDS if f != field and len(getattr(tensor.contents, f))]
+    if stray:
+        raise InvalidRequest(
+            f"input {tensor.name!r} is {tensor.datatype}, carried in {field}, but has {', '.join(stray)}",
+            expected=field,
+            got=stray,
+            tensor=tensor.name,
+        )
+    values = getattr(tensor.contents, field)
+    count = math.prod(spec.shape)
+    if len(values) != count:
+        raise InvalidRequest(
+            f"input {tensor.name!r}: {field} holds {len(values):,} values, expected {count:,} "
+            f"(shape {_shape(spec.shape)})",
+            expected=count,
+            got=len(values),
+            tensor=tensor.name,
+        )
+    if field == "fp32_contents":
+        return np.fromiter(values, dtype=np.float32, count=count).reshape(spec.shape)
+    array = np.fromiter(values, dtype=np.uint32, count=count)
+    if count and int(array.max()) > 255:
+        raise InvalidRequest(
+            f"input {tensor.name!r}: UINT8 value {int(array.max())} at flat index {int(array.argmax())} "
+            "is above 255",
+            expected=255,
+            got=int(array.max()),
+            tensor=tensor.name,
+        )
+    return array.astype(np.float32).reshape(spec.shape)
+
+
+def _check_finite(name: str, array: np.ndarray) -> None:
+    flat = array.reshape(-1)
+    bad, first = 0, -1
+    for start in range(0, flat.size, _FINITE_CHUNK):
+        chunk_bad = ~np.isfinite(flat[start : start + _FINITE_CHUNK])
+        n = int(np.count_nonzero(chunk_bad))
+        if n and first < 0:
+            first = start + int(np.argmax(chunk_bad))
+        bad += n
+    if bad:
+        raise InvalidRequest(
+            f"input {name!r} holds {bad:,} NaN/Inf value(s) of {flat.size:,}, the first at flat index {first}",
+            expected=0,
+            got=bad,
+            tensor=name,
+        )
+
+
+def _datatype(dtype: np.dtype, name: str) -> str:
+    try:
+        return DATATYPES[dtype.name]
+    except KeyError:
+        raise TypeError(f"tensor {name!r} has dtype {dtype}, which has no OIP datatype here") from None
+
+
+def _reject_duplicates(names: list[str], what: str) -> None:
+    counts = Counter(names)
+    duplicates = sorted(n for n, k in counts.items() if k > 1)
+    if duplicates:
+        raise InvalidRequest(
+            f"duplicate {what}(s) {_names(duplicates)} in the request", expected=1, got=max(counts.values())
+        )
+
+
+def _names(names: Sequence[str], limit: int = 8) -> str:
+    """Names for a message, at most `limit` of them: requests are untrusted and may carry thousands."""
+    shown = ", ".join(repr(n[:64]) for n in names[:limit])
+    return f"[{shown}{f', ... {len(names) - limit} more' if len(names) > limit else ''}]"
+
+
+def _shape(shape: Sequence[int], limit: int = 8) -> str:
+    dims = ", ".join(str(d) for d in shape[:limit])
+    return f"[{dims}{f', ... {len(shape) - limit} more' if len(shape) > limit else ''}]"
