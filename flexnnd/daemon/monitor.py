@@ -312,7 +312,7 @@ class _Source:
     sock: socket.socket | None = None
 
     def consume(self) -> int:
-        """Take what the wake-up left behind; the number of events it stands for (0: the peer is gone)."""
+        """Take what the wake-up left behind: how many events it stands for, -1 when the peer is gone."""
         if self.kind == "psi":
             return 1
         if self.kind == "eventfd":
@@ -324,7 +324,7 @@ class _Source:
             except BlockingIOError:
                 return 1 if got else 0
             if not chunk:
-                return 1 if got else 0
+                return 1 if got else -1
             got += len(chunk)
 
     def close(self) -> None:
@@ -539,13 +539,13 @@ class Monitor:
                 continue
             source = next(s for s in self._sources if s.fd == fd)
             count = source.consume() if revents & (select.POLLIN | select.POLLPRI) else 0
-            if count:
+            if count > 0:
                 events.append(MemoryEvent("pressure", source.name, count))
-            if revents & (select.POLLERR | select.POLLHUP | select.POLLNVAL) and not count:
-                # PSI reports POLLERR when its cgroup goes away; a socket peer that left says EOF
-                self._drop(source, f"pressure source {source.name} failed (poll events {revents:#x})")
-            elif count == 0 and source.kind == "socket":
+            elif count < 0:
                 self._drop(source, f"pressure source {source.name} closed by its peer")
+            elif revents & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
+                # PSI reports POLLERR when its cgroup goes away
+                self._drop(source, f"pressure source {source.name} failed (poll events {revents:#x})")
         events.extend(self._counter_increases())
         return events
 
