@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
+import select
 import socket
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +22,7 @@ from flexnnd.daemon.monitor import (
     MonitorConfig,
     discover_cgroup,
 )
+from flexnnd.daemon.policy import PolicyConfig
 
 MiB = 1 << 20
 V1_UNLIMITED = 9223372036854771712
@@ -340,3 +346,156 @@ def test_wake_returns_wait_early_and_close_releases_every_fd(tmp_path):
 def test_config_rejects_a_malformed_trigger():
     with pytest.raises(ValueError, match="psi_trigger"):
         MonitorConfig(psi_trigger="some 150ms 2s")
+
+
+# ---------------------------------------------------------------------------------------------
+# the real kernel
+
+
+def test_real_psi_trigger_on_proc_pressure_memory(tmp_path):
+    if not Path("/proc/pressure/memory").exists():
+        pytest.skip("this kernel has no PSI (/proc/pressure/memory missing; boot with psi=1)")
+    # a proc view with the kernel's pressure files but no cgroup to find: the system PSI fallback
+    proc = tmp_path / "proc"
+    write(proc / "self" / "cgroup", "0::/\n")
+    write(proc / "self" / "mountinfo", "")
+    (proc / "pressure").symlink_to("/proc/pressure")
+    (proc / "meminfo").symlink_to("/proc/meminfo")
+    with Monitor(MonitorConfig(proc_root=proc, fs_root=tmp_path)) as monitor:
+        if not monitor.sources:
+            pytest.skip(f"the kernel refused a PSI trigger: {monitor.notes}")
+        assert monitor.sources == (f"psi:{proc / 'pressure/memory'}",)
+        assert monitor.read().mem_available > 0
+        # a file without a working trigger reports POLLERR at once and would be dropped
+        monitor.wait(0.2)
+        assert monitor.sources == (f"psi:{proc / 'pressure/memory'}",)
+    # the kernel checks the trigger: a window over 10 s is refused, and the monitor says so
+    with Monitor(
+        MonitorConfig(proc_root=proc, fs_root=tmp_path, psi_trigger="some 150000 20000000")
+    ) as monitor:
+        assert monitor.sources == ()
+        assert any("Invalid argument" in note for note in monitor.notes)
+
+
+V1_MEMORY = Path("/sys/fs/cgroup/memory")
+
+CHILD = r"""
+import json, os, sys, time
+print("ready", flush=True)
+sys.stdin.readline()  # moved into the test cgroup by now: everything from here is charged there
+from dataclasses import asdict
+from flexnnd.daemon.monitor import Monitor, MonitorConfig
+from flexnnd.daemon.policy import BudgetPolicy
+
+def say(**kw):
+    print(json.dumps(kw), flush=True)
+
+policy, budget = BudgetPolicy(), None
+with Monitor(MonitorConfig(v1_pressure_level=sys.argv[1])) as m:
+    say(dir=str(m.cgroup.memory_dir), version=m.cgroup.memory_version, sources=m.sources, notes=m.notes)
+    for line in sys.stdin:
+        cmd, *arg = line.split()
+        if cmd == "read":
+            r = m.read()
+            d = policy.decide(time.monotonic(), r, None, 0, budget, [])
+            budget = d.budget
+            say(reading=asdict(r), working_set=r.working_set, budget=d.budget, source=d.source)
+        elif cmd == "fill":  # write page cache beyond the limit: reclaim, failcnt, pressure_level
+            with open(arg[0], "wb") as f:
+                for _ in range(int(arg[1])):
+                    f.write(b"x" * (1 << 20))
+            events = m.wait(10.0) + m.wait(0.5)
+            d = policy.decide(time.monotonic(), m.read(), None, 0, budget, events)
+            say(events=[[e.kind, e.source, e.count] for e in events], budget=d.budget, source=d.source)
+"""
+
+
+@pytest.fixture
+def v1_test_cgroup():
+    if os.geteuid() != 0:
+        pytest.skip("creating a v1 memory cgroup needs root")
+    if not (V1_MEMORY / "cgroup.event_control").exists():
+        pytest.skip(f"no cgroup v1 memory hierarchy at {V1_MEMORY}")
+    path = V1_MEMORY / f"flexnn-test-{os.getpid()}"
+    try:
+        path.mkdir()
+    except OSError as e:
+        pytest.skip(f"cannot create {path}: {e}")
+    try:
+        yield path
+    finally:
+        # the test killed its process; the kernel may take a moment to let the cgroup go
+        for _ in range(100):
+            try:
+                path.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            path.rmdir()
+
+
+def _line(proc: subprocess.Popen, timeout: float = 60.0) -> str:
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    assert ready, f"no answer from the child within {timeout} s"
+    line = proc.stdout.readline()
+    assert line, f"the child exited with {proc.wait()}: {proc.stderr.read()}"
+    return line
+
+
+def _ask(proc: subprocess.Popen, command: str) -> dict:
+    proc.stdin.write(command + "\n")
+    proc.stdin.flush()
+    return json.loads(_line(proc))
+
+
+def test_real_v1_cgroup_limit_change_and_pressure_level_eventfd(v1_test_cgroup, tmp_path):
+    cg = v1_test_cgroup
+    (cg / "memory.limit_in_bytes").write_text(f"{1024 * MiB}\n")
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, "low"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert _line(proc).strip() == "ready"
+        (cg / "cgroup.procs").write_text(f"{proc.pid}\n")
+        hello = _ask(proc, "go")
+        assert (hello["dir"], hello["version"]) == (str(cg), 1)
+        assert any(s.startswith("v1:") for s in hello["sources"]), hello
+
+        r = _ask(proc, "read")["reading"]
+        assert (r["cgroup_version"], r["limit_max"]) == (1, 1024 * MiB)
+        assert r["usage"] > 0
+
+        # lower the limit while the child runs: it sees the new one
+        usage = int((cg / "memory.usage_in_bytes").read_text())
+        limit = (usage + 48 * MiB) // 4096 * 4096
+        (cg / "memory.limit_in_bytes").write_text(f"{limit}\n")
+        answer = _ask(proc, "read")
+        assert answer["reading"]["limit_max"] == limit
+        # and the policy, fed its readings, moves the budget down to the new limit at once
+        cut_to = int(0.9 * limit) - PolicyConfig().headroom
+        assert (answer["budget"], answer["source"]) == (cut_to, "cgroup")
+
+        # page cache written beyond the limit: reclaim signals the registered eventfd, and the
+        # limit being hit shows as failcnt ("max")
+        answer = _ask(proc, f"fill {tmp_path / 'fill'} 160")
+        got = answer["events"]
+        kinds = {kind for kind, _, _ in got}
+        assert "pressure" in kinds, got
+        assert any(kind == "pressure" and source.startswith("v1:") for kind, source, _ in got), got
+        assert "max" in kinds, got
+        assert (answer["budget"], answer["source"]) == (int(0.75 * cut_to), "pressure")
+        assert proc.poll() is None, "the child was killed"
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        proc.stdin.close()
+        proc.stderr.close()
