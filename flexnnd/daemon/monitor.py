@@ -7,7 +7,8 @@ blocks in `wait()` on pressure file descriptors:
 - `$MEMORY_PRESSURE_WATCH` when the service manager gives it (systemd's protocol: a PSI file is
   watched for POLLPRI, a FIFO or an AF_UNIX stream socket for POLLIN; the Base64-decoded
   `$MEMORY_PRESSURE_WRITE` is written right after opening; the literal `/dev/null` turns pressure
-  watching off). Nothing else is watched then: the service manager has chosen.
+  watching off). Nothing else is watched then: the service manager has chosen. If the path cannot
+  be opened, the monitor falls back to its own triggers and says so in `notes`.
 - otherwise a PSI trigger on the own cgroup's v2 `memory.pressure` (also found in hybrid setups,
   where the v2 hierarchy carries no controllers but does carry PSI), else on
   `/proc/pressure/memory`; and, when the memory controller is v1, `memory.pressure_level` through
@@ -447,7 +448,7 @@ class Monitor:
             raise
         self._counts = read_event_counts(self.cgroup)
         for note in self._notes:
-            log.info("memory monitor: %s", note)
+            log.warning("memory monitor: %s", note)
         log.info(
             "memory monitor: cgroup %s (v%s), pressure from %s",
             self.cgroup.memory_dir,
@@ -464,8 +465,12 @@ class Monitor:
             if watch == "/dev/null":
                 self._notes.append("MEMORY_PRESSURE_WATCH=/dev/null: pressure watching turned off")
                 return
-            self._add(_open_watch(watch, _decode_write(cfg.env), trigger))
-            return
+            payload = _decode_write(cfg.env)
+            try:
+                self._add(_open_watch(watch, payload, trigger))
+                return
+            except OSError as e:
+                self._notes.append(f"cannot watch MEMORY_PRESSURE_WATCH={watch}: {e}; using our own triggers")
         candidates = []
         if self.cgroup.unified_dir is not None:
             candidates.append(self.cgroup.unified_dir / "memory.pressure")
