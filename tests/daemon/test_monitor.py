@@ -22,7 +22,7 @@ from flexnnd.daemon.monitor import (
     MonitorConfig,
     discover_cgroup,
 )
-from flexnnd.daemon.policy import PolicyConfig
+from flexnnd.daemon.policy import BudgetPolicy, PolicyConfig
 
 MiB = 1 << 20
 V1_UNLIMITED = 9223372036854771712
@@ -498,6 +498,7 @@ def test_real_v1_cgroup_limit_change_and_pressure_level_eventfd(v1_test_cgroup, 
     finally:
         proc.kill()
         proc.wait()
+        (tmp_path / "fill").unlink(missing_ok=True)
         proc.stdout.close()
         proc.stdin.close()
         proc.stderr.close()
@@ -523,3 +524,30 @@ def test_fifo_with_memory_pressure_write_gives_no_false_event(tmp_path):
         assert monitor.wait(0.0) == []
         fifo.write_bytes(b"!")
         assert [e.kind for e in monitor.wait(GENEROUS)] == ["pressure"]
+
+
+def test_cgroup_dir_override_skips_discovery(tmp_path):
+    _, d = v1_tree(tmp_path)
+    with Monitor(MonitorConfig(proc_root=tmp_path / "proc", cgroup_dir=d)) as monitor:
+        assert (monitor.cgroup.memory_dir, monitor.cgroup.memory_version) == (d, 1)
+        assert monitor.read().limit == 256 * MiB
+
+
+def test_monitor_and_policy_in_a_main_loop(tmp_path):
+    """The daemon's loop in small: wait, read, decide; a FIFO event and a lowered limit move the budget."""
+    fifo = tmp_path / "pressure.fifo"
+    os.mkfifo(fifo)
+    config, d = v2_tree(tmp_path)
+    config = MonitorConfig(
+        proc_root=config.proc_root, fs_root=config.fs_root, env={"MEMORY_PRESSURE_WATCH": str(fifo)}
+    )
+    policy = BudgetPolicy(PolicyConfig(headroom=0))
+    with Monitor(config) as monitor:
+        first = policy.decide(0.0, monitor.read(), None, 0, None, monitor.wait(0.0))
+        assert (first.budget, first.source) == (int(0.9 * 512 * MiB), "cgroup")
+        fifo.write_bytes(b"!")
+        d2 = policy.decide(1.0, monitor.read(), None, 0, first.budget, monitor.wait(GENEROUS))
+        assert (d2.budget, d2.source, d2.changed) == (int(0.75 * first.budget), "pressure", True)
+        (d / "memory.high").write_text(f"{256 * MiB}\n")
+        d3 = policy.decide(2.0, monitor.read(), None, 0, d2.budget, monitor.wait(0.0))
+        assert (d3.budget, d3.source, d3.changed) == (int(0.9 * 256 * MiB), "cgroup", True)
