@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import select
@@ -412,17 +413,15 @@ with Monitor(MonitorConfig(v1_pressure_level=sys.argv[1])) as m:
 """
 
 
-@pytest.fixture
-def v1_test_cgroup():
+def _make_test_cgroup(parent: Path, what: str):
+    """A fresh child cgroup under `parent`, removed afterwards; skips where the machine says no."""
     if os.geteuid() != 0:
-        pytest.skip("creating a v1 memory cgroup needs root")
-    if not (V1_MEMORY / "cgroup.event_control").exists():
-        pytest.skip(f"no cgroup v1 memory hierarchy at {V1_MEMORY}")
-    path = V1_MEMORY / f"flexnn-test-{os.getpid()}"
+        pytest.skip(f"creating a {what} needs root")
+    path = parent / f"flexnn-test-{os.getpid()}"
     try:
         path.mkdir()
     except OSError as e:
-        pytest.skip(f"cannot create {path}: {e}")
+        pytest.skip(f"cannot create a {what} at {path}: {e}")
     try:
         yield path
     finally:
@@ -435,6 +434,22 @@ def v1_test_cgroup():
                 time.sleep(0.1)
         else:
             path.rmdir()
+
+
+@pytest.fixture
+def v1_test_cgroup():
+    if not (V1_MEMORY / "cgroup.event_control").exists():
+        pytest.skip(f"no cgroup v1 memory hierarchy at {V1_MEMORY}")
+    yield from _make_test_cgroup(V1_MEMORY, "v1 memory cgroup")
+
+
+@pytest.fixture
+def v2_test_cgroup():
+    mounts = [line.split() for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    points = [m[4] for m in mounts if "-" in m and m[m.index("-") + 1] == "cgroup2"]
+    if not points:
+        pytest.skip("no cgroup2 hierarchy mounted")
+    yield from _make_test_cgroup(Path(points[0]), "cgroup2 cgroup")
 
 
 def _line(proc: subprocess.Popen, timeout: float = 60.0) -> str:
@@ -451,13 +466,14 @@ def _ask(proc: subprocess.Popen, command: str) -> dict:
     return json.loads(_line(proc))
 
 
-def test_real_v1_cgroup_limit_change_and_pressure_level_eventfd(v1_test_cgroup, tmp_path):
-    cg = v1_test_cgroup
-    (cg / "memory.limit_in_bytes").write_text(f"{1024 * MiB}\n")
+@contextlib.contextmanager
+def _monitor_child(cgroup: Path, v1_level: str = "low"):
+    """A process moved into `cgroup` before it imports anything, running a Monitor on the real roots."""
     repo = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    env.pop("MEMORY_PRESSURE_WATCH", None)
     proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, "low"],
+        [sys.executable, "-c", CHILD, v1_level],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -466,64 +482,64 @@ def test_real_v1_cgroup_limit_change_and_pressure_level_eventfd(v1_test_cgroup, 
     )
     try:
         assert _line(proc).strip() == "ready"
-        (cg / "cgroup.procs").write_text(f"{proc.pid}\n")
-        hello = _ask(proc, "go")
-        assert (hello["dir"], hello["version"]) == (str(cg), 1)
-        assert any(s.startswith("v1:") for s in hello["sources"]), hello
-
-        r = _ask(proc, "read")["reading"]
-        assert (r["cgroup_version"], r["limit_max"]) == (1, 1024 * MiB)
-        assert r["usage"] > 0
-
-        # lower the limit while the child runs: it sees the new one
-        usage = int((cg / "memory.usage_in_bytes").read_text())
-        limit = (usage + 48 * MiB) // 4096 * 4096
-        (cg / "memory.limit_in_bytes").write_text(f"{limit}\n")
-        answer = _ask(proc, "read")
-        assert answer["reading"]["limit_max"] == limit
-        # and the policy, fed its readings, moves the budget down to the new limit at once
-        cut_to = int(0.9 * limit) - PolicyConfig().headroom
-        assert (answer["budget"], answer["source"]) == (cut_to, "cgroup")
-
-        # page cache written beyond the limit: reclaim signals the registered eventfd, and the
-        # limit being hit shows as failcnt ("max")
-        answer = _ask(proc, f"fill {tmp_path / 'fill'} 160")
-        got = answer["events"]
-        kinds = {kind for kind, _, _ in got}
-        assert "pressure" in kinds, got
-        assert any(kind == "pressure" and source.startswith("v1:") for kind, source, _ in got), got
-        assert "max" in kinds, got
-        assert (answer["budget"], answer["source"]) == (int(0.75 * cut_to), "pressure")
-        assert proc.poll() is None, "the child was killed"
+        (cgroup / "cgroup.procs").write_text(f"{proc.pid}\n")
+        yield proc, _ask(proc, "go")
     finally:
         proc.kill()
         proc.wait()
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            pipe.close()
+
+
+def test_real_v1_cgroup_limit_change_and_pressure_level_eventfd(v1_test_cgroup, tmp_path):
+    cg = v1_test_cgroup
+    (cg / "memory.limit_in_bytes").write_text(f"{1024 * MiB}\n")
+    try:
+        with _monitor_child(cg) as (proc, hello):
+            assert (hello["dir"], hello["version"]) == (str(cg), 1)
+            assert any(s.startswith("v1:") for s in hello["sources"]), hello
+
+            r = _ask(proc, "read")["reading"]
+            assert (r["cgroup_version"], r["limit_max"]) == (1, 1024 * MiB)
+            assert r["usage"] > 0
+
+            # lower the limit while the child runs: it sees the new one
+            usage = int((cg / "memory.usage_in_bytes").read_text())
+            limit = (usage + 48 * MiB) // 4096 * 4096
+            (cg / "memory.limit_in_bytes").write_text(f"{limit}\n")
+            answer = _ask(proc, "read")
+            assert answer["reading"]["limit_max"] == limit
+            # and the policy, fed its readings, moves the budget down to the new limit at once
+            cut_to = int(0.9 * limit) - PolicyConfig().headroom
+            assert (answer["budget"], answer["source"]) == (cut_to, "cgroup")
+
+            # page cache written beyond the limit: reclaim signals the registered eventfd, and the
+            # limit being hit shows as failcnt ("max")
+            answer = _ask(proc, f"fill {tmp_path / 'fill'} 160")
+            got = answer["events"]
+            kinds = {kind for kind, _, _ in got}
+            assert "pressure" in kinds, got
+            assert any(kind == "pressure" and source.startswith("v1:") for kind, source, _ in got), got
+            assert "max" in kinds, got
+            assert (answer["budget"], answer["source"]) == (int(0.75 * cut_to), "pressure")
+            assert proc.poll() is None, "the child was killed"
+    finally:
         (tmp_path / "fill").unlink(missing_ok=True)
-        proc.stdout.close()
-        proc.stdin.close()
-        proc.stderr.close()
 
 
-def test_memory_pressure_watch_that_cannot_be_opened_falls_back_with_a_note(tmp_path):
-    config, d = v2_tree(tmp_path)
-    env = {"MEMORY_PRESSURE_WATCH": str(tmp_path / "missing")}
-    with Monitor(MonitorConfig(proc_root=config.proc_root, fs_root=config.fs_root, env=env)) as monitor:
-        assert monitor.sources == (f"psi:{d / 'memory.pressure'}",)
-        assert any("cannot watch MEMORY_PRESSURE_WATCH" in note for note in monitor.notes)
-
-
-def test_fifo_with_memory_pressure_write_gives_no_false_event(tmp_path):
-    fifo = tmp_path / "pressure.fifo"
-    os.mkfifo(fifo)
-    config, _ = v2_tree(tmp_path)
-    env = {
-        "MEMORY_PRESSURE_WATCH": str(fifo),
-        "MEMORY_PRESSURE_WRITE": base64.b64encode(b"some 1 2\0").decode(),
-    }
-    with Monitor(MonitorConfig(proc_root=config.proc_root, fs_root=config.fs_root, env=env)) as monitor:
-        assert monitor.wait(0.0) == []
-        fifo.write_bytes(b"!")
-        assert [e.kind for e in monitor.wait(GENEROUS)] == ["pressure"]
+def test_real_cgroup2_psi_trigger_on_the_own_cgroup(v2_test_cgroup):
+    """The trigger goes to the own cgroup's memory.pressure (here also in a hybrid layout)."""
+    cg = v2_test_cgroup
+    if not (cg / "memory.pressure").exists():
+        pytest.skip(f"{cg} has no memory.pressure (kernel without PSI for cgroups)")
+    with _monitor_child(cg) as (proc, hello):
+        psi = f"psi:{cg / 'memory.pressure'}"
+        assert hello["sources"][0] == psi, hello
+        if hello["version"] == 2:
+            # a pure v2 machine: the memory controller is here too, and memory.max moves the reading
+            assert hello["dir"] == str(cg)
+            (cg / "memory.max").write_text(f"{2048 * MiB}\n")
+            assert _ask(proc, "read")["reading"]["limit_max"] == 2048 * MiB
 
 
 def test_cgroup_dir_override_skips_discovery(tmp_path):
