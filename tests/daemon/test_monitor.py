@@ -344,6 +344,28 @@ def test_wake_returns_wait_early_and_close_releases_every_fd(tmp_path):
         monitor.wait(0.0)
 
 
+def test_memory_pressure_watch_that_cannot_be_opened_falls_back_with_a_note(tmp_path):
+    config, d = v2_tree(tmp_path)
+    env = {"MEMORY_PRESSURE_WATCH": str(tmp_path / "missing")}
+    with Monitor(MonitorConfig(proc_root=config.proc_root, fs_root=config.fs_root, env=env)) as monitor:
+        assert monitor.sources == (f"psi:{d / 'memory.pressure'}",)
+        assert any("cannot watch MEMORY_PRESSURE_WATCH" in note for note in monitor.notes)
+
+
+def test_fifo_with_memory_pressure_write_gives_no_false_event(tmp_path):
+    fifo = tmp_path / "pressure.fifo"
+    os.mkfifo(fifo)
+    config, _ = v2_tree(tmp_path)
+    env = {
+        "MEMORY_PRESSURE_WATCH": str(fifo),
+        "MEMORY_PRESSURE_WRITE": base64.b64encode(b"some 1 2\0").decode(),
+    }
+    with Monitor(MonitorConfig(proc_root=config.proc_root, fs_root=config.fs_root, env=env)) as monitor:
+        assert monitor.wait(0.0) == []
+        fifo.write_bytes(b"!")
+        assert [e.kind for e in monitor.wait(GENEROUS)] == ["pressure"]
+
+
 def test_config_rejects_a_malformed_trigger():
     with pytest.raises(ValueError, match="psi_trigger"):
         MonitorConfig(psi_trigger="some 150ms 2s")
