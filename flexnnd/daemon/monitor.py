@@ -7,7 +7,8 @@ blocks in `wait()` on pressure file descriptors:
 - `$MEMORY_PRESSURE_WATCH` when the service manager gives it (systemd's protocol: a PSI file is
   watched for POLLPRI, a FIFO or an AF_UNIX stream socket for POLLIN; the Base64-decoded
   `$MEMORY_PRESSURE_WRITE` is written right after opening; the literal `/dev/null` turns pressure
-  watching off). Nothing else is watched then: the service manager has chosen.
+  watching off). Nothing else is watched then: the service manager has chosen. If the path cannot
+  be opened, the monitor falls back to its own triggers and says so in `notes`.
 - otherwise a PSI trigger on the own cgroup's v2 `memory.pressure` (also found in hybrid setups,
   where the v2 hierarchy carries no controllers but does carry PSI), else on
   `/proc/pressure/memory`; and, when the memory controller is v1, `memory.pressure_level` through
@@ -312,7 +313,7 @@ class _Source:
     sock: socket.socket | None = None
 
     def consume(self) -> int:
-        """Take what the wake-up left behind; the number of events it stands for (0: the peer is gone)."""
+        """Take what the wake-up left behind: how many events it stands for, -1 when the peer is gone."""
         if self.kind == "psi":
             return 1
         if self.kind == "eventfd":
@@ -324,7 +325,7 @@ class _Source:
             except BlockingIOError:
                 return 1 if got else 0
             if not chunk:
-                return 1 if got else 0
+                return 1 if got else -1
             got += len(chunk)
 
     def close(self) -> None:
@@ -447,7 +448,7 @@ class Monitor:
             raise
         self._counts = read_event_counts(self.cgroup)
         for note in self._notes:
-            log.info("memory monitor: %s", note)
+            log.warning("memory monitor: %s", note)
         log.info(
             "memory monitor: cgroup %s (v%s), pressure from %s",
             self.cgroup.memory_dir,
@@ -464,8 +465,12 @@ class Monitor:
             if watch == "/dev/null":
                 self._notes.append("MEMORY_PRESSURE_WATCH=/dev/null: pressure watching turned off")
                 return
-            self._add(_open_watch(watch, _decode_write(cfg.env), trigger))
-            return
+            payload = _decode_write(cfg.env)
+            try:
+                self._add(_open_watch(watch, payload, trigger))
+                return
+            except OSError as e:
+                self._notes.append(f"cannot watch MEMORY_PRESSURE_WATCH={watch}: {e}; using our own triggers")
         candidates = []
         if self.cgroup.unified_dir is not None:
             candidates.append(self.cgroup.unified_dir / "memory.pressure")
@@ -539,13 +544,13 @@ class Monitor:
                 continue
             source = next(s for s in self._sources if s.fd == fd)
             count = source.consume() if revents & (select.POLLIN | select.POLLPRI) else 0
-            if count:
+            if count > 0:
                 events.append(MemoryEvent("pressure", source.name, count))
-            if revents & (select.POLLERR | select.POLLHUP | select.POLLNVAL) and not count:
-                # PSI reports POLLERR when its cgroup goes away; a socket peer that left says EOF
-                self._drop(source, f"pressure source {source.name} failed (poll events {revents:#x})")
-            elif count == 0 and source.kind == "socket":
+            elif count < 0:
                 self._drop(source, f"pressure source {source.name} closed by its peer")
+            elif revents & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
+                # PSI reports POLLERR when its cgroup goes away
+                self._drop(source, f"pressure source {source.name} failed (poll events {revents:#x})")
         events.extend(self._counter_increases())
         return events
 
