@@ -84,6 +84,9 @@ class Daemon:
         self.force_exit = False
         self.reload_requested = False
         self._observer = None
+        self._reported: int | None = None  # the budget last announced as an event
+        self._reported_source = "none"
+        self._status_sent = ""
 
     # ----- budget -----------------------------------------------------------------------------
 
@@ -162,17 +165,19 @@ class Daemon:
             previous = self.models.total
             self.decision = decision
             if decision.budget != previous or force:
-                if decision.budget != previous:
+                reported = self._reported
+                if force or _significant(reported, decision.budget) or decision.source != self._reported_source:
                     self.events.publish(
                         Event(
                             "budget",
-                            f"effective budget {_fmt(previous)} → {_fmt(decision.budget)} ({decision.source}): "
+                            f"effective budget {_fmt(reported)} → {_fmt(decision.budget)} ({decision.source}): "
                             f"{decision.reason}",
                             source=decision.source,
-                            from_bytes=previous or 0,
+                            from_bytes=reported or 0,
                             to_bytes=decision.budget or 0,
                         )
                     )
+                    self._reported, self._reported_source = decision.budget, decision.source
                 self.models.rebalance(decision.budget, reason=f"{decision.source} budget")
             self._update_health()
             return decision
@@ -183,9 +188,9 @@ class Daemon:
         """A model named in the configuration: a file or package inside the models directory, or a zoo name."""
         models_dir = self.dirs.models.resolve()
         candidate = (models_dir / spec).resolve()
+        if not candidate.is_relative_to(models_dir):
+            raise InvalidRequest(f"model {spec!r} resolves to {candidate}, outside the models directory {models_dir}")
         if candidate.exists():
-            if not candidate.is_relative_to(models_dir):
-                raise InvalidRequest(f"model {spec!r} resolves to {candidate}, outside the models directory {models_dir}")
             return candidate
         if spec in zoo.MODELS:
             return zoo.cached(spec, self.dirs.cache / "zoo")
@@ -291,11 +296,9 @@ class Daemon:
                 )
             )
             monitor.open()
-            for note in monitor.notes:
-                log.info("monitor: %s", note)
             log.info("memory signals: %s", ", ".join(monitor.sources) or "none (limits and MemAvailable polled)")
             return monitor
-        except (OSError, FlexnnError) as e:
+        except (OSError, ValueError, FlexnnError) as e:
             # Not silent: logged and shown as an error event; the other budget sources still apply.
             self.events.publish(Event("error", f"memory monitor unavailable, budget from the operator only: {e}"))
             return None
@@ -455,7 +458,10 @@ class Daemon:
                     last_ping = now
                 else:
                     log.error("an inference has run for over %.0f s: withholding the watchdog ping", 2 * interval)
-            self.notifier.status(self.status_text())
+            status = self.status_text()
+            if status != self._status_sent:  # systemd needs changes, not a stream of repeats
+                self.notifier.status(status)
+                self._status_sent = status
 
     def in_flight(self) -> int:
         return sum(m.queue_depth for m in self.models.all())
@@ -560,6 +566,13 @@ def _is_loopback(address: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _significant(old: int | None, new: int | None) -> bool:
+    """Worth an event: MemAvailable wobbles by pages every tick; a report needs 1% and 1 MiB."""
+    if old is None or new is None:
+        return old != new
+    return abs(new - old) >= max(1 << 20, old // 100)
 
 
 def _fmt(budget: int | None) -> str:

@@ -67,20 +67,27 @@ class DaemonProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def _drain(self, timeout: float) -> None:
+        """Collect the notifications that arrived, waiting up to `timeout` for the first."""
+        self._notify.settimeout(timeout)
+        with contextlib.suppress(TimeoutError, BlockingIOError):
+            while True:
+                self.notifications.append(self._notify.recv(4096).decode())
+                self._notify.setblocking(False)
+
     def wait_for(self, message: str, timeout: float) -> str:
         """The first notification containing `message`; fails with the log if the daemon exits first."""
         deadline = time.monotonic() + timeout
         while True:
+            exited = self.proc.poll() is not None
+            self._drain(0.0 if exited else 0.2)
             for note in self.notifications:
                 if message in note:
                     return note
-            if self.proc.poll() is not None:
+            if exited:
                 raise AssertionError(f"flexnnd exited with {self.proc.returncode} before {message!r}:\n{self.log()}")
             if time.monotonic() > deadline:
                 raise AssertionError(f"no {message!r} from flexnnd within {timeout} s:\n{self.log()}")
-            self._notify.settimeout(0.2)
-            with contextlib.suppress(TimeoutError):
-                self.notifications.append(self._notify.recv(4096).decode())
 
     def client(self, **kw):
         from flexnn_client.client import Client

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
 
 import numpy as np
 import pytest
+from onnx import helper
 
 import flexnnd
 from flexnn_client import EXIT_BUDGET_TOO_SMALL, EXIT_NOT_RUNNING, EXIT_OK, EXIT_USAGE
 from flexnn_client.client import ClientError, NotRunning
+from tests.conftest import make_model, save
 from tests.daemon.harness import DaemonProcess
 from tests.daemon.test_models import fc_model
 
@@ -134,7 +137,8 @@ def test_two_models_share_a_budget(daemon):
 
 def test_status_table_and_json(daemon):
     out = daemon.ctl("status")
-    assert out.returncode == EXIT_OK and "budget" in out.stdout and " a " in out.stdout
+    assert out.returncode == EXIT_OK and out.stdout.startswith("budget")
+    assert re.search(r"^a\s+ready\s", out.stdout, re.MULTILINE), out.stdout
     out = daemon.ctl("status", "--json")
     assert out.returncode == EXIT_OK and '"models"' in out.stdout
 
@@ -162,7 +166,7 @@ def test_a_second_instance_is_refused(daemon):
         assert c.server_ready()
 
 
-def test_sigterm_drains_readiness_watchdog_and_restart_keeps_the_budget(tmp_path, cache, models_dir):
+def test_watchdog_status_and_restart_keep_the_operator_budget(tmp_path, cache, models_dir):
     d = DaemonProcess(
         tmp_path,
         ["--models-dir", str(models_dir), "--models", "a.onnx", "--threads", "1"],
@@ -180,14 +184,56 @@ def test_sigterm_drains_readiness_watchdog_and_restart_keeps_the_budget(tmp_path
         d.start()  # the operator's budget comes back from the state directory
         with d.client() as c:
             status = c.status()
-            assert status.budget_source == "operator" and status.effective_budget_bytes == smallest
-            results = []
-            t = threading.Thread(target=lambda: results.append(c.infer("a", {"x": x_for()})))
+        assert status.budget_source == "operator" and status.effective_budget_bytes == smallest
+        assert d.stop() == 0
+        d.wait_for("STOPPING=1", 5)
+    finally:
+        d.close()
+
+
+def slow_model(path):
+    """Eight 3×3 convolutions on 64×256×256: about a second per inference, long enough to be caught in flight."""
+    rng = np.random.default_rng(0)
+    nodes, inits, prev = [], [], "x"
+    for i in range(8):
+        out = "y" if i == 7 else f"h{i}"
+        nodes.append(helper.make_node("Conv", [prev, f"w{i}"], [out], pads=[1, 1, 1, 1], name=f"conv{i}"))
+        inits.append((f"w{i}", (rng.standard_normal((64, 64, 3, 3)) / 24).astype(np.float32)))
+        prev = out
+    return save(make_model(nodes, [("x", [1, 64, 256, 256])], [("y", None)], inits, name="slow"), path)
+
+
+def test_sigterm_drains_the_inference_in_flight(tmp_path, cache):
+    models = tmp_path / "models"
+    models.mkdir()
+    slow_model(models / "slow.onnx")
+    d = DaemonProcess(tmp_path, ["--models-dir", str(models), "--models", "slow.onnx", "--threads", "1"], cache=cache)
+    try:
+        d.start()
+        x = np.random.default_rng(0).standard_normal((1, 64, 256, 256)).astype(np.float32)
+        results, errors = [], []
+
+        def infer():
+            with d.client() as c:
+                try:
+                    results.append(c.infer("slow", {"x": x}))
+                except ClientError as e:
+                    errors.append(e)
+
+        with d.client() as c:
+            t = threading.Thread(target=infer)
             t.start()
-            d.send(signal.SIGTERM)
-            t.join(60)
-        assert d.proc.wait(60) == 0, d.log()
-        assert "STOPPING=1" in d.notifications[-1] or d.wait_for("STOPPING=1", 5)
+            for _ in range(1000):  # until the daemon reports the request as running
+                if c.status().models[0].queue_depth:
+                    break
+                threading.Event().wait(0.005)
+            else:
+                raise AssertionError("the request never showed up as in flight")
+        d.send(signal.SIGTERM)
+        t.join(120)
+        assert d.proc.wait(120) == 0, d.log()
+        assert not errors and results and results[0]["y"].shape == (1, 64, 256, 256)
+        assert "drained 1 requests" in d.log()
     finally:
         d.close()
 
