@@ -89,7 +89,7 @@ class Model:
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         with self._lock:
-            if not self.ready:
+            if self.state != "ready" or self.session is None:  # a swap in progress is waited for, not refused
                 raise ModelNotReady(f"model {self.name!r} is not ready ({self.state}): {self.reason}")
             if self._admitted >= self.capacity:
                 raise Overloaded(
@@ -236,9 +236,9 @@ class Models:
                 self._adopt(self._models[name], chosen[name], total, reason)
 
     def _adopt(self, model: Model, rung: Rung, total: int | None, reason: str) -> None:
-        model.share = rung.cost
         session = model.session
         if session is not None and session.loaded and session.plan.arena_bytes == rung.plan.arena_bytes:
+            model.share = rung.cost
             return
         start = time.perf_counter()
         try:
@@ -255,7 +255,7 @@ class Models:
             model.state, model.reason = "failed", str(e)
             self.events.publish(Event("error", f"adopting a {rung.plan.arena_bytes:,}-byte plan failed: {e}", model=model.name))
             return
-        model.state, model.reason = "ready", ""
+        model.state, model.reason, model.share = "ready", "", rung.cost
         self.swaps += session is not None
         self.events.publish(
             Event(

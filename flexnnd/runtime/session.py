@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
@@ -87,6 +88,10 @@ class Session:
         self.package: Package = read_package(package_for(model, cache_dir))
         self.threads = int(threads) if threads else threads_mod.available_cores()
         self._lock = threading.Lock()
+        # Swaps go before queued inferences (Lock is not fair): inferences wait while one is pending.
+        self._turn = threading.Condition(self._lock)
+        self._swaps_waiting = 0
+        self._count_lock = threading.Lock()
         graph = self.package.graph
         self.inputs = [TensorSpec(t.name, t.shape, t.dtype) for t in graph.inputs]
         self.outputs = [TensorSpec(t.name, t.shape, t.dtype) for t in graph.outputs]
@@ -126,7 +131,9 @@ class Session:
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Outputs by name for one set of inputs (copies; the arena is reused next time)."""
         check_feeds(feeds, self._expected)
-        with self._lock:  # one arena holds one inference's activations at a time
+        with self._turn:  # one arena holds one inference's activations at a time
+            while self._swaps_waiting:
+                self._turn.wait()
             if self._pending is not None:
                 # The old arena goes first, so the two never add up beyond the budget.
                 self._executor.close()
@@ -155,18 +162,34 @@ class Session:
         old_arena = self.plan.arena_bytes
         if overlap:
             fresh = Executor(self.package, plan)
-            with self._lock:
+            with self._priority():
                 old, self._executor = self._executor, fresh
                 self.plan, self._pending, self.budget = plan, None, budget
             old.close()
         else:
-            with self._lock:
+            with self._priority():
                 self._executor.close()
-                self._executor = _Closed(self.plan)
-                fresh = Executor(self.package, plan)
+                try:
+                    fresh = Executor(self.package, plan)
+                except BaseException:
+                    self._executor = _Closed(self.plan)
+                    raise
                 self._executor = fresh
                 self.plan, self._pending, self.budget = plan, None, budget
         return Swap(old_arena, plan.arena_bytes, time.perf_counter() - start, overlap)
+
+    @contextlib.contextmanager
+    def _priority(self):
+        """The arena next, after the inference in flight and before any queued one."""
+        with self._count_lock:
+            self._swaps_waiting += 1
+        with self._turn:
+            try:
+                yield
+            finally:
+                with self._count_lock:
+                    self._swaps_waiting -= 1
+                self._turn.notify_all()
 
     @property
     def loaded(self) -> bool:
@@ -190,6 +213,7 @@ class Session:
     def close(self) -> None:
         with self._lock:
             self._executor.close()
+            self._executor = _Closed(self.plan)  # a late run gets a clear LoadError, not a dead arena
 
     def __enter__(self) -> Session:
         return self

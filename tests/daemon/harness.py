@@ -16,7 +16,8 @@ START_TIMEOUT_S = 600  # a cold numba cache compiles every kernel on first start
 
 
 class DaemonProcess:
-    def __init__(self, tmp: Path, args=(), env=None, cache: Path | None = None):
+    def __init__(self, tmp: Path, args=(), env=None, cache: Path | None = None, prefix=()):
+        self.prefix = list(prefix)  # e.g. a shell that joins a cgroup, then execs the daemon
         self.tmp = Path(tmp)
         self.args = list(args)
         self.runtime = self.tmp / "run"
@@ -53,7 +54,7 @@ class DaemonProcess:
         self.notifications = []
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child writes it for its whole life
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "flexnnd.main", *self.args],
+            [*self.prefix, sys.executable, "-m", "flexnnd.main", *self.args],
             env=self.env,
             cwd=ROOT,
             stdout=log,
