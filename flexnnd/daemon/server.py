@@ -270,6 +270,8 @@ class Daemon:
         self.operator_budget = self._read_operator_budget()
         if self.config.watch_pressure:
             self.monitor = self._open_monitor()
+        rss, anon = _own_memory()
+        log.info("runtime before models: RSS %s, anonymous %s", format_size(rss), format_size(anon))
         specs = self.config.models or (zoo.DEFAULT_MODEL,)
         # The first decision has no runtime overhead measured yet; the real one follows warm-up.
         self.reevaluate([])
@@ -566,6 +568,17 @@ def _is_loopback(address: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _own_memory() -> tuple[int, int]:
+    """(RSS, anonymous RSS) of this process, from /proc/self/status."""
+    fields = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "RssAnon"):
+                fields[key] = int(value.split()[0]) * 1024
+    return fields.get("VmRSS", 0), fields.get("RssAnon", 0)
 
 
 def _significant(old: int | None, new: int | None) -> bool:
