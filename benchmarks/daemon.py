@@ -1,0 +1,301 @@
+"""The daemon's own costs: swap time, adaptation over time, gRPC overhead, idle memory, time to READY.
+
+    python -m benchmarks.daemon                      # all parts; --parts swaps timeline grpc idle
+
+- swaps: budget command → new plan serving (the SetBudget RPC returns once the plan is adopted),
+  p50/p99 down (full → quarter) and up, for ResNet-50 and VGG-16. "Up" is measured twice: to an
+  explicit full budget (old and new arenas cannot coexist inside it, so serving pauses while the new
+  arena loads) and to `auto` (room for both: the old plan serves while the new one loads). A client
+  infers throughout; the longest gap between its completed requests during the swap shows the pause.
+- timeline: per-request latency and the daemon's RSS while the budget steps 100% → 25% → 60% →
+  10% → 100% of the top rung (PNG).
+- grpc: MobileNetV2 over the Unix socket vs Session.run in this process, interleaved blocks.
+- idle: the daemon's RSS and anonymous RSS before any model, and time to READY with a warm cache.
+
+Writes benchmarks/results/daemon.json and daemon-timeline.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tests.daemon.harness import DaemonProcess
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+CACHE = ROOT / "benchmarks" / ".cache" / "daemon"
+
+
+def pct(values, q):
+    return float(np.percentile(np.asarray(values), q)) if values else None
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "VmHWM"):
+                out[key] = int(value.split()[0]) * 1024
+    return out
+
+
+class Load:
+    """One client inferring back to back; records (completion time, latency)."""
+
+    def __init__(self, daemon: DaemonProcess, model: str, x: np.ndarray):
+        self.daemon, self.model, self.x = daemon, model, x
+        self.samples: list[tuple[float, float]] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        with self.daemon.client() as c:
+            while not self._stop.is_set():
+                start = time.perf_counter()
+                try:
+                    c.infer(self.model, self.x)
+                except Exception as e:
+                    self.errors.append(repr(e))
+                    continue
+                end = time.perf_counter()
+                self.samples.append((end, end - start))
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(120)
+
+    def gap_within(self, start: float, end: float) -> float:
+        """The longest time between completions around [start, end]."""
+        times = [t for t, _ in self.samples]
+        before = [t for t in times if t < start]
+        inside = [t for t in times if start <= t <= end + 5]
+        points = before[-1:] + inside
+        return max((b - a for a, b in itertools.pairwise(points)), default=float("nan"))
+
+
+def start_daemon(tmp: Path, models: list[str]) -> DaemonProcess:
+    d = DaemonProcess(tmp, ["--models", *models, "--threads", "1", "--no-watch-pressure"], cache=CACHE)
+    return d.start()
+
+
+def bench_swaps(model: str, repeats: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        d = start_daemon(Path(tmp), [model])
+        try:
+            with d.client() as c:
+                plans = c.plans(model)
+                full = max(p.budget_bytes for p in plans)
+                quarter = full // 4
+                x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+                result = {"model": model, "full_bytes": full, "quarter_bytes": quarter}
+                with Load(d, model, x) as load:
+                    time.sleep(1.0)
+                    base = statistics.median(lat for _, lat in load.samples) if load.samples else None
+                    runs = {"down": [], "up_full": [], "up_auto": []}
+                    gaps = {k: [] for k in runs}
+                    for i in range(repeats):
+                        for kind, budget in (("down", quarter), ("up_full" if i % 2 else "up_auto", None)):
+                            target = budget if budget is not None else (full if kind == "up_full" else "auto")
+                            start = time.perf_counter()
+                            c.set_budget(target)
+                            end = time.perf_counter()
+                            runs[kind].append(end - start)
+                            time.sleep(1.0)
+                            gaps[kind].append(load.gap_within(start, end))
+                        if i % 2 == 0:  # back to full via an explicit budget next time
+                            c.set_budget(full)
+                            time.sleep(0.5)
+                    result["inference_median_s"] = base
+                    result["errors"] = len(load.errors)
+                for kind in runs:
+                    result[kind] = {
+                        "p50_s": pct(runs[kind], 50),
+                        "p99_s": pct(runs[kind], 99),
+                        "n": len(runs[kind]),
+                        "longest_gap_s": pct(gaps[kind], 100),
+                        "gap_over_inference": (pct(gaps[kind], 100) / base) if base else None,
+                    }
+                swaps = [m for m in c.status().models]
+                result["swaps_reported"] = c.status().swaps
+                del swaps
+            return result
+        finally:
+            d.stop()
+            d.close()
+
+
+def bench_timeline(model: str, step_s: float) -> dict:
+    fractions = [1.0, 0.25, 0.6, 0.1, 1.0]
+    with tempfile.TemporaryDirectory() as tmp:
+        d = start_daemon(Path(tmp), [model])
+        try:
+            with d.client() as c:
+                plans = c.plans(model)
+                full = max(p.budget_bytes for p in plans)
+                smallest = min(p.budget_bytes for p in plans)
+                x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+                rss, steps = [], []
+                stop = threading.Event()
+
+                def sample():
+                    while not stop.is_set():
+                        st = proc_status(d.proc.pid)
+                        rss.append((time.perf_counter(), st["VmRSS"], st["RssAnon"]))
+                        time.sleep(0.05)
+
+                sampler = threading.Thread(target=sample, daemon=True)
+                sampler.start()
+                t0 = time.perf_counter()
+                with Load(d, model, x) as load:
+                    for f in fractions:
+                        budget = max(smallest, int(full * f))
+                        c.set_budget(budget)
+                        steps.append((time.perf_counter() - t0, budget))
+                        time.sleep(step_s)
+                stop.set()
+                sampler.join(5)
+                overhead = c.status().runtime_overhead_bytes
+            samples = [(t - t0, lat) for t, lat in load.samples]
+            memory = [(t - t0, r, a) for t, r, a in rss]
+            plot_timeline(model, samples, memory, steps, overhead)
+            return {
+                "model": model,
+                "steps": [{"t_s": t, "budget_bytes": b} for t, b in steps],
+                "requests": len(samples),
+                "errors": len(load.errors),
+                "runtime_overhead_bytes": overhead,
+                "max_rss_minus_overhead_over_budget_bytes": max_excess(memory, steps, overhead),
+            }
+        finally:
+            d.stop()
+            d.close()
+
+
+def max_excess(memory, steps, overhead) -> int:
+    """Largest (RSS − runtime overhead − budget in force) over the samples taken 1 s after each step."""
+    worst = -(1 << 62)
+    for t, r, _ in memory:
+        in_force = [b for s, b in steps if s + 1.0 <= t]
+        if in_force:
+            worst = max(worst, r - overhead - in_force[-1])
+    return worst
+
+
+def plot_timeline(model, samples, memory, steps, overhead):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(2, 1, sharex=True, figsize=(9, 6))
+    ax1.plot([t for t, _ in samples], [lat * 1e3 for _, lat in samples], ".", ms=3)
+    ax1.set_ylabel("request latency (ms)")
+    ax1.set_title(f"{model}: budget 100% → 25% → 60% → 10% → 100% of the top rung")
+    ax2.plot([t for t, _, _ in memory], [(r - overhead) / 2**20 for _, r, _ in memory], label="RSS − runtime overhead")
+    times = [t for t, _ in steps] + [memory[-1][0] if memory else 0]
+    for (t, b), t_next in zip(steps, times[1:], strict=False):
+        ax2.hlines(b / 2**20, t, t_next, colors="r", linestyles="--", label="budget" if t == steps[0][0] else None)
+    ax2.set_ylabel("MiB")
+    ax2.set_xlabel("time (s)")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "daemon-timeline.png", dpi=110)
+    plt.close(fig)
+
+
+def bench_grpc(model: str, runs: int) -> dict:
+    import flexnnd
+    from flexnnd import zoo
+
+    with tempfile.TemporaryDirectory() as tmp:
+        d = start_daemon(Path(tmp), [model])
+        try:
+            path = zoo.cached(model, CACHE / "zoo")
+            sess = flexnnd.Session(path, threads=1, cache_dir=CACHE / "packages-bench")
+            spec = sess.inputs[0]
+            x = np.random.default_rng(0).standard_normal(spec.shape).astype(np.float32)
+            local, remote = [], []
+            with d.client() as c:
+                c.infer(model, {spec.name: x})
+                sess.run({spec.name: x})
+                for _ in range(runs):
+                    for fn, out in ((lambda: sess.run({spec.name: x}), local), (lambda: c.infer(model, {spec.name: x}), remote)):
+                        start = time.perf_counter()
+                        fn()
+                        out.append(time.perf_counter() - start)
+            sess.close()
+            lm, rm = statistics.median(local), statistics.median(remote)
+            return {"model": model, "session_run_median_s": lm, "grpc_median_s": rm, "ratio": rm / lm,
+                    "overhead_s": rm - lm, "runs": runs}
+        finally:
+            d.stop()
+            d.close()
+
+
+def bench_idle(model: str, starts: int) -> dict:
+    ready_s, before = [], []
+    for _ in range(starts + 1):  # the first start warms the numba cache and the package cache
+        with tempfile.TemporaryDirectory() as tmp:
+            d = DaemonProcess(Path(tmp), ["--models", model, "--threads", "1", "--no-watch-pressure"], cache=CACHE)
+            start = time.perf_counter()
+            d.start()
+            ready_s.append(time.perf_counter() - start)
+            line = next(ln for ln in d.log().splitlines() if "runtime before models" in ln)
+            before.append(line.split("runtime before models: ")[1])
+            with d.client() as c:
+                status = c.status()
+            d.stop()
+            d.close()
+    return {
+        "model": model,
+        "time_to_ready_warm_s": statistics.median(ready_s[1:]),
+        "time_to_ready_first_s": ready_s[0],
+        "before_models": before[-1],
+        "runtime_overhead_bytes": status.runtime_overhead_bytes,
+        "rss_bytes_after_ready": status.rss_bytes,
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", nargs="*", default=["idle", "grpc", "swaps", "timeline"])
+    parser.add_argument("--swap-models", nargs="*", default=["resnet50", "vgg16"])
+    parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--out", type=Path, default=RESULTS / "daemon.json")
+    args = parser.parse_args(argv)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out: dict = {"machine": {"cpus": 2}, "python": sys.version.split()[0]}
+    if "idle" in args.parts:
+        out["idle"] = bench_idle("mobilenet_v2", 3)
+        print(json.dumps(out["idle"], indent=1), flush=True)
+    if "grpc" in args.parts:
+        out["grpc"] = bench_grpc("mobilenet_v2", 30)
+        print(json.dumps(out["grpc"], indent=1), flush=True)
+    if "swaps" in args.parts:
+        out["swaps"] = [bench_swaps(m, args.repeats) for m in args.swap_models]
+        print(json.dumps(out["swaps"], indent=1), flush=True)
+    if "timeline" in args.parts:
+        out["timeline"] = bench_timeline("resnet50", 4.0)
+        print(json.dumps(out["timeline"], indent=1), flush=True)
+    args.out.write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
