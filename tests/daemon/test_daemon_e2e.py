@@ -273,3 +273,10 @@ def test_a_stock_tritonclient_talks_to_flexnnd(daemon, models_dir, tmp_path):
     assert got["live"] and got["ready"] and got["shape"] == [1, 256]
     want = reference(models_dir, "a", x, tmp_path)
     np.testing.assert_array_equal(np.array(got["values"], np.float32), want.reshape(-1))
+
+
+def test_socket_is_0660_in_a_0750_directory(daemon):
+    import stat
+
+    assert stat.S_IMODE(daemon.socket.stat().st_mode) == 0o660
+    assert stat.S_IMODE(daemon.runtime.stat().st_mode) == 0o750
