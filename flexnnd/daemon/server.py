@@ -76,7 +76,7 @@ class Daemon:
         self.runtime_overhead = 0
         self.started = time.time()
         self.monitor: Monitor | None = None
-        self.server: grpc.Server | None = None
+        self.servers: list[grpc.Server] = []
         self.health = health.HealthServicer()
         self.lock: InstanceLock | None = None
         self._budget_lock = threading.RLock()
@@ -278,7 +278,7 @@ class Daemon:
         for spec in specs:
             name = Path(spec).stem if "/" in spec or spec.endswith(".onnx") else spec
             self.models.load(name, self._resolve_model(spec))
-        self.server = self._start_server()
+        self.servers = self._start_servers()
         self.runtime_overhead = max(0, psutil.Process().memory_info().rss - self.models.committed)
         log.info("runtime overhead %s (RSS beside the models' arenas)", format_size(self.runtime_overhead))
         self.reevaluate([])
@@ -305,22 +305,17 @@ class Daemon:
             self.events.publish(Event("error", f"memory monitor unavailable, budget from the operator only: {e}"))
             return None
 
-    def _start_server(self) -> grpc.Server:
-        config = self.config
+    def _grpc_server(self, interceptors: list) -> grpc.Server:
+        """A server with every service; its thread pool bounds the RPCs it runs at once."""
         max_bytes = self.config_max_bytes
-        workers = 8 + self.max_watchers + 4 * (1 + config.queue_depth)
-        options = [
-            ("grpc.so_reuseport", 0),
-            ("grpc.max_receive_message_length", max_bytes),
-            ("grpc.max_send_message_length", max_bytes),
-        ]
-        interceptors = []
-        token = _read_token(config.token_file)
-        if token is not None:
-            interceptors.append(TokenInterceptor(token))
+        workers = 8 + self.max_watchers + 4 * (1 + self.config.queue_depth)
         server = grpc.server(
             ThreadPoolExecutor(max_workers=workers, thread_name_prefix="flexnnd-rpc"),
-            options=options,
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", max_bytes),
+                ("grpc.max_send_message_length", max_bytes),
+            ],
             interceptors=interceptors,
             maximum_concurrent_rpcs=workers,
         )
@@ -334,16 +329,27 @@ class Daemon:
             reflection.SERVICE_NAME,
         )
         reflection.enable_server_reflection(names, server)
+        return server
+
+    def _start_servers(self) -> list[grpc.Server]:
+        """The Unix socket (guarded by its file mode) and, if configured, TCP (TLS and a bearer token)."""
+        servers = []
+        if self.config.tcp_address:
+            token = _read_token(self.config.token_file)
+            tcp = self._grpc_server([TokenInterceptor(token)] if token is not None else [])
+            self._add_tcp_port(tcp, self.config.tcp_address, token)
+            servers.append(tcp)
+        local = self._grpc_server([])
         socket_path = self.dirs.socket
         if socket_path.exists() or socket_path.is_symlink():
             socket_path.unlink()  # ours: the instance lock is held, so no live daemon owns it
-        if server.add_insecure_port(f"unix:{socket_path}") == 0:
+        if local.add_insecure_port(f"unix:{socket_path}") == 0:
             raise ConfigError(f"cannot bind the socket {socket_path}")
-        if config.tcp_address:
-            self._add_tcp_port(server, config.tcp_address, token)
-        server.start()
+        servers.insert(0, local)
+        for server in servers:
+            server.start()
         os.chmod(socket_path, 0o660)
-        return server
+        return servers
 
     def _add_tcp_port(self, server: grpc.Server, address: str, token: str | None) -> None:
         config = self.config
@@ -472,15 +478,16 @@ class Daemon:
         self.notifier.stopping()
         self.health.enter_graceful_shutdown()
         code = EXIT_OK
-        if self.server is not None:
+        if self.servers:
             pending = self.in_flight()
             grace = 0.0 if self.force_exit else self.config.grace_period_s
             log.info("stopping: %d requests in flight, grace period %.1f s", pending, grace)
-            done = self.server.stop(grace)
+            done = [server.stop(grace) for server in self.servers]
             deadline = time.monotonic() + grace + 1.0
-            while not done.wait(0.1):
+            while not all(event.wait(0.1) for event in done):
                 if self.force_exit:
-                    self.server.stop(0)
+                    for server in self.servers:
+                        server.stop(0)
                 if time.monotonic() > deadline:
                     break
             cancelled = self.in_flight()
@@ -519,8 +526,8 @@ class Daemon:
         return self.shutdown()
 
     def shutdown_quietly(self) -> None:
-        if self.server is not None:
-            self.server.stop(0)
+        for server in self.servers:
+            server.stop(0)
         self.models.close()
         if self.monitor is not None:
             self.monitor.close()
@@ -534,19 +541,23 @@ class TokenInterceptor(grpc.ServerInterceptor):
     EXEMPT = ("/grpc.health.v1.Health/", "/inference.GRPCInferenceService/ServerLive")
 
     def __init__(self, token: str):
-        self._expected = f"bearer {token}".encode()
+        self._token = token.encode()
 
         def deny(request, context):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid 'authorization: Bearer <token>' header is required")
 
         self._deny = grpc.unary_unary_rpc_method_handler(deny)
 
+    def authorized(self, metadata) -> bool:
+        given = dict(metadata or ()).get("authorization", "")
+        scheme, _, value = given.partition(" ")
+        # compare_digest takes as long for a near miss as for a wild guess
+        return hmac.compare_digest(value.strip().encode(), self._token) and scheme.lower() == "bearer"
+
     def intercept_service(self, continuation, handler_call_details):
-        method = handler_call_details.method
-        if method.startswith(self.EXEMPT):
-            return continuation(handler_call_details)
-        given = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
-        if hmac.compare_digest(given.encode()[:4096].lower()[:7] + given.encode()[7:4096], self._expected):
+        if handler_call_details.method.startswith(self.EXEMPT) or self.authorized(
+            handler_call_details.invocation_metadata
+        ):
             return continuation(handler_call_details)
         return self._deny
 

@@ -139,3 +139,60 @@ def test_tcp_without_tls_is_refused_unless_loopback_is_allowed(tmp_path, address
         assert "tls" in d.log().lower()
     finally:
         d.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_tcp_with_tls_needs_the_bearer_token_except_for_health_and_liveness(tmp_path, cache, models_dir):  # noqa: F811
+    import shutil
+    import subprocess
+
+    from flexnn_client.client import Client, ClientError
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token\n")
+    port = _free_port()
+    d = DaemonProcess(
+        tmp_path / "d",
+        ["--models-dir", str(models_dir), "--models", "a.onnx", "--threads", "1", "--no-watch-pressure",
+         "--tcp-address", f"127.0.0.1:{port}", "--tls-cert", str(cert), "--tls-key", str(key),
+         "--token-file", str(token_file)],
+        cache=cache,
+    )  # fmt: skip
+    try:
+        d.start()
+        root = cert.read_bytes()
+        address = f"127.0.0.1:{port}"
+        with Client(address, token="s3cret-token", root_certificates=root) as c:
+            assert c.infer("a", {"x": x_for()})["y"].shape == (1, 256)
+        with Client(address, token="wrong-token!", root_certificates=root) as c:
+            assert c.server_live()  # liveness is exempt
+            with pytest.raises(ClientError) as err:
+                c.status()
+            assert err.value.code == grpc.StatusCode.UNAUTHENTICATED
+        with Client(address, root_certificates=root) as c, pytest.raises(ClientError) as err:
+            c.infer("a", {"x": x_for()})
+        assert err.value.code == grpc.StatusCode.UNAUTHENTICATED
+        creds = grpc.ssl_channel_credentials(root)
+        with grpc.secure_channel(address, creds) as channel:  # health checks need no token
+            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10).status
+        assert status == health_pb2.HealthCheckResponse.SERVING
+        with d.client() as c:  # the Unix socket stays open to local clients (file permissions guard it)
+            assert c.server_ready()
+    finally:
+        d.stop()
+        d.close()
