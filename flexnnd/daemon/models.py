@@ -9,7 +9,11 @@ beyond that a request is refused (Overloaded) rather than allocating outside the
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import shutil
+import stat
 import threading
 import time
 from collections.abc import Mapping
@@ -19,7 +23,15 @@ from pathlib import Path
 import numpy as np
 
 from flexnnd.daemon.events import Event, EventBus
-from flexnnd.errors import BudgetTooSmall, FlexnnError, ModelNotFound, ModelNotReady, Overloaded
+from flexnnd.errors import (
+    BudgetTooSmall,
+    FlexnnError,
+    LoadError,
+    ModelNotFound,
+    ModelNotReady,
+    Overloaded,
+    PackageError,
+)
 from flexnnd.graph.package import Package, read_package
 from flexnnd.planner.ladder import build_and_store, stored_ladder
 from flexnnd.planner.plan import Plan
@@ -66,6 +78,9 @@ class Model:
         self.inputs = [TensorSpec(t.name, t.shape, t.dtype) for t in graph.inputs]
         self.outputs = [TensorSpec(t.name, t.shape, t.dtype) for t in graph.outputs]
         self.measured: dict[int, float] = {}  # arena bytes of a plan -> its last measured latency
+        self.weights_path, self.weights_size = package.weights_path, package.weights_size
+        self.weights_sha256 = package.weights_sha256
+        self.weights_identity = _identity(package.weights_path)
         self.session: Session | None = None
         self.state = "loading"  # loading | ready | no-fit | failed
         self.reason = ""
@@ -120,6 +135,42 @@ class Model:
             self.session.close()
             self.session = None
 
+    def weights_problem(self) -> str | None:
+        """Why the weights file can no longer be trusted, or None. Hashes only when the file changed."""
+        path = self.weights_path
+        identity = _identity(path)
+        if identity == self.weights_identity:
+            return None
+        if identity is None:
+            return f"weights file {path} is gone or not a regular file"
+        if identity[1] != self.weights_size:
+            return f"weights file {path} is {identity[1]:,} bytes, {self.weights_size:,} at import (truncated or replaced)"
+        try:
+            digest = _sha256(path)
+        except OSError as e:
+            return f"weights file {path} is unreadable: {e}"
+        if digest != self.weights_sha256:
+            return f"weights file {path} changed since import (SHA-256 {digest[:12]}…, expected {self.weights_sha256[:12]}…)"
+        self.weights_identity = identity  # touched or copied back unchanged: still the same weights
+        return None
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """(inode, size, mtime) of a regular file, None when it is missing or something else."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
 
 class Models:
     """Every loaded model under one budget. Loads, unloads and rebalances are serialized."""
@@ -144,7 +195,30 @@ class Models:
         return list(self._models.values())
 
     def infer(self, name: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.get(name).run(feeds)
+        model = self.get(name)
+        try:
+            return model.run(feeds)
+        except LoadError:
+            self.check_weights([model])  # a failed read: find out now whether the file went bad
+            raise
+
+    def check_weights(self, models: list[Model] | None = None) -> list[Model]:
+        """Take models whose weights file changed out of service (arena released); the list of them."""
+        broken = []
+        for model in models if models is not None else self.all():
+            if model.state == "failed":
+                continue
+            problem = model.weights_problem()
+            if problem is None:
+                continue
+            with self._lock:
+                model.close()
+                model.state, model.reason, model.share = "failed", f"{problem}; reload it with flexnnctl load {model.name}", None
+            self.events.publish(Event("error", model.reason, model=model.name))
+            broken.append(model)
+        if broken:
+            self.rebalance(self.total, reason="a model failed")
+        return broken
 
     @property
     def committed(self) -> int:
@@ -163,10 +237,10 @@ class Models:
         not ready ("no-fit") until the budget grows.
         """
         with self._lock:
-            if name in self._models:
-                raise FlexnnError(f"a model named {name!r} is already loaded (from {self._models[name].source})")
-            package_dir = package_for(source, self.cache_dir / "packages")
-            package = read_package(package_dir)
+            old = self._models.get(name)
+            if old is not None and old.state != "failed":
+                raise FlexnnError(f"a model named {name!r} is already loaded (from {old.source})")
+            package = self._package(source, verify=old is not None)  # a reload re-checks every byte
             ladder = stored_ladder(package)
             if ladder is None:
                 start = time.perf_counter()
@@ -176,13 +250,27 @@ class Models:
             rungs = [Rung(p.arena_bytes + out_bytes, p.predicted_seconds or 0.0, p) for p in ladder]
             model = Model(name, source, package, rungs, self.queue_depth)
             if required and self.total is not None:
-                others = sum(m.minimum for m in self.all() if m.state != "no-fit")
+                others = sum(m.minimum for m in self.all() if m.state not in ("no-fit", "failed"))
                 if others + model.minimum > self.total:
                     raise BudgetTooSmall(self.total, others + model.minimum, name)
+            if old is not None:
+                del self._models[name]
             self._models[name] = model
-            self.events.publish(Event("model", f"loaded from {source}", model=name))
+            self.events.publish(Event("model", f"{'reloaded' if old is not None else 'loaded'} from {source}", model=name))
             self.rebalance(self.total, reason=f"model {name} loaded")
             return model
+
+    def _package(self, source: Path, verify: bool) -> Package:
+        """The source's package; an import cache whose weights went bad is rebuilt from the .onnx."""
+        try:
+            return read_package(package_for(source, self.cache_dir / "packages"), verify=verify)
+        except PackageError:
+            if source.is_dir():
+                raise  # the package is the source: only the operator can restore it
+            cached = package_for(source, self.cache_dir / "packages")
+        log.warning("re-importing %s: the cached package %s no longer matches its manifest", source, cached)
+        shutil.rmtree(cached)
+        return read_package(package_for(source, self.cache_dir / "packages"), verify=True)
 
     def unload(self, name: str) -> None:
         with self._lock:
@@ -200,7 +288,7 @@ class Models:
 
     def plan_split(self, total: int | None) -> tuple[dict[str, Rung], list[Model]]:
         """The split for `total`, dropping the most recently loaded models until the rest fit."""
-        candidates = self.all()
+        candidates = [m for m in self.all() if m.state != "failed"]  # failed models hold no memory
         while candidates:
             chosen = split_budget({m.name: m.rungs for m in candidates}, total)
             if chosen is not None:
@@ -218,7 +306,7 @@ class Models:
             self.total = total
             chosen, left_out = self.plan_split(total)
             for model in left_out:
-                if model.state != "no-fit":
+                if model.state not in ("no-fit", "failed"):
                     model.close()
                     model.state = "no-fit"
                     model.share = None

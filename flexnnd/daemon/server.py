@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import ipaddress
+import json
 import logging
 import os
 import signal
@@ -49,7 +50,8 @@ EXIT_STARTUP = 3  # configuration, lock, model or socket problems before serving
 EXIT_FORCED = 130  # a second SIGINT cut the drain short
 
 NO_READING = Reading(None, None, None, None, None, EventCounts(), None)  # no monitor: no machine constraint
-BUDGET_FILE = "budget"  # the operator's budget in the state directory: a size, absent means auto
+BUDGET_FILE = "budget"
+LOADED_FILE = "models.json"  # models loaded with LoadModel: name -> path in the models directory  # the operator's budget in the state directory: a size, absent means auto
 MAX_WATCHERS = 8
 TICK_S = 0.5  # the main loop's longest sleep: the bound on reacting to a signal flag
 
@@ -123,12 +125,7 @@ class Daemon:
         if budget is None:
             path.unlink(missing_ok=True)
             return
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w") as f:
-            f.write(f"{budget}\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _write_atomically(path, f"{budget}\n")
 
     def set_operator_budget(self, text: str) -> Decision:
         """`flexnnctl set-budget`: a size or "auto". Refused (not stored) below the smallest plans."""
@@ -200,14 +197,41 @@ class Daemon:
         )
 
     def load_model(self, name: str, path: str) -> Model:
-        """LoadModel: only files inside the models directory (or built-in zoo names) are accepted."""
+        """LoadModel: only files inside the models directory (or built-in zoo names); remembered across restarts."""
         if not name:
             raise InvalidRequest("a model name is required")
-        return self.models.load(name, self._resolve_model(path or name), required=True)
+        model = self.models.load(name, self._resolve_model(path or name), required=True)
+        self._remember(name, path or name)
+        self._update_health()
+        return model
 
     def unload_model(self, name: str) -> None:
         self.models.unload(name)
+        self._remember(name, None)
         self._update_health()
+
+    @property
+    def loaded_file(self) -> Path:
+        return self.dirs.state / LOADED_FILE
+
+    def _remembered(self) -> dict[str, str]:
+        try:
+            loaded = json.loads(self.loaded_file.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            self.events.publish(Event("error", f"ignoring {self.loaded_file}: {e}"))
+            return {}
+        return {str(k): str(v) for k, v in loaded.items()} if isinstance(loaded, dict) else {}
+
+    def _remember(self, name: str, spec: str | None) -> None:
+        """Models loaded over the API, kept in the state directory so a restart brings them back."""
+        loaded = self._remembered()
+        if spec is None:
+            loaded.pop(name, None)
+        else:
+            loaded[name] = spec
+        _write_atomically(self.loaded_file, json.dumps(loaded, indent=1) + "\n")
 
     @property
     def ready(self) -> bool:
@@ -276,8 +300,13 @@ class Daemon:
         # The first decision has no runtime overhead measured yet; the real one follows warm-up.
         self.reevaluate([])
         for spec in specs:
-            name = Path(spec).stem if "/" in spec or spec.endswith(".onnx") else spec
-            self.models.load(name, self._resolve_model(spec))
+            self.models.load(_name(spec), self._resolve_model(spec))
+        for name, spec in self._remembered().items():
+            if name not in self.models.names():
+                try:
+                    self.models.load(name, self._resolve_model(spec))
+                except FlexnnError as e:
+                    self.events.publish(Event("error", f"cannot load {name} again after the restart: {e}", model=name))
         self.servers = self._start_servers()
         self.runtime_overhead = max(0, psutil.Process().memory_info().rss - self.models.committed)
         log.info("runtime overhead %s (RSS beside the models' arenas)", format_size(self.runtime_overhead))
@@ -426,11 +455,12 @@ class Daemon:
         self.config = fresh
         self.policy = BudgetPolicy(self._policy_config(fresh))
         logging.getLogger().setLevel(fresh.log_level.upper())
-        wanted = {Path(s).stem if "/" in s or s.endswith(".onnx") else s: s for s in fresh.models or (zoo.DEFAULT_MODEL,)}
+        wanted = {_name(s): s for s in fresh.models or (zoo.DEFAULT_MODEL,)}
+        wanted.update({n: s for n, s in self._remembered().items() if n not in wanted})
         for name in set(self.models.names()) - set(wanted):
             self.models.unload(name)
         for name, spec in wanted.items():
-            if name not in self.models.names():
+            if name not in self.models.names() or self.models.get(name).state == "failed":
                 try:
                     self.models.load(name, self._resolve_model(spec))
                 except FlexnnError as e:
@@ -453,6 +483,8 @@ class Daemon:
                 self.should_exit.wait(TICK_S)
             if self.reload_requested:
                 self.reload()
+            if self.models.check_weights():
+                self._update_health()
             for event in pressure:
                 self.events.publish(
                     Event("pressure", f"{event.kind} ×{event.count} from {event.source}", source="pressure")
@@ -579,6 +611,25 @@ def _is_loopback(address: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _name(spec: str) -> str:
+    """The served name of a configured model: a file's stem, or the zoo name itself."""
+    return Path(spec).stem if "/" in spec or spec.endswith(".onnx") else spec
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write-temp, fsync, rename: a crash or a full disk leaves the old file whole."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _own_memory() -> tuple[int, int]:

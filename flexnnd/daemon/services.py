@@ -90,7 +90,7 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
             self._check_version(request.model_version, model.name)
             feeds = oip.decode_infer_request(request, model.inputs, self.daemon.config_max_bytes)
             names = oip.requested_outputs(request, model.outputs)
-            outputs = model.run(feeds)
+            outputs = models.infer(model.name, feeds)
             return oip.encode_infer_response(model.name, "1", request.id, outputs, names)
 
     @staticmethod
