@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from flexnnd.daemon.events import Event, EventBus
+from flexnnd.daemon.prepare import in_child, package_with_ladder
 from flexnnd.errors import (
     BudgetTooSmall,
     FlexnnError,
@@ -32,10 +33,10 @@ from flexnnd.errors import (
     Overloaded,
     PackageError,
 )
-from flexnnd.graph.package import Package, read_package
-from flexnnd.planner.ladder import build_and_store, stored_ladder
+from flexnnd.graph.package import MANIFEST, Package, read_package
+from flexnnd.planner.ladder import stored_ladder
 from flexnnd.planner.plan import Plan
-from flexnnd.runtime.session import Session, TensorSpec, package_for
+from flexnnd.runtime.session import Session, TensorSpec, package_for, package_for_path
 
 log = logging.getLogger("flexnnd.models")
 
@@ -61,12 +62,13 @@ def split_budget(rungs: Mapping[str, list[Rung]], total: int | None) -> dict[str
         ]
         merged.sort(key=lambda x: (x[0], x[1]))
         front = []
-        for item in merged:  # keep the Pareto front: each costlier choice must be faster
-            if not front or item[1] < front[-1][1]:
+        for item in merged:  # the Pareto front: a costlier choice must be at least as fast
+            if not front or item[1] <= front[-1][1]:
                 front.append(item)
         if not front:
             return None
-    return min(front, key=lambda x: (x[1], x[0]))[2]
+    # Equal predictions: the costlier choice keeps more weights resident, which the simulator undervalues.
+    return min(front, key=lambda x: (x[1], -x[0]))[2]
 
 
 class Model:
@@ -244,7 +246,8 @@ class Models:
             ladder = stored_ladder(package)
             if ladder is None:
                 start = time.perf_counter()
-                ladder = build_and_store(package, self.cache_dir)
+                in_child(package_with_ladder, str(package.path), str(self.cache_dir))
+                ladder = stored_ladder(package)
                 log.info("planned the ladder of %s: %d rungs in %.1f s", name, len(ladder), time.perf_counter() - start)
             out_bytes = sum(t.nbytes for t in package.graph.outputs)
             rungs = [Rung(p.arena_bytes + out_bytes, p.predicted_seconds or 0.0, p) for p in ladder]
@@ -263,6 +266,8 @@ class Models:
     def _package(self, source: Path, verify: bool) -> Package:
         """The source's package; an import cache whose weights went bad is rebuilt from the .onnx."""
         try:
+            if not source.is_dir() and not (package_for_path(source, self.cache_dir / "packages") / MANIFEST).is_file():
+                in_child(package_with_ladder, str(source), str(self.cache_dir))  # import in a child: see prepare.py
             return read_package(package_for(source, self.cache_dir / "packages"), verify=verify)
         except PackageError:
             if source.is_dir():
@@ -270,6 +275,7 @@ class Models:
             cached = package_for(source, self.cache_dir / "packages")
         log.warning("re-importing %s: the cached package %s no longer matches its manifest", source, cached)
         shutil.rmtree(cached)
+        in_child(package_with_ladder, str(source), str(self.cache_dir))
         return read_package(package_for(source, self.cache_dir / "packages"), verify=True)
 
     def unload(self, name: str) -> None:

@@ -29,13 +29,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from flexnnd import zoo
-from flexnnd.daemon import services
+from flexnnd.daemon import prepare, services
 from flexnnd.daemon.config import Config, create_dirs, resolve_dirs
 from flexnnd.daemon.events import Event, EventBus
 from flexnnd.daemon.lock import InstanceLock
 from flexnnd.daemon.models import Model, Models
 from flexnnd.daemon.monitor import EventCounts, Monitor, MonitorConfig, Reading
 from flexnnd.daemon.policy import BudgetPolicy, Decision, PolicyConfig
+from flexnnd.daemon.prepare import in_child
 from flexnnd.daemon.proto import inference_pb2, inference_pb2_grpc
 from flexnnd.daemon.proto.flexnn.control.v1 import control_pb2, control_pb2_grpc
 from flexnnd.daemon.sdnotify import Notifier, watchdog_interval
@@ -190,7 +191,8 @@ class Daemon:
         if candidate.exists():
             return candidate
         if spec in zoo.MODELS:
-            return zoo.cached(spec, self.dirs.cache / "zoo")
+            path = zoo.cached_path(spec, self.dirs.cache / "zoo")
+            return path if path.exists() else Path(in_child(prepare.zoo_model, spec, str(path.parent)))
         raise InvalidRequest(
             f"no model {spec!r} in {models_dir} (an .onnx file or a package folder), and it is not a built-in "
             f"model ({', '.join(zoo.MODELS)})"

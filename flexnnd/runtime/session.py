@@ -52,15 +52,21 @@ def default_cache_dir() -> Path:
     return Path(base) / "flexnn" / "packages"
 
 
-def package_for(model: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
-    """The package folder for `model`: itself if it is one, else an import cached by file identity."""
+def package_for_path(model: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where package_for keeps the import of `model` (which may not exist yet)."""
     path = Path(model)
     if path.is_dir():
         return path
     st = path.stat()
     key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    target = Path(cache_dir or default_cache_dir()) / f"{path.stem}-{key}"
-    if not (target / MANIFEST).is_file():
+    return Path(cache_dir or default_cache_dir()) / f"{path.stem}-{key}"
+
+
+def package_for(model: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The package folder for `model`: itself if it is one, else an import cached by file identity."""
+    path = Path(model)
+    target = package_for_path(path, cache_dir)
+    if target != path and not (target / MANIFEST).is_file():
         import_model(path, target)
     return target
 

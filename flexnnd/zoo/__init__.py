@@ -78,12 +78,17 @@ def save(name: str, path: str | os.PathLike, seed: int = 0) -> pathlib.Path:
     return path
 
 
-def cached(name: str, cache_dir: str | os.PathLike, seed: int = 0) -> pathlib.Path:
-    """cache_dir/<name>-<seed>.onnx, built and written on first use and reused afterwards."""
+def cached_path(name: str, cache_dir: str | os.PathLike, seed: int = 0) -> pathlib.Path:
+    """Where `cached` keeps the model (built or not)."""
     if name not in _BUILDERS:
         raise UnknownModel(name)
-    cache_dir = pathlib.Path(cache_dir)
-    path = cache_dir / f"{name}-{seed}.onnx"
+    return pathlib.Path(cache_dir) / f"{name}-{seed}.onnx"
+
+
+def cached(name: str, cache_dir: str | os.PathLike, seed: int = 0) -> pathlib.Path:
+    """cache_dir/<name>-<seed>.onnx, built and written on first use and reused afterwards."""
+    path = cached_path(name, cache_dir, seed)
+    cache_dir = path.parent
     if path.exists():
         return path
     cache_dir.mkdir(parents=True, exist_ok=True)
