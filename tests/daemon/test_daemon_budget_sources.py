@@ -196,3 +196,13 @@ def test_tcp_with_tls_needs_the_bearer_token_except_for_health_and_liveness(tmp_
     finally:
         d.stop()
         d.close()
+
+
+def test_an_unknown_model_is_a_startup_failure_naming_the_zoo(tmp_path):
+    d = DaemonProcess(tmp_path / "d", ["--models", "alexnet"])
+    try:
+        d.start(wait=False)
+        assert d.proc.wait(120) == 3
+        assert "no model 'alexnet'" in d.log() and "resnet18" in d.log()
+    finally:
+        d.close()
