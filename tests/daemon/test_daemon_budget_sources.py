@@ -206,3 +206,38 @@ def test_an_unknown_model_is_a_startup_failure_naming_the_zoo(tmp_path):
         assert "no model 'alexnet'" in d.log() and "resnet18" in d.log()
     finally:
         d.close()
+
+
+def test_memory_pressure_cuts_the_budget_and_it_recovers_after_the_quiet_period(tmp_path, cache, models_dir):  # noqa: F811
+    import os
+
+    fifo = tmp_path / "pressure.fifo"
+    os.mkfifo(fifo)
+    d = DaemonProcess(
+        tmp_path / "d",
+        ["--models-dir", str(models_dir), "--models", "a.onnx", "--threads", "1",
+         "--quiet-period-s", "2", "--min-dwell-s", "0.5"],
+        env={"MEMORY_PRESSURE_WATCH": str(fifo)},
+        cache=cache,
+    )  # fmt: skip
+    try:
+        d.start()
+        with d.client() as c:
+            top = max(p.budget_bytes for p in c.plans("a"))
+            c.set_budget(top)
+            with open(fifo, "wb", buffering=0) as f:  # what systemd's pressure notification looks like to us
+                f.write(b"pressure\n")
+                status = until(
+                    lambda: (s := c.status()).budget_source == "pressure" and s.models[0].budget_bytes < top and s,
+                    "the pressure cut",
+                )
+            assert status.effective_budget_bytes == int(0.75 * top)
+            assert status.models[0].budget_bytes <= 0.75 * top and status.HasField("last_pressure_event")
+            c.infer("a", {"x": x_for()})
+            status = until(lambda: (s := c.status()).budget_source == "operator" and s, "the recovery")
+            assert status.models[0].budget_bytes == top
+        log = d.log()
+        assert "pressure" in log and log.count("swap [a]") >= 3
+    finally:
+        d.stop()
+        d.close()
