@@ -267,9 +267,9 @@ class Sampler:
 
 def expected_arena(plans: list, budget: int) -> int:
     """The daemon's choice for one model: the rung that fits with the least predicted latency (then the
-    cheapest), not necessarily the largest (flexnnd/daemon/models.py split_budget)."""
+    largest), not necessarily the largest (flexnnd/daemon/models.py split_budget)."""
     fits = [p for p in plans if p.budget_bytes <= budget]
-    return min(fits, key=lambda p: (p.predicted_latency_s, p.budget_bytes)).arena_bytes
+    return min(fits, key=lambda p: (p.predicted_latency_s, -p.budget_bytes)).arena_bytes
 
 
 class Thrash:

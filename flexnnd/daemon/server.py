@@ -10,6 +10,7 @@ Signal handlers only set flags.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import hmac
 import ipaddress
@@ -544,6 +545,8 @@ class Daemon:
         return code
 
     def serve(self) -> int:
+        if not tune_malloc():
+            log.info("mallopt unavailable (not glibc): freed request buffers may stay in the heap")
         self.install_signal_handlers()
         try:
             self.startup()
@@ -618,6 +621,21 @@ def _is_loopback(address: str) -> bool:
 def _name(spec: str) -> str:
     """The served name of a configured model: a file's stem, or the zoo name itself."""
     return Path(spec).stem if "/" in spec or spec.endswith(".onnx") else spec
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters from glibc's malloc.h
+MMAP_THRESHOLD = 128 << 10
+
+
+def tune_malloc() -> bool:
+    """Fix glibc's mmap threshold: request buffers (a camera frame is ~0.6 MB) are then mmapped and
+    returned on free. Left dynamic, the threshold rises after the first free and every later buffer
+    stays in the heap, RSS the budget cannot see."""
+    try:
+        libc = ctypes.CDLL(None)
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(M_TRIM_THRESHOLD, MMAP_THRESHOLD))
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        return False
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -76,12 +76,6 @@ def test_budget_thrash_under_load_fails_nothing_and_keeps_outputs_and_memory(tmp
         assert memory["hwm_reset"] and memory["worst_hwm_excess_bytes"] <= SLACK, memory["worst_hwm_interval"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="daemon: freed request buffers (0.6 MB each) stay in glibc's heaps (dynamic mmap threshold), so "
-    "after 120 requests RSS beside the arena stays ~20 MiB above runtime_overhead_bytes + budget; "
-    "MALLOC_MMAP_THRESHOLD_=131072 (or mallopt(M_MMAP_THRESHOLD) at start) brings it to 7-8 MiB",
-)
 def test_runtime_beside_the_arena_stays_bounded_under_concurrent_requests(tmp_path, cache):
     d = start(tmp_path / "d", cache, queue_depth=8)
     try:
