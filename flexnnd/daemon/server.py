@@ -426,15 +426,17 @@ class Daemon:
 
     def _file_changed(self, path: Path) -> None:
         if path == self.budget_file.resolve():
-            try:
-                budget = self._read_operator_budget()
-            except ConfigError as e:
-                self.events.publish(Event("error", str(e)))
-                return
-            if budget != self.operator_budget:
-                self.operator_budget = budget
-                self.events.publish(Event("budget", f"budget file changed: {_fmt(budget)}", source="operator"))
-                self._pending_reevaluate = True
+            # under the lock: a set-budget between our read and our write would be undone by a stale read
+            with self._budget_lock:
+                try:
+                    budget = self._read_operator_budget()
+                except ConfigError as e:
+                    self.events.publish(Event("error", str(e)))
+                    return
+                if budget != self.operator_budget:
+                    self.operator_budget = budget
+                    self.events.publish(Event("budget", f"budget file changed: {_fmt(budget)}", source="operator"))
+                    self._pending_reevaluate = True
         else:
             self.reload_requested = True
 

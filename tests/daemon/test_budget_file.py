@@ -1,0 +1,49 @@
+"""The budget file's watcher and `set-budget` share one lock: a stale read cannot undo a newer budget."""
+
+from __future__ import annotations
+
+import threading
+
+from flexnnd.daemon.config import Config, create_dirs
+from flexnnd.daemon.server import Daemon
+
+
+def daemon_in(tmp_path) -> Daemon:
+    config = Config(state_dir=tmp_path / "state", cache_dir=tmp_path / "cache", runtime_dir=tmp_path / "run")
+    d = Daemon(config, env={})
+    create_dirs(d.dirs)
+    return d
+
+
+def test_a_file_event_reads_the_budget_only_under_the_budget_lock(tmp_path):
+    d = daemon_in(tmp_path)
+    d.budget_file.write_text("64M\n")
+    reads = []
+    original = d._read_operator_budget
+
+    def recording_read():
+        reads.append(d.budget_file.read_text())
+        return original()
+
+    d._read_operator_budget = recording_read
+    with d._budget_lock:  # what set_operator_budget holds while it writes the file and the budget
+        watcher = threading.Thread(target=d._file_changed, args=(d.budget_file.resolve(),))
+        watcher.start()
+        watcher.join(0.5)
+        assert reads == [], "the watcher read the budget file while a budget change held the lock"
+        d.budget_file.write_text("32M\n")
+        d.operator_budget = 32 << 20
+    watcher.join(10)
+    assert not watcher.is_alive()
+    assert reads == ["32M\n"] and d.operator_budget == 32 << 20
+
+
+def test_a_hand_edited_budget_file_is_taken_and_a_bad_one_is_an_error_event(tmp_path):
+    d = daemon_in(tmp_path)
+    d.budget_file.write_text("48M\n")
+    d._file_changed(d.budget_file.resolve())
+    assert d.operator_budget == 48 << 20
+    d.budget_file.write_text("lots\n")
+    d._file_changed(d.budget_file.resolve())
+    assert d.operator_budget == 48 << 20  # kept: a typo in the file does not drop the budget
+    assert d.events.last["error"].message.startswith(str(d.budget_file))
