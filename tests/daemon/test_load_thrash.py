@@ -12,10 +12,9 @@ the arena is measured once at start, idle, and then grows a little:
 - numba loading the kernel specializations of sliced rungs on their first inference: measured
   +4.9 MB for the smallest rung, ~10 MB over the whole ladder.
 ≈ 18 MB; SLACK is 24 MiB. Measured here with that: 13.8 MB worst steady, 14.1 MB worst VmHWM.
-The daemon runs with MALLOC_MMAP_THRESHOLD_=131072: with glibc's default dynamic threshold, freed
-request buffers stay in malloc's heaps and RSS creeps up by a further 10-20 MB under load, a separate
-daemon issue reproduced (xfail) by the second test. An arena leaked at each swap would exceed SLACK
-within a few swaps; a swap that fails a request, or outputs off the plan they ran on, fail the test.
+The daemon fixes glibc's mmap threshold at start (mallopt): with the default dynamic threshold, freed
+request buffers stay in malloc's heaps and RSS creeps up by a further 10-20 MB under load; the second
+test holds that down. An arena leaked at each swap would exceed SLACK within a few swaps; a swap that fails a request, or outputs off the plan they ran on, fail the test.
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ from tests.daemon.harness import DaemonProcess
 
 MODEL = "squeezenet1_1"
 SLACK = 24 << 20
-FIXED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072"}  # large freed buffers go back to the OS at once
 TIGHT_SLACK = 12 << 20  # what the runtime beside the arena may keep once the requests are answered
 
 
@@ -42,18 +40,17 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("thrash-cache")
 
 
-def start(tmp, cache, queue_depth: int, env=None) -> DaemonProcess:
+def start(tmp, cache, queue_depth: int) -> DaemonProcess:
     d = DaemonProcess(
         tmp,
         ["--models", MODEL, "--threads", "1", "--no-watch-pressure", "--queue-depth", str(queue_depth)],
         cache=cache,
-        env=env,
     )
     return d.start()
 
 
 def test_budget_thrash_under_load_fails_nothing_and_keeps_outputs_and_memory(tmp_path, cache):
-    d = start(tmp_path / "d", cache, queue_depth=2, env=FIXED_MALLOC)
+    d = start(tmp_path / "d", cache, queue_depth=2)
     try:
         report = run_load(d, MODEL, zoo.cached(MODEL, cache / "zoo"), clients=4, seconds=20, swap_every=1.0,
                           inputs=2, mode="thread")
