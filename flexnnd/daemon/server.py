@@ -55,6 +55,7 @@ NO_READING = Reading(None, None, None, None, None, EventCounts(), None)  # no mo
 BUDGET_FILE = "budget"
 LOADED_FILE = "models.json"  # models loaded with LoadModel: name -> path in the models directory  # the operator's budget in the state directory: a size, absent means auto
 MAX_WATCHERS = 8
+CHANGES = frozenset({"created", "modified", "moved", "deleted", "closed"})  # watchdog event types that change a file
 TICK_S = 0.5  # the main loop's longest sleep: the bound on reacting to a signal flag
 
 
@@ -413,6 +414,8 @@ class Daemon:
 
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event):
+                if event.event_type not in CHANGES:  # our own read opens the file: reacting to that loops forever
+                    return
                 for p in (event.src_path, getattr(event, "dest_path", "")):
                     if p and Path(p).resolve() in watched:
                         daemon._file_changed(Path(p).resolve())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from flexnnd.daemon.config import Config, create_dirs
 from flexnnd.daemon.server import Daemon
@@ -47,3 +48,31 @@ def test_a_hand_edited_budget_file_is_taken_and_a_bad_one_is_an_error_event(tmp_
     d._file_changed(d.budget_file.resolve())
     assert d.operator_budget == 48 << 20  # kept: a typo in the file does not drop the budget
     assert d.events.last["error"].message.startswith(str(d.budget_file))
+
+
+def test_reading_the_budget_file_does_not_trigger_the_watcher_again(tmp_path):
+    d = daemon_in(tmp_path)
+    d._write_operator_budget(48 << 20)
+    calls = []
+    original = d._file_changed
+
+    def counting(path):
+        calls.append(path)
+        original(path)
+
+    d._file_changed = counting
+    d._watch_files()
+    try:
+        d.budget_file.write_text("40M\n")  # a hand edit: seen, read once or twice
+        deadline = time.monotonic() + 30
+        while d.operator_budget != 40 << 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert d.operator_budget == 40 << 20
+        time.sleep(1.0)
+        settled = len(calls)
+        time.sleep(1.0)  # reads opened the file: those open/close events must not call back
+        assert len(calls) == settled, f"{len(calls) - settled} more callbacks with nothing written"
+        assert d._observer.event_queue.qsize() == 0
+    finally:
+        d._observer.stop()
+        d._observer.join(10)
