@@ -38,6 +38,7 @@ class Subscription:
         self._items: collections.deque[Event] = collections.deque(maxlen=capacity)
         self._cond = threading.Condition()
         self.dropped = 0
+        self._reported = 0  # drops already told to the watcher
         self.closed = False
 
     def _put(self, event: Event) -> None:
@@ -48,7 +49,15 @@ class Subscription:
             self._cond.notify()
 
     def get(self, timeout: float) -> Event | None:
+        """The next event; after an overflow, first an error event saying how many were lost."""
         with self._cond:
+            if self.dropped > self._reported:
+                lost, self._reported = self.dropped - self._reported, self.dropped
+                return Event(
+                    "error",
+                    f"{lost} events dropped: this watcher reads slower than they arrive "
+                    f"(it may fall {self._items.maxlen} behind)",
+                )
             if not self._items and not self.closed:
                 self._cond.wait(timeout)
             return self._items.popleft() if self._items else None
