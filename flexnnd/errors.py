@@ -100,3 +100,10 @@ class InvalidRequest(FlexnnError, ValueError):
     def __init__(self, message: str, expected: object = None, got: object = None, tensor: str = ""):
         self.expected, self.got, self.tensor = expected, got, tensor
         super().__init__(message)
+
+
+class StorageError(FlexnnError):
+    """Writing a package, plan cache or state file failed (disk full, read-only, permissions).
+
+    Every such write goes to a temporary file first, so the previous file is still whole.
+    """

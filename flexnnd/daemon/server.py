@@ -43,6 +43,7 @@ from flexnnd.daemon.proto.flexnn.control.v1 import control_pb2, control_pb2_grpc
 from flexnnd.daemon.sdnotify import Notifier, watchdog_interval
 from flexnnd.errors import BudgetTooSmall, ConfigError, FlexnnError, InvalidRequest
 from flexnnd.sizes import format_size, parse_size
+from flexnnd.storage import write_atomically
 
 log = logging.getLogger("flexnnd")
 
@@ -644,17 +645,7 @@ def tune_malloc() -> bool:
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    """Write-temp, fsync, rename: a crash or a full disk leaves the old file whole."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomically(path, text, "state file")
 
 
 def _own_memory() -> tuple[int, int]:

@@ -24,6 +24,7 @@ import numpy as np
 from flexnnd.errors import PackageError, UnsupportedOp
 from flexnnd.graph.ir import Graph, Node, TensorInfo
 from flexnnd.ops import op_class
+from flexnnd.storage import storage_error
 
 FORMAT = "flexnn-package"
 # Bump whenever the manifest schema or any op's prepared weight layout changes.
@@ -116,11 +117,12 @@ def write_package(
 ) -> Package:
     """Write the package atomically: a temporary folder beside `path`, fsync'd, then renamed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    needed = sum(_align(np.asarray(consts[name]).nbytes) for name in graph.constants)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
         entries: dict[str, WeightEntry] = {}
         digest = hashlib.sha256()
         offset = 0
@@ -164,6 +166,8 @@ def write_package(
         os.replace(tmp, path)
         shutil.rmtree(old, ignore_errors=True)
         _fsync_dir(path.parent)
+    except OSError as e:  # a full disk or a read-only cache: the old package, if any, was not touched
+        raise storage_error("model package", path, e, needed) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return read_package(path)

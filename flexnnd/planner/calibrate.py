@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import time
@@ -11,10 +12,14 @@ from pathlib import Path
 import numba
 import numpy as np
 
+from flexnnd.errors import StorageError
 from flexnnd.ops.conv import Conv
 from flexnnd.ops.elementwise import Add
 from flexnnd.planner.profile import Machine
 from flexnnd.runtime.threads import set_threads
+from flexnnd.storage import write_atomically
+
+log = logging.getLogger("flexnnd.calibrate")
 
 CALIBRATION_VERSION = 1
 
@@ -96,9 +101,10 @@ def machine(cache_dir: Path, weights_file: Path) -> Machine:
     found = measure(weights_file)
     cached[key] = {"version": CALIBRATION_VERSION, "machine": found.__dict__}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(cached, indent=1))
-    os.replace(tmp, path)
+    try:
+        write_atomically(path, json.dumps(cached, indent=1), "calibration cache")
+    except StorageError as e:  # the rates were measured: use them now, measure again next time
+        log.warning("%s", e)
     return found
 
 

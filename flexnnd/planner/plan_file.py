@@ -14,6 +14,7 @@ from flexnnd.graph.ir import Graph
 from flexnnd.ops.base import Part
 from flexnnd.planner.plan import PLAN_VERSION, Load, Plan, Region, Step, WeightPiece
 from flexnnd.planner.verify import verify
+from flexnnd.storage import write_atomically
 
 FORMAT = "flexnn-plans"
 
@@ -85,15 +86,7 @@ def write_plans(path: str | os.PathLike, plans: Sequence[Plan], graph: Graph, we
         "weights_sha256": weights_sha256,
         "plans": [plan_to_json(p) for p in plans],
     }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            f.write(_dumps(document) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomically(path, _dumps(document) + "\n", "plan cache")
 
 
 def read_plans(path: str | os.PathLike, graph: Graph, weights_sha256: str) -> list[Plan]:
