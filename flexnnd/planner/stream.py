@@ -42,7 +42,6 @@ def _split(total: int, parts: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in itertools.pairwise(bounds) if b > a]
 
 
-
 @dataclass(frozen=True)
 class Layout:
     """Steps, pieces and lifetimes of one slicing, before any offset is chosen."""
@@ -239,7 +238,10 @@ def pack(
     busy = lay.base_occupancy.copy()
     everywhere = lay.base_gaps.copy()  # a resident region collides with every other one
     regions = list(lay.base)
-    for name in sorted(resident, key=lambda p: -piece_bytes[p]):
+    # Ties go in file order: a set's iteration order changes with the hash seed, so would the plan.
+    for name in sorted(
+        resident, key=lambda p: (-piece_bytes[p], planner.position[lay.pieces[p].tensor], lay.pieces[p].start)
+    ):
         offset = everywhere.place(align(piece_bytes[name]), piece_bytes[name])
         if offset + piece_bytes[name] > budget:
             return None
