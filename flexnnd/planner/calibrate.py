@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,7 +18,18 @@ from flexnnd.ops.elementwise import Add
 from flexnnd.planner.profile import Machine
 from flexnnd.runtime.threads import set_threads
 
-CALIBRATION_VERSION = 1
+# 2: read bandwidth of small weights files measured on a probe file (1 cached 0 B/s for them).
+CALIBRATION_VERSION = 2
+# Reads shorter than this time the system call more than the storage.
+READ_PROBE_BYTES = 16 << 20
+
+log = logging.getLogger("flexnnd.calibrate")
+
+
+def default_cache_dir() -> Path:
+    """Where this machine's rates (and, under packages/, imports of .onnx files) are cached."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "flexnn"
 
 
 def _best_of(fn, repeat: int = 5) -> float:
@@ -52,7 +65,22 @@ def _memory_rate() -> float:
 
 
 def _read_rate(path: Path) -> float:
-    """Sequential read bandwidth of the file's storage, page cache dropped first."""
+    """Sequential read bandwidth of the file's storage, page cache dropped first. A weights file
+    too small to time (a tiny model has none at all) is replaced by a probe file beside it."""
+    if path.stat().st_size >= READ_PROBE_BYTES:
+        return _timed_read(path)
+    fd, probe = tempfile.mkstemp(prefix=".flexnn-read-probe-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(os.urandom(READ_PROBE_BYTES))  # random: a compressing filesystem would fake zeros
+            f.flush()
+            os.fsync(f.fileno())
+        return _timed_read(Path(probe))
+    finally:
+        os.unlink(probe)
+
+
+def _timed_read(path: Path) -> float:
     size = min(path.stat().st_size, 64 << 20)
     buf = bytearray(1 << 20)
     fd = os.open(path, os.O_RDONLY)
@@ -95,10 +123,14 @@ def machine(cache_dir: Path, weights_file: Path) -> Machine:
         return Machine(**entry["machine"])
     found = measure(weights_file)
     cached[key] = {"version": CALIBRATION_VERSION, "machine": found.__dict__}
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(cached, indent=1))
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(cached, indent=1))
+        os.replace(tmp, path)
+    except OSError as e:  # the rates are still right for this plan; the next one measures again
+        log.warning("could not cache this machine's rates in %s (%s): they will be measured again", path, e)
+        tmp.unlink(missing_ok=True)
     return found
 
 

@@ -54,6 +54,7 @@ class Layout:
     aliases: Mapping[str, str]
     offsets: Mapping[str, int]
     piece_bytes: Mapping[str, int]
+    file_order: tuple[str, ...]  # the pieces in the order the weights file holds them
 
     @cached_property
     def base(self) -> tuple[Region, ...]:
@@ -95,18 +96,26 @@ class Layout:
         own = np.array([sum(self.piece_bytes[p] for p in s.weights) for s in self.steps], np.int64)
         return tuple((self._alive(weights=False) + own).tolist())
 
+    @cached_property
+    def _piece_columns(self) -> tuple[dict[str, int], np.ndarray, np.ndarray, np.ndarray]:
+        index = {name: k for k, name in enumerate(self.piece_steps)}
+        first = np.array([f for f, _ in self.piece_steps.values()], np.int64)
+        after = np.array([last + 1 for _, last in self.piece_steps.values()], np.int64)
+        nbytes = np.array([self.piece_bytes[name] for name in self.piece_steps], np.int64)
+        return index, first, after, nbytes
+
     def resident_floor(self, resident: frozenset[str]) -> int:
         """A lower bound on the arena of any plan holding `resident` for every step; a plan whose
         floor exceeds the budget cannot fit, so packing it can be skipped without changing plans."""
-        live = self.live_bytes
-        total = 0
-        if resident:
-            live = live.copy()
-            for name in resident:
-                first, last = self.piece_steps[name]
-                live[first : last + 1] -= self.piece_bytes[name]
-                total += self.piece_bytes[name]
-        return int(live.max(initial=0)) + total
+        if not resident:
+            return int(self.live_bytes.max(initial=0))
+        index, first, after, nbytes = self._piece_columns
+        chosen = np.fromiter((index[name] for name in resident), np.int64, len(resident))
+        delta = np.zeros(len(self.steps) + 1, np.int64)
+        np.add.at(delta, first[chosen], -nbytes[chosen])
+        np.add.at(delta, after[chosen], nbytes[chosen])
+        live = self.live_bytes + np.cumsum(delta[:-1])
+        return int(live.max(initial=0)) + int(nbytes[chosen].sum())
 
 
 class Planner:
@@ -220,6 +229,7 @@ def _layout(planner: Planner, slicing: Slicing) -> Layout:
         MappingProxyType(life.aliases),
         MappingProxyType(life.offsets),
         MappingProxyType({p: piece_nbytes(graph, w) for p, w in pieces.items()}),
+        tuple(planner.file_order(pieces)),
     )
 
 
@@ -249,7 +259,7 @@ def pack(
         regions.append(Region(name, offset, piece_bytes[name], 0, end))
     loads: list[Load] = []
     earliest = 0  # loads stay in file order: none may be released before the previous one
-    for name in planner.file_order(lay.pieces):
+    for name in lay.file_order:
         if name in resident:
             continue
         first, last = lay.piece_steps[name]

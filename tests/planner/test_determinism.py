@@ -13,7 +13,7 @@ from flexnnd.graph.package import read_package
 from flexnnd.graph.onnx_import import import_model
 from flexnnd.planner.plan_file import plan_to_json
 from flexnnd.planner.stream import Planner, plan_for_budget, smallest_plan
-pkg = read_package(import_model(sys.argv[1], sys.argv[2]))
+pkg = read_package(import_model(sys.argv[1], sys.argv[2], ladder=False))
 planner = Planner(pkg.graph)
 low = smallest_plan(pkg.graph, planner)
 plans = [low, plan_for_budget(pkg.graph, low.arena_bytes * 3 // 2, planner)]
