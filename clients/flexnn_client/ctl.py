@@ -24,11 +24,13 @@ def cmd_import(args: argparse.Namespace) -> int:
     import flexnnd
 
     try:
-        path = flexnnd.import_model(args.model, args.dir, input_shapes=dict(args.input_shape or ()) or None)
+        path = flexnnd.import_model(
+            args.model, args.dir, input_shapes=dict(args.input_shape or ()) or None, ladder=not args.no_ladder
+        )
     except (flexnnd.FlexnnError, OSError) as e:
         print(f"flexnnctl import: {e}", file=sys.stderr)
         return EXIT_FAILED
-    print(f"imported {args.model} into {path}")
+    print(f"imported {args.model} into {path}" + ("" if args.no_ladder else ", with its ladder of plans"))
     return EXIT_OK
 
 
@@ -260,6 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=_shape_arg,
         metavar="NAME=D1,D2,...",
         help="static shape for an input with symbolic dimensions (repeatable)",
+    )
+    p.add_argument(
+        "--no-ladder",
+        action="store_true",
+        help="skip planning the budgets now (faster import; they are planned on first use)",
     )
     p.set_defaults(func=cmd_import)
     p = sub.add_parser("plans", help="the ladder of plans of a model: budget, memory, predicted latency")

@@ -76,6 +76,7 @@ class Model:
 
     def __init__(self, name: str, source: Path, package: Package, rungs: list[Rung], queue_depth: int):
         self.name, self.source, self.package_dir, self.rungs = name, source, package.path, rungs
+        self.package = package
         graph = package.graph
         self.inputs = [TensorSpec(t.name, t.shape, t.dtype) for t in graph.inputs]
         self.outputs = [TensorSpec(t.name, t.shape, t.dtype) for t in graph.outputs]
@@ -337,7 +338,9 @@ class Models:
         start = time.perf_counter()
         try:
             if session is None:
-                model.session = Session(model.package_dir, budget=rung.cost, threads=self.threads, cache_dir=self.cache_dir)
+                # The ladder was read and verified at load: the session takes it as it is.
+                ladder = [r.plan for r in model.rungs]
+                model.session = Session(model.package, budget=rung.cost, threads=self.threads, ladder=ladder)
                 _warm(model.session)
                 before, overlapped = 0, False
             else:

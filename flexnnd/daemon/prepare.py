@@ -23,11 +23,12 @@ def zoo_model(name: str, zoo_dir: str) -> str:
 def package_with_ladder(source: str, cache_dir: str) -> str:
     """The package of `source` with its ladder stored, importing and planning as needed."""
     from flexnnd.graph.package import read_package
-    from flexnnd.planner.ladder import build_and_store, stored_ladder
+    from flexnnd.planner.ladder import LADDER_FILE, build_and_store
     from flexnnd.runtime.session import package_for
 
-    package = read_package(package_for(source, Path(cache_dir) / "packages"))
-    if stored_ladder(package) is None:
+    # An import stores the ladder itself; only a package imported without one is planned here.
+    package = read_package(package_for(source, Path(cache_dir) / "packages", calibration_dir=cache_dir))
+    if not (package.path / LADDER_FILE).exists():
         build_and_store(package, cache_dir)
     return str(package.path)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -261,14 +262,31 @@ def import_model(
     onnx_path: str | os.PathLike,
     package_dir: str | os.PathLike,
     input_shapes: Mapping[str, Shape] | None = None,
+    *,
+    ladder: bool = True,
+    calibration_dir: str | os.PathLike | None = None,
 ) -> Path:
-    """Import an ONNX file into a model package folder; returns the folder."""
+    """Import an ONNX file into a model package folder; returns the folder.
+
+    With `ladder` (the default) the plans of every budget are built too and stored with the
+    package, with this machine's rates (measured once, cached in `calibration_dir`, by default
+    ~/.cache/flexnn), so a session or the daemon only reads them.
+    """
     onnx_path = Path(onnx_path)
     model = load_onnx(onnx_path)
     graph, consts = import_onnx(model, input_shapes, name=onnx_path.stem)
+    del model  # the weights are in `consts` now; planning needs neither
     source = {"onnx": str(onnx_path.resolve()), "sha256": file_sha256(onnx_path), "opset": graph.opset}
-    write_package(graph, consts, package_dir, source)
+    package = write_package(graph, consts, package_dir, source)
     log.info(
         "imported %s into %s: %d nodes, %d weights", onnx_path, package_dir, len(graph.nodes), len(consts)
     )
+    del consts
+    if ladder:
+        from flexnnd.planner.calibrate import default_cache_dir
+        from flexnnd.planner.ladder import build_and_store
+
+        start = time.perf_counter()
+        plans = build_and_store(package, calibration_dir or default_cache_dir())
+        log.info("planned the ladder of %s: %d plans in %.2f s", graph.name, len(plans), time.perf_counter() - start)
     return Path(package_dir)

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,7 +22,16 @@ from flexnnd.storage import write_atomically
 
 log = logging.getLogger("flexnnd.calibrate")
 
-CALIBRATION_VERSION = 1
+# 2: read bandwidth of small weights files measured on a probe file (1 cached 0 B/s for them).
+CALIBRATION_VERSION = 2
+# Reads shorter than this time the system call more than the storage.
+READ_PROBE_BYTES = 16 << 20
+
+
+def default_cache_dir() -> Path:
+    """Where this machine's rates (and, under packages/, imports of .onnx files) are cached."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "flexnn"
 
 
 def _best_of(fn, repeat: int = 5) -> float:
@@ -57,7 +67,22 @@ def _memory_rate() -> float:
 
 
 def _read_rate(path: Path) -> float:
-    """Sequential read bandwidth of the file's storage, page cache dropped first."""
+    """Sequential read bandwidth of the file's storage, page cache dropped first. A weights file
+    too small to time (a tiny model has none at all) is replaced by a probe file beside it."""
+    if path.stat().st_size >= READ_PROBE_BYTES:
+        return _timed_read(path)
+    fd, probe = tempfile.mkstemp(prefix=".flexnn-read-probe-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(os.urandom(READ_PROBE_BYTES))  # random: a compressing filesystem would fake zeros
+            f.flush()
+            os.fsync(f.fileno())
+        return _timed_read(Path(probe))
+    finally:
+        os.unlink(probe)
+
+
+def _timed_read(path: Path) -> float:
     size = min(path.stat().st_size, 64 << 20)
     buf = bytearray(1 << 20)
     fd = os.open(path, os.O_RDONLY)
@@ -100,10 +125,10 @@ def machine(cache_dir: Path, weights_file: Path) -> Machine:
         return Machine(**entry["machine"])
     found = measure(weights_file)
     cached[key] = {"version": CALIBRATION_VERSION, "machine": found.__dict__}
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(path, json.dumps(cached, indent=1), "calibration cache")
-    except StorageError as e:  # the rates were measured: use them now, measure again next time
+    except (OSError, StorageError) as e:  # the rates were measured: use them now, measure again next time
         log.warning("%s", e)
     return found
 

@@ -11,7 +11,7 @@ from flexnnd.graph.ir import Graph
 from flexnnd.planner import plan_resident
 from flexnnd.planner.plan import Plan
 from flexnnd.planner.profile import Machine, simulate, step_costs
-from flexnnd.planner.stream import plan_for_budget, smallest_plan
+from flexnnd.planner.stream import Planner, plan_for_budget, smallest_plan
 
 RUNGS = 24  # geometric rungs between the two ends
 
@@ -35,9 +35,10 @@ def predict(graph: Graph, plan: Plan, machine: Machine, cost: dict[str, float] |
 def build_ladder(graph: Graph, machine: Machine, rungs: int = RUNGS) -> list[Plan]:
     """Plans from the smallest feasible budget to all-resident, ascending, each with its
     predicted latency; budgets between the ends are geometric."""
+    planner = Planner(graph)  # lifetimes, scratch sizes, layouts: computed once for every rung
     top_plan = plan_resident(graph)
     top = top_plan.arena_bytes
-    bottom_plan = smallest_plan(graph)
+    bottom_plan = smallest_plan(graph, planner)
     bottom = bottom_plan.arena_bytes
     plans = [bottom_plan]
     ratio = (top / bottom) ** (1 / (rungs + 1)) if bottom < top else 1.0
@@ -45,7 +46,7 @@ def build_ladder(graph: Graph, machine: Machine, rungs: int = RUNGS) -> list[Pla
         budget = int(bottom * ratio**k)
         if budget >= top:
             break
-        plans.append(plan_for_budget(graph, budget))
+        plans.append(plan_for_budget(graph, budget, planner))
     plans.append(dataclasses.replace(top_plan, budget=top))
     distinct: dict[tuple, Plan] = {}
     for plan in plans:  # neighbouring budgets often give the same plan: keep it once

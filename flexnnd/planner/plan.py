@@ -7,6 +7,8 @@ name (tensor name, or "<node>#scratch"), never by a running counter.
 
 from __future__ import annotations
 
+import bisect
+import heapq
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -118,13 +120,23 @@ def check_no_overlap(plan: Plan) -> None:
             )
         if r.offset % ALIGNMENT:
             raise PlanError(f"region {r.name!r} at offset {r.offset} is not {ALIGNMENT}-byte aligned")
-    by_offset = sorted(plan.regions, key=lambda r: r.offset)
-    for i, a in enumerate(by_offset):
-        for b in by_offset[i + 1 :]:
-            if b.offset >= a.end:
-                break
-            if a.collides(b):
+    # A sweep up the offsets: the regions still open at an offset must have disjoint step ranges,
+    # so each new one is checked against its two neighbours in step order (n log n, not n²).
+    open_by_end: list[tuple[int, int, Region]] = []  # heap of (end, index, region)
+    open_by_first: list[tuple[int, int, Region]] = []  # sorted (first, index, region), disjoint ranges
+    for k, b in enumerate(sorted(plan.regions, key=lambda r: (r.offset, r.end))):
+        if b.nbytes <= 0 or b.first > b.last:
+            continue  # reserves nothing: collides with nothing
+        while open_by_end and open_by_end[0][0] <= b.offset:
+            _, j, gone = heapq.heappop(open_by_end)
+            del open_by_first[bisect.bisect_left(open_by_first, (gone.first, j))]
+        at = bisect.bisect_left(open_by_first, (b.first, k))
+        for a in open_by_first[max(at - 1, 0) : at + 1]:
+            if a[2].collides(b):
+                a = a[2]
                 raise PlanError(
                     f"regions {a.name!r} [{a.offset:,}+{a.nbytes:,}, steps {a.first}-{a.last}] and "
                     f"{b.name!r} [{b.offset:,}+{b.nbytes:,}, steps {b.first}-{b.last}] overlap"
                 )
+        open_by_first.insert(at, (b.first, k, b))
+        heapq.heappush(open_by_end, (b.end, k, b))

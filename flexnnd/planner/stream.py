@@ -14,13 +14,16 @@ import dataclasses
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from types import MappingProxyType
+
+import numpy as np
 
 from flexnnd.errors import BudgetTooSmall
 from flexnnd.graph.ir import Graph, Node
 from flexnnd.ops.base import Part
 from flexnnd.planner.lifetimes import lifetimes
-from flexnnd.planner.pack import Request, align, lowest_fit, place_greedy_by_size
+from flexnnd.planner.pack import FullSpanGaps, Occupancy, Request, align, place_greedy_by_size
 from flexnnd.planner.plan import Load, Plan, Region, Step, WeightPiece, piece_nbytes, scratch_name
 from flexnnd.planner.verify import verify
 
@@ -50,10 +53,131 @@ class Layout:
     requests: tuple[Request, ...]  # activations and scratch, with their lifetimes
     aliases: Mapping[str, str]
     offsets: Mapping[str, int]
+    piece_bytes: Mapping[str, int]
+    file_order: tuple[str, ...]  # the pieces in the order the weights file holds them
+
+    @cached_property
+    def base(self) -> tuple[Region, ...]:
+        """The activations' and scratch's placement: the same for every budget."""
+        return tuple(place_greedy_by_size(self.requests)[0])
+
+    @cached_property
+    def base_occupancy(self) -> Occupancy:
+        return Occupancy(self.base, capacity=len(self.base) + len(self.pieces) + 1)
+
+    @cached_property
+    def base_gaps(self) -> FullSpanGaps:
+        return FullSpanGaps(self.base)
+
+    @cached_property
+    def base_end(self) -> int:
+        return max((r.end for r in self.base), default=0)
+
+    def _alive(self, weights: bool) -> np.ndarray:
+        delta = np.zeros(len(self.steps) + 1, np.int64)
+        for req in self.requests:
+            delta[req.first] += req.nbytes
+            delta[req.last + 1] -= req.nbytes
+        if weights:
+            for name, (first, last) in self.piece_steps.items():
+                delta[first] += self.piece_bytes[name]
+                delta[last + 1] -= self.piece_bytes[name]
+        return np.cumsum(delta[:-1])
+
+    @cached_property
+    def live_bytes(self) -> np.ndarray:
+        """Per step, the bytes every plan of this layout holds then: the activations and scratch
+        alive, and each weight piece from its first to its last reader."""
+        return self._alive(weights=True)
+
+    @cached_property
+    def demand(self) -> tuple[int, ...]:
+        """Bytes each step needs at least: what is alive then, plus its own weight pieces."""
+        own = np.array([sum(self.piece_bytes[p] for p in s.weights) for s in self.steps], np.int64)
+        return tuple((self._alive(weights=False) + own).tolist())
+
+    @cached_property
+    def _piece_columns(self) -> tuple[dict[str, int], np.ndarray, np.ndarray, np.ndarray]:
+        index = {name: k for k, name in enumerate(self.piece_steps)}
+        first = np.array([f for f, _ in self.piece_steps.values()], np.int64)
+        after = np.array([last + 1 for _, last in self.piece_steps.values()], np.int64)
+        nbytes = np.array([self.piece_bytes[name] for name in self.piece_steps], np.int64)
+        return index, first, after, nbytes
+
+    def resident_floor(self, resident: frozenset[str]) -> int:
+        """A lower bound on the arena of any plan holding `resident` for every step; a plan whose
+        floor exceeds the budget cannot fit, so packing it can be skipped without changing plans."""
+        if not resident:
+            return int(self.live_bytes.max(initial=0))
+        index, first, after, nbytes = self._piece_columns
+        chosen = np.fromiter((index[name] for name in resident), np.int64, len(resident))
+        delta = np.zeros(len(self.steps) + 1, np.int64)
+        np.add.at(delta, first[chosen], -nbytes[chosen])
+        np.add.at(delta, after[chosen], nbytes[chosen])
+        live = self.live_bytes + np.cumsum(delta[:-1])
+        return int(live.max(initial=0)) + int(nbytes[chosen].sum())
+
+
+class Planner:
+    """What planning one graph needs that does not depend on the budget, computed once and shared
+    by every rung of a ladder: lifetimes, scratch sizes, the layouts tried with their activation
+    placements, and the chain in which slicing is refined."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.life = lifetimes(graph)
+        self.position = {name: i for i, name in enumerate(graph.constants)}
+        self.small = frozenset(w for w in graph.constants if graph.tensors[w].nbytes <= ALWAYS_RESIDENT_BYTES)
+        self._scratch: dict[tuple[str, Part | None], int] = {}
+        self._layouts: dict[tuple, Layout] = {}
+        # Refining depends only on the graph, so every budget walks the same chain of slicings.
+        self._chain: list[Layout] = []
+        self._chain_slicing: dict[str, tuple[str, int]] = {}
+        self._chain_skip: set[str] = set()
+        self._chain_done = False
+        self._minimum: int | None = None
+
+    def scratch_bytes(self, node: Node, part: Part | None = None) -> int:
+        key = (node.name, part)
+        if key not in self._scratch:
+            self._scratch[key] = node.op.scratch_bytes(node.in_shapes, part)
+        return self._scratch[key]
+
+    def layout(self, slicing: Slicing) -> Layout:
+        key = tuple(sorted(slicing.items()))
+        if key not in self._layouts:
+            self._layouts[key] = _layout(self, slicing)
+        return self._layouts[key]
+
+    def chain(self, k: int) -> Layout | None:
+        """The k-th slicing of the refinement chain (the first is no slicing), None past its end."""
+        while len(self._chain) <= k and not self._chain_done:
+            if not self._chain:
+                self._chain.append(self.layout({}))
+            elif _refine(self, self._chain[-1], self._chain_slicing, self._chain_skip):
+                self._chain.append(self.layout(self._chain_slicing))
+            else:
+                self._chain_done = True
+        return self._chain[k] if k < len(self._chain) else None
+
+    def minimum_budget_hint(self) -> int:
+        """A lower bound on any plan's arena: the activations alive together (no slicing shrinks them)."""
+        if self._minimum is None:
+            requests = [r for r in self.layout({}).requests if not r.name.endswith("#scratch")]
+            self._minimum = place_greedy_by_size(requests)[1]
+        return self._minimum
+
+    def file_order(self, pieces: Mapping[str, WeightPiece]) -> list[str]:
+        position = self.position
+        return sorted(pieces, key=lambda p: (position[pieces[p].tensor], pieces[p].start))
 
 
 def layout(graph: Graph, slicing: Slicing) -> Layout:
-    life = lifetimes(graph)
+    return Planner(graph).layout(slicing)
+
+
+def _layout(planner: Planner, slicing: Slicing) -> Layout:
+    graph, life = planner.graph, planner.life
     steps: list[Step] = []
     nodes: list[Node] = []
     pieces: dict[str, WeightPiece] = {}
@@ -82,7 +206,7 @@ def layout(graph: Graph, slicing: Slicing) -> Layout:
                 lo, _ = piece_steps.get(piece.name, (len(steps), 0))
                 piece_steps[piece.name] = (lo, len(steps))
                 names.append(piece.name)
-            need = node.op.scratch_bytes(node.in_shapes, part)
+            need = planner.scratch_bytes(node, part)
             scratch[node.name] = max(scratch.get(node.name, 0), need)
             steps.append(Step(node.name, part, tuple(names)))
             nodes.append(node)
@@ -104,69 +228,77 @@ def layout(graph: Graph, slicing: Slicing) -> Layout:
         tuple(requests),
         MappingProxyType(life.aliases),
         MappingProxyType(life.offsets),
+        MappingProxyType({p: piece_nbytes(graph, w) for p, w in pieces.items()}),
+        tuple(planner.file_order(pieces)),
     )
 
 
-def _file_order(graph: Graph, pieces: Mapping[str, WeightPiece]) -> list[str]:
-    position = {name: i for i, name in enumerate(graph.constants)}
-    return sorted(pieces, key=lambda p: (position[pieces[p].tensor], pieces[p].start))
-
-
 def pack(
-    graph: Graph,
     lay: Layout,
+    planner: Planner,
     budget: int,
     resident: frozenset[str],
-    base: list[Region] | None = None,
     preload: bool = True,
 ) -> Plan | None:
-    """Offsets for every region of `lay` within `budget` bytes, or None when they do not fit.
-
-    `base` is the activations' and scratch's placement of `lay` when the caller already has it.
-    """
-    regions = list(base) if base is not None else place_greedy_by_size(lay.requests)[0]
-    if max((r.end for r in regions), default=0) > budget:
+    """Offsets for every region of `lay` within `budget` bytes, or None when they do not fit."""
+    if lay.base_end > budget or lay.resident_floor(resident) > budget:
         return None
     end = len(lay.steps) - 1
-    piece_bytes = {p: piece_nbytes(graph, w) for p, w in lay.pieces.items()}
-    for name in sorted(resident, key=lambda p: -piece_bytes[p]):
-        offset = lowest_fit(align(piece_bytes[name]), 0, end, regions)
+    piece_bytes = lay.piece_bytes
+    busy = lay.base_occupancy.copy()
+    everywhere = lay.base_gaps.copy()  # a resident region collides with every other one
+    regions = list(lay.base)
+    # Ties go in file order: a set's iteration order changes with the hash seed, so would the plan.
+    for name in sorted(
+        resident, key=lambda p: (-piece_bytes[p], planner.position[lay.pieces[p].tensor], lay.pieces[p].start)
+    ):
+        offset = everywhere.place(align(piece_bytes[name]), piece_bytes[name])
         if offset + piece_bytes[name] > budget:
             return None
+        busy.add(offset, piece_bytes[name], 0, end)
         regions.append(Region(name, offset, piece_bytes[name], 0, end))
     loads: list[Load] = []
     earliest = 0  # loads stay in file order: none may be released before the previous one
-    for name in _file_order(graph, lay.pieces):
+    for name in lay.file_order:
         if name in resident:
             continue
         first, last = lay.piece_steps[name]
         size = piece_bytes[name]
+        aligned = align(size)
 
-        def fits(start: int, first=first, last=last, size=size) -> int | None:
-            offset = lowest_fit(align(size), start, last, regions)
+        def fits(start: int, last=last, size=size, aligned=aligned) -> int | None:
+            offset = busy.lowest_fit(aligned, start, last)
             return offset if offset + size <= budget else None
 
-        if fits(first) is None:
-            return None
-        lo, hi = (earliest, first) if preload else (first, first)  # the smallest start that fits: monotone
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if fits(mid) is None:
-                lo = mid + 1
-            else:
-                hi = mid
+        # The smallest start that fits (fitting is monotone in the start). The earliest allowed
+        # start often fits at once, which saves the binary search.
+        lo = earliest if preload else first
         offset = fits(lo)
+        if offset is None and lo < first:
+            offset = fits(first)
+            if offset is not None:
+                lo, hi = lo + 1, first  # `offset` is always fits(hi)
+                while lo < hi:
+                    mid = (lo + hi) // 2
+                    found = fits(mid)
+                    if found is None:
+                        lo = mid + 1
+                    else:
+                        hi, offset = mid, found
+        if offset is None:
+            return None
+        busy.add(offset, size, lo, last)
         regions.append(Region(name, offset, size, lo, last))
         loads.append(Load(name, lo - 1, first))
         earliest = lo
     arena = max((align(r.end) for r in regions), default=0)
     return Plan(
-        model=graph.name,
+        model=planner.graph.name,
         budget=budget,
         arena_bytes=arena,
         steps=lay.steps,
         regions=tuple(sorted(regions, key=lambda r: (r.offset, r.first))),
-        resident=tuple(_file_order(graph, {p: lay.pieces[p] for p in resident})),
+        resident=tuple(planner.file_order({p: lay.pieces[p] for p in resident})),
         aliases=lay.aliases,
         offsets=lay.offsets,
         pieces=lay.pieces,
@@ -174,20 +306,10 @@ def pack(
     )
 
 
-def _step_demand(graph: Graph, lay: Layout) -> list[int]:
-    """Bytes each step needs at least: what is alive then, plus its own weight pieces."""
-    demand = [0] * len(lay.steps)
-    for req in lay.requests:
-        for i in range(req.first, req.last + 1):
-            demand[i] += req.nbytes
-    for i, step in enumerate(lay.steps):
-        demand[i] += sum(piece_nbytes(graph, lay.pieces[p]) for p in step.weights)
-    return demand
-
-
-def _refine(graph: Graph, lay: Layout, slicing: dict[str, tuple[str, int]], skip: set[str]) -> bool:
+def _refine(planner: Planner, lay: Layout, slicing: dict[str, tuple[str, int]], skip: set[str]) -> bool:
     """Split the most demanding step's node one level further; False when nothing can split."""
-    demand = _step_demand(graph, lay)
+    graph = planner.graph
+    demand = lay.demand
     for i in sorted(range(len(demand)), key=lambda i: -demand[i]):
         node = lay.nodes[i]
         if node.name in skip:
@@ -195,7 +317,7 @@ def _refine(graph: Graph, lay: Layout, slicing: dict[str, tuple[str, int]], skip
         axis, count = slicing.get(node.name, ("", 1))
         options = node.op.slicing
         weights = sum(graph.tensors[t].nbytes for t in node.inputs if t and graph.is_constant(t))
-        scratch = node.op.scratch_bytes(node.in_shapes)
+        scratch = planner.scratch_bytes(node)
         out_shape = graph.shape(node.outputs[0])
         if "channels" in options and axis in ("", "channels") and weights >= scratch and _groups_ok(node):
             channels = graph.shape(next(t for t in node.inputs if t and graph.is_constant(t)))[0]
@@ -216,32 +338,30 @@ def _groups_ok(node: Node) -> bool:
     return group == 1 or (node.in_shapes[0] is not None and group == node.in_shapes[0][1])
 
 
-def plan_for_budget(graph: Graph, budget: int) -> Plan:
+def plan_for_budget(graph: Graph, budget: int, planner: Planner | None = None) -> Plan:
     """The plan for `budget` arena bytes: slicing refined until it fits, then as many of the
-    biggest weights resident as still fit; raises BudgetTooSmall when no slicing fits."""
-    floor = minimum_budget_hint(graph)
+    biggest weights resident as still fit; raises BudgetTooSmall when no slicing fits.
+    Pass one `planner` when planning many budgets of the same graph."""
+    planner = planner or Planner(graph)
+    floor = planner.minimum_budget_hint()
     if budget < floor:
         raise BudgetTooSmall(budget, floor, graph.name, exact=False)
-    slicing: dict[str, tuple[str, int]] = {}
-    skip: set[str] = set()
-    small = frozenset(w for w in graph.constants if graph.tensors[w].nbytes <= ALWAYS_RESIDENT_BYTES)
-    while True:
-        lay = layout(graph, slicing)
-        always = frozenset(p for p, w in lay.pieces.items() if w.tensor in small)
-        plan = pack(graph, lay, budget, always)
+    for k in itertools.count():
+        lay = planner.chain(k)
+        if lay is None:
+            raise BudgetTooSmall(budget, floor, graph.name, exact=False)
+        always = frozenset(p for p, w in lay.pieces.items() if w.tensor in planner.small)
+        plan = pack(lay, planner, budget, always)
         if plan is not None:
             break
-        if not _refine(graph, lay, slicing, skip):
-            raise BudgetTooSmall(budget, minimum_budget_hint(graph), graph.name, exact=False)
     # Leftover memory: whole weights become resident, biggest (costliest to stream) first.
     whole = sorted(
         (p for p, w in lay.pieces.items() if p == w.tensor and p not in always),
         key=lambda p: -graph.tensors[p].nbytes,
     )
     resident = set(always)
-    base = place_greedy_by_size(lay.requests)[0]
     for name in whole:
-        trial = pack(graph, lay, budget, frozenset(resident | {name}), base)
+        trial = pack(lay, planner, budget, frozenset(resident | {name}))
         if trial is not None:
             resident.add(name)
             plan = trial
@@ -251,18 +371,18 @@ def plan_for_budget(graph: Graph, budget: int) -> Plan:
 
 def minimum_budget_hint(graph: Graph) -> int:
     """A lower bound on any plan's arena: the activations alive together (no slicing shrinks them)."""
-    requests = [r for r in layout(graph, {}).requests if not r.name.endswith("#scratch")]
-    return place_greedy_by_size(requests)[1]
+    return Planner(graph).minimum_budget_hint()
 
 
-def max_slicing(graph: Graph) -> dict[str, tuple[str, int]]:
+def max_slicing(graph: Graph, planner: Planner | None = None) -> dict[str, tuple[str, int]]:
     """Every sliceable node split as finely as the part limits allow (weights by channels where
     they outweigh the scratch, else scratch by rows)."""
+    planner = planner or Planner(graph)
     slicing: dict[str, tuple[str, int]] = {}
-    for node in lifetimes(graph).steps:
+    for node in planner.life.steps:
         weights = [t for t in node.inputs if t and graph.is_constant(t)]
         weight_bytes = sum(graph.tensors[t].nbytes for t in weights)
-        scratch = node.op.scratch_bytes(node.in_shapes)
+        scratch = planner.scratch_bytes(node)
         out_shape = graph.shape(node.outputs[0])
         if "channels" in node.op.slicing and weights and weight_bytes >= scratch and _groups_ok(node):
             count = 1
@@ -279,14 +399,13 @@ def max_slicing(graph: Graph) -> dict[str, tuple[str, int]]:
     return slicing
 
 
-def smallest_plan(graph: Graph) -> Plan:
+def smallest_plan(graph: Graph, planner: Planner | None = None) -> Plan:
     """The plan of the smallest budget: maximal slicing, nothing preloaded, only the tiny weights
     resident; its arena is that budget."""
-    lay = layout(graph, max_slicing(graph))
-    small = frozenset(
-        p for p, w in lay.pieces.items() if graph.tensors[w.tensor].nbytes <= ALWAYS_RESIDENT_BYTES
-    )
-    plan = pack(graph, lay, 1 << 62, small, preload=False)
+    planner = planner or Planner(graph)
+    lay = planner.layout(max_slicing(graph, planner))
+    small = frozenset(p for p, w in lay.pieces.items() if w.tensor in planner.small)
+    plan = pack(lay, planner, 1 << 62, small, preload=False)
     plan = dataclasses.replace(plan, budget=plan.arena_bytes)
     verify(plan, graph)
     return plan

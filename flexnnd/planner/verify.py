@@ -9,6 +9,8 @@ resident or streamed, exactly once.
 
 from __future__ import annotations
 
+from collections import Counter
+
 from flexnnd.errors import PlanError
 from flexnnd.graph.ir import Graph
 from flexnnd.planner.plan import Plan, check_no_overlap, scratch_name
@@ -60,7 +62,7 @@ def verify(plan: Plan, graph: Graph) -> None:
 
     streamed = [load.piece for load in plan.loads]
     both = set(streamed) & set(plan.resident)
-    twice = {p for p in streamed if streamed.count(p) > 1}
+    twice = {p for p, n in Counter(streamed).items() if n > 1}
     if both or twice:
         raise PlanError(
             f"pieces both resident and streamed {sorted(both)}, or streamed twice {sorted(twice)}"
@@ -75,6 +77,11 @@ def verify(plan: Plan, graph: Graph) -> None:
                 f"resident piece {name!r} is reserved only for steps {region.first}-{region.last} of 0-{n_steps - 1}"
             )
 
+    first_reader: dict[str, int] = {}
+    for i, step in enumerate(plan.steps):
+        for piece_name in step.weights:
+            first_reader.setdefault(piece_name, i)
+    position = {name: i for i, name in enumerate(graph.constants)}
     previous: tuple[int, int, int] | None = None  # (file position, rows start, after_step)
     for load in plan.loads:
         region = plan.region[load.piece]
@@ -87,15 +94,16 @@ def verify(plan: Plan, graph: Graph) -> None:
                 f"load of {load.piece!r} may write from step {load.after_step + 1} until step {load.step}, but its "
                 f"region is reserved only for steps {region.first}-{region.last}"
             )
-        first_reader = min(i for i, s in enumerate(plan.steps) if load.piece in s.weights)
-        if first_reader != load.step:
+        reader = first_reader.get(load.piece)
+        if reader != load.step:
             raise PlanError(
-                f"load of {load.piece!r} names step {load.step}, but step {first_reader} reads it first"
+                f"load of {load.piece!r} names step {load.step}, but "
+                + ("no step reads it" if reader is None else f"step {reader} reads it first")
             )
         piece = plan.pieces[load.piece]
-        position = (graph.constants.index(piece.tensor), piece.start, load.after_step)
-        if previous is not None and (position[:2] <= previous[:2] or position[2] < previous[2]):
+        here = (position[piece.tensor], piece.start, load.after_step)
+        if previous is not None and (here[:2] <= previous[:2] or here[2] < previous[2]):
             raise PlanError(
                 f"load of {load.piece!r} is out of file order (weights must stream in the order they are stored)"
             )
-        previous = position
+        previous = here

@@ -7,7 +7,7 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +16,7 @@ import numpy as np
 from flexnnd.errors import BudgetTooSmall, LoadError
 from flexnnd.graph.onnx_import import import_model
 from flexnnd.graph.package import MANIFEST, Package, read_package
-from flexnnd.planner import plan_resident
+from flexnnd.planner import calibrate, plan_resident
 from flexnnd.planner.ladder import choose, stored_ladder
 from flexnnd.planner.plan import Plan
 from flexnnd.planner.stream import plan_for_budget
@@ -48,8 +48,7 @@ class _Closed:
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "flexnn" / "packages"
+    return calibrate.default_cache_dir() / "packages"
 
 
 def package_for_path(model: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
@@ -62,12 +61,17 @@ def package_for_path(model: str | os.PathLike, cache_dir: str | os.PathLike | No
     return Path(cache_dir or default_cache_dir()) / f"{path.stem}-{key}"
 
 
-def package_for(model: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
-    """The package folder for `model`: itself if it is one, else an import cached by file identity."""
+def package_for(
+    model: str | os.PathLike,
+    cache_dir: str | os.PathLike | None = None,
+    calibration_dir: str | os.PathLike | None = None,
+) -> Path:
+    """The package folder for `model`: itself if it is one, else an import (with its ladder) cached
+    by file identity; `calibration_dir` holds this machine's rates (import_model's default if None)."""
     path = Path(model)
     target = package_for_path(path, cache_dir)
     if target != path and not (target / MANIFEST).is_file():
-        import_model(path, target)
+        import_model(path, target, calibration_dir=calibration_dir)
     return target
 
 
@@ -82,16 +86,18 @@ class Swap:
 
 
 class Session:
-    """Runs one model. `model` is an .onnx file (imported once, cached) or a package folder."""
+    """Runs one model. `model` is an .onnx file (imported once, cached), a package folder, or a
+    Package already read; `ladder` its verified plans when the caller has read them already."""
 
     def __init__(
         self,
-        model: str | os.PathLike,
+        model: str | os.PathLike | Package,
         budget: int | str | None = None,
         threads: int | None = None,
         cache_dir: str | os.PathLike | None = None,
+        ladder: Sequence[Plan] | None = None,
     ):
-        self.package: Package = read_package(package_for(model, cache_dir))
+        self.package: Package = model if isinstance(model, Package) else read_package(package_for(model, cache_dir))
         self.threads = int(threads) if threads else threads_mod.available_cores()
         self._lock = threading.Lock()
         # Swaps go before queued inferences (Lock is not fair): inferences wait while one is pending.
@@ -104,7 +110,7 @@ class Session:
         self._expected = {t.name: (t.shape, t.dtype) for t in graph.inputs}
         # What one inference allocates besides the arena: the copies of its outputs it returns.
         self.output_bytes = sum(t.nbytes for t in graph.outputs)
-        self.ladder = stored_ladder(self.package)
+        self.ladder = list(ladder) if ladder is not None else stored_ladder(self.package)
         self.plan = self.plan_for(budget)
         self.budget: int | None = None if budget is None else parse_size(budget)
         self._pending: Plan | None = None

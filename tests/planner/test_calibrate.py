@@ -35,3 +35,10 @@ def test_a_corrupt_cache_is_measured_again(tmp_path):
     weights.write_bytes(bytes(1 << 20))
     (tmp_path / "calibration.json").write_text("{ not json")
     assert calibrate.machine(tmp_path, weights).read_bytes > 0
+
+
+def test_a_model_without_weights_gets_a_real_read_rate(tmp_path):
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(b"")  # a model of activations only
+    assert calibrate.machine(tmp_path / "cache", weights).read_bytes > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "weights.bin"]  # the probe is gone

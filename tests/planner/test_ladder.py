@@ -24,7 +24,24 @@ MACHINE = Machine(
 @pytest.fixture(scope="module")
 def package(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ladder")
-    return read_package(flexnnd.import_model(save(fc_chain(layers=6), tmp / "fc.onnx"), tmp / "pkg"))
+    return read_package(flexnnd.import_model(save(fc_chain(layers=6), tmp / "fc.onnx"), tmp / "pkg", ladder=False))
+
+
+def test_import_stores_the_ladder_and_sessions_only_read_it(tmp_path, monkeypatch):
+    onnx_path = save(fc_chain(layers=6), tmp_path / "fc.onnx")
+    package = read_package(flexnnd.import_model(onnx_path, tmp_path / "pkg", calibration_dir=tmp_path / "cal"))
+    ladder = stored_ladder(package)
+    assert len(ladder) >= 2 and (tmp_path / "cal" / "calibration.json").exists()
+
+    def no_planning(*args, **kwargs):
+        raise AssertionError("a session planned although the package holds its ladder")
+
+    monkeypatch.setattr("flexnnd.runtime.session.plan_for_budget", no_planning)
+    monkeypatch.setattr("flexnnd.planner.ladder.build_ladder", no_planning)
+    with flexnnd.Session(package.path, budget=ladder[0].arena_bytes + 4096) as sess:
+        assert sess.plan == ladder[0]
+        sess.set_budget(ladder[-2].arena_bytes + sess.output_bytes)
+        assert sess._pending == ladder[-2]
 
 
 def test_rungs_span_smallest_to_resident(package):
