@@ -26,6 +26,8 @@ log = logging.getLogger("flexnnd.calibrate")
 CALIBRATION_VERSION = 2
 # Reads shorter than this time the system call more than the storage.
 READ_PROBE_BYTES = 16 << 20
+FALLBACK_READ_BYTES = 100e6  # a slow SD card's sequential read: used only for an empty weights file without a probe
+_estimated = False  # set when this process's read rate is an estimate: never cached
 
 
 def default_cache_dir() -> Path:
@@ -71,15 +73,31 @@ def _read_rate(path: Path) -> float:
     too small to time (a tiny model has none at all) is replaced by a probe file beside it."""
     if path.stat().st_size >= READ_PROBE_BYTES:
         return _timed_read(path)
-    fd, probe = tempfile.mkstemp(prefix=".flexnn-read-probe-", dir=path.parent)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".flexnn-read-probe-", dir=path.parent)
+    except OSError as e:
+        return _without_probe(path, e)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(os.urandom(READ_PROBE_BYTES))  # random: a compressing filesystem would fake zeros
             f.flush()
             os.fsync(f.fileno())
         return _timed_read(Path(probe))
+    except OSError as e:  # a full or small filesystem: the weights are there, the probe does not fit
+        return _without_probe(path, e)
     finally:
-        os.unlink(probe)
+        Path(probe).unlink(missing_ok=True)
+
+
+def _without_probe(path: Path, error: OSError) -> float:
+    """No room for the probe: time the weights file itself (an estimate), flagged not to be cached."""
+    global _estimated
+    _estimated = True
+    log.warning(
+        "cannot write a %d-byte read probe beside %s (%s): read bandwidth estimated from the %d-byte weights "
+        "file; measured again next time", READ_PROBE_BYTES, path, error.strerror or error, path.stat().st_size,
+    )
+    return _timed_read(path) if path.stat().st_size else FALLBACK_READ_BYTES
 
 
 def _timed_read(path: Path) -> float:
@@ -123,7 +141,11 @@ def machine(cache_dir: Path, weights_file: Path) -> Machine:
     entry = cached.get(key)
     if entry and entry.get("version") == CALIBRATION_VERSION:
         return Machine(**entry["machine"])
+    global _estimated
+    _estimated = False
     found = measure(weights_file)
+    if _estimated:
+        return found
     cached[key] = {"version": CALIBRATION_VERSION, "machine": found.__dict__}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

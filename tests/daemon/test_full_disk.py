@@ -18,6 +18,7 @@ import flexnnd
 from flexnn_client.client import ClientError
 from flexnnd.errors import StorageError
 from flexnnd.graph.package import read_package
+from flexnnd.planner.calibrate import machine
 from flexnnd.planner.ladder import LADDER_FILE, stored_ladder
 from flexnnd.planner.plan_file import read_plans, write_plans
 from flexnnd.storage import write_atomically
@@ -58,15 +59,10 @@ def digests(folder: Path) -> dict[str, str]:
 
 def test_plan_cache_and_package_writes_on_a_full_disk_fail_clearly_and_keep_the_old_files(tiny_fs, tmp_path):
     fc_model(tmp_path / "m.onnx", width=192, seed=3)
-    pkg = Path(flexnnd.import_model(tmp_path / "m.onnx", tiny_fs / "pkg"))
+    pkg = Path(flexnnd.import_model(tmp_path / "m.onnx", tiny_fs / "pkg", calibration_dir=tmp_path / "cal"))
     package = read_package(pkg)
-    with flexnnd.Session(pkg, cache_dir=tmp_path / "cache") as s:  # stores the ladder if the import did not
-        s.run({"x": np.zeros((1, 192), np.float32)})
-    if stored_ladder(package) is None:
-        from flexnnd.planner.ladder import build_and_store
-
-        build_and_store(package, tmp_path / "cache")
-    ladder = stored_ladder(package)
+    ladder = stored_ladder(package)  # the import planned and stored it
+    assert len(ladder) > 2
     before = digests(pkg)
     fill(tiny_fs)
 
@@ -81,9 +77,12 @@ def test_plan_cache_and_package_writes_on_a_full_disk_fail_clearly_and_keep_the_
     ]
 
     with pytest.raises(StorageError, match=r"model package .*No space left on device"):
-        flexnnd.import_model(tmp_path / "m.onnx", tiny_fs / "pkg")
+        flexnnd.import_model(tmp_path / "m.onnx", tiny_fs / "pkg", calibration_dir=tmp_path / "cal")
     assert digests(pkg) == before
     read_package(pkg, verify=True)  # weights still match their checksum
+
+    rates = machine(tmp_path / "calibration", pkg / "weights.bin")  # no room for the read probe: an estimate
+    assert rates.read_bytes > 0 and not (tmp_path / "calibration" / "calibration.json").exists()
 
     with pytest.raises(StorageError, match=r"state file .*No space left"):
         write_atomically(tiny_fs / "budget", "64M\n" * 4096, "state file")
