@@ -150,7 +150,7 @@ def bench_timeline(model: str, step_s: float) -> dict:
                 full = max(p.budget_bytes for p in plans)
                 smallest = min(p.budget_bytes for p in plans)
                 x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
-                rss, steps = [], []
+                rss, steps, commands = [], [], []
                 stop = threading.Event()
 
                 def sample():
@@ -165,8 +165,10 @@ def bench_timeline(model: str, step_s: float) -> dict:
                 with Load(d, model, x) as load:
                     for f in fractions:
                         budget = max(smallest, int(full * f))
-                        c.set_budget(budget)
+                        sent = time.perf_counter() - t0
+                        c.set_budget(budget)  # returns once the new plan serves
                         steps.append((time.perf_counter() - t0, budget))
+                        commands.append(sent)
                         time.sleep(step_s)
                 stop.set()
                 sampler.join(5)
@@ -180,20 +182,22 @@ def bench_timeline(model: str, step_s: float) -> dict:
                 "requests": len(samples),
                 "errors": len(load.errors),
                 "runtime_overhead_bytes": overhead,
-                "max_rss_minus_overhead_over_budget_bytes": max_excess(memory, steps, overhead),
+                "max_rss_minus_overhead_over_budget_bytes": max_excess(memory, steps, commands, overhead),
             }
         finally:
             d.stop()
             d.close()
 
 
-def max_excess(memory, steps, overhead) -> int:
-    """Largest (RSS − runtime overhead − budget in force) over the samples taken 1 s after each step."""
+def max_excess(memory, steps, commands, overhead) -> int:
+    """Largest (RSS − runtime overhead − budget in force) over the samples from 1 s after a swap
+    completed until the next budget command was sent (a swap up grows RSS before its step is logged)."""
     worst = -(1 << 62)
+    ends = [*commands[1:], float("inf")]
     for t, r, _ in memory:
-        in_force = [b for s, b in steps if s + 1.0 <= t]
-        if in_force:
-            worst = max(worst, r - overhead - in_force[-1])
+        for (done, budget), next_command in zip(steps, ends, strict=True):
+            if done + 1.0 <= t < next_command:
+                worst = max(worst, r - overhead - budget)
     return worst
 
 
@@ -280,7 +284,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "daemon.json")
     args = parser.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out: dict = {"machine": {"cpus": 2}, "python": sys.version.split()[0]}
+    out: dict = json.loads(args.out.read_text()) if args.out.exists() else {}  # parts not rerun are kept
+    out.update({"machine": {"cpus": 2}, "python": sys.version.split()[0]})
     if "idle" in args.parts:
         out["idle"] = bench_idle("mobilenet_v2", 3)
         print(json.dumps(out["idle"], indent=1), flush=True)
