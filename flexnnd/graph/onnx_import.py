@@ -120,6 +120,10 @@ def _declared_input_shape(value: onnx.ValueInfoProto, override: Shape | None) ->
 # What a hostile graph makes numpy, the folders or an op's shape code raise: wrapped into an import
 # error that names the node (the original stays chained as the cause).
 _DATA_ERRORS = (ValueError, TypeError, IndexError, KeyError, ArithmeticError, AttributeError, NotImplementedError)
+# NaN/Inf/overflow while folding constants or rescaling weights means a broken model: an error that
+# names the node (FloatingPointError is an ArithmeticError), not a warning and garbage weights.
+def _float_errors_raise() -> np.errstate:
+    return np.errstate(over="raise", divide="raise", invalid="raise")
 # Folders whose output element may be wider than their inputs' (8 bytes: int64/float64 at most).
 _WIDENING_FOLDERS = {"Cast", "ConstantOfShape", "Range", "Shape", "Size"}
 
@@ -179,7 +183,8 @@ def import_onnx(
         if proto.domain not in ("", "ai.onnx"):
             raise UnsupportedOp(f"{proto.domain}.{proto.op_type}", node_name, opset, "custom domain")
         try:
-            node = _import_node(proto, node_name, opset, consts, infos, held, limits)
+            with _float_errors_raise():
+                node = _import_node(proto, node_name, opset, consts, infos, held, limits)
         except ModelImportError:
             raise
         except (*_DATA_ERRORS, np.exceptions.AxisError) as e:
@@ -202,13 +207,14 @@ def import_onnx(
 
     draft = passes.Draft(nodes, {k: v for k, v in consts.items()}, infos, inputs, outputs)
     try:
-        passes.remove_identities(draft)
-        passes.fold_batchnorm(draft)
-        passes.fuse_activations(draft)
-        passes.fuse_residual_adds(draft)
-        passes.drop_unused(draft)
-        passes.prepare_constants(draft)
-        passes.drop_unused(draft)
+        with _float_errors_raise():
+            passes.remove_identities(draft)
+            passes.fold_batchnorm(draft)
+            passes.fuse_activations(draft)
+            passes.fuse_residual_adds(draft)
+            passes.drop_unused(draft)
+            passes.prepare_constants(draft)
+            passes.drop_unused(draft)
     except _DATA_ERRORS as e:
         raise ModelImportError(f"graph {graph_name!r}: a pass failed on it: {type(e).__name__}: {e}") from e
     for line in draft.log:
