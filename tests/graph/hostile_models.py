@@ -47,7 +47,8 @@ def tensor(name: str, dims, data_type=TensorProto.FLOAT, raw: bytes = b"") -> Te
     """A TensorProto with exactly the declared dims and bytes given (no consistency enforced)."""
     t = TensorProto(name=name, data_type=data_type)
     t.dims.extend(int(d) for d in dims)
-    t.raw_data = raw
+    if raw:
+        t.raw_data = raw
     return t
 
 
