@@ -13,9 +13,8 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
-from flexnnd.graph.limits import DEFAULT_LIMITS, ImportLimits, tensor_proto_nbytes
+from flexnnd.graph.limits import DEFAULT_LIMITS, ImportLimits, tensor_to_array
 
 Values = Sequence[np.ndarray | None]
 
@@ -161,8 +160,7 @@ def attribute_values(node: onnx.NodeProto, label: str = "", limits: ImportLimits
     for attr in node.attribute:
         value = onnx.helper.get_attribute_value(attr)
         if isinstance(value, onnx.TensorProto):
-            tensor_proto_nbytes(value, f"node {label or node.name!r} attribute {attr.name!r}", limits)
-            value = numpy_helper.to_array(value)
+            value = tensor_to_array(value, f"node {label or node.name!r} attribute {attr.name!r}", limits)
         elif isinstance(value, bytes):
             value = value.decode("utf-8", errors="replace")
         out[attr.name] = value

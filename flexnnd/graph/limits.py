@@ -13,8 +13,9 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
 
+import numpy as np
 import onnx
-from onnx import TensorProto
+from onnx import TensorProto, numpy_helper
 
 from flexnnd.errors import ExternalDataError, ModelFormatError, ShapeError, TensorTooLarge
 
@@ -31,6 +32,8 @@ class ImportLimits:
     max_file_bytes: int = 2 * GiB
     # Dimensions of one tensor; no supported op needs more, and it bounds per-shape work.
     max_rank: int = 16
+    # Work of one op evaluated at import on constant inputs (~seconds of numpy); bounds import time.
+    max_fold_flops: int = 10**10
 
 
 DEFAULT_LIMITS = ImportLimits()
@@ -50,6 +53,21 @@ ITEMSIZE = {
     TensorProto.UINT32: 4,
     TensorProto.UINT64: 8,
     TensorProto.BFLOAT16: 2,
+}
+# Types whose raw bytes are a little-endian numpy array as they stand (bfloat16 goes through onnx).
+_PLAIN_DTYPES = {
+    TensorProto.FLOAT: np.dtype("<f4"),
+    TensorProto.UINT8: np.dtype("u1"),
+    TensorProto.INT8: np.dtype("i1"),
+    TensorProto.UINT16: np.dtype("<u2"),
+    TensorProto.INT16: np.dtype("<i2"),
+    TensorProto.INT32: np.dtype("<i4"),
+    TensorProto.INT64: np.dtype("<i8"),
+    TensorProto.BOOL: np.dtype("?"),
+    TensorProto.FLOAT16: np.dtype("<f2"),
+    TensorProto.DOUBLE: np.dtype("<f8"),
+    TensorProto.UINT32: np.dtype("<u4"),
+    TensorProto.UINT64: np.dtype("<u8"),
 }
 # The typed field that carries each data type's values when raw_data is empty (ONNX spec).
 _TYPED_FIELD = {
@@ -85,18 +103,44 @@ def checked_nbytes(what: str, shape, itemsize: int, limits: ImportLimits = DEFAU
 
 def tensor_proto_nbytes(tensor: TensorProto, what: str, limits: ImportLimits = DEFAULT_LIMITS) -> int:
     """The declared size of a TensorProto, checked: known type, sane dims, and data that matches them."""
-    if tensor.data_type not in ITEMSIZE:
-        raise ModelFormatError(f"{what}: {type_name(tensor.data_type)} tensors are not supported")
-    nbytes = checked_nbytes(what, tensor.dims, ITEMSIZE[tensor.data_type], limits)
+    nbytes = _declared_nbytes(tensor, what, limits)
     if tensor.data_location == TensorProto.EXTERNAL:
         return nbytes  # the external-data reader checks the length against this
-    if tensor.raw_data:
-        if len(tensor.raw_data) != nbytes:
-            raise ModelFormatError(
-                f"{what}: raw_data holds {len(tensor.raw_data):,} bytes, but shape {list(tensor.dims)} "
-                f"of {type_name(tensor.data_type)} needs {nbytes:,}"
-            )
+    if tensor.HasField("raw_data"):
+        _check_raw(tensor, len(tensor.raw_data), nbytes, what)
         return nbytes
+    _check_typed(tensor, nbytes, what)
+    return nbytes
+
+
+def tensor_to_array(tensor: TensorProto, what: str, limits: ImportLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """The tensor as an array, after the checks of tensor_proto_nbytes; raw data is copied out once."""
+    nbytes = _declared_nbytes(tensor, what, limits)
+    if tensor.data_location == TensorProto.EXTERNAL:
+        raise ModelFormatError(f"{what}: external data not loaded (read the model with load_onnx)")
+    if tensor.HasField("raw_data") and tensor.data_type in _PLAIN_DTYPES:
+        raw = tensor.raw_data  # each access copies the bytes: hundreds of MiB for a large weight
+        _check_raw(tensor, len(raw), nbytes, what)
+        return np.frombuffer(raw, dtype=_PLAIN_DTYPES[tensor.data_type]).reshape(tuple(tensor.dims))
+    tensor_proto_nbytes(tensor, what, limits)
+    return numpy_helper.to_array(tensor)
+
+
+def _declared_nbytes(tensor: TensorProto, what: str, limits: ImportLimits) -> int:
+    if tensor.data_type not in ITEMSIZE:
+        raise ModelFormatError(f"{what}: {type_name(tensor.data_type)} tensors are not supported")
+    return checked_nbytes(what, tensor.dims, ITEMSIZE[tensor.data_type], limits)
+
+
+def _check_raw(tensor: TensorProto, held: int, nbytes: int, what: str) -> None:
+    if held != nbytes:
+        raise ModelFormatError(
+            f"{what}: raw_data holds {held:,} bytes, but shape {list(tensor.dims)} "
+            f"of {type_name(tensor.data_type)} needs {nbytes:,}"
+        )
+
+
+def _check_typed(tensor: TensorProto, nbytes: int, what: str) -> None:
     count = nbytes // ITEMSIZE[tensor.data_type]
     field = _TYPED_FIELD.get(tensor.data_type, "int32_data")
     held = len(getattr(tensor, field))
@@ -104,7 +148,6 @@ def tensor_proto_nbytes(tensor: TensorProto, what: str, limits: ImportLimits = D
         raise ModelFormatError(
             f"{what}: {field} holds {held:,} values, but shape {list(tensor.dims)} needs {count:,}"
         )
-    return nbytes
 
 
 def load_external_data(tensor: TensorProto, base: Path, what: str, limits: ImportLimits = DEFAULT_LIMITS) -> None:

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import numpy_helper
 
 from flexnnd.errors import (
     MalformedGraph,
@@ -31,7 +30,7 @@ from flexnnd.graph.limits import (
     all_tensor_protos,
     checked_nbytes,
     load_external_data,
-    tensor_proto_nbytes,
+    tensor_to_array,
     type_name,
 )
 from flexnnd.graph.package import write_package
@@ -147,13 +146,12 @@ def import_onnx(
     held = _Held(limits)
     for init in g.initializer:
         what = f"initializer {init.name!r}"
-        if init.data_location == onnx.TensorProto.EXTERNAL:
-            raise ModelFormatError(f"{what}: external data not loaded (read the model with load_onnx)")
-        held.add(what, tensor_proto_nbytes(init, what, limits))
         try:
-            consts[init.name] = numpy_helper.to_array(init)
+            value = tensor_to_array(init, what, limits)
         except _DATA_ERRORS as e:
             raise ModelFormatError(f"{what} cannot be read: {e}") from None
+        held.add(what, value.nbytes)
+        consts[init.name] = value
     infos: dict[str, TensorInfo] = {}
     inputs: list[str] = []
     for value in g.input:
@@ -398,6 +396,12 @@ def _import_node(
         # Every input is known: computed now, with its output size already checked above.
         scratch = op.scratch_bytes(in_shapes)
         checked_nbytes(f"node {node_name!r} ({proto.op_type}) scratch", (scratch,), 1, limits)
+        flops = op.flops(in_shapes, out_shapes)
+        if flops > limits.max_fold_flops:
+            raise ModelImportError(
+                f"node {node_name!r} ({proto.op_type}) on constant inputs would take {flops:,} FLOPs to fold, "
+                f"above the limit of {limits.max_fold_flops:,}"
+            )
         results = op.reference([v.astype(np.float32) if v is not None else None for v in kept_values])
         value = np.asarray(results[0])
         what = f"node {node_name!r} ({proto.op_type}) output {out_name!r}"
