@@ -32,7 +32,7 @@ from flexnnd.graph.ir import Node
 from flexnnd.graph.limits import ImportLimits
 from flexnnd.graph.onnx_import import import_onnx, load_onnx, parse_onnx
 from flexnnd.ops import op_class
-from tests.conftest import make_model, save
+from tests.conftest import assert_close_to_reference, make_model, ort_run, save
 from tests.graph.hostile_models import add_model, relu_model, small_model, tensor
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -150,6 +150,25 @@ def test_an_inferred_activation_above_the_limit_is_refused():
     with pytest.raises(TensorTooLarge, match="node 'padded'"):
         import_onnx(make_model([helper.make_node("Conv", ["x", "w"], ["y"], pads=[400] * 4, name="padded")],
                                [("x", [1, 1, 8, 8])], [("y", None)], [("w", w)]), limits=TINY)
+
+
+def test_folding_an_op_on_constants_is_bounded_in_work(tmp_path):
+    """A Conv on constant inputs is computed at import: within max_fold_flops, or an error naming it."""
+    rng = np.random.default_rng(5)
+    data = rng.standard_normal((1, 16, 32, 32)).astype(np.float32)
+    w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["data", "w"], ["folded"], pads=[1, 1, 1, 1], name="const_conv"),
+        helper.make_node("Add", ["x", "folded"], ["y"], name="add"),
+    ]
+    model = make_model(nodes, [("x", [1, 16, 32, 32])], [("y", None)], [("data", data), ("w", w)])
+    with pytest.raises(ModelImportError, match=r"node 'const_conv' \(Conv\).*FLOPs to fold, above the limit of 1,000,000"):
+        import_onnx(model, limits=ImportLimits(max_fold_flops=10**6))
+    graph, consts = import_onnx(model)
+    assert [n.op_type for n in graph.nodes] == ["Add"]
+    (folded,) = [consts[n] for n in graph.nodes[0].inputs if n in consts]
+    want = ort_run(save(model, tmp_path / "m.onnx"), {"x": np.zeros((1, 16, 32, 32), np.float32)})[0]
+    assert_close_to_reference(folded.reshape(want.shape), want)
 
 
 # ----- graph structure -------------------------------------------------------------------------
