@@ -174,9 +174,10 @@ def import_onnx(
     names_seen: set[str] = set()
     for index in _topological_order(g, set(consts) | set(infos)):
         proto = g.node[index]
-        node_name = proto.name or f"{proto.op_type}_{index}"
-        if node_name in names_seen:
-            node_name = f"{node_name}_{index}"
+        base = node_name = proto.name or f"{proto.op_type}_{index}"
+        suffix = index
+        while node_name in names_seen:  # passes key nodes by name: a duplicate would fuse the wrong one
+            node_name, suffix = f"{base}_{suffix}", suffix + 1
         names_seen.add(node_name)
         if proto.domain not in ("", "ai.onnx"):
             raise UnsupportedOp(f"{proto.domain}.{proto.op_type}", node_name, opset, "custom domain")
@@ -185,7 +186,7 @@ def import_onnx(
                 node = _import_node(proto, node_name, opset, consts, infos, held, limits)
         except ModelImportError:
             raise
-        except (*_DATA_ERRORS, np.exceptions.AxisError) as e:
+        except _DATA_ERRORS as e:  # numpy's AxisError is a ValueError and an IndexError
             raise ModelImportError(
                 f"node {node_name!r} ({proto.op_type}) is malformed: {type(e).__name__}: {str(e)[:300]}"
             ) from e

@@ -19,6 +19,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+import flexnnd
 from flexnnd.errors import (
     ExternalDataError,
     MalformedGraph,
@@ -37,7 +38,7 @@ from tests.graph.hostile_models import add_model, relu_model, small_model, tenso
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ImportLimits(max_tensor_bytes=1 << 20, max_total_bytes=4 << 20)
-FUZZ_EXAMPLES = 1000  # per strategy (bytes, fields): 2000 fuzzed models
+FUZZ_EXAMPLES = 2000  # per strategy (bytes, fields): 4000 fuzzed models
 
 
 def shapes(graph):
@@ -226,6 +227,30 @@ def test_an_unsorted_acyclic_graph_imports_like_the_sorted_one():
     assert shapes(got) == shapes(want)
     for name in want_consts:
         np.testing.assert_array_equal(got_consts[name], want_consts[name])
+
+
+def test_nodes_that_share_one_name_still_compute_the_model(tmp_path):
+    """Passes key nodes by name: the nodes here share names, and the outputs still match ONNX Runtime."""
+    rng = np.random.default_rng(9)
+    w1 = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    w2 = rng.standard_normal((4, 4, 1, 1)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="dup_2"),  # what "dup" #2 became
+        helper.make_node("Relu", ["c1"], ["r1"], name="dup"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="dup"),
+        helper.make_node("Sigmoid", ["c2"], ["s2"], name="dup"),
+        helper.make_node("Add", ["s2", "r1"], ["y"], name="dup"),
+    ]
+    model = make_model(nodes, [("x", [1, 3, 8, 8])], [("y", None)], [("w1", w1), ("w2", w2)])
+    graph, _ = import_onnx(model)
+    assert len({n.name for n in graph.nodes}) == len(graph.nodes)
+    path = save(model, tmp_path / "m.onnx")
+    x = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    with flexnnd.Session(path, cache_dir=tmp_path / "c") as sess:
+        got = sess.run({"x": x})["y"]
+    for i, node in enumerate(model.graph.node):
+        node.name = f"n{i}"  # ONNX Runtime refuses duplicate names: the reference gets unique ones
+    assert_close_to_reference(got, ort_run(save(model, tmp_path / "unique.onnx"), {"x": x})[0])
 
 
 def test_a_chain_of_identities_is_removed_in_linear_work():
