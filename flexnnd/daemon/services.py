@@ -45,9 +45,9 @@ STATUS_OF = (
 )
 
 
-# Status details travel in a header: clients drop a stream whose headers exceed 16 KiB (8 KiB soft),
-# and messages echo names from the request, which may be that long.
-MAX_DETAILS_CHARS = 2048
+# Status details travel in a header, non-ASCII bytes percent-encoded (x3): clients drop a stream whose
+# headers exceed 8 KiB (soft) to 16 KiB, and messages echo names from the request, which may be that long.
+MAX_DETAILS_BYTES = 1536
 # Largest budget SetBudget accepts: sums of budgets and the uint64 response fields stay in range.
 MAX_BUDGET_BYTES = 1 << 60
 # Longest model path LoadModel accepts (Linux PATH_MAX); longer ones cannot name a file anyway.
@@ -61,9 +61,11 @@ def abort(context: grpc.ServicerContext, error: FlexnnError):
 
 
 def _details(message: str) -> str:
-    if len(message) <= MAX_DETAILS_CHARS:
+    raw = message.encode()
+    if len(raw) <= MAX_DETAILS_BYTES:
         return message
-    return f"{message[:MAX_DETAILS_CHARS]}... ({len(message) - MAX_DETAILS_CHARS:,} more characters)"
+    kept = raw[:MAX_DETAILS_BYTES].decode(errors="ignore")  # never half a character
+    return f"{kept}... ({len(raw) - MAX_DETAILS_BYTES:,} more bytes)"
 
 
 def _check_budget_text(text: str) -> None:

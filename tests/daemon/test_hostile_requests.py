@@ -204,6 +204,7 @@ CASES = {
     "empty model name": (lambda: request_with(model="", raw=RAW), NOT_FOUND),
     "unknown version": (lambda: request_with(version="2", raw=RAW), NOT_FOUND),
     "model name of 100 KB": (lambda: request_with(model="m" * 100_000, raw=RAW), NOT_FOUND),
+    "non-ASCII model name of 100 KB": (lambda: request_with(model="é" * 50_000, raw=RAW), NOT_FOUND),
     "datatype of 100 KB": (lambda: request_with(datatype="F" * 100_000, raw=RAW), INVALID),
     "3 MiB message": (lambda: request_with(raw=b"\0" * (3 << 20)), EXHAUSTED),
     "3 MiB of typed values": (lambda: request_with(typed=[0.0] * (3 << 18) + [0.0]), EXHAUSTED),
@@ -324,6 +325,26 @@ def test_generated_malformed_requests_get_the_right_status(stub, baseline):
     assert statuses.get("INVALID_ARGUMENT", 0) > 100 and statuses.get("NOT_FOUND", 0) > 5
     assert statuses.get("OK", 0) > 5  # the oracle also knows valid requests when it sees them
     np.testing.assert_array_equal(infer_ok(stub, valid_request()), baseline)
+
+
+OTHER_RPCS = {
+    "ModelReady": lambda stub, control, name: (stub.ModelReady, pb.ModelReadyRequest(name=name)),
+    "ModelMetadata": lambda stub, control, name: (stub.ModelMetadata, pb.ModelMetadataRequest(name=name)),
+    "ModelMetadata version": lambda stub, control, name: (
+        stub.ModelMetadata, pb.ModelMetadataRequest(name=MODEL, version=name)),
+    "ListPlans": lambda stub, control, name: (control.ListPlans, cp.ListPlansRequest(model=name)),
+    "UnloadModel": lambda stub, control, name: (control.UnloadModel, cp.UnloadModelRequest(name=name)),
+}
+
+
+@pytest.mark.parametrize("rpc", sorted(OTHER_RPCS))
+@pytest.mark.parametrize("name", ["nope", "", "\0", "é" * 50_000, "../" + MODEL], ids=["nope", "empty", "nul", "long", "dotdot"])
+def test_other_rpcs_with_unknown_names_are_not_found(stub, control, rpc, name):
+    call, request = OTHER_RPCS[rpc](stub, control, name)
+    latest = rpc == "ModelMetadata version" and name == ""  # an empty version means the latest: valid
+    assert status_of(call, request) == (grpc.StatusCode.OK if latest else grpc.StatusCode.NOT_FOUND)
+    counted("other RPCs")
+    assert stub.ModelReady(pb.ModelReadyRequest(name=MODEL), timeout=30).ready
 
 
 # ----- the control service ------------------------------------------------------------------------
