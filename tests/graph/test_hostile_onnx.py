@@ -433,6 +433,18 @@ def test_hostile_external_data_is_refused(tmp_path, location, offset, length, wo
         load_onnx(external_model(folder, location, offset, length))
 
 
+def test_external_data_of_a_constant_node_is_confined_too(tmp_path):
+    value = tensor("v", (4,))
+    value.data_location = TensorProto.EXTERNAL
+    value.external_data.add(key="location", value="../../etc/hostname")
+    node = helper.make_node("Constant", [], ["c"], value=value, name="const")
+    model = make_model([node, helper.make_node("Add", ["x", "c"], ["y"])], [("x", [4])], [("y", None)])
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    with pytest.raises(ExternalDataError, match=r"node 'const' attribute 'value'.*outside the model's folder"):
+        load_onnx(path)
+
+
 def test_external_data_declaring_a_huge_tensor_is_refused_before_reading(tmp_path):
     (tmp_path / "w.bin").write_bytes(b"w" * 16)
     with pytest.raises(TensorTooLarge, match="initializer 'c'"):
