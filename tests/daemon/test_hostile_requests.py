@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -452,3 +453,25 @@ def test_rss_stays_bounded_across_hostile_requests(stub, baseline, daemon):
           f"({growth / 2**20:+.1f} MiB)")
     assert growth < RSS_BOUND, f"RSS grew by {growth:,} bytes across {n} hostile requests"
     assert daemon.proc.poll() is None and os.path.exists(daemon.socket)
+
+
+def test_rss_plateaus_under_concurrent_hostile_requests(stub, baseline, daemon):
+    """Concurrent near-limit requests hold up to (concurrent RPCs x max message) while in flight, and the
+    allocator keeps some of it; the growth stays within that bound and levels off wave after wave."""
+    request = request_with(raw=RAW[:-4] + b"\0" * (MAX_MESSAGE - COUNT * 4 - 200))
+    waves, per_wave, threads = 3, 192, 32
+    rss = [vm_rss(daemon.proc.pid)]
+    for _ in range(waves):
+        with ThreadPoolExecutor(threads) as pool:
+            codes = list(pool.map(lambda _: status_of(stub.ModelInfer, request), range(per_wave)))
+        # Over capacity is an allowed answer; anything else must be the codec's refusal.
+        assert set(codes) <= {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED}
+        counted("concurrent RSS waves")
+        rss.append(vm_rss(daemon.proc.pid))
+    np.testing.assert_array_equal(infer_ok(stub, valid_request()), baseline)
+    print(f"daemon RSS across {waves} waves of {per_wave} concurrent ({threads}) hostile requests: "
+          + " -> ".join(f"{r / 2**20:.0f}" for r in rss) + " MiB")
+    # In flight: at most `threads` messages, each copied a few times (gRPC's buffer, bytes, the parsed message).
+    in_flight_bound = threads * MAX_MESSAGE * 3
+    assert rss[-1] - rss[0] < in_flight_bound, f"RSS grew beyond {in_flight_bound:,} bytes: {rss}"
+    assert rss[-1] - rss[-2] < RSS_BOUND, f"RSS still grows wave after wave: {rss}"
