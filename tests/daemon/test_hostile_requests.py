@@ -24,6 +24,7 @@ from flexnnd.daemon.proto.flexnn.control.v1 import control_pb2 as cp
 from flexnnd.daemon.proto.flexnn.control.v1 import control_pb2_grpc as cpg
 from tests.conftest import assert_close_to_reference, ort_run
 from tests.daemon.harness import DaemonProcess
+from tests.daemon.test_models import fc_model
 from tests.graph.hostile_models import tensor
 
 MODEL = "squeezenet1_1"
@@ -71,6 +72,8 @@ def models_dir(tmp_path_factory):
         opset_imports=[onnx.helper.make_opsetid("", 17)],
     )
     (models / "huge.onnx").write_bytes(huge.SerializeToString())
+    fc_model(models / "tiny.onnx", width=64, layers=2)
+    (models / "alias.onnx").symlink_to(models / "tiny.onnx")  # a symlink that stays inside: allowed
     return models
 
 
@@ -317,6 +320,8 @@ def test_generated_malformed_requests_get_the_right_status(stub, baseline):
         got = status_of(stub.ModelInfer, request)
         if got != want and want == grpc.StatusCode.OK:
             raise AssertionError(f"a valid request was refused with {got}")
+        if got == grpc.StatusCode.OK and request.inputs[0].datatype == "FP32":
+            np.testing.assert_array_equal(infer_ok(stub, request), baseline)  # the generator sends X
         assert got == want, f"{got} instead of {want} for {request.model_name[:20]!r} {list(request.inputs)[:2]}"
         statuses[got.name] = statuses.get(got.name, 0) + 1
         counted("generated ModelInfer")
@@ -371,6 +376,22 @@ def test_load_model_refuses_paths_outside_and_bad_files(control, stub, baseline,
     counted("LoadModel")
     names = [m.name for m in control.ListModels(cp.ListModelsRequest(), timeout=30).models]
     assert names == [MODEL]
+    np.testing.assert_array_equal(infer_ok(stub, valid_request()), baseline)
+
+
+def test_load_model_inside_the_folder_still_works_through_a_symlink(control, stub, baseline):
+    """The refusals above are not a blanket refusal: a model inside the folder (via a symlink) loads."""
+    response = control.LoadModel(cp.LoadModelRequest(name="tiny", path="alias.onnx"), timeout=300)
+    try:
+        assert response.model.ready
+        x = np.random.default_rng(1).standard_normal((1, 64)).astype(np.float32)
+        request = pb.ModelInferRequest(model_name="tiny")
+        request.inputs.add(name="x", datatype="FP32", shape=[1, 64])
+        request.raw_input_contents.append(x.tobytes())
+        assert stub.ModelInfer(request, timeout=60).outputs[0].shape == [1, 64]
+    finally:
+        control.UnloadModel(cp.UnloadModelRequest(name="tiny"), timeout=60)
+    counted("LoadModel")
     np.testing.assert_array_equal(infer_ok(stub, valid_request()), baseline)
 
 
