@@ -107,3 +107,20 @@ class StorageError(FlexnnError):
 
     Every such write goes to a temporary file first, so the previous file is still whole.
     """
+
+
+class MalformedGraph(ModelImportError):
+    """A graph that is not a valid dataflow graph: cycles, missing producers, duplicate producers."""
+
+
+class TensorTooLarge(ModelImportError):
+    """A tensor whose declared size is above the import limit, refused before anything is allocated."""
+
+    def __init__(self, what: str, shape: tuple[int, ...], nbytes: int, limit: int):
+        self.shape, self.nbytes, self.limit = shape, nbytes, limit
+        dims = ", ".join(str(d) for d in shape[:8]) + (f", ... {len(shape) - 8} more" if len(shape) > 8 else "")
+        super().__init__(f"{what}: shape [{dims}] declares {nbytes:,} bytes, above the limit of {limit:,} bytes")
+
+
+class ExternalDataError(ModelFormatError):
+    """External tensor data that is missing, outside the model's folder, or does not fit its file."""

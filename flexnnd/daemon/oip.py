@@ -56,7 +56,9 @@ def decode_infer_request(
     prod(shape) x itemsize bytes, a typed field exactly prod(shape) values. UINT8 data (raw bytes or
     `uint_contents` values 0..255) is converted to float32 0.0..255.0 unscaled: no /255, no mean or
     std, as the model was exported. FP32 raw inputs are returned as read-only views of the request's
-    bytes (no copy). NaN and Inf are rejected unless `allow_nonfinite`.
+    bytes (no copy). NaN and Inf are rejected unless `allow_nonfinite`: from a camera or a
+    preprocessing step they are a client bug, and the network would turn them into NaN outputs
+    that look like an answer; the check is chunked, so it allocates a bounded mask.
     """
     _check_names(request, inputs)
     raw = request.raw_input_contents
@@ -195,7 +197,7 @@ def _check_header(tensor: pb.ModelInferRequest.InferInputTensor, spec: TensorSpe
         )
     if tensor.datatype not in INPUT_DATATYPES:
         raise InvalidRequest(
-            f"input {tensor.name!r}: datatype {tensor.datatype!r} is not accepted; "
+            f"input {tensor.name[:64]!r}: datatype {tensor.datatype[:32]!r} is not accepted; "
             f"send one of {sorted(INPUT_DATATYPES)}",
             expected=sorted(INPUT_DATATYPES),
             got=tensor.datatype,

@@ -34,6 +34,7 @@ from flexnnd.daemon import prepare, services
 from flexnnd.daemon.config import Config, create_dirs, resolve_dirs
 from flexnnd.daemon.events import Event, EventBus
 from flexnnd.daemon.lock import InstanceLock
+from flexnnd.daemon.logfilter import install_grpc_log_limit
 from flexnnd.daemon.models import Model, Models
 from flexnnd.daemon.monitor import EventCounts, Monitor, MonitorConfig, Reading
 from flexnnd.daemon.policy import BudgetPolicy, Decision, PolicyConfig
@@ -553,6 +554,7 @@ class Daemon:
     def serve(self) -> int:
         if not tune_malloc():
             log.info("mallopt unavailable (not glibc): freed request buffers may stay in the heap")
+        install_grpc_log_limit()  # a peer sending garbage must not fill the journal
         self.install_signal_handlers()
         try:
             self.startup()

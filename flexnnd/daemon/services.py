@@ -27,6 +27,7 @@ from flexnnd.errors import (
     Overloaded,
     PackageError,
 )
+from flexnnd.sizes import parse_size
 
 log = logging.getLogger("flexnnd.services")
 
@@ -44,10 +45,59 @@ STATUS_OF = (
 )
 
 
+# Status details travel in a header, non-ASCII bytes percent-encoded (x3): clients drop a stream whose
+# headers exceed 8 KiB (soft) to 16 KiB, and messages echo names from the request, which may be that long.
+MAX_DETAILS_BYTES = 1536
+# Largest budget SetBudget accepts: sums of budgets and the uint64 response fields stay in range.
+MAX_BUDGET_BYTES = 1 << 60
+# Longest model path LoadModel accepts (Linux PATH_MAX); longer ones cannot name a file anyway.
+MAX_PATH_CHARS = 4096
+
+
 def abort(context: grpc.ServicerContext, error: FlexnnError):
     """End the RPC with the status that fits `error` and its message (which carries the numbers)."""
     code = next(code for cls, code in STATUS_OF if isinstance(error, cls))
-    context.abort(code, str(error))
+    context.abort(code, _details(str(error)))
+
+
+def _details(message: str) -> str:
+    raw = message.encode()
+    if len(raw) <= MAX_DETAILS_BYTES:
+        return message
+    kept = raw[:MAX_DETAILS_BYTES].decode(errors="ignore")  # never half a character
+    return f"{kept}... ({len(raw) - MAX_DETAILS_BYTES:,} more bytes)"
+
+
+def _check_budget_text(text: str) -> None:
+    """Refuse what parse_size would turn into an overflow or an absurd number, before the daemon stores it."""
+    text = text.strip()
+    if text.lower() == "auto":
+        return
+    try:
+        budget = parse_size(text)
+    except OverflowError:
+        raise InvalidRequest(f"budget {text[:64]!r} is too large", expected=MAX_BUDGET_BYTES) from None
+    except ValueError:
+        return  # the daemon's own parse reports it, with the accepted forms
+    if budget > MAX_BUDGET_BYTES:
+        raise InvalidRequest(
+            f"budget {text[:64]!r} is {budget:,} bytes, above the largest accepted {MAX_BUDGET_BYTES:,}",
+            expected=MAX_BUDGET_BYTES,
+            got=budget,
+        )
+
+
+def _check_model_request(name: str, path: str) -> None:
+    """Names and paths that no file can have: refused as arguments rather than failing in the OS."""
+    for field, text in (("name", name), ("path", path)):
+        if "\0" in text:
+            raise InvalidRequest(f"model {field} {text[:64]!r} holds a NUL byte")
+        if len(text) > MAX_PATH_CHARS or any(len(part.encode()) > 255 for part in text.split("/")):
+            raise InvalidRequest(
+                f"model {field} {text[:64]!r}... is {len(text):,} characters or has a component above 255 bytes",
+                expected=MAX_PATH_CHARS,
+                got=len(text),
+            )
 
 
 @contextlib.contextmanager
@@ -155,6 +205,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
 
     def SetBudget(self, request, context):
         with mapped_errors(context):
+            _check_budget_text(request.budget)
             decision = self.daemon.set_operator_budget(request.budget)
             operator = self.daemon.operator_budget
             return control_pb2.SetBudgetResponse(
@@ -171,6 +222,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
 
     def LoadModel(self, request, context):
         with mapped_errors(context):
+            _check_model_request(request.name, request.path)
             model = self.daemon.load_model(request.name, request.path)
             return control_pb2.LoadModelResponse(model=model_status(model))
 

@@ -7,12 +7,14 @@ for an absent optional input), its attributes and the opset, and returns the out
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+
+from flexnnd.graph.limits import DEFAULT_LIMITS, ImportLimits, tensor_to_array
 
 Values = Sequence[np.ndarray | None]
 
@@ -148,14 +150,68 @@ FOLDERS: dict[str, Callable[..., list[np.ndarray]]] = {
 SHAPE_FOLDERS = {"Shape", "Size"}
 
 
-def attribute_values(node: onnx.NodeProto) -> dict[str, Any]:
-    """ONNX attributes as plain Python values (tensors as numpy arrays, strings as str)."""
+def attribute_values(node: onnx.NodeProto, label: str = "", limits: ImportLimits = DEFAULT_LIMITS) -> dict[str, Any]:
+    """ONNX attributes as plain Python values (tensors as numpy arrays, strings as str).
+
+    A tensor attribute's declared size is checked before it becomes an array (a Constant node can
+    declare any shape).
+    """
     out: dict[str, Any] = {}
     for attr in node.attribute:
         value = onnx.helper.get_attribute_value(attr)
         if isinstance(value, onnx.TensorProto):
-            value = numpy_helper.to_array(value)
+            value = tensor_to_array(value, f"node {label or node.name!r} attribute {attr.name!r}", limits)
         elif isinstance(value, bytes):
-            value = value.decode()
+            value = value.decode("utf-8", errors="replace")
         out[attr.name] = value
     return out
+
+
+def _elements(shape) -> int:
+    return math.prod(int(d) for d in shape)
+
+
+def fold_output_elements(op_type: str, ins: Values, attrs: dict[str, Any]) -> int:
+    """An upper bound on the elements a folder's output holds, computed without running it.
+
+    Folders that only view, slice or map their input never produce more than their largest input;
+    the others (which can grow a tiny input into a huge one) are bounded from their arguments.
+    """
+    present = [np.asarray(v) for v in ins if v is not None]
+    largest = max((v.size for v in present), default=1)
+    if op_type == "ConstantOfShape":
+        dims = [int(d) for d in np.asarray(ins[0]).reshape(-1)]
+        if any(d < 0 for d in dims):
+            raise ValueError(f"ConstantOfShape to shape {dims[:8]} with a negative dimension")
+        return _elements(dims)
+    if op_type == "Expand":
+        dims = [int(d) for d in np.asarray(ins[1]).reshape(-1)]
+        if any(d < 0 for d in dims):
+            raise ValueError(f"Expand to shape {dims[:8]} with a negative dimension")
+        return _elements(_broadcast((np.shape(ins[0]), dims)))
+    if op_type == "Range":
+        start, limit, delta = (float(np.asarray(v).reshape(-1)[0]) for v in ins[:3])
+        if delta == 0 or not all(math.isfinite(x) for x in (start, limit, delta)):
+            raise ValueError(f"Range({start}, {limit}, {delta}) has no finite length")
+        return max(math.ceil((limit - start) / delta), 0)
+    if op_type == "Concat":
+        return sum(v.size for v in present)
+    if op_type == "Gather":
+        data, indices = np.asarray(ins[0]), np.asarray(ins[1])
+        return (data.size // max(data.shape[attrs.get("axis", 0)], 1) if data.ndim else 1) * max(indices.size, 1)
+    if op_type in ("Add", "Sub", "Mul", "Div", "Equal", "Where"):
+        return _elements(_broadcast([v.shape for v in present]))
+    return largest
+
+
+def _broadcast(shapes) -> tuple[int, ...]:
+    """numpy's broadcast rule on Python ints (np.broadcast_shapes refuses sizes above intp)."""
+    rank = max((len(s) for s in shapes), default=0)
+    out = [1] * rank
+    for shape in shapes:
+        for axis, d in enumerate((1,) * (rank - len(shape)) + tuple(int(x) for x in shape)):
+            if d != 1:
+                if out[axis] not in (1, d):
+                    raise ValueError(f"shapes {[list(s)[:8] for s in shapes]} do not broadcast")
+                out[axis] = d
+    return tuple(out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import heapq
 import logging
 import os
 import time
@@ -12,12 +13,27 @@ from pathlib import Path
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import external_data_helper, numpy_helper
 
-from flexnnd.errors import ModelFormatError, ModelImportError, ShapeError, UnsupportedOp
+from flexnnd.errors import (
+    MalformedGraph,
+    ModelFormatError,
+    ModelImportError,
+    ShapeError,
+    TensorTooLarge,
+    UnsupportedOp,
+)
 from flexnnd.graph import passes
-from flexnnd.graph.fold import FOLDERS, SHAPE_FOLDERS, attribute_values
+from flexnnd.graph.fold import FOLDERS, SHAPE_FOLDERS, attribute_values, fold_output_elements
 from flexnnd.graph.ir import Graph, Node, Shape, TensorInfo
+from flexnnd.graph.limits import (
+    DEFAULT_LIMITS,
+    ImportLimits,
+    all_tensor_protos,
+    checked_nbytes,
+    load_external_data,
+    tensor_to_array,
+    type_name,
+)
 from flexnnd.graph.package import write_package
 from flexnnd.ops import op_class
 
@@ -28,32 +44,31 @@ MAX_OPSET = 28
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
 
 
-def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
-    """Read an ONNX file; external data must stay inside the model's folder."""
+def load_onnx(path: str | os.PathLike, limits: ImportLimits = DEFAULT_LIMITS) -> onnx.ModelProto:
+    """Read an ONNX file as protobuf only (whatever its name); external data must stay inside its folder."""
     path = Path(path)
     if not path.is_file():
         raise ModelFormatError(f"{path}: no such model file")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, RuntimeWarning, ValueError, OSError) as e:
-        raise ModelFormatError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
-    if not model.graph.node:
-        raise ModelFormatError(f"{path}: not an ONNX model (no graph nodes; truncated or another format?)")
+    size = path.stat().st_size
+    if size > limits.max_file_bytes:
+        raise ModelFormatError(f"{path}: {size:,} bytes, above the limit of {limits.max_file_bytes:,} bytes")
+    model = parse_onnx(path.read_bytes(), str(path))
     base = path.parent.resolve()
-    for tensor in external_data_helper._get_all_tensors(model):
-        if not external_data_helper.uses_external_data(tensor):
-            continue
-        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
-        target = (base / location).resolve()
-        if not location or not target.is_relative_to(base) or not target.is_file():
-            raise ModelFormatError(
-                f"{path}: tensor {tensor.name!r} has external data {location!r} "
-                f"outside the model's folder or missing"
-            )
+    for what, tensor in all_tensor_protos(model.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            load_external_data(tensor, base, f"{path}: {what}", limits)
+    return model
+
+
+def parse_onnx(data: bytes, label: str = "model") -> onnx.ModelProto:
+    """Bytes to a ModelProto: a protobuf parse and nothing else (no format guessed from a file name)."""
+    model = onnx.ModelProto()
     try:
-        external_data_helper.load_external_data_for_model(model, str(base))
-    except (OSError, ValueError) as e:
-        raise ModelFormatError(f"{path}: cannot read external data: {e}") from None
+        model.ParseFromString(data)
+    except (DecodeError, RuntimeWarning, ValueError) as e:
+        raise ModelFormatError(f"{label}: not a readable ONNX model ({type(e).__name__}: {e})") from None
+    if not model.graph.node:
+        raise ModelFormatError(f"{label}: not an ONNX model (no graph nodes; truncated or another format?)")
     return model
 
 
@@ -69,7 +84,15 @@ def _opset(model: onnx.ModelProto) -> int:
     return opset
 
 
-def _static_input_shape(value: onnx.ValueInfoProto, override: Shape | None) -> Shape:
+def _static_input_shape(value: onnx.ValueInfoProto, override: Shape | None, limits: ImportLimits) -> Shape:
+    shape = _declared_input_shape(value, override)
+    if any(d <= 0 for d in shape):
+        raise ShapeError(f"input {value.name!r}: shape {list(shape)[:8]}; zero-size tensors are refused")
+    checked_nbytes(f"input {value.name!r}", shape, 4, limits)
+    return shape
+
+
+def _declared_input_shape(value: onnx.ValueInfoProto, override: Shape | None) -> Shape:
     if override is not None:
         return tuple(int(d) for d in override)
     if not value.type.HasField("tensor_type") or not value.type.tensor_type.HasField("shape"):
@@ -94,144 +117,116 @@ def _static_input_shape(value: onnx.ValueInfoProto, override: Shape | None) -> S
     return tuple(dims)
 
 
+# What a hostile graph makes numpy, the folders or an op's shape code raise: wrapped into an import
+# error that names the node (the original stays chained as the cause).
+_DATA_ERRORS = (ValueError, TypeError, IndexError, KeyError, ArithmeticError, AttributeError, NotImplementedError)
+# NaN/Inf/overflow while folding constants or rescaling weights means a broken model: an error that
+# names the node (FloatingPointError is an ArithmeticError), not a warning and garbage weights.
+def _float_errors_raise() -> np.errstate:
+    return np.errstate(over="raise", divide="raise", invalid="raise")
+# Folders whose output element may be wider than their inputs' (8 bytes: int64/float64 at most).
+_WIDENING_FOLDERS = {"Cast", "ConstantOfShape", "Range", "Shape", "Size"}
+
+
 def import_onnx(
     model: onnx.ModelProto,
     input_shapes: Mapping[str, Shape] | None = None,
     name: str | None = None,
+    limits: ImportLimits = DEFAULT_LIMITS,
 ) -> tuple[Graph, dict[str, np.ndarray]]:
-    """Import a loaded ONNX model: returns the graph and its constants in kernel layout."""
+    """Import a loaded ONNX model: returns the graph and its constants in kernel layout.
+
+    Any malformed model raises a ModelImportError naming the node, tensor and numbers; every size is
+    checked against `limits` before it is allocated.
+    """
     graph_name = name or model.graph.name or "model"
     opset = _opset(model)
     g = model.graph
     input_shapes = dict(input_shapes or {})
     consts: dict[str, np.ndarray] = {}
+    held = _Held(limits)
     for init in g.initializer:
+        what = f"initializer {init.name!r}"
         try:
-            consts[init.name] = numpy_helper.to_array(init)
-        except (ValueError, TypeError) as e:
-            raise ModelFormatError(f"initializer {init.name!r} cannot be read: {e}") from None
+            value = tensor_to_array(init, what, limits)
+        except _DATA_ERRORS as e:
+            raise ModelFormatError(f"{what} cannot be read: {e}") from None
+        held.add(what, value.nbytes)
+        consts[init.name] = value
     infos: dict[str, TensorInfo] = {}
     inputs: list[str] = []
     for value in g.input:
         if value.name in consts:
             continue
+        if value.name in infos:
+            raise MalformedGraph(f"input {value.name!r} is declared twice")
         elem = value.type.tensor_type.elem_type
         if elem not in FLOAT_TYPES:
             raise ModelImportError(
-                f"input {value.name!r} has type {onnx.TensorProto.DataType.Name(elem)}; flexnn runs float models"
+                f"input {value.name!r} has type {type_name(elem)}; flexnn runs float models"
             )
-        infos[value.name] = TensorInfo(
-            value.name, _static_input_shape(value, input_shapes.pop(value.name, None))
-        )
+        shape = _static_input_shape(value, input_shapes.pop(value.name, None), limits)
+        infos[value.name] = TensorInfo(value.name, shape)
         inputs.append(value.name)
     if input_shapes:
         raise ShapeError(f"input_shapes names {sorted(input_shapes)}, which are not model inputs ({inputs})")
 
     nodes: list[Node] = []
     names_seen: set[str] = set()
-    for index, proto in enumerate(g.node):
-        node_name = proto.name or f"{proto.op_type}_{index}"
-        if node_name in names_seen:
-            node_name = f"{node_name}_{index}"
+    for index in _topological_order(g, set(consts) | set(infos)):
+        proto = g.node[index]
+        base = node_name = proto.name or f"{proto.op_type}_{index}"
+        suffix = index
+        while node_name in names_seen:  # passes key nodes by name: a duplicate would fuse the wrong one
+            node_name, suffix = f"{base}_{suffix}", suffix + 1
         names_seen.add(node_name)
         if proto.domain not in ("", "ai.onnx"):
             raise UnsupportedOp(f"{proto.domain}.{proto.op_type}", node_name, opset, "custom domain")
-        for name in proto.input:
-            if name and name not in consts and name not in infos:
-                raise ModelImportError(
-                    f"node {node_name!r} ({proto.op_type}) reads {name!r}, which no earlier node produces "
-                    f"and no initializer holds (a cycle, an unsorted graph, or a missing initializer)"
-                )
-        attrs = attribute_values(proto)
-        values = [consts.get(n) if n else None for n in proto.input]
-        all_const = all(v is not None for n, v in zip(proto.input, values, strict=True) if n)
-
-        if proto.op_type in FOLDERS and (all_const or proto.op_type in SHAPE_FOLDERS):
-            fold = FOLDERS[proto.op_type]
-            if proto.op_type in SHAPE_FOLDERS:
-                results = fold(values, attrs, opset, in_shape=_shape_of(proto.input[0], consts, infos))
-            else:
-                results = fold(values, attrs, opset)
-            for out_name, value in zip(proto.output, results, strict=False):
-                if out_name:
-                    consts[out_name] = np.asarray(value)
-            continue
-
         try:
-            cls = op_class(proto.op_type, node_name, opset)
-        except UnsupportedOp:
-            if proto.op_type in FOLDERS:
-                raise UnsupportedOp(
-                    proto.op_type, node_name, opset, "supported only on constant inputs (shape computations)"
-                ) from None
+            with _float_errors_raise():
+                node = _import_node(proto, node_name, opset, consts, infos, held, limits)
+        except ModelImportError:
             raise
-        if len([o for o in proto.output if o]) > 1:
-            raise UnsupportedOp(
-                proto.op_type, node_name, opset, f"only one output is supported, got {list(proto.output)}"
-            )
-        op, kept = cls.from_onnx(attrs, values, node_name, opset)
-        for pos, name in enumerate(proto.input):
-            if name and pos not in kept and values[pos] is None:
-                raise UnsupportedOp(
-                    proto.op_type, node_name, opset, f"input {pos} ({name!r}) must be a constant"
-                )
-        for pos in cls.const_inputs:
-            if pos in kept and pos < len(proto.input) and proto.input[pos] and values[pos] is None:
-                raise UnsupportedOp(
-                    proto.op_type,
-                    node_name,
-                    opset,
-                    f"input {pos} ({proto.input[pos]!r}) must be a constant (weights)",
-                )
-        kept_names = [proto.input[p] for p in kept if p < len(proto.input)]
-        kept_values = [values[p] for p in kept if p < len(proto.input)]
-        if all(v is not None for n, v in zip(kept_names, kept_values, strict=True) if n):
-            results = op.reference([v.astype(np.float32) if v is not None else None for v in kept_values])
-            consts[proto.output[0]] = np.asarray(results[0])
-            continue
-        for n in kept_names:
-            if n and n in infos and infos[n].dtype != "float32":
-                raise ModelImportError(
-                    f"node {node_name!r} reads {n!r} of type {infos[n].dtype}; flexnn runs float32"
-                )
-        in_shapes = tuple(_shape_of(n, consts, infos) if n else None for n in kept_names)
-        try:
-            out_shapes = op.infer(in_shapes, kept_values)
-        except ShapeError as e:
-            raise ShapeError(f"node {node_name!r} ({proto.op_type}): {e}") from None
-        for shape in out_shapes:
-            if any(d <= 0 for d in shape):
-                raise ShapeError(
-                    f"node {node_name!r} ({proto.op_type}) produces an empty tensor of shape {shape}"
-                )
-        out_name = proto.output[0]
-        infos[out_name] = TensorInfo(out_name, tuple(int(d) for d in out_shapes[0]))
-        for n, v in zip(kept_names, kept_values, strict=True):
-            if n and v is not None and n not in infos:
-                infos[n] = TensorInfo(n, tuple(v.shape), "float32")
-        nodes.append(Node(node_name, op, tuple(kept_names), (out_name,), in_shapes))
+        except _DATA_ERRORS as e:  # numpy's AxisError is a ValueError and an IndexError
+            raise ModelImportError(
+                f"node {node_name!r} ({proto.op_type}) is malformed: {type(e).__name__}: {str(e)[:300]}"
+            ) from e
+        if node is not None:
+            nodes.append(node)
 
     outputs = [o.name for o in g.output]
+    if not outputs:
+        raise MalformedGraph("the graph declares no outputs")
     for o in outputs:
         if o in consts:
             raise ModelImportError(f"output {o!r} is a constant; flexnn needs outputs computed from inputs")
         if o not in infos:
             raise ModelImportError(f"output {o!r} is produced by no node")
+    if len(set(outputs)) != len(outputs):
+        raise MalformedGraph(f"outputs {outputs[:8]} name a tensor twice")
 
     draft = passes.Draft(nodes, {k: v for k, v in consts.items()}, infos, inputs, outputs)
-    passes.remove_identities(draft)
-    passes.fold_batchnorm(draft)
-    passes.fuse_activations(draft)
-    passes.fuse_residual_adds(draft)
-    passes.drop_unused(draft)
-    passes.prepare_constants(draft)
-    passes.drop_unused(draft)
+    try:
+        with _float_errors_raise():
+            passes.remove_identities(draft)
+            passes.fold_batchnorm(draft)
+            passes.fuse_activations(draft)
+            passes.fuse_residual_adds(draft)
+            passes.drop_unused(draft)
+            passes.prepare_constants(draft)
+            passes.drop_unused(draft)
+    except _DATA_ERRORS as e:
+        raise ModelImportError(f"graph {graph_name!r}: a pass failed on it: {type(e).__name__}: {e}") from e
     for line in draft.log:
         log.debug(line)
 
     used_order: list[str] = []
+    used: set[str] = set()
     for node in draft.nodes:
-        used_order.extend(i for i in node.inputs if i in draft.consts and i not in used_order)
+        for i in node.inputs:
+            if i in draft.consts and i not in used:
+                used.add(i)
+                used_order.append(i)
     graph = Graph(
         name=graph_name,
         inputs=tuple(draft.infos[i] for i in draft.inputs),
@@ -242,6 +237,184 @@ def import_onnx(
         opset=opset,
     )
     return graph, draft.consts
+
+
+class _Held:
+    """Bytes of constants materialized so far: folding can multiply a small file into many GiB."""
+
+    def __init__(self, limits: ImportLimits):
+        self.limits, self.total = limits, 0
+
+    def add(self, what: str, nbytes: int) -> None:
+        self.total += nbytes
+        if self.total > self.limits.max_total_bytes:
+            raise TensorTooLarge(
+                f"{what} brings the constants held during import to {self.total:,} bytes "
+                f"(limit {self.limits.max_total_bytes:,})",
+                (),
+                nbytes,
+                self.limits.max_total_bytes,
+            )
+
+
+def _topological_order(g: onnx.GraphProto, available: set[str]) -> list[int]:
+    """Node indices in dependency order (the file's order when it is already one), in O(n log n).
+
+    Refuses a tensor produced twice, an input nobody produces, and cycles, naming node and tensor.
+    """
+    producer: dict[str, int] = {}
+    for index, proto in enumerate(g.node):
+        label = proto.name or f"{proto.op_type}_{index}"
+        if not any(proto.output):
+            raise MalformedGraph(f"node {label!r} ({proto.op_type}) has no outputs")
+        for out in proto.output:
+            if not out:
+                continue
+            if out in available:
+                raise MalformedGraph(
+                    f"node {label!r} ({proto.op_type}) writes {out!r}, which is already a graph input or initializer"
+                )
+            if out in producer:
+                other = g.node[producer[out]]
+                raise MalformedGraph(
+                    f"tensor {out!r} is produced twice: by node {other.name or other.op_type!r} "
+                    f"and by node {label!r}"
+                )
+            producer[out] = index
+    waiting = [0] * len(g.node)
+    consumers: dict[int, list[int]] = {}
+    for index, proto in enumerate(g.node):
+        label = proto.name or f"{proto.op_type}_{index}"
+        for name in set(proto.input):
+            if not name or name in available:
+                continue
+            if name not in producer:
+                raise MalformedGraph(
+                    f"node {label!r} ({proto.op_type}) reads {name!r}, which no node produces, no initializer "
+                    "holds and is not a graph input (a missing initializer?)"
+                )
+            waiting[index] += 1
+            consumers.setdefault(producer[name], []).append(index)
+    ready = [i for i, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        index = heapq.heappop(ready)
+        order.append(index)
+        for c in consumers.get(index, ()):
+            waiting[c] -= 1
+            if waiting[c] == 0:
+                heapq.heappush(ready, c)
+    if len(order) < len(g.node):
+        stuck = next(i for i, w in enumerate(waiting) if w)
+        proto = g.node[stuck]
+        blocked = next(n for n in proto.input if n in producer and waiting[producer[n]])
+        source = g.node[producer[blocked]]
+        raise MalformedGraph(
+            f"the graph has a cycle: node {proto.name or proto.op_type!r} reads {blocked!r}, which node "
+            f"{source.name or source.op_type!r} produces from a value that depends on it "
+            f"({len(g.node) - len(order)} node(s) on or after cycles)"
+        )
+    return order
+
+
+def _import_node(
+    proto: onnx.NodeProto,
+    node_name: str,
+    opset: int,
+    consts: dict[str, np.ndarray],
+    infos: dict[str, TensorInfo],
+    held: _Held,
+    limits: ImportLimits,
+) -> Node | None:
+    """One node: folded into `consts` (returns None) or imported as a Node with static shapes."""
+    attrs = attribute_values(proto, node_name, limits)
+    values = [consts.get(n) if n else None for n in proto.input]
+    all_const = all(v is not None for n, v in zip(proto.input, values, strict=True) if n)
+
+    if proto.op_type in FOLDERS and (all_const or proto.op_type in SHAPE_FOLDERS):
+        fold = FOLDERS[proto.op_type]
+        if proto.op_type in SHAPE_FOLDERS:
+            if not proto.input or not proto.input[0]:
+                raise MalformedGraph(f"node {node_name!r} ({proto.op_type}) has no input")
+            results = fold(values, attrs, opset, in_shape=_shape_of(proto.input[0], consts, infos))
+        else:
+            elements = fold_output_elements(proto.op_type, values, attrs)
+            widest = 8 if proto.op_type in _WIDENING_FOLDERS else max(
+                (np.asarray(v).itemsize for v in values if v is not None), default=8
+            )
+            checked_nbytes(
+                f"node {node_name!r} ({proto.op_type}) output {proto.output[0]!r}", (elements,), widest, limits
+            )
+            results = fold(values, attrs, opset)
+        for out_name, value in zip(proto.output, results, strict=False):
+            if out_name:
+                value = np.asarray(value)
+                what = f"node {node_name!r} ({proto.op_type}) output {out_name!r}"
+                held.add(what, checked_nbytes(what, value.shape, value.itemsize, limits))
+                consts[out_name] = value
+        return None
+
+    try:
+        cls = op_class(proto.op_type, node_name, opset)
+    except UnsupportedOp:
+        if proto.op_type in FOLDERS:
+            raise UnsupportedOp(
+                proto.op_type, node_name, opset, "supported only on constant inputs (shape computations)"
+            ) from None
+        raise
+    if len([o for o in proto.output if o]) > 1 or not proto.output[0]:
+        raise UnsupportedOp(
+            proto.op_type, node_name, opset, f"exactly one (first) output is supported, got {list(proto.output)}"
+        )
+    op, kept = cls.from_onnx(attrs, values, node_name, opset)
+    for pos, name in enumerate(proto.input):
+        if name and pos not in kept and values[pos] is None:
+            raise UnsupportedOp(proto.op_type, node_name, opset, f"input {pos} ({name!r}) must be a constant")
+    for pos in cls.const_inputs:
+        if pos in kept and pos < len(proto.input) and proto.input[pos] and values[pos] is None:
+            raise UnsupportedOp(
+                proto.op_type,
+                node_name,
+                opset,
+                f"input {pos} ({proto.input[pos]!r}) must be a constant (weights)",
+            )
+    kept_names = [proto.input[p] for p in kept if p < len(proto.input)]
+    kept_values = [values[p] for p in kept if p < len(proto.input)]
+    for n in kept_names:
+        if n and n in infos and infos[n].dtype != "float32":
+            raise ModelImportError(f"node {node_name!r} reads {n!r} of type {infos[n].dtype}; flexnn runs float32")
+    in_shapes = tuple(_shape_of(n, consts, infos) if n else None for n in kept_names)
+    try:
+        out_shapes = op.infer(in_shapes, kept_values)
+    except ShapeError as e:
+        raise ShapeError(f"node {node_name!r} ({proto.op_type}): {e}") from None
+    out_name = proto.output[0]
+    for shape in out_shapes:
+        if any(int(d) <= 0 for d in shape):
+            raise ShapeError(f"node {node_name!r} ({proto.op_type}) produces an empty tensor of shape {shape}")
+        checked_nbytes(f"node {node_name!r} ({proto.op_type}) output {out_name!r}", shape, 4, limits)
+    if all(v is not None for n, v in zip(kept_names, kept_values, strict=True) if n):
+        # Every input is known: computed now, with its output size already checked above.
+        scratch = op.scratch_bytes(in_shapes)
+        checked_nbytes(f"node {node_name!r} ({proto.op_type}) scratch", (scratch,), 1, limits)
+        flops = op.flops(in_shapes, out_shapes)
+        if flops > limits.max_fold_flops:
+            raise ModelImportError(
+                f"node {node_name!r} ({proto.op_type}) on constant inputs would take {flops:,} FLOPs to fold, "
+                f"above the limit of {limits.max_fold_flops:,}"
+            )
+        results = op.reference([v.astype(np.float32) if v is not None else None for v in kept_values])
+        value = np.asarray(results[0])
+        what = f"node {node_name!r} ({proto.op_type}) output {out_name!r}"
+        held.add(what, checked_nbytes(what, value.shape, value.itemsize, limits))
+        consts[out_name] = value
+        return None
+    infos[out_name] = TensorInfo(out_name, tuple(int(d) for d in out_shapes[0]))
+    for n, v in zip(kept_names, kept_values, strict=True):
+        if n and v is not None and n not in infos:
+            infos[n] = TensorInfo(n, tuple(v.shape), "float32")
+    return Node(node_name, op, tuple(kept_names), (out_name,), in_shapes)
 
 
 def _shape_of(name: str, consts: Mapping[str, np.ndarray], infos: Mapping[str, TensorInfo]) -> Shape:
@@ -262,6 +435,7 @@ def import_model(
     onnx_path: str | os.PathLike,
     package_dir: str | os.PathLike,
     input_shapes: Mapping[str, Shape] | None = None,
+    limits: ImportLimits = DEFAULT_LIMITS,
     *,
     ladder: bool = True,
     calibration_dir: str | os.PathLike | None = None,
@@ -273,8 +447,8 @@ def import_model(
     ~/.cache/flexnn), so a session or the daemon only reads them.
     """
     onnx_path = Path(onnx_path)
-    model = load_onnx(onnx_path)
-    graph, consts = import_onnx(model, input_shapes, name=onnx_path.stem)
+    model = load_onnx(onnx_path, limits)
+    graph, consts = import_onnx(model, input_shapes, name=onnx_path.stem, limits=limits)
     del model  # the weights are in `consts` now; planning needs neither
     source = {"onnx": str(onnx_path.resolve()), "sha256": file_sha256(onnx_path), "opset": graph.opset}
     package = write_package(graph, consts, package_dir, source)

@@ -36,35 +36,51 @@ class Draft:
         return name
 
 
-def _rename(draft: Draft, old: str, new: str) -> None:
-    """Every reference to tensor `old` (as input or output) now says `new`."""
-
-    def sub(names: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(new if n == old else n for n in names)
-
-    draft.nodes = [
-        dataclasses.replace(n, inputs=sub(n.inputs), outputs=sub(n.outputs))
-        if old in n.inputs or old in n.outputs
-        else n
-        for n in draft.nodes
-    ]
-    if old in draft.infos and new not in draft.infos:
-        draft.infos[new] = dataclasses.replace(draft.infos[old], name=new)
-
-
 def remove_identities(draft: Draft) -> None:
-    """Identity and (inference) Dropout nodes disappear; their consumers read the source."""
-    for node in [n for n in draft.nodes if n.op_type in ("Identity", "Dropout")]:
-        src, dst = node.inputs[0], node.outputs[0]
+    """Identity and (inference) Dropout nodes disappear; their consumers read the source.
+
+    One pass that records renames (a union-find forest), then one rewrite of every node: linear,
+    whatever the number of identities.
+    """
+    renamed: dict[str, str] = {}
+
+    def find(name: str) -> str:
+        root = name
+        while root in renamed:
+            root = renamed[root]
+        while name != root:  # path compression keeps long chains of identities linear
+            renamed[name], name = root, renamed[name]
+        return root
+
+    removed: set[int] = set()
+    for node in draft.nodes:
+        if node.op_type not in ("Identity", "Dropout"):
+            continue
+        src, dst = find(node.inputs[0]), find(node.outputs[0])
+        if src == dst:
+            continue
         if dst in draft.outputs:
             if src in draft.outputs or src in draft.inputs or src in draft.consts:
                 continue  # the graph output needs a tensor of its own: keep the alias node
-            draft.nodes = [n for n in draft.nodes if n is not node]
-            _rename(draft, src, dst)  # the producer writes the graph output directly
+            old, new = src, dst  # the producer writes the graph output directly
         else:
-            draft.nodes = [n for n in draft.nodes if n is not node]
-            _rename(draft, dst, src)
+            old, new = dst, src
+        renamed[old] = new
+        if old in draft.infos and new not in draft.infos:
+            draft.infos[new] = dataclasses.replace(draft.infos[old], name=new)
+        removed.add(id(node))
         draft.log.append(f"removed {node.op_type} {node.name}")
+    if not removed:
+        return
+
+    def sub(names: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(find(n) if n else n for n in names)
+
+    draft.nodes = [
+        dataclasses.replace(n, inputs=sub(n.inputs), outputs=sub(n.outputs))
+        for n in draft.nodes
+        if id(n) not in removed
+    ]
 
 
 def fold_batchnorm(draft: Draft) -> None:
@@ -72,6 +88,7 @@ def fold_batchnorm(draft: Draft) -> None:
     uses = draft.consumers()
     producers = {o: n for n in draft.nodes for o in n.outputs}
     out: list[Node] = []
+    folded_convs: dict[int, Node] = {}  # id(conv) -> its folded version, applied once at the end
     for node in draft.nodes:
         if node.op_type != "BatchNormalization" or getattr(node.op, "training_mode", 0):
             out.append(node)
@@ -102,9 +119,9 @@ def fold_batchnorm(draft: Draft) -> None:
         folded = dataclasses.replace(
             conv, inputs=(conv.inputs[0], w_name, b_name), outputs=node.outputs, in_shapes=in_shapes
         )
-        out = [folded if n is conv else n for n in out]
+        folded_convs[id(conv)] = folded
         draft.log.append(f"folded BatchNormalization {node.name} into Conv {conv.name}")
-    draft.nodes = out
+    draft.nodes = [folded_convs.get(id(n), n) for n in out]
 
 
 def fuse_activations(draft: Draft) -> None:
