@@ -116,10 +116,12 @@ class MalformedGraph(ModelImportError):
 class TensorTooLarge(ModelImportError):
     """A tensor whose declared size is above the import limit, refused before anything is allocated."""
 
-    def __init__(self, what: str, shape: tuple[int, ...], nbytes: int, limit: int):
+    def __init__(self, what: str, shape: tuple[int, ...], nbytes: int, limit: int, message: str = ""):
         self.shape, self.nbytes, self.limit = shape, nbytes, limit
         dims = ", ".join(str(d) for d in shape[:8]) + (f", ... {len(shape) - 8} more" if len(shape) > 8 else "")
-        super().__init__(f"{what}: shape [{dims}] declares {nbytes:,} bytes, above the limit of {limit:,} bytes")
+        super().__init__(
+            message or f"{what}: shape [{dims}] declares {nbytes:,} bytes, above the limit of {limit:,} bytes"
+        )
 
 
 class ExternalDataError(ModelFormatError):

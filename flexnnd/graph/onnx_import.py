@@ -249,11 +249,12 @@ class _Held:
         self.total += nbytes
         if self.total > self.limits.max_total_bytes:
             raise TensorTooLarge(
-                f"{what} brings the constants held during import to {self.total:,} bytes "
-                f"(limit {self.limits.max_total_bytes:,})",
+                what,
                 (),
-                nbytes,
+                self.total,
                 self.limits.max_total_bytes,
+                f"{what} ({nbytes:,} bytes) brings the constants held during import to {self.total:,} bytes, "
+                f"above the limit of {self.limits.max_total_bytes:,} bytes",
             )
 
 

@@ -495,4 +495,5 @@ def test_rss_plateaus_under_concurrent_hostile_requests(stub, baseline, daemon):
     # In flight: at most `threads` messages, each copied a few times (gRPC's buffer, bytes, the parsed message).
     in_flight_bound = threads * MAX_MESSAGE * 3
     assert rss[-1] - rss[0] < in_flight_bound, f"RSS grew beyond {in_flight_bound:,} bytes: {rss}"
-    assert rss[-1] - rss[-2] < RSS_BOUND, f"RSS still grows wave after wave: {rss}"
+    # A leak grows with every wave; what the allocator keeps goes up and down with the last wave's timing.
+    assert rss[-1] - max(rss[1:-1]) < RSS_BOUND, f"RSS still grows wave after wave: {rss}"
