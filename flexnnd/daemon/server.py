@@ -57,6 +57,7 @@ NO_READING = Reading(None, None, None, None, None, EventCounts(), None)  # no mo
 BUDGET_FILE = "budget"
 LOADED_FILE = "models.json"  # models loaded with LoadModel: name -> path in the models directory  # the operator's budget in the state directory: a size, absent means auto
 MAX_WATCHERS = 8
+TRIM_SLACK = 16 << 20  # RSS beyond runtime + plans that makes the main loop return free heap pages
 CHANGES = frozenset({"created", "modified", "moved", "deleted", "closed"})  # watchdog event types that change a file
 TICK_S = 0.5  # the main loop's longest sleep: the bound on reacting to a signal flag
 
@@ -483,6 +484,12 @@ class Daemon:
         """No inference has been running for longer than `limit_s` (a stuck kernel or loader)."""
         return all(m.stuck_seconds < limit_s for m in self.models.all())
 
+    def _trim_if_grown(self) -> None:
+        """Trim the heap when RSS beside the plans exceeds the runtime measured at start by TRIM_SLACK."""
+        rss, _ = _own_memory()
+        if rss - self.models.committed - self.runtime_overhead > TRIM_SLACK:
+            trim_malloc()
+
     def main_loop(self) -> None:
         interval = watchdog_interval(self.env)
         last_ping = 0.0
@@ -501,6 +508,7 @@ class Daemon:
                 )
             self.reevaluate(pressure, force=self._pending_reevaluate)
             self._pending_reevaluate = False
+            self._trim_if_grown()
             now = time.monotonic()
             if interval and now - last_ping >= interval:
                 if self.workers_alive(limit_s=2 * interval):
@@ -643,6 +651,15 @@ def tune_malloc() -> bool:
         libc = ctypes.CDLL(None)
         return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(M_TRIM_THRESHOLD, MMAP_THRESHOLD))
     except (OSError, AttributeError):  # not glibc: nothing to tune
+        return False
+
+
+def trim_malloc() -> bool:
+    """Give free heap pages back to the OS (glibc's malloc_trim): gRPC receives a big message as many
+    small frames whose freed chunks stay in malloc's arenas, hundreds of MiB after a burst."""
+    try:
+        return bool(ctypes.CDLL(None).malloc_trim(0))
+    except (OSError, AttributeError):  # not glibc
         return False
 
 
