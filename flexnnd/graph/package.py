@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from flexnnd.errors import PackageError, UnsupportedOp
-from flexnnd.graph.ir import Graph, Node, TensorInfo
+from flexnnd.graph.ir import Graph, Node, TensorInfo, nbytes_of
+from flexnnd.graph.limits import DEFAULT_LIMITS
 from flexnnd.ops import op_class
 from flexnnd.storage import storage_error
 
@@ -202,7 +203,7 @@ def read_package(path: str | os.PathLike, verify: bool = False) -> Package:
         w = manifest["weights"]
         graph = graph_from_json(manifest["graph"])
         entries = {
-            name: WeightEntry(name, tuple(shape), dtype, offset, nbytes, crc)
+            name: WeightEntry(name, tuple(int(d) for d in shape), str(dtype), int(offset), int(nbytes), int(crc))
             for name, shape, dtype, offset, nbytes, crc in w["tensors"]
         }
         size, sha = int(w["size"]), str(w["sha256"])
@@ -219,12 +220,40 @@ def read_package(path: str | os.PathLike, verify: bool = False) -> Package:
         raise PackageError(f"{path}: {WEIGHTS} is missing; {redo}") from None
     if actual != size:
         raise PackageError(f"{path}/{WEIGHTS} has {actual:,} bytes, the manifest says {size:,}; {redo}")
+    _check_index(path, graph, entries, size, redo)
     package = Package(
         path, graph, MappingProxyType(entries), size, sha, MappingProxyType(manifest.get("source", {}))
     )
     if verify:
         verify_weights(package)
     return package
+
+
+DTYPES = frozenset({"float32", "float16", "float64", "int8", "uint8", "int16", "uint16", "int32", "int64", "bool"})
+
+
+def _check_index(path: Path, graph: Graph, entries: Mapping[str, WeightEntry], size: int, redo: str) -> None:
+    """A package may come from anyone who can write the models folder: every declared size is checked
+    against the limits and the file before anything is allocated or read."""
+    limit = DEFAULT_LIMITS.max_tensor_bytes
+    for name, info in graph.tensors.items():
+        if any(not isinstance(d, int) or d < 0 for d in info.shape) or len(info.shape) > DEFAULT_LIMITS.max_rank:
+            raise PackageError(f"{path}: tensor {name!r} has shape {list(info.shape)[:8]}; {redo}")
+        if info.dtype not in DTYPES:
+            raise PackageError(f"{path}: tensor {name!r} has dtype {str(info.dtype)[:40]!r}; {redo}")
+        nbytes = info.nbytes
+        if nbytes > limit:
+            raise PackageError(f"{path}: tensor {name!r} declares {nbytes:,} bytes, above {limit:,}; {redo}")
+    for e in entries.values():
+        try:
+            expected = nbytes_of(e.shape, e.dtype) if e.dtype in DTYPES else -1
+        except (TypeError, ValueError, KeyError):
+            expected = -1
+        if not (e.offset >= 0 and e.offset + e.nbytes <= size and e.nbytes == expected <= limit):
+            raise PackageError(
+                f"{path}: weight {e.name!r} ({e.dtype} {list(e.shape)[:8]}, {expected:,} bytes) at offset "
+                f"{e.offset:,} with {e.nbytes:,} bytes does not fit the {size:,}-byte weights file; {redo}"
+            )
 
 
 def verify_weights(package: Package) -> None:

@@ -79,3 +79,37 @@ def test_reimport_replaces_the_package_atomically(tmp_path, package):
     flexnnd.import_model(tmp_path / "m.onnx", package)
     assert read_package(package).weights_sha256 == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "pkg"]
+
+
+def _edit_manifest(package, edit):
+    manifest = json.loads((package / MANIFEST).read_text())
+    edit(manifest)
+    (package / MANIFEST).write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        (lambda m: m["weights"]["tensors"][0].__setitem__(3, m["weights"]["size"]), "does not fit"),
+        (lambda m: m["weights"]["tensors"][0].__setitem__(3, -4096), "does not fit"),
+        (lambda m: m["weights"]["tensors"][0].__setitem__(4, 1 << 40), "does not fit"),
+        (lambda m: m["weights"]["tensors"][0].__setitem__(1, [1 << 20, 1 << 20]), "does not fit"),
+        (lambda m: m["weights"]["tensors"][0].__setitem__(2, "object"), "does not fit"),
+        (lambda m: m["weights"]["tensors"][0].__setitem__(3, "0; rm -rf /"), "corrupt"),
+    ],
+    ids=["offset-past-end", "negative-offset", "huge-nbytes", "huge-shape", "object-dtype", "string-offset"],
+)
+def test_a_hostile_weight_index_is_refused_before_reading(package, edit, words):
+    _edit_manifest(package, edit)
+    with pytest.raises(flexnnd.PackageError, match=words):
+        read_package(package)
+
+
+def test_a_hostile_tensor_shape_or_dtype_in_the_graph_is_refused(package):
+    def huge_activation(m):
+        t = next(t for t in m["graph"]["tensors"] if t[0] not in {w[0] for w in m["weights"]["tensors"]})
+        t[1] = [1 << 16, 1 << 16, 1 << 16]
+
+    _edit_manifest(package, huge_activation)
+    with pytest.raises(flexnnd.PackageError, match="above"):
+        read_package(package)
