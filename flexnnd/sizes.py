@@ -11,7 +11,8 @@ for i, letter in enumerate("KMGT", start=1):
     _UNITS[letter] = _UNITS[f"{letter}I"] = _UNITS[f"{letter}IB"] = 1024**i
     _UNITS[f"{letter}B"] = 1000**i
 
-_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+_PATTERN = re.compile(r"^\s*([0-9]{1,30}(?:\.[0-9]{1,30})?)\s*([A-Za-z]*)\s*$", re.ASCII)
+MAX_SIZE = 1 << 62  # far above any memory; keeps every size a plain int64 for the wire and the kernel
 
 
 def parse_size(value: int | str) -> int:
@@ -19,14 +20,17 @@ def parse_size(value: int | str) -> int:
     if isinstance(value, bool):
         raise ValueError(f"not a size: {value!r}")
     if isinstance(value, int):
-        if value < 0:
-            raise ValueError(f"a size cannot be negative: {value}")
+        if not 0 <= value <= MAX_SIZE:
+            raise ValueError(f"a size must be between 0 and {MAX_SIZE:,} bytes: {value}")
         return value
     match = _PATTERN.match(str(value))
     unit = match.group(2).upper() if match else None
     if not match or unit not in _UNITS:
-        raise ValueError(f"not a size: {value!r} (write bytes, or a number with K, M, G, T, Mi, MB, ...)")
-    return int(float(match.group(1)) * _UNITS[unit])
+        raise ValueError(f"not a size: {str(value)[:40]!r} (write bytes, or a number with K, M, G, T, Mi, MB, ...)")
+    size = float(match.group(1)) * _UNITS[unit]
+    if size > MAX_SIZE:
+        raise ValueError(f"not a size: {str(value)[:40]!r} is above {MAX_SIZE:,} bytes")
+    return int(size)
 
 
 def format_size(n: int) -> str:
