@@ -58,6 +58,12 @@ WINO_BAND_BYTES = 4 << 20
 WINO_WEIGHT_BYTES = 4 << 20
 WINO_MIN_TILES = 256
 
+# depthwise3x3 (direct, no scratch) against the padded-band kernel, Clip epilogue, measured: stride 2
+# 112->56 0.54 vs 0.78 ms (96 ch), 56->28 0.27 vs 0.36, but 28->14 0.15 vs 0.12; stride 1 112 wide
+# 0.18 vs 0.24, 56 wide equal, narrower slower (its vector loops want 64-float runs).
+DW_DIRECT_MIN_WIDTH = 28
+DW_DIRECT_MIN_WIDTH_S1 = 64
+
 # Stands for an absent bias: the epilogue adds 0 when it is empty (bind must not allocate one).
 NO_BIAS = np.zeros(0, dtype=np.float32)
 
@@ -399,6 +405,103 @@ def depthwise(x, w, bias, y, pad, wide, c0, c1, r0, r1, kh, kw, sh, sw, dh, dw, 
             bias_act(yf, NO_BIAS, start, 0, 1, rows * out_w, bias, c - c0, act, alpha, beta)
 
 
+@kernel(inline="always")
+def depthwise3x3_row(yf, d, count, xf, s0, s1, s2, b, t, sw):
+    """yf[d + k] = b + the 9 taps t (row-major, zero for a missing input row) at input row offsets
+    s0, s1, s2 and columns sw*k + (0, 1, 2), for k < count: one vectorized pass per output row."""
+    d = np.uint64(d)
+    # One base offset per tap, so each load is base + k: LLVM sees consecutive (not gathered) loads.
+    p0, p1, p2 = np.uint64(s0), np.uint64(s0 + 1), np.uint64(s0 + 2)
+    p3, p4, p5 = np.uint64(s1), np.uint64(s1 + 1), np.uint64(s1 + 2)
+    p6, p7, p8 = np.uint64(s2), np.uint64(s2 + 1), np.uint64(s2 + 2)
+    t0, t1, t2, t3, t4, t5, t6, t7, t8 = t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8]
+    if sw == 1:
+        for k in range(np.uint64(max(count, 0))):
+            yf[d + k] = (
+                b + t0 * xf[p0 + k] + t1 * xf[p1 + k] + t2 * xf[p2 + k]
+                + t3 * xf[p3 + k] + t4 * xf[p4 + k] + t5 * xf[p5 + k]
+                + t6 * xf[p6 + k] + t7 * xf[p7 + k] + t8 * xf[p8 + k]
+            )  # fmt: skip
+    else:  # a literal stride 2 lets LLVM vectorize with interleaved loads
+        two = np.uint64(2)
+        for k in range(np.uint64(max(count, 0))):
+            q = two * k
+            yf[d + k] = (
+                b + t0 * xf[p0 + q] + t1 * xf[p1 + q] + t2 * xf[p2 + q]
+                + t3 * xf[p3 + q] + t4 * xf[p4 + q] + t5 * xf[p5 + q]
+                + t6 * xf[p6 + q] + t7 * xf[p7 + q] + t8 * xf[p8 + q]
+            )  # fmt: skip
+
+
+@kernel(inline="always")
+def depthwise3x3_edge(yf, d, ow, xf, r_0, r_1, r_2, b, t, s, pl, width):
+    """One padded edge column of depthwise3x3, tap by tap with bounds."""
+    v = b
+    for j in range(3):
+        iw = ow * s - pl + j
+        if 0 <= iw < width:
+            v += t[j] * xf[r_0 + iw] + t[3 + j] * xf[r_1 + iw] + t[6 + j] * xf[r_2 + iw]
+    yf[d + ow] = v
+
+
+@kernel
+def depthwise3x3(x, w, bias, y, c0, c1, r0, r1, s, pt, pl, act, alpha, beta):
+    """Depthwise 3x3 conv (stride s in (1, 2), no dilation) of channels [c0, c1), output rows
+    [r0, r1), straight from the input: no padded copy and no scratch.
+
+    A missing input row (padding) gets zero weights and reads a real row of the plane instead, so
+    that every output row is one branch-free pass; only the padded edge columns go tap by tap.
+    """
+    height, width = x.shape[2], x.shape[3]
+    channels, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
+    xf, yf, wf = x.reshape(-1), y.reshape(-1), w.reshape(-1)
+    has_bias = bias.size > 0
+    lo = min(max(-(-pl // s), 0), out_w)  # first output column whose 3 taps are all inside
+    hi = min(max((width - 3 + pl) // s + 1, lo), out_w)  # past the last one
+    zero = np.float32(0.0)
+    # Stride 1 and same-width output: the rows whose three input rows all exist are one flat run
+    # (long runs keep the 16-wide, 4x unrolled vector loop busy; 7..56-wide rows would not), and
+    # only their first and last columns, which read the neighbouring rows, are redone tap by tap.
+    flat = s == 1 and out_w == width and pl == 1 and width >= 2
+    a = min(max(r0, pt), r1) if flat else r1
+    e = max(min(r1, height - 2 + pt), a) if flat else r1
+    for n in range(x.shape[0]):
+        for c in range(c0, c1):
+            b = bias[c - c0] if has_bias else zero
+            src = (n * x.shape[1] + c) * height * width
+            plane = (n * channels + c) * out_h * out_w
+            k = (c - c0) * 9
+            if e > a:
+                t = (wf[k], wf[k + 1], wf[k + 2], wf[k + 3], wf[k + 4], wf[k + 5], wf[k + 6], wf[k + 7], wf[k + 8])
+                s0 = src + (a - pt) * width
+                depthwise3x3_row(
+                    yf, plane + a * width + 1, (e - a) * width - 2, xf, s0, s0 + width, s0 + 2 * width, b, t, 1
+                )
+            for oh in range(r0, r1):
+                ih = oh * s - pt
+                ok0, ok1, ok2 = 0 <= ih < height, 0 <= ih + 1 < height, 0 <= ih + 2 < height
+                t = (
+                    wf[k] if ok0 else zero, wf[k + 1] if ok0 else zero, wf[k + 2] if ok0 else zero,
+                    wf[k + 3] if ok1 else zero, wf[k + 4] if ok1 else zero, wf[k + 5] if ok1 else zero,
+                    wf[k + 6] if ok2 else zero, wf[k + 7] if ok2 else zero, wf[k + 8] if ok2 else zero,
+                )  # fmt: skip
+                r_0 = src + min(max(ih, 0), height - 1) * width
+                r_1 = src + min(max(ih + 1, 0), height - 1) * width
+                r_2 = src + min(max(ih + 2, 0), height - 1) * width
+                d = plane + oh * out_w
+                if a <= oh < e:  # in the flat run: only its two edge columns
+                    depthwise3x3_edge(yf, d, 0, xf, r_0, r_1, r_2, b, t, s, pl, width)
+                    depthwise3x3_edge(yf, d, out_w - 1, xf, r_0, r_1, r_2, b, t, s, pl, width)
+                    continue
+                off = lo * s - pl
+                depthwise3x3_row(yf, d + lo, hi - lo, xf, r_0 + off, r_1 + off, r_2 + off, b, t, s)
+                for ow in range(lo):
+                    depthwise3x3_edge(yf, d, ow, xf, r_0, r_1, r_2, b, t, s, pl, width)
+                for ow in range(hi, out_w):
+                    depthwise3x3_edge(yf, d, ow, xf, r_0, r_1, r_2, b, t, s, pl, width)
+            bias_act(yf, bias[:0], plane + r0 * out_w, 0, 1, (r1 - r0) * out_w, bias[:0], 0, act, alpha, beta)
+
+
 def depthwise_scratch(
     rows: int, out_w: int, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int
 ) -> tuple[int, int]:
@@ -574,6 +677,17 @@ class Geometry:
     def pointwise(self) -> bool:
         return self.kh == self.kw == self.sh == self.sw == 1 and not (
             self.pt or self.pl or self.pb or self.pr
+        )
+
+    @property
+    def depthwise_direct(self) -> bool:
+        """Depthwise 3x3 at stride 1 or 2 on planes wide enough for depthwise3x3's row passes."""
+        return (
+            self.depthwise
+            and self.kh == self.kw == 3
+            and self.dh == self.dw == 1
+            and self.sh == self.sw in (1, 2)
+            and self.out_w >= (DW_DIRECT_MIN_WIDTH if self.sw == 2 else DW_DIRECT_MIN_WIDTH_S1)
         )
 
     @property
@@ -805,6 +919,8 @@ class Conv(Op):
     def scratch_bytes(self, shapes, part=None):
         geo = self._geometry_of(shapes)
         r0, r1, c0, c1 = self._part_range(geo, part)
+        if geo.depthwise_direct:
+            return 0
         if geo.depthwise:
             g = geo
             return 4 * sum(depthwise_scratch(r1 - r0, g.out_w, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw))
@@ -843,6 +959,8 @@ class Conv(Op):
                 raise ShapeError(
                     f"Conv.bind: residual {ins[3].shape} for output {y.shape} (depthwise {geo.depthwise})"
                 )
+        if geo.depthwise_direct:
+            return _bind_depthwise3x3(geo, x, wp, bias, y, rows, chans, epilogue)
         if geo.depthwise:
             return _bind_depthwise(geo, x, wp, bias, y, scratch, rows, chans, epilogue)
         if geo.winograd:
@@ -877,6 +995,15 @@ class Conv(Op):
         if self.residual:
             y += np.asarray(ins[3], dtype=np.float64)
         return [reference_activation(y, self.activation, self.activation_alpha, self.activation_beta)]
+
+
+def _bind_depthwise3x3(g: Geometry, x, wp, bias, y, rows, chans, epilogue) -> Kernel:
+    (r0, r1), (c0, c1), (act, alpha, beta) = rows, chans, epilogue
+
+    def run_depthwise3x3():
+        depthwise3x3(x, wp, bias, y, c0, c1, r0, r1, g.sh, g.pt, g.pl, act, alpha, beta)
+
+    return run_depthwise3x3
 
 
 def _bind_depthwise(g: Geometry, x, wp, bias, y, scratch, rows, chans, epilogue) -> Kernel:

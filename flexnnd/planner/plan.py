@@ -15,7 +15,8 @@ from flexnnd.errors import PlanError
 from flexnnd.graph.ir import Graph
 from flexnnd.ops.base import Part
 
-PLAN_VERSION = 1
+# 2: direct depthwise 3x3 convs need no scratch (their plans reserved the padded band).
+PLAN_VERSION = 2
 ALIGNMENT = 64
 
 
