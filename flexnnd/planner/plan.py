@@ -16,7 +16,8 @@ from flexnnd.graph.ir import Graph
 from flexnnd.ops.base import Part
 
 # 2: direct depthwise 3x3 convs need no scratch (their plans reserved the padded band).
-PLAN_VERSION = 2
+# 3: Winograd for 3x3 convs 28+ wide with Cin*Cout/(Cin+Cout) >= 20 (their scratch differs).
+PLAN_VERSION = 3
 ALIGNMENT = 64
 
 

@@ -269,7 +269,8 @@ def test_winograd_is_chosen_where_it_pays():
         return Conv(kernel_shape=(3, 3), pads=(1, 1, 1, 1)).geometry(x_shape, cout).winograd
 
     assert path((1, 64, 56, 56), 64) and path((1, 128, 28, 28), 128) and path((1, 64, 224, 224), 64)
-    assert not path((1, 256, 14, 14), 256) and not path((1, 16, 55, 55), 64)
+    assert path((1, 32, 28, 28), 96) and path((1, 32, 27, 27), 128)
+    assert not path((1, 256, 14, 14), 256) and not path((1, 16, 55, 55), 64) and not path((1, 16, 28, 28), 32)
     assert not Conv(kernel_shape=(3, 3), strides=(2, 2)).geometry((1, 64, 56, 56), 64).winograd
 
 
