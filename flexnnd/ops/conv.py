@@ -552,92 +552,98 @@ def winograd_weights(w, k0, k1, cin, u, tmp):
 
 @kernel
 def winograd_input(x, n, pad, v, r0, tiles_y, tiles_x, pt, pl):
-    """v[e, ci, ty*tiles_x + tx] = (B^T d B)[e] of the 4x4 input tile under output (r0+2ty, 2tx).
+    """v[e, ci, ty*(tiles_x+1) + tx] = (B^T d B)[e] of the 4x4 input tile under output (r0+2ty, 2tx).
 
-    Per channel the input rows of the band are copied into `pad` split into even and odd
-    columns (zero border included), so that every tap of the transform is a contiguous run.
+    Per channel the input rows of the band are copied into `pad` split by row and column parity
+    into four planes (zero border included). Element (a, b) of tile (ty, tx) is then at
+    ty*half + tx + (a//2)*half + b//2 of plane (a%2, b%2): one contiguous run over all tiles of
+    the band per transform entry, long enough to vectorize, at the price of one garbage tile
+    column (tx == tiles_x) per tile row that the GEMM carries and winograd_output skips.
     """
     cin, height, width = x.shape[1], x.shape[2], x.shape[3]
-    half = tiles_x + 1  # width of the even and of the odd half-plane
+    half = tiles_x + 1  # plane width; also the v/m row stride per tile row
+    psize = (tiles_y + 1) * half + 1  # +1: the last garbage column reads one past the last row
     in_rows = 2 * tiles_y + 2
-    odd = in_rows * half
     ih0 = r0 - pt
     ih_lo, ih_hi = max(ih0, 0), min(ih0 + in_rows, height)
     col_lo, col_hi = min(pl, 2 * half), min(pl + width, 2 * half)
-    tiles = tiles_y * tiles_x
+    run = tiles_y * half
     xf = x.reshape(-1)
-    fill(pad, 0, 2 * odd, 0.0)  # the border is the same for every channel: zeroed once
+    fill(pad, 0, 4 * psize, 0.0)  # the border is the same for every channel: zeroed once
     for ci in range(cin):
         plane = (n * cin + ci) * height * width
         for ih in range(ih_lo, ih_hi):
-            r, s = (ih - ih0) * half, plane + ih * width - pl
+            rr = ih - ih0
+            r, s = (rr % 2) * 2 * psize + (rr // 2) * half, plane + ih * width - pl
             for col in range(col_lo, col_hi):
-                pad[np.uint64(r + col // 2 + (col % 2) * odd)] = xf[np.uint64(s + col)]
-        for ty in range(tiles_y):
-            base = 2 * ty * half
-            for alpha in range(4):
-                a1, s1, a2, s2 = WINO_BT[alpha, 0], WINO_BT[alpha, 1], WINO_BT[alpha, 2], WINO_BT[alpha, 3]
-                for beta in range(4):
-                    b1, r1, b2, r2 = WINO_BT[beta, 0], WINO_BT[beta, 1], WINO_BT[beta, 2], WINO_BT[beta, 3]
-                    c11, c12 = np.float32(s1 * r1), np.float32(s1 * r2)
-                    c21, c22 = np.float32(s2 * r1), np.float32(s2 * r2)
-                    # column b of tile tx is column tx + b//2 of the even (b even) or odd half-plane
-                    p11 = np.uint64(base + a1 * half + b1 // 2 + (b1 % 2) * odd)
-                    p12 = np.uint64(base + a1 * half + b2 // 2 + (b2 % 2) * odd)
-                    p21 = np.uint64(base + a2 * half + b1 // 2 + (b1 % 2) * odd)
-                    p22 = np.uint64(base + a2 * half + b2 // 2 + (b2 % 2) * odd)
-                    d = np.uint64(((alpha * 4 + beta) * cin + ci) * tiles + ty * tiles_x)
-                    for tx in range(np.uint64(tiles_x)):
-                        v[d + tx] = (
-                            c11 * pad[p11 + tx]
-                            + c12 * pad[p12 + tx]
-                            + c21 * pad[p21 + tx]
-                            + c22 * pad[p22 + tx]
-                        )
+                pad[np.uint64(r + (col % 2) * psize + col // 2)] = xf[np.uint64(s + col)]
+        for alpha in range(4):
+            a1, s1, a2, s2 = WINO_BT[alpha, 0], WINO_BT[alpha, 1], WINO_BT[alpha, 2], WINO_BT[alpha, 3]
+            for beta in range(4):
+                b1, r1, b2, r2 = WINO_BT[beta, 0], WINO_BT[beta, 1], WINO_BT[beta, 2], WINO_BT[beta, 3]
+                c11, c12 = np.float32(s1 * r1), np.float32(s1 * r2)
+                c21, c22 = np.float32(s2 * r1), np.float32(s2 * r2)
+                p11 = np.uint64((a1 % 2) * 2 * psize + (b1 % 2) * psize + (a1 // 2) * half + b1 // 2)
+                p12 = np.uint64((a1 % 2) * 2 * psize + (b2 % 2) * psize + (a1 // 2) * half + b2 // 2)
+                p21 = np.uint64((a2 % 2) * 2 * psize + (b1 % 2) * psize + (a2 // 2) * half + b1 // 2)
+                p22 = np.uint64((a2 % 2) * 2 * psize + (b2 % 2) * psize + (a2 // 2) * half + b2 // 2)
+                d = np.uint64(((alpha * 4 + beta) * cin + ci) * run)
+                for f in range(np.uint64(run)):
+                    v[d + f] = c11 * pad[p11 + f] + c12 * pad[p12 + f] + c21 * pad[p21 + f] + c22 * pad[p22 + f]
 
 
 @kernel
-def winograd_output(m, y, res, n, cc, c_abs, r0, r1, tiles_y, tiles_x, bias, boff, act, alpha, beta):
+def winograd_output(m, y, res, obuf, n, cc, c_abs, r0, r1, tiles_y, tiles_x, bias, boff, act, alpha, beta):
     """y[n, c_abs + k, r0 + 2ty + i, 2tx + j] = act((A^T M_k A)[i, j] + bias[boff + k]), k < cc.
 
-    m is (16, cc, tiles) flat. Output rows at or past r1 and columns past the output are skipped.
+    m is (16, cc, tiles_y*(tiles_x+1)) flat (see winograd_input). Per channel the four outputs
+    (i, j) of every tile are first computed as four contiguous runs into `obuf` (4*tiles_y*(tiles_x+1)
+    floats, vectorized), then interleaved into the output rows. Output rows at or past r1 and
+    columns past the output are skipped.
     """
     channels, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
-    tiles = tiles_y * tiles_x
+    half = tiles_x + 1
+    tiles = tiles_y * half
     yf = y.reshape(-1)
     two = np.uint64(2)
     for k in range(cc):
         plane = (n * channels + c_abs + k) * out_h * out_w
+        for i in range(2):
+            x1, e1, x2, e2, x3, e3 = (WINO_AT[i, 0], WINO_AT[i, 1], WINO_AT[i, 2], WINO_AT[i, 3],
+                                      WINO_AT[i, 4], WINO_AT[i, 5])  # fmt: skip
+            for j in range(2):
+                z1, f1, z2, f2, z3, f3 = (WINO_AT[j, 0], WINO_AT[j, 1], WINO_AT[j, 2], WINO_AT[j, 3],
+                                          WINO_AT[j, 4], WINO_AT[j, 5])  # fmt: skip
+                off = k * tiles
+                q11 = np.uint64((x1 * 4 + z1) * cc * tiles + off)
+                q12 = np.uint64((x1 * 4 + z2) * cc * tiles + off)
+                q13 = np.uint64((x1 * 4 + z3) * cc * tiles + off)
+                q21 = np.uint64((x2 * 4 + z1) * cc * tiles + off)
+                q22 = np.uint64((x2 * 4 + z2) * cc * tiles + off)
+                q23 = np.uint64((x2 * 4 + z3) * cc * tiles + off)
+                q31 = np.uint64((x3 * 4 + z1) * cc * tiles + off)
+                q32 = np.uint64((x3 * 4 + z2) * cc * tiles + off)
+                q33 = np.uint64((x3 * 4 + z3) * cc * tiles + off)
+                g1, g2, g3 = np.float32(e1 * f1), np.float32(e1 * f2), np.float32(e1 * f3)
+                h1, h2, h3 = np.float32(e2 * f1), np.float32(e2 * f2), np.float32(e2 * f3)
+                l1, l2, l3 = np.float32(e3 * f1), np.float32(e3 * f2), np.float32(e3 * f3)
+                o = np.uint64((i * 2 + j) * tiles)
+                for f in range(np.uint64(tiles)):
+                    obuf[o + f] = (
+                        g1 * m[q11 + f] + g2 * m[q12 + f] + g3 * m[q13 + f]
+                        + h1 * m[q21 + f] + h2 * m[q22 + f] + h3 * m[q23 + f]
+                        + l1 * m[q31 + f] + l2 * m[q32 + f] + l3 * m[q33 + f]
+                    )  # fmt: skip
         for ty in range(tiles_y):
             for i in range(2):
                 oh = r0 + 2 * ty + i
                 if oh >= r1:
                     continue
-                x1, e1, x2, e2, x3, e3 = (WINO_AT[i, 0], WINO_AT[i, 1], WINO_AT[i, 2], WINO_AT[i, 3],
-                                          WINO_AT[i, 4], WINO_AT[i, 5])  # fmt: skip
                 for j in range(2):
-                    z1, f1, z2, f2, z3, f3 = (WINO_AT[j, 0], WINO_AT[j, 1], WINO_AT[j, 2], WINO_AT[j, 3],
-                                              WINO_AT[j, 4], WINO_AT[j, 5])  # fmt: skip
-                    off = k * tiles + ty * tiles_x
-                    q11 = np.uint64((x1 * 4 + z1) * cc * tiles + off)
-                    q12 = np.uint64((x1 * 4 + z2) * cc * tiles + off)
-                    q13 = np.uint64((x1 * 4 + z3) * cc * tiles + off)
-                    q21 = np.uint64((x2 * 4 + z1) * cc * tiles + off)
-                    q22 = np.uint64((x2 * 4 + z2) * cc * tiles + off)
-                    q23 = np.uint64((x2 * 4 + z3) * cc * tiles + off)
-                    q31 = np.uint64((x3 * 4 + z1) * cc * tiles + off)
-                    q32 = np.uint64((x3 * 4 + z2) * cc * tiles + off)
-                    q33 = np.uint64((x3 * 4 + z3) * cc * tiles + off)
-                    g1, g2, g3 = np.float32(e1 * f1), np.float32(e1 * f2), np.float32(e1 * f3)
-                    h1, h2, h3 = np.float32(e2 * f1), np.float32(e2 * f2), np.float32(e2 * f3)
-                    l1, l2, l3 = np.float32(e3 * f1), np.float32(e3 * f2), np.float32(e3 * f3)
+                    src = np.uint64((i * 2 + j) * tiles + ty * half)
                     dst = np.uint64(plane + oh * out_w + j)
                     for tx in range(np.uint64((out_w - j + 1) // 2)):
-                        yf[dst + two * tx] = (
-                            g1 * m[q11 + tx] + g2 * m[q12 + tx] + g3 * m[q13 + tx]
-                            + h1 * m[q21 + tx] + h2 * m[q22 + tx] + h3 * m[q23 + tx]
-                            + l1 * m[q31 + tx] + l2 * m[q32 + tx] + l3 * m[q33 + tx]
-                        )  # fmt: skip
+                        yf[dst + two * tx] = obuf[src + tx]
         bias_act(yf, res, plane + r0 * out_w, 0, 1, (r1 - r0) * out_w, bias, boff + k, act, alpha, beta)
 
 
@@ -742,20 +748,21 @@ class WinogradPlan:
     def of(cls, geo: Geometry, rows: int, channels: int) -> WinogradPlan:
         tiles_x = (geo.out_w + 1) // 2
         chunk = _even_split(channels, WINO_WEIGHT_BYTES // (64 * geo.cin))
-        per_tile_row = 64 * tiles_x * (geo.cin + chunk)  # bytes of v and m per tile row
+        per_tile_row = 64 * (tiles_x + 1) * (geo.cin + chunk)  # bytes of v and m per tile row
         most = max(WINO_BAND_BYTES // per_tile_row, -(-WINO_MIN_TILES // tiles_x))
         return cls(tiles_x, _even_split((rows + 1) // 2, most), chunk, geo.cin)
 
     @property
     def buffers(self) -> dict[str, int]:
         """Floats of each scratch buffer, in scratch order."""
-        tiles = self.band * self.tiles_x
+        tiles = self.band * (self.tiles_x + 1)  # a garbage tile column per tile row
         return {
             "tmp": 21 * self.cin,
-            "pad": 2 * (2 * self.band + 2) * (self.tiles_x + 1),
+            "pad": 4 * ((self.band + 1) * (self.tiles_x + 1) + 1),
             "u": 16 * self.chunk * self.cin,
             "v": 16 * self.cin * tiles,
             "m": 16 * self.chunk * tiles,
+            "o": 4 * tiles,
         }
 
 
@@ -1031,7 +1038,7 @@ def _bind_winograd(g: Geometry, x, wp, bias, y, res, scratch, rows, chans, epilo
     for name, size in sizes.items():
         buf[name] = scratch[start : start + size]
         start += size
-    tmp, pad, u, v, m = buf["tmp"], buf["pad"], buf["u"], buf["v"], buf["m"]
+    tmp, pad, u, v, m, obuf = buf["tmp"], buf["pad"], buf["u"], buf["v"], buf["m"], buf["o"]
     w_flat, cin, tx = reshape_view(wp, (-1,)), g.cin, plan.tiles_x
     chunks = []
     for k0 in range(0, c1 - c0, plan.chunk):
@@ -1041,9 +1048,10 @@ def _bind_winograd(g: Geometry, x, wp, bias, y, res, scratch, rows, chans, epilo
     for b0 in range(r0, r1, 2 * plan.band):
         b1 = min(b0 + 2 * plan.band, r1)
         ty = (b1 - b0 + 1) // 2
-        v3 = v[: 16 * cin * ty * tx].reshape(16, cin, ty * tx)
+        run = ty * (tx + 1)  # tile rows of the band, each with its garbage column
+        v3 = v[: 16 * cin * run].reshape(16, cin, run)
         per_chunk = [
-            (k0, k1, u3, m[: 16 * (k1 - k0) * ty * tx].reshape(16, k1 - k0, ty * tx)) for k0, k1, u3 in chunks
+            (k0, k1, u3, m[: 16 * (k1 - k0) * run].reshape(16, k1 - k0, run)) for k0, k1, u3 in chunks
         ]
         for _, _, u3, m3 in per_chunk:
             check_blas(u3[0], v3[0], m3[0])
@@ -1062,7 +1070,7 @@ def _bind_winograd(g: Geometry, x, wp, bias, y, res, scratch, rows, chans, epilo
                         winograd_weights(w_flat, k0, k1, cin, u, tmp)
                     np.matmul(u3, v3, out=m3)
                     winograd_output(
-                        m, y, res, n, k1 - k0, c0 + k0, b0, b1, ty, tx, bias, k0, act, alpha, beta
+                        m, y, res, obuf, n, k1 - k0, c0 + k0, b0, b1, ty, tx, bias, k0, act, alpha, beta
                     )
 
     return run_winograd
