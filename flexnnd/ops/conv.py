@@ -406,7 +406,7 @@ def depthwise(x, w, bias, y, pad, wide, c0, c1, r0, r1, kh, kw, sh, sw, dh, dw, 
             bias_act(yf, NO_BIAS, start, 0, 1, rows * out_w, bias, c - c0, act, alpha, beta)
 
 
-@kernel(inline="always")
+@kernel
 def depthwise3x3_row(yf, d, count, xf, s0, s1, s2, b, t, sw):
     """yf[d + k] = b + the 9 taps t (row-major, zero for a missing input row) at input row offsets
     s0, s1, s2 and columns sw*k + (0, 1, 2), for k < count: one vectorized pass per output row."""
@@ -434,7 +434,7 @@ def depthwise3x3_row(yf, d, count, xf, s0, s1, s2, b, t, sw):
             )  # fmt: skip
 
 
-@kernel(inline="always")
+@kernel
 def depthwise3x3_edge(yf, d, ow, xf, r_0, r_1, r_2, b, t, s, pl, width):
     """One padded edge column of depthwise3x3, tap by tap with bounds."""
     v = b
