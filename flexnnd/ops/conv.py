@@ -50,13 +50,18 @@ STRIDED_MIN_WIDTH = 64
 # to Cin+Cout, with per-tile-row loop costs that narrow planes do not amortize: it is used when
 # out_w >= WINO_MIN_WIDTH and Cin*Cout/(Cin+Cout) >= WINO_MIN_SCORE. Measured against im2col, ReLU
 # epilogue: 28 wide 32->96 0.85x, 32->128 0.89x, 96->128 0.70x, 128->128 0.70x; but 16->64@55
-# 1.09x and 16->32@28 1.22x (scores 12.8, 10.7); 14 wide from 0.84x to 1.09x (noise), 7 wide 1.3x+.
+# 1.09x and 16->32@28 1.22x (scores 12.8, 10.7); 7 wide 1.3x+. Whole models with their 13-14 wide
+# 3x3 convs on Winograd instead of im2col: ResNet-18 0.95x, ResNet-50 0.98x, SqueezeNet 1.0x, VGG-16 1.0x.
 # v+m per band and u per chunk of output channels stay below the byte limits, but a band has at
 # least WINO_MIN_TILES tiles so that the 16 GEMMs stay efficient.
-WINO_MIN_WIDTH = 20
+WINO_MIN_WIDTH = 13
 WINO_MIN_SCORE = 20
 WINO_BAND_BYTES = 4 << 20
 WINO_WEIGHT_BYTES = 4 << 20
+# Below WINO_WIDE_WIDTH (13-14 wide planes) the transformed weights of a chunk would dwarf the rest
+# of the step (ResNet-18's 256@14: 4 MiB against 0.9 MiB of v), and low budgets became infeasible.
+WINO_WIDE_WIDTH = 20
+WINO_NARROW_WEIGHT_BYTES = 1 << 20
 WINO_MIN_TILES = 256
 
 # depthwise3x3 (direct, no scratch) against the padded-band kernel, Clip epilogue, measured: stride 2
@@ -747,7 +752,8 @@ class WinogradPlan:
     @classmethod
     def of(cls, geo: Geometry, rows: int, channels: int) -> WinogradPlan:
         tiles_x = (geo.out_w + 1) // 2
-        chunk = _even_split(channels, WINO_WEIGHT_BYTES // (64 * geo.cin))
+        limit = WINO_WEIGHT_BYTES if geo.out_w >= WINO_WIDE_WIDTH else WINO_NARROW_WEIGHT_BYTES
+        chunk = _even_split(channels, limit // (64 * geo.cin))
         per_tile_row = 64 * (tiles_x + 1) * (geo.cin + chunk)  # bytes of v and m per tile row
         most = max(WINO_BAND_BYTES // per_tile_row, -(-WINO_MIN_TILES // tiles_x))
         return cls(tiles_x, _even_split((rows + 1) // 2, most), chunk, geo.cin)

@@ -270,7 +270,15 @@ def test_winograd_is_chosen_where_it_pays():
 
     assert path((1, 64, 56, 56), 64) and path((1, 128, 28, 28), 128) and path((1, 64, 224, 224), 64)
     assert path((1, 32, 28, 28), 96) and path((1, 32, 27, 27), 128)
-    assert not path((1, 256, 14, 14), 256) and not path((1, 16, 55, 55), 64) and not path((1, 16, 28, 28), 32)
+    assert path((1, 256, 14, 14), 256) and path((1, 64, 13, 13), 256)
+    assert not path((1, 512, 7, 7), 512) and not path((1, 16, 55, 55), 64) and not path((1, 16, 28, 28), 32)
+
+
+def test_winograd_chunks_narrow_planes_finer():
+    """13-14 wide planes keep a chunk's transformed weights at WINO_NARROW_WEIGHT_BYTES."""
+    geo = Conv(kernel_shape=(3, 3), pads=(1, 1, 1, 1)).geometry((1, 256, 14, 14), 256)
+    plan = conv.WinogradPlan.of(geo, 14, 256)
+    assert plan.buffers["u"] * 4 <= conv.WINO_NARROW_WEIGHT_BYTES < 256 * 256 * 16 * 4
     assert not Conv(kernel_shape=(3, 3), strides=(2, 2)).geometry((1, 64, 56, 56), 64).winograd
 
 
