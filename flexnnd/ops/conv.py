@@ -48,15 +48,27 @@ STRIDED_MIN_KW = 5
 STRIDED_MIN_WIDTH = 64
 # Winograd saves multiplies in proportion to Cin*Cout per pixel and pays transforms in proportion
 # to Cin+Cout, with per-tile-row loop costs that narrow planes do not amortize: it is used when
-# out_w >= WINO_MIN_WIDTH and Cin*Cout/(Cin+Cout) * min(out_w, 56) >= WINO_MIN_SCORE (measured:
-# ResNet's 64@56 and 128@28 3x3 convs and bigger qualify, 14x14 layers and SqueezeNet's do not).
+# out_w >= WINO_MIN_WIDTH and Cin*Cout/(Cin+Cout) >= WINO_MIN_SCORE. Measured against im2col, ReLU
+# epilogue: 28 wide 32->96 0.85x, 32->128 0.89x, 96->128 0.70x, 128->128 0.70x; but 16->64@55
+# 1.09x and 16->32@28 1.22x (scores 12.8, 10.7); 7 wide 1.3x+. Whole models with their 13-14 wide
+# 3x3 convs on Winograd instead of im2col: ResNet-18 0.95x, ResNet-50 0.98x, SqueezeNet 1.0x, VGG-16 1.0x.
 # v+m per band and u per chunk of output channels stay below the byte limits, but a band has at
 # least WINO_MIN_TILES tiles so that the 16 GEMMs stay efficient.
-WINO_MIN_WIDTH = 20
-WINO_MIN_SCORE = 1700
+WINO_MIN_WIDTH = 13
+WINO_MIN_SCORE = 20
 WINO_BAND_BYTES = 4 << 20
 WINO_WEIGHT_BYTES = 4 << 20
+# Below WINO_WIDE_WIDTH (13-14 wide planes) the transformed weights of a chunk would dwarf the rest
+# of the step (ResNet-18's 256@14: 4 MiB against 0.9 MiB of v), and low budgets became infeasible.
+WINO_WIDE_WIDTH = 20
+WINO_NARROW_WEIGHT_BYTES = 1 << 20
 WINO_MIN_TILES = 256
+
+# depthwise3x3 (direct, no scratch) against the padded-band kernel, Clip epilogue, measured: stride 2
+# 112->56 0.54 vs 0.78 ms (96 ch), 56->28 0.27 vs 0.36, but 28->14 0.15 vs 0.12; stride 1 112 wide
+# 0.18 vs 0.24, 56 wide equal, narrower slower (its vector loops want 64-float runs).
+DW_DIRECT_MIN_WIDTH = 28
+DW_DIRECT_MIN_WIDTH_S1 = 64
 
 # Stands for an absent bias: the epilogue adds 0 when it is empty (bind must not allocate one).
 NO_BIAS = np.zeros(0, dtype=np.float32)
@@ -399,6 +411,103 @@ def depthwise(x, w, bias, y, pad, wide, c0, c1, r0, r1, kh, kw, sh, sw, dh, dw, 
             bias_act(yf, NO_BIAS, start, 0, 1, rows * out_w, bias, c - c0, act, alpha, beta)
 
 
+@kernel
+def depthwise3x3_row(yf, d, count, xf, s0, s1, s2, b, t, sw):
+    """yf[d + k] = b + the 9 taps t (row-major, zero for a missing input row) at input row offsets
+    s0, s1, s2 and columns sw*k + (0, 1, 2), for k < count: one vectorized pass per output row."""
+    d = np.uint64(d)
+    # One base offset per tap, so each load is base + k: LLVM sees consecutive (not gathered) loads.
+    p0, p1, p2 = np.uint64(s0), np.uint64(s0 + 1), np.uint64(s0 + 2)
+    p3, p4, p5 = np.uint64(s1), np.uint64(s1 + 1), np.uint64(s1 + 2)
+    p6, p7, p8 = np.uint64(s2), np.uint64(s2 + 1), np.uint64(s2 + 2)
+    t0, t1, t2, t3, t4, t5, t6, t7, t8 = t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8]
+    if sw == 1:
+        for k in range(np.uint64(max(count, 0))):
+            yf[d + k] = (
+                b + t0 * xf[p0 + k] + t1 * xf[p1 + k] + t2 * xf[p2 + k]
+                + t3 * xf[p3 + k] + t4 * xf[p4 + k] + t5 * xf[p5 + k]
+                + t6 * xf[p6 + k] + t7 * xf[p7 + k] + t8 * xf[p8 + k]
+            )  # fmt: skip
+    else:  # a literal stride 2 lets LLVM vectorize with interleaved loads
+        two = np.uint64(2)
+        for k in range(np.uint64(max(count, 0))):
+            q = two * k
+            yf[d + k] = (
+                b + t0 * xf[p0 + q] + t1 * xf[p1 + q] + t2 * xf[p2 + q]
+                + t3 * xf[p3 + q] + t4 * xf[p4 + q] + t5 * xf[p5 + q]
+                + t6 * xf[p6 + q] + t7 * xf[p7 + q] + t8 * xf[p8 + q]
+            )  # fmt: skip
+
+
+@kernel
+def depthwise3x3_edge(yf, d, ow, xf, r_0, r_1, r_2, b, t, s, pl, width):
+    """One padded edge column of depthwise3x3, tap by tap with bounds."""
+    v = b
+    for j in range(3):
+        iw = ow * s - pl + j
+        if 0 <= iw < width:
+            v += t[j] * xf[r_0 + iw] + t[3 + j] * xf[r_1 + iw] + t[6 + j] * xf[r_2 + iw]
+    yf[d + ow] = v
+
+
+@kernel
+def depthwise3x3(x, w, bias, y, c0, c1, r0, r1, s, pt, pl, act, alpha, beta):
+    """Depthwise 3x3 conv (stride s in (1, 2), no dilation) of channels [c0, c1), output rows
+    [r0, r1), straight from the input: no padded copy and no scratch.
+
+    A missing input row (padding) gets zero weights and reads a real row of the plane instead, so
+    that every output row is one branch-free pass; only the padded edge columns go tap by tap.
+    """
+    height, width = x.shape[2], x.shape[3]
+    channels, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
+    xf, yf, wf = x.reshape(-1), y.reshape(-1), w.reshape(-1)
+    has_bias = bias.size > 0
+    lo = min(max(-(-pl // s), 0), out_w)  # first output column whose 3 taps are all inside
+    hi = min(max((width - 3 + pl) // s + 1, lo), out_w)  # past the last one
+    zero = np.float32(0.0)
+    # Stride 1 and same-width output: the rows whose three input rows all exist are one flat run
+    # (long runs keep the 16-wide, 4x unrolled vector loop busy; 7..56-wide rows would not), and
+    # only their first and last columns, which read the neighbouring rows, are redone tap by tap.
+    flat = s == 1 and out_w == width and pl == 1 and width >= 2
+    a = min(max(r0, pt), r1) if flat else r1
+    e = max(min(r1, height - 2 + pt), a) if flat else r1
+    for n in range(x.shape[0]):
+        for c in range(c0, c1):
+            b = bias[c - c0] if has_bias else zero
+            src = (n * x.shape[1] + c) * height * width
+            plane = (n * channels + c) * out_h * out_w
+            k = (c - c0) * 9
+            if e > a:
+                t = (wf[k], wf[k + 1], wf[k + 2], wf[k + 3], wf[k + 4], wf[k + 5], wf[k + 6], wf[k + 7], wf[k + 8])
+                s0 = src + (a - pt) * width
+                depthwise3x3_row(
+                    yf, plane + a * width + 1, (e - a) * width - 2, xf, s0, s0 + width, s0 + 2 * width, b, t, 1
+                )
+            for oh in range(r0, r1):
+                ih = oh * s - pt
+                ok0, ok1, ok2 = 0 <= ih < height, 0 <= ih + 1 < height, 0 <= ih + 2 < height
+                t = (
+                    wf[k] if ok0 else zero, wf[k + 1] if ok0 else zero, wf[k + 2] if ok0 else zero,
+                    wf[k + 3] if ok1 else zero, wf[k + 4] if ok1 else zero, wf[k + 5] if ok1 else zero,
+                    wf[k + 6] if ok2 else zero, wf[k + 7] if ok2 else zero, wf[k + 8] if ok2 else zero,
+                )  # fmt: skip
+                r_0 = src + min(max(ih, 0), height - 1) * width
+                r_1 = src + min(max(ih + 1, 0), height - 1) * width
+                r_2 = src + min(max(ih + 2, 0), height - 1) * width
+                d = plane + oh * out_w
+                if a <= oh < e:  # in the flat run: only its two edge columns
+                    depthwise3x3_edge(yf, d, 0, xf, r_0, r_1, r_2, b, t, s, pl, width)
+                    depthwise3x3_edge(yf, d, out_w - 1, xf, r_0, r_1, r_2, b, t, s, pl, width)
+                    continue
+                off = lo * s - pl
+                depthwise3x3_row(yf, d + lo, hi - lo, xf, r_0 + off, r_1 + off, r_2 + off, b, t, s)
+                for ow in range(lo):
+                    depthwise3x3_edge(yf, d, ow, xf, r_0, r_1, r_2, b, t, s, pl, width)
+                for ow in range(hi, out_w):
+                    depthwise3x3_edge(yf, d, ow, xf, r_0, r_1, r_2, b, t, s, pl, width)
+            bias_act(yf, bias[:0], plane + r0 * out_w, 0, 1, (r1 - r0) * out_w, bias[:0], 0, act, alpha, beta)
+
+
 def depthwise_scratch(
     rows: int, out_w: int, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int
 ) -> tuple[int, int]:
@@ -448,92 +557,98 @@ def winograd_weights(w, k0, k1, cin, u, tmp):
 
 @kernel
 def winograd_input(x, n, pad, v, r0, tiles_y, tiles_x, pt, pl):
-    """v[e, ci, ty*tiles_x + tx] = (B^T d B)[e] of the 4x4 input tile under output (r0+2ty, 2tx).
+    """v[e, ci, ty*(tiles_x+1) + tx] = (B^T d B)[e] of the 4x4 input tile under output (r0+2ty, 2tx).
 
-    Per channel the input rows of the band are copied into `pad` split into even and odd
-    columns (zero border included), so that every tap of the transform is a contiguous run.
+    Per channel the input rows of the band are copied into `pad` split by row and column parity
+    into four planes (zero border included). Element (a, b) of tile (ty, tx) is then at
+    ty*half + tx + (a//2)*half + b//2 of plane (a%2, b%2): one contiguous run over all tiles of
+    the band per transform entry, long enough to vectorize, at the price of one garbage tile
+    column (tx == tiles_x) per tile row that the GEMM carries and winograd_output skips.
     """
     cin, height, width = x.shape[1], x.shape[2], x.shape[3]
-    half = tiles_x + 1  # width of the even and of the odd half-plane
+    half = tiles_x + 1  # plane width; also the v/m row stride per tile row
+    psize = (tiles_y + 1) * half + 1  # +1: the last garbage column reads one past the last row
     in_rows = 2 * tiles_y + 2
-    odd = in_rows * half
     ih0 = r0 - pt
     ih_lo, ih_hi = max(ih0, 0), min(ih0 + in_rows, height)
     col_lo, col_hi = min(pl, 2 * half), min(pl + width, 2 * half)
-    tiles = tiles_y * tiles_x
+    run = tiles_y * half
     xf = x.reshape(-1)
-    fill(pad, 0, 2 * odd, 0.0)  # the border is the same for every channel: zeroed once
+    fill(pad, 0, 4 * psize, 0.0)  # the border is the same for every channel: zeroed once
     for ci in range(cin):
         plane = (n * cin + ci) * height * width
         for ih in range(ih_lo, ih_hi):
-            r, s = (ih - ih0) * half, plane + ih * width - pl
+            rr = ih - ih0
+            r, s = (rr % 2) * 2 * psize + (rr // 2) * half, plane + ih * width - pl
             for col in range(col_lo, col_hi):
-                pad[np.uint64(r + col // 2 + (col % 2) * odd)] = xf[np.uint64(s + col)]
-        for ty in range(tiles_y):
-            base = 2 * ty * half
-            for alpha in range(4):
-                a1, s1, a2, s2 = WINO_BT[alpha, 0], WINO_BT[alpha, 1], WINO_BT[alpha, 2], WINO_BT[alpha, 3]
-                for beta in range(4):
-                    b1, r1, b2, r2 = WINO_BT[beta, 0], WINO_BT[beta, 1], WINO_BT[beta, 2], WINO_BT[beta, 3]
-                    c11, c12 = np.float32(s1 * r1), np.float32(s1 * r2)
-                    c21, c22 = np.float32(s2 * r1), np.float32(s2 * r2)
-                    # column b of tile tx is column tx + b//2 of the even (b even) or odd half-plane
-                    p11 = np.uint64(base + a1 * half + b1 // 2 + (b1 % 2) * odd)
-                    p12 = np.uint64(base + a1 * half + b2 // 2 + (b2 % 2) * odd)
-                    p21 = np.uint64(base + a2 * half + b1 // 2 + (b1 % 2) * odd)
-                    p22 = np.uint64(base + a2 * half + b2 // 2 + (b2 % 2) * odd)
-                    d = np.uint64(((alpha * 4 + beta) * cin + ci) * tiles + ty * tiles_x)
-                    for tx in range(np.uint64(tiles_x)):
-                        v[d + tx] = (
-                            c11 * pad[p11 + tx]
-                            + c12 * pad[p12 + tx]
-                            + c21 * pad[p21 + tx]
-                            + c22 * pad[p22 + tx]
-                        )
+                pad[np.uint64(r + (col % 2) * psize + col // 2)] = xf[np.uint64(s + col)]
+        for alpha in range(4):
+            a1, s1, a2, s2 = WINO_BT[alpha, 0], WINO_BT[alpha, 1], WINO_BT[alpha, 2], WINO_BT[alpha, 3]
+            for beta in range(4):
+                b1, r1, b2, r2 = WINO_BT[beta, 0], WINO_BT[beta, 1], WINO_BT[beta, 2], WINO_BT[beta, 3]
+                c11, c12 = np.float32(s1 * r1), np.float32(s1 * r2)
+                c21, c22 = np.float32(s2 * r1), np.float32(s2 * r2)
+                p11 = np.uint64((a1 % 2) * 2 * psize + (b1 % 2) * psize + (a1 // 2) * half + b1 // 2)
+                p12 = np.uint64((a1 % 2) * 2 * psize + (b2 % 2) * psize + (a1 // 2) * half + b2 // 2)
+                p21 = np.uint64((a2 % 2) * 2 * psize + (b1 % 2) * psize + (a2 // 2) * half + b1 // 2)
+                p22 = np.uint64((a2 % 2) * 2 * psize + (b2 % 2) * psize + (a2 // 2) * half + b2 // 2)
+                d = np.uint64(((alpha * 4 + beta) * cin + ci) * run)
+                for f in range(np.uint64(run)):
+                    v[d + f] = c11 * pad[p11 + f] + c12 * pad[p12 + f] + c21 * pad[p21 + f] + c22 * pad[p22 + f]
 
 
 @kernel
-def winograd_output(m, y, res, n, cc, c_abs, r0, r1, tiles_y, tiles_x, bias, boff, act, alpha, beta):
+def winograd_output(m, y, res, obuf, n, cc, c_abs, r0, r1, tiles_y, tiles_x, bias, boff, act, alpha, beta):
     """y[n, c_abs + k, r0 + 2ty + i, 2tx + j] = act((A^T M_k A)[i, j] + bias[boff + k]), k < cc.
 
-    m is (16, cc, tiles) flat. Output rows at or past r1 and columns past the output are skipped.
+    m is (16, cc, tiles_y*(tiles_x+1)) flat (see winograd_input). Per channel the four outputs
+    (i, j) of every tile are first computed as four contiguous runs into `obuf` (4*tiles_y*(tiles_x+1)
+    floats, vectorized), then interleaved into the output rows. Output rows at or past r1 and
+    columns past the output are skipped.
     """
     channels, out_h, out_w = y.shape[1], y.shape[2], y.shape[3]
-    tiles = tiles_y * tiles_x
+    half = tiles_x + 1
+    tiles = tiles_y * half
     yf = y.reshape(-1)
     two = np.uint64(2)
     for k in range(cc):
         plane = (n * channels + c_abs + k) * out_h * out_w
+        for i in range(2):
+            x1, e1, x2, e2, x3, e3 = (WINO_AT[i, 0], WINO_AT[i, 1], WINO_AT[i, 2], WINO_AT[i, 3],
+                                      WINO_AT[i, 4], WINO_AT[i, 5])  # fmt: skip
+            for j in range(2):
+                z1, f1, z2, f2, z3, f3 = (WINO_AT[j, 0], WINO_AT[j, 1], WINO_AT[j, 2], WINO_AT[j, 3],
+                                          WINO_AT[j, 4], WINO_AT[j, 5])  # fmt: skip
+                off = k * tiles
+                q11 = np.uint64((x1 * 4 + z1) * cc * tiles + off)
+                q12 = np.uint64((x1 * 4 + z2) * cc * tiles + off)
+                q13 = np.uint64((x1 * 4 + z3) * cc * tiles + off)
+                q21 = np.uint64((x2 * 4 + z1) * cc * tiles + off)
+                q22 = np.uint64((x2 * 4 + z2) * cc * tiles + off)
+                q23 = np.uint64((x2 * 4 + z3) * cc * tiles + off)
+                q31 = np.uint64((x3 * 4 + z1) * cc * tiles + off)
+                q32 = np.uint64((x3 * 4 + z2) * cc * tiles + off)
+                q33 = np.uint64((x3 * 4 + z3) * cc * tiles + off)
+                g1, g2, g3 = np.float32(e1 * f1), np.float32(e1 * f2), np.float32(e1 * f3)
+                h1, h2, h3 = np.float32(e2 * f1), np.float32(e2 * f2), np.float32(e2 * f3)
+                l1, l2, l3 = np.float32(e3 * f1), np.float32(e3 * f2), np.float32(e3 * f3)
+                o = np.uint64((i * 2 + j) * tiles)
+                for f in range(np.uint64(tiles)):
+                    obuf[o + f] = (
+                        g1 * m[q11 + f] + g2 * m[q12 + f] + g3 * m[q13 + f]
+                        + h1 * m[q21 + f] + h2 * m[q22 + f] + h3 * m[q23 + f]
+                        + l1 * m[q31 + f] + l2 * m[q32 + f] + l3 * m[q33 + f]
+                    )  # fmt: skip
         for ty in range(tiles_y):
             for i in range(2):
                 oh = r0 + 2 * ty + i
                 if oh >= r1:
                     continue
-                x1, e1, x2, e2, x3, e3 = (WINO_AT[i, 0], WINO_AT[i, 1], WINO_AT[i, 2], WINO_AT[i, 3],
-                                          WINO_AT[i, 4], WINO_AT[i, 5])  # fmt: skip
                 for j in range(2):
-                    z1, f1, z2, f2, z3, f3 = (WINO_AT[j, 0], WINO_AT[j, 1], WINO_AT[j, 2], WINO_AT[j, 3],
-                                              WINO_AT[j, 4], WINO_AT[j, 5])  # fmt: skip
-                    off = k * tiles + ty * tiles_x
-                    q11 = np.uint64((x1 * 4 + z1) * cc * tiles + off)
-                    q12 = np.uint64((x1 * 4 + z2) * cc * tiles + off)
-                    q13 = np.uint64((x1 * 4 + z3) * cc * tiles + off)
-                    q21 = np.uint64((x2 * 4 + z1) * cc * tiles + off)
-                    q22 = np.uint64((x2 * 4 + z2) * cc * tiles + off)
-                    q23 = np.uint64((x2 * 4 + z3) * cc * tiles + off)
-                    q31 = np.uint64((x3 * 4 + z1) * cc * tiles + off)
-                    q32 = np.uint64((x3 * 4 + z2) * cc * tiles + off)
-                    q33 = np.uint64((x3 * 4 + z3) * cc * tiles + off)
-                    g1, g2, g3 = np.float32(e1 * f1), np.float32(e1 * f2), np.float32(e1 * f3)
-                    h1, h2, h3 = np.float32(e2 * f1), np.float32(e2 * f2), np.float32(e2 * f3)
-                    l1, l2, l3 = np.float32(e3 * f1), np.float32(e3 * f2), np.float32(e3 * f3)
+                    src = np.uint64((i * 2 + j) * tiles + ty * half)
                     dst = np.uint64(plane + oh * out_w + j)
                     for tx in range(np.uint64((out_w - j + 1) // 2)):
-                        yf[dst + two * tx] = (
-                            g1 * m[q11 + tx] + g2 * m[q12 + tx] + g3 * m[q13 + tx]
-                            + h1 * m[q21 + tx] + h2 * m[q22 + tx] + h3 * m[q23 + tx]
-                            + l1 * m[q31 + tx] + l2 * m[q32 + tx] + l3 * m[q33 + tx]
-                        )  # fmt: skip
+                        yf[dst + two * tx] = obuf[src + tx]
         bias_act(yf, res, plane + r0 * out_w, 0, 1, (r1 - r0) * out_w, bias, boff + k, act, alpha, beta)
 
 
@@ -577,6 +692,17 @@ class Geometry:
         )
 
     @property
+    def depthwise_direct(self) -> bool:
+        """Depthwise 3x3 at stride 1 or 2 on planes wide enough for depthwise3x3's row passes."""
+        return (
+            self.depthwise
+            and self.kh == self.kw == 3
+            and self.dh == self.dw == 1
+            and self.sh == self.sw in (1, 2)
+            and self.out_w >= (DW_DIRECT_MIN_WIDTH if self.sw == 2 else DW_DIRECT_MIN_WIDTH_S1)
+        )
+
+    @property
     def strided(self) -> bool:
         """The im2col path uses im2col_strided (see STRIDED_MIN_KW)."""
         wide = self.kw >= STRIDED_MIN_KW or (self.kw > 1 and self.out_w >= STRIDED_MIN_WIDTH)
@@ -589,7 +715,7 @@ class Geometry:
             self.kh == self.kw == 3
             and self.sh == self.sw == self.dh == self.dw == self.group == 1
             and min(self.out_h, self.out_w) >= WINO_MIN_WIDTH
-            and self.cin * self.cout / (self.cin + self.cout) * min(self.out_w, 56) >= WINO_MIN_SCORE
+            and self.cin * self.cout / (self.cin + self.cout) >= WINO_MIN_SCORE
         )
 
 
@@ -626,21 +752,23 @@ class WinogradPlan:
     @classmethod
     def of(cls, geo: Geometry, rows: int, channels: int) -> WinogradPlan:
         tiles_x = (geo.out_w + 1) // 2
-        chunk = _even_split(channels, WINO_WEIGHT_BYTES // (64 * geo.cin))
-        per_tile_row = 64 * tiles_x * (geo.cin + chunk)  # bytes of v and m per tile row
+        limit = WINO_WEIGHT_BYTES if geo.out_w >= WINO_WIDE_WIDTH else WINO_NARROW_WEIGHT_BYTES
+        chunk = _even_split(channels, limit // (64 * geo.cin))
+        per_tile_row = 64 * (tiles_x + 1) * (geo.cin + chunk)  # bytes of v and m per tile row
         most = max(WINO_BAND_BYTES // per_tile_row, -(-WINO_MIN_TILES // tiles_x))
         return cls(tiles_x, _even_split((rows + 1) // 2, most), chunk, geo.cin)
 
     @property
     def buffers(self) -> dict[str, int]:
         """Floats of each scratch buffer, in scratch order."""
-        tiles = self.band * self.tiles_x
+        tiles = self.band * (self.tiles_x + 1)  # a garbage tile column per tile row
         return {
             "tmp": 21 * self.cin,
-            "pad": 2 * (2 * self.band + 2) * (self.tiles_x + 1),
+            "pad": 4 * ((self.band + 1) * (self.tiles_x + 1) + 1),
             "u": 16 * self.chunk * self.cin,
             "v": 16 * self.cin * tiles,
             "m": 16 * self.chunk * tiles,
+            "o": 4 * tiles,
         }
 
 
@@ -805,6 +933,8 @@ class Conv(Op):
     def scratch_bytes(self, shapes, part=None):
         geo = self._geometry_of(shapes)
         r0, r1, c0, c1 = self._part_range(geo, part)
+        if geo.depthwise_direct:
+            return 0
         if geo.depthwise:
             g = geo
             return 4 * sum(depthwise_scratch(r1 - r0, g.out_w, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw))
@@ -843,6 +973,8 @@ class Conv(Op):
                 raise ShapeError(
                     f"Conv.bind: residual {ins[3].shape} for output {y.shape} (depthwise {geo.depthwise})"
                 )
+        if geo.depthwise_direct:
+            return _bind_depthwise3x3(geo, x, wp, bias, y, rows, chans, epilogue)
         if geo.depthwise:
             return _bind_depthwise(geo, x, wp, bias, y, scratch, rows, chans, epilogue)
         if geo.winograd:
@@ -879,6 +1011,15 @@ class Conv(Op):
         return [reference_activation(y, self.activation, self.activation_alpha, self.activation_beta)]
 
 
+def _bind_depthwise3x3(g: Geometry, x, wp, bias, y, rows, chans, epilogue) -> Kernel:
+    (r0, r1), (c0, c1), (act, alpha, beta) = rows, chans, epilogue
+
+    def run_depthwise3x3():
+        depthwise3x3(x, wp, bias, y, c0, c1, r0, r1, g.sh, g.pt, g.pl, act, alpha, beta)
+
+    return run_depthwise3x3
+
+
 def _bind_depthwise(g: Geometry, x, wp, bias, y, scratch, rows, chans, epilogue) -> Kernel:
     (r0, r1), (c0, c1), (act, alpha, beta) = rows, chans, epilogue
     n_pad, n_wide = depthwise_scratch(r1 - r0, g.out_w, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw)
@@ -903,7 +1044,7 @@ def _bind_winograd(g: Geometry, x, wp, bias, y, res, scratch, rows, chans, epilo
     for name, size in sizes.items():
         buf[name] = scratch[start : start + size]
         start += size
-    tmp, pad, u, v, m = buf["tmp"], buf["pad"], buf["u"], buf["v"], buf["m"]
+    tmp, pad, u, v, m, obuf = buf["tmp"], buf["pad"], buf["u"], buf["v"], buf["m"], buf["o"]
     w_flat, cin, tx = reshape_view(wp, (-1,)), g.cin, plan.tiles_x
     chunks = []
     for k0 in range(0, c1 - c0, plan.chunk):
@@ -913,9 +1054,10 @@ def _bind_winograd(g: Geometry, x, wp, bias, y, res, scratch, rows, chans, epilo
     for b0 in range(r0, r1, 2 * plan.band):
         b1 = min(b0 + 2 * plan.band, r1)
         ty = (b1 - b0 + 1) // 2
-        v3 = v[: 16 * cin * ty * tx].reshape(16, cin, ty * tx)
+        run = ty * (tx + 1)  # tile rows of the band, each with its garbage column
+        v3 = v[: 16 * cin * run].reshape(16, cin, run)
         per_chunk = [
-            (k0, k1, u3, m[: 16 * (k1 - k0) * ty * tx].reshape(16, k1 - k0, ty * tx)) for k0, k1, u3 in chunks
+            (k0, k1, u3, m[: 16 * (k1 - k0) * run].reshape(16, k1 - k0, run)) for k0, k1, u3 in chunks
         ]
         for _, _, u3, m3 in per_chunk:
             check_blas(u3[0], v3[0], m3[0])
@@ -934,7 +1076,7 @@ def _bind_winograd(g: Geometry, x, wp, bias, y, res, scratch, rows, chans, epilo
                         winograd_weights(w_flat, k0, k1, cin, u, tmp)
                     np.matmul(u3, v3, out=m3)
                     winograd_output(
-                        m, y, res, n, k1 - k0, c0 + k0, b0, b1, ty, tx, bias, k0, act, alpha, beta
+                        m, y, res, obuf, n, k1 - k0, c0 + k0, b0, b1, ty, tx, bias, k0, act, alpha, beta
                     )
 
     return run_winograd

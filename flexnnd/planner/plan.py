@@ -17,7 +17,11 @@ from flexnnd.errors import PlanError
 from flexnnd.graph.ir import Graph
 from flexnnd.ops.base import Part
 
-PLAN_VERSION = 1
+# 2: direct depthwise 3x3 convs need no scratch (their plans reserved the padded band).
+# 3: Winograd for 3x3 convs 28+ wide with Cin*Cout/(Cin+Cout) >= 20 (their scratch differs).
+# 4: Winograd transforms run over whole bands (a garbage tile column per tile row, output runs).
+# 5: Winograd also for 13-14 wide 3x3 convs, in finer output-channel chunks (their scratch differs).
+PLAN_VERSION = 5
 ALIGNMENT = 64
 
 

@@ -269,7 +269,16 @@ def test_winograd_is_chosen_where_it_pays():
         return Conv(kernel_shape=(3, 3), pads=(1, 1, 1, 1)).geometry(x_shape, cout).winograd
 
     assert path((1, 64, 56, 56), 64) and path((1, 128, 28, 28), 128) and path((1, 64, 224, 224), 64)
-    assert not path((1, 256, 14, 14), 256) and not path((1, 16, 55, 55), 64)
+    assert path((1, 32, 28, 28), 96) and path((1, 32, 27, 27), 128)
+    assert path((1, 256, 14, 14), 256) and path((1, 64, 13, 13), 256)
+    assert not path((1, 512, 7, 7), 512) and not path((1, 16, 55, 55), 64) and not path((1, 16, 28, 28), 32)
+
+
+def test_winograd_chunks_narrow_planes_finer():
+    """13-14 wide planes keep a chunk's transformed weights at WINO_NARROW_WEIGHT_BYTES."""
+    geo = Conv(kernel_shape=(3, 3), pads=(1, 1, 1, 1)).geometry((1, 256, 14, 14), 256)
+    plan = conv.WinogradPlan.of(geo, 14, 256)
+    assert plan.buffers["u"] * 4 <= conv.WINO_NARROW_WEIGHT_BYTES < 256 * 256 * 16 * 4
     assert not Conv(kernel_shape=(3, 3), strides=(2, 2)).geometry((1, 64, 56, 56), 64).winograd
 
 
@@ -587,3 +596,77 @@ def test_residual_of_the_wrong_shape_is_refused():
     x, wp, bp, res, y = in_arena(case.x, prepared[1], prepared[2], (1, 24, 7, 8), case.y_shape)
     with pytest.raises(ShapeError, match="residual"):
         op.bind([x, wp, bp, res], [y], None)
+
+
+# ---- direct depthwise 3x3 ------------------------------------------------------------------------------
+@pytest.fixture
+def dw_direct_everywhere(monkeypatch):
+    """Every depthwise 3x3 conv at stride 1 or 2 takes the direct path, however narrow."""
+    monkeypatch.setattr(conv, "DW_DIRECT_MIN_WIDTH", 1)
+    monkeypatch.setattr(conv, "DW_DIRECT_MIN_WIDTH_S1", 1)
+
+
+DW_DIRECT_CASES = [
+    ("s1-same", (2, 24, 17, 13), {"pads": [1, 1, 1, 1]}),
+    ("s1-c2-tiny", (1, 2, 3, 2), {"pads": [1, 1, 1, 1]}),
+    ("s1-c3-one-column", (1, 3, 5, 1), {"pads": [1, 1, 1, 1]}),
+    ("s1-c13-one-row", (1, 13, 1, 9), {"pads": [1, 1, 1, 1]}),
+    ("s1-no-pad", (1, 13, 9, 11), {}),
+    ("s1-asym", (1, 13, 9, 11), {"pads": [0, 1, 2, 0]}),
+    ("s1-pad2", (1, 3, 7, 9), {"pads": [2, 2, 2, 2]}),
+    ("s1-same-lower", (1, 13, 8, 10), {"auto_pad": "SAME_LOWER"}),
+    ("s2-same", (2, 24, 17, 13), {"pads": [1, 1, 1, 1], "strides": [2, 2]}),
+    ("s2-even", (1, 13, 16, 18), {"pads": [1, 1, 1, 1], "strides": [2, 2]}),
+    ("s2-asym", (1, 3, 15, 14), {"pads": [0, 1, 1, 0], "strides": [2, 2]}),
+    ("s2-upper", (1, 13, 16, 15), {"auto_pad": "SAME_UPPER", "strides": [2, 2]}),
+    ("s2-no-pad-c2", (1, 2, 9, 7), {"strides": [2, 2]}),
+]
+
+
+@pytest.mark.usefixtures("dw_direct_everywhere")
+@pytest.mark.parametrize("activation", [("", 0.0, 0.0), ("Clip", 0.0, 6.0), ("HardSwish", 0.0, 0.0)],
+                         ids=["none", "clip", "hardswish"])  # fmt: skip
+@pytest.mark.parametrize(("x_shape", "attrs"), [c[1:] for c in DW_DIRECT_CASES], ids=[c[0] for c in DW_DIRECT_CASES])
+def test_direct_depthwise_matches_reference(x_shape, attrs, activation):
+    c = x_shape[1]
+    case = conv_case(x_shape, (c, 1, 3, 3), activation=activation, group=c, **attrs)
+    assert case.op.geometry(case.x.shape, c).depthwise_direct
+    assert case.op.scratch_bytes(case.shapes) == 0
+    kernel, y = case.bind()
+    kernel()
+    assert_close(y, case.reference())
+
+
+@pytest.mark.usefixtures("dw_direct_everywhere")
+@pytest.mark.parametrize(("x_shape", "attrs"), [c[1:] for c in DW_DIRECT_CASES[:1] + DW_DIRECT_CASES[8:10]])
+def test_direct_depthwise_parts_cover_the_whole_op(x_shape, attrs):
+    c = x_shape[1]
+    case = conv_case(x_shape, (c, 1, 3, 3), bias=False, activation=("Relu", 0.0, 0.0), group=c, **attrs)
+    out_h = case.y_shape[2]
+    y = None
+    for part in (Part("rows", 0, 1), Part("rows", 1, out_h - 2), Part("rows", out_h - 2, out_h)):
+        kernel, y = case.bind(part, y=y)
+        kernel()
+    assert_close(y, case.reference())
+    y = None
+    for part in (Part("channels", 0, 5), Part("channels", 5, c)):
+        kernel, y = case.bind(part, y=y)
+        kernel()
+    assert_close(y, case.reference())
+
+
+@pytest.mark.usefixtures("dw_direct_everywhere")
+@pytest.mark.parametrize("strides", [[1, 1], [2, 2]], ids=["s1", "s2"])
+def test_direct_depthwise_allocates_nothing(strides):
+    case = conv_case((2, 24, 17, 13), (24, 1, 3, 3), activation=("HardSwish", 0.0, 0.0), group=24,
+                     pads=[1, 1, 1, 1], strides=strides)  # fmt: skip
+    for part in (None, Part("rows", 2, 6)):
+        kernel, _ = case.bind(part)
+        assert_no_numpy_allocations(kernel)
+
+
+def test_direct_depthwise_is_chosen_for_wide_planes():
+    wide = conv_case((1, 8, 112, 112), (8, 1, 3, 3), group=8, pads=[1, 1, 1, 1], strides=[2, 2])
+    narrow = conv_case((1, 8, 14, 14), (8, 1, 3, 3), group=8, pads=[1, 1, 1, 1])
+    assert wide.op.geometry(wide.x.shape, 8).depthwise_direct
+    assert not narrow.op.geometry(narrow.x.shape, 8).depthwise_direct
