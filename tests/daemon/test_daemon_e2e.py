@@ -207,7 +207,8 @@ def test_sigterm_drains_the_inference_in_flight(tmp_path, cache):
     models = tmp_path / "models"
     models.mkdir()
     slow_model(models / "slow.onnx")
-    d = DaemonProcess(tmp_path, ["--models-dir", str(models), "--models", "slow.onnx", "--threads", "1"], cache=cache)
+    d = DaemonProcess(tmp_path, ["--models-dir", str(models), "--models", "slow.onnx", "--threads", "1",
+                                 "--max-message-bytes", "64M"], cache=cache)  # its 16 MiB input needs more
     try:
         d.start()
         x = np.random.default_rng(0).standard_normal((1, 64, 256, 256)).astype(np.float32)
@@ -228,7 +229,7 @@ def test_sigterm_drains_the_inference_in_flight(tmp_path, cache):
                     break
                 threading.Event().wait(0.005)
             else:
-                raise AssertionError("the request never showed up as in flight")
+                raise AssertionError(f"the request never showed up as in flight: {errors or 'no error'}")
         d.send(signal.SIGTERM)
         t.join(120)
         assert d.proc.wait(120) == 0, d.log()
