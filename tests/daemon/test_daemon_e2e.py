@@ -192,11 +192,12 @@ def test_watchdog_status_and_restart_keep_the_operator_budget(tmp_path, cache, m
 
 
 def slow_model(path):
-    """Eight 3×3 convolutions on 64×256×256: about a second per inference, long enough to be caught in flight."""
+    """Thirty-two 3×3 convolutions on 64×256×256 (~150 GFLOP): over a second per inference even with
+    Winograd, longer than the main loop's 0.5 s reaction to SIGTERM, so the request is caught in flight."""
     rng = np.random.default_rng(0)
     nodes, inits, prev = [], [], "x"
-    for i in range(8):
-        out = "y" if i == 7 else f"h{i}"
+    for i in range(32):
+        out = "y" if i == 31 else f"h{i}"
         nodes.append(helper.make_node("Conv", [prev, f"w{i}"], [out], pads=[1, 1, 1, 1], name=f"conv{i}"))
         inits.append((f"w{i}", (rng.standard_normal((64, 64, 3, 3)) / 24).astype(np.float32)))
         prev = out
