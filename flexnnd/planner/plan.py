@@ -17,7 +17,8 @@ from flexnnd.errors import PlanError
 from flexnnd.graph.ir import Graph
 from flexnnd.ops.base import Part
 
-PLAN_VERSION = 1
+# 2: the plan file opens with an index, so one plan can be read without the others.
+PLAN_VERSION = 2
 ALIGNMENT = 64
 
 
@@ -25,7 +26,8 @@ def scratch_name(node: str) -> str:
     return f"{node}#scratch"
 
 
-@dataclass(frozen=True)
+# Slots: the smallest plan of a big model holds thousands of each of these.
+@dataclass(frozen=True, slots=True)
 class WeightPiece:
     """Rows [start, stop) of one weight's first dimension: a contiguous byte range of the weights
     file (weights are stored row-major in kernel layout), loaded and viewed as one region."""
@@ -42,7 +44,7 @@ def piece_nbytes(graph: Graph, piece: WeightPiece) -> int:
     return info.nbytes // info.shape[0] * (piece.stop - piece.start)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Load:
     """A streamed piece, read into its region during each inference."""
 
@@ -51,7 +53,7 @@ class Load:
     step: int  # the first step that reads it
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Step:
     node: str
     part: Part | None = None
@@ -64,7 +66,7 @@ class Step:
         return f"{self.node}[{self.part.axis} {self.part.start}:{self.part.stop}]"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Region:
     name: str
     offset: int
