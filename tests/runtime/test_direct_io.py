@@ -160,3 +160,28 @@ def test_a_direct_read_refused_falls_back_to_the_page_cache(tmp_path, monkeypatc
     assert any("O_DIRECT read failed" in r.getMessage() for r in caplog.records)
     view.release()
     arena.close()
+
+
+def test_streamed_pieces_are_placed_for_direct_reads(tmp_path):
+    """The planner puts each streamed piece where its arena offset and file offset agree modulo
+    DIRECT_ALIGN (the arena itself is page-aligned), so the loader can read it all with O_DIRECT."""
+    import flexnnd
+    from flexnnd.graph.package import read_package
+    from flexnnd.planner.ladder import stored_ladder
+    from tests.conftest import save
+    from tests.runtime.test_streaming import fc_chain
+
+    package = read_package(
+        flexnnd.import_model(
+            save(fc_chain(layers=6), tmp_path / "fc.onnx"), tmp_path / "pkg", calibration_dir=tmp_path
+        )
+    )
+    streamed = 0
+    for plan in stored_ladder(package):
+        for load in plan.loads:
+            piece = plan.pieces[load.piece]
+            entry = package.weights[piece.tensor]
+            file_offset = entry.offset + piece.start * (entry.nbytes // entry.shape[0])
+            assert (plan.region[load.piece].offset - file_offset) % DIRECT_ALIGN == 0, load
+            streamed += 1
+    assert streamed
