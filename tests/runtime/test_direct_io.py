@@ -185,3 +185,54 @@ def test_streamed_pieces_are_placed_for_direct_reads(tmp_path):
             assert (plan.region[load.piece].offset - file_offset) % DIRECT_ALIGN == 0, load
             streamed += 1
     assert streamed
+
+
+def _cached_bytes(path: Path) -> int:
+    """Bytes of the file in the page cache (mincore on a read-only mapping, which faults nothing in)."""
+    import ctypes
+
+    size = path.stat().st_size
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ) as m:
+        pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+        vec = ctypes.create_string_buffer(pages)
+        view = np.frombuffer(m, np.uint8)
+        failed = libc.mincore(ctypes.c_void_p(view.ctypes.data), size, vec)
+        del view  # the mapping cannot close while a view holds it
+        if failed:
+            raise OSError(ctypes.get_errno(), "mincore")
+        return sum(b & 1 for b in vec.raw) * mmap.PAGESIZE
+
+
+@pytest.mark.parametrize("o_direct", [True, False], ids=["o_direct", "refused"])
+def test_streaming_leaves_no_weights_in_the_page_cache(tmp_path, monkeypatch, o_direct):
+    """Reads ahead of a piece would outlive its DONTNEED and sit in the cache, outside the budget."""
+    import flexnnd
+    from tests.conftest import save
+    from tests.runtime.test_streaming import fc_chain
+
+    if not o_direct:
+        real_open = os.open
+
+        def refusing_open(name, flags, *args):
+            if flags & os.O_DIRECT:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return real_open(name, flags, *args)
+
+        monkeypatch.setattr(loader_mod.os, "open", refusing_open)
+    path = save(fc_chain(layers=6), tmp_path / "fc.onnx")
+    x = np.zeros((1, 256), np.float32)
+    with flexnnd.Session(path, budget=400 * 1024, cache_dir=tmp_path / "c", threads=1) as sess:
+        weights = sess.package.weights_path
+        fd = os.open(weights, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+        if _cached_bytes(weights):
+            pytest.skip(
+                f"the filesystem of {weights} keeps files in memory (tmpfs): no page cache to keep clean"
+            )
+        assert sess.plan.loads
+        for _ in range(3):
+            sess.run({"x": x})
+        assert _cached_bytes(weights) <= 2 * mmap.PAGESIZE
