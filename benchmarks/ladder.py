@@ -1,6 +1,8 @@
 """Memory–latency benchmark: every rung of a model's ladder, measured, against its lower bound.
 
     python -m benchmarks.ladder --models squeezenet1_1 resnet18
+    python -m benchmarks.ladder --plan-only          # ladder planning time of every zoo model
+
 
 Per rung: median latency over `--runs` runs (one thread), the planner's prediction, and the best
 a streaming plan can do on this machine: max(all-resident latency, streamed bytes ÷ measured read
@@ -49,6 +51,33 @@ def median_latency(fn, runs: int) -> float:
     return statistics.median(times)
 
 
+def plan_times(name: str, repeat: int) -> dict:
+    """Seconds to plan the whole ladder: the first planning in this process, then the best of
+    `repeat` more (wall, and CPU, which other busy processes on the machine disturb less)."""
+    from flexnnd import zoo
+    from flexnnd.graph.package import read_package
+    from flexnnd.planner.calibrate import machine
+    from flexnnd.planner.ladder import build_ladder
+    from flexnnd.runtime.session import package_for
+
+    onnx_path = zoo.cached(name, CACHE)
+    package = read_package(package_for(onnx_path, CACHE / "packages", calibration_dir=CACHE))
+    rates = machine(CACHE, package.weights_path)
+    walls, cpus = [], []
+    for _ in range(repeat + 1):
+        wall, cpu = time.perf_counter(), time.process_time()
+        ladder = build_ladder(package.graph, rates)
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return {
+        "rungs": len(ladder),
+        "first_wall_s": walls[0],
+        "wall_s": min(walls[1:]),
+        "cpu_s": min(cpus[1:]),
+        "steps_smallest_rung": len(ladder[0].steps),
+    }
+
+
 def bench_model(name: str, runs: int) -> dict:
     import onnxruntime as ort
 
@@ -60,7 +89,7 @@ def bench_model(name: str, runs: int) -> dict:
     from flexnnd.runtime.session import package_for
 
     onnx_path = zoo.cached(name, CACHE)
-    package = read_package(package_for(onnx_path, CACHE / "packages"))
+    package = read_package(package_for(onnx_path, CACHE / "packages", calibration_dir=CACHE))
     rates = machine(CACHE, package.weights_path)
     start = time.perf_counter()
     ladder = build_ladder(package.graph, rates)
@@ -145,11 +174,21 @@ def plot(name: str, result: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="*", default=["squeezenet1_1", "resnet18"])
+    parser.add_argument(
+        "--models", nargs="*", help="default: squeezenet1_1 resnet18 (--plan-only: every zoo model)"
+    )
     parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--out", type=Path, default=RESULTS / "ladder.json")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="default: results/ladder.json (or ladder-plan.json)"
+    )
+    parser.add_argument("--plan-only", action="store_true", help="only time ladder planning (all zoo models)")
+    parser.add_argument("--repeat", type=int, default=3, help="--plan-only: timed runs per model")
     args = parser.parse_args(argv)
     CACHE.mkdir(parents=True, exist_ok=True)
+    if args.plan_only:
+        return plan_only(args)
+    args.out = args.out or RESULTS / "ladder.json"
+    args.models = args.models or ["squeezenet1_1", "resnet18"]
     report = {}
     for name in args.models:
         report[name] = result = bench_model(name, args.runs)
@@ -163,6 +202,24 @@ def main(argv: list[str] | None = None) -> int:
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
+    return 0
+
+
+def plan_only(args: argparse.Namespace) -> int:
+    from flexnnd import zoo
+
+    models = args.models or list(zoo.MODELS)
+    out = args.out or RESULTS / "ladder-plan.json"
+    report = {}
+    print(f"{'model':<14} {'rungs':>5} {'first (s)':>9} {'wall (s)':>8} {'cpu (s)':>7}")
+    for name in models:
+        report[name] = r = plan_times(name, args.repeat)
+        print(
+            f"{name:<14} {r['rungs']:>5} {r['first_wall_s']:>9.2f} {r['wall_s']:>8.2f} {r['cpu_s']:>7.2f}",
+            flush=True,
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
     return 0
 
 

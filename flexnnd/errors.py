@@ -54,6 +54,10 @@ class BudgetTooSmall(PlanError):
         )
 
 
+class StalePlanFile(PlanError):
+    """A stored plan file of another format version: plan again rather than read it."""
+
+
 class LoadError(FlexnnError):
     """Reading weights from storage failed during an inference or a plan adoption."""
 

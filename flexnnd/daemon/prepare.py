@@ -23,12 +23,12 @@ def zoo_model(name: str, zoo_dir: str) -> str:
 def package_with_ladder(source: str, cache_dir: str) -> str:
     """The package of `source` with its ladder stored, importing and planning as needed."""
     from flexnnd.graph.package import read_package
-    from flexnnd.planner.ladder import LADDER_FILE, build_and_store
+    from flexnnd.planner.ladder import build_and_store, stored_rungs
     from flexnnd.runtime.session import package_for
 
-    # An import stores the ladder itself; only a package imported without one is planned here.
+    # An import stores the ladder itself; only a package without a current one is planned here.
     package = read_package(package_for(source, Path(cache_dir) / "packages", calibration_dir=cache_dir))
-    if not (package.path / LADDER_FILE).exists():
+    if stored_rungs(package) is None:
         build_and_store(package, cache_dir)
     return str(package.path)
 

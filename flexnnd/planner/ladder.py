@@ -4,16 +4,20 @@ resident, each with its predicted latency, so that a budget change is a switch, 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 
-from flexnnd.errors import BudgetTooSmall
+from flexnnd.errors import BudgetTooSmall, StalePlanFile
 from flexnnd.graph.ir import Graph
 from flexnnd.planner import plan_resident
 from flexnnd.planner.plan import Plan
+from flexnnd.planner.plan_file import IndexEntry
 from flexnnd.planner.profile import Machine, simulate, step_costs
 from flexnnd.planner.stream import Planner, plan_for_budget, smallest_plan
 
 RUNGS = 24  # geometric rungs between the two ends
+
+log = logging.getLogger("flexnnd.ladder")
 
 
 def predict(graph: Graph, plan: Plan, machine: Machine, cost: dict[str, float] | None = None) -> float:
@@ -38,6 +42,10 @@ def build_ladder(graph: Graph, machine: Machine, rungs: int = RUNGS) -> list[Pla
     planner = Planner(graph)  # lifetimes, scratch sizes, layouts: computed once for every rung
     top_plan = plan_resident(graph)
     top = top_plan.arena_bytes
+    if not planner.life.steps:  # every node only renames a tensor: one plan serves every budget
+        return [
+            dataclasses.replace(top_plan, budget=top, predicted_seconds=predict(graph, top_plan, machine))
+        ]
     bottom_plan = smallest_plan(graph, planner)
     bottom = bottom_plan.arena_bytes
     plans = [bottom_plan]
@@ -46,7 +54,10 @@ def build_ladder(graph: Graph, machine: Machine, rungs: int = RUNGS) -> list[Pla
         budget = int(bottom * ratio**k)
         if budget >= top:
             break
-        plans.append(plan_for_budget(graph, budget, planner))
+        try:
+            plans.append(plan_for_budget(graph, budget, planner))
+        except BudgetTooSmall:
+            continue  # refining never reaches the smallest plan's slicing here: a lower rung serves it
     plans.append(dataclasses.replace(top_plan, budget=top))
     distinct: dict[tuple, Plan] = {}
     for plan in plans:  # neighbouring budgets often give the same plan: keep it once
@@ -58,7 +69,7 @@ def build_ladder(graph: Graph, machine: Machine, rungs: int = RUNGS) -> list[Pla
     ]
 
 
-def choose(ladder: Sequence[Plan], budget: int) -> Plan:
+def choose(ladder: Sequence[Plan | IndexEntry], budget: int) -> Plan | IndexEntry:
     """The largest rung that fits `budget`; BudgetTooSmall naming the smallest rung otherwise."""
     fitting = [p for p in ladder if p.arena_bytes <= budget]
     if not fitting:
@@ -70,13 +81,33 @@ LADDER_FILE = "plans.json"
 
 
 def stored_ladder(package) -> list[Plan] | None:
-    """The package's ladder, verified, or None when none was built yet."""
+    """The package's ladder, every plan verified; None when none was built yet, or when it was
+    stored in another format version (said in the log: it is to be planned again)."""
     from flexnnd.planner.plan_file import read_plans
 
     path = package.path / LADDER_FILE
     if not path.exists():
         return None
-    return read_plans(path, package.graph, package.weights_sha256)
+    try:
+        return read_plans(path, package.graph, package.weights_sha256)
+    except StalePlanFile as e:
+        log.warning("%s: planning it again", e)
+        return None
+
+
+def stored_rungs(package) -> list[IndexEntry] | None:
+    """The index of the package's ladder (read a plan with `plan_file.read_plan`); None as for
+    `stored_ladder`."""
+    from flexnnd.planner.plan_file import read_index
+
+    path = package.path / LADDER_FILE
+    if not path.exists():
+        return None
+    try:
+        return read_index(path, package.weights_sha256)
+    except StalePlanFile as e:
+        log.warning("%s: planning it again", e)
+        return None
 
 
 def build_and_store(package, cache_dir) -> list[Plan]:

@@ -20,6 +20,11 @@ class Request:
     last: int
 
 
+# A streamed piece is placed where its arena address and its file offset agree modulo this, so the
+# loader can read it with O_DIRECT (the package aligns every weight to it in the file).
+DIRECT_ALIGN = 4096
+
+
 def align(n: int, to: int = ALIGNMENT) -> int:
     return (n + to - 1) // to * to
 
@@ -61,25 +66,32 @@ class Occupancy:
         self._last[n] = last
         self._n = n + 1
 
-    def lowest_fit(self, size: int, first: int, last: int) -> int:
-        """The lowest aligned offset where `size` bytes are free for all of steps [first, last]."""
+    def lowest_fit(self, size: int, first: int, last: int, residue: int | None = None) -> int:
+        """The lowest aligned offset where `size` bytes are free for all of steps [first, last];
+        with `residue`, the lowest one that is `residue` modulo DIRECT_ALIGN."""
         n = self._n
         live = (self._first[:n] <= last) & (self._last[:n] >= first)
         starts = self._start[:n][live]
         if not starts.size:
-            return 0
+            return 0 if residue is None else residue
         order = np.argsort(starts, kind="stable")
         starts = starts[order]
         top = np.maximum.accumulate(self._end[:n][live][order])
         # Below busy interval k the free space begins at the aligned highest end of those before it.
         below = np.empty_like(starts)
-        below[0] = 0
-        below[1:] = -(-top[:-1] // ALIGNMENT) * ALIGNMENT
+        if residue is None:
+            below[0] = 0
+            below[1:] = -(-top[:-1] // ALIGNMENT) * ALIGNMENT
+            last_top = -(-int(top[-1]) // ALIGNMENT) * ALIGNMENT
+        else:
+            below[0] = residue
+            below[1:] = top[:-1] + (residue - top[:-1]) % DIRECT_ALIGN
+            last_top = int(top[-1]) + (residue - int(top[-1])) % DIRECT_ALIGN
         gap = starts - below >= size
         k = int(gap.argmax())
         if gap[k]:
             return int(below[k])
-        return -(-int(top[-1]) // ALIGNMENT) * ALIGNMENT
+        return last_top
 
 
 class FullSpanGaps:

@@ -21,7 +21,8 @@ from flexnnd.ops.base import Part
 # 3: Winograd for 3x3 convs 28+ wide with Cin*Cout/(Cin+Cout) >= 20 (their scratch differs).
 # 4: Winograd transforms run over whole bands (a garbage tile column per tile row, output runs).
 # 5: Winograd also for 13-14 wide 3x3 convs, in finer output-channel chunks (their scratch differs).
-PLAN_VERSION = 5
+# 6: the plan file opens with an index, so one plan can be read without the others.
+PLAN_VERSION = 6
 ALIGNMENT = 64
 
 
@@ -29,7 +30,8 @@ def scratch_name(node: str) -> str:
     return f"{node}#scratch"
 
 
-@dataclass(frozen=True)
+# Slots: the smallest plan of a big model holds thousands of each of these.
+@dataclass(frozen=True, slots=True)
 class WeightPiece:
     """Rows [start, stop) of one weight's first dimension: a contiguous byte range of the weights
     file (weights are stored row-major in kernel layout), loaded and viewed as one region."""
@@ -46,7 +48,7 @@ def piece_nbytes(graph: Graph, piece: WeightPiece) -> int:
     return info.nbytes // info.shape[0] * (piece.stop - piece.start)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Load:
     """A streamed piece, read into its region during each inference."""
 
@@ -55,7 +57,7 @@ class Load:
     step: int  # the first step that reads it
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Step:
     node: str
     part: Part | None = None
@@ -68,7 +70,7 @@ class Step:
         return f"{self.node}[{self.part.axis} {self.part.start}:{self.part.stop}]"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Region:
     name: str
     offset: int

@@ -1,15 +1,22 @@
-"""Plans on disk: versioned, diffable JSON (one record per line), verified on every read."""
+"""Plans on disk: versioned, diffable JSON (one record per line), verified on every read.
+
+The document opens with an index of its plans (arena size, budget, predicted latency, and where
+each plan's text lies in the file), so that a session can read the index and then parse and
+verify only the plan it adopts: holding a whole ladder in Python objects would cost more memory
+than the slack the budget allows.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from flexnnd.errors import PlanError
+from flexnnd.errors import PlanError, StalePlanFile
 from flexnnd.graph.ir import Graph
 from flexnnd.ops.base import Part
 from flexnnd.planner.plan import PLAN_VERSION, Load, Plan, Region, Step, WeightPiece
@@ -75,42 +82,130 @@ def _dumps(document: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class IndexEntry:
+    """One plan of a file, as its index lists it; enough to choose a rung without reading it."""
+
+    model: str
+    budget: int | None
+    arena_bytes: int
+    predicted_seconds: float | None
+    offset: int  # byte offset of the plan's JSON text in the file
+    length: int  # its bytes
+
+
+_WIDTH = 12  # offsets are zero-padded strings, so the index is as long before as after they are known
+
+
+def _render(plans: Sequence[Plan], weights_sha256: str) -> bytes:
+    texts = [_dumps(plan_to_json(p)).encode() for p in plans]
+
+    def document(offsets: Sequence[int]) -> bytes:
+        index = [
+            [p.model, p.budget, p.arena_bytes, p.predicted_seconds, f"{o:0{_WIDTH}d}", f"{len(t):0{_WIDTH}d}"]
+            for p, o, t in zip(plans, offsets, texts, strict=True)
+        ]
+        head = {"format": FORMAT, "version": PLAN_VERSION, "weights_sha256": weights_sha256, "index": index}
+        return (_dumps({**head, "plans": [plan_to_json(p) for p in plans]}) + "\n").encode()
+
+    draft = document([0] * len(plans))
+    offsets, at = [], 0
+    for text in texts:
+        at = draft.index(text, at)
+        offsets.append(at)
+        at += len(text)
+    final = document(offsets)
+    assert len(final) == len(draft)  # same widths: the plans did not move
+    return final
+
+
 def write_plans(path: str | os.PathLike, plans: Sequence[Plan], graph: Graph, weights_sha256: str) -> None:
     """Verify, then write atomically (temporary file, fsync, rename): a crash leaves the old file."""
     for plan in plans:
         verify(plan, graph)
     path = Path(path)
-    document = {
-        "format": FORMAT,
-        "version": PLAN_VERSION,
-        "weights_sha256": weights_sha256,
-        "plans": [plan_to_json(p) for p in plans],
-    }
-    write_atomically(path, _dumps(document) + "\n", "plan cache")
+    write_atomically(path, _render(plans, weights_sha256), "plan cache")
+
+
+REDO = "re-import the model (flexnnctl import MODEL.onnx DIR) to plan it again"
+HEAD_LIMIT = 1 << 20  # an index longer than this is a corrupt file, not a ladder
+
+
+def _check_head(path: Path, document: Any, weights_sha256: str) -> None:
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise PlanError(f"{path} is not a flexnn plan file; {REDO}")
+    if document.get("version") != PLAN_VERSION:
+        raise StalePlanFile(
+            f"{path}: plan format version {document.get('version')}, this flexnn reads {PLAN_VERSION}; {REDO}"
+        )
+    if document.get("weights_sha256") != weights_sha256:
+        raise PlanError(f"{path} was planned for other weights than this package holds; {REDO}")
+
+
+def read_index(path: str | os.PathLike, weights_sha256: str) -> list[IndexEntry]:
+    """The index of a plan file, without reading its plans; PlanError (StalePlanFile for another
+    format version) saying what to do when the file is not a current one."""
+    path = Path(path)
+    lines = []
+    try:
+        with open(path, "rb") as f:
+            size = 0
+            for line in f:
+                if line.startswith(b'"plans": ['):
+                    break
+                lines.append(line)
+                size += len(line)
+                if size > HEAD_LIMIT:
+                    raise PlanError(f"{path} is corrupt (no plans after {HEAD_LIMIT:,} bytes); {REDO}")
+    except FileNotFoundError:
+        raise PlanError(f"{path}: no plans; {REDO}") from None
+    head = b"".join(lines).rstrip().rstrip(b",") + b"}"
+    try:
+        document = json.loads(head)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PlanError(f"{path} is corrupt ({e}); {REDO}") from None
+    _check_head(path, document, weights_sha256)
+    try:
+        return [
+            IndexEntry(model, budget, int(arena), predicted, int(offset), int(length))
+            for model, budget, arena, predicted, offset, length in document["index"]
+        ]
+    except (KeyError, TypeError, ValueError) as e:
+        raise PlanError(f"{path} is corrupt ({type(e).__name__}: {e}); {REDO}") from None
+
+
+def read_plan(path: str | os.PathLike, entry: IndexEntry, graph: Graph) -> Plan:
+    """One plan of the file, found by its index entry, parsed and verified."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            f.seek(entry.offset)
+            text = f.read(entry.length)
+        plan = plan_from_json(json.loads(text))
+    except FileNotFoundError:
+        raise PlanError(f"{path}: no plans; {REDO}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+        raise PlanError(f"{path} is corrupt ({type(e).__name__}: {e}); {REDO}") from None
+    if plan.arena_bytes != entry.arena_bytes or plan.model != entry.model:
+        raise PlanError(f"{path} is corrupt (its index does not match its plans); {REDO}")
+    verify(plan, graph)
+    return plan
 
 
 def read_plans(path: str | os.PathLike, graph: Graph, weights_sha256: str) -> list[Plan]:
     """Read and verify every plan; stale, foreign or corrupt files raise PlanError saying what to do."""
     path = Path(path)
-    redo = "re-import the model (flexnnctl import MODEL.onnx DIR) to plan it again"
     try:
         document = json.loads(path.read_text())
     except FileNotFoundError:
-        raise PlanError(f"{path}: no plans; {redo}") from None
+        raise PlanError(f"{path}: no plans; {REDO}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PlanError(f"{path} is corrupt ({e}); {redo}") from None
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise PlanError(f"{path} is not a flexnn plan file; {redo}")
-    if document.get("version") != PLAN_VERSION:
-        raise PlanError(
-            f"{path}: plan format version {document.get('version')}, this flexnn reads {PLAN_VERSION}; {redo}"
-        )
-    if document.get("weights_sha256") != weights_sha256:
-        raise PlanError(f"{path} was planned for other weights than this package holds; {redo}")
+        raise PlanError(f"{path} is corrupt ({e}); {REDO}") from None
+    _check_head(path, document, weights_sha256)
     try:
         plans = [plan_from_json(d) for d in document["plans"]]
     except (KeyError, TypeError, ValueError) as e:
-        raise PlanError(f"{path} is corrupt ({type(e).__name__}: {e}); {redo}") from None
+        raise PlanError(f"{path} is corrupt ({type(e).__name__}: {e}); {REDO}") from None
     for plan in plans:
         verify(plan, graph)
     return plans

@@ -23,8 +23,8 @@ from flexnnd.errors import BudgetTooSmall
 from flexnnd.graph.ir import Graph, Node
 from flexnnd.ops.base import Part
 from flexnnd.planner.lifetimes import lifetimes
-from flexnnd.planner.pack import FullSpanGaps, Occupancy, Request, align, place_greedy_by_size
-from flexnnd.planner.plan import Load, Plan, Region, Step, WeightPiece, piece_nbytes, scratch_name
+from flexnnd.planner.pack import DIRECT_ALIGN, FullSpanGaps, Occupancy, Request, align, place_greedy_by_size
+from flexnnd.planner.plan import ALIGNMENT, Load, Plan, Region, Step, WeightPiece, piece_nbytes, scratch_name
 from flexnnd.planner.verify import verify
 
 # Weights this small are always resident: streaming them costs a read call for nothing.
@@ -55,6 +55,8 @@ class Layout:
     offsets: Mapping[str, int]
     piece_bytes: Mapping[str, int]
     file_order: tuple[str, ...]  # the pieces in the order the weights file holds them
+    # piece -> its file offset modulo DIRECT_ALIGN, where that is a possible arena offset too
+    direct_residue: Mapping[str, int | None]
 
     @cached_property
     def base(self) -> tuple[Region, ...]:
@@ -230,7 +232,16 @@ def _layout(planner: Planner, slicing: Slicing) -> Layout:
         MappingProxyType(life.offsets),
         MappingProxyType({p: piece_nbytes(graph, w) for p, w in pieces.items()}),
         tuple(planner.file_order(pieces)),
+        MappingProxyType({p: _direct_residue(graph, w) for p, w in pieces.items()}),
     )
+
+
+def _direct_residue(graph: Graph, piece: WeightPiece) -> int | None:
+    """Where the piece starts in the weights file modulo DIRECT_ALIGN (every weight starts on a
+    multiple of it); None when no 64-byte-aligned arena offset can match it."""
+    info = graph.tensors[piece.tensor]
+    residue = info.nbytes // info.shape[0] * piece.start % DIRECT_ALIGN
+    return residue if residue % ALIGNMENT == 0 else None
 
 
 def pack(
@@ -266,8 +277,10 @@ def pack(
         size = piece_bytes[name]
         aligned = align(size)
 
-        def fits(start: int, last=last, size=size, aligned=aligned) -> int | None:
-            offset = busy.lowest_fit(aligned, start, last)
+        residue = lay.direct_residue[name]
+
+        def fits(start: int, last=last, size=size, aligned=aligned, residue=residue) -> int | None:
+            offset = busy.lowest_fit(aligned, start, last, residue)
             return offset if offset + size <= budget else None
 
         # The smallest start that fits (fitting is monotone in the start). The earliest allowed

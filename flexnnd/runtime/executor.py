@@ -18,7 +18,7 @@ from flexnnd.ops.base import Kernel
 from flexnnd.planner import scratch_name
 from flexnnd.planner.plan import Plan
 from flexnnd.runtime.arena import Arena
-from flexnnd.runtime.loader import Loader, PieceRead, read_piece
+from flexnnd.runtime.loader import Loader, PieceRead, open_weights, read_piece
 
 
 class Executor:
@@ -76,14 +76,14 @@ class Executor:
         """Read every resident piece straight into its arena view; whole weights check their CRC."""
         path = str(self.package.weights_path)
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd, direct = open_weights(path)
         except OSError as e:
             raise LoadError(f"cannot open weights file {path}: {e}") from None
         try:
             for name in self.plan.resident:
                 offset, nbytes = self.piece_range(name)
                 raw = memoryview(self.views[name]).cast("B")
-                read_piece(fd, raw, offset, name, path)
+                read_piece(fd, raw, offset, name, path, direct=direct)
                 entry = self.package.weights[self.plan.pieces[name].tensor]
                 if nbytes == entry.nbytes and zlib.crc32(raw) != entry.crc32:
                     raise LoadError(
@@ -91,6 +91,8 @@ class Executor:
                     )
         finally:
             os.close(fd)
+            if direct is not None:
+                os.close(direct)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         for name, view in self.inputs:

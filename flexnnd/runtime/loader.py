@@ -3,19 +3,57 @@
 Per inference the compute thread calls `begin`, then for each step `wait_for(n)` (the first n
 loads are in) and `step_done(i)`; the loader reads load k as soon as step `after_step` of load k
 has finished and load k-1 is in. File reads release the GIL, so loading overlaps computing.
-Each read goes straight into the piece's arena view with one `os.preadv`, and the page cache
-pages it filled are dropped at once (they would hold a second copy of the weights outside the
-budget).
+Each read goes straight into the piece's arena view with `os.preadv`, bypassing the page cache
+with O_DIRECT where the filesystem allows it; what cannot go direct (a filesystem such as tmpfs
+that refuses O_DIRECT, or the unaligned head and tail of a piece) is read through the page cache
+and its pages are dropped at once (they would hold a second copy of the weights outside the budget).
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from flexnnd.errors import LoadError
+
+log = logging.getLogger("flexnnd.loader")
+
+# O_DIRECT wants file offset, length and buffer address aligned to the device's logical block
+# size; 4096 satisfies both 512- and 4096-byte devices (and the package aligns weights to it).
+DIRECT_ALIGN = 4096
+_told_no_direct: set[int] = set()  # st_dev of filesystems whose fallback was logged already
+
+
+def open_weights(path: str) -> tuple[int, int | None]:
+    """A buffered descriptor of the weights file and, where its filesystem allows, an O_DIRECT one."""
+    fd = os.open(path, os.O_RDONLY)
+    # No readahead: pages read ahead of a range outlive its DONTNEED and stay cached, uncounted.
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+    flag = getattr(os, "O_DIRECT", 0)
+    if not flag:
+        _no_direct(fd, path, "this platform has no O_DIRECT")
+        return fd, None
+    try:
+        return fd, os.open(path, os.O_RDONLY | flag)
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            os.close(fd)
+            raise
+        _no_direct(fd, path, "its filesystem refuses O_DIRECT")
+        return fd, None
+
+
+def _no_direct(fd: int, path: str, why: str) -> None:
+    dev = os.fstat(fd).st_dev
+    if dev not in _told_no_direct:
+        _told_no_direct.add(dev)
+        log.info("weights of %s are read through the page cache, dropped after each read: %s", path, why)
 
 
 @dataclass(frozen=True)
@@ -32,7 +70,7 @@ Reader = Callable[[int, list, int], int]  # os.preadv's signature; tests inject 
 class Loader:
     def __init__(self, path: str, reads: Sequence[PieceRead], reader: Reader = os.preadv):
         self.path, self.reads, self.reader = path, tuple(reads), reader
-        self._fd = os.open(path, os.O_RDONLY)
+        self._fd, self._direct = open_weights(path)
         self._cond = threading.Condition()
         self._generation = 0
         self._steps_done = 0
@@ -79,6 +117,8 @@ class Loader:
             self._cond.notify_all()
         self._thread.join()
         os.close(self._fd)
+        if self._direct is not None:
+            os.close(self._direct)
 
     # ---- loader thread -----------------------------------------------------------------------
     def _run(self) -> None:
@@ -114,24 +154,65 @@ class Loader:
 
     def _read(self, read: PieceRead) -> LoadError | None:
         try:
-            read_piece(self._fd, read.view, read.offset, read.name, self.path, self.reader)
+            read_piece(self._fd, read.view, read.offset, read.name, self.path, self.reader, self._direct)
         except LoadError as e:
             return e
         return None
 
 
 def read_piece(
-    fd: int, view: memoryview, offset: int, name: str, path: str, reader: Reader = os.preadv
+    fd: int,
+    view: memoryview,
+    offset: int,
+    name: str,
+    path: str,
+    reader: Reader = os.preadv,
+    direct: int | None = None,
 ) -> None:
-    """One piece straight into its arena bytes, its page-cache pages dropped after; LoadError
-    naming the piece, its size and the file when the read fails or comes up short."""
+    """One piece straight into its arena bytes; LoadError naming the piece, its size and the file
+    when a read fails or comes up short.
+
+    With a `direct` (O_DIRECT) descriptor, the aligned middle of the piece bypasses the page cache
+    when the arena address and the file offset are equally aligned; the rest goes through `fd` and
+    its page-cache pages are dropped after.
+    """
     nbytes = len(view)
-    try:
-        got = reader(fd, [view], offset)
-    except OSError as e:
-        raise LoadError(
-            f"reading weight piece {name!r} ({nbytes:,} bytes at {offset:,}) from {path}: {e}"
-        ) from None
-    if got != nbytes:
-        raise LoadError(f"short read of weight piece {name!r} from {path}: {got:,} of {nbytes:,} bytes")
-    os.posix_fadvise(fd, offset, nbytes, os.POSIX_FADV_DONTNEED)
+    head, body = nbytes, 0
+    if direct is not None and nbytes:
+        address = np.frombuffer(view, np.uint8).ctypes.data
+        if (address - offset) % DIRECT_ALIGN == 0:
+            head = min((-offset) % DIRECT_ALIGN, nbytes)
+            body = (nbytes - head) // DIRECT_ALIGN * DIRECT_ALIGN
+    for start, stop, go_direct in ((0, head, False), (head, head + body, True), (head + body, nbytes, False)):
+        if stop <= start:
+            continue
+        part = view[start:stop]
+        if go_direct:
+            try:
+                _read_range(direct, part, offset + start, reader)
+                continue
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise _load_error(e, name, nbytes, offset, path) from None
+                _no_direct(fd, path, f"an O_DIRECT read failed ({e})")  # then read it through the cache
+        try:
+            _read_range(fd, part, offset + start, reader)
+        except OSError as e:
+            raise _load_error(e, name, nbytes, offset, path) from None
+        os.posix_fadvise(fd, offset + start, stop - start, os.POSIX_FADV_DONTNEED)
+
+
+class _ShortRead(OSError):
+    pass
+
+
+def _read_range(fd: int, view: memoryview, offset: int, reader: Reader) -> None:
+    got = reader(fd, [view], offset)
+    if got != len(view):
+        raise _ShortRead(f"{got:,} of {len(view):,} bytes")
+
+
+def _load_error(e: OSError, name: str, nbytes: int, offset: int, path: str) -> LoadError:
+    if isinstance(e, _ShortRead):
+        return LoadError(f"short read of weight piece {name!r} from {path}: {e}")
+    return LoadError(f"reading weight piece {name!r} ({nbytes:,} bytes at {offset:,}) from {path}: {e}")

@@ -17,8 +17,9 @@ from flexnnd.errors import BudgetTooSmall, LoadError
 from flexnnd.graph.onnx_import import import_model
 from flexnnd.graph.package import MANIFEST, Package, read_package
 from flexnnd.planner import calibrate, plan_resident
-from flexnnd.planner.ladder import choose, stored_ladder
+from flexnnd.planner.ladder import LADDER_FILE, choose, stored_ladder, stored_rungs
 from flexnnd.planner.plan import Plan
+from flexnnd.planner.plan_file import read_plan
 from flexnnd.planner.stream import plan_for_budget
 from flexnnd.runtime import threads as threads_mod
 from flexnnd.runtime.executor import Executor, check_feeds
@@ -97,7 +98,9 @@ class Session:
         cache_dir: str | os.PathLike | None = None,
         ladder: Sequence[Plan] | None = None,
     ):
-        self.package: Package = model if isinstance(model, Package) else read_package(package_for(model, cache_dir))
+        self.package: Package = (
+            model if isinstance(model, Package) else read_package(package_for(model, cache_dir))
+        )
         self.threads = int(threads) if threads else threads_mod.available_cores()
         self._lock = threading.Lock()
         # Swaps go before queued inferences (Lock is not fair): inferences wait while one is pending.
@@ -110,7 +113,9 @@ class Session:
         self._expected = {t.name: (t.shape, t.dtype) for t in graph.inputs}
         # What one inference allocates besides the arena: the copies of its outputs it returns.
         self.output_bytes = sum(t.nbytes for t in graph.outputs)
-        self.ladder = list(ladder) if ladder is not None else stored_ladder(self.package)
+        # Only the ladder's index is held; the plan adopted is read (and verified) when chosen.
+        self._ladder = list(ladder) if ladder is not None else None
+        self._rungs = stored_rungs(self.package) if ladder is None else None
         self.plan = self.plan_for(budget)
         self.budget: int | None = None if budget is None else parse_size(budget)
         self._pending: Plan | None = None
@@ -123,15 +128,26 @@ class Session:
         if budget is None:
             return plan_resident(self.package.graph)
         requested = parse_size(budget)
-        if self.ladder is not None:  # a switch between precomputed rungs, not a re-plan
+        rungs = self._ladder if self._ladder is not None else self._rungs
+        if rungs is not None:  # a switch between precomputed rungs, not a re-plan
             try:
-                return choose(self.ladder, requested - self.output_bytes)
+                chosen = choose(rungs, requested - self.output_bytes)
             except BudgetTooSmall as e:
                 raise BudgetTooSmall(requested, e.minimum + self.output_bytes, e.model) from None
+            if isinstance(chosen, Plan):
+                return chosen
+            return read_plan(self.package.path / LADDER_FILE, chosen, self.package.graph)
         try:
             return plan_for_budget(self.package.graph, requested - self.output_bytes)
         except BudgetTooSmall as e:
             raise BudgetTooSmall(requested, e.minimum + self.output_bytes, e.model, exact=False) from None
+
+    @property
+    def ladder(self) -> list[Plan] | None:
+        """Every plan of the ladder (read from the package when it was not given: a tool's view)."""
+        if self._ladder is None and self._rungs is not None:
+            return stored_ladder(self.package)
+        return self._ladder
 
     def set_budget(self, budget: int | str | None) -> None:
         """Plan for `budget` now (BudgetTooSmall at once if nothing fits); swap at the next inference."""

@@ -24,12 +24,16 @@ MACHINE = Machine(
 @pytest.fixture(scope="module")
 def package(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ladder")
-    return read_package(flexnnd.import_model(save(fc_chain(layers=6), tmp / "fc.onnx"), tmp / "pkg", ladder=False))
+    return read_package(
+        flexnnd.import_model(save(fc_chain(layers=6), tmp / "fc.onnx"), tmp / "pkg", ladder=False)
+    )
 
 
 def test_import_stores_the_ladder_and_sessions_only_read_it(tmp_path, monkeypatch):
     onnx_path = save(fc_chain(layers=6), tmp_path / "fc.onnx")
-    package = read_package(flexnnd.import_model(onnx_path, tmp_path / "pkg", calibration_dir=tmp_path / "cal"))
+    package = read_package(
+        flexnnd.import_model(onnx_path, tmp_path / "pkg", calibration_dir=tmp_path / "cal")
+    )
     ladder = stored_ladder(package)
     assert len(ladder) >= 2 and (tmp_path / "cal" / "calibration.json").exists()
 

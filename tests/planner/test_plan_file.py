@@ -9,6 +9,7 @@ import pytest
 
 import flexnnd
 from flexnnd.planner import plan_resident
+from flexnnd.planner.plan import PLAN_VERSION
 from flexnnd.planner.plan_file import read_plans, write_plans
 from tests.planner.plans import streamed_plan
 
@@ -74,3 +75,45 @@ def test_truncated_file(tmp_path, graph, plans):
     path.write_text(path.read_text()[:100])
     with pytest.raises(flexnnd.PlanError, match="corrupt"):
         read_plans(path, graph, SHA)
+
+
+def test_one_plan_is_read_by_the_index_alone(tmp_path, graph, plans):
+    from flexnnd.planner.plan_file import read_index, read_plan
+
+    path = tmp_path / "plans.json"
+    write_plans(path, plans, graph, SHA)
+    index = read_index(path, SHA)
+    assert [e.arena_bytes for e in index] == [p.arena_bytes for p in plans]
+    assert [read_plan(path, e, graph) for e in index] == plans
+
+
+def test_an_index_that_does_not_match_its_plans_is_corrupt(tmp_path, graph, plans):
+    from flexnnd.planner.plan_file import read_index, read_plan
+
+    path = tmp_path / "plans.json"
+    write_plans(path, plans, graph, SHA)
+    text = path.read_text()
+    head, body = text.split('"plans": [', 1)
+    path.write_text(head + '"plans": [' + body.replace("\n", "\n  "))  # valid JSON; the plans moved
+    (entry, _) = read_index(path, SHA)
+    with pytest.raises(flexnnd.PlanError, match=r"corrupt.*re-import"):
+        read_plan(path, entry, graph)
+    path.write_text(json.dumps(json.loads(text)))  # one line: no index to find
+    with pytest.raises(flexnnd.PlanError, match=r"corrupt.*re-import"):
+        read_index(path, SHA)
+
+
+def test_a_stale_ladder_is_planned_again(tmp_path, graph, plans, caplog):
+    from types import SimpleNamespace
+
+    from flexnnd.errors import StalePlanFile
+    from flexnnd.planner.ladder import LADDER_FILE, stored_ladder, stored_rungs
+
+    path = tmp_path / LADDER_FILE
+    write_plans(path, plans, graph, SHA)
+    path.write_text(path.read_text().replace(f'"version": {PLAN_VERSION}', '"version": 1', 1))
+    with pytest.raises(StalePlanFile, match=rf"plan format version 1, this flexnn reads {PLAN_VERSION}.*re-import"):
+        read_plans(path, graph, SHA)
+    package = SimpleNamespace(path=tmp_path, graph=graph, weights_sha256=SHA)
+    assert stored_ladder(package) is None and stored_rungs(package) is None
+    assert "planning it again" in caplog.text
