@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         return plan_only(args)
     args.out = args.out or RESULTS / "ladder.json"
     args.models = args.models or ["squeezenet1_1", "resnet18"]
-    report = {}
+    report = json.loads(args.out.read_text()) if args.out.exists() else {}  # models not rerun are kept
     for name in args.models:
         report[name] = result = bench_model(name, args.runs)
         plot(name, result, args.out.with_name(f"ladder-{name}.png"))
