@@ -131,7 +131,7 @@ class Daemon:
         if budget is None:
             path.unlink(missing_ok=True)
             return
-        _write_atomically(path, f"{budget}\n")
+        write_atomically(path, f"{budget}\n", "state file")
 
     def set_operator_budget(self, text: str) -> Decision:
         """`flexnnctl set-budget`: a size or "auto". Refused (not stored) below the smallest plans."""
@@ -238,7 +238,7 @@ class Daemon:
             loaded.pop(name, None)
         else:
             loaded[name] = spec
-        _write_atomically(self.loaded_file, json.dumps(loaded, indent=1) + "\n")
+        write_atomically(self.loaded_file, json.dumps(loaded, indent=1) + "\n", "state file")
 
     @property
     def ready(self) -> bool:
@@ -661,10 +661,6 @@ def trim_malloc() -> bool:
         return bool(ctypes.CDLL(None).malloc_trim(0))
     except (OSError, AttributeError):  # not glibc
         return False
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    write_atomically(path, text, "state file")
 
 
 def _own_memory() -> tuple[int, int]:

@@ -25,7 +25,7 @@ from flexnnd.errors import PackageError, UnsupportedOp
 from flexnnd.graph.ir import Graph, Node, TensorInfo, nbytes_of
 from flexnnd.graph.limits import DEFAULT_LIMITS
 from flexnnd.ops import op_class
-from flexnnd.storage import storage_error
+from flexnnd.storage import fsync_dir, storage_error
 
 FORMAT = "flexnn-package"
 # Bump whenever the manifest schema or any op's prepared weight layout changes.
@@ -166,20 +166,12 @@ def write_package(
             os.replace(path, old)
         os.replace(tmp, path)
         shutil.rmtree(old, ignore_errors=True)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except OSError as e:  # a full disk or a read-only cache: the old package, if any, was not touched
         raise storage_error("model package", path, e, needed) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return read_package(path)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_package(path: str | os.PathLike, verify: bool = False) -> Package:

@@ -29,7 +29,6 @@ CALIBRATION_VERSION = 3
 # Reads shorter than this time the system call more than the storage.
 READ_PROBE_BYTES = 16 << 20
 FALLBACK_READ_BYTES = 100e6  # a slow SD card's sequential read: used only for an empty weights file without a probe
-_estimated = False  # set when this process's read rate is an estimate: never cached
 
 
 def default_cache_dir() -> Path:
@@ -70,11 +69,12 @@ def _memory_rate() -> float:
     return 3 * a.nbytes / _best_of(kernel)
 
 
-def _read_rate(path: Path) -> float:
+def _read_rate(path: Path) -> tuple[float, bool]:
     """Sequential read bandwidth of the file's storage, page cache dropped first. A weights file
-    too small to time (a tiny model has none at all) is replaced by a probe file beside it."""
+    too small to time (a tiny model has none at all) is replaced by a probe file beside it.
+    Returns (bytes/s, measured); not measured means an estimate, never to be cached."""
     if path.stat().st_size >= READ_PROBE_BYTES:
-        return _timed_read(path)
+        return _timed_read(path), True
     try:
         fd, probe = tempfile.mkstemp(prefix=".flexnn-read-probe-", dir=path.parent)
     except OSError as e:
@@ -84,22 +84,20 @@ def _read_rate(path: Path) -> float:
             f.write(os.urandom(READ_PROBE_BYTES))  # random: a compressing filesystem would fake zeros
             f.flush()
             os.fsync(f.fileno())
-        return _timed_read(Path(probe))
+        return _timed_read(Path(probe)), True
     except OSError as e:  # a full or small filesystem: the weights are there, the probe does not fit
         return _without_probe(path, e)
     finally:
         Path(probe).unlink(missing_ok=True)
 
 
-def _without_probe(path: Path, error: OSError) -> float:
-    """No room for the probe: time the weights file itself (an estimate), flagged not to be cached."""
-    global _estimated
-    _estimated = True
+def _without_probe(path: Path, error: OSError) -> tuple[float, bool]:
+    """No room for the probe: time the weights file itself, an estimate."""
     log.warning(
         "cannot write a %d-byte read probe beside %s (%s): read bandwidth estimated from the %d-byte weights "
         "file; measured again next time", READ_PROBE_BYTES, path, error.strerror or error, path.stat().st_size,
     )
-    return _timed_read(path) if path.stat().st_size else FALLBACK_READ_BYTES
+    return (_timed_read(path) if path.stat().st_size else FALLBACK_READ_BYTES), False
 
 
 def _timed_read(path: Path) -> float:
@@ -127,15 +125,17 @@ def _timed_read(path: Path) -> float:
     return done / max(seconds, 1e-9)
 
 
-def measure(weights_file: Path) -> Machine:
+def measure(weights_file: Path) -> tuple[Machine, bool]:
+    """This machine's rates, and whether the read rate was measured (else estimated)."""
     set_threads(1)
+    read_bytes, measured = _read_rate(weights_file)
     return Machine(
         gemm_flops=_conv_rate((1, 128, 28, 28), (256, 128, 3, 3), pads=[1, 1, 1, 1], strides=[2, 2]),
         winograd_flops=_conv_rate((1, 64, 56, 56), (64, 64, 3, 3), pads=[1, 1, 1, 1]),
         depthwise_flops=_conv_rate((1, 144, 56, 56), (144, 1, 3, 3), pads=[1, 1, 1, 1], group=144),
         memory_bytes=_memory_rate(),
-        read_bytes=_read_rate(weights_file),
-    )
+        read_bytes=read_bytes,
+    ), measured
 
 
 def machine(cache_dir: Path, weights_file: Path) -> Machine:
@@ -149,10 +149,8 @@ def machine(cache_dir: Path, weights_file: Path) -> Machine:
     entry = cached.get(key)
     if entry and entry.get("version") == CALIBRATION_VERSION:
         return Machine(**entry["machine"])
-    global _estimated
-    _estimated = False
-    found = measure(weights_file)
-    if _estimated:
+    found, measured = measure(weights_file)
+    if not measured:
         return found
     cached[key] = {"version": CALIBRATION_VERSION, "machine": found.__dict__}
     try:
