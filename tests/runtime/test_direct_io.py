@@ -117,9 +117,8 @@ def test_tmpfs_reads_direct_or_falls_back_and_says_so_once(caplog, monkeypatch):
         assert len(said) == 1 and "refuses O_DIRECT" in said[0]
 
 
-def test_a_filesystem_refusing_o_direct_gets_buffered_reads_said_once(tmp_path, caplog, monkeypatch):
-    path = tmp_path / "weights.bin"
-    data = _weights(path, 4 * DIRECT_ALIGN)
+def refuse_o_direct(monkeypatch) -> None:
+    """The loader's os.open fails with EINVAL for O_DIRECT, as filesystems without it do."""
     real_open = os.open
 
     def refusing_open(name, flags, *args):
@@ -128,6 +127,12 @@ def test_a_filesystem_refusing_o_direct_gets_buffered_reads_said_once(tmp_path, 
         return real_open(name, flags, *args)
 
     monkeypatch.setattr(loader_mod.os, "open", refusing_open)
+
+
+def test_a_filesystem_refusing_o_direct_gets_buffered_reads_said_once(tmp_path, caplog, monkeypatch):
+    path = tmp_path / "weights.bin"
+    data = _weights(path, 4 * DIRECT_ALIGN)
+    refuse_o_direct(monkeypatch)
     monkeypatch.setattr(loader_mod, "_told_no_direct", set())
     caplog.set_level(logging.INFO, logger="flexnnd.loader")
     assert _read_back_twice(path, data) == [None, None]
@@ -213,14 +218,7 @@ def test_streaming_leaves_no_weights_in_the_page_cache(tmp_path, monkeypatch, o_
     from tests.runtime.test_streaming import fc_chain
 
     if not o_direct:
-        real_open = os.open
-
-        def refusing_open(name, flags, *args):
-            if flags & os.O_DIRECT:
-                raise OSError(errno.EINVAL, "Invalid argument")
-            return real_open(name, flags, *args)
-
-        monkeypatch.setattr(loader_mod.os, "open", refusing_open)
+        refuse_o_direct(monkeypatch)
     path = save(fc_chain(layers=6), tmp_path / "fc.onnx")
     x = np.zeros((1, 256), np.float32)
     with flexnnd.Session(path, budget=400 * 1024, cache_dir=tmp_path / "c", threads=1) as sess:
