@@ -7,6 +7,7 @@ import logging
 import mmap
 import os
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -18,17 +19,22 @@ from flexnnd.errors import StorageError
 from flexnnd.ops.conv import Conv
 from flexnnd.ops.elementwise import Add
 from flexnnd.planner.profile import Machine
-from flexnnd.runtime.loader import open_weights
+from flexnnd.runtime.loader import DIRECT_ALIGN, open_weights
 from flexnnd.runtime.threads import set_threads
 from flexnnd.storage import write_atomically
 
 log = logging.getLogger("flexnnd.calibrate")
 
-# 2: small weights files read on a probe file (1 cached 0 B/s); 3: reads timed as the loader reads.
-CALIBRATION_VERSION = 3
+# 2: small weights files read on a probe file (1 cached 0 B/s); 3: reads timed as the loader reads;
+# 4: a read's latency measured apart from the rate.
+CALIBRATION_VERSION = 4
 # Reads shorter than this time the system call more than the storage.
 READ_PROBE_BYTES = 16 << 20
-FALLBACK_READ_BYTES = 100e6  # a slow SD card's sequential read: used only for an empty weights file without a probe
+# Read sizes timed to tell the storage's per-read latency from its rate.
+BIG_READ, SMALL_READ, SMALL_READS = 1 << 20, 64 << 10, 32
+FALLBACK_READ_BYTES = (
+    100e6  # a slow SD card's sequential read: used only for an empty weights file without a probe
+)
 
 
 def default_cache_dir() -> Path:
@@ -69,10 +75,11 @@ def _memory_rate() -> float:
     return 3 * a.nbytes / _best_of(kernel)
 
 
-def _read_rate(path: Path) -> tuple[float, bool]:
+def _read_rate(path: Path) -> tuple[tuple[float, float], bool]:
     """Sequential read bandwidth of the file's storage, page cache dropped first. A weights file
     too small to time (a tiny model has none at all) is replaced by a probe file beside it.
-    Returns (bytes/s, measured); not measured means an estimate, never to be cached."""
+    Returns ((bytes/s, seconds per read), measured); not measured means an estimate, never to be
+    cached."""
     if path.stat().st_size >= READ_PROBE_BYTES:
         return _timed_read(path), True
     try:
@@ -91,50 +98,72 @@ def _read_rate(path: Path) -> tuple[float, bool]:
         Path(probe).unlink(missing_ok=True)
 
 
-def _without_probe(path: Path, error: OSError) -> tuple[float, bool]:
+def _without_probe(path: Path, error: OSError) -> tuple[tuple[float, float], bool]:
     """No room for the probe: time the weights file itself, an estimate."""
     log.warning(
         "cannot write a %d-byte read probe beside %s (%s): read bandwidth estimated from the %d-byte weights "
-        "file; measured again next time", READ_PROBE_BYTES, path, error.strerror or error, path.stat().st_size,
+        "file; measured again next time",
+        READ_PROBE_BYTES,
+        path,
+        error.strerror or error,
+        path.stat().st_size,
     )
-    return (_timed_read(path) if path.stat().st_size else FALLBACK_READ_BYTES), False
+    return (_timed_read(path) if path.stat().st_size else (FALLBACK_READ_BYTES, 0.0)), False
 
 
-def _timed_read(path: Path) -> float:
-    """Read as the loader does: O_DIRECT where the filesystem allows it, else through the page cache
-    without readahead (readahead alone made this rate ~1.4x what the loader gets, here)."""
+def _timed_read(path: Path) -> tuple[float, float]:
+    """(bytes/s, seconds per read) of the storage, read as the loader does: O_DIRECT where the
+    filesystem allows it, else through the page cache without readahead (readahead alone made the
+    rate ~1.4x what the loader gets, here). Reads of two sizes separate the two: a read of b bytes
+    takes latency + b / rate."""
     size = min(path.stat().st_size, 64 << 20)
-    buf = mmap.mmap(-1, 1 << 20)  # page-aligned, as O_DIRECT wants
+    buf = mmap.mmap(-1, BIG_READ)  # page-aligned, as O_DIRECT wants
     fd, direct = open_weights(str(path))
     try:
         os.posix_fadvise(fd, 0, size, os.POSIX_FADV_DONTNEED)
         reading = fd if direct is None else direct
-        start, done = time.perf_counter(), 0
+        start, done, reads = time.perf_counter(), 0, 0
         while done < size:
             got = os.preadv(reading, [buf], done)
             if got <= 0:
                 break
-            done += got
+            done, reads = done + got, reads + 1
         seconds = time.perf_counter() - start
+        os.posix_fadvise(fd, 0, size, os.POSIX_FADV_DONTNEED)
+        small = memoryview(buf)[:SMALL_READ]
+        spots = range(0, max(size - SMALL_READ, 1), max(size // SMALL_READS, SMALL_READ))
+        times = []
+        for offset in spots:  # spread over the file: none is in a cache the previous one filled
+            small_start = time.perf_counter()
+            os.preadv(reading, [small], offset // DIRECT_ALIGN * DIRECT_ALIGN)
+            times.append(time.perf_counter() - small_start)
+        small_seconds = statistics.median(times)  # a busy machine delays a few reads a lot
+        small.release()
         os.posix_fadvise(fd, 0, size, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
         if direct is not None:
             os.close(direct)
         buf.close()
-    return done / max(seconds, 1e-9)
+    rate = done / max(seconds, 1e-9)
+    big_seconds = seconds / max(reads, 1)
+    if done < 2 * BIG_READ or big_seconds <= small_seconds:  # too little to tell the two apart
+        return rate, 0.0
+    rate = (BIG_READ - SMALL_READ) / (big_seconds - small_seconds)
+    return rate, max(small_seconds - SMALL_READ / rate, 0.0)
 
 
 def measure(weights_file: Path) -> tuple[Machine, bool]:
     """This machine's rates, and whether the read rate was measured (else estimated)."""
     set_threads(1)
-    read_bytes, measured = _read_rate(weights_file)
+    (read_bytes, read_latency), measured = _read_rate(weights_file)
     return Machine(
         gemm_flops=_conv_rate((1, 128, 28, 28), (256, 128, 3, 3), pads=[1, 1, 1, 1], strides=[2, 2]),
         winograd_flops=_conv_rate((1, 64, 56, 56), (64, 64, 3, 3), pads=[1, 1, 1, 1]),
         depthwise_flops=_conv_rate((1, 144, 56, 56), (144, 1, 3, 3), pads=[1, 1, 1, 1], group=144),
         memory_bytes=_memory_rate(),
         read_bytes=read_bytes,
+        read_latency=read_latency,
     ), measured
 
 

@@ -12,7 +12,7 @@ from flexnnd.graph.ir import Graph
 from flexnnd.planner import plan_resident
 from flexnnd.planner.plan import Plan
 from flexnnd.planner.plan_file import IndexEntry
-from flexnnd.planner.profile import Machine, simulate, step_costs
+from flexnnd.planner.profile import Machine, Timeline, simulate, step_costs
 from flexnnd.planner.stream import Planner, plan_for_budget, smallest_plan
 
 RUNGS = 24  # geometric rungs between the two ends
@@ -23,6 +23,11 @@ log = logging.getLogger("flexnnd.ladder")
 def predict(graph: Graph, plan: Plan, machine: Machine, cost: dict[str, float] | None = None) -> float:
     """The simulator's latency for `plan`: a sliced node's time is shared by its parts.
     `cost` (node -> compute seconds) may be passed when predicting many plans of one graph."""
+    return timeline(graph, plan, machine, cost).seconds
+
+
+def timeline(graph: Graph, plan: Plan, machine: Machine, cost: dict[str, float] | None = None) -> Timeline:
+    """The simulator's run of `plan` (see `predict`)."""
     if cost is None:
         cost = {c.node: c.compute_seconds(machine) for c in step_costs(graph)}
     parts: dict[str, int] = {}
@@ -33,7 +38,7 @@ def predict(graph: Graph, plan: Plan, machine: Machine, cost: dict[str, float] |
         for s in plan.steps
     ]
     loads = {ld.piece: plan.region[ld.piece].nbytes for ld in plan.loads}
-    return simulate(plan, seconds, loads, machine).seconds
+    return simulate(plan, seconds, loads, machine)
 
 
 def build_ladder(graph: Graph, machine: Machine, rungs: int = RUNGS) -> list[Plan]:
@@ -46,6 +51,7 @@ def build_ladder(graph: Graph, machine: Machine, rungs: int = RUNGS) -> list[Pla
         return [
             dataclasses.replace(top_plan, budget=top, predicted_seconds=predict(graph, top_plan, machine))
         ]
+    cost = {c.node: c.compute_seconds(machine) for c in step_costs(graph)}
     bottom_plan = smallest_plan(graph, planner)
     bottom = bottom_plan.arena_bytes
     plans = [bottom_plan]
@@ -55,7 +61,7 @@ def build_ladder(graph: Graph, machine: Machine, rungs: int = RUNGS) -> list[Pla
         if budget >= top:
             break
         try:
-            plans.append(plan_for_budget(graph, budget, planner))
+            plans.append(plan_for_budget(graph, budget, planner, lambda p: timeline(graph, p, machine, cost)))
         except BudgetTooSmall:
             continue  # refining never reaches the smallest plan's slicing here: a lower rung serves it
     plans.append(dataclasses.replace(top_plan, budget=top))
@@ -63,7 +69,6 @@ def build_ladder(graph: Graph, machine: Machine, rungs: int = RUNGS) -> list[Pla
     for plan in plans:  # neighbouring budgets often give the same plan: keep it once
         key = (plan.arena_bytes, plan.resident, tuple(ld.piece for ld in plan.loads), plan.steps)
         distinct.setdefault(key, plan)
-    cost = {c.node: c.compute_seconds(machine) for c in step_costs(graph)}
     return [
         dataclasses.replace(p, predicted_seconds=predict(graph, p, machine, cost)) for p in distinct.values()
     ]

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from flexnnd.ops.jit import kernel
 from flexnnd.planner.plan import ALIGNMENT, Region
 
 
@@ -60,38 +61,45 @@ class Occupancy:
             for name in ("_start", "_end", "_first", "_last"):
                 column = getattr(self, name)
                 setattr(self, name, np.concatenate([column, np.empty_like(column)]))
-        self._start[n] = offset
-        self._end[n] = offset + nbytes
-        self._first[n] = first
-        self._last[n] = last
+        _insert(self._start, self._end, self._first, self._last, n, offset, offset + nbytes, first, last)
         self._n = n + 1
 
     def lowest_fit(self, size: int, first: int, last: int, residue: int | None = None) -> int:
         """The lowest aligned offset where `size` bytes are free for all of steps [first, last];
         with `residue`, the lowest one that is `residue` modulo DIRECT_ALIGN."""
-        n = self._n
-        live = (self._first[:n] <= last) & (self._last[:n] >= first)
-        starts = self._start[:n][live]
-        if not starts.size:
-            return 0 if residue is None else residue
-        order = np.argsort(starts, kind="stable")
-        starts = starts[order]
-        top = np.maximum.accumulate(self._end[:n][live][order])
-        # Below busy interval k the free space begins at the aligned highest end of those before it.
-        below = np.empty_like(starts)
-        if residue is None:
-            below[0] = 0
-            below[1:] = -(-top[:-1] // ALIGNMENT) * ALIGNMENT
-            last_top = -(-int(top[-1]) // ALIGNMENT) * ALIGNMENT
-        else:
-            below[0] = residue
-            below[1:] = top[:-1] + (residue - top[:-1]) % DIRECT_ALIGN
-            last_top = int(top[-1]) + (residue - int(top[-1])) % DIRECT_ALIGN
-        gap = starts - below >= size
-        k = int(gap.argmax())
-        if gap[k]:
-            return int(below[k])
-        return last_top
+        return int(
+            _lowest_fit(
+                self._start, self._end, self._first, self._last, self._n,
+                size, first, last, -1 if residue is None else residue, ALIGNMENT, DIRECT_ALIGN,
+            )
+        )  # fmt: skip
+
+
+@kernel(fastmath=False)
+def _insert(start, end, first, last, n, s, e, f, la):  # pragma: no cover
+    # Kept sorted by start, so a query scans once instead of sorting what is live.
+    k = np.searchsorted(start[:n], s, side="right")
+    for i in range(n, k, -1):
+        start[i], end[i], first[i], last[i] = start[i - 1], end[i - 1], first[i - 1], last[i - 1]
+    start[k], end[k], first[k], last[k] = s, e, f, la
+
+
+@kernel(fastmath=False)
+def _lowest_fit(
+    start, end, first, last, n, size, q_first, q_last, residue, alignment, direct
+):  # pragma: no cover
+    # The planner's innermost query, compiled: numpy's per-call overhead was most of planning time.
+    below = 0 if residue < 0 else residue  # where the free space begins below the next busy region
+    top = 0
+    for i in range(n):
+        if first[i] > q_last or last[i] < q_first:
+            continue
+        if start[i] - below >= size:
+            return below
+        if end[i] > top:
+            top = end[i]
+            below = -(-top // alignment) * alignment if residue < 0 else top + (residue - top) % direct
+    return below
 
 
 class FullSpanGaps:

@@ -23,6 +23,7 @@ class Machine:
     memory_bytes: float  # bytes/s moved by memory-bound kernels
     read_bytes: float  # bytes/s read from the weights file's storage
     step_overhead: float = 2e-6  # seconds of Python dispatch per step
+    read_latency: float = 0.0  # seconds each read costs on top of its bytes / read_bytes
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,9 @@ def simulate(
             )
             load_start[next_load] = max(loader_free, released)
             load_end[next_load] = (
-                load_start[next_load] + load_bytes[plan.loads[next_load].piece] / machine.read_bytes
+                load_start[next_load]
+                + machine.read_latency
+                + load_bytes[plan.loads[next_load].piece] / machine.read_bytes
             )
             loader_free = load_end[next_load]
             next_load += 1

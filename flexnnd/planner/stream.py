@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from types import MappingProxyType
@@ -25,6 +25,7 @@ from flexnnd.ops.base import Part
 from flexnnd.planner.lifetimes import lifetimes
 from flexnnd.planner.pack import DIRECT_ALIGN, FullSpanGaps, Occupancy, Request, align, place_greedy_by_size
 from flexnnd.planner.plan import ALIGNMENT, Load, Plan, Region, Step, WeightPiece, piece_nbytes, scratch_name
+from flexnnd.planner.profile import Timeline
 from flexnnd.planner.verify import verify
 
 # Weights this small are always resident: streaming them costs a read call for nothing.
@@ -33,6 +34,10 @@ ALWAYS_RESIDENT_BYTES = 64 * 1024
 MIN_CHANNELS_PER_PART = 16
 # A row band keeps at least this many output pixels (columns of the im2col GEMM).
 MIN_PIXELS_PER_BAND = 256
+# Piece sizes tried, as fractions of the budget, when the simulator chooses between slicings.
+PIPELINE_FRACTIONS = (1 / 8, 1 / 16, 1 / 32)
+# A plan whose compute waits less than this share of its latency is not worth re-slicing.
+STALL_WORTH_SLICING = 0.01
 
 Slicing = Mapping[str, tuple[str, int]]  # node -> (axis, number of parts)
 
@@ -46,6 +51,7 @@ def _split(total: int, parts: int) -> list[tuple[int, int]]:
 class Layout:
     """Steps, pieces and lifetimes of one slicing, before any offset is chosen."""
 
+    slicing: Mapping[str, tuple[str, int]]  # node -> (axis, parts): what this layout is of
     steps: tuple[Step, ...]
     nodes: tuple[Node, ...]  # the node of each step
     pieces: Mapping[str, WeightPiece]
@@ -169,6 +175,16 @@ class Planner:
             self._minimum = place_greedy_by_size(requests)[1]
         return self._minimum
 
+    def activation_bytes(self) -> np.ndarray:
+        """Per node (unsliced step), the bytes of activations alive then: no slicing shrinks them."""
+        lay = self.layout({})
+        delta = np.zeros(len(lay.steps) + 1, np.int64)
+        for req in lay.requests:
+            if not req.name.endswith("#scratch"):
+                delta[req.first] += req.nbytes
+                delta[req.last + 1] -= req.nbytes
+        return np.cumsum(delta[:-1])
+
     def file_order(self, pieces: Mapping[str, WeightPiece]) -> list[str]:
         position = self.position
         return sorted(pieces, key=lambda p: (position[pieces[p].tensor], pieces[p].start))
@@ -223,6 +239,7 @@ def _layout(planner: Planner, slicing: Slicing) -> Layout:
             a, b = node_span[name]
             requests.append(Request(scratch_name(name), nbytes, a, b))
     return Layout(
+        MappingProxyType(dict(slicing)),
         tuple(steps),
         tuple(nodes),
         MappingProxyType(pieces),
@@ -351,10 +368,19 @@ def _groups_ok(node: Node) -> bool:
     return group == 1 or (node.in_shapes[0] is not None and group == node.in_shapes[0][1])
 
 
-def plan_for_budget(graph: Graph, budget: int, planner: Planner | None = None) -> Plan:
+def plan_for_budget(
+    graph: Graph,
+    budget: int,
+    planner: Planner | None = None,
+    timeline: Callable[[Plan], Timeline] | None = None,
+) -> Plan:
     """The plan for `budget` arena bytes: slicing refined until it fits, then as many of the
     biggest weights resident as still fit; raises BudgetTooSmall when no slicing fits.
-    Pass one `planner` when planning many budgets of the same graph."""
+
+    With `timeline` (the simulator's run of a plan), a plan whose compute waits for weights is
+    compared with plans that also cut the big weights into pieces small enough to stream in a
+    pipeline, and the fastest is returned. Pass one `planner` when planning many budgets of the
+    same graph."""
     planner = planner or Planner(graph)
     floor = planner.minimum_budget_hint()
     if budget < floor:
@@ -363,23 +389,82 @@ def plan_for_budget(graph: Graph, budget: int, planner: Planner | None = None) -
         lay = planner.chain(k)
         if lay is None:
             raise BudgetTooSmall(budget, floor, graph.name, exact=False)
-        always = frozenset(p for p, w in lay.pieces.items() if w.tensor in planner.small)
-        plan = pack(lay, planner, budget, always)
+        plan = _fill(planner, lay, budget)
         if plan is not None:
             break
-    # Leftover memory: whole weights become resident, biggest (costliest to stream) first.
+    if timeline is not None:
+        run = timeline(plan)
+        best = run.seconds
+        if run.stall_seconds > STALL_WORTH_SLICING * best:
+            # Slicings are compared packed as they are (cheap), the best one then filled with
+            # resident weights (a pack per try) and compared with the plan that only fits.
+            tried: dict[tuple, float] = {}
+            for fraction in PIPELINE_FRACTIONS:
+                slicing = _pipelined(planner, lay, budget * fraction)
+                if slicing is None or tuple(sorted(slicing.items())) in tried:
+                    continue
+                bare = _fill(planner, planner.layout(slicing), budget, resident=False)
+                if bare is not None:
+                    tried[tuple(sorted(slicing.items()))] = timeline(bare).seconds
+            if tried:
+                key = min(tried, key=tried.__getitem__)
+                trial = _fill(planner, planner.layout(dict(key)), budget)
+                if trial is not None and (seconds := timeline(trial).seconds) < best:
+                    plan, best = trial, seconds
+    verify(plan, graph)
+    return plan
+
+
+def _fill(planner: Planner, lay: Layout, budget: int, resident: bool = True) -> Plan | None:
+    """`lay` packed within `budget`, then (with `resident`) leftover memory spent on whole weights
+    becoming resident, biggest (costliest to stream) first; None when it does not fit at all."""
+    graph = planner.graph
+    always = frozenset(p for p, w in lay.pieces.items() if w.tensor in planner.small)
+    plan = pack(lay, planner, budget, always)
+    if plan is None or not resident:
+        return plan
     whole = sorted(
         (p for p, w in lay.pieces.items() if p == w.tensor and p not in always),
         key=lambda p: -graph.tensors[p].nbytes,
     )
-    resident = set(always)
-    for name in whole:
-        trial = pack(lay, planner, budget, frozenset(resident | {name}))
+    kept = set(always)
+    # Whole weights are tried in runs that double while they fit and halve when not: most fit
+    # when one does, and a successful pack costs as much as the whole streamed layout.
+    i, run = 0, 1
+    while i < len(whole):
+        batch = whole[i : i + run]
+        trial = pack(lay, planner, budget, frozenset(kept.union(batch)))
         if trial is not None:
-            resident.add(name)
-            plan = trial
-    verify(plan, graph)
+            kept.update(batch)
+            plan, i, run = trial, i + len(batch), run * 2
+        elif run > 1:
+            run //= 2
+        else:
+            i += 1
     return plan
+
+
+def _pipelined(planner: Planner, lay: Layout, most: float) -> dict[str, tuple[str, int]] | None:
+    """`lay`'s slicing with every weight bigger than `most` bytes cut by output channels until
+    its pieces are not (or as far as the part limits allow): small pieces stream while the
+    previous ones compute, and fit the gaps earlier steps leave. None when nothing changes."""
+    graph = planner.graph
+    slicing = dict(lay.slicing)
+    changed = False
+    for node in planner.life.steps:
+        axis, count = slicing.get(node.name, ("", 1))
+        weights = [t for t in node.inputs if t and graph.is_constant(t)]
+        if not weights or axis not in ("", "channels") or "channels" not in node.op.slicing:
+            continue
+        if not _groups_ok(node):
+            continue
+        nbytes, rows = sum(graph.tensors[t].nbytes for t in weights), graph.shape(weights[0])[0]
+        while nbytes / count > most and rows // (count * 2) >= MIN_CHANNELS_PER_PART:
+            count *= 2
+            changed = True
+        if count > 1:
+            slicing[node.name] = ("channels", count)
+    return slicing if changed else None
 
 
 def minimum_budget_hint(graph: Graph) -> int:
@@ -413,12 +498,15 @@ def max_slicing(graph: Graph, planner: Planner | None = None) -> dict[str, tuple
 
 
 def smallest_plan(graph: Graph, planner: Planner | None = None) -> Plan:
-    """The plan of the smallest budget: maximal slicing, nothing preloaded, only the tiny weights
-    resident; its arena is that budget."""
+    """The plan of the smallest budget: maximal slicing, only the tiny weights resident, its arena
+    the smallest any packing reaches (nothing loaded ahead); within that arena, loads start as
+    early as it leaves room for."""
     planner = planner or Planner(graph)
     lay = planner.layout(max_slicing(graph, planner))
     small = frozenset(p for p, w in lay.pieces.items() if w.tensor in planner.small)
-    plan = pack(lay, planner, 1 << 62, small, preload=False)
-    plan = dataclasses.replace(plan, budget=plan.arena_bytes)
+    tight = pack(lay, planner, 1 << 62, small, preload=False)
+    # The same arena has room to load ahead where the peak step is not: take it where it does.
+    plan = pack(lay, planner, tight.arena_bytes, small) or tight
+    plan = dataclasses.replace(plan, budget=tight.arena_bytes)
     verify(plan, graph)
     return plan

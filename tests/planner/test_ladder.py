@@ -76,8 +76,8 @@ def test_flexnnctl_plans_builds_stores_and_reuses_the_ladder(package, tmp_path, 
     assert flexnnctl(["plans", str(package.path)]) == EXIT_OK
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == ["budget", "resident", "streamed", "sliced", "layers", "predicted"]
-    assert len(table) - 1 == len(build_ladder(package.graph, MACHINE))
     stored = package.path / LADDER_FILE
+    assert len(table) - 1 == len(stored_ladder(package))  # the rungs depend on this machine's rates
     mtime = stored.stat().st_mtime_ns
     assert flexnnctl(["plans", str(package.path)]) == EXIT_OK
     assert stored.stat().st_mtime_ns == mtime

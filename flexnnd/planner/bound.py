@@ -1,0 +1,48 @@
+"""The best latency any streaming schedule can reach within a budget: the streaming floor.
+
+With one loader reading at `read_bytes`/s and compute running the nodes in order, at the moment
+node s starts the arena holds the activations alive then (no slicing shrinks them) and at most
+the rest of the budget in weights that nodes s.. still need. Every other byte those nodes read
+is still to be loaded, one after another, so
+
+    latency >= compute(nodes before s) + (weights(nodes s..) - (budget - activations(s))) / rate
+
+for every s, and latency >= compute(all nodes). The largest of these is the floor: no plan of
+this budget, however sliced or packed, beats it on this machine. The issue's simpler bound,
+max(all-resident latency, streamed bytes / rate), ignores that the loader cannot run further
+ahead than the free memory, so below some budget it asks for the impossible; the floor says where.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from flexnnd.graph.ir import Graph
+from flexnnd.planner.stream import Planner
+
+
+def streaming_floor(
+    graph: Graph,
+    budget: int,
+    node_seconds: Mapping[str, float],
+    read_bytes: float,
+    planner: Planner | None = None,
+) -> float:
+    """Seconds no plan within `budget` arena bytes can beat, given each node's compute time
+    (`node_seconds`, all-resident) and the storage's read rate in bytes/s."""
+    planner = planner or Planner(graph)
+    steps = planner.life.steps
+    if not steps:
+        return 0.0
+    activations = planner.activation_bytes()
+    weights = np.zeros(len(steps), np.float64)
+    last_use = {c: k for k, n in enumerate(steps) for c in n.inputs if c and graph.is_constant(c)}
+    for name, k in last_use.items():  # a weight two nodes share is needed until the later one
+        weights[k] += graph.tensors[name].nbytes
+    seconds = np.array([node_seconds[n.name] for n in steps], np.float64)
+    before = np.concatenate([[0.0], np.cumsum(seconds)[:-1]])  # compute ahead of each node
+    still_needed = np.cumsum(weights[::-1])[::-1]  # weights of this node and every later one
+    to_read = np.maximum(still_needed - np.maximum(budget - activations, 0), 0)
+    return float(max(seconds.sum(), (before + to_read / read_bytes).max()))

@@ -1,0 +1,122 @@
+"""The streaming floor, and the simulator choosing between slicings.
+
+The floor is a bound on every schedule of a budget; the simulator's run of any plan obeys it, so
+a plan's latency can be judged against what the budget allows, not only against all-resident."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import flexnnd
+from flexnnd.graph.onnx_import import import_onnx
+from flexnnd.planner import plan_resident
+from flexnnd.planner.bound import streaming_floor
+from flexnnd.planner.ladder import timeline
+from flexnnd.planner.profile import Machine, simulate, step_costs
+from flexnnd.planner.stream import Planner, max_slicing, pack, plan_for_budget, smallest_plan
+from tests.planner.plans import streamed_plan, two_layer_graph
+from tests.planner.test_random_plans import layered_graphs
+
+MACHINE = Machine(
+    gemm_flops=5e10, winograd_flops=8e10, depthwise_flops=1e10, memory_bytes=1e10, read_bytes=2e8
+)
+
+
+def node_seconds(graph, machine=MACHINE):
+    return {c.node: c.compute_seconds(machine) for c in step_costs(graph)}
+
+
+def test_the_floor_is_compute_with_room_and_reading_without():
+    graph = two_layer_graph()
+    planner = Planner(graph)
+    seconds = {"fc1": 1.0, "fc2": 2.0}
+    weights = {n: sum(graph.tensors[i].nbytes for i in node.inputs if graph.is_constant(i))
+               for n, node in ((s.name, s) for s in planner.life.steps)}  # fmt: skip
+    rate = 1000.0
+    assert streaming_floor(graph, 1 << 30, seconds, rate, planner) == 3.0
+    # No room beside the activations: every weight byte is read after the model starts, and
+    # fc2's after fc1 has run.
+    tight = int(planner.activation_bytes().max())
+    free = tight - planner.activation_bytes()
+    want = max(
+        3.0, (weights["fc1"] + weights["fc2"] - free[0]) / rate, 1.0 + (weights["fc2"] - free[1]) / rate
+    )
+    assert streaming_floor(graph, tight, seconds, rate, planner) == pytest.approx(want)
+    assert want > 3.0
+
+
+@given(model=layered_graphs(), fraction=st.floats(0.02, 1.0))
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_no_plan_beats_the_floor_and_choosing_never_loses(model, fraction):
+    graph, _ = import_onnx(model)
+    planner = Planner(graph)
+    budget = int(plan_resident(graph).arena_bytes * fraction)
+    cost = node_seconds(graph)
+    run = lambda p: timeline(graph, p, MACHINE, cost)  # noqa: E731
+    try:
+        fitted = plan_for_budget(graph, budget, planner)
+    except flexnnd.BudgetTooSmall:
+        return
+    chosen = plan_for_budget(graph, budget, planner, run)
+    assert chosen.arena_bytes <= budget
+    assert run(chosen).seconds <= run(fitted).seconds
+    for plan in (fitted, chosen):
+        floor = streaming_floor(graph, plan.arena_bytes, cost, MACHINE.read_bytes, planner)
+        assert run(plan).seconds >= floor * (1 - 1e-9)
+
+
+@pytest.fixture(scope="module")
+def resnet18(zoo_model):
+    graph, _ = import_onnx(onnx.load(str(zoo_model("resnet18"))))
+    return graph
+
+
+def test_the_smallest_plan_loads_ahead_within_its_own_arena(resnet18):
+    planner = Planner(resnet18)
+    lay = planner.layout(max_slicing(resnet18, planner))
+    small = frozenset(p for p, w in lay.pieces.items() if w.tensor in planner.small)
+    tight = pack(lay, planner, 1 << 62, small, preload=False)
+    plan = smallest_plan(resnet18, planner)
+    assert plan.arena_bytes == plan.budget == tight.arena_bytes
+    ahead = sum(ld.after_step < ld.step - 1 for ld in plan.loads)
+    assert ahead > len(plan.loads) // 2, (
+        f"only {ahead} of {len(plan.loads)} loads start before the step ahead"
+    )
+    cost = node_seconds(resnet18)
+    assert (
+        timeline(resnet18, plan, MACHINE, cost).seconds
+        < 0.9 * timeline(resnet18, tight, MACHINE, cost).seconds
+    )
+
+
+def test_the_simulator_cuts_big_weights_where_that_streams_faster(resnet18):
+    """At 40% of all-resident on a machine like this one, the plan that only fits streams
+    layer4's 9 MB weights whole, each waited for in full; sliced, they stream while earlier
+    layers compute, and the simulator takes that plan."""
+    machine = dataclasses.replace(MACHINE, gemm_flops=8.6e10, winograd_flops=1.45e11, read_bytes=1.4e9)
+    planner = Planner(resnet18)
+    cost = node_seconds(resnet18, machine)
+    run = lambda p: timeline(resnet18, p, machine, cost)  # noqa: E731
+    budget = plan_resident(resnet18).arena_bytes * 2 // 5
+    fitted = plan_for_budget(resnet18, budget, planner)
+    chosen = plan_for_budget(resnet18, budget, planner, run)
+    assert not any(s.node.startswith("/layer4") and s.part for s in fitted.steps)
+    assert any(s.node.startswith("/layer4") and s.part and s.part.axis == "channels" for s in chosen.steps)
+    assert run(chosen).seconds < 0.9 * run(fitted).seconds
+
+
+def test_each_read_pays_the_storage_latency():
+    graph = two_layer_graph()
+    plan = streamed_plan(graph)
+    piece = plan.loads[0].piece
+    slow = dataclasses.replace(MACHINE, read_latency=0.5)
+    nbytes = {piece: int(0.25 * MACHINE.read_bytes)}
+    assert simulate(plan, [1.0, 2.0], nbytes, MACHINE).seconds == pytest.approx(3.0)
+    assert simulate(plan, [0.5, 2.0], nbytes, slow).seconds == pytest.approx(0.75 + 2.0)
+    assert np.isfinite(slow.read_latency)
