@@ -4,10 +4,14 @@
     python -m benchmarks.ladder --plan-only          # ladder planning time of every zoo model
 
 
-Per rung: median latency over `--runs` runs (one thread), the planner's prediction, and the best
-a streaming plan can do on this machine: max(all-resident latency, streamed bytes ÷ measured read
-bandwidth). ONNX Runtime's point is its median latency at its peak model memory (peak RSS minus
-RSS before loading, in a fresh process). Writes benchmarks/results/ladder.json and one PNG per
+Per rung: median latency over `--runs` runs (one thread), the planner's prediction, and two
+bounds, both from this run's measurements (per-node compute times of the all-resident plan, the
+storage's read rate timed just before the rungs):
+- the issue's: max(all-resident latency, streamed bytes ÷ read rate);
+- the streaming floor (flexnnd/planner/bound.py): what no schedule within the rung's budget can
+  beat, because the loader cannot run further ahead than the memory left beside the activations.
+ONNX Runtime's and ncnn's points are their median latency at their peak model memory (peak RSS
+minus RSS before loading, in a fresh process). Writes benchmarks/results/ladder.json and one PNG per
 model (x: budget, y: latency).
 """
 
@@ -39,6 +43,38 @@ s = ort.InferenceSession(sys.argv[1], o, providers=['CPUExecutionProvider'])
 s.run(None, {'input': x})
 print(json.dumps({'peak_model_bytes': st('VmHWM') - before}))
 """
+
+
+NCNN_PROBE = """
+import sys, json, numpy as np, ncnn
+from pathlib import Path
+from benchmarks.engine import Ncnn
+def st(f):
+    for l in open('/proc/self/status'):
+        if l.startswith(f + ':'): return int(l.split()[1]) * 1024
+x = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
+before = st('VmRSS'); open('/proc/self/clear_refs', 'w').write('5')
+net = Ncnn(sys.argv[1], Path(sys.argv[2]), 1)
+net.run(x)
+print(json.dumps({'peak_model_bytes': st('VmHWM') - before}))
+"""
+
+
+def node_seconds(sess, x: np.ndarray, runs: int) -> dict[str, float]:
+    """Median compute time of each node of the all-resident plan, kernel by kernel."""
+    ex = sess._executor
+    times: dict[str, list[float]] = {}
+    for _ in range(runs + 1):
+        for _, view in ex.inputs:  # later steps reuse the input's memory
+            np.copyto(view, x)
+        seen: dict[str, float] = {}
+        for step, kernel in zip(ex.plan.steps, ex.kernels, strict=True):
+            start = time.perf_counter()
+            kernel()
+            seen[step.node] = seen.get(step.node, 0.0) + time.perf_counter() - start
+        for node, t in seen.items():
+            times.setdefault(node, []).append(t)
+    return {node: statistics.median(t[1:]) for node, t in times.items()}
 
 
 def median_latency(fn, runs: int) -> float:
@@ -84,9 +120,13 @@ def bench_model(name: str, runs: int) -> dict:
     import flexnnd
     from flexnnd import zoo
     from flexnnd.graph.package import read_package
-    from flexnnd.planner.calibrate import machine
+    from flexnnd.planner.bound import streaming_floor
+    from flexnnd.planner.calibrate import machine, storage_speed
     from flexnnd.planner.ladder import build_ladder
+    from flexnnd.planner.stream import Planner
     from flexnnd.runtime.session import package_for
+
+    from .engine import Ncnn, ncnn_available
 
     onnx_path = zoo.cached(name, CACHE)
     package = read_package(package_for(onnx_path, CACHE / "packages", calibration_dir=CACHE))
@@ -97,6 +137,11 @@ def bench_model(name: str, runs: int) -> dict:
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
     rungs = []
     with flexnnd.Session(package.path, threads=1) as sess:
+        sess.set_budget(ladder[-1].arena_bytes + sess.output_bytes)
+        sess.run({"input": x})
+        per_node = node_seconds(sess, x, runs)
+        # The storage as it is now (the ladder was planned with the cached calibration): best of 3.
+        read_bytes, read_latency = max(storage_speed(package.weights_path) for _ in range(3))
         for rung in reversed(ladder):  # all-resident first: its latency is the lower bound's floor
             sess.set_budget(rung.arena_bytes + sess.output_bytes)
             seconds = median_latency(lambda: sess.run({"input": x}), runs)
@@ -104,15 +149,24 @@ def bench_model(name: str, runs: int) -> dict:
             rungs.append(
                 {
                     "budget": rung.arena_bytes + sess.output_bytes,
+                    "arena_bytes": rung.arena_bytes,
                     "streamed_bytes": streamed,
+                    "loads": len(rung.loads),
+                    "steps": len(rung.steps),
                     "predicted_s": rung.predicted_seconds,
                     "median_s": seconds,
                 }
             )
     resident = rungs[0]["median_s"]
+    planner = Planner(package.graph)
     for r in rungs:
-        r["lower_bound_s"] = max(resident, r["streamed_bytes"] / rates.read_bytes)
+        r["lower_bound_s"] = max(resident, r["streamed_bytes"] / read_bytes)
         r["ratio_to_bound"] = r["median_s"] / r["lower_bound_s"]
+        floor = streaming_floor(package.graph, r["arena_bytes"], per_node, read_bytes, planner)
+        r["floor_s"] = max(floor, resident)  # the floor's nodes timed one by one sum a little lower
+        r["ratio_to_floor"] = r["median_s"] / r["floor_s"]
+    top = rungs[0]["arena_bytes"]
+    quarter = min(rungs, key=lambda r: abs(r["arena_bytes"] - top / 4))
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     ort_sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
@@ -121,13 +175,37 @@ def bench_model(name: str, runs: int) -> dict:
         [sys.executable, "-c", ORT_PROBE, str(onnx_path)], capture_output=True, text=True, check=True
     )
     ort_peak = json.loads(probe.stdout)["peak_model_bytes"]
-    return {
+    result = {
         "ladder_plan_seconds": ladder_seconds,
-        "read_bytes_per_s": rates.read_bytes,
+        "read_bytes_per_s": read_bytes,
+        "read_latency_s": read_latency,
+        "calibrated_read_bytes_per_s": rates.read_bytes,
+        "resident_node_seconds_sum": sum(per_node.values()),
         "rungs": sorted(rungs, key=lambda r: r["budget"]),
         "onnxruntime": {"median_s": ort_seconds, "peak_model_bytes": ort_peak},
         "smallest_budget_vs_ort_peak": min(r["budget"] for r in rungs) / ort_peak,
+        "quarter": {
+            "budget": quarter["budget"],
+            "ratio_to_resident": quarter["median_s"] / resident,
+            # The best any plan could do at a quarter of the all-resident arena, ÷ all-resident.
+            "floor_ratio_to_resident": max(
+                streaming_floor(package.graph, top // 4, per_node, read_bytes, planner), resident
+            )
+            / resident,
+        },
     }
+    if ncnn_available():
+        net = Ncnn(name, onnx_path, 1)
+        ncnn_seconds = median_latency(lambda: net.run(x), runs)
+        probe = subprocess.run(
+            [sys.executable, "-c", NCNN_PROBE, name, str(onnx_path)],
+            capture_output=True, text=True, check=True, cwd=ROOT,
+        )  # fmt: skip
+        result["ncnn"] = {
+            "median_s": ncnn_seconds,
+            "peak_model_bytes": json.loads(probe.stdout)["peak_model_bytes"],
+        }
+    return result
 
 
 def plot(name: str, result: dict, path: Path) -> None:
@@ -149,7 +227,13 @@ def plot(name: str, result: dict, path: Path) -> None:
         [r["budget"] / mib for r in rungs],
         [r["lower_bound_s"] * 1e3 for r in rungs],
         "--",
-        label="streaming lower bound",
+        label="issue's bound: max(resident, streamed ÷ read rate)",
+    )
+    ax.plot(
+        [r["budget"] / mib for r in rungs],
+        [r["floor_s"] * 1e3 for r in rungs],
+        "-.",
+        label="streaming floor (no plan of this budget is faster)",
     )
     ax.plot(
         [r["budget"] / mib for r in rungs],
@@ -161,6 +245,9 @@ def plot(name: str, result: dict, path: Path) -> None:
     ax.plot(
         [o["peak_model_bytes"] / mib], [o["median_s"] * 1e3], "s", label="ONNX Runtime (peak model memory)"
     )
+    if "ncnn" in result:
+        n = result["ncnn"]
+        ax.plot([n["peak_model_bytes"] / mib], [n["median_s"] * 1e3], "^", label="ncnn (peak model memory)")
     ax.set_xscale("log")
     ax.set_xlabel("model memory budget (MiB)")
     ax.set_ylabel("latency, 1 thread (ms)")
@@ -193,11 +280,15 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models:
         report[name] = result = bench_model(name, args.runs)
         plot(name, result, args.out.with_name(f"ladder-{name}.png"))
-        worst = max(r["ratio_to_bound"] for r in result["rungs"])
+        bound = sorted(r["ratio_to_bound"] for r in result["rungs"])
+        floor = sorted(r["ratio_to_floor"] for r in result["rungs"])
+        q = result["quarter"]
         print(
             f"{name}: {len(result['rungs'])} rungs planned in {result['ladder_plan_seconds']:.1f} s; smallest budget "
-            f"= {result['smallest_budget_vs_ort_peak']:.3f} × ORT's peak model memory; worst rung latency ÷ lower "
-            f"bound {worst:.2f}",
+            f"= {result['smallest_budget_vs_ort_peak']:.3f} × ORT's peak model memory; latency ÷ issue's bound "
+            f"median {bound[len(bound) // 2]:.2f} worst {bound[-1]:.2f} ({sum(b <= 1.2 for b in bound)}/{len(bound)} "
+            f"≤ 1.2); ÷ floor median {floor[len(floor) // 2]:.2f} worst {floor[-1]:.2f}; quarter rung "
+            f"{q['ratio_to_resident']:.2f} × all-resident (floor there {q['floor_ratio_to_resident']:.2f})",
             flush=True,
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -153,6 +153,11 @@ def _timed_read(path: Path) -> tuple[float, float]:
     return rate, max(small_seconds - SMALL_READ / rate, 0.0)
 
 
+def storage_speed(path: Path) -> tuple[float, float]:
+    """(bytes/s, seconds per read) of the storage `path` is on, timed now, as the loader reads."""
+    return _timed_read(Path(path))
+
+
 def measure(weights_file: Path) -> tuple[Machine, bool]:
     """This machine's rates, and whether the read rate was measured (else estimated)."""
     set_threads(1)
