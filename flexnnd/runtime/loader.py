@@ -3,10 +3,11 @@
 Per inference the compute thread calls `begin`, then before each step that reads a new piece
 `wait_for(n)` (the first n loads are in), and after each step that releases a load `step_done(i)`;
 the loader reads load k as soon as step `after_step` of load k has finished and load k-1 is in.
-File reads release the GIL, so loading overlaps computing. Each read goes straight into the piece's arena view with `os.preadv`, bypassing the page cache
-with O_DIRECT where the filesystem allows it; what cannot go direct (a filesystem such as tmpfs
-that refuses O_DIRECT, or the unaligned head and tail of a piece) is read through the page cache
-and its pages are dropped at once (they would hold a second copy of the weights outside the budget).
+File reads release the GIL, so loading overlaps computing. Each read goes straight into the
+piece's arena view with `os.preadv`, bypassing the page cache with O_DIRECT where the filesystem
+allows it; what cannot go direct (a filesystem such as tmpfs that refuses O_DIRECT, or the
+unaligned head and tail of a piece) is read through the page cache and its pages are dropped at
+once (they would hold a second copy of the weights outside the budget).
 """
 
 from __future__ import annotations
