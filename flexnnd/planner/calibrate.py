@@ -16,9 +16,11 @@ import numba
 import numpy as np
 
 from flexnnd.errors import StorageError
+from flexnnd.graph.ir import Node
+from flexnnd.ops.base import Part
 from flexnnd.ops.conv import Conv
 from flexnnd.ops.elementwise import Add
-from flexnnd.planner.profile import Machine
+from flexnnd.planner.profile import Machine, shared_bytes
 from flexnnd.runtime.loader import DIRECT_ALIGN, open_weights
 from flexnnd.runtime.threads import set_threads
 from flexnnd.storage import write_atomically
@@ -26,12 +28,13 @@ from flexnnd.storage import write_atomically
 log = logging.getLogger("flexnnd.calibrate")
 
 # 2: small weights files read on a probe file (1 cached 0 B/s); 3: reads timed as the loader reads;
-# 4: a read's latency measured apart from the rate.
+# 4: a read's latency measured apart from the rate, and what each channel part of a conv adds.
 CALIBRATION_VERSION = 4
 # Reads shorter than this time the system call more than the storage.
 READ_PROBE_BYTES = 16 << 20
 # Read sizes timed to tell the storage's per-read latency from its rate.
 BIG_READ, SMALL_READ, SMALL_READS = 1 << 20, 64 << 10, 32
+PARTS = 16  # channel parts of the calibration conv, as the planner cuts big weights
 FALLBACK_READ_BYTES = (
     100e6  # a slow SD card's sequential read: used only for an empty weights file without a probe
 )
@@ -53,7 +56,7 @@ def _best_of(fn, repeat: int = 5) -> float:
     return min(times)
 
 
-def _conv_rate(x_shape, w_shape, **attrs) -> float:
+def _conv_setup(x_shape, w_shape, **attrs):
     rng = np.random.default_rng(0)
     w = rng.standard_normal(w_shape, dtype=np.float32)
     consts = [None, w, np.zeros(w_shape[0], np.float32)]
@@ -63,9 +66,36 @@ def _conv_rate(x_shape, w_shape, **attrs) -> float:
     prepared = op.prepare(consts)
     x = rng.standard_normal(x_shape, dtype=np.float32)
     y = np.empty(y_shape, np.float32)
+    return op, shapes, y_shape, prepared, x, y
+
+
+def _conv_rate(x_shape, w_shape, **attrs) -> float:
+    op, shapes, y_shape, prepared, x, y = _conv_setup(x_shape, w_shape, **attrs)
     scratch = np.empty(max(op.scratch_bytes(shapes) // 4, 1), np.float32)
     kernel = op.bind([x, prepared[1], prepared[2]], [y], scratch)
     return op.flops(shapes, [y_shape]) / _best_of(kernel)
+
+
+def _part_rate(x_shape, w_shape, **attrs) -> float:
+    """Bytes/s at which each output-channel part re-reads the operand the parts share, from one
+    conv run whole and cut into PARTS parts as the planner cuts it (one scratch for all)."""
+    op, shapes, _, prepared, x, y = _conv_setup(x_shape, w_shape, **attrs)
+    cout = w_shape[0]
+    parts = [Part("channels", cout * i // PARTS, cout * (i + 1) // PARTS) for i in range(PARTS)]
+    need = max(op.scratch_bytes(shapes, p) for p in [None, *parts])
+    scratch = np.empty(max(need // 4, 1), np.float32)
+    whole = _best_of(op.bind([x, prepared[1], prepared[2]], [y], scratch))
+    kernels = [
+        op.bind([x, prepared[1][p.start : p.stop], prepared[2][p.start : p.stop]], [y], scratch, p) for p in parts
+    ]
+
+    def run_parts():
+        for kernel in kernels:
+            kernel()
+
+    extra = (_best_of(run_parts) - whole) / PARTS
+    node = Node("calibration", op, ("x", "w", "b"), ("y",), tuple(shapes))
+    return shared_bytes(node) / extra if extra > 0 else 0.0  # 0: parts cost only their share
 
 
 def _memory_rate() -> float:
@@ -165,6 +195,11 @@ def measure(weights_file: Path) -> tuple[Machine, bool]:
     return Machine(
         gemm_flops=_conv_rate((1, 128, 28, 28), (256, 128, 3, 3), pads=[1, 1, 1, 1], strides=[2, 2]),
         winograd_flops=_conv_rate((1, 64, 56, 56), (64, 64, 3, 3), pads=[1, 1, 1, 1]),
+        # The slower of the two paths big weights take: im2col (7x7 planes) and Winograd (14x14).
+        part_bytes=min(
+            _part_rate((1, 512, 7, 7), (512, 512, 3, 3), pads=[1, 1, 1, 1]),
+            _part_rate((1, 256, 14, 14), (256, 256, 3, 3), pads=[1, 1, 1, 1]),
+        ),
         depthwise_flops=_conv_rate((1, 144, 56, 56), (144, 1, 3, 3), pads=[1, 1, 1, 1], group=144),
         memory_bytes=_memory_rate(),
         read_bytes=read_bytes,

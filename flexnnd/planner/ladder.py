@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from flexnnd.errors import BudgetTooSmall, StalePlanFile
 from flexnnd.graph.ir import Graph
 from flexnnd.planner import plan_resident
 from flexnnd.planner.plan import Plan
 from flexnnd.planner.plan_file import IndexEntry
-from flexnnd.planner.profile import Machine, Timeline, simulate, step_costs
+from flexnnd.planner.profile import Machine, StepCost, Timeline, simulate, step_costs
 from flexnnd.planner.stream import Planner, plan_for_budget, smallest_plan
 
 RUNGS = 24  # geometric rungs between the two ends
@@ -20,21 +20,24 @@ RUNGS = 24  # geometric rungs between the two ends
 log = logging.getLogger("flexnnd.ladder")
 
 
-def predict(graph: Graph, plan: Plan, machine: Machine, cost: dict[str, float] | None = None) -> float:
-    """The simulator's latency for `plan`: a sliced node's time is shared by its parts.
-    `cost` (node -> compute seconds) may be passed when predicting many plans of one graph."""
-    return timeline(graph, plan, machine, cost).seconds
+def predict(graph: Graph, plan: Plan, machine: Machine, costs: Mapping[str, StepCost] | None = None) -> float:
+    """The simulator's latency for `plan`: a sliced node's time is shared by its parts, each
+    paying its dispatch and (channel parts) a read of the operand they share. `costs` (node ->
+    StepCost) may be passed when predicting many plans of one graph."""
+    return timeline(graph, plan, machine, costs).seconds
 
 
-def timeline(graph: Graph, plan: Plan, machine: Machine, cost: dict[str, float] | None = None) -> Timeline:
+def timeline(
+    graph: Graph, plan: Plan, machine: Machine, costs: Mapping[str, StepCost] | None = None
+) -> Timeline:
     """The simulator's run of `plan` (see `predict`)."""
-    if cost is None:
-        cost = {c.node: c.compute_seconds(machine) for c in step_costs(graph)}
+    if costs is None:
+        costs = {c.node: c for c in step_costs(graph)}
     parts: dict[str, int] = {}
     for step in plan.steps:
         parts[step.node] = parts.get(step.node, 0) + 1
     seconds = [
-        cost[s.node] / parts[s.node] + (machine.step_overhead if parts[s.node] > 1 else 0.0)
+        costs[s.node].part_seconds(machine, parts[s.node], s.part is not None and s.part.axis == "channels")
         for s in plan.steps
     ]
     loads = {ld.piece: plan.region[ld.piece].nbytes for ld in plan.loads}
@@ -51,7 +54,7 @@ def build_ladder(graph: Graph, machine: Machine, rungs: int = RUNGS) -> list[Pla
         return [
             dataclasses.replace(top_plan, budget=top, predicted_seconds=predict(graph, top_plan, machine))
         ]
-    cost = {c.node: c.compute_seconds(machine) for c in step_costs(graph)}
+    costs = {c.node: c for c in step_costs(graph)}
     bottom_plan = smallest_plan(graph, planner)
     bottom = bottom_plan.arena_bytes
     plans = [bottom_plan]
@@ -61,7 +64,9 @@ def build_ladder(graph: Graph, machine: Machine, rungs: int = RUNGS) -> list[Pla
         if budget >= top:
             break
         try:
-            plans.append(plan_for_budget(graph, budget, planner, lambda p: timeline(graph, p, machine, cost)))
+            plans.append(
+                plan_for_budget(graph, budget, planner, lambda p: timeline(graph, p, machine, costs))
+            )
         except BudgetTooSmall:
             continue  # refining never reaches the smallest plan's slicing here: a lower rung serves it
     plans.append(dataclasses.replace(top_plan, budget=top))
@@ -70,7 +75,7 @@ def build_ladder(graph: Graph, machine: Machine, rungs: int = RUNGS) -> list[Pla
         key = (plan.arena_bytes, plan.resident, tuple(ld.piece for ld in plan.loads), plan.steps)
         distinct.setdefault(key, plan)
     return [
-        dataclasses.replace(p, predicted_seconds=predict(graph, p, machine, cost)) for p in distinct.values()
+        dataclasses.replace(p, predicted_seconds=predict(graph, p, machine, costs)) for p in distinct.values()
     ]
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from flexnnd.graph.ir import Graph, Node
 from flexnnd.planner.lifetimes import lifetimes
 from flexnnd.planner.plan import Plan
@@ -24,6 +26,9 @@ class Machine:
     read_bytes: float  # bytes/s read from the weights file's storage
     step_overhead: float = 2e-6  # seconds of Python dispatch per step
     read_latency: float = 0.0  # seconds each read costs on top of its bytes / read_bytes
+    # bytes/s at which each channel part of a sliced GEMM re-reads the operand all parts share
+    # (its im2col or transformed input); 0: parts cost nothing beyond their share
+    part_bytes: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,17 @@ class StepCost:
     output_bytes: int
     scratch_bytes: int
     flops: int
+    shared_bytes: int = 0  # the operand every channel part of this step reads in full
+
+    def part_seconds(self, machine: Machine, parts: int, channels: bool) -> float:
+        """One of `parts` parts of this step: its share of the work, its own dispatch and, for
+        channel parts, reading the operand they all share."""
+        if parts <= 1:
+            return self.compute_seconds(machine)
+        share = self.compute_seconds(machine) / parts + machine.step_overhead
+        if channels and machine.part_bytes:
+            share += self.shared_bytes / machine.part_bytes
+        return share
 
     def compute_seconds(self, machine: Machine) -> float:
         if self.kind == "memory":
@@ -56,6 +72,21 @@ def kind_of(graph: Graph, node: Node) -> str:
     return "memory"
 
 
+def shared_bytes(node: Node) -> int:
+    """Bytes of the operand each output-channel part of `node` reads whole: the im2col matrix of
+    a GEMM conv, the transformed input of a Winograd one, the input of a fully connected layer."""
+    if node.op_type == "Conv":
+        geo = node.op.geometry(node.in_shapes[0], node.in_shapes[1][0])
+        if geo.depthwise:
+            return 0  # each channel reads only its own plane
+        pixels = geo.batch * geo.out_h * geo.out_w
+        # Winograd F(2x2,3x3): 16 transformed values per 2x2 output tile and input channel.
+        return 4 * (4 * geo.cin * pixels if geo.winograd else geo.k * geo.group * pixels)
+    if node.op_type in ("Gemm", "MatMul"):
+        return 4 * int(np.prod(node.in_shapes[0], dtype=np.int64))
+    return 0
+
+
 def step_costs(graph: Graph) -> list[StepCost]:
     """One cost per step of an unsliced plan (alias and elided nodes do not run)."""
     costs = []
@@ -73,6 +104,7 @@ def step_costs(graph: Graph) -> list[StepCost]:
                 output_bytes=outputs,
                 scratch_bytes=node.op.scratch_bytes(node.in_shapes),
                 flops=node.op.flops(node.in_shapes, out_shapes),
+                shared_bytes=shared_bytes(node),
             )
         )
     return costs

@@ -58,7 +58,8 @@ def test_no_plan_beats_the_floor_and_choosing_never_loses(model, fraction):
     planner = Planner(graph)
     budget = int(plan_resident(graph).arena_bytes * fraction)
     cost = node_seconds(graph)
-    run = lambda p: timeline(graph, p, MACHINE, cost)  # noqa: E731
+    costs = {c.node: c for c in step_costs(graph)}
+    run = lambda p: timeline(graph, p, MACHINE, costs)  # noqa: E731
     try:
         fitted = plan_for_budget(graph, budget, planner)
     except flexnnd.BudgetTooSmall:
@@ -88,11 +89,7 @@ def test_the_smallest_plan_loads_ahead_within_its_own_arena(resnet18):
     assert ahead > len(plan.loads) // 2, (
         f"only {ahead} of {len(plan.loads)} loads start before the step ahead"
     )
-    cost = node_seconds(resnet18)
-    assert (
-        timeline(resnet18, plan, MACHINE, cost).seconds
-        < 0.9 * timeline(resnet18, tight, MACHINE, cost).seconds
-    )
+    assert timeline(resnet18, plan, MACHINE).seconds < 0.9 * timeline(resnet18, tight, MACHINE).seconds
 
 
 def test_the_simulator_cuts_big_weights_where_that_streams_faster(resnet18):
@@ -101,8 +98,7 @@ def test_the_simulator_cuts_big_weights_where_that_streams_faster(resnet18):
     layers compute, and the simulator takes that plan."""
     machine = dataclasses.replace(MACHINE, gemm_flops=8.6e10, winograd_flops=1.45e11, read_bytes=1.4e9)
     planner = Planner(resnet18)
-    cost = node_seconds(resnet18, machine)
-    run = lambda p: timeline(resnet18, p, machine, cost)  # noqa: E731
+    run = lambda p: timeline(resnet18, p, machine)  # noqa: E731
     budget = plan_resident(resnet18).arena_bytes * 2 // 5
     fitted = plan_for_budget(resnet18, budget, planner)
     chosen = plan_for_budget(resnet18, budget, planner, run)
@@ -120,3 +116,18 @@ def test_each_read_pays_the_storage_latency():
     assert simulate(plan, [1.0, 2.0], nbytes, MACHINE).seconds == pytest.approx(3.0)
     assert simulate(plan, [0.5, 2.0], nbytes, slow).seconds == pytest.approx(0.75 + 2.0)
     assert np.isfinite(slow.read_latency)
+
+
+def test_channel_parts_pay_for_the_operand_they_share(resnet18):
+    """Cut into 16 channel parts, layer4's first conv costs its share per part plus a read of its
+    im2col per part; cut by rows, parts share nothing."""
+    costs = {c.node: c for c in step_costs(resnet18)}
+    conv = costs["/layer4/1/conv1/Conv"]
+    assert conv.shared_bytes == 4 * 512 * 9 * 7 * 7
+    machine = dataclasses.replace(MACHINE, part_bytes=1e9)
+    whole = conv.compute_seconds(machine)
+    part = conv.part_seconds(machine, 16, channels=True)
+    assert part == pytest.approx(whole / 16 + machine.step_overhead + conv.shared_bytes / 1e9)
+    assert conv.part_seconds(machine, 16, channels=False) == pytest.approx(whole / 16 + machine.step_overhead)
+    assert conv.part_seconds(MACHINE, 16, channels=True) == pytest.approx(whole / 16 + MACHINE.step_overhead)
+    assert costs["/fc/Gemm"].shared_bytes == 4 * 512
