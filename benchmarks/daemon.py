@@ -211,10 +211,16 @@ def plot_timeline(model, samples, memory, steps, overhead):
     ax1.plot([t for t, _ in samples], [lat * 1e3 for _, lat in samples], ".", ms=3)
     ax1.set_ylabel("request latency (ms)")
     ax1.set_title(f"{model}: budget 100% → 25% → 60% → 10% → 100% of the top rung")
-    ax2.plot([t for t, _, _ in memory], [(r - overhead) / 2**20 for _, r, _ in memory], label="RSS − runtime overhead")
+    ax2.plot(
+        [t for t, _, _ in memory],
+        [(r - overhead) / 2**20 for _, r, _ in memory],
+        label="RSS − runtime overhead",
+    )
     times = [t for t, _ in steps] + [memory[-1][0] if memory else 0]
     for (t, b), t_next in zip(steps, times[1:], strict=False):
-        ax2.hlines(b / 2**20, t, t_next, colors="r", linestyles="--", label="budget" if t == steps[0][0] else None)
+        ax2.hlines(
+            b / 2**20, t, t_next, colors="r", linestyles="--", label="budget" if t == steps[0][0] else None
+        )
     ax2.set_ylabel("MiB")
     ax2.set_xlabel("time (s)")
     ax2.legend()
@@ -239,14 +245,23 @@ def bench_grpc(model: str, runs: int) -> dict:
                 c.infer(model, {spec.name: x})
                 sess.run({spec.name: x})
                 for _ in range(runs):
-                    for fn, out in ((lambda: sess.run({spec.name: x}), local), (lambda: c.infer(model, {spec.name: x}), remote)):
+                    for fn, out in (
+                        (lambda: sess.run({spec.name: x}), local),
+                        (lambda: c.infer(model, {spec.name: x}), remote),
+                    ):
                         start = time.perf_counter()
                         fn()
                         out.append(time.perf_counter() - start)
             sess.close()
             lm, rm = statistics.median(local), statistics.median(remote)
-            return {"model": model, "session_run_median_s": lm, "grpc_median_s": rm, "ratio": rm / lm,
-                    "overhead_s": rm - lm, "runs": runs}
+            return {
+                "model": model,
+                "session_run_median_s": lm,
+                "grpc_median_s": rm,
+                "ratio": rm / lm,
+                "overhead_s": rm - lm,
+                "runs": runs,
+            }
         finally:
             d.stop()
             d.close()
@@ -256,7 +271,9 @@ def bench_idle(model: str, starts: int) -> dict:
     ready_s, before = [], []
     for _ in range(starts + 1):  # the first start warms the numba cache and the package cache
         with tempfile.TemporaryDirectory() as tmp:
-            d = DaemonProcess(Path(tmp), ["--models", model, "--threads", "1", "--no-watch-pressure"], cache=CACHE)
+            d = DaemonProcess(
+                Path(tmp), ["--models", model, "--threads", "1", "--no-watch-pressure"], cache=CACHE
+            )
             start = time.perf_counter()
             d.start()
             ready_s.append(time.perf_counter() - start)

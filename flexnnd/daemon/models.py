@@ -216,7 +216,11 @@ class Models:
                 continue
             with self._lock:
                 model.close()
-                model.state, model.reason, model.share = "failed", f"{problem}; reload it with flexnnctl load {model.name}", None
+                model.state, model.reason, model.share = (
+                    "failed",
+                    f"{problem}; reload it with flexnnctl load {model.name}",
+                    None,
+                )
             self.events.publish(Event("error", model.reason, model=model.name))
             broken.append(model)
         if broken:
@@ -227,7 +231,9 @@ class Models:
     def committed(self) -> int:
         """Bytes the loaded plans hold now (arenas plus output copies)."""
         return sum(
-            m.session.plan.arena_bytes + m.session.output_bytes for m in self.all() if m.session and m.session.loaded
+            m.session.plan.arena_bytes + m.session.output_bytes
+            for m in self.all()
+            if m.session and m.session.loaded
         )
 
     def minimum(self) -> int:
@@ -249,7 +255,12 @@ class Models:
                 start = time.perf_counter()
                 in_child(package_with_ladder, str(package.path), str(self.cache_dir))
                 ladder = stored_ladder(package)
-                log.info("planned the ladder of %s: %d rungs in %.1f s", name, len(ladder), time.perf_counter() - start)
+                log.info(
+                    "planned the ladder of %s: %d rungs in %.1f s",
+                    name,
+                    len(ladder),
+                    time.perf_counter() - start,
+                )
             out_bytes = sum(t.nbytes for t in package.graph.outputs)
             rungs = [Rung(p.arena_bytes + out_bytes, p.predicted_seconds or 0.0, p) for p in ladder]
             model = Model(name, source, package, rungs, self.queue_depth)
@@ -260,15 +271,22 @@ class Models:
             if old is not None:
                 del self._models[name]
             self._models[name] = model
-            self.events.publish(Event("model", f"{'reloaded' if old is not None else 'loaded'} from {source}", model=name))
+            self.events.publish(
+                Event("model", f"{'reloaded' if old is not None else 'loaded'} from {source}", model=name)
+            )
             self.rebalance(self.total, reason=f"model {name} loaded")
             return model
 
     def _package(self, source: Path, verify: bool) -> Package:
         """The source's package; an import cache whose weights went bad is rebuilt from the .onnx."""
         try:
-            if not source.is_dir() and not (package_for_path(source, self.cache_dir / "packages") / MANIFEST).is_file():
-                in_child(package_with_ladder, str(source), str(self.cache_dir))  # import in a child: see prepare.py
+            if (
+                not source.is_dir()
+                and not (package_for_path(source, self.cache_dir / "packages") / MANIFEST).is_file()
+            ):
+                in_child(
+                    package_with_ladder, str(source), str(self.cache_dir)
+                )  # import in a child: see prepare.py
             return read_package(package_for(source, self.cache_dir / "packages"), verify=verify)
         except PackageError:
             if source.is_dir():
@@ -350,7 +368,11 @@ class Models:
                 session.adopt(rung.plan, rung.cost, overlap=overlapped)
         except FlexnnError as e:
             model.state, model.reason = "failed", str(e)
-            self.events.publish(Event("error", f"adopting a {rung.plan.arena_bytes:,}-byte plan failed: {e}", model=model.name))
+            self.events.publish(
+                Event(
+                    "error", f"adopting a {rung.plan.arena_bytes:,}-byte plan failed: {e}", model=model.name
+                )
+            )
             return
         model.state, model.reason, model.share = "ready", "", rung.cost
         self.swaps += session is not None

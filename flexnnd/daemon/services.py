@@ -232,7 +232,9 @@ class ControlService(control_pb2_grpc.ControlServicer):
     def ListPlans(self, request, context):
         with mapped_errors(context):
             model = self.daemon.models.get(request.model)
-            active = model.session.plan.arena_bytes if model.session is not None and model.session.loaded else -1
+            active = (
+                model.session.plan.arena_bytes if model.session is not None and model.session.loaded else -1
+            )
             return control_pb2.ListPlansResponse(
                 plans=[plan_info(model, r, r.plan.arena_bytes == active) for r in model.rungs]
             )
