@@ -22,7 +22,8 @@ from flexnnd.ops.base import Part
 # 4: Winograd transforms run over whole bands (a garbage tile column per tile row, output runs).
 # 5: Winograd also for 13-14 wide 3x3 convs, in finer output-channel chunks (their scratch differs).
 # 6: the plan file opens with an index, so one plan can be read without the others.
-PLAN_VERSION = 6
+# 7: index entries also give resident and streamed bytes and sliced layers, so listings read no plan.
+PLAN_VERSION = 7
 ALIGNMENT = 64
 
 
