@@ -42,7 +42,7 @@ from flexnnd.daemon.prepare import in_child
 from flexnnd.daemon.proto import inference_pb2, inference_pb2_grpc
 from flexnnd.daemon.proto.flexnn.control.v1 import control_pb2, control_pb2_grpc
 from flexnnd.daemon.sdnotify import Notifier, watchdog_interval
-from flexnnd.errors import BudgetTooSmall, ConfigError, FlexnnError, InvalidRequest
+from flexnnd.errors import BudgetTooSmall, ConfigError, FlexnnError, InvalidRequest, PlanError
 from flexnnd.sizes import format_size, parse_size
 from flexnnd.storage import write_atomically
 
@@ -136,7 +136,8 @@ class Daemon:
         write_atomically(path, f"{budget}\n", "state file")
 
     def set_operator_budget(self, text: str) -> Decision:
-        """`flexnnctl set-budget`: a size or "auto". Refused (not stored) below the smallest plans."""
+        """`flexnnctl set-budget`: a size or "auto". Refused (not stored) below the smallest plans,
+        or when a plan it needs cannot be read (PlanError naming the file; the old budget stays)."""
         text = text.strip()
         try:
             budget = None if text.lower() == "auto" else parse_size(text)
@@ -146,8 +147,15 @@ class Daemon:
             if budget is not None and budget < self.models.minimum():
                 names = ", ".join(m.name for m in self.models.all())
                 raise BudgetTooSmall(budget, self.models.minimum(), names)
+            previous = self.operator_budget
             self._write_operator_budget(budget)
             self.operator_budget = budget
+            try:
+                decision = self.reevaluate([], force=True, strict=True)
+            except PlanError:
+                self.operator_budget = previous  # nothing swapped: the budget in force stays the old one
+                self._write_operator_budget(previous)
+                raise
             self.events.publish(
                 Event(
                     "budget",
@@ -156,10 +164,13 @@ class Daemon:
                     to_bytes=budget or 0,
                 )
             )
-            return self.reevaluate([], force=True)
+            return decision
 
-    def reevaluate(self, pressure: list, force: bool = False) -> Decision:
-        """Decide the effective budget from every source; rebalance the models when it moved."""
+    def reevaluate(self, pressure: list, force: bool = False, strict: bool = False) -> Decision:
+        """Decide the effective budget from every source; rebalance the models when it moved.
+
+        A plan that cannot be read leaves every model on its current plan: strict raises the
+        PlanError, else it stands as an error event and the next tick tries again."""
         with self._budget_lock:
             reading = self.monitor.read() if self.monitor is not None else NO_READING
             decision = self.policy.decide(
@@ -172,9 +183,8 @@ class Daemon:
                 model_bytes=self.models.committed,
             )
             previous = self.models.total
-            self.decision = decision
             if decision.budget != previous or force:
-                reported = self._reported
+                reported, reported_source = self._reported, self._reported_source
                 if (
                     force
                     or _significant(reported, decision.budget)
@@ -191,7 +201,14 @@ class Daemon:
                         )
                     )
                     self._reported, self._reported_source = decision.budget, decision.source
-                self.models.rebalance(decision.budget, reason=f"{decision.source} budget")
+                try:
+                    self.models.rebalance(decision.budget, reason=f"{decision.source} budget")
+                except PlanError:
+                    self._reported, self._reported_source = reported, reported_source
+                    if strict:
+                        raise
+                    return decision  # not in force: status keeps the decision the models run under
+            self.decision = decision
             self._update_health()
             return decision
 
