@@ -4,8 +4,9 @@ The budget covers every loaded model: each model's share pays for its arena plus
 one inference makes. Each model's ladder gives its predicted latency per budget, and the split picks
 one rung per model so the summed latency is smallest (an exact multiple-choice knapsack over the
 Pareto fronts). A model holds its ladder's index and the plan it runs; a rung's plan is read from
-plans.json when it is adopted. A model runs one inference at a time on its arena; up to `queue_depth` more wait,
-beyond that a request is refused (Overloaded) rather than allocating outside the budget.
+plans.json when it is adopted. A model runs one inference at a time on its arena; up to
+`queue_depth` more wait, beyond that a request is refused (Overloaded) rather than allocating
+outside the budget.
 """
 
 from __future__ import annotations
@@ -388,9 +389,8 @@ class Models:
                     f"model {name!r}: cannot read its {rung.entry.arena_bytes:,}-byte plan, so no model "
                     f"swapped ({name} keeps {current}): {e}"
                 )
-                if (
-                    str(error) != self.plan_error
-                ):  # the main loop retries every tick: one event per new failure
+                # The main loop retries every tick: one event per new failure, not one per tick.
+                if str(error) != self.plan_error:
                     self.plan_error = str(error)
                     self.events.publish(Event("error", str(error), model=name))
                 raise error from None
