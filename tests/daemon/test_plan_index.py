@@ -5,6 +5,7 @@ start fails the swap, naming the file, while the model serves on with its curren
 from __future__ import annotations
 
 import gc
+import re
 import types
 
 import numpy as np
@@ -144,3 +145,30 @@ def test_plans_json_gone_or_corrupt_fails_set_budget_and_serving_goes_on(daemon,
         finally:
             path.write_bytes(intact)
             c.set_budget("auto")
+
+
+def test_a_rebalance_that_cannot_read_a_plan_changes_nothing(tmp_path, onnx_files):  # noqa: F811
+    models = Models(tmp_path / "cache", EventBus(), threads=1, queue_depth=1)
+    try:
+        a = models.load("a", onnx_files["a"])
+        x = {"x": x_for(seed=13)}
+        want = models.infer("a", x)["y"]
+        path = a.package_dir / LADDER_FILE
+        intact = path.read_bytes()
+        path.unlink()
+        running, total = a.session.plan, models.total
+        for _ in range(2):  # as the main loop retries each tick
+            with pytest.raises(
+                flexnnd.PlanError,
+                match=rf"keeps its {running.arena_bytes:,}-byte plan.*{re.escape(str(path))}",
+            ):
+                models.rebalance(a.minimum, reason="pressure")
+        assert a.ready and a.session.plan is running and models.total == total
+        errors = [e for e in models.events.history if e.kind == "error"]
+        assert len(errors) == 1 and str(path) in errors[0].message  # one event, not one per tick
+        np.testing.assert_array_equal(models.infer("a", x)["y"], want)
+        path.write_bytes(intact)
+        models.rebalance(a.minimum, reason="pressure")
+        assert a.ready and a.session.plan.arena_bytes == a.minimum - a.session.output_bytes
+    finally:
+        models.close()
