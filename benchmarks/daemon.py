@@ -11,6 +11,8 @@
   10% → 100% of the top rung (PNG).
 - grpc: MobileNetV2 over the Unix socket vs Session.run in this process, interleaved blocks.
 - idle: the daemon's RSS and anonymous RSS before any model, and time to READY with a warm cache.
+- memory: per model set (ResNet-50, VGG-16, both), RSS after READY minus RSS before the models and
+  minus the models' shares (arena and output copies): what the models hold besides their budget.
 
 Writes benchmarks/results/daemon.json and daemon-timeline.png.
 """
@@ -89,14 +91,18 @@ class Load:
         return max((b - a for a, b in itertools.pairwise(points)), default=float("nan"))
 
 
-def start_daemon(tmp: Path, models: list[str]) -> DaemonProcess:
-    d = DaemonProcess(tmp, ["--models", *models, "--threads", "1", "--no-watch-pressure"], cache=CACHE)
+def start_daemon(tmp: Path, models: list[str], models_dir: Path | None = None) -> DaemonProcess:
+    """A daemon serving zoo names, or with `models_dir` package folders (or .onnx files) inside it."""
+    where = ["--models-dir", str(models_dir)] if models_dir is not None else []
+    d = DaemonProcess(
+        tmp, [*where, "--models", *models, "--threads", "1", "--no-watch-pressure"], cache=CACHE
+    )
     return d.start()
 
 
-def bench_swaps(model: str, repeats: int) -> dict:
+def bench_swaps(model: str, repeats: int, models_dir: Path | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        d = start_daemon(Path(tmp), [model])
+        d = start_daemon(Path(tmp), [model], models_dir)
         try:
             with d.client() as c:
                 plans = c.plans(model)
@@ -211,10 +217,16 @@ def plot_timeline(model, samples, memory, steps, overhead):
     ax1.plot([t for t, _ in samples], [lat * 1e3 for _, lat in samples], ".", ms=3)
     ax1.set_ylabel("request latency (ms)")
     ax1.set_title(f"{model}: budget 100% → 25% → 60% → 10% → 100% of the top rung")
-    ax2.plot([t for t, _, _ in memory], [(r - overhead) / 2**20 for _, r, _ in memory], label="RSS − runtime overhead")
+    ax2.plot(
+        [t for t, _, _ in memory],
+        [(r - overhead) / 2**20 for _, r, _ in memory],
+        label="RSS − runtime overhead",
+    )
     times = [t for t, _ in steps] + [memory[-1][0] if memory else 0]
     for (t, b), t_next in zip(steps, times[1:], strict=False):
-        ax2.hlines(b / 2**20, t, t_next, colors="r", linestyles="--", label="budget" if t == steps[0][0] else None)
+        ax2.hlines(
+            b / 2**20, t, t_next, colors="r", linestyles="--", label="budget" if t == steps[0][0] else None
+        )
     ax2.set_ylabel("MiB")
     ax2.set_xlabel("time (s)")
     ax2.legend()
@@ -239,14 +251,23 @@ def bench_grpc(model: str, runs: int) -> dict:
                 c.infer(model, {spec.name: x})
                 sess.run({spec.name: x})
                 for _ in range(runs):
-                    for fn, out in ((lambda: sess.run({spec.name: x}), local), (lambda: c.infer(model, {spec.name: x}), remote)):
+                    for fn, out in (
+                        (lambda: sess.run({spec.name: x}), local),
+                        (lambda: c.infer(model, {spec.name: x}), remote),
+                    ):
                         start = time.perf_counter()
                         fn()
                         out.append(time.perf_counter() - start)
             sess.close()
             lm, rm = statistics.median(local), statistics.median(remote)
-            return {"model": model, "session_run_median_s": lm, "grpc_median_s": rm, "ratio": rm / lm,
-                    "overhead_s": rm - lm, "runs": runs}
+            return {
+                "model": model,
+                "session_run_median_s": lm,
+                "grpc_median_s": rm,
+                "ratio": rm / lm,
+                "overhead_s": rm - lm,
+                "runs": runs,
+            }
         finally:
             d.stop()
             d.close()
@@ -256,7 +277,9 @@ def bench_idle(model: str, starts: int) -> dict:
     ready_s, before = [], []
     for _ in range(starts + 1):  # the first start warms the numba cache and the package cache
         with tempfile.TemporaryDirectory() as tmp:
-            d = DaemonProcess(Path(tmp), ["--models", model, "--threads", "1", "--no-watch-pressure"], cache=CACHE)
+            d = DaemonProcess(
+                Path(tmp), ["--models", model, "--threads", "1", "--no-watch-pressure"], cache=CACHE
+            )
             start = time.perf_counter()
             d.start()
             ready_s.append(time.perf_counter() - start)
@@ -276,12 +299,46 @@ def bench_idle(model: str, starts: int) -> dict:
     }
 
 
+def _size_bytes(text: str) -> int:
+    """format_size's text back to bytes (0.1-unit precision)."""
+    scale = {"G": 1 << 30, "M": 1 << 20, "K": 1 << 10, "B": 1}[text[-1]]
+    return int(float(text[:-1]) * scale)
+
+
+def bench_memory(models: list[str], models_dir: Path | None = None, settle_s: float = 3.0) -> dict:
+    """RSS the models hold beyond their shares of the budget (auto: every model on its top rung)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        d = start_daemon(Path(tmp), models, models_dir)
+        try:
+            line = next(ln for ln in d.log().splitlines() if "runtime before models" in ln)
+            before = _size_bytes(line.split("runtime before models: RSS ")[1].split(",")[0])
+            time.sleep(settle_s)  # the main loop's first ticks (heap trim) are over
+            rss = proc_status(d.proc.pid)["VmRSS"]
+            with d.client() as c:
+                shares = {m.name: m.budget_bytes for m in c.status().models}
+        finally:
+            d.stop()
+            d.close()
+    beside = rss - before - sum(shares.values())
+    return {
+        "models": models,
+        "rss_before_models_bytes": before,
+        "rss_bytes": rss,
+        "shares_bytes": shares,
+        "beside_shares_bytes": beside,
+        "beside_shares_mib": round(beside / 2**20, 1),
+    }
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", nargs="*", default=["idle", "grpc", "swaps", "timeline"])
     parser.add_argument("--swap-models", nargs="*", default=["resnet50", "vgg16"])
     parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--out", type=Path, default=RESULTS / "daemon.json")
+    parser.add_argument(
+        "--models-dir", type=Path, help="serve --swap-models as package folders in this directory"
+    )
     args = parser.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out: dict = json.loads(args.out.read_text()) if args.out.exists() else {}  # parts not rerun are kept
@@ -293,8 +350,12 @@ def main(argv=None) -> int:
         out["grpc"] = bench_grpc("mobilenet_v2", 30)
         print(json.dumps(out["grpc"], indent=1), flush=True)
     if "swaps" in args.parts:
-        out["swaps"] = [bench_swaps(m, args.repeats) for m in args.swap_models]
+        out["swaps"] = [bench_swaps(m, args.repeats, args.models_dir) for m in args.swap_models]
         print(json.dumps(out["swaps"], indent=1), flush=True)
+    if "memory" in args.parts:
+        sets = [[m] for m in args.swap_models] + ([args.swap_models] if len(args.swap_models) > 1 else [])
+        out["memory"] = [bench_memory(ms, args.models_dir) for ms in sets]
+        print(json.dumps(out["memory"], indent=1), flush=True)
     if "timeline" in args.parts:
         out["timeline"] = bench_timeline("resnet50", 4.0)
         print(json.dumps(out["timeline"], indent=1), flush=True)

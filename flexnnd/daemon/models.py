@@ -3,8 +3,10 @@
 The budget covers every loaded model: each model's share pays for its arena plus the output copies
 one inference makes. Each model's ladder gives its predicted latency per budget, and the split picks
 one rung per model so the summed latency is smallest (an exact multiple-choice knapsack over the
-Pareto fronts). A model runs one inference at a time on its arena; up to `queue_depth` more wait,
-beyond that a request is refused (Overloaded) rather than allocating outside the budget.
+Pareto fronts). A model holds its ladder's index and the plan it runs; a rung's plan is read from
+plans.json when it is adopted. A model runs one inference at a time on its arena; up to
+`queue_depth` more wait, beyond that a request is refused (Overloaded) rather than allocating
+outside the budget.
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ from flexnnd.errors import (
     ModelNotReady,
     Overloaded,
     PackageError,
+    PlanError,
 )
 from flexnnd.graph.package import MANIFEST, Package, read_package
-from flexnnd.planner.ladder import stored_ladder
+from flexnnd.planner.ladder import LADDER_FILE, stored_rungs
 from flexnnd.planner.plan import Plan
+from flexnnd.planner.plan_file import IndexEntry, read_plan
 from flexnnd.runtime.session import Session, TensorSpec, package_for, package_for_path
 
 log = logging.getLogger("flexnnd.models")
@@ -45,7 +49,7 @@ log = logging.getLogger("flexnnd.models")
 class Rung:
     cost: int  # bytes of the model's share: arena plus one inference's output copies
     seconds: float  # predicted latency
-    plan: Plan
+    entry: IndexEntry  # the plan's place in plans.json: read when adopted, not held
 
 
 def split_budget(rungs: Mapping[str, list[Rung]], total: int | None) -> dict[str, Rung] | None:
@@ -184,6 +188,7 @@ class Models:
         self._lock = threading.RLock()  # held across a whole rebalance: swaps never interleave
         self.total: int | None = None
         self.swaps = 0
+        self.plan_error = ""  # why the last rebalance could not read a plan ("" when it could)
 
     def names(self) -> list[str]:
         return list(self._models)
@@ -216,18 +221,24 @@ class Models:
                 continue
             with self._lock:
                 model.close()
-                model.state, model.reason, model.share = "failed", f"{problem}; reload it with flexnnctl load {model.name}", None
+                model.state, model.reason, model.share = (
+                    "failed",
+                    f"{problem}; reload it with flexnnctl load {model.name}",
+                    None,
+                )
             self.events.publish(Event("error", model.reason, model=model.name))
             broken.append(model)
         if broken:
-            self.rebalance(self.total, reason="a model failed")
+            self._rebalance_or_keep("a model failed")
         return broken
 
     @property
     def committed(self) -> int:
         """Bytes the loaded plans hold now (arenas plus output copies)."""
         return sum(
-            m.session.plan.arena_bytes + m.session.output_bytes for m in self.all() if m.session and m.session.loaded
+            m.session.plan.arena_bytes + m.session.output_bytes
+            for m in self.all()
+            if m.session and m.session.loaded
         )
 
     def minimum(self) -> int:
@@ -244,14 +255,19 @@ class Models:
             if old is not None and old.state != "failed":
                 raise FlexnnError(f"a model named {name!r} is already loaded (from {old.source})")
             package = self._package(source, verify=old is not None)  # a reload re-checks every byte
-            ladder = stored_ladder(package)
+            ladder = stored_rungs(package)
             if ladder is None:
                 start = time.perf_counter()
                 in_child(package_with_ladder, str(package.path), str(self.cache_dir))
-                ladder = stored_ladder(package)
-                log.info("planned the ladder of %s: %d rungs in %.1f s", name, len(ladder), time.perf_counter() - start)
+                ladder = stored_rungs(package)
+                log.info(
+                    "planned the ladder of %s: %d rungs in %.1f s",
+                    name,
+                    len(ladder),
+                    time.perf_counter() - start,
+                )
             out_bytes = sum(t.nbytes for t in package.graph.outputs)
-            rungs = [Rung(p.arena_bytes + out_bytes, p.predicted_seconds or 0.0, p) for p in ladder]
+            rungs = [Rung(e.arena_bytes + out_bytes, e.predicted_seconds or 0.0, e) for e in ladder]
             model = Model(name, source, package, rungs, self.queue_depth)
             if required and self.total is not None:
                 others = sum(m.minimum for m in self.all() if m.state not in ("no-fit", "failed"))
@@ -260,15 +276,28 @@ class Models:
             if old is not None:
                 del self._models[name]
             self._models[name] = model
-            self.events.publish(Event("model", f"{'reloaded' if old is not None else 'loaded'} from {source}", model=name))
-            self.rebalance(self.total, reason=f"model {name} loaded")
+            try:
+                self.rebalance(self.total, reason=f"model {name} loaded")
+            except PlanError:  # a plan could not be read: nothing was swapped, the model is not added
+                del self._models[name]
+                if old is not None:
+                    self._models[name] = old
+                raise
+            self.events.publish(
+                Event("model", f"{'reloaded' if old is not None else 'loaded'} from {source}", model=name)
+            )
             return model
 
     def _package(self, source: Path, verify: bool) -> Package:
         """The source's package; an import cache whose weights went bad is rebuilt from the .onnx."""
         try:
-            if not source.is_dir() and not (package_for_path(source, self.cache_dir / "packages") / MANIFEST).is_file():
-                in_child(package_with_ladder, str(source), str(self.cache_dir))  # import in a child: see prepare.py
+            if (
+                not source.is_dir()
+                and not (package_for_path(source, self.cache_dir / "packages") / MANIFEST).is_file()
+            ):
+                in_child(
+                    package_with_ladder, str(source), str(self.cache_dir)
+                )  # import in a child: see prepare.py
             return read_package(package_for(source, self.cache_dir / "packages"), verify=verify)
         except PackageError:
             if source.is_dir():
@@ -285,7 +314,7 @@ class Models:
             del self._models[name]
             model.close()
             self.events.publish(Event("model", "unloaded", model=name))
-            self.rebalance(self.total, reason=f"model {name} unloaded")
+            self._rebalance_or_keep(f"model {name} unloaded")
 
     def close(self) -> None:
         with self._lock:
@@ -308,10 +337,13 @@ class Models:
 
         A growing model keeps serving on its old plan while the new arena loads when the old and
         new arenas fit the budget together; otherwise it waits for its inference in flight.
+        Every plan to adopt is read first: if one cannot be, PlanError (naming the file) and
+        nothing changes, the models serve on with their current plans.
         """
         with self._lock:
-            self.total = total
             chosen, left_out = self.plan_split(total)
+            plans = self._read_plans(chosen)
+            self.total = total
             for model in left_out:
                 if model.state not in ("no-fit", "failed"):
                     model.close()
@@ -326,43 +358,86 @@ class Models:
             def size(m: Model) -> int:
                 return m.session.plan.arena_bytes if m.session and m.session.loaded else 0
 
-            order = sorted(chosen, key=lambda n: chosen[n].plan.arena_bytes - size(self._models[n]))
+            order = sorted(chosen, key=lambda n: chosen[n].entry.arena_bytes - size(self._models[n]))
             for name in order:
-                self._adopt(self._models[name], chosen[name], total, reason)
+                self._adopt(self._models[name], chosen[name], plans.get(name), total, reason)
 
-    def _adopt(self, model: Model, rung: Rung, total: int | None, reason: str) -> None:
+    def _rebalance_or_keep(self, reason: str) -> None:
+        """Rebalance after a model left; a plan that cannot be read leaves the others as they are."""
+        try:
+            self.rebalance(self.total, reason=reason)
+        except PlanError as e:
+            log.warning("after %s the other models keep their plans: %s", reason, e)
+
+    def _read_plans(self, chosen: Mapping[str, Rung]) -> dict[str, tuple[Plan, float]]:
+        """The plan (and seconds its read took) of every model whose rung changes; PlanError, also
+        published as an event once, when one of them cannot be read."""
+        plans = {}
+        for name, rung in chosen.items():
+            model = self._models[name]
+            session = model.session
+            if session is not None and session.loaded and session.plan.arena_bytes == rung.entry.arena_bytes:
+                continue
+            start = time.perf_counter()
+            try:
+                plan = read_plan(model.package_dir / LADDER_FILE, rung.entry, model.package.graph)
+            except PlanError as e:
+                current = (
+                    f"its {session.plan.arena_bytes:,}-byte plan" if session and session.loaded else "no plan"
+                )
+                error = PlanError(
+                    f"model {name!r}: cannot read its {rung.entry.arena_bytes:,}-byte plan, so no model "
+                    f"swapped ({name} keeps {current}): {e}"
+                )
+                # The main loop retries every tick: one event per new failure, not one per tick.
+                if str(error) != self.plan_error:
+                    self.plan_error = str(error)
+                    self.events.publish(Event("error", str(error), model=name))
+                raise error from None
+            plans[name] = (plan, time.perf_counter() - start)
+        self.plan_error = ""
+        return plans
+
+    def _adopt(
+        self, model: Model, rung: Rung, read: tuple[Plan, float] | None, total: int | None, reason: str
+    ) -> None:
         session = model.session
-        if session is not None and session.loaded and session.plan.arena_bytes == rung.plan.arena_bytes:
+        if read is None:  # the rung it runs already
             model.share = rung.cost
             return
-        start = time.perf_counter()
+        plan, read_seconds = read
+        start = time.perf_counter() - read_seconds
         try:
             if session is None:
-                # The ladder was read and verified at load: the session takes it as it is.
-                ladder = [r.plan for r in model.rungs]
-                model.session = Session(model.package, budget=rung.cost, threads=self.threads, ladder=ladder)
+                # The session chooses among the index entries; the plan was read for it already.
+                entries = [r.entry for r in model.rungs]
+                model.session = Session(
+                    model.package, budget=rung.cost, threads=self.threads, ladder=entries, plan=plan
+                )
                 _warm(model.session)
                 before, overlapped = 0, False
             else:
                 before = session.plan.arena_bytes if session.loaded else 0
-                grow = rung.plan.arena_bytes > before
+                grow = plan.arena_bytes > before
                 overlapped = grow and (total is None or self.committed + rung.cost <= total)
-                session.adopt(rung.plan, rung.cost, overlap=overlapped)
+                session.adopt(plan, rung.cost, overlap=overlapped)
         except FlexnnError as e:
             model.state, model.reason = "failed", str(e)
-            self.events.publish(Event("error", f"adopting a {rung.plan.arena_bytes:,}-byte plan failed: {e}", model=model.name))
+            self.events.publish(
+                Event("error", f"adopting a {plan.arena_bytes:,}-byte plan failed: {e}", model=model.name)
+            )
             return
         model.state, model.reason, model.share = "ready", "", rung.cost
         self.swaps += session is not None
         self.events.publish(
             Event(
                 "swap",
-                f"arena {before:,} → {rung.plan.arena_bytes:,} bytes"
+                f"arena {before:,} → {plan.arena_bytes:,} bytes"
                 + (" (old plan served meanwhile)" if overlapped else "")
                 + (f": {reason}" if reason else ""),
                 model=model.name,
                 from_bytes=before,
-                to_bytes=rung.plan.arena_bytes,
+                to_bytes=plan.arena_bytes,
                 duration_s=time.perf_counter() - start,
             )
         )

@@ -42,7 +42,7 @@ from flexnnd.daemon.prepare import in_child
 from flexnnd.daemon.proto import inference_pb2, inference_pb2_grpc
 from flexnnd.daemon.proto.flexnn.control.v1 import control_pb2, control_pb2_grpc
 from flexnnd.daemon.sdnotify import Notifier, watchdog_interval
-from flexnnd.errors import BudgetTooSmall, ConfigError, FlexnnError, InvalidRequest
+from flexnnd.errors import BudgetTooSmall, ConfigError, FlexnnError, InvalidRequest, PlanError
 from flexnnd.sizes import format_size, parse_size
 from flexnnd.storage import write_atomically
 
@@ -58,7 +58,9 @@ BUDGET_FILE = "budget"
 LOADED_FILE = "models.json"  # models loaded with LoadModel: name -> path in the models directory  # the operator's budget in the state directory: a size, absent means auto
 MAX_WATCHERS = 8
 TRIM_SLACK = 16 << 20  # RSS beyond runtime + plans that makes the main loop return free heap pages
-CHANGES = frozenset({"created", "modified", "moved", "deleted", "closed"})  # watchdog event types that change a file
+CHANGES = frozenset(
+    {"created", "modified", "moved", "deleted", "closed"}
+)  # watchdog event types that change a file
 TICK_S = 0.5  # the main loop's longest sleep: the bound on reacting to a signal flag
 
 
@@ -134,7 +136,8 @@ class Daemon:
         write_atomically(path, f"{budget}\n", "state file")
 
     def set_operator_budget(self, text: str) -> Decision:
-        """`flexnnctl set-budget`: a size or "auto". Refused (not stored) below the smallest plans."""
+        """`flexnnctl set-budget`: a size or "auto". Refused (not stored) below the smallest plans,
+        or when a plan it needs cannot be read (PlanError naming the file; the old budget stays)."""
         text = text.strip()
         try:
             budget = None if text.lower() == "auto" else parse_size(text)
@@ -144,16 +147,30 @@ class Daemon:
             if budget is not None and budget < self.models.minimum():
                 names = ", ".join(m.name for m in self.models.all())
                 raise BudgetTooSmall(budget, self.models.minimum(), names)
+            previous = self.operator_budget
             self._write_operator_budget(budget)
             self.operator_budget = budget
+            try:
+                decision = self.reevaluate([], force=True, strict=True)
+            except PlanError:
+                self.operator_budget = previous  # nothing swapped: the budget in force stays the old one
+                self._write_operator_budget(previous)
+                raise
             self.events.publish(
-                Event("budget", f"operator budget {'auto' if budget is None else format_size(budget)}",
-                      source="operator", to_bytes=budget or 0)
+                Event(
+                    "budget",
+                    f"operator budget {'auto' if budget is None else format_size(budget)}",
+                    source="operator",
+                    to_bytes=budget or 0,
+                )
             )
-            return self.reevaluate([], force=True)
+            return decision
 
-    def reevaluate(self, pressure: list, force: bool = False) -> Decision:
-        """Decide the effective budget from every source; rebalance the models when it moved."""
+    def reevaluate(self, pressure: list, force: bool = False, strict: bool = False) -> Decision:
+        """Decide the effective budget from every source; rebalance the models when it moved.
+
+        A plan that cannot be read leaves every model on its current plan: strict raises the
+        PlanError, else it stands as an error event and the next tick tries again."""
         with self._budget_lock:
             reading = self.monitor.read() if self.monitor is not None else NO_READING
             decision = self.policy.decide(
@@ -166,10 +183,13 @@ class Daemon:
                 model_bytes=self.models.committed,
             )
             previous = self.models.total
-            self.decision = decision
             if decision.budget != previous or force:
-                reported = self._reported
-                if force or _significant(reported, decision.budget) or decision.source != self._reported_source:
+                reported, reported_source = self._reported, self._reported_source
+                if (
+                    force
+                    or _significant(reported, decision.budget)
+                    or decision.source != self._reported_source
+                ):
                     self.events.publish(
                         Event(
                             "budget",
@@ -181,7 +201,14 @@ class Daemon:
                         )
                     )
                     self._reported, self._reported_source = decision.budget, decision.source
-                self.models.rebalance(decision.budget, reason=f"{decision.source} budget")
+                try:
+                    self.models.rebalance(decision.budget, reason=f"{decision.source} budget")
+                except PlanError:
+                    self._reported, self._reported_source = reported, reported_source
+                    if strict:
+                        raise
+                    return decision  # not in force: status keeps the decision the models run under
+            self.decision = decision
             self._update_health()
             return decision
 
@@ -192,7 +219,9 @@ class Daemon:
         models_dir = self.dirs.models.resolve()
         candidate = (models_dir / spec).resolve()
         if not candidate.is_relative_to(models_dir):
-            raise InvalidRequest(f"model {spec!r} resolves to {candidate}, outside the models directory {models_dir}")
+            raise InvalidRequest(
+                f"model {spec!r} resolves to {candidate}, outside the models directory {models_dir}"
+            )
         if candidate.exists():
             return candidate
         if spec in zoo.MODELS:
@@ -246,7 +275,11 @@ class Daemon:
         return bool(models) and all(m.ready for m in models)
 
     def _update_health(self) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if self.ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if self.ready
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for service in ("", "inference.GRPCInferenceService"):
             self.health.set(service, status)
 
@@ -313,7 +346,9 @@ class Daemon:
                 try:
                     self.models.load(name, self._resolve_model(spec))
                 except FlexnnError as e:
-                    self.events.publish(Event("error", f"cannot load {name} again after the restart: {e}", model=name))
+                    self.events.publish(
+                        Event("error", f"cannot load {name} again after the restart: {e}", model=name)
+                    )
         self.servers = self._start_servers()
         self.runtime_overhead = max(0, psutil.Process().memory_info().rss - self.models.committed)
         log.info("runtime overhead %s (RSS beside the models' arenas)", format_size(self.runtime_overhead))
@@ -334,11 +369,15 @@ class Daemon:
                 )
             )
             monitor.open()
-            log.info("memory signals: %s", ", ".join(monitor.sources) or "none (limits and MemAvailable polled)")
+            log.info(
+                "memory signals: %s", ", ".join(monitor.sources) or "none (limits and MemAvailable polled)"
+            )
             return monitor
         except (OSError, ValueError, FlexnnError) as e:
             # Not silent: logged and shown as an error event; the other budget sources still apply.
-            self.events.publish(Event("error", f"memory monitor unavailable, budget from the operator only: {e}"))
+            self.events.publish(
+                Event("error", f"memory monitor unavailable, budget from the operator only: {e}")
+            )
             return None
 
     def _grpc_server(self, interceptors: list) -> grpc.Server:
@@ -392,7 +431,9 @@ class Daemon:
         if config.tls_cert and config.tls_key:
             if token is None:
                 raise ConfigError("TCP serving with TLS also needs token_file (a bearer token)")
-            creds = grpc.ssl_server_credentials([(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())])
+            creds = grpc.ssl_server_credentials(
+                [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())]
+            )
             port = server.add_secure_port(address, creds)
         elif config.allow_insecure_loopback and _is_loopback(address):
             port = server.add_insecure_port(address)
@@ -417,7 +458,9 @@ class Daemon:
 
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event):
-                if event.event_type not in CHANGES:  # our own read opens the file: reacting to that loops forever
+                if (
+                    event.event_type not in CHANGES
+                ):  # our own read opens the file: reacting to that loops forever
                     return
                 for p in (event.src_path, getattr(event, "dest_path", "")):
                     if p and Path(p).resolve() in watched:
@@ -441,7 +484,9 @@ class Daemon:
                     return
                 if budget != self.operator_budget:
                     self.operator_budget = budget
-                    self.events.publish(Event("budget", f"budget file changed: {_fmt(budget)}", source="operator"))
+                    self.events.publish(
+                        Event("budget", f"budget file changed: {_fmt(budget)}", source="operator")
+                    )
                     self._pending_reevaluate = True
         else:
             self.reload_requested = True
@@ -457,8 +502,10 @@ class Daemon:
             self.notifier.ready()
             return
         needs_restart = [
-            f.name for f in dataclasses.fields(Config)
-            if f.name in ("socket", "tcp_address", "runtime_dir", "state_dir", "cache_dir", "tls_cert", "tls_key")
+            f.name
+            for f in dataclasses.fields(Config)
+            if f.name
+            in ("socket", "tcp_address", "runtime_dir", "state_dir", "cache_dir", "tls_cert", "tls_key")
             and getattr(fresh, f.name) != getattr(self.config, f.name)
         ]
         if needs_restart:
@@ -515,7 +562,9 @@ class Daemon:
                     self.notifier.watchdog()
                     last_ping = now
                 else:
-                    log.error("an inference has run for over %.0f s: withholding the watchdog ping", 2 * interval)
+                    log.error(
+                        "an inference has run for over %.0f s: withholding the watchdog ping", 2 * interval
+                    )
             status = self.status_text()
             if status != self._status_sent:  # systemd needs changes, not a stream of repeats
                 self.notifier.status(status)
@@ -597,7 +646,9 @@ class TokenInterceptor(grpc.ServerInterceptor):
         self._token = token.encode()
 
         def deny(request, context):
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid 'authorization: Bearer <token>' header is required")
+            context.abort(
+                grpc.StatusCode.UNAUTHENTICATED, "a valid 'authorization: Bearer <token>' header is required"
+            )
 
         self._deny = grpc.unary_unary_rpc_method_handler(deny)
 
@@ -649,7 +700,9 @@ def tune_malloc() -> bool:
     stays in the heap, RSS the budget cannot see."""
     try:
         libc = ctypes.CDLL(None)
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(M_TRIM_THRESHOLD, MMAP_THRESHOLD))
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
+            libc.mallopt(M_TRIM_THRESHOLD, MMAP_THRESHOLD)
+        )
     except (OSError, AttributeError):  # not glibc: nothing to tune
         return False
 

@@ -148,15 +148,16 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
 
 def plan_info(model, rung, active: bool) -> control_pb2.PlanInfo:
-    plan = rung.plan
+    """One rung as ListPlans shows it, from its index entry alone: listing reads no plan."""
+    entry = rung.entry
     return control_pb2.PlanInfo(
         budget_bytes=rung.cost,
-        arena_bytes=plan.arena_bytes,
-        resident_bytes=sum(plan.region[p].nbytes for p in plan.resident),
-        streamed_bytes=sum(plan.region[ld.piece].nbytes for ld in plan.loads),
-        sliced_layers=sorted({s.node for s in plan.steps if s.part is not None}),
+        arena_bytes=entry.arena_bytes,
+        resident_bytes=entry.resident_bytes,
+        streamed_bytes=entry.streamed_bytes,
+        sliced_layers=entry.sliced_layers,
         predicted_latency_s=rung.seconds,
-        measured_latency_s=model.measured.get(plan.arena_bytes, 0.0),
+        measured_latency_s=model.measured.get(entry.arena_bytes, 0.0),
         active=active,
     )
 
@@ -176,7 +177,7 @@ def model_status(model) -> control_pb2.ModelStatus:
         streamed_bytes=stats.get("streamed_bytes", 0),
         sliced_layers=len({s.node for s in session.plan.steps if s.part is not None}) if stats else 0,
         predicted_latency_s=next(
-            (r.seconds for r in model.rungs if stats and r.plan.arena_bytes == stats["arena_bytes"]), 0.0
+            (r.seconds for r in model.rungs if stats and r.entry.arena_bytes == stats["arena_bytes"]), 0.0
         ),
         last_latency_s=(stats.get("last_inference_seconds") or 0.0) if stats else 0.0,
         inferences=model.inferences,
@@ -232,9 +233,11 @@ class ControlService(control_pb2_grpc.ControlServicer):
     def ListPlans(self, request, context):
         with mapped_errors(context):
             model = self.daemon.models.get(request.model)
-            active = model.session.plan.arena_bytes if model.session is not None and model.session.loaded else -1
+            active = (
+                model.session.plan.arena_bytes if model.session is not None and model.session.loaded else -1
+            )
             return control_pb2.ListPlansResponse(
-                plans=[plan_info(model, r, r.plan.arena_bytes == active) for r in model.rungs]
+                plans=[plan_info(model, r, r.entry.arena_bytes == active) for r in model.rungs]
             )
 
     def WatchEvents(self, request, context):

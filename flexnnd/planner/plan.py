@@ -22,8 +22,9 @@ from flexnnd.ops.base import Part
 # 4: Winograd transforms run over whole bands (a garbage tile column per tile row, output runs).
 # 5: Winograd also for 13-14 wide 3x3 convs, in finer output-channel chunks (their scratch differs).
 # 6: the plan file opens with an index, so one plan can be read without the others.
-# 7: rungs sliced for streaming speed (the simulator chooses), the smallest rung loads ahead.
-PLAN_VERSION = 7
+# 7: index entries also give resident and streamed bytes and sliced layers, so listings read no plan.
+# 8: rungs sliced for streaming speed (the simulator chooses), the smallest rung loads ahead.
+PLAN_VERSION = 8
 ALIGNMENT = 64
 
 

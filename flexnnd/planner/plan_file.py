@@ -84,14 +84,26 @@ def _dumps(document: dict[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class IndexEntry:
-    """One plan of a file, as its index lists it; enough to choose a rung without reading it."""
+    """One plan of a file, as its index lists it: enough to choose and to list a rung without reading it."""
 
     model: str
     budget: int | None
     arena_bytes: int
     predicted_seconds: float | None
+    resident_bytes: int  # weights loaded once, at adoption
+    streamed_bytes: int  # weights read on every inference
+    sliced_layers: tuple[str, ...]  # nodes run in parts, sorted
     offset: int  # byte offset of the plan's JSON text in the file
     length: int  # its bytes
+
+
+def summary(plan: Plan) -> tuple[int, int, tuple[str, ...]]:
+    """What a listing shows of a plan besides its sizes: resident bytes, streamed bytes, sliced layers."""
+    return (
+        sum(plan.region[p].nbytes for p in plan.resident),
+        sum(plan.region[ld.piece].nbytes for ld in plan.loads),
+        tuple(sorted({s.node for s in plan.steps if s.part is not None})),
+    )
 
 
 _WIDTH = 12  # offsets are zero-padded strings, so the index is as long before as after they are known
@@ -99,11 +111,20 @@ _WIDTH = 12  # offsets are zero-padded strings, so the index is as long before a
 
 def _render(plans: Sequence[Plan], weights_sha256: str) -> bytes:
     texts = [_dumps(plan_to_json(p)).encode() for p in plans]
+    summaries = [summary(p) for p in plans]
 
     def document(offsets: Sequence[int]) -> bytes:
         index = [
-            [p.model, p.budget, p.arena_bytes, p.predicted_seconds, f"{o:0{_WIDTH}d}", f"{len(t):0{_WIDTH}d}"]
-            for p, o, t in zip(plans, offsets, texts, strict=True)
+            [
+                p.model,
+                p.budget,
+                p.arena_bytes,
+                p.predicted_seconds,
+                *s,
+                f"{o:0{_WIDTH}d}",
+                f"{len(t):0{_WIDTH}d}",
+            ]
+            for p, s, o, t in zip(plans, summaries, offsets, texts, strict=True)
         ]
         head = {"format": FORMAT, "version": PLAN_VERSION, "weights_sha256": weights_sha256, "index": index}
         return (_dumps({**head, "plans": [plan_to_json(p) for p in plans]}) + "\n").encode()
@@ -142,6 +163,21 @@ def _check_head(path: Path, document: Any, weights_sha256: str) -> None:
         raise PlanError(f"{path} was planned for other weights than this package holds; {REDO}")
 
 
+def _entry(row: Sequence[Any]) -> IndexEntry:
+    model, budget, arena, predicted, resident, streamed, sliced, offset, length = row
+    return IndexEntry(
+        model,
+        budget,
+        int(arena),
+        predicted,
+        int(resident),
+        int(streamed),
+        tuple(sliced),
+        int(offset),
+        int(length),
+    )
+
+
 def read_index(path: str | os.PathLike, weights_sha256: str) -> list[IndexEntry]:
     """The index of a plan file, without reading its plans; PlanError (StalePlanFile for another
     format version) saying what to do when the file is not a current one."""
@@ -166,10 +202,7 @@ def read_index(path: str | os.PathLike, weights_sha256: str) -> list[IndexEntry]
         raise PlanError(f"{path} is corrupt ({e}); {REDO}") from None
     _check_head(path, document, weights_sha256)
     try:
-        return [
-            IndexEntry(model, budget, int(arena), predicted, int(offset), int(length))
-            for model, budget, arena, predicted, offset, length in document["index"]
-        ]
+        return [_entry(row) for row in document["index"]]
     except (KeyError, TypeError, ValueError) as e:
         raise PlanError(f"{path} is corrupt ({type(e).__name__}: {e}); {REDO}") from None
 
@@ -182,13 +215,26 @@ def read_plan(path: str | os.PathLike, entry: IndexEntry, graph: Graph) -> Plan:
             f.seek(entry.offset)
             text = f.read(entry.length)
         plan = plan_from_json(json.loads(text))
+        listed = (
+            entry.model,
+            entry.arena_bytes,
+            entry.resident_bytes,
+            entry.streamed_bytes,
+            entry.sliced_layers,
+        )
+        matches = (plan.model, plan.arena_bytes, *summary(plan)) == listed
     except FileNotFoundError:
         raise PlanError(f"{path}: no plans; {REDO}") from None
+    except OSError as e:
+        raise PlanError(f"{path} is unreadable: {e}") from None
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
         raise PlanError(f"{path} is corrupt ({type(e).__name__}: {e}); {REDO}") from None
-    if plan.arena_bytes != entry.arena_bytes or plan.model != entry.model:
+    if not matches:
         raise PlanError(f"{path} is corrupt (its index does not match its plans); {REDO}")
-    verify(plan, graph)
+    try:
+        verify(plan, graph)
+    except PlanError as e:  # the daemon reads plans long after start: say which file went bad
+        raise PlanError(f"{path}: {e}; {REDO}") from None
     return plan
 
 

@@ -19,7 +19,7 @@ from flexnnd.graph.package import MANIFEST, Package, read_package
 from flexnnd.planner import calibrate, plan_resident
 from flexnnd.planner.ladder import LADDER_FILE, choose, stored_ladder, stored_rungs
 from flexnnd.planner.plan import Plan
-from flexnnd.planner.plan_file import read_plan
+from flexnnd.planner.plan_file import IndexEntry, read_plan
 from flexnnd.planner.stream import plan_for_budget
 from flexnnd.runtime import threads as threads_mod
 from flexnnd.runtime.executor import Executor, check_feeds
@@ -88,7 +88,8 @@ class Swap:
 
 class Session:
     """Runs one model. `model` is an .onnx file (imported once, cached), a package folder, or a
-    Package already read; `ladder` its verified plans when the caller has read them already."""
+    Package already read; `ladder` its verified plans, or its plans.json index, when the caller has
+    read them already; `plan` the one to start with when the caller has read it (else chosen for `budget`)."""
 
     def __init__(
         self,
@@ -96,7 +97,8 @@ class Session:
         budget: int | str | None = None,
         threads: int | None = None,
         cache_dir: str | os.PathLike | None = None,
-        ladder: Sequence[Plan] | None = None,
+        ladder: Sequence[Plan] | Sequence[IndexEntry] | None = None,
+        plan: Plan | None = None,
     ):
         self.package: Package = (
             model if isinstance(model, Package) else read_package(package_for(model, cache_dir))
@@ -114,9 +116,13 @@ class Session:
         # What one inference allocates besides the arena: the copies of its outputs it returns.
         self.output_bytes = sum(t.nbytes for t in graph.outputs)
         # Only the ladder's index is held; the plan adopted is read (and verified) when chosen.
-        self._ladder = list(ladder) if ladder is not None else None
-        self._rungs = stored_rungs(self.package) if ladder is None else None
-        self.plan = self.plan_for(budget)
+        given = list(ladder) if ladder is not None else None
+        entries = given is not None and all(isinstance(e, IndexEntry) for e in given)
+        self._ladder: list[Plan] | None = None if entries else given
+        self._rungs: list[IndexEntry] | None = given if entries else None
+        if ladder is None:
+            self._rungs = stored_rungs(self.package)
+        self.plan = plan if plan is not None else self.plan_for(budget)
         self.budget: int | None = None if budget is None else parse_size(budget)
         self._pending: Plan | None = None
         self._executor = Executor(self.package, self.plan)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 
@@ -85,6 +86,29 @@ def test_one_plan_is_read_by_the_index_alone(tmp_path, graph, plans):
     index = read_index(path, SHA)
     assert [e.arena_bytes for e in index] == [p.arena_bytes for p in plans]
     assert [read_plan(path, e, graph) for e in index] == plans
+    # What a listing shows comes from the index alone, as the plan itself would give it.
+    streamed = plans[1]
+    assert index[1].resident_bytes == sum(streamed.region[p].nbytes for p in streamed.resident)
+    assert index[1].streamed_bytes == sum(streamed.region[ld.piece].nbytes for ld in streamed.loads) > 0
+    assert index[1].sliced_layers == tuple(sorted({s.node for s in streamed.steps if s.part is not None}))
+    assert index[0].streamed_bytes == 0 and index[0].sliced_layers == ()
+
+
+def test_a_plan_file_gone_or_unreadable_later_is_named(tmp_path, graph, plans):
+    from flexnnd.planner.plan_file import read_index, read_plan
+
+    path = tmp_path / "plans.json"
+    write_plans(path, plans, graph, SHA)
+    entry = read_index(path, SHA)[1]
+    path.write_bytes(path.read_bytes()[: entry.offset + entry.length // 2])  # truncated mid-plan
+    with pytest.raises(flexnnd.PlanError, match=rf"{re.escape(str(path))} is corrupt.*re-import"):
+        read_plan(path, entry, graph)
+    path.unlink()
+    with pytest.raises(flexnnd.PlanError, match=rf"{re.escape(str(path))}: no plans"):
+        read_plan(path, entry, graph)
+    path.mkdir()  # not a file at all
+    with pytest.raises(flexnnd.PlanError, match=rf"{re.escape(str(path))} is unreadable"):
+        read_plan(path, entry, graph)
 
 
 def test_an_index_that_does_not_match_its_plans_is_corrupt(tmp_path, graph, plans):
@@ -112,7 +136,9 @@ def test_a_stale_ladder_is_planned_again(tmp_path, graph, plans, caplog):
     path = tmp_path / LADDER_FILE
     write_plans(path, plans, graph, SHA)
     path.write_text(path.read_text().replace(f'"version": {PLAN_VERSION}', '"version": 1', 1))
-    with pytest.raises(StalePlanFile, match=rf"plan format version 1, this flexnn reads {PLAN_VERSION}.*re-import"):
+    with pytest.raises(
+        StalePlanFile, match=rf"plan format version 1, this flexnn reads {PLAN_VERSION}.*re-import"
+    ):
         read_plans(path, graph, SHA)
     package = SimpleNamespace(path=tmp_path, graph=graph, weights_sha256=SHA)
     assert stored_ladder(package) is None and stored_rungs(package) is None
