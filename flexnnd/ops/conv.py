@@ -63,6 +63,12 @@ WINO_WEIGHT_BYTES = 4 << 20
 WINO_WIDE_WIDTH = 20
 WINO_NARROW_WEIGHT_BYTES = 1 << 20
 WINO_MIN_TILES = 256
+# A band of rows (Part "rows") exists because memory is short, and the transformed weights u and
+# products m of a whole-width chunk do not shrink with the band (3x3 128->192 at 28 wide, 14 of 28
+# rows: 3.7 MB of scratch): a sliced step transforms its weights in chunks of at most this many
+# output channels. Measured, 7-14 row bands: 64->192@56 0.56 vs 0.67 ms, 128->192@28 0.90 vs 1.20,
+# 96->128@28 0.55 vs 0.63; the weight transform still runs once per chunk and band.
+WINO_SLICED_CHUNK = 16
 
 # depthwise3x3 (direct, no scratch) against the padded-band kernel, Clip epilogue, measured: stride 2
 # 112->56 0.54 vs 0.78 ms (96 ch), 56->28 0.27 vs 0.36, but 28->14 0.15 vs 0.12; stride 1 112 wide
@@ -753,7 +759,10 @@ class WinogradPlan:
     def of(cls, geo: Geometry, rows: int, channels: int) -> WinogradPlan:
         tiles_x = (geo.out_w + 1) // 2
         limit = WINO_WEIGHT_BYTES if geo.out_w >= WINO_WIDE_WIDTH else WINO_NARROW_WEIGHT_BYTES
-        chunk = _even_split(channels, limit // (64 * geo.cin))
+        most = limit // (64 * geo.cin)
+        if rows < geo.out_h:
+            most = min(most, WINO_SLICED_CHUNK)
+        chunk = _even_split(channels, most)
         per_tile_row = 64 * (tiles_x + 1) * (geo.cin + chunk)  # bytes of v and m per tile row
         most = max(WINO_BAND_BYTES // per_tile_row, -(-WINO_MIN_TILES // tiles_x))
         return cls(tiles_x, _even_split((rows + 1) // 2, most), chunk, geo.cin)
