@@ -36,6 +36,7 @@ from flexnnd.graph.limits import (
 )
 from flexnnd.graph.package import write_package
 from flexnnd.ops import op_class
+from flexnnd.planner.schedule import memory_order
 
 log = logging.getLogger("flexnnd.import")
 
@@ -220,23 +221,23 @@ def import_onnx(
     for line in draft.log:
         log.debug(line)
 
-    used_order: list[str] = []
-    used: set[str] = set()
-    for node in draft.nodes:
-        for i in node.inputs:
-            if i in draft.consts and i not in used:
-                used.add(i)
-                used_order.append(i)
-    graph = Graph(
-        name=graph_name,
+    graph = _freeze(graph_name, draft, tuple(draft.nodes), opset)
+    # Branches run in the order that keeps each step's memory low; the weights file follows it.
+    return _freeze(graph_name, draft, memory_order(graph), opset), draft.consts
+
+
+def _freeze(name: str, draft: passes.Draft, nodes: tuple[Node, ...], opset: int) -> Graph:
+    """The graph of `draft` with `nodes` in this order, its constants in the order they are read."""
+    used = {i: None for node in nodes for i in node.inputs if i in draft.consts}
+    return Graph(
+        name=name,
         inputs=tuple(draft.infos[i] for i in draft.inputs),
         outputs=tuple(draft.infos[o] for o in draft.outputs),
-        nodes=tuple(draft.nodes),
+        nodes=nodes,
         tensors=draft.infos,
-        constants=tuple(used_order),
+        constants=tuple(used),
         opset=opset,
     )
-    return graph, draft.consts
 
 
 class _Held:
