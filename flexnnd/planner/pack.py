@@ -146,17 +146,20 @@ def lowest_fit(size: int, first: int, last: int, placed: Iterable[Region]) -> in
     return Occupancy(placed).lowest_fit(size, first, last)
 
 
-def place_greedy_by_size(requests: Iterable[Request]) -> tuple[list[Region], int]:
-    """Largest first, each at the lowest offset free during its lifetime (TFLite's greedy-by-size).
+def place_greedy_by_size(requests: Iterable[Request], floor: int = 0) -> tuple[list[Region], int]:
+    """Largest first, each at the lowest offset free during its lifetime (TFLite's greedy-by-size),
+    all at or above `floor` (an aligned band kept free below them at every step).
 
     Returns the regions and the arena size they need.
     """
+    if floor % ALIGNMENT:
+        raise ValueError(f"floor {floor} is not a multiple of {ALIGNMENT}")
     ordered = sorted(requests, key=lambda r: (-r.nbytes, r.first, r.name))
     busy = Occupancy(capacity=len(ordered) + 1)
     placed: list[Region] = []
     for req in ordered:
-        offset = busy.lowest_fit(align(req.nbytes), req.first, req.last)
-        busy.add(offset, req.nbytes, req.first, req.last)
+        offset = floor + busy.lowest_fit(align(req.nbytes), req.first, req.last)
+        busy.add(offset - floor, req.nbytes, req.first, req.last)
         placed.append(Region(req.name, offset, req.nbytes, req.first, req.last))
     arena = max((align(r.end) for r in placed), default=0)
     return placed, arena
