@@ -45,25 +45,30 @@ class _Costs:
 
         producer = {o: i for i, n in enumerate(nodes) for o in n.outputs if o}
         self.pred = [0] * len(nodes)
+        self.succ: list[list[int]] = [[] for _ in nodes]
         writers: dict[str, int] = {}
         readers: dict[str, int] = {}
         self.writes: list[tuple[str, ...]] = []
+        self.reads: list[tuple[str, ...]] = []
         self.work: list[int] = []
         for i, node in enumerate(nodes):
             variables = [t for t in node.inputs if t and not graph.is_constant(t)]
-            for t in variables:
-                if t in producer:
-                    self.pred[i] |= 1 << producer[t]
+            for p in dict.fromkeys(producer[t] for t in variables if t in producer):
+                self.pred[i] |= 1 << p
+                self.succ[p].append(i)
             if not runs[i]:  # aliases and elided concats run nothing and hold nothing of their own
                 self.writes.append(())
+                self.reads.append(())
                 self.work.append(0)
                 continue
-            for t in variables:
-                readers[root(t)] = readers.get(root(t), 0) | 1 << i
+            read = tuple(dict.fromkeys(root(t) for t in variables))
+            for r in read:
+                readers[r] = readers.get(r, 0) | 1 << i
             written = tuple(dict.fromkeys(root(o) for o in node.outputs if o))
             for r in written:
                 writers[r] = writers.get(r, 0) | 1 << i
             self.writes.append(written)
+            self.reads.append(read)
             weights = sum(graph.tensors[t].nbytes for t in node.inputs if t and graph.is_constant(t))
             self.work.append(weights + node.op.scratch_bytes(node.in_shapes))
         inputs = {root(t.name) for t in graph.inputs}
@@ -82,12 +87,29 @@ class _Costs:
         """Bytes of the roots open after the nodes in `done` ran."""
         return sum(self.nbytes[r] for r in self.roots if self.writers[r] & done and self.readers[r] & ~done)
 
+    def opened(self, done: int, i: int) -> int:
+        """Bytes of the roots node i opens when it runs after `done`."""
+        return sum(self.nbytes[r] for r in self.writes[i] if not self.writers[r] & done)
+
+    def closed(self, after: int, i: int) -> int:
+        """Bytes of the roots whose last reader is node i, which ran last in `after`."""
+        return sum(self.nbytes[r] for r in self.reads[i] if not self.readers[r] & ~after)
+
     def step(self, done: int, alive: int, i: int) -> int:
         """Bytes in use while node i runs after `done`: what is alive, its new outputs, its work."""
         if not self.writes[i]:
             return 0
-        new = sum(self.nbytes[r] for r in self.writes[i] if not self.writers[r] & done)
-        return alive + new + self.work[i]
+        return alive + self.opened(done, i) + self.work[i]
+
+    def ready(self, done: int) -> tuple[int, ...]:
+        """The nodes not in `done` whose inputs all are."""
+        return tuple(i for i in range(len(self.pred)) if not done >> i & 1 and not self.pred[i] & ~done)
+
+    def ready_after(self, ready: tuple[int, ...], after: int, i: int) -> tuple[int, ...]:
+        """ready(after) from ready(done) when `after` is `done` plus node i: only i's consumers join."""
+        rest = [j for j in ready if j != i]
+        joined = [j for j in self.succ[i] if not self.pred[j] & ~after]
+        return tuple(sorted(rest + joined)) if joined else tuple(rest)
 
 
 def memory_order(graph: Graph) -> tuple[Node, ...]:
@@ -98,9 +120,10 @@ def memory_order(graph: Graph) -> tuple[Node, ...]:
     full = (costs.source << 1) - 1
     order: list[int] = []
     done = costs.source
+    at = (costs.alive(done), costs.ready(done))  # bytes alive and nodes ready after `done`
     while done != full:
-        segment = _segment(costs, done, full)
-        if segment is None:
+        found = _segment(costs, done, at, full)
+        if found is None:
             log.warning(
                 "graph %r: a segment after node %d of %d has over %d partial orders; the rest keeps "
                 "its original order",
@@ -111,34 +134,40 @@ def memory_order(graph: Graph) -> tuple[Node, ...]:
             )
             order.extend(i for i in range(len(nodes)) if not done >> i & 1)
             break
+        segment, at = found
         order.extend(segment)
         for i in segment:
             done |= 1 << i
     return tuple(nodes[i] for i in order)
 
 
-def _segment(costs: _Costs, start: int, full: int) -> list[int] | None:
-    """The best nodes to run from down-set `start` to the next down-set every order passes."""
-    pred = costs.pred
-    # Level k: the down-sets reached by k more nodes. Dicts keep insertion order: deterministic.
-    levels: list[dict[int, int]] = [{start: costs.alive(start)}]
+def _segment(
+    costs: _Costs, start: int, at: tuple[int, tuple[int, ...]], full: int
+) -> tuple[list[int], tuple[int, tuple[int, ...]]] | None:
+    """The best nodes to run from down-set `start` (`at`: bytes alive and nodes ready there) to the
+    next down-set every order passes, and what is alive and ready there; None when there are too
+    many orders to search."""
+    # Level k: the down-sets reached by k more nodes, each with (bytes alive, ready nodes). Dicts
+    # keep insertion order, and nodes are tried in index order: the result is deterministic.
+    levels: list[dict[int, tuple[int, tuple[int, ...]]]] = [{start: at}]
     edges: dict[int, list[tuple[int, int, int]]] = {}  # down-set -> [(node, next down-set, cost)]
     explored = 0
     while True:
-        level: dict[int, int] = {}
-        for done, alive in levels[-1].items():
+        level: dict[int, tuple[int, tuple[int, ...]]] = {}
+        for done, (alive, candidates) in levels[-1].items():
             out = edges.setdefault(done, [])
-            for i in range(len(pred)):
-                if done >> i & 1 or pred[i] & ~done:
-                    continue
+            for i in candidates:
                 after = done | 1 << i
                 out.append((i, after, costs.step(done, alive, i)))
                 if after not in level:
-                    level[after] = costs.alive(after)
+                    explored += 1
+                    if explored > MAX_STATES:
+                        return None
+                    level[after] = (
+                        alive + costs.opened(done, i) - costs.closed(after, i),
+                        costs.ready_after(candidates, after, i),
+                    )
         levels.append(level)
-        explored += len(level)
-        if explored > MAX_STATES:
-            return None
         if len(level) == 1:
             break
     # First the smallest peak over the segment (a bottleneck path, exact level by level) ...
@@ -148,7 +177,7 @@ def _segment(costs: _Costs, start: int, full: int) -> list[int] | None:
         for done in level:
             for _, after, cost in edges[done]:
                 peak[after] = min(peak.get(after, inf), max(peak[done], cost))
-    (end,) = levels[-1]
+    ((end, end_at),) = levels[-1].items()
     limit = peak[end]
     # ... then, among the paths that stay within it, the smallest (sum of costs, nodes overtaken).
     best: dict[int, tuple[int, int]] = {start: (0, 0)}
@@ -167,8 +196,8 @@ def _segment(costs: _Costs, start: int, full: int) -> list[int] | None:
                     best[after] = value
                     back[after] = (done, i)
     path = []
-    at = end
-    while at != start:
-        at, i = back[at]
+    state = end
+    while state != start:
+        state, i = back[state]
         path.append(i)
-    return path[::-1]
+    return path[::-1], end_at

@@ -84,3 +84,9 @@ def test_reordered_block_matches_onnxruntime(tmp_path, order):
     with flexnnd.Session(path, cache_dir=tmp_path / "c", threads=1) as sess:
         got = sess.run({"x": x})["y"]
     np.testing.assert_allclose(got, ort_run(path, {"x": x})[0], rtol=1e-5, atol=1e-4)
+
+
+def test_a_long_chain_keeps_its_order():
+    nodes = [helper.make_node("Sigmoid", [f"t{i}"], [f"t{i + 1}"], name=f"n{i}") for i in range(400)]
+    graph, _ = import_onnx(make_model(nodes, [("t0", [1, 8])], [("t400", None)]))
+    assert names(graph) == [f"n{i}" for i in range(400)]
