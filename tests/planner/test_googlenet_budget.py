@@ -6,8 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
+import flexnnd
 from flexnnd.graph.onnx_import import import_onnx, load_onnx
 from flexnnd.planner.stream import Planner, smallest_plan
+from tests.conftest import assert_close_to_reference, ort_run
 
 LADDER_RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "ladder.json"
 
@@ -20,3 +24,18 @@ def test_googlenet_smallest_budget_is_a_sixteenth_of_onnxruntime_peak(zoo_model)
         f"GoogLeNet's smallest arena is {arena:,} bytes, 1/{ort_peak / arena:.1f} of ORT's peak "
         f"{ort_peak:,}; the bar is {ort_peak // 16:,} (1/16)"
     )
+
+
+def test_googlenet_at_its_smallest_budget_matches_onnxruntime(zoo_model, package_cache):
+    """The smallest rung runs every mechanism at once: reordered branches, Winograd row bands in
+    channel chunks, streamed pieces above the resident band."""
+    path = zoo_model("googlenet")
+    x = np.random.default_rng(12).standard_normal((1, 3, 224, 224), dtype=np.float32)
+    want = ort_run(path, {"input": x})[0]
+    with flexnnd.Session(path, threads=1, cache_dir=package_cache) as sess:
+        smallest = smallest_plan(sess.package.graph)
+        sess.set_budget(smallest.arena_bytes + sess.output_bytes)
+        got = sess.run({"input": x})["logits"]
+        assert sess.plan.arena_bytes == smallest.arena_bytes
+    assert_close_to_reference(got, want)
+    assert int(got.argmax()) == int(want.argmax())
