@@ -154,7 +154,9 @@ def place_greedy_by_size(requests: Iterable[Request], floor: int = 0) -> tuple[l
     """
     if floor % ALIGNMENT:
         raise ValueError(f"floor {floor} is not a multiple of {ALIGNMENT}")
-    ordered = sorted(requests, key=lambda r: (-r.nbytes, r.first, r.name))
+    # Equal sizes: the longer-lived first, so shorter ones fill in around it (ResNet-50's smallest
+    # arena: 8.19 -> 7.80 MiB).
+    ordered = sorted(requests, key=lambda r: (-r.nbytes, r.first - r.last, r.first, r.name))
     busy = Occupancy(capacity=len(ordered) + 1)
     placed: list[Region] = []
     for req in ordered:

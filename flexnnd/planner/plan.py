@@ -24,7 +24,7 @@ from flexnnd.ops.base import Part
 # 6: the plan file opens with an index, so one plan can be read without the others.
 # 7: index entries also give resident and streamed bytes and sliced layers, so listings read no plan.
 # 8: rungs sliced for streaming speed (the simulator chooses), the smallest rung loads ahead.
-# 9: memory-aware node order, Winograd row bands in 16-channel chunks, activations above resident band.
+# 9: nodes ordered for memory, Winograd bands in 16-channel chunks, resident band lowest, longer-lived first.
 PLAN_VERSION = 9
 ALIGNMENT = 64
 

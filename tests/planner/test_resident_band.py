@@ -25,6 +25,20 @@ def test_a_floor_shifts_every_region_up_by_it():
         place_greedy_by_size(requests, floor=100)
 
 
+def test_equal_sizes_place_the_longer_lived_first():
+    """Placed by start step, b lands on a and d on top of c (320 bytes); b and d first, the short
+    ones fill in around them (256)."""
+    requests = [
+        Request("a", 128, 1, 1),
+        Request("b", 128, 1, 2),
+        Request("c", 64, 2, 4),
+        Request("d", 128, 3, 5),
+    ]
+    regions, arena = place_greedy_by_size(requests)
+    assert arena == 256
+    assert {r.name: r.offset for r in regions} == {"d": 0, "b": 0, "a": 128, "c": 128}
+
+
 def peak_elsewhere_graph():
     """The activations peak at the first pool (401 + 100 KB); the last conv streams a 128 KB weight
     while only 451 KB of activations are alive, and the first conv's 32 KB weight is always resident."""
