@@ -24,7 +24,8 @@ from flexnnd.ops.base import Part
 # 6: the plan file opens with an index, so one plan can be read without the others.
 # 7: index entries also give resident and streamed bytes and sliced layers, so listings read no plan.
 # 8: rungs sliced for streaming speed (the simulator chooses), the smallest rung loads ahead.
-PLAN_VERSION = 8
+# 9: a conv's channel parts share one im2col / Winograd input in the scratch (Winograd's v moved first).
+PLAN_VERSION = 9
 ALIGNMENT = 64
 
 
