@@ -9,7 +9,8 @@ Four paths, picked in bind() by shape, all writing straight into the output:
              stride (the 7x7/2 and 3x3/2 stems) im2col_strided splits input rows by phase first;
   depthwise  group == Cin == Cout: a direct numba kernel, one pass per output channel.
 A band of output rows is also exactly what Part("rows", r0, r1) asks for, so the planner's input
-slicing and the kernel's cache blocking are the same machinery.
+slicing and the kernel's cache blocking are the same machinery. Part("channels", c0, c1) parts of
+one conv share one im2col (or Winograd input transform) of the whole image (see _SHARED_BY).
 """
 
 from __future__ import annotations
@@ -1014,20 +1015,8 @@ class Conv(Op):
         reuse = shared and _reuses(geo, part, x, scratch)
         if geo.winograd:
             return _bind_winograd(geo, x, wp, bias, y, res, scratch, rows, chans, epilogue, shared, reuse)
-        return _bind_gemm(
-            geo,
-            self._band(geo, rows[1] - rows[0]),
-            x,
-            wp,
-            bias,
-            y,
-            res,
-            scratch,
-            rows,
-            chans,
-            epilogue,
-            reuse,
-        )
+        band = self._band(geo, rows[1] - rows[0])
+        return _bind_gemm(geo, band, x, wp, bias, y, res, scratch, rows, chans, epilogue, reuse)
 
     def reference(self, ins):
         x = np.asarray(ins[0], dtype=np.float64)
