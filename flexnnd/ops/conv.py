@@ -9,7 +9,8 @@ Four paths, picked in bind() by shape, all writing straight into the output:
              stride (the 7x7/2 and 3x3/2 stems) im2col_strided splits input rows by phase first;
   depthwise  group == Cin == Cout: a direct numba kernel, one pass per output channel.
 A band of output rows is also exactly what Part("rows", r0, r1) asks for, so the planner's input
-slicing and the kernel's cache blocking are the same machinery.
+slicing and the kernel's cache blocking are the same machinery. Part("channels", c0, c1) parts of
+one conv share one im2col (or Winograd input transform) of the whole image (see _SHARED_BY).
 """
 
 from __future__ import annotations
@@ -484,10 +485,29 @@ def depthwise3x3(x, w, bias, y, c0, c1, r0, r1, s, pt, pl, act, alpha, beta):
             plane = (n * channels + c) * out_h * out_w
             k = (c - c0) * 9
             if e > a:
-                t = (wf[k], wf[k + 1], wf[k + 2], wf[k + 3], wf[k + 4], wf[k + 5], wf[k + 6], wf[k + 7], wf[k + 8])
+                t = (
+                    wf[k],
+                    wf[k + 1],
+                    wf[k + 2],
+                    wf[k + 3],
+                    wf[k + 4],
+                    wf[k + 5],
+                    wf[k + 6],
+                    wf[k + 7],
+                    wf[k + 8],
+                )
                 s0 = src + (a - pt) * width
                 depthwise3x3_row(
-                    yf, plane + a * width + 1, (e - a) * width - 2, xf, s0, s0 + width, s0 + 2 * width, b, t, 1
+                    yf,
+                    plane + a * width + 1,
+                    (e - a) * width - 2,
+                    xf,
+                    s0,
+                    s0 + width,
+                    s0 + 2 * width,
+                    b,
+                    t,
+                    1,
                 )
             for oh in range(r0, r1):
                 ih = oh * s - pt
@@ -600,7 +620,9 @@ def winograd_input(x, n, pad, v, r0, tiles_y, tiles_x, pt, pl):
                 p22 = np.uint64((a2 % 2) * 2 * psize + (b2 % 2) * psize + (a2 // 2) * half + b2 // 2)
                 d = np.uint64(((alpha * 4 + beta) * cin + ci) * run)
                 for f in range(np.uint64(run)):
-                    v[d + f] = c11 * pad[p11 + f] + c12 * pad[p12 + f] + c21 * pad[p21 + f] + c22 * pad[p22 + f]
+                    v[d + f] = (
+                        c11 * pad[p11 + f] + c12 * pad[p12 + f] + c21 * pad[p21 + f] + c22 * pad[p22 + f]
+                    )
 
 
 @kernel
@@ -756,7 +778,8 @@ class WinogradPlan:
     cin: int
 
     @classmethod
-    def of(cls, geo: Geometry, rows: int, channels: int) -> WinogradPlan:
+    def of(cls, geo: Geometry, rows: int, channels: int, whole: bool = False) -> WinogradPlan:
+        """`whole`: one band of all `rows` (channel parts sharing one input transform)."""
         tiles_x = (geo.out_w + 1) // 2
         limit = WINO_WEIGHT_BYTES if geo.out_w >= WINO_WIDE_WIDTH else WINO_NARROW_WEIGHT_BYTES
         most = limit // (64 * geo.cin)
@@ -765,17 +788,19 @@ class WinogradPlan:
         chunk = _even_split(channels, most)
         per_tile_row = 64 * (tiles_x + 1) * (geo.cin + chunk)  # bytes of v and m per tile row
         most = max(WINO_BAND_BYTES // per_tile_row, -(-WINO_MIN_TILES // tiles_x))
-        return cls(tiles_x, _even_split((rows + 1) // 2, most), chunk, geo.cin)
+        band = (rows + 1) // 2 if whole else _even_split((rows + 1) // 2, most)
+        return cls(tiles_x, band, chunk, geo.cin)
 
     @property
     def buffers(self) -> dict[str, int]:
         """Floats of each scratch buffer, in scratch order."""
         tiles = self.band * (self.tiles_x + 1)  # a garbage tile column per tile row
+        # v first: channel parts with different chunks still find a shared v at the same offset.
         return {
+            "v": 16 * self.cin * tiles,
             "tmp": 21 * self.cin,
             "pad": 4 * ((self.band + 1) * (self.tiles_x + 1) + 1),
             "u": 16 * self.chunk * self.cin,
-            "v": 16 * self.cin * tiles,
             "m": 16 * self.chunk * tiles,
             "o": 4 * tiles,
         }
@@ -939,6 +964,15 @@ class Conv(Op):
             return _band_rows(rows, row_bytes, geo.width, POINTWISE_BAND_BYTES, MIN_BAND_COLS)
         return _band_rows(rows, geo.k * geo.out_w * 4, geo.out_w, IM2COL_BAND_BYTES, MIN_BAND_COLS)
 
+    def _shared(self, geo: Geometry, part: Part | None) -> bool:
+        """Whether `part` is a channel part sharing the conv's im2col (or Winograd input transform)
+        with the others: batch 1, not grouped, and the whole image one band (see _SHARED_BY)."""
+        if part is None or part.axis != "channels" or geo.batch != 1 or geo.group != 1:
+            return False
+        if geo.winograd:
+            return 2 * WinogradPlan.of(geo, geo.out_h, geo.cout).band >= geo.out_h
+        return not geo.pointwise and self._band(geo, geo.out_h) == geo.out_h
+
     def scratch_bytes(self, shapes, part=None):
         geo = self._geometry_of(shapes)
         r0, r1, c0, c1 = self._part_range(geo, part)
@@ -948,7 +982,7 @@ class Conv(Op):
             g = geo
             return 4 * sum(depthwise_scratch(r1 - r0, g.out_w, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw))
         if geo.winograd:
-            return 4 * sum(WinogradPlan.of(geo, r1 - r0, c1 - c0).buffers.values())
+            return 4 * sum(WinogradPlan.of(geo, r1 - r0, c1 - c0, self._shared(geo, part)).buffers.values())
         if geo.pointwise:
             return 0
         return 4 * _im2col_floats(geo, self._band(geo, r1 - r0))
@@ -986,11 +1020,12 @@ class Conv(Op):
             return _bind_depthwise3x3(geo, x, wp, bias, y, rows, chans, epilogue)
         if geo.depthwise:
             return _bind_depthwise(geo, x, wp, bias, y, scratch, rows, chans, epilogue)
+        shared = self._shared(geo, part)
+        reuse = shared and _reuses(geo, part, x, scratch)
         if geo.winograd:
-            return _bind_winograd(geo, x, wp, bias, y, res, scratch, rows, chans, epilogue)
-        return _bind_gemm(
-            geo, self._band(geo, rows[1] - rows[0]), x, wp, bias, y, res, scratch, rows, chans, epilogue
-        )
+            return _bind_winograd(geo, x, wp, bias, y, res, scratch, rows, chans, epilogue, shared, reuse)
+        band = self._band(geo, rows[1] - rows[0])
+        return _bind_gemm(geo, band, x, wp, bias, y, res, scratch, rows, chans, epilogue, reuse)
 
     def reference(self, ins):
         x = np.asarray(ins[0], dtype=np.float64)
@@ -1044,9 +1079,38 @@ def _bind_depthwise(g: Geometry, x, wp, bias, y, scratch, rows, chans, epilogue)
     return run_depthwise
 
 
-def _bind_winograd(g: Geometry, x, wp, bias, y, res, scratch, rows, chans, epilogue) -> Kernel:
+# Channel parts of one conv share its im2col (or Winograd input transform V) of the whole image:
+# the part at channel 0 computes it into the scratch, the later parts only read it. This is safe
+# because the planner gives all parts of a node one scratch region and runs them in order from
+# channel 0 with no other step between them (an inference that stops halfway restarts at part 0).
+# bind() checks what it can: a later part must be bound to the same scratch and input as the last
+# channel-0 binding of that scratch. Keyed by scratch address; the last part drops the entry.
+_SHARED_BY: dict[int, tuple[int, Geometry]] = {}
+
+
+def _reuses(g: Geometry, part: Part, x: np.ndarray, scratch: np.ndarray | None) -> bool:
+    """Whether shared channel part `part` reuses what part 0 computed (else it computes it)."""
+    key, mine = 0 if scratch is None else scratch.ctypes.data, (x.ctypes.data, g)
+    if part.start == 0:
+        if part.stop < g.cout:
+            _SHARED_BY[key] = mine
+        return False
+    if _SHARED_BY.get(key) != mine:
+        raise ValueError(
+            f"Conv.bind: channel part [{part.start}, {part.stop}) of {g.cout} reuses the im2col that "
+            f"the part at channel 0 writes into its scratch, but no such part was bound to this "
+            f"scratch (at {key:#x}) and input: bind a conv's parts in order, to one scratch"
+        )
+    if part.stop == g.cout:
+        del _SHARED_BY[key]
+    return True
+
+
+def _bind_winograd(
+    g: Geometry, x, wp, bias, y, res, scratch, rows, chans, epilogue, shared=False, reuse=False
+) -> Kernel:
     (r0, r1), (c0, c1), (act, alpha, beta) = rows, chans, epilogue
-    plan = WinogradPlan.of(g, r1 - r0, c1 - c0)
+    plan = WinogradPlan.of(g, r1 - r0, c1 - c0, shared)
     sizes = plan.buffers
     scratch = _scratch_floats(scratch, sum(sizes.values()))
     buf, start = {}, 0
@@ -1074,12 +1138,18 @@ def _bind_winograd(g: Geometry, x, wp, bias, y, res, scratch, rows, chans, epilo
     # The weight transform runs once per call when one chunk holds every output channel.
     once = len(chunks) == 1
 
+    if shared and len(bands) * g.batch != 1:
+        raise ValueError(
+            f"Conv.bind: shared Winograd input needs one band, got {len(bands)} for batch {g.batch}"
+        )
+
     def run_winograd():
         if once:
             winograd_weights(w_flat, 0, c1 - c0, cin, u, tmp)
         for n in range(g.batch):
             for b0, b1, ty, v3, per_chunk in bands:
-                winograd_input(x, n, pad, v, b0, ty, tx, g.pt, g.pl)
+                if not reuse:
+                    winograd_input(x, n, pad, v, b0, ty, tx, g.pt, g.pl)
                 for k0, k1, u3, m3 in per_chunk:
                     if not once:
                         winograd_weights(w_flat, k0, k1, cin, u, tmp)
@@ -1091,8 +1161,11 @@ def _bind_winograd(g: Geometry, x, wp, bias, y, res, scratch, rows, chans, epilo
     return run_winograd
 
 
-def _bind_gemm(g: Geometry, band: int, x, wp, bias, y, res, scratch, rows, chans, epilogue) -> Kernel:
-    """The pointwise and im2col paths: one task per (batch, group, band of output rows)."""
+def _bind_gemm(
+    g: Geometry, band: int, x, wp, bias, y, res, scratch, rows, chans, epilogue, reuse=False
+) -> Kernel:
+    """The pointwise and im2col paths: one task per (batch, group, band of output rows); with
+    `reuse`, the one task's im2col is already in the scratch (see _SHARED_BY)."""
     (r0, r1), (c0, c1), (act, alpha, beta) = rows, chans, epilogue
     flat = reshape_view(y, (-1,))
     plane = g.out_h * g.out_w
@@ -1128,6 +1201,17 @@ def _bind_gemm(g: Geometry, band: int, x, wp, bias, y, res, scratch, rows, chans
                 bias_act(flat, res, off, plane, n_rows, out.shape[1], bias, boff, act, alpha, beta)
 
         return run_pointwise
+
+    if reuse and len(tasks) != 1:
+        raise ValueError(f"Conv.bind: a part reusing the im2col needs one task, got {len(tasks)}")
+
+    def run_gemm_only():
+        for _, _, _, _, w_g, col, out, off, n_rows, boff in tasks:
+            np.matmul(w_g, col, out=out)
+            bias_act(flat, res, off, plane, n_rows, out.shape[1], bias, boff, act, alpha, beta)
+
+    if reuse:
+        return run_gemm_only
 
     def run_im2col():
         for n, ci, b0, b1, w_g, col, out, off, n_rows, boff in tasks:

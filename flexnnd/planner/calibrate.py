@@ -29,7 +29,8 @@ log = logging.getLogger("flexnnd.calibrate")
 
 # 2: small weights files read on a probe file (1 cached 0 B/s); 3: reads timed as the loader reads;
 # 4: a read's latency measured apart from the rate, and what each channel part of a conv adds.
-CALIBRATION_VERSION = 4
+# 5: channel parts share one im2col / Winograd input, so what a part adds is measured again.
+CALIBRATION_VERSION = 5
 # Reads shorter than this time the system call more than the storage.
 READ_PROBE_BYTES = 16 << 20
 # Read sizes timed to tell the storage's per-read latency from its rate.
@@ -86,7 +87,8 @@ def _part_rate(x_shape, w_shape, **attrs) -> float:
     scratch = np.empty(max(need // 4, 1), np.float32)
     whole = _best_of(op.bind([x, prepared[1], prepared[2]], [y], scratch))
     kernels = [
-        op.bind([x, prepared[1][p.start : p.stop], prepared[2][p.start : p.stop]], [y], scratch, p) for p in parts
+        op.bind([x, prepared[1][p.start : p.stop], prepared[2][p.start : p.stop]], [y], scratch, p)
+        for p in parts
     ]
 
     def run_parts():

@@ -25,7 +25,8 @@ from flexnnd.ops.base import Part
 # 7: index entries also give resident and streamed bytes and sliced layers, so listings read no plan.
 # 8: rungs sliced for streaming speed (the simulator chooses), the smallest rung loads ahead.
 # 9: nodes ordered for memory, Winograd bands in 16-channel chunks, resident band lowest, longer-lived first.
-PLAN_VERSION = 9
+# 10: a conv's channel parts share one im2col / Winograd input in the scratch (Winograd's v moved first).
+PLAN_VERSION = 10
 ALIGNMENT = 64
 
 

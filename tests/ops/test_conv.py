@@ -71,6 +71,23 @@ class ConvCase:
         y = y_new if y is None else y
         return self.op.bind(ins, [y], None if need == 0 else scratch[:need], part), y
 
+    def bind_parts(self, parts):
+        """Bind `parts` in order as the executor does: one input, one output and one scratch
+        region (the most any part needs) for all of them. Returns (kernels, input, output)."""
+        prepared = self.op.prepare([None, self.w, self.b])
+        need = max(self.op.scratch_bytes(self.shapes, part) // 4 for part in parts)
+        x, y, scratch = in_arena(self.x, self.y_shape, (max(need, 1),))
+        kernels = []
+        for part in parts:
+            wp, bp = prepared[1], (prepared[2] if self.b is not None else None)
+            if part is not None and part.axis == "channels":
+                wp = wp[part.start : part.stop]
+                bp = None if bp is None else bp[part.start : part.stop]
+            weights = in_arena(*(c for c in (wp, bp) if c is not None))
+            ins = [x, weights[0], weights[1] if bp is not None else None]
+            kernels.append(self.op.bind(ins, [y], None if need == 0 else scratch[:need], part))
+        return kernels, x, y, scratch
+
 
 def conv_case(x_shape, w_shape, bias=True, activation=("", 0.0, 0.0), seed=0, **attrs) -> ConvCase:
     rng = np.random.default_rng(seed)
@@ -342,9 +359,8 @@ def test_strided_im2col_on_any_kernel_width(monkeypatch, x_shape, w_shape, attrs
 
 # ---- parts -----------------------------------------------------------------------------------------
 def _run_parts(case: ConvCase, parts: list[Part]) -> np.ndarray:
-    _, y = case.bind()  # a NaN-filled output view that every part writes into
-    for part in parts:
-        kernel, _ = case.bind(part, y=y)
+    kernels, _, y, _ = case.bind_parts(parts)  # y: a NaN-filled output view that every part writes into
+    for kernel in kernels:
         kernel()
     return y
 
@@ -424,6 +440,80 @@ def _check_channel_parts(case: ConvCase, cuts) -> None:
     whole()
     y = _run_parts(case, [Part("channels", a, b) for a, b in itertools.pairwise(cuts)])
     np.testing.assert_allclose(y, y_whole, rtol=1e-5, atol=1e-5)
+
+
+# (id, input, weight, attributes, whether channel parts share one im2col / Winograd input)
+SHARED_CASES = [
+    ("im2col-3x3", (1, 32, 7, 7), (64, 32, 3, 3), {"pads": [1, 1, 1, 1]}, True),
+    ("im2col-3x3-s2", (1, 32, 15, 14), (64, 32, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}, True),
+    ("stem-7x7-s2", (1, 3, 29, 27), (64, 3, 7, 7), {"pads": [3, 3, 3, 3], "strides": [2, 2]}, True),
+    ("winograd-14", (1, 64, 14, 14), (64, 64, 3, 3), {"pads": [1, 1, 1, 1]}, True),
+    ("winograd-56-two-bands", (1, 32, 56, 56), (64, 32, 3, 3), {"pads": [1, 1, 1, 1]}, False),
+    ("pointwise", (1, 64, 7, 7), (64, 64, 1, 1), {}, False),
+]
+
+
+def _channel_parts(cout: int, count: int) -> list[Part]:
+    return [Part("channels", i * cout // count, (i + 1) * cout // count) for i in range(count)]
+
+
+@pytest.mark.parametrize("count", [2, 4, 16])
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "attrs", "shared"), [c[1:] for c in SHARED_CASES], ids=[c[0] for c in SHARED_CASES]
+)
+def test_channel_parts_in_order_equal_the_whole_conv(x_shape, w_shape, attrs, shared, count):
+    case = conv_case(x_shape, w_shape, activation=("Relu", 0.0, 0.0), **attrs)
+    geo = case.op.geometry(x_shape, w_shape[0])
+    parts = _channel_parts(w_shape[0], count)
+    assert all(case.op._shared(geo, part) == shared for part in parts)
+    if shared:  # sharing costs no scratch: every part needs at most what the whole conv needs
+        most = max(case.op.scratch_bytes(case.shapes, part) for part in parts)
+        assert most <= case.op.scratch_bytes(case.shapes)
+    whole, y_whole = case.bind()
+    whole()
+    np.testing.assert_allclose(_run_parts(case, parts), y_whole, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "w_shape", "attrs"),
+    [c[1:4] for c in SHARED_CASES if c[4]],
+    ids=[c[0] for c in SHARED_CASES if c[4]],
+)
+def test_later_parts_reuse_what_part_0_computed(x_shape, w_shape, attrs):
+    """After the input changes, the later parts alone still compute from part 0's im2col of the
+    old input (the reuse is real); run from part 0, as the executor does, all parts are right."""
+    case = conv_case(x_shape, w_shape, **attrs)
+    kernels, x, y, _ = case.bind_parts(_channel_parts(w_shape[0], 4))
+    for kernel in kernels:
+        kernel()
+    old = y.copy()
+    changed = dataclasses.replace(case, x=np.random.default_rng(1).standard_normal(x_shape, dtype=np.float32))
+    x[...] = changed.x
+    for kernel in kernels[1:]:
+        kernel()
+    later = slice(w_shape[0] // 4, None)
+    np.testing.assert_array_equal(y[:, later], old[:, later])
+    assert not np.allclose(old, changed.reference(), atol=1e-2)
+    for kernel in kernels:
+        kernel()
+    assert_close(y, changed.reference())
+
+
+def test_a_later_part_needs_part_0_bound_to_its_scratch_and_input():
+    case = conv_case((1, 32, 7, 7), (64, 32, 3, 3), pads=[1, 1, 1, 1])
+    with pytest.raises(ValueError, match="in order, to one scratch"):
+        case.bind(Part("channels", 16, 32))  # a scratch of its own: part 0 never fills it
+    first = Part("channels", 0, 16)
+    _, x, y, scratch = case.bind_parts([first])
+    wp = case.op.prepare([None, case.w, case.b])[1][16:32]
+    bp = case.b[16:32]
+    (other_x,) = in_arena(case.x)
+    with pytest.raises(ValueError, match="in order, to one scratch"):
+        case.op.bind([other_x, wp, bp], [y], scratch, Part("channels", 16, 32))
+    case.op.bind([x, wp, bp], [y], scratch, Part("channels", 16, 32))  # part 0's scratch and input
+    # The last part of the batch-2 conv computes its own im2col: nothing is shared, nothing refused.
+    batch2 = conv_case((2, 32, 7, 7), (64, 32, 3, 3), pads=[1, 1, 1, 1])
+    batch2.bind(Part("channels", 16, 32))
 
 
 def test_channel_parts_must_align_to_groups():
@@ -641,7 +731,9 @@ DW_DIRECT_CASES = [
 @pytest.mark.usefixtures("dw_direct_everywhere")
 @pytest.mark.parametrize("activation", [("", 0.0, 0.0), ("Clip", 0.0, 6.0), ("HardSwish", 0.0, 0.0)],
                          ids=["none", "clip", "hardswish"])  # fmt: skip
-@pytest.mark.parametrize(("x_shape", "attrs"), [c[1:] for c in DW_DIRECT_CASES], ids=[c[0] for c in DW_DIRECT_CASES])
+@pytest.mark.parametrize(
+    ("x_shape", "attrs"), [c[1:] for c in DW_DIRECT_CASES], ids=[c[0] for c in DW_DIRECT_CASES]
+)
 def test_direct_depthwise_matches_reference(x_shape, attrs, activation):
     c = x_shape[1]
     case = conv_case(x_shape, (c, 1, 3, 3), activation=activation, group=c, **attrs)
