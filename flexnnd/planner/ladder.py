@@ -55,8 +55,15 @@ def build_ladder(graph: Graph, machine: Machine, rungs: int = RUNGS) -> list[Pla
             dataclasses.replace(top_plan, budget=top, predicted_seconds=predict(graph, top_plan, machine))
         ]
     costs = {c.node: c for c in step_costs(graph)}
+    run = lambda p: timeline(graph, p, machine, costs)  # noqa: E731
     bottom_plan = smallest_plan(graph, planner)
     bottom = bottom_plan.arena_bytes
+    try:  # maximal slicing sets the smallest budget; a coarser slicing may fit it and run faster
+        coarser = plan_for_budget(graph, bottom, planner, run)
+        if run(coarser).seconds < run(bottom_plan).seconds:
+            bottom_plan = dataclasses.replace(coarser, budget=bottom)
+    except BudgetTooSmall:
+        pass  # only the maximal slicing fits there
     plans = [bottom_plan]
     ratio = (top / bottom) ** (1 / (rungs + 1)) if bottom < top else 1.0
     for k in range(1, rungs + 1):
@@ -64,9 +71,7 @@ def build_ladder(graph: Graph, machine: Machine, rungs: int = RUNGS) -> list[Pla
         if budget >= top:
             break
         try:
-            plans.append(
-                plan_for_budget(graph, budget, planner, lambda p: timeline(graph, p, machine, costs))
-            )
+            plans.append(plan_for_budget(graph, budget, planner, run))
         except BudgetTooSmall:
             continue  # refining never reaches the smallest plan's slicing here: a lower rung serves it
     plans.append(dataclasses.replace(top_plan, budget=top))

@@ -17,7 +17,7 @@ import flexnnd
 from flexnnd.graph.onnx_import import import_onnx
 from flexnnd.planner import plan_resident
 from flexnnd.planner.bound import streaming_floor
-from flexnnd.planner.ladder import timeline
+from flexnnd.planner.ladder import build_ladder, timeline
 from flexnnd.planner.profile import Machine, simulate, step_costs
 from flexnnd.planner.stream import Planner, max_slicing, pack, plan_for_budget, smallest_plan
 from tests.planner.plans import streamed_plan, two_layer_graph
@@ -131,3 +131,14 @@ def test_channel_parts_pay_for_the_operand_they_share(resnet18):
     assert conv.part_seconds(machine, 16, channels=False) == pytest.approx(whole / 16 + machine.step_overhead)
     assert conv.part_seconds(MACHINE, 16, channels=True) == pytest.approx(whole / 16 + MACHINE.step_overhead)
     assert costs["/fc/Gemm"].shared_bytes == 4 * 512
+
+
+def test_the_bottom_rung_takes_a_coarser_slicing_when_it_fits_and_runs_faster(resnet18):
+    """Maximal slicing sets the smallest budget; within it the ladder's bottom rung is the fastest
+    plan found (ResNet-18: fewer, bigger pieces), never slower and never bigger."""
+    machine = dataclasses.replace(MACHINE, read_bytes=1.4e9, read_latency=5e-5, part_bytes=2e9)
+    smallest = smallest_plan(resnet18, Planner(resnet18))
+    bottom = build_ladder(resnet18, machine)[0]
+    assert bottom.arena_bytes <= smallest.arena_bytes == bottom.budget
+    assert len(bottom.steps) < len(smallest.steps)
+    assert bottom.predicted_seconds < timeline(resnet18, smallest, machine).seconds
