@@ -136,7 +136,7 @@ def bench_model(name: str, runs: int) -> dict:
     ladder_seconds = time.perf_counter() - start
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
     rungs = []
-    with flexnnd.Session(package.path, threads=1) as sess:
+    with flexnnd.Session(package, threads=1, ladder=ladder) as sess:  # the ladder timed above
         sess.set_budget(ladder[-1].arena_bytes + sess.output_bytes)
         sess.run({"input": x})
         per_node = node_seconds(sess, x, runs)

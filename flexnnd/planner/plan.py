@@ -26,7 +26,8 @@ from flexnnd.ops.base import Part
 # 8: rungs sliced for streaming speed (the simulator chooses), the smallest rung loads ahead.
 # 9: nodes ordered for memory, Winograd bands in 16-channel chunks, resident band lowest, longer-lived first.
 # 10: a conv's channel parts share one im2col / Winograd input in the scratch (Winograd's v moved first).
-PLAN_VERSION = 10
+# 11: the bottom rung is the fastest plan within the maximal slicing's arena.
+PLAN_VERSION = 11
 ALIGNMENT = 64
 
 
