@@ -13,7 +13,7 @@ from flexnnd.planner import plan_resident
 from flexnnd.planner.plan import Plan
 from flexnnd.planner.plan_file import IndexEntry
 from flexnnd.planner.profile import Machine, StepCost, Timeline, simulate, step_costs
-from flexnnd.planner.stream import Planner, plan_for_budget, smallest_plan
+from flexnnd.planner.stream import Planner, plan_for_budget, plan_with_slicing, slicing_of, smallest_plan
 
 RUNGS = 24  # geometric rungs between the two ends
 
@@ -65,15 +65,26 @@ def build_ladder(graph: Graph, machine: Machine, rungs: int = RUNGS) -> list[Pla
     except BudgetTooSmall:
         pass  # only the maximal slicing fits there
     plans = [bottom_plan]
+    fastest = (bottom_plan, run(bottom_plan).seconds)
     ratio = (top / bottom) ** (1 / (rungs + 1)) if bottom < top else 1.0
     for k in range(1, rungs + 1):
         budget = int(bottom * ratio**k)
         if budget >= top:
             break
         try:
-            plans.append(plan_for_budget(graph, budget, planner, run))
+            plan = plan_for_budget(graph, budget, planner, run)
         except BudgetTooSmall:
             continue  # refining never reaches the smallest plan's slicing here: a lower rung serves it
+        # A faster rung below fits here too: its slicing, with more weights resident, or itself.
+        seconds = run(plan).seconds
+        if seconds > fastest[1]:
+            again = plan_with_slicing(planner, budget, slicing_of(fastest[0]))
+            plan, seconds = min(
+                [(p, run(p).seconds) for p in (again,) if p is not None] + [fastest], key=lambda c: c[1]
+            )
+        if seconds < fastest[1]:
+            fastest = (plan, seconds)
+        plans.append(plan)
     plans.append(dataclasses.replace(top_plan, budget=top))
     distinct: dict[tuple, Plan] = {}
     for plan in plans:  # neighbouring budgets often give the same plan: keep it once

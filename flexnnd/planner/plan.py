@@ -27,7 +27,8 @@ from flexnnd.ops.base import Part
 # 9: nodes ordered for memory, Winograd bands in 16-channel chunks, resident band lowest, longer-lived first.
 # 10: a conv's channel parts share one im2col / Winograd input in the scratch (Winograd's v moved first).
 # 11: the bottom rung is the fastest plan within the maximal slicing's arena.
-PLAN_VERSION = 11
+# 12: a rung predicted slower than one below it takes that rung's slicing or plan.
+PLAN_VERSION = 12
 ALIGNMENT = 64
 
 

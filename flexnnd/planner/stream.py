@@ -420,6 +420,24 @@ def plan_for_budget(
     return plan
 
 
+def slicing_of(plan: Plan) -> dict[str, tuple[str, int]]:
+    """node -> (axis, parts) of every sliced node of `plan`."""
+    slicing: dict[str, tuple[str, int]] = {}
+    for step in plan.steps:
+        if step.part is not None:
+            slicing[step.node] = (step.part.axis, slicing.get(step.node, ("", 0))[1] + 1)
+    return slicing
+
+
+def plan_with_slicing(planner: Planner, budget: int, slicing: Slicing) -> Plan | None:
+    """The plan of `slicing` within `budget`, leftover memory spent on resident weights; None when
+    it does not fit."""
+    plan = _fill(planner, planner.layout(slicing), budget)
+    if plan is not None:
+        verify(plan, planner.graph)
+    return plan
+
+
 def _fill(planner: Planner, lay: Layout, budget: int, resident: bool = True) -> Plan | None:
     """`lay` packed within `budget`, then (with `resident`) leftover memory spent on whole weights
     becoming resident, biggest (costliest to stream) first; None when it does not fit at all."""

@@ -142,3 +142,13 @@ def test_the_bottom_rung_takes_a_coarser_slicing_when_it_fits_and_runs_faster(re
     assert bottom.arena_bytes <= smallest.arena_bytes == bottom.budget
     assert len(bottom.steps) < len(smallest.steps)
     assert bottom.predicted_seconds < timeline(resnet18, smallest, machine).seconds
+
+
+def test_a_bigger_budget_is_never_predicted_slower(resnet18):
+    """Each rung also tries the slicing of the rung below it, which fits and leaves more room for
+    resident weights, so the ladder's predicted latency falls as the budget grows."""
+    machine = dataclasses.replace(MACHINE, gemm_flops=8.6e10, winograd_flops=1.45e11, read_bytes=2.8e9,
+                                  read_latency=5e-5, part_bytes=2e9)  # fmt: skip
+    predicted = [p.predicted_seconds for p in build_ladder(resnet18, machine)]
+    for i in range(1, len(predicted)):
+        assert predicted[i] <= min(predicted[:i]) * (1 + 1e-9), f"rung {i}: {predicted}"
