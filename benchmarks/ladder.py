@@ -31,33 +31,28 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 CACHE = ROOT / "benchmarks" / ".cache"
 
-ORT_PROBE = """
-import sys, json, numpy as np, onnxruntime as ort
+# Run in a fresh process: peak RSS (VmHWM, reset first) minus RSS before the engine loads the model.
+PROBE = """
+import sys, json, numpy as np
 def st(f):
     for l in open('/proc/self/status'):
         if l.startswith(f + ':'): return int(l.split()[1]) * 1024
 x = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
+%s
 before = st('VmRSS'); open('/proc/self/clear_refs', 'w').write('5')
-o = ort.SessionOptions(); o.intra_op_num_threads = 1
-s = ort.InferenceSession(sys.argv[1], o, providers=['CPUExecutionProvider'])
-s.run(None, {'input': x})
+%s
 print(json.dumps({'peak_model_bytes': st('VmHWM') - before}))
 """
-
-
-NCNN_PROBE = """
-import sys, json, numpy as np, ncnn
-from pathlib import Path
-from benchmarks.engine import Ncnn
-def st(f):
-    for l in open('/proc/self/status'):
-        if l.startswith(f + ':'): return int(l.split()[1]) * 1024
-x = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
-before = st('VmRSS'); open('/proc/self/clear_refs', 'w').write('5')
-net = Ncnn(sys.argv[1], Path(sys.argv[2]), 1)
-net.run(x)
-print(json.dumps({'peak_model_bytes': st('VmHWM') - before}))
-"""
+ORT_PROBE = PROBE % (
+    "import onnxruntime as ort",
+    "o = ort.SessionOptions(); o.intra_op_num_threads = 1\n"
+    "s = ort.InferenceSession(sys.argv[1], o, providers=['CPUExecutionProvider'])\n"
+    "s.run(None, {'input': x})",
+)
+NCNN_PROBE = PROBE % (
+    "import ncnn\nfrom pathlib import Path\nfrom benchmarks.engine import Ncnn",
+    "net = Ncnn(sys.argv[1], Path(sys.argv[2]), 1)\nnet.run(x)",
+)
 
 
 def node_seconds(sess, x: np.ndarray, runs: int) -> dict[str, float]:
@@ -140,8 +135,8 @@ def bench_model(name: str, runs: int) -> dict:
         sess.set_budget(ladder[-1].arena_bytes + sess.output_bytes)
         sess.run({"input": x})
         per_node = node_seconds(sess, x, runs)
-        # The storage as it is now (the ladder was planned with the cached calibration): best of 3.
-        read_bytes, read_latency = max(storage_speed(package.weights_path) for _ in range(3))
+        # The storage as it is now (the ladder was planned with the cached calibration).
+        read_bytes, read_latency = storage_speed(package.weights_path)
         for rung in reversed(ladder):  # all-resident first: its latency is the lower bound's floor
             sess.set_budget(rung.arena_bytes + sess.output_bytes)
             seconds = median_latency(lambda: sess.run({"input": x}), runs)

@@ -115,7 +115,7 @@ def _read_rate(path: Path) -> tuple[tuple[float, float], bool]:
     Returns ((bytes/s, seconds per read), measured); not measured means an estimate, never to be
     cached."""
     if path.stat().st_size >= READ_PROBE_BYTES:
-        return _best_read(path), True
+        return storage_speed(path), True
     try:
         fd, probe = tempfile.mkstemp(prefix=".flexnn-read-probe-", dir=path.parent)
     except OSError as e:
@@ -125,7 +125,7 @@ def _read_rate(path: Path) -> tuple[tuple[float, float], bool]:
             f.write(os.urandom(READ_PROBE_BYTES))  # random: a compressing filesystem would fake zeros
             f.flush()
             os.fsync(f.fileno())
-        return _best_read(Path(probe)), True
+        return storage_speed(Path(probe)), True
     except OSError as e:  # a full or small filesystem: the weights are there, the probe does not fit
         return _without_probe(path, e)
     finally:
@@ -145,9 +145,10 @@ def _without_probe(path: Path, error: OSError) -> tuple[tuple[float, float], boo
     return (_timed_read(path) if path.stat().st_size else (FALLBACK_READ_BYTES, 0.0)), False
 
 
-def _best_read(path: Path) -> tuple[float, float]:
-    """The fastest of READ_TRIES timed reads: a moment of contention must not set the rate for good."""
-    return max(_timed_read(path) for _ in range(READ_TRIES))
+def storage_speed(path: Path) -> tuple[float, float]:
+    """(bytes/s, seconds per read) of the storage `path` is on, timed now as the loader reads: the
+    fastest of READ_TRIES, so a moment of contention does not set the rate for good."""
+    return max(_timed_read(Path(path)) for _ in range(READ_TRIES))
 
 
 def _timed_read(path: Path) -> tuple[float, float]:
@@ -190,11 +191,6 @@ def _timed_read(path: Path) -> tuple[float, float]:
         return rate, 0.0
     rate = (BIG_READ - SMALL_READ) / (big_seconds - small_seconds)
     return rate, max(small_seconds - SMALL_READ / rate, 0.0)
-
-
-def storage_speed(path: Path) -> tuple[float, float]:
-    """(bytes/s, seconds per read) of the storage `path` is on, timed now, as the loader reads."""
-    return _timed_read(Path(path))
 
 
 def measure(weights_file: Path) -> tuple[Machine, bool]:

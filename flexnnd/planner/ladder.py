@@ -58,14 +58,15 @@ def build_ladder(graph: Graph, machine: Machine, rungs: int = RUNGS) -> list[Pla
     run = lambda p: timeline(graph, p, machine, costs)  # noqa: E731
     bottom_plan = smallest_plan(graph, planner)
     bottom = bottom_plan.arena_bytes
+    fastest = (bottom_plan, run(bottom_plan).seconds)
     try:  # maximal slicing sets the smallest budget; a coarser slicing may fit it and run faster
         coarser = plan_for_budget(graph, bottom, planner, run)
-        if run(coarser).seconds < run(bottom_plan).seconds:
+        if (seconds := run(coarser).seconds) < fastest[1]:
             bottom_plan = dataclasses.replace(coarser, budget=bottom)
+            fastest = (bottom_plan, seconds)
     except BudgetTooSmall:
         pass  # only the maximal slicing fits there
     plans = [bottom_plan]
-    fastest = (bottom_plan, run(bottom_plan).seconds)
     ratio = (top / bottom) ** (1 / (rungs + 1)) if bottom < top else 1.0
     for k in range(1, rungs + 1):
         budget = int(bottom * ratio**k)

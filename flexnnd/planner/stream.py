@@ -403,17 +403,19 @@ def plan_for_budget(
         if run.stall_seconds > STALL_WORTH_SLICING * best:
             # Slicings are compared packed as they are (cheap), the best one then filled with
             # resident weights (a pack per try) and compared with the plan that only fits.
-            tried: dict[tuple, float] = {}
+            tried: dict[
+                int, tuple[float, Layout]
+            ] = {}  # by identity: the planner caches one layout per slicing
             for fraction in PIPELINE_FRACTIONS:
                 slicing = _pipelined(planner, lay, budget * fraction)
-                if slicing is None or tuple(sorted(slicing.items())) in tried:
+                candidate = None if slicing is None else planner.layout(slicing)
+                if candidate is None or id(candidate) in tried:
                     continue
-                bare = _fill(planner, planner.layout(slicing), budget, resident=False)
+                bare = _fill(planner, candidate, budget, resident=False)
                 if bare is not None:
-                    tried[tuple(sorted(slicing.items()))] = timeline(bare).seconds
+                    tried[id(candidate)] = (timeline(bare).seconds, candidate)
             if tried:
-                key = min(tried, key=tried.__getitem__)
-                trial = _fill(planner, planner.layout(dict(key)), budget)
+                trial = _fill(planner, min(tried.values(), key=lambda c: c[0])[1], budget)
                 if trial is not None and (seconds := timeline(trial).seconds) < best:
                     plan, best = trial, seconds
     verify(plan, graph)
