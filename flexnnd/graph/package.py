@@ -73,6 +73,15 @@ def _align(n: int, to: int = ALIGN) -> int:
     return (n + to - 1) // to * to
 
 
+def weight_offsets(graph: Graph) -> dict[str, int]:
+    """Where `write_package` puts each weight in the weights file: graph order, each on ALIGN."""
+    offsets, end = {}, 0
+    for name in graph.constants:
+        offsets[name] = _align(end)
+        end = offsets[name] + graph.tensors[name].nbytes
+    return offsets
+
+
 def graph_to_json(graph: Graph) -> dict[str, Any]:
     return {
         "name": graph.name,
@@ -195,7 +204,9 @@ def read_package(path: str | os.PathLike, verify: bool = False) -> Package:
         w = manifest["weights"]
         graph = graph_from_json(manifest["graph"])
         entries = {
-            name: WeightEntry(name, tuple(int(d) for d in shape), str(dtype), int(offset), int(nbytes), int(crc))
+            name: WeightEntry(
+                name, tuple(int(d) for d in shape), str(dtype), int(offset), int(nbytes), int(crc)
+            )
             for name, shape, dtype, offset, nbytes, crc in w["tensors"]
         }
         size, sha = int(w["size"]), str(w["sha256"])
@@ -221,7 +232,9 @@ def read_package(path: str | os.PathLike, verify: bool = False) -> Package:
     return package
 
 
-DTYPES = frozenset({"float32", "float16", "float64", "int8", "uint8", "int16", "uint16", "int32", "int64", "bool"})
+DTYPES = frozenset(
+    {"float32", "float16", "float64", "int8", "uint8", "int16", "uint16", "int32", "int64", "bool"}
+)
 
 
 def _check_index(path: Path, graph: Graph, entries: Mapping[str, WeightEntry], size: int, redo: str) -> None:
@@ -229,7 +242,10 @@ def _check_index(path: Path, graph: Graph, entries: Mapping[str, WeightEntry], s
     against the limits and the file before anything is allocated or read."""
     limit = DEFAULT_LIMITS.max_tensor_bytes
     for name, info in graph.tensors.items():
-        if any(not isinstance(d, int) or d < 0 for d in info.shape) or len(info.shape) > DEFAULT_LIMITS.max_rank:
+        if (
+            any(not isinstance(d, int) or d < 0 for d in info.shape)
+            or len(info.shape) > DEFAULT_LIMITS.max_rank
+        ):
             raise PackageError(f"{path}: tensor {name!r} has shape {list(info.shape)[:8]}; {redo}")
         if info.dtype not in DTYPES:
             raise PackageError(f"{path}: tensor {name!r} has dtype {str(info.dtype)[:40]!r}; {redo}")

@@ -7,7 +7,6 @@ import logging
 import mmap
 import os
 import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -30,12 +29,12 @@ log = logging.getLogger("flexnnd.calibrate")
 # 2: small weights files read on a probe file (1 cached 0 B/s); 3: reads timed as the loader reads;
 # 4: a read's latency measured apart from the rate, and what each channel part of a conv adds.
 # 5: channel parts share one im2col / Winograd input, so what a part adds is measured again;
-# 6: the best of three timed reads.
-CALIBRATION_VERSION = 6
+# 6: the best of three timed reads; 7: latency and rate fitted over sequential reads of three sizes.
+CALIBRATION_VERSION = 7
 # Reads shorter than this time the system call more than the storage.
 READ_PROBE_BYTES = 16 << 20
-# Read sizes timed to tell the storage's per-read latency from its rate.
-BIG_READ, SMALL_READ, SMALL_READS = 1 << 20, 64 << 10, 32
+# Read sizes timed to tell the storage's per-read latency from its rate: the sizes the loader reads.
+READ_SIZES = (128 << 10, 512 << 10, 2 << 20)
 READ_TRIES = 3
 PARTS = 16  # channel parts of the calibration conv, as the planner cuts big weights
 FALLBACK_READ_BYTES = (
@@ -142,55 +141,57 @@ def _without_probe(path: Path, error: OSError) -> tuple[tuple[float, float], boo
         error.strerror or error,
         path.stat().st_size,
     )
-    return (_timed_read(path) if path.stat().st_size else (FALLBACK_READ_BYTES, 0.0)), False
+    return (storage_speed(path) if path.stat().st_size else (FALLBACK_READ_BYTES, 0.0)), False
 
 
 def storage_speed(path: Path) -> tuple[float, float]:
-    """(bytes/s, seconds per read) of the storage `path` is on, timed now as the loader reads: the
-    fastest of READ_TRIES, so a moment of contention does not set the rate for good."""
-    return max(_timed_read(Path(path)) for _ in range(READ_TRIES))
+    """(bytes/s, seconds per read) of the storage `path` is on, timed now as the loader reads. Each
+    read size keeps its fastest of READ_TRIES, so a moment of contention does not set the rate for
+    good; a read of b bytes takes latency + b / rate, fitted over the sizes."""
+    tries = [_timed_reads(Path(path)) for _ in range(READ_TRIES)]
+    if not tries[0]:
+        return FALLBACK_READ_BYTES, 0.0
+    sizes = np.array([nbytes for nbytes, _ in tries[0]])
+    seconds = np.array([[t for _, t in points] for points in tries]).min(axis=0)
+    if len(sizes) > 1 and np.ptp(sizes) > 0:
+        per_byte, latency = np.polyfit(sizes, seconds, 1)
+        if per_byte > 0:
+            return 1 / per_byte, max(float(latency), 0.0)
+    return float(sizes.sum() / seconds.sum()), 0.0  # too little to tell the two apart
 
 
-def _timed_read(path: Path) -> tuple[float, float]:
-    """(bytes/s, seconds per read) of the storage, read as the loader does: O_DIRECT where the
-    filesystem allows it, else through the page cache without readahead (readahead alone made the
-    rate ~1.4x what the loader gets, here). Reads of two sizes separate the two: a read of b bytes
-    takes latency + b / rate."""
-    size = min(path.stat().st_size, 64 << 20)
-    buf = mmap.mmap(-1, BIG_READ)  # page-aligned, as O_DIRECT wants
+def _timed_reads(path: Path) -> list[tuple[float, float]]:
+    """(bytes, seconds) of one read of each of READ_SIZES, read as the loader reads: sequentially,
+    O_DIRECT where the filesystem allows it, else through the page cache without readahead
+    (readahead alone made the rate ~1.4x what the loader gets, here). Timing one size and random
+    small reads instead put the latency at 40 us where the loader paid 100 us, here."""
+    size = min(path.stat().st_size, 48 << 20)
+    buf = mmap.mmap(-1, max(READ_SIZES))  # page-aligned, as O_DIRECT wants
+    view = memoryview(buf)
     fd, direct = open_weights(str(path))
+    points: list[tuple[int, float]] = []
     try:
-        os.posix_fadvise(fd, 0, size, os.POSIX_FADV_DONTNEED)
         reading = fd if direct is None else direct
-        start, done, reads = time.perf_counter(), 0, 0
-        while done < size:
-            got = os.preadv(reading, [buf], done)
-            if got <= 0:
-                break
-            done, reads = done + got, reads + 1
-        seconds = time.perf_counter() - start
-        os.posix_fadvise(fd, 0, size, os.POSIX_FADV_DONTNEED)
-        small = memoryview(buf)[:SMALL_READ]
-        spots = range(0, max(size - SMALL_READ, 1), max(size // SMALL_READS, SMALL_READ))
-        times = []
-        for offset in spots:  # spread over the file: none is in a cache the previous one filled
-            small_start = time.perf_counter()
-            os.preadv(reading, [small], offset // DIRECT_ALIGN * DIRECT_ALIGN)
-            times.append(time.perf_counter() - small_start)
-        small_seconds = statistics.median(times)  # a busy machine delays a few reads a lot
-        small.release()
+        span = max(size // len(READ_SIZES) // DIRECT_ALIGN * DIRECT_ALIGN, DIRECT_ALIGN)
+        for i, nbytes in enumerate(READ_SIZES):
+            first = i * span if (i + 1) * span <= size else 0  # a small file: each size reads it all
+            os.posix_fadvise(fd, 0, size, os.POSIX_FADV_DONTNEED)
+            offset, reads, start = first, 0, time.perf_counter()
+            while offset < min(first + span, size):
+                got = os.preadv(reading, [view[:nbytes]], offset)
+                if got <= 0:
+                    break
+                offset, reads = offset + got, reads + 1
+            if reads:
+                points.append(((offset - first) / reads, (time.perf_counter() - start) / reads))
         os.posix_fadvise(fd, 0, size, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
         if direct is not None:
             os.close(direct)
+        view.release()
         buf.close()
-    rate = done / max(seconds, 1e-9)
-    big_seconds = seconds / max(reads, 1)
-    if done < 2 * BIG_READ or big_seconds <= small_seconds:  # too little to tell the two apart
-        return rate, 0.0
-    rate = (BIG_READ - SMALL_READ) / (big_seconds - small_seconds)
-    return rate, max(small_seconds - SMALL_READ / rate, 0.0)
+    return points
 
 
 def measure(weights_file: Path) -> tuple[Machine, bool]:

@@ -9,11 +9,13 @@ from collections.abc import Mapping, Sequence
 
 from flexnnd.errors import BudgetTooSmall, StalePlanFile
 from flexnnd.graph.ir import Graph
+from flexnnd.graph.package import weight_offsets
 from flexnnd.planner import plan_resident
 from flexnnd.planner.plan import Plan
 from flexnnd.planner.plan_file import IndexEntry
 from flexnnd.planner.profile import Machine, StepCost, Timeline, simulate, step_costs
 from flexnnd.planner.stream import Planner, plan_for_budget, plan_with_slicing, slicing_of, smallest_plan
+from flexnnd.runtime.loader import DIRECT_ALIGN
 
 RUNGS = 24  # geometric rungs between the two ends
 
@@ -41,7 +43,22 @@ def timeline(
         for s in plan.steps
     ]
     loads = {ld.piece: plan.region[ld.piece].nbytes for ld in plan.loads}
-    return simulate(plan, seconds, loads, machine)
+    return simulate(plan, seconds, loads, machine, load_joins(graph, plan))
+
+
+def load_joins(graph: Graph, plan: Plan) -> list[bool]:
+    """For each load, whether it continues the previous one in the weights file on a block
+    boundary, so that the loader may read both with one preadv."""
+    offsets = weight_offsets(graph)
+    joins, end = [], -1
+    for ld in plan.loads:
+        piece = plan.pieces[ld.piece]
+        info = graph.tensors[piece.tensor]
+        row = info.nbytes // info.shape[0]
+        start = offsets[piece.tensor] + row * piece.start
+        joins.append(start == end and start % DIRECT_ALIGN == 0)
+        end = start + row * (piece.stop - piece.start)
+    return joins
 
 
 def build_ladder(graph: Graph, machine: Machine, rungs: int = RUNGS) -> list[Plan]:

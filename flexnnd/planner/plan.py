@@ -28,7 +28,8 @@ from flexnnd.ops.base import Part
 # 10: a conv's channel parts share one im2col / Winograd input in the scratch (Winograd's v moved first).
 # 11: the bottom rung is the fastest plan within the maximal slicing's arena.
 # 12: a rung predicted slower than one below it takes that rung's slicing or plan.
-PLAN_VERSION = 12
+# 13: the simulator reads adjacent released loads in one read, as the loader now does.
+PLAN_VERSION = 13
 ALIGNMENT = 64
 
 

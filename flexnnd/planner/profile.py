@@ -15,6 +15,7 @@ import numpy as np
 from flexnnd.graph.ir import Graph, Node
 from flexnnd.planner.lifetimes import lifetimes
 from flexnnd.planner.plan import Plan
+from flexnnd.runtime.loader import BUNDLE_BYTES
 
 
 @dataclass(frozen=True)
@@ -130,36 +131,49 @@ def simulate(
     step_seconds: Sequence[float],
     load_bytes: Mapping[str, int],
     machine: Machine,
+    joins: Sequence[bool] | None = None,
 ) -> Timeline:
     """Predicted latency of one inference under `plan`.
 
     `step_seconds[i]` is step i's compute time; `load_bytes[piece]` the size of each streamed
     piece. The loader reads the plan's loads one after another, each no earlier than the end of
     the step that releases it; a step starts when the previous one ended and its pieces are in.
+    As the loader does, a read takes along the loads after it that continue it in the file
+    (`joins[k]`: load k continues load k-1) and are released by then, up to BUNDLE_BYTES.
     """
-    n = len(plan.steps)
+    n, loads = len(plan.steps), plan.loads
+    if joins is None:
+        joins = [False] * len(loads)
     loads_of_step: dict[int, list[int]] = {}
-    for k, load in enumerate(plan.loads):
+    for k, load in enumerate(loads):
         loads_of_step.setdefault(load.step, []).append(k)
-    load_start = [0.0] * len(plan.loads)
-    load_end = [0.0] * len(plan.loads)
+    load_start = [0.0] * len(loads)
+    load_end = [0.0] * len(loads)
     compute_start = [0.0] * n
     compute_end = [0.0] * n
     loader_free, next_load, clock = 0.0, 0, 0.0
+
+    def released(k: int) -> float:
+        return 0.0 if loads[k].after_step < 0 else compute_end[loads[k].after_step]
+
     for i in range(n):
         # The loader runs every load released by steps before i (their end times are known).
-        while next_load < len(plan.loads) and plan.loads[next_load].after_step < i:
-            released = (
-                0.0 if plan.loads[next_load].after_step < 0 else compute_end[plan.loads[next_load].after_step]
-            )
-            load_start[next_load] = max(loader_free, released)
-            load_end[next_load] = (
-                load_start[next_load]
-                + machine.read_latency
-                + load_bytes[plan.loads[next_load].piece] / machine.read_bytes
-            )
-            loader_free = load_end[next_load]
-            next_load += 1
+        while next_load < len(loads) and loads[next_load].after_step < i:
+            start = max(loader_free, released(next_load))
+            end, nbytes = next_load + 1, load_bytes[loads[next_load].piece]
+            while (
+                end < len(loads)
+                and joins[end]
+                and loads[end].after_step < i
+                and released(end) <= start
+                and nbytes + load_bytes[loads[end].piece] <= BUNDLE_BYTES
+            ):
+                nbytes += load_bytes[loads[end].piece]
+                end += 1
+            finish = start + machine.read_latency + nbytes / machine.read_bytes
+            for k in range(next_load, end):
+                load_start[k], load_end[k] = start, finish
+            loader_free, next_load = finish, end
         ready = max((load_end[k] for k in loads_of_step.get(i, ())), default=0.0)
         compute_start[i] = max(clock, ready)
         compute_end[i] = compute_start[i] + step_seconds[i]

@@ -7,6 +7,7 @@ inputs in, calls the bound kernels in order, and copies the outputs out.
 from __future__ import annotations
 
 import os
+import time
 import zlib
 from collections.abc import Mapping
 
@@ -51,6 +52,7 @@ class Executor:
         self.inputs = [(t.name, self.views[t.name]) for t in graph.inputs]
         self.outputs = [(t.name, self.views[t.name]) for t in graph.outputs]
         self.loader: Loader | None = None
+        self.stall_seconds = 0.0  # the last inference's wait for weights
         if plan.loads:
             reads = [
                 PieceRead(
@@ -110,15 +112,19 @@ class Executor:
                 kernel()
         else:
             loader.begin()
+            stalled = 0.0
             try:
                 for i, kernel in enumerate(self.kernels):
                     if self.waits[i]:
+                        start = time.perf_counter()
                         loader.wait_for(self.loads_before[i])
+                        stalled += time.perf_counter() - start
                     kernel()
                     if self.releases[i]:
                         loader.step_done(i)
             finally:
                 loader.end()
+                self.stall_seconds = stalled
         return {name: view.copy() for name, view in self.outputs}
 
     def close(self) -> None:

@@ -36,6 +36,8 @@ class TensorSpec:
 class _Closed:
     """Stands in for an executor whose arena was released and whose successor failed to build."""
 
+    loader, stall_seconds = None, 0.0
+
     def __init__(self, plan: Plan):
         self.plan = plan
 
@@ -232,6 +234,7 @@ class Session:
 
     def stats(self) -> dict[str, object]:
         plan = self.plan
+        loader = self._executor.loader
         return {
             "model": self.package.graph.name,
             "budget": self.budget,
@@ -242,6 +245,10 @@ class Session:
             "steps": len(plan.steps),
             "sliced_steps": sum(1 for s in plan.steps if s.part is not None),
             "last_inference_seconds": self.last_inference_seconds,
+            # Of the last inference: how long compute waited for weights, what the loader read.
+            "last_stall_seconds": self._executor.stall_seconds,
+            "last_read_bytes": loader.read_bytes if loader else 0,
+            "last_read_seconds": loader.read_seconds if loader else 0.0,
         }
 
     def close(self) -> None:

@@ -20,9 +20,15 @@ def model(tmp_path_factory):
         out = "y" if i == 3 else f"r{i}"
         nodes.append(helper.make_node("Gemm", [prev, f"w{i}", f"b{i}"], [f"h{i}"], transB=1, name=f"fc{i}"))
         nodes.append(helper.make_node("Relu", [f"h{i}"], [out], name=f"relu{i}"))
-        inits += [(f"w{i}", rng.standard_normal((256, 256)).astype(np.float32) / 16), (f"b{i}", np.zeros(256, np.float32))]
+        inits += [
+            (f"w{i}", rng.standard_normal((256, 256)).astype(np.float32) / 16),
+            (f"b{i}", np.zeros(256, np.float32)),
+        ]
         prev = out
-    return save(make_model(nodes, [("x", [1, 256])], [("y", None)], inits), tmp_path_factory.mktemp("adopt") / "m.onnx")
+    return save(
+        make_model(nodes, [("x", [1, 256])], [("y", None)], inits),
+        tmp_path_factory.mktemp("adopt") / "m.onnx",
+    )
 
 
 def _feeds(sess):

@@ -34,7 +34,7 @@ def _direct_allowed(path: Path) -> bool:
 
 def _recording(calls):
     def reader(fd, buffers, offset):
-        calls.append((fd, offset, len(buffers[0])))
+        calls.append((fd, offset, sum(len(b) for b in buffers)))
         return os.preadv(fd, buffers, offset)
 
     return reader
@@ -234,3 +234,70 @@ def test_streaming_leaves_no_weights_in_the_page_cache(tmp_path, monkeypatch, o_
         for _ in range(3):
             sess.run({"x": x})
         assert _cached_bytes(weights) <= 2 * mmap.PAGESIZE
+
+
+@pytest.mark.parametrize("direct_allowed", [True, False])
+def test_adjacent_pieces_share_one_read(tmp_path, monkeypatch, direct_allowed):
+    """The loader reads pieces that follow each other in the file, all released, with one preadv
+    (up to BUNDLE_BYTES): each piece gets its own bytes, and there are fewer reads than pieces."""
+    path = tmp_path / "weights.bin"
+    sizes = [3 * DIRECT_ALIGN, DIRECT_ALIGN, 5 * DIRECT_ALIGN + 100, 2 * DIRECT_ALIGN]  # last one unaligned
+    data = _weights(path, sum(sizes) + DIRECT_ALIGN)
+    if not direct_allowed:
+        refuse_o_direct(monkeypatch)
+    elif not _direct_allowed(path):
+        pytest.skip(f"the filesystem of {tmp_path} refuses O_DIRECT")
+    arena = mmap.mmap(-1, 8 * DIRECT_ALIGN + sum(sizes))
+    reads, offset, at = [], 0, 0
+    for i, n in enumerate(sizes):
+        at = (at + DIRECT_ALIGN - 1) // DIRECT_ALIGN * DIRECT_ALIGN + (offset % DIRECT_ALIGN)
+        reads.append(loader_mod.PieceRead(f"w{i}", memoryview(arena)[at : at + n], offset, -1))
+        at, offset = at + n + DIRECT_ALIGN, offset + n  # apart in the arena, adjacent in the file
+    calls = []
+    loader = loader_mod.Loader(str(path), reads, _recording(calls))
+    try:
+        # The piece after the unaligned one starts off a block: O_DIRECT cannot take it along.
+        assert loader.joins == [False, True, True, not direct_allowed]
+        loader.begin()
+        loader.wait_for(len(reads))
+        loader.end()
+    finally:
+        loader.close()
+    offset = 0
+    for read, n in zip(reads, sizes, strict=True):
+        assert bytes(read.view) == data[offset : offset + n], read.name
+        offset += n
+        read.view.release()
+    arena.close()
+    assert loader.read_bytes == sum(sizes)
+    if direct_allowed:  # w0..w2's blocks in one direct read, w2's tail buffered, w3 apart
+        assert [(o, n) for f, o, n in calls if f == loader._direct] == [(0, 36864), (40960, 4096)]
+    else:
+        assert [(o, n) for _, o, n in calls] == [(0, sum(sizes))]
+
+
+def test_a_bundle_is_capped(tmp_path, monkeypatch):
+    """No read takes more than BUNDLE_BYTES, however many pieces are released."""
+    monkeypatch.setattr(loader_mod, "BUNDLE_BYTES", 4 * DIRECT_ALIGN)
+    path = tmp_path / "weights.bin"
+    data = _weights(path, 10 * DIRECT_ALIGN)
+    arena = mmap.mmap(-1, 10 * DIRECT_ALIGN)
+    reads = [
+        loader_mod.PieceRead(
+            f"w{i}", memoryview(arena)[i * DIRECT_ALIGN : (i + 1) * DIRECT_ALIGN], i * DIRECT_ALIGN, -1
+        )
+        for i in range(10)
+    ]
+    calls = []
+    loader = loader_mod.Loader(str(path), reads, _recording(calls))
+    try:
+        loader.begin()
+        loader.wait_for(len(reads))
+        loader.end()
+    finally:
+        loader.close()
+    assert [o // DIRECT_ALIGN for _, o, _ in calls] == [0, 4, 8]
+    assert bytes(arena) == data
+    for read in reads:
+        read.view.release()
+    arena.close()

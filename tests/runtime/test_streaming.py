@@ -71,12 +71,12 @@ def test_the_kth_load_failing_fails_that_inference_only(streamed_session):
     real = loader.reader
     threads_before = threading.active_count()
     fds_before = len(os.listdir("/proc/self/fd"))
-    for k in range(len(sess.plan.loads)):
-        calls = []
+    for load in sess.plan.loads:
+        at = sess._executor.piece_range(load.piece)[0]
 
-        def failing(fd, buffers, offset, k=k, calls=calls):
-            calls.append(offset)
-            if len(calls) == k + 1:
+        # The read that covers this load's bytes fails (a read may take several adjacent loads).
+        def failing(fd, buffers, offset, at=at):
+            if offset <= at < offset + sum(len(b) for b in buffers):
                 raise OSError(5, "Input/output error (injected)")
             return real(fd, buffers, offset)
 
@@ -87,6 +87,19 @@ def test_the_kth_load_failing_fails_that_inference_only(streamed_session):
         np.testing.assert_array_equal(sess.run({"x": x})["y"], want)
     assert threading.active_count() == threads_before
     assert len(os.listdir("/proc/self/fd")) == fds_before
+
+
+def test_stats_report_what_the_last_inference_read_and_waited(streamed_session):
+    sess = streamed_session
+    sess.run({"x": np.zeros((1, 256), np.float32)})
+    stats = sess.stats()
+    assert stats["last_read_bytes"] == stats["streamed_bytes"] > 0
+    assert stats["last_read_seconds"] > 0
+    assert 0 <= stats["last_stall_seconds"] <= stats["last_inference_seconds"]
+    sess.set_budget(None)  # all resident: nothing read, nothing waited for
+    sess.run({"x": np.zeros((1, 256), np.float32)})
+    stats = sess.stats()
+    assert (stats["streamed_bytes"], stats["last_read_bytes"], stats["last_stall_seconds"]) == (0, 0, 0.0)
 
 
 def test_a_short_read_is_a_load_error(streamed_session):
@@ -144,3 +157,30 @@ def test_sizes(text, expected):
 def test_bad_sizes(text):
     with pytest.raises(ValueError, match="size"):
         parse_size(text)
+
+
+def test_the_simulator_joins_the_loads_the_loader_joins(streamed_session):
+    """Which loads share a read is decided by one rule on both sides: the planner's, from the graph's
+    file layout, and the loader's, from real file offsets and arena addresses."""
+    import dataclasses
+
+    from flexnnd.planner.ladder import load_joins
+    from flexnnd.planner.profile import Machine, simulate
+
+    sess = streamed_session
+    plan, graph = sess.plan, sess.package.graph
+    joins = load_joins(graph, plan)
+    assert joins == sess._executor.loader.joins
+    assert any(joins)
+    # All released at once, one byte each, reads costing 1 s apiece: one read per run of joined loads.
+    early = dataclasses.replace(
+        plan, loads=tuple(dataclasses.replace(ld, after_step=-1) for ld in plan.loads)
+    )
+    slow = Machine(
+        gemm_flops=1, winograd_flops=1, depthwise_flops=1, memory_bytes=1, read_bytes=1e9, read_latency=1.0
+    )
+    tiny = {ld.piece: 1 for ld in plan.loads}
+    apart = simulate(early, [0.0] * len(plan.steps), tiny, slow)
+    together = simulate(early, [0.0] * len(plan.steps), tiny, slow, joins)
+    assert apart.seconds == pytest.approx(len(plan.loads), rel=1e-6)
+    assert together.seconds == pytest.approx(len(plan.loads) - sum(joins), rel=1e-6)
