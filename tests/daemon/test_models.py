@@ -165,17 +165,15 @@ def test_requests_beyond_the_queue_are_refused(models, onnx_files):
 
 
 @contextlib.contextmanager
-def rotten(model, weight: str):
-    """Bit rot in one weight of the model's weights file: same inode, size and mtime, so only its CRC
-    tells; the bytes come back after."""
-    path, entry = model.weights_path, model.package.weights[weight]
+def rotten(path, entry):
+    """Bit rot in one weight (a WeightEntry) of a weights file: same inode, size and mtime, so only
+    its CRC tells; the bytes come back after."""
     before = os.stat(path)
     with open(path, "r+b") as f:
         saved = os.pread(f.fileno(), entry.nbytes, entry.offset)
         os.pwrite(f.fileno(), bytes(b ^ 0x5A for b in saved), entry.offset)
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
     try:
-        assert model.weights_problem() is None  # the file looks unchanged: the fault shows only on a read
         yield
     finally:
         with open(path, "r+b") as f:
@@ -183,25 +181,34 @@ def rotten(model, weight: str):
         os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
 
 
+def resident_weight(plan, package):
+    """The largest weight `plan` holds whole in its arena: a swap re-reads and CRC-checks it, an
+    inference on `plan` does not read it."""
+    whole = [name for name in plan.resident if name in package.weights]
+    assert whole, f"the {plan.arena_bytes:,}-byte plan holds no whole weight"
+    return package.weights[max(whole, key=lambda name: package.weights[name].nbytes)]
+
+
 def errors_of(models, name):
     return [e for e in models.events.history if e.kind == "error" and e.model == name]
 
 
-def on_w0_resident_rung(models, onnx_files):
-    """Model a on the cheapest rung that holds w0 resident, below the top rung: a swap up re-reads w0."""
+def below_the_top(models, onnx_files):
+    """Model a on the rung below the top (some weights stream): its rung, the top rung, a weight it holds."""
     a = models.load("a", onnx_files["a"])
     rungs = sorted(a.rungs, key=lambda r: r.cost)
     models.rebalance(rungs[-2].cost)
-    assert "w0" in a.session.plan.resident and a.session.plan.loads  # w0 is in the arena, others stream
-    return a, rungs[-2], rungs[-1]
+    assert a.session.plan.loads
+    return a, rungs[-2], rungs[-1], resident_weight(a.session.plan, a.package)
 
 
 def test_a_failed_swap_up_keeps_serving_the_old_plan_and_retries_on_a_budget_change(models, onnx_files):
-    a, old, top = on_w0_resident_rung(models, onnx_files)
+    a, old, top, weight = below_the_top(models, onnx_files)
     x = feeds(a)
     before = models.infer("a", x)["y"]
     swaps = len([e for e in models.events.history if e.kind == "swap"])
-    with rotten(a, "w0"):
+    with rotten(a.weights_path, weight):
+        assert a.weights_problem() is None  # the file looks unchanged: only a read finds the fault
         models.rebalance(None)  # no limit: the swap up overlaps, the old plan serves meanwhile
         assert a.state == "ready" and a.ready and a.share == old.cost
         assert a.session.plan.arena_bytes == old.entry.arena_bytes
@@ -224,9 +231,9 @@ def test_a_failed_swap_up_keeps_serving_the_old_plan_and_retries_on_a_budget_cha
 
 
 def test_a_failed_swap_that_released_the_old_plan_marks_the_model_failed(models, onnx_files):
-    a, _, top = on_w0_resident_rung(models, onnx_files)
+    a, _, top, weight = below_the_top(models, onnx_files)
     x = feeds(a)
-    with rotten(a, "w0"):
+    with rotten(a.weights_path, weight):
         models.rebalance(top.cost)  # old and new arenas do not fit together: the old one goes first
     assert a.state == "failed" and not a.ready and a.share is None
     assert models.committed == 0 and "a" not in models.plan_split(top.cost)[0]
