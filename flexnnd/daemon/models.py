@@ -92,9 +92,8 @@ class Model:
         self.state = "loading"  # loading | ready | no-fit | failed
         self.reason = ""
         self.share: int | None = None
-        # The last swap that failed while the old plan served on: (budget, arena bytes it tried), its event.
-        self.failed_swap: tuple[int | None, int] | None = None
-        self.swap_error = ""
+        self.failed_swap: tuple[int | None, int] | None = None  # (budget, arena bytes) of a swap that failed
+        self.swap_error = ""  # the last failed swap's event message: a repeat is not published again
         self.inferences = 0
         self.capacity = 1 + queue_depth  # the one running plus those waiting for the arena
         self._admitted = 0
@@ -340,6 +339,8 @@ class Models:
 
         A growing model keeps serving on its old plan while the new arena loads when the old and
         new arenas fit the budget together; otherwise it waits for its inference in flight.
+        A swap that fails with the old plan intact leaves the model ready on it (its reason says so)
+        and is retried only under another budget; one that left no plan marks the model failed.
         Every plan to adopt is read first: if one cannot be, PlanError (naming the file) and
         nothing changes, the models serve on with their current plans.
         """
