@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +46,20 @@ def assert_close_to_reference(got: np.ndarray, want: np.ndarray) -> None:
     bound = 1e-4 * max(1.0, float(np.abs(want).max()))
     diff = float(np.abs(got.astype(np.float64) - want).max())
     assert diff <= bound, f"max |diff| {diff:.3g} > {bound:.3g}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def xdg_cache_home(tmp_path_factory) -> Iterator[Path]:
+    """XDG_CACHE_HOME under the session's basetemp, so an import or Session without a calibration_dir
+    (and every subprocess, which inherits it) calibrates once per session there, not in ~/.cache."""
+    path = tmp_path_factory.mktemp("xdg-cache", numbered=False)
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(path)
+    yield path
+    if before is None:
+        del os.environ["XDG_CACHE_HOME"]
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
 
 
 @pytest.fixture(scope="session")

@@ -92,6 +92,8 @@ class Model:
         self.state = "loading"  # loading | ready | no-fit | failed
         self.reason = ""
         self.share: int | None = None
+        self.failed_swap: tuple[int | None, int] | None = None  # (budget, arena bytes) of a swap that failed
+        self.swap_error = ""  # the last failed swap's event message: a repeat is not published again
         self.inferences = 0
         self.capacity = 1 + queue_depth  # the one running plus those waiting for the arena
         self._admitted = 0
@@ -337,11 +339,19 @@ class Models:
 
         A growing model keeps serving on its old plan while the new arena loads when the old and
         new arenas fit the budget together; otherwise it waits for its inference in flight.
+        A swap that fails with the old plan intact leaves the model ready on it (its reason says so)
+        and is retried only under another budget; one that left no plan marks the model failed.
         Every plan to adopt is read first: if one cannot be, PlanError (naming the file) and
         nothing changes, the models serve on with their current plans.
         """
         with self._lock:
             chosen, left_out = self.plan_split(total)
+            # A swap that failed under this budget waits for the budget to change: no retry every tick.
+            chosen = {
+                name: rung
+                for name, rung in chosen.items()
+                if not (m := self._models[name]).ready or m.failed_swap != (total, rung.entry.arena_bytes)
+            }
             plans = self._read_plans(chosen)
             self.total = total
             for model in left_out:
@@ -403,7 +413,7 @@ class Models:
     ) -> None:
         session = model.session
         if read is None:  # the rung it runs already
-            model.share = rung.cost
+            model.share, model.reason, model.failed_swap, model.swap_error = rung.cost, "", None, ""
             return
         plan, read_seconds = read
         start = time.perf_counter() - read_seconds
@@ -422,12 +432,10 @@ class Models:
                 overlapped = grow and (total is None or self.committed + rung.cost <= total)
                 session.adopt(plan, rung.cost, overlap=overlapped)
         except FlexnnError as e:
-            model.state, model.reason = "failed", str(e)
-            self.events.publish(
-                Event("error", f"adopting a {plan.arena_bytes:,}-byte plan failed: {e}", model=model.name)
-            )
+            self._adopt_failed(model, session, plan, total, e)
             return
         model.state, model.reason, model.share = "ready", "", rung.cost
+        model.failed_swap, model.swap_error = None, ""
         self.swaps += session is not None
         self.events.publish(
             Event(
@@ -441,6 +449,28 @@ class Models:
                 duration_s=time.perf_counter() - start,
             )
         )
+
+    def _adopt_failed(
+        self, model: Model, session: Session | None, plan: Plan, total: int | None, error: FlexnnError
+    ) -> None:
+        """A failed adopt: the model serves on if `session` (the one it had) kept its plan, else it is failed."""
+        if session is not None and session.loaded:  # an overlapped swap failed before switching
+            kept = session.plan.arena_bytes
+            model.failed_swap = (total, plan.arena_bytes)
+            model.reason = (
+                f"swap {kept:,} → {plan.arena_bytes:,} bytes failed, the {kept:,}-byte plan serves on "
+                f"(retried when the budget changes): {error}"
+            )
+        else:
+            model.close()
+            model.state, model.share, model.failed_swap = "failed", None, None
+            model.reason = (
+                f"adopting a {plan.arena_bytes:,}-byte plan failed and it has no plan to serve on: {error}; "
+                f"reload it with flexnnctl load {model.name}"
+            )
+        if model.reason != model.swap_error:  # one event per distinct failure, not one per retry
+            model.swap_error = model.reason
+            self.events.publish(Event("error", model.reason, model=model.name))
 
 
 def _warm(session: Session) -> None:

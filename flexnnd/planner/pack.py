@@ -141,11 +141,6 @@ class FullSpanGaps:
         return start
 
 
-def lowest_fit(size: int, first: int, last: int, placed: Iterable[Region]) -> int:
-    """The lowest aligned offset where `size` bytes are free for all of steps [first, last]."""
-    return Occupancy(placed).lowest_fit(size, first, last)
-
-
 def place_greedy_by_size(requests: Iterable[Request], floor: int = 0) -> tuple[list[Region], int]:
     """Largest first, each at the lowest offset free during its lifetime (TFLite's greedy-by-size),
     all at or above `floor` (an aligned band kept free below them at every step).

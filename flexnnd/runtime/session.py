@@ -191,21 +191,24 @@ class Session:
         overlap=True builds the new arena and loads its resident weights while the old plan keeps
         serving, then switches; the caller vouches that both arenas fit its budget at once. Otherwise
         the inference in flight finishes, the old arena is released, then the new one is built
-        (queued inferences wait meanwhile). If building fails, an overlapped swap keeps the old plan;
-        a blocking one leaves the session without a plan until the next successful adopt.
+        (queued inferences wait meanwhile).
+
+        A failure leaves one of two states, told apart by `loaded`: an overlapped swap that fails
+        leaves the old plan adopted and serving (`loaded` as before, `plan` unchanged); a blocking
+        one leaves no plan (`loaded` False, runs raise LoadError) until the next successful adopt.
         """
         start = time.perf_counter()
         old_arena = self.plan.arena_bytes
         if overlap:
-            fresh = Executor(self.package, plan)
+            fresh = Executor(self.package, plan)  # a failure here has touched nothing of the old plan
             with self._priority():
                 old, self._executor = self._executor, fresh
                 self.plan, self._pending, self.budget = plan, None, budget
             old.close()
         else:
             with self._priority():
-                self._executor.close()
                 try:
+                    self._executor.close()  # inside the try: a half-closed executor must not stay in use
                     fresh = Executor(self.package, plan)
                 except BaseException:
                     self._executor = _Closed(self.plan)

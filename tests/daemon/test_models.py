@@ -1,7 +1,10 @@
-"""The daemon's model set: the budget split, loading under a budget, swaps down and up, admission."""
+"""The daemon's model set: the budget split, loading under a budget, swaps down and up, failed swaps,
+admission."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 
 import numpy as np
@@ -23,7 +26,10 @@ def fc_model(path, width=256, layers=4, seed=0):
         out = "y" if i == layers - 1 else f"r{i}"
         nodes.append(helper.make_node("Gemm", [prev, f"w{i}", f"b{i}"], [f"h{i}"], transB=1, name=f"fc{i}"))
         nodes.append(helper.make_node("Relu", [f"h{i}"], [out], name=f"relu{i}"))
-        inits += [(f"w{i}", rng.standard_normal((width, width)).astype(np.float32) / 16), (f"b{i}", np.zeros(width, np.float32))]
+        inits += [
+            (f"w{i}", rng.standard_normal((width, width)).astype(np.float32) / 16),
+            (f"b{i}", np.zeros(width, np.float32)),
+        ]
         prev = out
     return save(make_model(nodes, [("x", [1, width])], [("y", None)], inits, name=path.stem), path)
 
@@ -156,3 +162,83 @@ def test_requests_beyond_the_queue_are_refused(models, onnx_files):
         for t in threads:
             t.join(30)
     assert a.queue_depth == 0 and a.inferences >= a.capacity
+
+
+@contextlib.contextmanager
+def rotten(path, entry):
+    """Bit rot in one weight (a WeightEntry) of a weights file: same inode, size and mtime, so only
+    its CRC tells; the bytes come back after."""
+    before = os.stat(path)
+    with open(path, "r+b") as f:
+        saved = os.pread(f.fileno(), entry.nbytes, entry.offset)
+        os.pwrite(f.fileno(), bytes(b ^ 0x5A for b in saved), entry.offset)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    try:
+        yield
+    finally:
+        with open(path, "r+b") as f:
+            os.pwrite(f.fileno(), saved, entry.offset)
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def resident_weight(plan, package):
+    """The largest weight `plan` holds whole in its arena: a swap re-reads and CRC-checks it, an
+    inference on `plan` does not read it."""
+    whole = [name for name in plan.resident if name in package.weights]
+    assert whole, f"the {plan.arena_bytes:,}-byte plan holds no whole weight"
+    return package.weights[max(whole, key=lambda name: package.weights[name].nbytes)]
+
+
+def errors_of(models, name):
+    return [e for e in models.events.history if e.kind == "error" and e.model == name]
+
+
+def below_the_top(models, onnx_files):
+    """Model a on the rung below the top (some weights stream): its rung, the top rung, a weight it holds."""
+    a = models.load("a", onnx_files["a"])
+    rungs = sorted(a.rungs, key=lambda r: r.cost)
+    models.rebalance(rungs[-2].cost)
+    assert a.session.plan.loads
+    return a, rungs[-2], rungs[-1], resident_weight(a.session.plan, a.package)
+
+
+def test_a_failed_swap_up_keeps_serving_the_old_plan_and_retries_on_a_budget_change(models, onnx_files):
+    a, old, top, weight = below_the_top(models, onnx_files)
+    x = feeds(a)
+    before = models.infer("a", x)["y"]
+    swaps = len([e for e in models.events.history if e.kind == "swap"])
+    with rotten(a.weights_path, weight):
+        assert a.weights_problem() is None  # the file looks unchanged: only a read finds the fault
+        models.rebalance(None)  # no limit: the swap up overlaps, the old plan serves meanwhile
+        assert a.state == "ready" and a.ready and a.share == old.cost
+        assert a.session.plan.arena_bytes == old.entry.arena_bytes
+        assert models.committed == old.cost  # its old arena is still counted against the budget
+        assert "a" in models.plan_split(old.cost)[0]  # and the split still sees it
+        (error,) = errors_of(models, "a")
+        for part in (f"{old.entry.arena_bytes:,} → {top.entry.arena_bytes:,} bytes", "serves on", "checksum"):
+            assert part in error.message and part in a.reason
+        np.testing.assert_array_equal(models.infer("a", x)["y"], before)
+        # A budget change (both arenas fit: overlapped again) retries; the same failure is announced once.
+        models.rebalance(old.cost + top.cost)
+        assert len(errors_of(models, "a")) == 1 and a.session.plan.arena_bytes == old.entry.arena_bytes
+    models.rebalance(old.cost + top.cost)  # the same budget: no retry, though the file is whole again
+    assert a.session.plan.arena_bytes == old.entry.arena_bytes and "serves on" in a.reason
+    models.rebalance(None)
+    assert a.ready and a.reason == "" and a.session.plan.arena_bytes == top.entry.arena_bytes
+    assert models.committed == top.cost
+    assert len([e for e in models.events.history if e.kind == "swap"]) == swaps + 1
+    np.testing.assert_allclose(models.infer("a", x)["y"], before, rtol=1e-5, atol=1e-5)
+
+
+def test_a_failed_swap_that_released_the_old_plan_marks_the_model_failed(models, onnx_files):
+    a, _, top, weight = below_the_top(models, onnx_files)
+    x = feeds(a)
+    with rotten(a.weights_path, weight):
+        models.rebalance(top.cost)  # old and new arenas do not fit together: the old one goes first
+    assert a.state == "failed" and not a.ready and a.share is None
+    assert models.committed == 0 and "a" not in models.plan_split(top.cost)[0]
+    (error,) = errors_of(models, "a")
+    for part in (f"{top.entry.arena_bytes:,}-byte plan", "no plan to serve on", "checksum", "load a"):
+        assert part in error.message and part in a.reason
+    with pytest.raises(ModelNotReady, match="failed"):
+        models.infer("a", x)

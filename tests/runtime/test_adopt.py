@@ -85,3 +85,22 @@ def test_failed_blocking_adopt_leaves_a_clear_error_and_a_later_adopt_recovers(m
         sess.adopt(plan, None, overlap=True)
         assert sess.loaded
         np.testing.assert_array_equal(sess.run(feeds)[next(iter(expected))], next(iter(expected.values())))
+
+
+def test_failed_overlapped_adopt_keeps_the_old_plan_serving(model, tmp_path):
+    with flexnnd.Session(model, cache_dir=tmp_path) as sess:
+        feeds = _feeds(sess)
+        expected = sess.run(feeds)
+        plan, executor = sess.plan, sess._executor
+        assert not plan.loads  # every weight is in the arena: serving on reads nothing from the file
+        weights = sess.package.weights_path
+        saved = weights.read_bytes()
+        weights.write_bytes(saved[: len(saved) // 2])
+        try:
+            with pytest.raises(LoadError):
+                sess.adopt(sess.plan_for(None), None, overlap=True)
+            assert sess.loaded and sess.plan is plan and sess._executor is executor
+            for name, y in sess.run(feeds).items():
+                np.testing.assert_array_equal(y, expected[name])
+        finally:
+            weights.write_bytes(saved)
