@@ -117,7 +117,7 @@ def bench_model(name: str, runs: int) -> dict:
     from flexnnd.graph.package import read_package
     from flexnnd.planner.bound import streaming_floor
     from flexnnd.planner.calibrate import machine, storage_speed
-    from flexnnd.planner.ladder import build_ladder
+    from flexnnd.planner.ladder import build_ladder, timeline
     from flexnnd.planner.stream import Planner
     from flexnnd.runtime.session import package_for
 
@@ -139,8 +139,17 @@ def bench_model(name: str, runs: int) -> dict:
         read_bytes, read_latency = storage_speed(package.weights_path)
         for rung in reversed(ladder):  # all-resident first: its latency is the lower bound's floor
             sess.set_budget(rung.arena_bytes + sess.output_bytes)
-            seconds = median_latency(lambda: sess.run({"input": x}), runs)
+            seen = []  # (read bytes, read seconds, stall seconds) of each inference
+
+            def run_once(seen=seen):
+                sess.run({"input": x})
+                s = sess.stats()
+                seen.append((s["last_read_bytes"], s["last_read_seconds"], s["last_stall_seconds"]))
+
+            seconds = median_latency(run_once, runs)
             streamed = sum(rung.region[ld.piece].nbytes for ld in rung.loads)
+            read_bytes_sum, read_seconds_sum, _ = np.sum(seen, axis=0)
+            simulated = timeline(package.graph, rung, rates)
             rungs.append(
                 {
                     "budget": rung.arena_bytes + sess.output_bytes,
@@ -150,6 +159,12 @@ def bench_model(name: str, runs: int) -> dict:
                     "steps": len(rung.steps),
                     "predicted_s": rung.predicted_seconds,
                     "median_s": seconds,
+                    # What the loader got while the model computed, and how long compute waited.
+                    "loader_read_bytes_per_s": read_bytes_sum / read_seconds_sum
+                    if read_seconds_sum
+                    else None,
+                    "stall_s": statistics.median(t for *_, t in seen),
+                    "predicted_stall_s": simulated.stall_seconds,
                 }
             )
     resident = rungs[0]["median_s"]
@@ -284,6 +299,14 @@ def main(argv: list[str] | None = None) -> int:
             f"median {bound[len(bound) // 2]:.2f} worst {bound[-1]:.2f} ({sum(b <= 1.2 for b in bound)}/{len(bound)} "
             f"≤ 1.2); ÷ floor median {floor[len(floor) // 2]:.2f} worst {floor[-1]:.2f}; quarter rung "
             f"{q['ratio_to_resident']:.2f} × all-resident (floor there {q['floor_ratio_to_resident']:.2f})",
+            flush=True,
+        )
+        rates = [r["loader_read_bytes_per_s"] for r in result["rungs"] if r["loader_read_bytes_per_s"]]
+        error = sorted(r["median_s"] / r["predicted_s"] for r in result["rungs"])
+        print(
+            f"    loader's read rate while computing: median {statistics.median(rates) / 1e9:.2f} GB/s (storage "
+            f"alone {result['read_bytes_per_s'] / 1e9:.2f}); measured ÷ predicted median {error[len(error) // 2]:.2f} "
+            f"range {error[0]:.2f}-{error[-1]:.2f}",
             flush=True,
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)

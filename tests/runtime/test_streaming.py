@@ -159,19 +159,29 @@ def test_bad_sizes(text):
         parse_size(text)
 
 
-def test_the_simulator_joins_the_loads_the_loader_joins(streamed_session):
+def test_the_simulator_joins_the_loads_the_loader_joins(tmp_path):
     """Which loads share a read is decided by one rule on both sides: the planner's, from the graph's
     file layout, and the loader's, from real file offsets and arena addresses."""
     import dataclasses
 
+    from flexnnd.graph.package import read_package
     from flexnnd.planner.ladder import load_joins
     from flexnnd.planner.profile import Machine, simulate
+    from flexnnd.planner.stream import Planner, max_slicing, plan_with_slicing
+    from flexnnd.runtime.executor import Executor
 
-    sess = streamed_session
-    plan, graph = sess.plan, sess.package.graph
+    path = flexnnd.import_model(save(fc_chain(), tmp_path / "fc.onnx"), tmp_path / "pkg", ladder=False)
+    package = read_package(path)
+    graph, planner = package.graph, Planner(package.graph)
+    plan = plan_with_slicing(planner, 1 << 30, max_slicing(graph, planner))  # every row block streamed
     joins = load_joins(graph, plan)
-    assert joins == sess._executor.loader.joins
-    assert any(joins)
+    executor = Executor(package, plan)
+    try:
+        assert joins == executor.loader.joins
+    finally:
+        executor.close()
+    # Each of the 4 weights' row blocks chain up; a bias lies between one weight and the next.
+    assert (len(plan.loads), sum(joins)) == (64, 60)
     # All released at once, one byte each, reads costing 1 s apiece: one read per run of joined loads.
     early = dataclasses.replace(
         plan, loads=tuple(dataclasses.replace(ld, after_step=-1) for ld in plan.loads)
