@@ -172,9 +172,13 @@ class Session:
                 self._turn.wait()
             if self._pending is not None:
                 # The old arena goes first, so the two never add up beyond the budget.
-                self._executor.close()
                 self.plan, self._pending = self._pending, None
-                self._executor = Executor(self.package, self.plan)
+                try:
+                    self._executor.close()
+                    self._executor = Executor(self.package, self.plan)
+                except BaseException:
+                    self._executor = _Closed(self.plan)  # runs raise LoadError, not a closed executor's {}
+                    raise
             threads_mod.set_threads(self.threads)
             start = time.perf_counter()
             self.running_since = time.monotonic()

@@ -87,6 +87,30 @@ def test_failed_blocking_adopt_leaves_a_clear_error_and_a_later_adopt_recovers(m
         np.testing.assert_array_equal(sess.run(feeds)[next(iter(expected))], next(iter(expected.values())))
 
 
+def test_a_budget_swap_that_fails_at_the_next_run_leaves_a_clear_error(model, tmp_path):
+    """set_budget swaps at the next run; if the new arena cannot be built there, that run and the
+    ones after raise LoadError (not outputs from a released arena) until a budget change works."""
+    with flexnnd.Session(model, cache_dir=tmp_path) as sess:
+        feeds = _feeds(sess)
+        expected = sess.run(feeds)
+        smaller = sess.stats()["arena_bytes"] // 2
+        weights = sess.package.weights_path
+        saved = weights.read_bytes()
+        weights.write_bytes(saved[: len(saved) // 2])
+        try:
+            sess.set_budget(smaller)
+            with pytest.raises(LoadError):
+                sess.run(feeds)
+            assert not sess.loaded
+            with pytest.raises(LoadError, match="last plan adoption failed"):
+                sess.run(feeds)
+        finally:
+            weights.write_bytes(saved)
+        sess.adopt(sess.plan_for(None), None, overlap=False)
+        for name, y in sess.run(feeds).items():
+            np.testing.assert_allclose(y, expected[name], rtol=1e-5, atol=1e-6)
+
+
 def test_failed_overlapped_adopt_keeps_the_old_plan_serving(model, tmp_path):
     with flexnnd.Session(model, cache_dir=tmp_path) as sess:
         feeds = _feeds(sess)
