@@ -18,7 +18,8 @@ from flexnnd.errors import StorageError
 from flexnnd.graph.ir import Node
 from flexnnd.ops.base import Part
 from flexnnd.ops.conv import Conv
-from flexnnd.ops.elementwise import Add
+from flexnnd.ops.gemm import Gemm
+from flexnnd.ops.pool import MaxPool
 from flexnnd.planner.profile import Machine, shared_bytes
 from flexnnd.runtime.loader import DIRECT_ALIGN, open_weights
 from flexnnd.runtime.threads import set_threads
@@ -30,13 +31,16 @@ log = logging.getLogger("flexnnd.calibrate")
 # 4: a read's latency measured apart from the rate, and what each channel part of a conv adds.
 # 5: channel parts share one im2col / Winograd input, so what a part adds is measured again;
 # 6: the best of three timed reads; 7: latency and rate fitted over sequential reads of three sizes.
-CALIBRATION_VERSION = 7
+# 8: fully connected layers priced by the weights they stream; memory-bound steps by a max pool.
+CALIBRATION_VERSION = 8
 # Reads shorter than this time the system call more than the storage.
 READ_PROBE_BYTES = 16 << 20
 # Read sizes timed to tell the storage's per-read latency from its rate: the sizes the loader reads.
 READ_SIZES = (128 << 10, 512 << 10, 2 << 20)
 READ_TRIES = 3
 PARTS = 16  # channel parts of the calibration conv, as the planner cuts big weights
+# The calibration FC's weights: bigger than a last-level cache (32 MiB here), so they stream from memory.
+FC_BYTES, FC_INPUTS = 64 << 20, 4096
 FALLBACK_READ_BYTES = (
     100e6  # a slow SD card's sequential read: used only for an empty weights file without a probe
 )
@@ -102,10 +106,30 @@ def _part_rate(x_shape, w_shape, **attrs) -> float:
 
 
 def _memory_rate() -> float:
-    a = np.random.default_rng(0).standard_normal((1, 64, 112, 112), dtype=np.float32)
-    b, y = a.copy(), np.empty_like(a)
-    kernel = Add().bind([a, b], [y], None)
-    return 3 * a.nbytes / _best_of(kernel)
+    """Bytes/s in and out of a 3x3/2 max pool: pools are most of the memory-bound steps (an Add
+    over the same tensor moved 3x the rate, and predicted the pools 3x too fast)."""
+    shape = (1, 64, 112, 112)
+    op, _ = MaxPool.from_onnx(
+        {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}, [None], "calibration", 17
+    )
+    (y_shape,) = op.infer([shape], [None])
+    x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    y = np.empty(y_shape, np.float32)
+    scratch = np.empty(max(op.scratch_bytes([shape]) // 4, 1), np.float32)
+    return (x.nbytes + y.nbytes) / _best_of(op.bind([x], [y], scratch))
+
+
+def _fc_rate() -> float:
+    """Bytes/s of weights a one-row fully connected layer streams, with weights (FC_BYTES) bigger
+    than the caches, as a model's are by the time its classifier runs."""
+    rows = FC_BYTES // (4 * FC_INPUTS)
+    op, _ = Gemm.from_onnx({"transB": 1}, [None, np.zeros((1, 1), np.float32)], "calibration", 17)
+    weights = np.random.default_rng(0).standard_normal(
+        (rows, FC_INPUTS), dtype=np.float32
+    )  # prepared: (N, K)
+    x = np.ones((1, FC_INPUTS), np.float32)
+    y = np.empty((1, rows), np.float32)
+    return weights.nbytes / _best_of(op.bind([x, weights, np.zeros(rows, np.float32)], [y], None), repeat=3)
 
 
 def _read_rate(path: Path) -> tuple[tuple[float, float], bool]:
@@ -208,6 +232,7 @@ def measure(weights_file: Path) -> tuple[Machine, bool]:
         ),
         depthwise_flops=_conv_rate((1, 144, 56, 56), (144, 1, 3, 3), pads=[1, 1, 1, 1], group=144),
         memory_bytes=_memory_rate(),
+        fc_bytes=_fc_rate(),
         read_bytes=read_bytes,
         read_latency=read_latency,
     ), measured

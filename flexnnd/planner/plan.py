@@ -29,7 +29,8 @@ from flexnnd.ops.base import Part
 # 11: the bottom rung is the fastest plan within the maximal slicing's arena.
 # 12: a rung predicted slower than one below it takes that rung's slicing or plan.
 # 13: the simulator reads adjacent released loads in one read, as the loader now does.
-PLAN_VERSION = 13
+# 14: fully connected layers priced by their weights, depthwise convs by their input, pools by a pool.
+PLAN_VERSION = 14
 ALIGNMENT = 64
 
 

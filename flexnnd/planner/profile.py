@@ -30,6 +30,9 @@ class Machine:
     # bytes/s at which each channel part of a sliced GEMM re-reads the operand all parts share
     # (its im2col or transformed input); 0: parts cost nothing beyond their share
     part_bytes: float = 0.0
+    # bytes/s of weights a fully connected layer streams from memory (one input row: GEMV, bound
+    # by its weights, not its FLOPs); 0: priced by FLOPs alone
+    fc_bytes: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,8 @@ class StepCost:
     scratch_bytes: int
     flops: int
     shared_bytes: int = 0  # the operand every channel part of this step reads in full
+    # a depthwise conv's FLOPs were it stride 1: its kernel's time follows the input's pixels
+    dense_flops: int = 0
 
     def part_seconds(self, machine: Machine, parts: int, channels: bool) -> float:
         """One of `parts` parts of this step: its share of the work, its own dispatch and, for
@@ -56,11 +61,12 @@ class StepCost:
     def compute_seconds(self, machine: Machine) -> float:
         if self.kind == "memory":
             return (self.input_bytes + self.output_bytes) / machine.memory_bytes + machine.step_overhead
-        rate = {
-            "gemm": machine.gemm_flops,
-            "winograd": machine.winograd_flops,
-            "depthwise": machine.depthwise_flops,
-        }
+        if self.kind == "fc":
+            streaming = self.weight_bytes / machine.fc_bytes if machine.fc_bytes else 0.0
+            return max(self.flops / machine.gemm_flops, streaming) + machine.step_overhead
+        if self.kind == "depthwise":
+            return max(self.flops, self.dense_flops) / machine.depthwise_flops + machine.step_overhead
+        rate = {"gemm": machine.gemm_flops, "winograd": machine.winograd_flops}
         return self.flops / rate[self.kind] + machine.step_overhead
 
 
@@ -69,7 +75,7 @@ def kind_of(graph: Graph, node: Node) -> str:
         geo = node.op.geometry(node.in_shapes[0], node.in_shapes[1][0])
         return "depthwise" if geo.depthwise else "winograd" if geo.winograd else "gemm"
     if node.op_type in ("Gemm", "MatMul"):
-        return "gemm"
+        return "fc"
     return "memory"
 
 
@@ -86,6 +92,16 @@ def shared_bytes(node: Node) -> int:
     if node.op_type in ("Gemm", "MatMul"):
         return 4 * int(np.prod(node.in_shapes[0], dtype=np.int64))
     return 0
+
+
+def _dense_flops(node: Node, out_shapes) -> int:
+    """A depthwise conv's FLOPs times its strides (0 for any other node)."""
+    if node.op_type != "Conv":
+        return 0
+    geo = node.op.geometry(node.in_shapes[0], node.in_shapes[1][0])
+    if not geo.depthwise:
+        return 0
+    return node.op.flops(node.in_shapes, out_shapes) * geo.sh * geo.sw
 
 
 def step_costs(graph: Graph) -> list[StepCost]:
@@ -106,6 +122,7 @@ def step_costs(graph: Graph) -> list[StepCost]:
                 scratch_bytes=node.op.scratch_bytes(node.in_shapes),
                 flops=node.op.flops(node.in_shapes, out_shapes),
                 shared_bytes=shared_bytes(node),
+                dense_flops=_dense_flops(node, out_shapes),
             )
         )
     return costs
