@@ -10,6 +10,8 @@ storage's read rate timed just before the rungs):
 - the issue's: max(all-resident latency, streamed bytes ÷ read rate);
 - the streaming floor (flexnnd/planner/bound.py): what no schedule within the rung's budget can
   beat, because the loader cannot run further ahead than the memory left beside the activations.
+Also per rung: the read rate the loader got while the model computed (read bytes ÷ time in its
+reads), measured and predicted stalls, and the streaming floor again at the loader's rate.
 ONNX Runtime's and ncnn's points are their median latency at their peak model memory (peak RSS
 minus RSS before loading, in a fresh process). Writes benchmarks/results/ladder.json and one PNG per
 model (x: budget, y: latency).
@@ -175,6 +177,12 @@ def bench_model(name: str, runs: int) -> dict:
         floor = streaming_floor(package.graph, r["arena_bytes"], per_node, read_bytes, planner)
         r["floor_s"] = max(floor, resident)  # the floor's nodes timed one by one sum a little lower
         r["ratio_to_floor"] = r["median_s"] / r["floor_s"]
+        if r["loader_read_bytes_per_s"]:  # the same floor at the rate the loader got in this rung
+            got = streaming_floor(
+                package.graph, r["arena_bytes"], per_node, r["loader_read_bytes_per_s"], planner
+            )
+            r["floor_at_loader_rate_s"] = max(got, resident)
+            r["ratio_to_floor_at_loader_rate"] = r["median_s"] / r["floor_at_loader_rate_s"]
     top = rungs[0]["arena_bytes"]
     quarter = min(rungs, key=lambda r: abs(r["arena_bytes"] - top / 4))
     opts = ort.SessionOptions()
@@ -245,6 +253,14 @@ def plot(name: str, result: dict, path: Path) -> None:
         "-.",
         label="streaming floor (no plan of this budget is faster)",
     )
+    at_rate = [r for r in rungs if "floor_at_loader_rate_s" in r]
+    ax.plot(
+        [r["budget"] / mib for r in at_rate],
+        [r["floor_at_loader_rate_s"] * 1e3 for r in at_rate],
+        "-.",
+        alpha=0.6,
+        label="streaming floor at the rate the loader got",
+    )
     ax.plot(
         [r["budget"] / mib for r in rungs],
         [r["predicted_s"] * 1e3 for r in rungs],
@@ -302,11 +318,15 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         rates = [r["loader_read_bytes_per_s"] for r in result["rungs"] if r["loader_read_bytes_per_s"]]
+        at_rate = sorted(
+            r["ratio_to_floor_at_loader_rate"] for r in result["rungs"] if r["loader_read_bytes_per_s"]
+        )
         error = sorted(r["median_s"] / r["predicted_s"] for r in result["rungs"])
         print(
             f"    loader's read rate while computing: median {statistics.median(rates) / 1e9:.2f} GB/s (storage "
             f"alone {result['read_bytes_per_s'] / 1e9:.2f}); measured ÷ predicted median {error[len(error) // 2]:.2f} "
-            f"range {error[0]:.2f}-{error[-1]:.2f}",
+            f"range {error[0]:.2f}-{error[-1]:.2f}; ÷ floor at the loader's rate median "
+            f"{at_rate[len(at_rate) // 2]:.2f} worst {at_rate[-1]:.2f}",
             flush=True,
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
