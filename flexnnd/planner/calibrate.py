@@ -32,7 +32,8 @@ log = logging.getLogger("flexnnd.calibrate")
 # 5: channel parts share one im2col / Winograd input, so what a part adds is measured again;
 # 6: the best of three timed reads; 7: latency and rate fitted over sequential reads of three sizes.
 # 8: fully connected layers priced by the weights they stream; memory-bound steps by a max pool.
-CALIBRATION_VERSION = 8
+# 9: kernels timed after a cache flush, as a model runs them.
+CALIBRATION_VERSION = 9
 # Reads shorter than this time the system call more than the storage.
 READ_PROBE_BYTES = 16 << 20
 # Read sizes timed to tell the storage's per-read latency from its rate: the sizes the loader reads.
@@ -41,6 +42,7 @@ READ_TRIES = 3
 PARTS = 16  # channel parts of the calibration conv, as the planner cuts big weights
 # The calibration FC's weights: bigger than a last-level cache (32 MiB here), so they stream from memory.
 FC_BYTES, FC_INPUTS = 64 << 20, 4096
+FLUSH_BYTES = 64 << 20  # written before each timed kernel run, to evict what the run before left cached
 FALLBACK_READ_BYTES = (
     100e6  # a slow SD card's sequential read: used only for an empty weights file without a probe
 )
@@ -53,9 +55,14 @@ def default_cache_dir() -> Path:
 
 
 def _best_of(fn, repeat: int = 5) -> float:
+    """The fastest of `repeat` runs of `fn`, each after the caches were flushed: in a model, each
+    step's weights and inputs were pushed out of them by the steps before (hot caches priced
+    convolutions 10-45% too fast)."""
     fn()
+    flush = np.empty(FLUSH_BYTES, np.uint8)
     times = []
     for _ in range(repeat):
+        flush.fill(1)
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
