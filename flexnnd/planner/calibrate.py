@@ -40,9 +40,8 @@ READ_PROBE_BYTES = 16 << 20
 READ_SIZES = (128 << 10, 512 << 10, 2 << 20)
 READ_TRIES = 3
 PARTS = 16  # channel parts of the calibration conv, as the planner cuts big weights
-# The calibration FC's weights: bigger than a last-level cache (32 MiB here), so they stream from memory.
-FC_BYTES, FC_INPUTS = 64 << 20, 4096
-FLUSH_BYTES = 64 << 20  # written before each timed kernel run, to evict what the run before left cached
+FC_INPUTS = 4096  # of the calibration FC, whose weights are twice the last-level cache
+FALLBACK_CACHE_BYTES = 32 << 20  # the largest CPU cache when sysfs does not say (32 MiB here)
 FALLBACK_READ_BYTES = (
     100e6  # a slow SD card's sequential read: used only for an empty weights file without a probe
 )
@@ -59,7 +58,7 @@ def _best_of(fn, repeat: int = 5) -> float:
     step's weights and inputs were pushed out of them by the steps before (hot caches priced
     convolutions 10-45% too fast)."""
     fn()
-    flush = np.empty(FLUSH_BYTES, np.uint8)
+    flush = np.empty(2 * _cache_bytes(), np.uint8)
     times = []
     for _ in range(repeat):
         flush.fill(1)
@@ -127,9 +126,9 @@ def _memory_rate() -> float:
 
 
 def _fc_rate() -> float:
-    """Bytes/s of weights a one-row fully connected layer streams, with weights (FC_BYTES) bigger
-    than the caches, as a model's are by the time its classifier runs."""
-    rows = FC_BYTES // (4 * FC_INPUTS)
+    """Bytes/s of weights a one-row fully connected layer streams, with weights bigger than the
+    caches, as a model's are by the time its classifier runs."""
+    rows = 2 * _cache_bytes() // (4 * FC_INPUTS)
     op, _ = Gemm.from_onnx({"transB": 1}, [None, np.zeros((1, 1), np.float32)], "calibration", 17)
     weights = np.random.default_rng(0).standard_normal(
         (rows, FC_INPUTS), dtype=np.float32
@@ -266,6 +265,21 @@ def machine(cache_dir: Path, weights_file: Path) -> Machine:
     except (OSError, StorageError) as e:  # the rates were measured: use them now, measure again next time
         log.warning("%s", e)
     return found
+
+
+def _cache_bytes() -> int:
+    """The largest CPU cache's size (sysfs), so that calibration evicts it and no more."""
+    sizes = []
+    for path in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        digits = text.rstrip("KMG")
+        if digits.isdigit():
+            sizes.append(int(digits) * scale)
+    return max(sizes, default=FALLBACK_CACHE_BYTES)
 
 
 def _cpu_model() -> str:
