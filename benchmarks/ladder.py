@@ -6,7 +6,7 @@
 
 Per rung: median latency over `--runs` runs (one thread), the planner's prediction, and two
 bounds, both from this run's measurements (per-node compute times of the all-resident plan, the
-storage's read rate timed just before the rungs):
+storage's read rate timed just before each rung):
 - the issue's: max(all-resident latency, streamed bytes ÷ read rate);
 - the streaming floor (flexnnd/planner/bound.py): what no schedule within the rung's budget can
   beat, because the loader cannot run further ahead than the memory left beside the activations.
@@ -137,9 +137,9 @@ def bench_model(name: str, runs: int) -> dict:
         sess.set_budget(ladder[-1].arena_bytes + sess.output_bytes)
         sess.run({"input": x})
         per_node = node_seconds(sess, x, runs)
-        # The storage as it is now (the ladder was planned with the cached calibration).
-        read_bytes, read_latency = storage_speed(package.weights_path)
         for rung in reversed(ladder):  # all-resident first: its latency is the lower bound's floor
+            # The storage as it is now, beside each rung: its rate drifts 2x within minutes here.
+            storage_bytes, storage_latency = storage_speed(package.weights_path)
             sess.set_budget(rung.arena_bytes + sess.output_bytes)
             seen = []  # (read bytes, read seconds, stall seconds) of each inference
 
@@ -167,14 +167,16 @@ def bench_model(name: str, runs: int) -> dict:
                     else None,
                     "stall_s": statistics.median(t for *_, t in seen),
                     "predicted_stall_s": simulated.stall_seconds,
+                    "read_bytes_per_s": storage_bytes,
+                    "read_latency_s": storage_latency,
                 }
             )
     resident = rungs[0]["median_s"]
     planner = Planner(package.graph)
     for r in rungs:
-        r["lower_bound_s"] = max(resident, r["streamed_bytes"] / read_bytes)
+        r["lower_bound_s"] = max(resident, r["streamed_bytes"] / r["read_bytes_per_s"])
         r["ratio_to_bound"] = r["median_s"] / r["lower_bound_s"]
-        floor = streaming_floor(package.graph, r["arena_bytes"], per_node, read_bytes, planner)
+        floor = streaming_floor(package.graph, r["arena_bytes"], per_node, r["read_bytes_per_s"], planner)
         r["floor_s"] = max(floor, resident)  # the floor's nodes timed one by one sum a little lower
         r["ratio_to_floor"] = r["median_s"] / r["floor_s"]
         if r["loader_read_bytes_per_s"]:  # the same floor at the rate the loader got in this rung
@@ -185,6 +187,7 @@ def bench_model(name: str, runs: int) -> dict:
             r["ratio_to_floor_at_loader_rate"] = r["median_s"] / r["floor_at_loader_rate_s"]
     top = rungs[0]["arena_bytes"]
     quarter = min(rungs, key=lambda r: abs(r["arena_bytes"] - top / 4))
+    read_bytes = statistics.median(r["read_bytes_per_s"] for r in rungs)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     ort_sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
@@ -195,8 +198,7 @@ def bench_model(name: str, runs: int) -> dict:
     ort_peak = json.loads(probe.stdout)["peak_model_bytes"]
     result = {
         "ladder_plan_seconds": ladder_seconds,
-        "read_bytes_per_s": read_bytes,
-        "read_latency_s": read_latency,
+        "read_bytes_per_s": read_bytes,  # the median of the rungs' own
         "calibrated_read_bytes_per_s": rates.read_bytes,
         "resident_node_seconds_sum": sum(per_node.values()),
         "rungs": sorted(rungs, key=lambda r: r["budget"]),
@@ -207,7 +209,8 @@ def bench_model(name: str, runs: int) -> dict:
             "ratio_to_resident": quarter["median_s"] / resident,
             # The best any plan could do at a quarter of the all-resident arena, ÷ all-resident.
             "floor_ratio_to_resident": max(
-                streaming_floor(package.graph, top // 4, per_node, read_bytes, planner), resident
+                streaming_floor(package.graph, top // 4, per_node, quarter["read_bytes_per_s"], planner),
+                resident,
             )
             / resident,
         },
@@ -279,7 +282,7 @@ def plot(name: str, result: dict, path: Path) -> None:
     ax.set_ylabel("latency, 1 thread (ms)")
     ax.set_title(f"{name}: latency against memory")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
