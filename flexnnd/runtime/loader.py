@@ -30,7 +30,7 @@ log = logging.getLogger("flexnnd.loader")
 # size; 4096 satisfies both 512- and 4096-byte devices (and the package aligns weights to it).
 DIRECT_ALIGN = 4096
 # Pieces next to each other in the file, all released, are read by one preadv up to this many
-# bytes: each read cost ~100 us on top of its bytes here, so 128 KiB pieces read at half the rate.
+# bytes: each read costs 30-100 us on top of its bytes here (128 KiB reads: 0.9 GB/s, 2 MiB: 2.1).
 BUNDLE_BYTES = 2 << 20
 _told_no_direct: set[int] = set()  # st_dev of filesystems whose fallback was logged already
 
