@@ -7,6 +7,7 @@ outs = sess.run({"input": x})
 """
 
 from flexnnd.errors import (
+    ArenaError,
     BudgetTooSmall,
     FeedError,
     FlexnnError,
@@ -24,6 +25,7 @@ from flexnnd.runtime.session import Session, TensorSpec
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArenaError",
     "BudgetTooSmall",
     "FeedError",
     "FlexnnError",

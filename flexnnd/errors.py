@@ -62,6 +62,15 @@ class LoadError(FlexnnError):
     """Reading weights from storage failed during an inference or a plan adoption."""
 
 
+class ArenaError(FlexnnError, MemoryError):
+    """The system refused the memory of a plan's arena."""
+
+    def __init__(self, requested: int, available: int | None, why: str):
+        self.requested, self.available = requested, available
+        free = f"{available:,} bytes available" if available is not None else "available memory unknown"
+        super().__init__(f"cannot map a {requested:,}-byte arena ({free}): {why}")
+
+
 class ServingError(FlexnnError):
     """A request the daemon cannot serve now (unknown model, model not ready, over capacity)."""
 
@@ -122,7 +131,9 @@ class TensorTooLarge(ModelImportError):
 
     def __init__(self, what: str, shape: tuple[int, ...], nbytes: int, limit: int, message: str = ""):
         self.shape, self.nbytes, self.limit = shape, nbytes, limit
-        dims = ", ".join(str(d) for d in shape[:8]) + (f", ... {len(shape) - 8} more" if len(shape) > 8 else "")
+        dims = ", ".join(str(d) for d in shape[:8]) + (
+            f", ... {len(shape) - 8} more" if len(shape) > 8 else ""
+        )
         super().__init__(
             message or f"{what}: shape [{dims}] declares {nbytes:,} bytes, above the limit of {limit:,} bytes"
         )

@@ -11,6 +11,7 @@ import mmap
 
 import numpy as np
 
+from flexnnd.errors import ArenaError
 from flexnnd.graph.ir import Shape
 
 
@@ -18,9 +19,12 @@ class Arena:
     def __init__(self, nbytes: int):
         self.nbytes = int(nbytes)
         # mmap refuses length 0; a model with no tensors still gets one page.
-        self._map = mmap.mmap(
-            -1, max(self.nbytes, mmap.PAGESIZE), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
-        )
+        try:
+            self._map = mmap.mmap(
+                -1, max(self.nbytes, mmap.PAGESIZE), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+            )
+        except (OSError, OverflowError, MemoryError) as e:
+            raise ArenaError(self.nbytes, _available_bytes(), str(e)) from None
         self.bytes = np.frombuffer(self._map, dtype=np.uint8, count=self.nbytes)
 
     def view(self, offset: int, shape: Shape, dtype: str = "float32") -> np.ndarray:
@@ -39,3 +43,15 @@ class Arena:
             return
         with contextlib.suppress(BufferError):
             mapping.close()
+
+
+def _available_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo, for the error's numbers."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

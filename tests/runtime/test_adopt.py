@@ -128,3 +128,21 @@ def test_failed_overlapped_adopt_keeps_the_old_plan_serving(model, tmp_path):
                 np.testing.assert_array_equal(y, expected[name])
         finally:
             weights.write_bytes(saved)
+
+
+def test_an_arena_the_system_refuses_is_an_arena_error_and_the_old_plan_serves(model, tmp_path):
+    """A petabyte arena: the kernel's overcommit check refuses it (ENOMEM), for real."""
+    import dataclasses
+
+    with flexnnd.Session(model, cache_dir=tmp_path) as sess:
+        feeds = _feeds(sess)
+        expected = sess.run(feeds)
+        huge = dataclasses.replace(sess.plan, arena_bytes=1 << 50)
+        with pytest.raises(
+            flexnnd.ArenaError, match=r"cannot map a 1,125,899,906,842,624-byte arena \(.*available"
+        ) as e:
+            sess.adopt(huge, None, overlap=True)
+        assert isinstance(e.value, MemoryError) and e.value.requested == 1 << 50
+        assert sess.loaded and sess.plan is not huge
+        for name, y in sess.run(feeds).items():
+            np.testing.assert_array_equal(y, expected[name])
