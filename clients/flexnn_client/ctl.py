@@ -114,8 +114,10 @@ def cmd_status(args: argparse.Namespace, client) -> int:
 
 
 def _print_models(models) -> None:
-    print(f"{'model':<16} {'state':<8} {'share':>9} {'arena':>9} {'resident':>9} {'streamed':>9} "
-          f"{'predicted':>10} {'last':>10} {'inferences':>10}")
+    print(
+        f"{'model':<16} {'state':<8} {'share':>9} {'arena':>9} {'resident':>9} {'streamed':>9} "
+        f"{'predicted':>10} {'last':>10} {'inferences':>10}"
+    )
     for m in models:
         print(
             f"{m.name:<16} {m.state:<8} {_size(m.budget_bytes):>9} {_size(m.arena_bytes):>9} "
@@ -195,22 +197,26 @@ def cmd_plans(args: argparse.Namespace) -> int:
     except (flexnnd.FlexnnError, OSError) as e:
         print(f"flexnnctl plans: {e}", file=sys.stderr)
         return EXIT_FAILED
-    print(f"{'budget':>9} {'resident':>9} {'streamed':>9} {'sliced layers':>13} {'predicted':>10}")
+    # A rung per budget; neighbouring budgets that get the same plan show the same arena.
+    print(f"{'budget':>9} {'arena':>9} {'resident':>9} {'streamed':>9} {'sliced':>6} {'predicted':>10}")
     for plan in ladder:
         resident = sum(plan.region[p].nbytes for p in plan.resident)
         streamed = sum(plan.region[ld.piece].nbytes for ld in plan.loads)
         sliced = len({s.node for s in plan.steps if s.part is not None})
         predicted = f"{plan.predicted_seconds * 1e3:.1f} ms" if plan.predicted_seconds else "-"
+        budget = format_size(plan.budget) if plan.budget is not None else "-"
         print(
-            f"{format_size(plan.arena_bytes):>9} {format_size(resident):>9} {format_size(streamed):>9} "
-            f"{sliced:>13} {predicted:>10}"
+            f"{budget:>9} {format_size(plan.arena_bytes):>9} {format_size(resident):>9} "
+            f"{format_size(streamed):>9} {sliced:>6} {predicted:>10}"
         )
     return EXIT_OK
 
 
 @_remote
 def _remote_plans(args: argparse.Namespace, client) -> int:
-    print(f"{'budget':>9} {'arena':>9} {'resident':>9} {'streamed':>9} {'sliced':>6} {'predicted':>10} {'measured':>10}")
+    print(
+        f"{'budget':>9} {'arena':>9} {'resident':>9} {'streamed':>9} {'sliced':>6} {'predicted':>10} {'measured':>10}"
+    )
     for p in client.plans(args.model):
         mark = "  <- active" if p.active else ""
         print(

@@ -83,7 +83,7 @@ def build_ladder(graph: Graph, machine: Machine, rungs: int = RUNGS) -> list[Pla
             fastest = (bottom_plan, seconds)
     except BudgetTooSmall:
         pass  # only the maximal slicing fits there
-    plans = [bottom_plan]
+    plans, budgets = [bottom_plan], [bottom]
     ratio = (top / bottom) ** (1 / (rungs + 1)) if bottom < top else 1.0
     for k in range(1, rungs + 1):
         budget = int(bottom * ratio**k)
@@ -91,8 +91,10 @@ def build_ladder(graph: Graph, machine: Machine, rungs: int = RUNGS) -> list[Pla
             break
         try:
             plan = plan_for_budget(graph, budget, planner, run)
-        except BudgetTooSmall:
-            continue  # refining never reaches the smallest plan's slicing here: a lower rung serves it
+        except BudgetTooSmall:  # refining never reaches the smallest plan's slicing here
+            plans.append(fastest[0])  # the fastest rung below serves this budget
+            budgets.append(budget)
+            continue
         # A faster rung below fits here too: its slicing, with more weights resident, or itself.
         seconds = run(plan).seconds
         if seconds > fastest[1]:
@@ -100,16 +102,20 @@ def build_ladder(graph: Graph, machine: Machine, rungs: int = RUNGS) -> list[Pla
             plan, seconds = min(
                 [(p, run(p).seconds) for p in (again,) if p is not None] + [fastest], key=lambda c: c[1]
             )
-        if seconds < fastest[1]:
+        if seconds <= fastest[1]:  # on a tie the bigger plan: the rungs' arenas keep ascending
             fastest = (plan, seconds)
         plans.append(plan)
-    plans.append(dataclasses.replace(top_plan, budget=top))
-    distinct: dict[tuple, Plan] = {}
-    for plan in plans:  # neighbouring budgets often give the same plan: keep it once
-        key = (plan.arena_bytes, plan.resident, tuple(ld.piece for ld in plan.loads), plan.steps)
-        distinct.setdefault(key, plan)
+        budgets.append(budget)
+    plans.append(top_plan)
+    budgets.append(top)
+    # Neighbouring budgets often get the same plan: each keeps its rung, the file holds it once.
+    predicted: dict[int, float] = {}
+    for p in plans:
+        if id(p) not in predicted:
+            predicted[id(p)] = predict(graph, p, machine, costs)
     return [
-        dataclasses.replace(p, predicted_seconds=predict(graph, p, machine, costs)) for p in distinct.values()
+        dataclasses.replace(p, budget=b, predicted_seconds=predicted[id(p)])
+        for p, b in zip(plans, budgets, strict=True)
     ]
 
 

@@ -30,7 +30,8 @@ from flexnnd.ops.base import Part
 # 12: a rung predicted slower than one below it takes that rung's slicing or plan.
 # 13: the simulator reads adjacent released loads in one read, as the loader now does.
 # 14: fully connected layers priced by their weights, depthwise convs by their input, pools by a pool.
-PLAN_VERSION = 14
+# 15: a rung for every budget; rungs that share a plan share its text, budgets are in the index only.
+PLAN_VERSION = 15
 ALIGNMENT = 64
 
 

@@ -8,6 +8,7 @@ than the slack the budget allows.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Sequence
@@ -110,7 +111,17 @@ _WIDTH = 12  # offsets are zero-padded strings, so the index is as long before a
 
 
 def _render(plans: Sequence[Plan], weights_sha256: str) -> bytes:
-    texts = [_dumps(plan_to_json(p)).encode() for p in plans]
+    # Rungs that share a plan share its text: budgets live in the index, a body has none.
+    texts: dict[bytes, int] = {}
+    dicts, body_of = [], []
+    for p in plans:
+        d = plan_to_json(dataclasses.replace(p, budget=None))
+        text = _dumps(d).encode()
+        if text not in texts:
+            texts[text] = len(dicts)
+            dicts.append(d)
+        body_of.append(texts[text])
+    bodies = list(texts)
     summaries = [summary(p) for p in plans]
 
     def document(offsets: Sequence[int]) -> bytes:
@@ -121,17 +132,17 @@ def _render(plans: Sequence[Plan], weights_sha256: str) -> bytes:
                 p.arena_bytes,
                 p.predicted_seconds,
                 *s,
-                f"{o:0{_WIDTH}d}",
-                f"{len(t):0{_WIDTH}d}",
+                f"{offsets[b]:0{_WIDTH}d}",
+                f"{len(bodies[b]):0{_WIDTH}d}",
             ]
-            for p, s, o, t in zip(plans, summaries, offsets, texts, strict=True)
+            for p, s, b in zip(plans, summaries, body_of, strict=True)
         ]
         head = {"format": FORMAT, "version": PLAN_VERSION, "weights_sha256": weights_sha256, "index": index}
-        return (_dumps({**head, "plans": [plan_to_json(p) for p in plans]}) + "\n").encode()
+        return (_dumps({**head, "plans": dicts}) + "\n").encode()
 
-    draft = document([0] * len(plans))
+    draft = document([0] * len(bodies))
     offsets, at = [], 0
-    for text in texts:
+    for text in bodies:
         at = draft.index(text, at)
         offsets.append(at)
         at += len(text)
@@ -214,7 +225,7 @@ def read_plan(path: str | os.PathLike, entry: IndexEntry, graph: Graph) -> Plan:
         with open(path, "rb") as f:
             f.seek(entry.offset)
             text = f.read(entry.length)
-        plan = plan_from_json(json.loads(text))
+        plan = dataclasses.replace(plan_from_json(json.loads(text)), budget=entry.budget)
         listed = (
             entry.model,
             entry.arena_bytes,
@@ -239,7 +250,8 @@ def read_plan(path: str | os.PathLike, entry: IndexEntry, graph: Graph) -> Plan:
 
 
 def read_plans(path: str | os.PathLike, graph: Graph, weights_sha256: str) -> list[Plan]:
-    """Read and verify every plan; stale, foreign or corrupt files raise PlanError saying what to do."""
+    """Every rung's plan, verified (a plan several rungs share is parsed once); stale, foreign or
+    corrupt files raise PlanError saying what to do."""
     path = Path(path)
     try:
         document = json.loads(path.read_text())
@@ -249,9 +261,14 @@ def read_plans(path: str | os.PathLike, graph: Graph, weights_sha256: str) -> li
         raise PlanError(f"{path} is corrupt ({e}); {REDO}") from None
     _check_head(path, document, weights_sha256)
     try:
+        entries = [_entry(row) for row in document["index"]]
         plans = [plan_from_json(d) for d in document["plans"]]
     except (KeyError, TypeError, ValueError) as e:
         raise PlanError(f"{path} is corrupt ({type(e).__name__}: {e}); {REDO}") from None
+    # The plans lie in the file in the order of their offsets: the n-th offset is the n-th plan.
+    body = {offset: i for i, offset in enumerate(sorted({e.offset for e in entries}))}
+    if len(body) != len(plans):
+        raise PlanError(f"{path} is corrupt ({len(body)} plans indexed, {len(plans)} stored); {REDO}")
     for plan in plans:
         verify(plan, graph)
-    return plans
+    return [dataclasses.replace(plans[body[e.offset]], budget=e.budget) for e in entries]

@@ -53,8 +53,9 @@ def test_a_swap_adopts_the_plan_read_through_the_index(daemon, models_dir, tmp_p
                 model = c.status().models[0]
                 assert model.ready and model.arena_bytes == plan.arena_bytes
                 got = c.infer("a", {"x": x})["y"]
+                # The daemon's own package: a fresh import would plan with another calibration.
                 with flexnnd.Session(
-                    models_dir / "a.onnx", budget=plan.budget_bytes, threads=1, cache_dir=tmp_path
+                    package_of(daemon, "a").path, budget=plan.budget_bytes, threads=1
                 ) as sess:
                     assert sess.plan.arena_bytes == plan.arena_bytes
                     np.testing.assert_array_equal(got, sess.run({"x": x})["y"])

@@ -143,3 +143,24 @@ def test_a_stale_ladder_is_planned_again(tmp_path, graph, plans, caplog):
     package = SimpleNamespace(path=tmp_path, graph=graph, weights_sha256=SHA)
     assert stored_ladder(package) is None and stored_rungs(package) is None
     assert "planning it again" in caplog.text
+
+
+def test_rungs_that_share_a_plan_share_its_text(tmp_path, graph, plans):
+    """Three rungs, two budgets of one plan: the file holds two plans, the index three rungs, and
+    each rung reads back with its own budget."""
+    from flexnnd.planner.plan_file import read_index, read_plan
+
+    streamed = plans[1]
+    rungs = [
+        dataclasses.replace(streamed, budget=streamed.arena_bytes),
+        dataclasses.replace(streamed, budget=streamed.arena_bytes + 4096),
+        dataclasses.replace(plans[0], budget=plans[0].arena_bytes),
+    ]
+    path = tmp_path / "plans.json"
+    write_plans(path, rungs, graph, SHA)
+    assert len(json.loads(path.read_text())["plans"]) == 2
+    entries = read_index(path, SHA)
+    assert [e.budget for e in entries] == [r.budget for r in rungs]
+    assert entries[0].offset == entries[1].offset != entries[2].offset
+    assert [read_plan(path, e, graph) for e in entries] == rungs
+    assert read_plans(path, graph, SHA) == rungs
