@@ -4,9 +4,9 @@
     python -m benchmarks.ladder --plan-only          # ladder planning time of every zoo model
 
 
-Per rung: median latency over `--runs` runs (one thread), the planner's prediction, and two
-bounds, both from this run's measurements (per-node compute times of the all-resident plan, the
-storage's read rate timed just before each rung):
+Per rung: the median over `--passes` passes of the ladder of its median latency over `--runs` runs
+(one thread), the planner's prediction, and two bounds, both from this run's measurements (per-node
+compute times of the all-resident plan, the storage's read rate timed just before each rung):
 - the issue's: max(all-resident latency, streamed bytes ÷ read rate);
 - the streaming floor (flexnnd/planner/bound.py): what no schedule within the rung's budget can
   beat, because the loader cannot run further ahead than the memory left beside the activations.
@@ -111,7 +111,7 @@ def plan_times(name: str, repeat: int) -> dict:
     }
 
 
-def bench_model(name: str, runs: int) -> dict:
+def bench_model(name: str, runs: int, passes: int) -> dict:
     import onnxruntime as ort
 
     import flexnnd
@@ -137,38 +137,44 @@ def bench_model(name: str, runs: int) -> dict:
         sess.set_budget(ladder[-1].arena_bytes + sess.output_bytes)
         sess.run({"input": x})
         per_node = node_seconds(sess, x, runs)
-        for rung in reversed(ladder):  # all-resident first: its latency is the lower bound's floor
-            # The storage as it is now, beside each rung: its rate drifts 2x within minutes here.
-            storage_bytes, storage_latency = storage_speed(package.weights_path)
-            sess.set_budget(rung.arena_bytes + sess.output_bytes)
-            seen = []  # (read bytes, read seconds, stall seconds) of each inference
+        # Passes over the whole ladder, each rung measured once per pass: the storage drifts 2x
+        # within minutes here, so one pass would give neighbouring rungs different storages.
+        measured: list[list[tuple]] = [[] for _ in ladder]
+        for _ in range(passes):
+            for k in reversed(range(len(ladder))):  # all-resident first
+                rung = ladder[k]
+                storage = storage_speed(package.weights_path)  # the storage now, beside the rung
+                sess.set_budget(rung.arena_bytes + sess.output_bytes)
+                seen = []  # (read bytes, read seconds, stall seconds) of each inference
 
-            def run_once(seen=seen):
-                sess.run({"input": x})
-                s = sess.stats()
-                seen.append((s["last_read_bytes"], s["last_read_seconds"], s["last_stall_seconds"]))
+                def run_once(seen=seen):
+                    sess.run({"input": x})
+                    s = sess.stats()
+                    seen.append((s["last_read_bytes"], s["last_read_seconds"], s["last_stall_seconds"]))
 
-            seconds = median_latency(run_once, runs)
-            streamed = sum(rung.region[ld.piece].nbytes for ld in rung.loads)
+                measured[k].append((median_latency(run_once, runs), seen, storage))
+        for k in reversed(range(len(ladder))):
+            rung, passed = ladder[k], measured[k]
+            seen = [s for _, one, _ in passed for s in one]
             read_bytes_sum, read_seconds_sum, _ = np.sum(seen, axis=0)
-            simulated = timeline(package.graph, rung, rates)
             rungs.append(
                 {
-                    "budget": rung.arena_bytes + sess.output_bytes,
+                    "budget": rung.budget + sess.output_bytes,  # the rung's; neighbours may share a plan
                     "arena_bytes": rung.arena_bytes,
-                    "streamed_bytes": streamed,
+                    "streamed_bytes": sum(rung.region[ld.piece].nbytes for ld in rung.loads),
                     "loads": len(rung.loads),
                     "steps": len(rung.steps),
                     "predicted_s": rung.predicted_seconds,
-                    "median_s": seconds,
+                    "median_s": statistics.median(t for t, _, _ in passed),  # of the passes' medians
+                    "pass_medians_s": [t for t, _, _ in passed],
                     # What the loader got while the model computed, and how long compute waited.
                     "loader_read_bytes_per_s": read_bytes_sum / read_seconds_sum
                     if read_seconds_sum
                     else None,
                     "stall_s": statistics.median(t for *_, t in seen),
-                    "predicted_stall_s": simulated.stall_seconds,
-                    "read_bytes_per_s": storage_bytes,
-                    "read_latency_s": storage_latency,
+                    "predicted_stall_s": timeline(package.graph, rung, rates).stall_seconds,
+                    "read_bytes_per_s": statistics.median(st[0] for _, _, st in passed),
+                    "read_latency_s": statistics.median(st[1] for _, _, st in passed),
                 }
             )
     resident = rungs[0]["median_s"]
@@ -293,7 +299,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--models", nargs="*", help="default: squeezenet1_1 resnet18 (--plan-only: every zoo model)"
     )
-    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--runs", type=int, default=7, help="timed inferences per rung and pass")
+    parser.add_argument(
+        "--passes", type=int, default=3, help="passes over the ladder; a rung's latency is their median"
+    )
     parser.add_argument(
         "--out", type=Path, default=None, help="default: results/ladder.json (or ladder-plan.json)"
     )
@@ -307,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     args.models = args.models or ["squeezenet1_1", "resnet18"]
     report = json.loads(args.out.read_text()) if args.out.exists() else {}  # models not rerun are kept
     for name in args.models:
-        report[name] = result = bench_model(name, args.runs)
+        report[name] = result = bench_model(name, args.runs, args.passes)
         plot(name, result, args.out.with_name(f"ladder-{name}.png"))
         bound = sorted(r["ratio_to_bound"] for r in result["rungs"])
         floor = sorted(r["ratio_to_floor"] for r in result["rungs"])
