@@ -246,6 +246,13 @@ class Models:
     def minimum(self) -> int:
         return sum(m.minimum for m in self.all())
 
+    def retry_failed_swaps(self) -> None:
+        """Let the next rebalance try again the swaps that failed (an operator asked, say after
+        repairing a file); the main loop's own ticks do not."""
+        with self._lock:
+            for model in self._models.values():
+                model.failed_swap = None
+
     def load(self, name: str, source: Path, required: bool = False) -> Model:
         """Import (cached), plan the ladder if the package has none, fit it into the budget and warm it.
 

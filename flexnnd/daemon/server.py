@@ -150,6 +150,7 @@ class Daemon:
             previous = self.operator_budget
             self._write_operator_budget(budget)
             self.operator_budget = budget
+            self.models.retry_failed_swaps()  # even at the same budget: the operator asked again
             try:
                 decision = self.reevaluate([], force=True, strict=True)
             except PlanError:

@@ -135,7 +135,7 @@ def test_a_swap_up_that_fails_serves_on_the_old_plan_and_says_so_once(tmp_path, 
                 assert model.arena_bytes == old.arena_bytes and model.budget_bytes == old.budget_bytes
                 assert "serves on" in model.reason and "checksum" in model.reason
                 np.testing.assert_array_equal(c.infer("a", {"x": x})["y"], want)
-            c.set_budget("auto")  # a budget change retries the swap, which now succeeds
+            c.set_budget(old.budget_bytes + top.budget_bytes)  # asked again: retried, and now it works
             (model,) = c.models()
             assert model.ready and model.reason == "" and model.arena_bytes == top.arena_bytes
             np.testing.assert_allclose(c.infer("a", {"x": x})["y"], want, rtol=1e-5, atol=1e-5)
