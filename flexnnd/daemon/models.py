@@ -347,7 +347,7 @@ class Models:
         A growing model keeps serving on its old plan while the new arena loads when the old and
         new arenas fit the budget together; otherwise it waits for its inference in flight.
         A swap that fails with the old plan intact leaves the model ready on it (its reason says so)
-        and is retried only under another budget; one that left no plan marks the model failed.
+        and is retried under another budget or at an operator's request; one that left no plan marks the model failed.
         Every plan to adopt is read first: if one cannot be, PlanError (naming the file) and
         nothing changes, the models serve on with their current plans.
         """
@@ -466,7 +466,7 @@ class Models:
             model.failed_swap = (total, plan.arena_bytes)
             model.reason = (
                 f"swap {kept:,} → {plan.arena_bytes:,} bytes failed, the {kept:,}-byte plan serves on "
-                f"(retried when the budget changes): {error}"
+                f"(retried when the budget changes or is set again): {error}"
             )
         else:
             model.close()
