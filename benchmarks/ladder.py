@@ -244,38 +244,15 @@ def plot(name: str, result: dict, path: Path) -> None:
     mib = 2**20
     rungs = result["rungs"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.plot(
-        [r["budget"] / mib for r in rungs],
-        [r["median_s"] * 1e3 for r in rungs],
-        "o-",
-        label="flexnn (measured)",
-    )
-    ax.plot(
-        [r["budget"] / mib for r in rungs],
-        [r["lower_bound_s"] * 1e3 for r in rungs],
-        "--",
-        label="issue's bound: max(resident, streamed ÷ read rate)",
-    )
-    ax.plot(
-        [r["budget"] / mib for r in rungs],
-        [r["floor_s"] * 1e3 for r in rungs],
-        "-.",
-        label="streaming floor (no plan of this budget is faster)",
-    )
     at_rate = [r for r in rungs if "floor_at_loader_rate_s" in r]
-    ax.plot(
-        [r["budget"] / mib for r in at_rate],
-        [r["floor_at_loader_rate_s"] * 1e3 for r in at_rate],
-        "-.",
-        alpha=0.6,
-        label="streaming floor at the rate the loader got",
-    )
-    ax.plot(
-        [r["budget"] / mib for r in rungs],
-        [r["predicted_s"] * 1e3 for r in rungs],
-        ":",
-        label="flexnn (predicted)",
-    )
+    for shown, key, style, label in (
+        (rungs, "median_s", "o-", "flexnn (measured)"),
+        (rungs, "lower_bound_s", "--", "issue's bound: max(resident, streamed ÷ read rate)"),
+        (rungs, "floor_s", "-.", "streaming floor (no plan of this budget is faster)"),
+        (at_rate, "floor_at_loader_rate_s", "-.", "streaming floor at the rate the loader got"),
+        (rungs, "predicted_s", ":", "flexnn (predicted)"),
+    ):
+        ax.plot([r["budget"] / mib for r in shown], [r[key] * 1e3 for r in shown], style, label=label)
     o = result["onnxruntime"]
     ax.plot(
         [o["peak_model_bytes"] / mib], [o["median_s"] * 1e3], "s", label="ONNX Runtime (peak model memory)"

@@ -246,11 +246,6 @@ def read_pieces(
     if direct is not None and nbytes and (_address(views[0]) - offset) % DIRECT_ALIGN == 0:
         head = min((-offset) % DIRECT_ALIGN, nbytes)
         body = (nbytes - head) // DIRECT_ALIGN * DIRECT_ALIGN
-    what = (
-        f"weight piece {names[0]!r}"
-        if len(names) == 1
-        else f"{len(names)} weight pieces {names[0]!r} .. {names[-1]!r}"
-    )
     for start, stop, go_direct in ((0, head, False), (head, head + body, True), (head + body, nbytes, False)):
         if stop <= start:
             continue
@@ -261,12 +256,12 @@ def read_pieces(
                 continue
             except OSError as e:
                 if e.errno != errno.EINVAL:
-                    raise _load_error(e, what, nbytes, offset, path) from None
+                    raise _load_error(e, names, nbytes, offset, path) from None
                 _no_direct(fd, path, f"an O_DIRECT read failed ({e})")  # then read it through the cache
         try:
             _read_range(fd, part, offset + start, reader)
         except OSError as e:
-            raise _load_error(e, what, nbytes, offset, path) from None
+            raise _load_error(e, names, nbytes, offset, path) from None
         os.posix_fadvise(fd, offset + start, stop - start, os.POSIX_FADV_DONTNEED)
 
 
@@ -292,7 +287,12 @@ def _read_range(fd: int, buffers: list[memoryview], offset: int, reader: Reader)
         raise _ShortRead(f"{got:,} of {want:,} bytes")
 
 
-def _load_error(e: OSError, what: str, nbytes: int, offset: int, path: str) -> LoadError:
+def _load_error(e: OSError, names: Sequence[str], nbytes: int, offset: int, path: str) -> LoadError:
+    what = (
+        f"weight piece {names[0]!r}"
+        if len(names) == 1
+        else f"{len(names)} weight pieces {names[0]!r} .. {names[-1]!r}"
+    )
     if isinstance(e, _ShortRead):
         return LoadError(f"short read of {what} from {path}: {e}")
     return LoadError(f"reading {what} ({nbytes:,} bytes at {offset:,}) from {path}: {e}")
