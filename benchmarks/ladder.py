@@ -243,7 +243,7 @@ def plot(name: str, result: dict, path: Path) -> None:
 
     mib = 2**20
     rungs = result["rungs"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7, 6))
     at_rate = [r for r in rungs if "floor_at_loader_rate_s" in r]
     for shown, key, style, label in (
         (rungs, "median_s", "o-", "flexnn (measured)"),
@@ -265,7 +265,7 @@ def plot(name: str, result: dict, path: Path) -> None:
     ax.set_ylabel("latency, 1 thread (ms)")
     ax.set_title(f"{name}: latency against memory")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)  # off the points
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
