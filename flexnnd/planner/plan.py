@@ -31,7 +31,8 @@ from flexnnd.ops.base import Part
 # 13: the simulator reads adjacent released loads in one read, as the loader now does.
 # 14: fully connected layers priced by their weights, depthwise convs by their input, pools by a pool.
 # 15: a rung for every budget; rungs that share a plan share its text, budgets are in the index only.
-PLAN_VERSION = 15
+# 16: a stalling rung also tries its latest pieces resident (sliced ones too), the simulator chooses.
+PLAN_VERSION = 16
 ALIGNMENT = 64
 
 

@@ -384,7 +384,7 @@ def plan_for_budget(
 
     With `timeline` (the simulator's run of a plan), a plan whose compute waits for weights is
     compared with plans that also cut the big weights into pieces small enough to stream in a
-    pipeline, and the fastest is returned. Pass one `planner` when planning many budgets of the
+    pipeline, and with the latest pieces resident instead of the biggest; the fastest is returned. Pass one `planner` when planning many budgets of the
     same graph."""
     planner = planner or Planner(graph)
     floor = planner.minimum_budget_hint()
@@ -418,6 +418,12 @@ def plan_for_budget(
                 trial = _fill(planner, min(tried.values(), key=lambda c: c[0])[1], budget)
                 if trial is not None and (seconds := timeline(trial).seconds) < best:
                     plan, best = trial, seconds
+            # The biggest weights resident may be early ones, which leaves less memory to load the
+            # late ones ahead: the latest pieces resident instead, where the simulator prefers it.
+            chosen = planner.layout(slicing_of(plan))
+            trial = _fill(planner, chosen, budget, latest_first=True)
+            if trial is not None and (seconds := timeline(trial).seconds) < best:
+                plan, best = trial, seconds
     verify(plan, graph)
     return plan
 
@@ -440,18 +446,25 @@ def plan_with_slicing(planner: Planner, budget: int, slicing: Slicing) -> Plan |
     return plan
 
 
-def _fill(planner: Planner, lay: Layout, budget: int, resident: bool = True) -> Plan | None:
+def _fill(
+    planner: Planner, lay: Layout, budget: int, resident: bool = True, latest_first: bool = False
+) -> Plan | None:
     """`lay` packed within `budget`, then (with `resident`) leftover memory spent on whole weights
-    becoming resident, biggest (costliest to stream) first; None when it does not fit at all."""
+    becoming resident, biggest (costliest to stream) first; None when it does not fit at all.
+    With `latest_first`, any piece may become resident, the last in file order first: they are
+    the ones the loader would otherwise have to fetch far ahead, when memory is shortest."""
     graph = planner.graph
     always = frozenset(p for p, w in lay.pieces.items() if w.tensor in planner.small)
     plan = pack(lay, planner, budget, always)
     if plan is None or not resident:
         return plan
-    whole = sorted(
-        (p for p, w in lay.pieces.items() if p == w.tensor and p not in always),
-        key=lambda p: -graph.tensors[p].nbytes,
-    )
+    if latest_first:
+        whole = [p for p in reversed(lay.file_order) if p not in always]
+    else:
+        whole = sorted(
+            (p for p, w in lay.pieces.items() if p == w.tensor and p not in always),
+            key=lambda p: -graph.tensors[p].nbytes,
+        )
     kept = set(always)
     # Whole weights are tried in runs that double while they fit and halve when not: most fit
     # when one does, and a successful pack costs as much as the whole streamed layout.
