@@ -384,8 +384,8 @@ def plan_for_budget(
 
     With `timeline` (the simulator's run of a plan), a plan whose compute waits for weights is
     compared with plans that also cut the big weights into pieces small enough to stream in a
-    pipeline, and with the latest pieces resident instead of the biggest; the fastest is returned. Pass one `planner` when planning many budgets of the
-    same graph."""
+    pipeline, and with the latest pieces resident instead of the biggest; the fastest is
+    returned. Pass one `planner` when planning many budgets of the same graph."""
     planner = planner or Planner(graph)
     floor = planner.minimum_budget_hint()
     if budget < floor:
@@ -459,18 +459,18 @@ def _fill(
     if plan is None or not resident:
         return plan
     if latest_first:
-        whole = [p for p in reversed(lay.file_order) if p not in always]
+        candidates = [p for p in reversed(lay.file_order) if p not in always]
     else:
-        whole = sorted(
+        candidates = sorted(
             (p for p, w in lay.pieces.items() if p == w.tensor and p not in always),
             key=lambda p: -graph.tensors[p].nbytes,
         )
     kept = set(always)
-    # Whole weights are tried in runs that double while they fit and halve when not: most fit
+    # Candidates are tried in runs that double while they fit and halve when not: most fit
     # when one does, and a successful pack costs as much as the whole streamed layout.
     i, run = 0, 1
-    while i < len(whole):
-        batch = whole[i : i + run]
+    while i < len(candidates):
+        batch = candidates[i : i + run]
         trial = pack(lay, planner, budget, frozenset(kept.union(batch)))
         if trial is not None:
             kept.update(batch)
