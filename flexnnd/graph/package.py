@@ -135,11 +135,11 @@ def write_package(
         tmp.mkdir()
         entries: dict[str, WeightEntry] = {}
         digest = hashlib.sha256()
-        offset = 0
+        offset, starts = 0, weight_offsets(graph)
         with open(tmp / WEIGHTS, "wb") as f:
             for name in graph.constants:
                 value = np.ascontiguousarray(consts[name])
-                start = _align(offset)
+                start = starts[name]  # the planner's simulator reads the same layout
                 pad = bytes(start - offset)
                 raw = memoryview(value).cast("B")
                 f.write(pad)

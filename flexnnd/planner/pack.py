@@ -9,6 +9,7 @@ import numpy as np
 
 from flexnnd.ops.jit import kernel
 from flexnnd.planner.plan import ALIGNMENT, Region
+from flexnnd.runtime.loader import DIRECT_ALIGN
 
 
 @dataclass(frozen=True)
@@ -21,9 +22,8 @@ class Request:
     last: int
 
 
-# A streamed piece is placed where its arena address and its file offset agree modulo this, so the
-# loader can read it with O_DIRECT (the package aligns every weight to it in the file).
-DIRECT_ALIGN = 4096
+# A streamed piece is placed where its arena address and its file offset agree modulo the loader's
+# O_DIRECT block (DIRECT_ALIGN), so it can read it direct (the package aligns every weight to it).
 
 
 def align(n: int, to: int = ALIGNMENT) -> int:
