@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -49,4 +50,5 @@ def write_atomically(path: str | os.PathLike, data: str | bytes, what: str = "fi
     except OSError as e:
         raise storage_error(what, path, e, len(raw)) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only filesystem refuses even a missing file's unlink
+            tmp.unlink(missing_ok=True)

@@ -7,7 +7,7 @@ import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 
-from flexnnd.errors import BudgetTooSmall, StalePlanFile
+from flexnnd.errors import BudgetTooSmall, StalePlanFile, StorageError
 from flexnnd.graph.ir import Graph
 from flexnnd.graph.package import weight_offsets
 from flexnnd.planner import plan_resident
@@ -162,9 +162,33 @@ def stored_rungs(package) -> list[IndexEntry] | None:
 
 def build_and_store(package, cache_dir) -> list[Plan]:
     """Build the ladder with this machine's calibration and store it beside the weights."""
-    from flexnnd.planner.calibrate import machine
     from flexnnd.planner.plan_file import write_plans
 
-    ladder = build_ladder(package.graph, machine(cache_dir, package.weights_path))
+    ladder = _build(package, cache_dir)
     write_plans(package.path / LADDER_FILE, ladder, package.graph, package.weights_sha256)
     return ladder
+
+
+def current_rungs(package, cache_dir) -> list[IndexEntry] | list[Plan] | None:
+    """The package's ladder index; a ladder stored in another format version is planned again with
+    this machine's calibration (rates cached in `cache_dir`) and stored in its place, or, when the
+    package folder is read-only, returned as plans. None when the package was imported without a
+    ladder: its budgets are then planned one by one."""
+    from flexnnd.planner.plan_file import write_plans
+
+    rungs = stored_rungs(package)
+    if rungs is not None or not (package.path / LADDER_FILE).exists():
+        return rungs
+    ladder = _build(package, cache_dir)
+    try:
+        write_plans(package.path / LADDER_FILE, ladder, package.graph, package.weights_sha256)
+    except StorageError as e:  # planned, but not stored: this process keeps the plans
+        log.warning("%s: the ladder planned again is kept in memory", e)
+        return ladder
+    return stored_rungs(package)
+
+
+def _build(package, cache_dir) -> list[Plan]:
+    from flexnnd.planner.calibrate import machine
+
+    return build_ladder(package.graph, machine(cache_dir, package.weights_path))

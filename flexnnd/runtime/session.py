@@ -17,7 +17,7 @@ from flexnnd.errors import BudgetTooSmall, LoadError
 from flexnnd.graph.onnx_import import import_model
 from flexnnd.graph.package import MANIFEST, Package, read_package
 from flexnnd.planner import calibrate, plan_resident
-from flexnnd.planner.ladder import LADDER_FILE, choose, stored_ladder, stored_rungs
+from flexnnd.planner.ladder import LADDER_FILE, choose, current_rungs, stored_ladder
 from flexnnd.planner.plan import Plan
 from flexnnd.planner.plan_file import IndexEntry, read_plan
 from flexnnd.planner.stream import plan_for_budget
@@ -118,12 +118,13 @@ class Session:
         # What one inference allocates besides the arena: the copies of its outputs it returns.
         self.output_bytes = sum(t.nbytes for t in graph.outputs)
         # Only the ladder's index is held; the plan adopted is read (and verified) when chosen.
-        given = list(ladder) if ladder is not None else None
+        # A ladder of another plan format is planned again here (and stored), not budget by budget.
+        given = (
+            list(ladder) if ladder is not None else current_rungs(self.package, calibrate.default_cache_dir())
+        )
         entries = given is not None and all(isinstance(e, IndexEntry) for e in given)
         self._ladder: list[Plan] | None = None if entries else given
         self._rungs: list[IndexEntry] | None = given if entries else None
-        if ladder is None:
-            self._rungs = stored_rungs(self.package)
         self.plan = plan if plan is not None else self.plan_for(budget)
         self.budget: int | None = None if budget is None else parse_size(budget)
         self._pending: Plan | None = None

@@ -4,6 +4,9 @@ and sessions that switch between rungs."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import subprocess
 
 import numpy as np
 import pytest
@@ -14,6 +17,7 @@ from flexnn_client.ctl import main as flexnnctl
 from flexnnd.graph.package import read_package
 from flexnnd.planner import plan_resident
 from flexnnd.planner.ladder import LADDER_FILE, RUNGS, build_ladder, choose, stored_ladder
+from flexnnd.planner.plan import PLAN_VERSION
 from flexnnd.planner.profile import Machine
 from tests.conftest import save
 from tests.runtime.test_streaming import fc_chain
@@ -48,6 +52,60 @@ def test_import_stores_the_ladder_and_sessions_only_read_it(tmp_path, monkeypatc
         assert sess.plan == ladder[0]
         sess.set_budget(ladder[-2].arena_bytes + sess.output_bytes)
         assert same_plan(sess._pending, ladder[-2])
+
+
+def stale_package(onnx_path, folder, cache):
+    """An import whose ladder file is then marked as written by an older flexnn."""
+    package = read_package(flexnnd.import_model(onnx_path, folder, calibration_dir=cache))
+    ladder_file = package.path / LADDER_FILE
+    text = ladder_file.read_text()
+    ladder_file.write_text(text.replace(f'"version": {PLAN_VERSION}', '"version": 1', 1))
+    return package, text
+
+
+def test_a_session_plans_a_stale_ladder_again_and_stores_it(tmp_path, monkeypatch):
+    """Not budget by budget without the simulator, as before: the whole ladder, once, stored."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # the calibration the import wrote
+    package, current = stale_package(
+        save(fc_chain(layers=6), tmp_path / "fc.onnx"), tmp_path / "pkg", tmp_path / "flexnn"
+    )
+
+    def no_planning(*args, **kwargs):
+        raise AssertionError("planned one budget although the ladder was planned again")
+
+    monkeypatch.setattr("flexnnd.runtime.session.plan_for_budget", no_planning)
+    ladder = json.loads(current)
+    with flexnnd.Session(package.path) as sess:
+        assert json.loads((package.path / LADDER_FILE).read_text()) == ladder  # the same plans, stored
+        rungs = stored_ladder(package)
+        sess.set_budget(rungs[1].arena_bytes + sess.output_bytes)
+        assert same_plan(sess._pending, rungs[1])
+    monkeypatch.setattr("flexnnd.planner.ladder.build_ladder", no_planning)
+    flexnnd.Session(package.path).close()  # stored: the next session only reads it
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a read-only tmpfs needs root")
+def test_a_stale_ladder_on_a_read_only_package_is_planned_in_memory(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], check=True)
+    try:
+        package, _ = stale_package(
+            save(fc_chain(layers=6), tmp_path / "fc.onnx"), mnt / "pkg", tmp_path / "flexnn"
+        )
+        stale = (package.path / LADDER_FILE).read_bytes()
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        with flexnnd.Session(package.path) as sess:
+            ladder = sess.ladder
+            assert len(ladder) == RUNGS + 2 and all(p.predicted_seconds for p in ladder)
+            sess.set_budget(ladder[0].arena_bytes + sess.output_bytes)
+            sess.run({"x": np.ones(sess.inputs[0].shape, np.float32)})
+            assert sess.plan == ladder[0]
+        assert (package.path / LADDER_FILE).read_bytes() == stale
+        assert "kept in memory" in caplog.text and "Read-only file system" in caplog.text
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def same_plan(a, b) -> bool:
