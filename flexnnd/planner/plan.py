@@ -32,7 +32,9 @@ from flexnnd.ops.base import Part
 # 14: fully connected layers priced by their weights, depthwise convs by their input, pools by a pool.
 # 15: a rung for every budget; rungs that share a plan share its text, budgets are in the index only.
 # 16: a stalling rung also tries its latest pieces resident (sliced ones too), the simulator chooses.
-PLAN_VERSION = 16
+# 17: a stalling rung also tries none or a share of the budget resident; rungs are chosen by their
+#     latency averaged over the calibrated read rate and 0.7x it.
+PLAN_VERSION = 17
 ALIGNMENT = 64
 
 

@@ -38,6 +38,8 @@ MIN_PIXELS_PER_BAND = 256
 PIPELINE_FRACTIONS = (1 / 8, 1 / 16, 1 / 32)
 # A plan whose compute waits less than this share of its latency is not worth re-slicing.
 STALL_WORTH_SLICING = 0.01
+# Shares of the budget a stalling plan also tries holding resident, its latest pieces first.
+RESIDENT_SHARES = (0.1, 0.25, 1.0)
 
 Slicing = Mapping[str, tuple[str, int]]  # node -> (axis, number of parts)
 
@@ -401,11 +403,15 @@ def plan_for_budget(
         run = timeline(plan)
         best = run.seconds
         if run.stall_seconds > STALL_WORTH_SLICING * best:
+
+            def consider(trial: Plan | None) -> None:
+                nonlocal plan, best
+                if trial is not None and (seconds := timeline(trial).seconds) < best:
+                    plan, best = trial, seconds
+
             # Slicings are compared packed as they are (cheap), the best one then filled with
             # resident weights (a pack per try) and compared with the plan that only fits.
-            tried: dict[
-                int, tuple[float, Layout]
-            ] = {}  # by identity: the planner caches one layout per slicing
+            tried: dict[int, tuple[float, Layout, Plan]] = {}  # by identity: one layout per slicing
             for fraction in PIPELINE_FRACTIONS:
                 slicing = _pipelined(planner, lay, budget * fraction)
                 candidate = None if slicing is None else planner.layout(slicing)
@@ -413,17 +419,18 @@ def plan_for_budget(
                     continue
                 bare = _fill(planner, candidate, budget, resident=False)
                 if bare is not None:
-                    tried[id(candidate)] = (timeline(bare).seconds, candidate)
+                    tried[id(candidate)] = (timeline(bare).seconds, candidate, bare)
             if tried:
-                trial = _fill(planner, min(tried.values(), key=lambda c: c[0])[1], budget)
-                if trial is not None and (seconds := timeline(trial).seconds) < best:
-                    plan, best = trial, seconds
-            # The biggest weights resident may be early ones, which leaves less memory to load the
-            # late ones ahead: the latest pieces resident instead, where the simulator prefers it.
+                _, candidate, bare = min(tried.values(), key=lambda c: c[0])
+                consider(bare)  # nothing resident: every byte of the budget free to load ahead
+                consider(_fill(planner, candidate, budget))
+            # Resident weights are memory no load can use at any step: the latest pieces resident
+            # (the loader would fetch them far ahead, when memory is shortest), up to a share of the
+            # budget each, or none, where the simulator prefers it.
             chosen = planner.layout(slicing_of(plan))
-            trial = _fill(planner, chosen, budget, latest_first=True)
-            if trial is not None and (seconds := timeline(trial).seconds) < best:
-                plan, best = trial, seconds
+            consider(_fill(planner, chosen, budget, resident=False))
+            for share in RESIDENT_SHARES:
+                consider(_fill(planner, chosen, budget, latest_first=True, most=share * budget))
     verify(plan, graph)
     return plan
 
@@ -447,12 +454,18 @@ def plan_with_slicing(planner: Planner, budget: int, slicing: Slicing) -> Plan |
 
 
 def _fill(
-    planner: Planner, lay: Layout, budget: int, resident: bool = True, latest_first: bool = False
+    planner: Planner,
+    lay: Layout,
+    budget: int,
+    resident: bool = True,
+    latest_first: bool = False,
+    most: float | None = None,
 ) -> Plan | None:
     """`lay` packed within `budget`, then (with `resident`) leftover memory spent on whole weights
     becoming resident, biggest (costliest to stream) first; None when it does not fit at all.
     With `latest_first`, any piece may become resident, the last in file order first: they are
-    the ones the loader would otherwise have to fetch far ahead, when memory is shortest."""
+    the ones the loader would otherwise have to fetch far ahead, when memory is shortest. With
+    `most`, no more than that many bytes become resident beyond the tiny weights."""
     graph = planner.graph
     always = frozenset(p for p, w in lay.pieces.items() if w.tensor in planner.small)
     plan = pack(lay, planner, budget, always)
@@ -465,6 +478,9 @@ def _fill(
             (p for p, w in lay.pieces.items() if p == w.tensor and p not in always),
             key=lambda p: -graph.tensors[p].nbytes,
         )
+    if most is not None:  # the candidates up to the share: a prefix, as the fill takes them in order
+        total = itertools.accumulate(lay.piece_bytes[p] for p in candidates)
+        candidates = [p for p, upto in zip(candidates, total, strict=True) if upto <= most]
     kept = set(always)
     # Candidates are tried in runs that double while they fit and halve when not: most fit
     # when one does, and a successful pack costs as much as the whole streamed layout.

@@ -17,10 +17,11 @@ import flexnnd
 from flexnnd.graph.onnx_import import import_onnx
 from flexnnd.planner import plan_resident
 from flexnnd.planner.bound import streaming_floor
-from flexnnd.planner.ladder import build_ladder, timeline
+from flexnnd.planner.ladder import SLOW_READS, build_ladder, expected_timeline, timeline
 from flexnnd.planner.profile import Machine, simulate, step_costs
 from flexnnd.planner.stream import (
     Planner,
+    _fill,
     max_slicing,
     pack,
     plan_for_budget,
@@ -34,6 +35,11 @@ from tests.planner.test_random_plans import layered_graphs
 MACHINE = Machine(
     gemm_flops=5e10, winograd_flops=8e10, depthwise_flops=1e10, memory_bytes=1e10, read_bytes=2e8
 )
+
+
+# This machine's calibration, rounded.
+LIKE_THIS_ONE = Machine(gemm_flops=8.6e10, winograd_flops=1.29e11, depthwise_flops=2.83e10, memory_bytes=2.22e10,
+                        read_bytes=1.4e9, read_latency=5e-5, part_bytes=1.57e10, fc_bytes=2.59e10)  # fmt: skip
 
 
 def node_seconds(graph, machine=MACHINE):
@@ -167,13 +173,44 @@ def test_the_latest_pieces_become_resident_where_that_streams_faster(zoo_model):
     are early convs, and keeping them resident leaves too little memory to load the 5 MB
     classifier ahead. The simulator takes the plan that keeps the classifier's pieces instead."""
     graph, _ = import_onnx(onnx.load(str(zoo_model("mobilenet_v2"))))
-    machine = Machine(gemm_flops=8.6e10, winograd_flops=1.29e11, depthwise_flops=2.83e10, memory_bytes=2.22e10,
-                      read_bytes=1.4e9, read_latency=5e-5, part_bytes=1.57e10, fc_bytes=2.59e10)  # fmt: skip
     planner = Planner(graph)
-    run = lambda p: timeline(graph, p, machine)  # noqa: E731
+    run = lambda p: timeline(graph, p, LIKE_THIS_ONE)  # noqa: E731
     budget = plan_resident(graph).arena_bytes * 55 // 100
     chosen = plan_for_budget(graph, budget, planner, run)
     biggest = plan_with_slicing(planner, budget, slicing_of(chosen))  # biggest whole weights resident
     assert any(r.startswith("classifier.1.weight") for r in chosen.resident)
     assert not any(r.startswith("classifier.1.weight") for r in biggest.resident)
     assert run(chosen).seconds < 0.95 * run(biggest).seconds
+
+
+def test_a_stalling_plan_holds_less_resident_where_that_loads_further_ahead(resnet18):
+    """ResNet-18 at 35% of all-resident: filled with resident weights, either the biggest or the
+    latest, the arena leaves too little room to load layer4 ahead while layers 1-3 compute. Streamed
+    nearly whole, every byte of the budget is free to load ahead, and the simulator takes that."""
+    planner = Planner(resnet18)
+    run = lambda p: timeline(resnet18, p, LIKE_THIS_ONE)  # noqa: E731
+    budget = plan_resident(resnet18).arena_bytes * 35 // 100
+    chosen = plan_for_budget(resnet18, budget, planner, run)
+    lay = planner.layout(slicing_of(chosen))
+    filled = [_fill(planner, lay, budget), _fill(planner, lay, budget, latest_first=True)]
+    resident = sum(chosen.region[r].nbytes for r in chosen.resident)
+    assert resident < 0.05 * budget < min(sum(p.region[r].nbytes for r in p.resident) for p in filled)
+    assert run(chosen).seconds < 0.95 * min(run(p).seconds for p in filled)
+
+
+def test_plans_are_chosen_to_hold_up_when_reads_slow_down(resnet18):
+    """ResNet-18 at 85%: at the calibrated read rate, streaming nearly everything wins by a little;
+    at 0.7x that rate it loses by a lot. Chosen by the latency averaged over both rates, the plan
+    keeps most of the budget resident and is the faster one when reads slow down."""
+    planner = Planner(resnet18)
+    slow = dataclasses.replace(LIKE_THIS_ONE, read_bytes=LIKE_THIS_ONE.read_bytes * SLOW_READS)
+    budget = plan_resident(resnet18).arena_bytes * 85 // 100
+    fast_only = plan_for_budget(resnet18, budget, planner, lambda p: timeline(resnet18, p, LIKE_THIS_ONE))
+    chosen = plan_for_budget(
+        resnet18, budget, planner, lambda p: expected_timeline(resnet18, p, LIKE_THIS_ONE)
+    )
+    held = [sum(p.region[r].nbytes for r in p.resident) for p in (fast_only, chosen)]
+    assert held[0] < 0.5 * budget < held[1]
+    assert timeline(resnet18, chosen, slow).seconds < 0.9 * timeline(resnet18, fast_only, slow).seconds
+    expected = [expected_timeline(resnet18, p, LIKE_THIS_ONE).seconds for p in (fast_only, chosen)]
+    assert expected[1] < expected[0]
