@@ -19,7 +19,7 @@ from flexnnd.ops.base import Kernel
 from flexnnd.planner import scratch_name
 from flexnnd.planner.plan import Plan
 from flexnnd.runtime.arena import Arena
-from flexnnd.runtime.loader import Loader, PieceRead, open_weights, read_piece
+from flexnnd.runtime.loader import Checksum, Loader, PieceRead, open_weights, read_piece
 
 
 class Executor:
@@ -63,7 +63,7 @@ class Executor:
                 )
                 for ld in plan.loads
             ]
-            self.loader = Loader(str(package.weights_path), reads)
+            self.loader = Loader(str(package.weights_path), reads, checks=self._streamed_checks())
         # Loads that must be in before each step (loads are in step order).
         self.loads_before = [sum(1 for ld in plan.loads if ld.step <= i) for i in range(len(plan.steps))]
         # Only steps that need a new load wait, and only steps that release one tell the loader:
@@ -81,8 +81,29 @@ class Executor:
         row = entry.nbytes // entry.shape[0]
         return entry.offset + piece.start * row, (piece.stop - piece.start) * row
 
+    def _pieces_by_weight(self) -> dict[str, list[str]]:
+        """Each weight's pieces in row order."""
+        by_weight: dict[str, list[str]] = {}
+        for name, piece in sorted(self.plan.pieces.items(), key=lambda item: item[1].start):
+            by_weight.setdefault(piece.tensor, []).append(name)
+        return by_weight
+
+    def _streamed_checks(self) -> list[Checksum]:
+        """A checksum for every weight with a streamed piece, its resident pieces folded in place."""
+        load_of = {ld.piece: k for k, ld in enumerate(self.plan.loads)}
+        return [
+            Checksum(
+                tensor,
+                self.package.weights[tensor].crc32,
+                [(memoryview(self.views[p]).cast("B"), load_of.get(p)) for p in pieces],
+            )
+            for tensor, pieces in self._pieces_by_weight().items()
+            if any(p in load_of for p in pieces)
+        ]
+
     def _load_resident(self) -> None:
-        """Read every resident piece straight into its arena view; whole weights check their CRC."""
+        """Read every resident piece straight into its arena view; a weight all of whose pieces are
+        resident checks its CRC (the others are checked as their streamed pieces arrive)."""
         path = str(self.package.weights_path)
         try:
             fd, direct = open_weights(path)
@@ -90,18 +111,23 @@ class Executor:
             raise LoadError(f"cannot open weights file {path}: {e}") from None
         try:
             for name in self.plan.resident:
-                offset, nbytes = self.piece_range(name)
-                raw = memoryview(self.views[name]).cast("B")
-                read_piece(fd, raw, offset, name, path, direct=direct)
-                entry = self.package.weights[self.plan.pieces[name].tensor]
-                if nbytes == entry.nbytes and zlib.crc32(raw) != entry.crc32:
-                    raise LoadError(
-                        f"weight {name!r} in {path} fails its checksum: the file changed since import"
-                    )
+                offset, _ = self.piece_range(name)
+                read_piece(fd, memoryview(self.views[name]).cast("B"), offset, name, path, direct=direct)
         finally:
             os.close(fd)
             if direct is not None:
                 os.close(direct)
+        resident = set(self.plan.resident)
+        for tensor, pieces in self._pieces_by_weight().items():
+            if not resident.issuperset(pieces):
+                continue
+            crc = 0
+            for p in pieces:
+                crc = zlib.crc32(memoryview(self.views[p]).cast("B"), crc)
+            if crc != self.package.weights[tensor].crc32:
+                raise LoadError(
+                    f"weight {tensor!r} in {path} fails its checksum: the file changed since import"
+                )
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         for name, view in self.inputs:

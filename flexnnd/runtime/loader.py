@@ -7,7 +7,9 @@ File reads release the GIL, so loading overlaps computing. Each read goes straig
 piece's arena view with `os.preadv`, bypassing the page cache with O_DIRECT where the filesystem
 allows it; what cannot go direct (a filesystem such as tmpfs that refuses O_DIRECT, or the
 unaligned head and tail of a piece) is read through the page cache and its pages are dropped at
-once (they would hold a second copy of the weights outside the budget).
+once (they would hold a second copy of the weights outside the budget). Until an inference has
+read them all, the loader checks each streamed weight's CRC32 as its pieces arrive (zlib, ~4 GB/s
+here: a quarter of the read time, paid by a plan's first inference only).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 import os
 import threading
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -69,12 +72,52 @@ class PieceRead:
     after_step: int  # may start once this step is done (-1: at once)
 
 
+@dataclass
+class Checksum:
+    """One weight's CRC32 over its pieces in row order, folded in as the streamed ones arrive.
+
+    `parts` are (arena bytes, load index) in row order; a resident part has no load index (its
+    bytes never change). Loads arrive in file order, which is row order within a weight."""
+
+    tensor: str
+    expected: int
+    parts: list[tuple[memoryview, int | None]]
+    _next: int = 0
+    _crc: int = 0
+
+    def restart(self) -> None:
+        self._next, self._crc = 0, 0
+
+    def arrived(self, load: int) -> bool | None:
+        """Fold every part up to load `load`; whether the weight matches once complete, else None."""
+        while self._next < len(self.parts):
+            view, index = self.parts[self._next]
+            if index is not None and index > load:
+                return None
+            self._crc = zlib.crc32(view, self._crc)
+            self._next += 1
+        return self._crc == self.expected
+
+
 Reader = Callable[[int, list, int], int]  # os.preadv's signature; tests inject failures here
 
 
 class Loader:
-    def __init__(self, path: str, reads: Sequence[PieceRead], reader: Reader = os.preadv):
+    """`checks`: the streamed weights' checksums, verified on the loader thread as their pieces
+    arrive, in every inference until one passes whole (a plan's first, unless the file is bad):
+    a weight that fails its checksum fails the inference that reads it, at the wait for its last piece."""
+
+    def __init__(
+        self,
+        path: str,
+        reads: Sequence[PieceRead],
+        reader: Reader = os.preadv,
+        checks: Sequence[Checksum] = (),
+    ):
         self.path, self.reads, self.reader = path, tuple(reads), reader
+        self.checks = tuple(checks)
+        self._check_of = {i: c for c in self.checks for _, i in c.parts if i is not None}
+        self.verifying = bool(self.checks)  # until an inference has read and checked every load
         self._fd, self._direct = open_weights(path)
         # joins[k]: read k continues read k-1 in the file and may share its preadv.
         self.joins = [
@@ -150,6 +193,10 @@ class Loader:
 
     def _load_all(self) -> None:
         reads, k = self.reads, 0
+        verifying = self.verifying
+        if verifying:
+            for check in self.checks:
+                check.restart()
         while k < len(reads):
             with self._cond:
                 while self._steps_done <= reads[k].after_step and not self._abort:
@@ -167,6 +214,8 @@ class Loader:
                 nbytes += len(reads[end].view)
                 end += 1
             error = self._read(reads[k:end])
+            if error is None and verifying:
+                error = self._verify(k, end)
             with self._cond:
                 if error is not None:
                     self._error = error
@@ -176,6 +225,18 @@ class Loader:
             if error is not None:
                 return
             k = end
+        self.verifying = False  # every streamed weight matched its checksum once
+
+    def _verify(self, first: int, end: int) -> LoadError | None:
+        """Fold loads [first, end) into their weights' checksums; LoadError for one that fails."""
+        for k in range(first, end):
+            check = self._check_of.get(k)
+            if check is not None and check.arrived(k) is False:
+                return LoadError(
+                    f"weight {check.tensor!r} in {self.path} fails its checksum as streamed: "
+                    "the file changed since import"
+                )
+        return None
 
     def _read(self, bundle: Sequence[PieceRead]) -> LoadError | None:
         start = time.perf_counter()

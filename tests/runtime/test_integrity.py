@@ -1,0 +1,85 @@
+"""Weights that changed on disk since import fail the inference that reads them, whether they are
+resident, streamed, or a weight cut into pieces some of which are resident and some streamed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import flexnnd
+from flexnnd.graph.package import read_package
+from flexnnd.planner.stream import Planner, _fill
+from tests.conftest import save
+from tests.runtime.test_streaming import fc_chain
+
+X = np.random.default_rng(3).standard_normal((1, 256)).astype(np.float32)
+
+
+@pytest.fixture
+def package(tmp_path):
+    return read_package(
+        flexnnd.import_model(save(fc_chain(), tmp_path / "fc.onnx"), tmp_path / "pkg", ladder=False)
+    )
+
+
+def flip(package, tensor: str, row: int) -> None:
+    """Change one byte of `tensor`'s row `row` in the weights file (a second flip restores it)."""
+    entry = package.weights[tensor]
+    at = entry.offset + row * (entry.nbytes // entry.shape[0]) + 5
+    with open(package.weights_path, "r+b") as f:
+        f.seek(at)
+        byte = f.read(1)
+        f.seek(at)
+        f.write(bytes([byte[0] ^ 0x40]))
+
+
+def mixed_plan(package, streamed: bool):
+    """w3 cut into four pieces by output rows: its last two resident and the others streamed
+    (`streamed`), or every piece resident."""
+    planner = Planner(package.graph)
+    lay = planner.layout({"fc3": ("channels", 4)})
+    if not streamed:
+        return _fill(planner, lay, 1 << 30, latest_first=True)
+    two = 2 * lay.piece_bytes["w3[192:256]"]
+    budget = (
+        _fill(planner, lay, 1 << 30, resident=False).arena_bytes + two + 4096
+    )  # the streamed layout and two
+    return _fill(planner, lay, budget, latest_first=True, most=two)
+
+
+def test_a_streamed_weight_that_changed_fails_the_inference_until_it_is_repaired(package):
+    with flexnnd.Session(package, budget=400 * 1024) as sess:
+        want = sess.run({"x": X})["y"]
+        streamed = sess._executor.plan.loads[0].piece
+        tensor = sess._executor.plan.pieces[streamed].tensor
+    with flexnnd.Session(package, budget=400 * 1024) as sess:  # a new plan adoption checks again
+        flip(package, tensor, 0)
+        for _ in range(2):  # checked again after a failure, not only once
+            with pytest.raises(
+                flexnnd.LoadError, match=rf"weight '{tensor}' .* fails its checksum as streamed"
+            ):
+                sess.run({"x": X})
+        flip(package, tensor, 0)  # repaired: the session serves again
+        np.testing.assert_array_equal(sess.run({"x": X})["y"], want)
+        assert not sess._executor.loader.verifying  # checked once: later inferences pay nothing
+
+
+def test_a_changed_resident_piece_of_a_streamed_weight_fails_the_inference(package):
+    plan = mixed_plan(package, streamed=True)
+    resident_w3 = [p for p in plan.resident if p.startswith("w3[")]
+    streamed_w3 = [ld.piece for ld in plan.loads if ld.piece.startswith("w3[")]
+    assert resident_w3 and streamed_w3, (plan.resident, [ld.piece for ld in plan.loads])
+    flip(package, "w3", 255)  # in the last piece: resident, read once when the plan is adopted
+    with (
+        flexnnd.Session(package, plan=plan) as sess,
+        pytest.raises(flexnnd.LoadError, match=r"weight 'w3' .* fails its checksum as streamed"),
+    ):
+        sess.run({"x": X})
+
+
+def test_a_changed_weight_all_of_whose_pieces_are_resident_fails_the_plan_adoption(package):
+    plan = mixed_plan(package, streamed=False)
+    assert not plan.loads and sum(p.startswith("w3[") for p in plan.resident) == 4
+    flip(package, "w3", 100)
+    with pytest.raises(flexnnd.LoadError, match=r"weight 'w3' .* fails its checksum"):
+        flexnnd.Session(package, plan=plan)
