@@ -158,6 +158,9 @@ class Executor:
             self.loader.close()
             for read in self.loader.reads:
                 read.view.release()
+            for check in self.loader.checks:  # views of the arena too: it unmaps only once none is left
+                for view, _ in check.parts:
+                    view.release()
             self.loader = None
         self.kernels.clear()
         self.views.clear()

@@ -83,3 +83,15 @@ def test_a_changed_weight_all_of_whose_pieces_are_resident_fails_the_plan_adopti
     flip(package, "w3", 100)
     with pytest.raises(flexnnd.LoadError, match=r"weight 'w3' .* fails its checksum"):
         flexnnd.Session(package, plan=plan)
+
+
+def test_closing_a_streaming_plan_unmaps_its_arena_at_once(package):
+    """The checksums hold views of the arena; closing the plan releases them, so the swap that
+    closes it returns its memory before the next plan's arena is built."""
+    with flexnnd.Session(package, budget=400 * 1024) as sess:
+        sess.run({"x": X})
+        executor = sess._executor
+        assert executor.loader.checks
+        mapping = executor.arena._map
+        executor.close()
+        assert mapping.closed
