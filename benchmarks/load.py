@@ -109,8 +109,9 @@ def output_digest(outputs: dict[str, np.ndarray], names: list[str]) -> str:
     return h.hexdigest()
 
 
-def build_references(package_dir: Path, arenas: list[int], inputs: list[np.ndarray], input_name: str,
-                     threads: int = 1) -> References:
+def build_references(
+    package_dir: Path, arenas: list[int], inputs: list[np.ndarray], input_name: str, threads: int = 1
+) -> References:
     """Run every input on every rung of the daemon's ladder (matched by arena size) and all resident."""
     import flexnnd
 
@@ -121,7 +122,9 @@ def build_references(package_dir: Path, arenas: list[int], inputs: list[np.ndarr
         by_arena = {p.arena_bytes: p for p in sess.ladder or ()}
         missing = sorted(set(arenas) - set(by_arena))
         if missing:
-            raise RuntimeError(f"rungs with arenas {missing} are not in the package's ladder {sorted(by_arena)}")
+            raise RuntimeError(
+                f"rungs with arenas {missing} are not in the package's ladder {sorted(by_arena)}"
+            )
         digests: list[dict[str, list[int]]] = [{} for _ in inputs]
         for arena in arenas:
             sess.adopt(by_arena[arena], None, overlap=False)
@@ -132,8 +135,9 @@ def build_references(package_dir: Path, arenas: list[int], inputs: list[np.ndarr
     return refs
 
 
-def check(outputs: dict[str, np.ndarray], digests: dict[str, tuple[int, ...]],
-          full: dict[str, np.ndarray]) -> tuple[tuple[int, ...], float]:
+def check(
+    outputs: dict[str, np.ndarray], digests: dict[str, tuple[int, ...]], full: dict[str, np.ndarray]
+) -> tuple[tuple[int, ...], float]:
     """(rungs this output equals bit for bit, max|diff| to the all-resident reference over its bound)."""
     names = list(full)
     worst = 0.0
@@ -145,8 +149,17 @@ def check(outputs: dict[str, np.ndarray], digests: dict[str, tuple[int, ...]],
     return digests.get(output_digest(outputs, names), ()), worst
 
 
-def client_loop(client: int, address: str, model: str, input_name: str, inputs: list[np.ndarray],
-                refs: References, ready, stop, put) -> None:
+def client_loop(
+    client: int,
+    address: str,
+    model: str,
+    input_name: str,
+    inputs: list[np.ndarray],
+    refs: References,
+    ready,
+    stop,
+    put,
+) -> None:
     """Infer back to back until `stop` is set; `put` receives the list of Requests at the end."""
     from flexnn_client.client import Client, ClientError
 
@@ -165,7 +178,9 @@ def client_loop(client: int, address: str, model: str, input_name: str, inputs: 
                 except ClientError as e:
                     end = time.monotonic()
                     code = e.code.name if e.code is not None else type(e).__name__
-                    records.append(Request(client, i, start, end, code, detail="" if code == REJECTED else str(e)))
+                    records.append(
+                        Request(client, i, start, end, code, detail="" if code == REJECTED else str(e))
+                    )
                     if code == REJECTED:
                         time.sleep(BACKOFF_S)
                     continue
@@ -173,7 +188,9 @@ def client_loop(client: int, address: str, model: str, input_name: str, inputs: 
                 matches, over = check(outputs, refs.digests[i], refs.full[i])
                 records.append(Request(client, i, start, end, "OK", matches, over))
     except Exception as e:  # a client that dies is a failure to report, not a silent gap
-        records.append(Request(client, -1, time.monotonic(), time.monotonic(), type(e).__name__, detail=repr(e)))
+        records.append(
+            Request(client, -1, time.monotonic(), time.monotonic(), type(e).__name__, detail=repr(e))
+        )
     finally:
         put(records)
 
@@ -185,25 +202,47 @@ def _process_client(args, barrier, stop, results) -> None:
 class Clients:
     """`count` clients in processes (no shared GIL, like separate apps) or threads."""
 
-    def __init__(self, count: int, mode: str, address: str, model: str, input_name: str,
-                 inputs: list[np.ndarray], refs: References):
+    def __init__(
+        self,
+        count: int,
+        mode: str,
+        address: str,
+        model: str,
+        input_name: str,
+        inputs: list[np.ndarray],
+        refs: References,
+    ):
         self.mode = mode
         self.records: list[Request] = []
         if mode == "process":
             ctx = multiprocessing.get_context("spawn")  # no fork of a process holding grpc and numba
             self._barrier, self._stop, self._results = ctx.Barrier(count + 1), ctx.Event(), ctx.Queue()
             self._workers = [
-                ctx.Process(target=_process_client, daemon=True,
-                            args=((i, address, model, input_name, inputs, refs), self._barrier, self._stop,
-                                  self._results))
+                ctx.Process(
+                    target=_process_client,
+                    daemon=True,
+                    args=(
+                        (i, address, model, input_name, inputs, refs),
+                        self._barrier,
+                        self._stop,
+                        self._results,
+                    ),
+                )
                 for i in range(count)
             ]
         elif mode == "thread":
-            self._barrier, self._stop, self._results = threading.Barrier(count + 1), threading.Event(), queue.Queue()
+            self._barrier, self._stop, self._results = (
+                threading.Barrier(count + 1),
+                threading.Event(),
+                queue.Queue(),
+            )
             self._workers = [
-                threading.Thread(target=client_loop, daemon=True,
-                                 args=(i, address, model, input_name, inputs, refs),
-                                 kwargs={"ready": self._barrier.wait, "stop": self._stop, "put": self._results.put})
+                threading.Thread(
+                    target=client_loop,
+                    daemon=True,
+                    args=(i, address, model, input_name, inputs, refs),
+                    kwargs={"ready": self._barrier.wait, "stop": self._stop, "put": self._results.put},
+                )
                 for i in range(count)
             ]
         else:
@@ -318,8 +357,11 @@ class Thrash:
             self.hwm_available = self.hwm_available and reset_hwm(self.pid)
             now_arena = self._arena()
             before = self.current
-            self.changes.append(Change(t0, t1, choice, before[1], cost, before[2], now_arena, arena,
-                                       choice == "auto", hwm, error))
+            self.changes.append(
+                Change(
+                    t0, t1, choice, before[1], cost, before[2], now_arena, arena, choice == "auto", hwm, error
+                )
+            )
             self.current = (choice, cost, now_arena)
 
     def __enter__(self) -> Thrash:
@@ -344,7 +386,9 @@ class Watch:
         with contextlib.suppress(Exception):  # the stream ends when the channel closes
             for e in self._client.watch():
                 if e.kind == e.KIND_SWAP:
-                    self.swaps.append((e.from_bytes, e.to_bytes, e.duration_s, "old plan served" in e.message))
+                    self.swaps.append(
+                        (e.from_bytes, e.to_bytes, e.duration_s, "old plan served" in e.message)
+                    )
                 elif e.kind == e.KIND_ERROR:
                     self.errors.append(e.message)
 
@@ -389,8 +433,17 @@ def pct(values, q):
     return float(np.percentile(np.asarray(values), q)) if len(values) else None
 
 
-def analyse(records: list[Request], changes: list[Change], samples: list[Sample], initial: tuple[int, int],
-            overhead: int, anon_overhead: int, seconds: float, watch: Watch | None, daemon_swaps: int | None) -> dict:
+def analyse(
+    records: list[Request],
+    changes: list[Change],
+    samples: list[Sample],
+    initial: tuple[int, int],
+    overhead: int,
+    anon_overhead: int,
+    seconds: float,
+    watch: Watch | None,
+    daemon_swaps: int | None,
+) -> dict:
     """The report. `anon_overhead` is RssAnon beside the arena before the load: file-backed pages (code,
     mapped libraries) may be reclaimed under the machine's pressure and hide an excess of plain RSS."""
     initial_cost, initial_arena = initial
@@ -407,12 +460,22 @@ def analyse(records: list[Request], changes: list[Change], samples: list[Sample]
         ambiguous += len(candidates) > 1
         at_completion += bool(completion & set(r.matches))
         if not candidates & set(r.matches):
-            wrong_plan.append({"start": r.start, "end": r.end, "client": r.client, "input": r.input_index,
-                               "possible_plans": sorted(candidates), "bit_equal_to": list(r.matches)})
+            wrong_plan.append(
+                {
+                    "start": r.start,
+                    "end": r.end,
+                    "client": r.client,
+                    "input": r.input_index,
+                    "possible_plans": sorted(candidates),
+                    "bit_equal_to": list(r.matches),
+                }
+            )
         if len(candidates) == 1:
             served[next(iter(candidates))] += 1
         if r.diff_over_bound > 1.0:
-            out_of_tolerance.append({"start": r.start, "client": r.client, "diff_over_bound": r.diff_over_bound})
+            out_of_tolerance.append(
+                {"start": r.start, "client": r.client, "diff_over_bound": r.diff_over_bound}
+            )
 
     latencies = [r.end - r.start for r in ok]
     worst = {"steady": None, "swap": None, "anon": None}
@@ -421,11 +484,21 @@ def analyse(records: list[Request], changes: list[Change], samples: list[Sample]
         bound, phase, told = bound_at(changes, initial_cost, s.ta, s.tb)
         excess = s.rss - overhead - bound
         if worst[phase] is None or excess > worst[phase]["excess_bytes"]:
-            worst[phase] = {"excess_bytes": excess, "rss_bytes": s.rss, "budget_in_force_bytes": bound, "t": s.ta}
+            worst[phase] = {
+                "excess_bytes": excess,
+                "rss_bytes": s.rss,
+                "budget_in_force_bytes": bound,
+                "t": s.ta,
+            }
         anon_excess = s.rss_anon - anon_overhead - bound
         if worst["anon"] is None or anon_excess > worst["anon"]["excess_bytes"]:
-            worst["anon"] = {"excess_bytes": anon_excess, "rss_anon_bytes": s.rss_anon, "budget_in_force_bytes": bound,
-                             "phase": phase, "t": s.ta}
+            worst["anon"] = {
+                "excess_bytes": anon_excess,
+                "rss_anon_bytes": s.rss_anon,
+                "budget_in_force_bytes": bound,
+                "phase": phase,
+                "t": s.ta,
+            }
         if phase == "steady":
             per_budget[told] = max(per_budget.get(told, -(1 << 62)), excess)
     timeline: dict[int, list] = {}  # per second of the run: the largest RSS − overhead, and the bound
@@ -438,18 +511,29 @@ def analyse(records: list[Request], changes: list[Change], samples: list[Sample]
     hwm = []
     for i, ch in enumerate(changes):
         if ch.hwm_before is not None and i > 0:  # the first interval began before the reset
-            hwm.append({"budget_bytes": changes[i - 1].cost_after, "excess_bytes": ch.hwm_before - overhead
-                        - changes[i - 1].cost_after})
+            hwm.append(
+                {
+                    "budget_bytes": changes[i - 1].cost_after,
+                    "excess_bytes": ch.hwm_before - overhead - changes[i - 1].cost_after,
+                }
+            )
     swap_durations = [d for _, _, d, _ in watch.swaps] if watch else []
     return {
         "requests": {
-            "total": len(records), "ok": len(ok), "rejected": len(rejected), "failed": len(failed),
+            "total": len(records),
+            "ok": len(ok),
+            "rejected": len(rejected),
+            "failed": len(failed),
             "failures": [asdict(r) for r in failed[:20]],
             "failure_kinds": dict(Counter(r.status for r in failed)),
         },
         "throughput_per_s": len(ok) / seconds,
-        "latency_s": {"p50": pct(latencies, 50), "p99": pct(latencies, 99), "max": pct(latencies, 100),
-                      "mean": float(np.mean(latencies)) if latencies else None},
+        "latency_s": {
+            "p50": pct(latencies, 50),
+            "p99": pct(latencies, 99),
+            "max": pct(latencies, 100),
+            "mean": float(np.mean(latencies)) if latencies else None,
+        },
         "swaps": {
             "budget_changes": len(changes),
             "failed_budget_changes": [c.error for c in changes if c.error],
@@ -457,8 +541,11 @@ def analyse(records: list[Request], changes: list[Change], samples: list[Sample]
             "wrong_plan_after_change": [asdict(c) for c in changes if c.arena_after != c.arena_expected],
             "watched": len(swap_durations),
             "overlapped": sum(o for *_, o in watch.swaps) if watch else None,
-            "duration_s": {"p50": pct(swap_durations, 50), "p99": pct(swap_durations, 99),
-                           "max": pct(swap_durations, 100)},
+            "duration_s": {
+                "p50": pct(swap_durations, 50),
+                "p99": pct(swap_durations, 99),
+                "max": pct(swap_durations, 100),
+            },
             "daemon_counter": daemon_swaps,
             "choices": dict(Counter(c.choice for c in changes)),
             "error_events": watch.errors[:20] if watch else [],
@@ -499,9 +586,20 @@ def worst_excess(report: dict) -> int | None:
     return max(values, default=None)
 
 
-def run_load(daemon: DaemonProcess, model: str, source: Path, *, clients: int, seconds: float,
-             swap_every: float, seed: int = 0, inputs: int = 4, mode: str = "process", threads: int = 1,
-             sample_every: float = 0.02) -> dict:
+def run_load(
+    daemon: DaemonProcess,
+    model: str,
+    source: Path,
+    *,
+    clients: int,
+    seconds: float,
+    swap_every: float,
+    seed: int = 0,
+    inputs: int = 4,
+    mode: str = "process",
+    threads: int = 1,
+    sample_every: float = 0.02,
+) -> dict:
     """Thrash the budget of a running daemon serving `model` (loaded from `source`) under load."""
     from flexnnd.runtime.session import package_for
 
@@ -527,15 +625,36 @@ def run_load(daemon: DaemonProcess, model: str, source: Path, *, clients: int, s
             load.stop()
             elapsed = time.monotonic() - t0
         daemon_swaps = c.status().swaps
-    report = analyse(load.records, thrash.changes, sampler.samples, initial, overhead, anon_overhead, elapsed, watch,
-                     daemon_swaps)
+    report = analyse(
+        load.records,
+        thrash.changes,
+        sampler.samples,
+        initial,
+        overhead,
+        anon_overhead,
+        elapsed,
+        watch,
+        daemon_swaps,
+    )
     report["memory"]["hwm_reset"] = thrash.hwm_available
     report["memory"]["worst_excess_bytes"] = worst_excess(report)
     return {
-        "model": model, "clients": clients, "client_mode": mode, "seconds": elapsed, "swap_every_s": swap_every,
-        "seed": seed, "inputs": inputs, "threads": threads,
-        "ladder": [{"budget_bytes": p.budget_bytes, "arena_bytes": p.arena_bytes,
-                    "sliced_layers": len(p.sliced_layers)} for p in plans],
+        "model": model,
+        "clients": clients,
+        "client_mode": mode,
+        "seconds": elapsed,
+        "swap_every_s": swap_every,
+        "seed": seed,
+        "inputs": inputs,
+        "threads": threads,
+        "ladder": [
+            {
+                "budget_bytes": p.budget_bytes,
+                "arena_bytes": p.arena_bytes,
+                "sliced_layers": len(p.sliced_layers),
+            }
+            for p in plans
+        ],
         "distinct_outputs_across_rungs": refs.distinct,
         **report,
     }
@@ -556,13 +675,32 @@ def main(argv=None) -> int:
     from flexnnd import zoo
 
     with tempfile.TemporaryDirectory() as tmp:
-        d = DaemonProcess(Path(tmp), ["--models", args.model, "--threads", str(args.threads), "--no-watch-pressure",
-                                      "--queue-depth", str(args.queue_depth)], cache=CACHE)
+        d = DaemonProcess(
+            Path(tmp),
+            [
+                "--models",
+                args.model,
+                "--threads",
+                str(args.threads),
+                "--no-watch-pressure",
+                "--queue-depth",
+                str(args.queue_depth),
+            ],
+            cache=CACHE,
+        )
         d.start()
         try:
-            result = run_load(d, args.model, zoo.cached(args.model, CACHE / "zoo"), clients=args.clients,
-                              seconds=args.seconds, swap_every=args.swap_every, seed=args.seed,
-                              mode=args.client_mode, threads=args.threads)
+            result = run_load(
+                d,
+                args.model,
+                zoo.cached(args.model, CACHE / "zoo"),
+                clients=args.clients,
+                seconds=args.seconds,
+                swap_every=args.swap_every,
+                seed=args.seed,
+                mode=args.client_mode,
+                threads=args.threads,
+            )
         finally:
             d.stop()
             d.close()

@@ -20,7 +20,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"flexnnd: {e}", file=sys.stderr)
         return EXIT_STARTUP
     logging.basicConfig(
-        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
     )
     from flexnnd.daemon.server import Daemon
 

@@ -26,7 +26,9 @@ def parse_size(value: int | str) -> int:
     match = _PATTERN.match(str(value))
     unit = match.group(2).upper() if match else None
     if not match or unit not in _UNITS:
-        raise ValueError(f"not a size: {str(value)[:40]!r} (write bytes, or a number with K, M, G, T, Mi, MB, ...)")
+        raise ValueError(
+            f"not a size: {str(value)[:40]!r} (write bytes, or a number with K, M, G, T, Mi, MB, ...)"
+        )
     size = float(match.group(1)) * _UNITS[unit]
     if size > MAX_SIZE:
         raise ValueError(f"not a size: {str(value)[:40]!r} is above {MAX_SIZE:,} bytes")

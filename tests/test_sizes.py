@@ -11,8 +11,16 @@ from flexnnd.sizes import MAX_SIZE, format_size, parse_size
 
 @pytest.mark.parametrize(
     ("text", "size"),
-    [("134217728", 134217728), ("128M", 128 << 20), ("1.5G", 3 << 29), ("512Mi", 512 << 20), ("300MB", 300_000_000),
-     (" 64 k ", 64 << 10), ("0", 0), (4096, 4096)],
+    [
+        ("134217728", 134217728),
+        ("128M", 128 << 20),
+        ("1.5G", 3 << 29),
+        ("512Mi", 512 << 20),
+        ("300MB", 300_000_000),
+        (" 64 k ", 64 << 10),
+        ("0", 0),
+        (4096, 4096),
+    ],
 )
 def test_sizes_people_write(text, size):
     assert parse_size(text) == size
@@ -20,8 +28,22 @@ def test_sizes_people_write(text, size):
 
 @pytest.mark.parametrize(
     "text",
-    ["", "M", "-1M", "1e9", "12 parsecs", "٣M", "１２M", "9" * 400, "99999999999999999999999999G", 1 << 70, -1, True,
-     "1.5.2G", "0x10M"],
+    [
+        "",
+        "M",
+        "-1M",
+        "1e9",
+        "12 parsecs",
+        "٣M",
+        "１２M",
+        "9" * 400,
+        "99999999999999999999999999G",
+        1 << 70,
+        -1,
+        True,
+        "1.5.2G",
+        "0x10M",
+    ],
 )
 def test_everything_else_is_a_value_error_with_a_short_message(text):
     with pytest.raises(ValueError) as e:

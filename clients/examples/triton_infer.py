@@ -42,8 +42,19 @@ def main(argv: list[str] | None = None) -> int:
     y = result.as_numpy(out_name)
     top = [int(i) for i in np.argsort(y.reshape(-1))[::-1][:5]]
     if args.json:
-        print(json.dumps({"live": live, "ready": ready, "input": spec.name, "output": out_name,
-                          "shape": list(y.shape), "top5": top, "values": y.reshape(-1).tolist()}))
+        print(
+            json.dumps(
+                {
+                    "live": live,
+                    "ready": ready,
+                    "input": spec.name,
+                    "output": out_name,
+                    "shape": list(y.shape),
+                    "top5": top,
+                    "values": y.reshape(-1).tolist(),
+                }
+            )
+        )
     else:
         print(f"live {live}, ready {ready}; {args.model}: {spec.name} {shape} -> {out_name} {list(y.shape)}")
         print("top-5:", top)

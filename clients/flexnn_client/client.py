@@ -1,9 +1,9 @@
 """The Python client of flexnnd: inference over the Open Inference Protocol, and control.
 
-    from flexnn_client.client import Client
-    with Client() as c:                          # FLEXNN_ADDRESS, else the daemon's default socket
-        outs = c.infer("mobilenet_v2", {"input": x})
-        c.set_budget("128M")
+from flexnn_client.client import Client
+with Client() as c:                          # FLEXNN_ADDRESS, else the daemon's default socket
+    outs = c.infer("mobilenet_v2", {"input": x})
+    c.set_budget("128M")
 """
 
 from __future__ import annotations
@@ -56,8 +56,13 @@ def target(address: str) -> str:
 
 
 class Client:
-    def __init__(self, address: str | None = None, token: str | None = None, timeout: float = 60.0,
-                 root_certificates: bytes | None = None):
+    def __init__(
+        self,
+        address: str | None = None,
+        token: str | None = None,
+        timeout: float = 60.0,
+        root_certificates: bytes | None = None,
+    ):
         self.address = address or default_address()
         self.timeout = timeout
         options = [
@@ -90,8 +95,9 @@ class Client:
     def model_metadata(self, model: str):
         return self._call(self.inference.ModelMetadata, inference_pb2.ModelMetadataRequest(name=model))
 
-    def infer(self, model: str, inputs: Mapping[str, np.ndarray] | np.ndarray,
-              outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+    def infer(
+        self, model: str, inputs: Mapping[str, np.ndarray] | np.ndarray, outputs: list[str] | None = None
+    ) -> dict[str, np.ndarray]:
         """Outputs by name. A bare array goes to the model's only input; uint8 arrays are sent as UINT8."""
         if isinstance(inputs, np.ndarray):
             meta = self.model_metadata(model)
@@ -123,7 +129,9 @@ class Client:
         return list(self._call(self.control.ListPlans, control_pb2.ListPlansRequest(model=model)).plans)
 
     def load_model(self, name: str, path: str = ""):
-        return self._call(self.control.LoadModel, control_pb2.LoadModelRequest(name=name, path=path), timeout=600)
+        return self._call(
+            self.control.LoadModel, control_pb2.LoadModelRequest(name=name, path=path), timeout=600
+        )
 
     def unload_model(self, name: str) -> None:
         self._call(self.control.UnloadModel, control_pb2.UnloadModelRequest(name=name))
@@ -152,7 +160,9 @@ def decode_outputs(response) -> dict[str, np.ndarray]:
     for i, out in enumerate(response.outputs):
         dtype = DATATYPES.get(out.datatype)
         if dtype is None:
-            raise ClientError(f"output {out.name!r} has datatype {out.datatype}, which this client does not read")
+            raise ClientError(
+                f"output {out.name!r} has datatype {out.datatype}, which this client does not read"
+            )
         raw = response.raw_output_contents[i]
         result[out.name] = np.frombuffer(raw, dtype=dtype).reshape(tuple(out.shape)).copy()
     return result

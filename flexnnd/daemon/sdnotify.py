@@ -50,7 +50,9 @@ class Notifier:
         payload = "\n".join(f"{key}={value}" for key, value in text.items()).encode()
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-                sock.settimeout(SEND_TIMEOUT_S)  # a receiver that stopped reading must not stall the main loop
+                sock.settimeout(
+                    SEND_TIMEOUT_S
+                )  # a receiver that stopped reading must not stall the main loop
                 sock.sendto(payload, self._target)
         except OSError as e:
             # systemd may be re-executing; warn when messages start failing, not on every ping.

@@ -150,7 +150,9 @@ FOLDERS: dict[str, Callable[..., list[np.ndarray]]] = {
 SHAPE_FOLDERS = {"Shape", "Size"}
 
 
-def attribute_values(node: onnx.NodeProto, label: str = "", limits: ImportLimits = DEFAULT_LIMITS) -> dict[str, Any]:
+def attribute_values(
+    node: onnx.NodeProto, label: str = "", limits: ImportLimits = DEFAULT_LIMITS
+) -> dict[str, Any]:
     """ONNX attributes as plain Python values (tensors as numpy arrays, strings as str).
 
     A tensor attribute's declared size is checked before it becomes an array (a Constant node can
@@ -198,7 +200,9 @@ def fold_output_elements(op_type: str, ins: Values, attrs: dict[str, Any]) -> in
         return sum(v.size for v in present)
     if op_type == "Gather":
         data, indices = np.asarray(ins[0]), np.asarray(ins[1])
-        return (data.size // max(data.shape[attrs.get("axis", 0)], 1) if data.ndim else 1) * max(indices.size, 1)
+        return (data.size // max(data.shape[attrs.get("axis", 0)], 1) if data.ndim else 1) * max(
+            indices.size, 1
+        )
     if op_type in ("Add", "Sub", "Mul", "Div", "Equal", "Where"):
         return _elements(_broadcast([v.shape for v in present]))
     return largest

@@ -150,7 +150,9 @@ def _check_typed(tensor: TensorProto, nbytes: int, what: str) -> None:
         )
 
 
-def load_external_data(tensor: TensorProto, base: Path, what: str, limits: ImportLimits = DEFAULT_LIMITS) -> None:
+def load_external_data(
+    tensor: TensorProto, base: Path, what: str, limits: ImportLimits = DEFAULT_LIMITS
+) -> None:
     """Read a tensor's external data into raw_data: only from a regular file inside `base`, in bounds."""
     nbytes = tensor_proto_nbytes(tensor, what, limits)
     info = {e.key: e.value for e in tensor.external_data}
@@ -160,9 +162,13 @@ def load_external_data(tensor: TensorProto, base: Path, what: str, limits: Impor
     if "\0" in location:
         raise ExternalDataError(f"{what}: external data location {location[:200]!r} holds a NUL byte")
     if PurePosixPath(location).is_absolute() or PureWindowsPath(location).drive or location.startswith("\\"):
-        raise ExternalDataError(f"{what}: external data location {location[:200]!r} is absolute, outside the model's folder")
+        raise ExternalDataError(
+            f"{what}: external data location {location[:200]!r} is absolute, outside the model's folder"
+        )
     if ".." in PurePosixPath(location.replace("\\", "/")).parts:
-        raise ExternalDataError(f"{what}: external data location {location[:200]!r} climbs out with '..', outside the model's folder")
+        raise ExternalDataError(
+            f"{what}: external data location {location[:200]!r} climbs out with '..', outside the model's folder"
+        )
     base = base.resolve()
     target = (base / PurePath(location)).resolve()
     if not target.is_relative_to(base):
@@ -181,7 +187,9 @@ def load_external_data(tensor: TensorProto, base: Path, what: str, limits: Impor
         # O_NONBLOCK: a FIFO planted in the folder must not hang the import before fstat refuses it.
         fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError as e:
-        raise ExternalDataError(f"{what}: cannot open external data {location[:200]!r}: {e.strerror}") from None
+        raise ExternalDataError(
+            f"{what}: cannot open external data {location[:200]!r}: {e.strerror}"
+        ) from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):

@@ -120,11 +120,23 @@ def _declared_input_shape(value: onnx.ValueInfoProto, override: Shape | None) ->
 
 # What a hostile graph makes numpy, the folders or an op's shape code raise: wrapped into an import
 # error that names the node (the original stays chained as the cause).
-_DATA_ERRORS = (ValueError, TypeError, IndexError, KeyError, ArithmeticError, AttributeError, NotImplementedError)
+_DATA_ERRORS = (
+    ValueError,
+    TypeError,
+    IndexError,
+    KeyError,
+    ArithmeticError,
+    AttributeError,
+    NotImplementedError,
+)
+
+
 # NaN/Inf/overflow while folding constants or rescaling weights means a broken model: an error that
 # names the node (FloatingPointError is an ArithmeticError), not a warning and garbage weights.
 def _float_errors_raise() -> np.errstate:
     return np.errstate(over="raise", divide="raise", invalid="raise")
+
+
 # Folders whose output element may be wider than their inputs' (8 bytes: int64/float64 at most).
 _WIDENING_FOLDERS = {"Cast", "ConstantOfShape", "Range", "Shape", "Size"}
 
@@ -342,11 +354,16 @@ def _import_node(
             results = fold(values, attrs, opset, in_shape=_shape_of(proto.input[0], consts, infos))
         else:
             elements = fold_output_elements(proto.op_type, values, attrs)
-            widest = 8 if proto.op_type in _WIDENING_FOLDERS else max(
-                (np.asarray(v).itemsize for v in values if v is not None), default=8
+            widest = (
+                8
+                if proto.op_type in _WIDENING_FOLDERS
+                else max((np.asarray(v).itemsize for v in values if v is not None), default=8)
             )
             checked_nbytes(
-                f"node {node_name!r} ({proto.op_type}) output {proto.output[0]!r}", (elements,), widest, limits
+                f"node {node_name!r} ({proto.op_type}) output {proto.output[0]!r}",
+                (elements,),
+                widest,
+                limits,
             )
             results = fold(values, attrs, opset)
         for out_name, value in zip(proto.output, results, strict=False):
@@ -367,7 +384,10 @@ def _import_node(
         raise
     if len([o for o in proto.output if o]) > 1 or not proto.output[0]:
         raise UnsupportedOp(
-            proto.op_type, node_name, opset, f"exactly one (first) output is supported, got {list(proto.output)}"
+            proto.op_type,
+            node_name,
+            opset,
+            f"exactly one (first) output is supported, got {list(proto.output)}",
         )
     op, kept = cls.from_onnx(attrs, values, node_name, opset)
     for pos, name in enumerate(proto.input):
@@ -385,7 +405,9 @@ def _import_node(
     kept_values = [values[p] for p in kept if p < len(proto.input)]
     for n in kept_names:
         if n and n in infos and infos[n].dtype != "float32":
-            raise ModelImportError(f"node {node_name!r} reads {n!r} of type {infos[n].dtype}; flexnn runs float32")
+            raise ModelImportError(
+                f"node {node_name!r} reads {n!r} of type {infos[n].dtype}; flexnn runs float32"
+            )
     in_shapes = tuple(_shape_of(n, consts, infos) if n else None for n in kept_names)
     try:
         out_shapes = op.infer(in_shapes, kept_values)
@@ -394,7 +416,9 @@ def _import_node(
     out_name = proto.output[0]
     for shape in out_shapes:
         if any(int(d) <= 0 for d in shape):
-            raise ShapeError(f"node {node_name!r} ({proto.op_type}) produces an empty tensor of shape {shape}")
+            raise ShapeError(
+                f"node {node_name!r} ({proto.op_type}) produces an empty tensor of shape {shape}"
+            )
         checked_nbytes(f"node {node_name!r} ({proto.op_type}) output {out_name!r}", shape, 4, limits)
     if all(v is not None for n, v in zip(kept_names, kept_values, strict=True) if n):
         # Every input is known: computed now, with its output size already checked above.
@@ -464,5 +488,10 @@ def import_model(
 
         start = time.perf_counter()
         plans = build_and_store(package, calibration_dir or default_cache_dir())
-        log.info("planned the ladder of %s: %d plans in %.2f s", graph.name, len(plans), time.perf_counter() - start)
+        log.info(
+            "planned the ladder of %s: %d plans in %.2f s",
+            graph.name,
+            len(plans),
+            time.perf_counter() - start,
+        )
     return Path(package_dir)

@@ -86,7 +86,9 @@ class DaemonProcess:
                 if message in note:
                     return note
             if exited:
-                raise AssertionError(f"flexnnd exited with {self.proc.returncode} before {message!r}:\n{self.log()}")
+                raise AssertionError(
+                    f"flexnnd exited with {self.proc.returncode} before {message!r}:\n{self.log()}"
+                )
             if time.monotonic() > deadline:
                 raise AssertionError(f"no {message!r} from flexnnd within {timeout} s:\n{self.log()}")
 

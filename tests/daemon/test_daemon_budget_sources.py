@@ -66,7 +66,9 @@ def test_the_cgroup_limit_sets_the_budget_and_no_fit_is_not_serving(tmp_path, ca
             status = until(lambda: (s := c.status()).budget_source == "cgroup" and s, "the cgroup budget")
             assert smallest <= status.effective_budget_bytes <= smallest + 1000
             assert status.cgroup_limit_bytes == limit_for(smallest + 1000)
-            model = until(lambda: (m := c.status().models[0]).ready and m.budget_bytes == smallest and m, "a swap down")
+            model = until(
+                lambda: (m := c.status().models[0]).ready and m.budget_bytes == smallest and m, "a swap down"
+            )
             assert model.arena_bytes == min(p.arena_bytes for p in plans)
             c.infer("a", {"x": x_for()})
 
@@ -89,7 +91,9 @@ def test_the_cgroup_limit_sets_the_budget_and_no_fit_is_not_serving(tmp_path, ca
 
 def test_hand_edited_budget_file_sighup_reload_and_reflection(tmp_path, cache, models_dir):  # noqa: F811
     config = tmp_path / "flexnnd.toml"
-    config.write_text(f'models_dir = "{models_dir}"\nmodels = ["a.onnx"]\nthreads = 1\nwatch_pressure = false\n')
+    config.write_text(
+        f'models_dir = "{models_dir}"\nmodels = ["a.onnx"]\nthreads = 1\nwatch_pressure = false\n'
+    )
     d = DaemonProcess(tmp_path / "d", ["--config", str(config)], cache=cache)
     try:
         d.start()
@@ -110,9 +114,15 @@ def test_hand_edited_budget_file_sighup_reload_and_reflection(tmp_path, cache, m
 
         with grpc.insecure_channel(f"unix:{d.socket}") as channel:
             stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-            replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+            replies = stub.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+            )
             names = {s.name for r in replies for s in r.list_services_response.service}
-        assert {"inference.GRPCInferenceService", "flexnn.control.v1.Control", "grpc.health.v1.Health"} <= names
+        assert {
+            "inference.GRPCInferenceService",
+            "flexnn.control.v1.Control",
+            "grpc.health.v1.Health",
+        } <= names
     finally:
         d.stop()
         d.close()
@@ -189,7 +199,9 @@ def test_tcp_with_tls_needs_the_bearer_token_except_for_health_and_liveness(tmp_
         assert err.value.code == grpc.StatusCode.UNAUTHENTICATED
         creds = grpc.ssl_channel_credentials(root)
         with grpc.secure_channel(address, creds) as channel:  # health checks need no token
-            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10).status
+            status = (
+                health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10).status
+            )
         assert status == health_pb2.HealthCheckResponse.SERVING
         with d.client() as c:  # the Unix socket stays open to local clients (file permissions guard it)
             assert c.server_ready()
@@ -228,7 +240,9 @@ def test_memory_pressure_cuts_the_budget_and_it_recovers_after_the_quiet_period(
             with open(fifo, "wb", buffering=0) as f:  # what systemd's pressure notification looks like to us
                 f.write(b"pressure\n")
                 status = until(
-                    lambda: (s := c.status()).budget_source == "pressure" and s.models[0].budget_bytes < top and s,
+                    lambda: (
+                        (s := c.status()).budget_source == "pressure" and s.models[0].budget_bytes < top and s
+                    ),
                     "the pressure cut",
                 )
             assert status.effective_budget_bytes == int(0.75 * top)

@@ -208,8 +208,20 @@ def test_sigterm_drains_the_inference_in_flight(tmp_path, cache):
     models = tmp_path / "models"
     models.mkdir()
     slow_model(models / "slow.onnx")
-    d = DaemonProcess(tmp_path, ["--models-dir", str(models), "--models", "slow.onnx", "--threads", "1",
-                                 "--max-message-bytes", "64M"], cache=cache)  # its 16 MiB input needs more
+    d = DaemonProcess(
+        tmp_path,
+        [
+            "--models-dir",
+            str(models),
+            "--models",
+            "slow.onnx",
+            "--threads",
+            "1",
+            "--max-message-bytes",
+            "64M",
+        ],
+        cache=cache,
+    )  # its 16 MiB input needs more
     try:
         d.start()
         x = np.random.default_rng(0).standard_normal((1, 64, 256, 256)).astype(np.float32)
@@ -266,9 +278,21 @@ def test_a_stock_tritonclient_talks_to_flexnnd(daemon, models_dir, tmp_path):
     x = x_for(seed=9)
     np.save(tmp_path / "x.npy", x)
     out = subprocess.run(
-        [sys.executable, str(ROOT / "clients/examples/triton_infer.py"), "--url", f"unix://{daemon.socket}",
-         "--model", "a", "--input", str(tmp_path / "x.npy"), "--json"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        [
+            sys.executable,
+            str(ROOT / "clients/examples/triton_infer.py"),
+            "--url",
+            f"unix://{daemon.socket}",
+            "--model",
+            "a",
+            "--input",
+            str(tmp_path / "x.npy"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)

@@ -67,10 +67,16 @@ def test_plan_cache_and_package_writes_on_a_full_disk_fail_clearly_and_keep_the_
     fill(tiny_fs)
 
     with pytest.raises(StorageError) as e:
-        write_plans(pkg / LADDER_FILE, [*ladder[: len(ladder) // 2], ladder[-1]], package.graph,
-                    package.weights_sha256)
+        write_plans(
+            pkg / LADDER_FILE,
+            [*ladder[: len(ladder) // 2], ladder[-1]],
+            package.graph,
+            package.weights_sha256,
+        )
     message = str(e.value)
-    assert "No space left on device" in message and "plan cache" in message and str(pkg / LADDER_FILE) in message
+    assert (
+        "No space left on device" in message and "plan cache" in message and str(pkg / LADDER_FILE) in message
+    )
     assert "bytes to write" in message and "unchanged" in message
     assert [p.arena_bytes for p in read_plans(pkg / LADDER_FILE, package.graph, package.weights_sha256)] == [
         p.arena_bytes for p in ladder
@@ -94,8 +100,10 @@ def test_the_daemon_on_a_full_disk_refuses_loads_and_budgets_clearly_and_keeps_s
     models.mkdir()
     fc_model(models / "a.onnx", seed=1)
     fc_model(models / "b.onnx", width=192, seed=2)
-    d = DaemonProcess(tmp_path / "d", ["--models-dir", str(models), "--models", "a.onnx", "--threads", "1",
-                                       "--no-watch-pressure"])
+    d = DaemonProcess(
+        tmp_path / "d",
+        ["--models-dir", str(models), "--models", "a.onnx", "--threads", "1", "--no-watch-pressure"],
+    )
     d.state, d.cache = tiny_fs / "state", tiny_fs / "cache"  # the log stays off the full filesystem
     d.start()
     try:

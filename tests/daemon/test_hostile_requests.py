@@ -35,6 +35,8 @@ COUNT = math.prod(SHAPE)
 X = np.random.default_rng(3).uniform(0, 1, SHAPE).astype(np.float32)
 IDLE_BOUND = 24 << 20  # idle after a burst: heap trimmed, a few buffers and caches remain
 RSS_BOUND = 48 << 20  # growth allowed across the hostile loop: a few request buffers and gRPC's caches
+
+
 def fixed(examples: int) -> settings:
     """Derandomized, no database: CI sends the same requests on every run."""
     return settings(
@@ -42,9 +44,12 @@ def fixed(examples: int) -> settings:
         derandomize=True,
         deadline=None,
         database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.function_scoped_fixture,
+        ],
     )
-
 
 
 cases_run: dict[str, int] = {}
@@ -83,8 +88,17 @@ def models_dir(tmp_path_factory):
 def daemon(tmp_path_factory, models_dir):
     d = DaemonProcess(
         tmp_path_factory.mktemp("daemon"),
-        ["--models-dir", str(models_dir), "--models", MODEL, "--threads", "1", "--no-watch-pressure",
-         "--max-message-bytes", str(MAX_MESSAGE)],
+        [
+            "--models-dir",
+            str(models_dir),
+            "--models",
+            MODEL,
+            "--threads",
+            "1",
+            "--no-watch-pressure",
+            "--max-message-bytes",
+            str(MAX_MESSAGE),
+        ],
     )
     d.start()
     yield d
@@ -95,7 +109,9 @@ def daemon(tmp_path_factory, models_dir):
 
 @pytest.fixture(scope="module")
 def channel(daemon):
-    ch = grpc.insecure_channel(f"unix:{daemon.socket}", options=[("grpc.max_receive_message_length", 8 << 20)])
+    ch = grpc.insecure_channel(
+        f"unix:{daemon.socket}", options=[("grpc.max_receive_message_length", 8 << 20)]
+    )
     yield ch
     ch.close()
 
@@ -129,7 +145,9 @@ def valid_request(x: np.ndarray = X) -> pb.ModelInferRequest:
 def infer_ok(stub, request) -> np.ndarray:
     response = stub.ModelInfer(request, timeout=60)
     assert [o.name for o in response.outputs] == ["logits"]
-    return np.frombuffer(response.raw_output_contents[0], dtype="<f4").reshape(list(response.outputs[0].shape))
+    return np.frombuffer(response.raw_output_contents[0], dtype="<f4").reshape(
+        list(response.outputs[0].shape)
+    )
 
 
 def status_of(call, request) -> grpc.StatusCode:
@@ -273,8 +291,10 @@ def infer_requests(draw):
     # One in eight requests names an unknown model or version: the rest reach the codec.
     unknown = draw(st.integers(0, 7)) == 0
     model = draw(st.sampled_from(["", "squeezenet", "x" * 300, MODEL])) if unknown else MODEL
-    version = draw(st.sampled_from(["0", "2", "latest"])) if unknown and model == MODEL else draw(
-        st.sampled_from(["", "1"])
+    version = (
+        draw(st.sampled_from(["0", "2", "latest"]))
+        if unknown and model == MODEL
+        else draw(st.sampled_from(["", "1"]))
     )
     request = pb.ModelInferRequest(model_name=model, model_version=version)
     valid = True
@@ -324,7 +344,9 @@ def test_generated_malformed_requests_get_the_right_status(stub, baseline):
             raise AssertionError(f"a valid request was refused with {got}")
         if got == grpc.StatusCode.OK and request.inputs[0].datatype == "FP32":
             np.testing.assert_array_equal(infer_ok(stub, request), baseline)  # the generator sends X
-        assert got == want, f"{got} instead of {want} for {request.model_name[:20]!r} {list(request.inputs)[:2]}"
+        assert got == want, (
+            f"{got} instead of {want} for {request.model_name[:20]!r} {list(request.inputs)[:2]}"
+        )
         statuses[got.name] = statuses.get(got.name, 0) + 1
         counted("generated ModelInfer")
 
@@ -339,14 +361,18 @@ OTHER_RPCS = {
     "ModelReady": lambda stub, control, name: (stub.ModelReady, pb.ModelReadyRequest(name=name)),
     "ModelMetadata": lambda stub, control, name: (stub.ModelMetadata, pb.ModelMetadataRequest(name=name)),
     "ModelMetadata version": lambda stub, control, name: (
-        stub.ModelMetadata, pb.ModelMetadataRequest(name=MODEL, version=name)),
+        stub.ModelMetadata,
+        pb.ModelMetadataRequest(name=MODEL, version=name),
+    ),
     "ListPlans": lambda stub, control, name: (control.ListPlans, cp.ListPlansRequest(model=name)),
     "UnloadModel": lambda stub, control, name: (control.UnloadModel, cp.UnloadModelRequest(name=name)),
 }
 
 
 @pytest.mark.parametrize("rpc", sorted(OTHER_RPCS))
-@pytest.mark.parametrize("name", ["nope", "", "\0", "é" * 50_000, "../" + MODEL], ids=["nope", "empty", "nul", "long", "dotdot"])
+@pytest.mark.parametrize(
+    "name", ["nope", "", "\0", "é" * 50_000, "../" + MODEL], ids=["nope", "empty", "nul", "long", "dotdot"]
+)
 def test_other_rpcs_with_unknown_names_are_not_found(stub, control, rpc, name):
     call, request = OTHER_RPCS[rpc](stub, control, name)
     latest = rpc == "ModelMetadata version" and name == ""  # an empty version means the latest: valid
@@ -400,7 +426,11 @@ def test_load_model_inside_the_folder_still_works_through_a_symlink(control, stu
 def test_generated_load_model_paths_outside_are_refused(control):
     @fixed(100)
     @given(
-        st.lists(st.sampled_from(["..", ".", "", "/", "etc", "passwd", "link.onnx", "\0", "é", "~"]), min_size=1, max_size=8)
+        st.lists(
+            st.sampled_from(["..", ".", "", "/", "etc", "passwd", "link.onnx", "\0", "é", "~"]),
+            min_size=1,
+            max_size=8,
+        )
     )
     def check(parts):
         path = "/".join(parts)
@@ -412,8 +442,26 @@ def test_generated_load_model_paths_outside_are_refused(control):
     check()
 
 
-GARBAGE_BUDGETS = ["garbage", "", " ", "-5", "-5M", "1e400", "9" * 400 + "G", "99999999999999999999999999G",
-                   "\0", "NaN", "inf", "0x10", "1_000", "5 Q", "M", "1.5.5M", "٣٣٣٣" * 100, "x" * 100_000]
+GARBAGE_BUDGETS = [
+    "garbage",
+    "",
+    " ",
+    "-5",
+    "-5M",
+    "1e400",
+    "9" * 400 + "G",
+    "99999999999999999999999999G",
+    "\0",
+    "NaN",
+    "inf",
+    "0x10",
+    "1_000",
+    "5 Q",
+    "M",
+    "1.5.5M",
+    "٣٣٣٣" * 100,
+    "x" * 100_000,
+]
 
 
 def test_set_budget_with_garbage_is_invalid_and_changes_nothing(control):
@@ -424,7 +472,10 @@ def test_set_budget_with_garbage_is_invalid_and_changes_nothing(control):
     before = budget()
     for text in GARBAGE_BUDGETS:
         got = status_of(control.SetBudget, cp.SetBudgetRequest(budget=text))
-        assert got in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION), (text[:40], got)
+        assert got in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION), (
+            text[:40],
+            got,
+        )
         counted("SetBudget garbage")
     assert budget() == before
 
@@ -451,7 +502,9 @@ def test_generated_budget_strings_never_fail_unexpectedly(control, stub, baselin
 def hostile_mix(i: int) -> pb.ModelInferRequest:
     """Hundreds of requests, many as large as allowed, that all fail after their bytes were read."""
     return [
-        lambda: request_with(raw=RAW[:-4] + b"\0" * (MAX_MESSAGE - COUNT * 4 - 200)),  # near the limit, wrong count
+        lambda: request_with(
+            raw=RAW[:-4] + b"\0" * (MAX_MESSAGE - COUNT * 4 - 200)
+        ),  # near the limit, wrong count
         lambda: request_with(raw=b"\0" * (3 << 20)),  # above the limit
         lambda: request_with(shape=[1, 1 << 40], raw=b"\0" * 4),
         lambda: request_with(raw=with_value(np.nan)),
@@ -472,8 +525,10 @@ def test_rss_stays_bounded_across_hostile_requests(stub, baseline, daemon):
     np.testing.assert_array_equal(infer_ok(stub, valid_request()), baseline)
     after = vm_rss(daemon.proc.pid)
     growth = after - before
-    print(f"daemon RSS across {n} hostile requests: {before / 2**20:.1f} MiB -> {after / 2**20:.1f} MiB "
-          f"({growth / 2**20:+.1f} MiB)")
+    print(
+        f"daemon RSS across {n} hostile requests: {before / 2**20:.1f} MiB -> {after / 2**20:.1f} MiB "
+        f"({growth / 2**20:+.1f} MiB)"
+    )
     assert growth < RSS_BOUND, f"RSS grew by {growth:,} bytes across {n} hostile requests"
     assert daemon.proc.poll() is None and os.path.exists(daemon.socket)
 
@@ -492,8 +547,11 @@ def test_rss_plateaus_under_concurrent_hostile_requests(stub, baseline, daemon):
         counted("concurrent RSS waves")
         rss.append(vm_rss(daemon.proc.pid))
     np.testing.assert_array_equal(infer_ok(stub, valid_request()), baseline)
-    print(f"daemon RSS across {waves} waves of {per_wave} concurrent ({threads}) hostile requests: "
-          + " -> ".join(f"{r / 2**20:.0f}" for r in rss) + " MiB")
+    print(
+        f"daemon RSS across {waves} waves of {per_wave} concurrent ({threads}) hostile requests: "
+        + " -> ".join(f"{r / 2**20:.0f}" for r in rss)
+        + " MiB"
+    )
     # In flight: at most `threads` messages, each copied a few times (gRPC's buffer, bytes, the parsed message).
     in_flight_bound = threads * MAX_MESSAGE * 3
     assert rss[-1] - rss[0] < in_flight_bound, f"RSS grew beyond {in_flight_bound:,} bytes: {rss}"

@@ -52,12 +52,25 @@ def start(tmp, cache, queue_depth: int) -> DaemonProcess:
 def test_budget_thrash_under_load_fails_nothing_and_keeps_outputs_and_memory(tmp_path, cache):
     d = start(tmp_path / "d", cache, queue_depth=2)
     try:
-        report = run_load(d, MODEL, zoo.cached(MODEL, cache / "zoo"), clients=4, seconds=20, swap_every=1.0,
-                          inputs=2, mode="thread")
+        report = run_load(
+            d,
+            MODEL,
+            zoo.cached(MODEL, cache / "zoo"),
+            clients=4,
+            seconds=20,
+            swap_every=1.0,
+            inputs=2,
+            mode="thread",
+        )
     finally:
         d.stop()
         d.close()
-    requests, swaps, correct, memory = report["requests"], report["swaps"], report["correctness"], report["memory"]
+    requests, swaps, correct, memory = (
+        report["requests"],
+        report["swaps"],
+        report["correctness"],
+        report["memory"],
+    )
     assert requests["failed"] == 0, requests["failures"]
     assert correct["checked"] > 0
     assert correct["bit_equal_to_a_possible_plan"] == correct["checked"], correct["wrong_plan"]

@@ -50,7 +50,18 @@ def test_daemon_adapts_to_a_lowered_limit_and_grows_back(tmp_path, cache, v1_tes
     join = ["sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh"]
     d = DaemonProcess(
         tmp_path,
-        ["--models", "resnet18", "--threads", "1", "--headroom", "8M", "--quiet-period-s", "3", "--min-dwell-s", "1"],
+        [
+            "--models",
+            "resnet18",
+            "--threads",
+            "1",
+            "--headroom",
+            "8M",
+            "--quiet-period-s",
+            "3",
+            "--min-dwell-s",
+            "1",
+        ],
         cache=cache,
         prefix=join,
     )
@@ -82,7 +93,10 @@ def test_daemon_adapts_to_a_lowered_limit_and_grows_back(tmp_path, cache, v1_tes
             set_limit(cgroup, limit_for(full, overhead))
             half = limit_for(full // 2, overhead)
             set_limit(cgroup, half)
-            model = _until(lambda: (m := c.status().models[0]).ready and m.budget_bytes <= full // 2 and m, "adapting down")
+            model = _until(
+                lambda: (m := c.status().models[0]).ready and m.budget_bytes <= full // 2 and m,
+                "adapting down",
+            )
             assert model.arena_bytes < max(p.arena_bytes for p in plans)
             served_before = served[0]
             _until(lambda: served[0] > served_before + 3, "serving at the small plan")

@@ -27,7 +27,9 @@ LIMITS = ImportLimits(max_tensor_bytes=16 << 20, max_total_bytes=64 << 20)
 HEADROOM = 1 << 30  # address space the child may grow by: 16x the constants the limits allow
 EXTREMES = [-(2**63), -(2**31), -1, 0, 1, 2, 3, 7, 64, 2**16, 2**31 - 1, 2**32, 2**40, 2**62, 2**63 - 1]
 SEED_BYTES = small_model().SerializeToString()
-OP_TYPES = sorted({*registered_ops(), "Shape", "Gather", "Concat", "ConstantOfShape", "Expand", "Range", "Loop"})
+OP_TYPES = sorted(
+    {*registered_ops(), "Shape", "Gather", "Concat", "ConstantOfShape", "Expand", "Range", "Loop"}
+)
 outcomes: collections.Counter[str] = collections.Counter()
 
 
@@ -55,7 +57,9 @@ def check(data: bytes) -> None:
 
 
 byte_edits = st.lists(
-    st.tuples(st.integers(0, len(SEED_BYTES) - 1), st.sampled_from(["set", "insert", "delete"]), st.integers(0, 255)),
+    st.tuples(
+        st.integers(0, len(SEED_BYTES) - 1), st.sampled_from(["set", "insert", "delete"]), st.integers(0, 255)
+    ),
     min_size=1,
     max_size=8,
 )
@@ -77,10 +81,25 @@ def fuzz_bytes(edits) -> None:
 def mutate(model: onnx.ModelProto, draw) -> None:
     """One structural edit of the kinds a hostile or broken exporter produces."""
     g = model.graph
-    names = sorted({n for node in g.node for n in [*node.input, *node.output]} | {i.name for i in g.initializer})
+    names = sorted(
+        {n for node in g.node for n in [*node.input, *node.output]} | {i.name for i in g.initializer}
+    )
     kind = draw(
         st.sampled_from(
-            ["dim", "input_dim", "attr", "rename_in", "rename_out", "drop", "dup", "swap", "op", "dtype", "raw", "opset"]
+            [
+                "dim",
+                "input_dim",
+                "attr",
+                "rename_in",
+                "rename_out",
+                "drop",
+                "dup",
+                "swap",
+                "op",
+                "dtype",
+                "raw",
+                "opset",
+            ]
         )
     )
     extreme = st.sampled_from(EXTREMES)
@@ -141,7 +160,11 @@ def main(examples: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     # derandomize: the same cases on every run, so CI is stable and a failure reproduces.
     fixed = settings(
-        max_examples=examples, derandomize=True, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+        max_examples=examples,
+        derandomize=True,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
     )
     fixed(given(byte_edits)(fuzz_bytes))()
     fixed(given(st.data())(fuzz_fields))()

@@ -93,8 +93,16 @@ def test_constant_node_declaring_a_huge_tensor_is_refused():
 @pytest.mark.parametrize(
     "nodes, inits, where",
     [
-        ([helper.make_node("ConstantOfShape", ["shape"], ["big"], name="cos")], [("shape", [1 << 20, 1 << 20])], "cos"),
-        ([helper.make_node("Expand", ["one", "shape"], ["big"], name="expand")], [("shape", [1 << 21, 1 << 21])], "expand"),
+        (
+            [helper.make_node("ConstantOfShape", ["shape"], ["big"], name="cos")],
+            [("shape", [1 << 20, 1 << 20])],
+            "cos",
+        ),
+        (
+            [helper.make_node("Expand", ["one", "shape"], ["big"], name="expand")],
+            [("shape", [1 << 21, 1 << 21])],
+            "expand",
+        ),
         ([helper.make_node("Range", ["start", "limit", "delta"], ["big"], name="range")], [], "range"),
         ([helper.make_node("Add", ["col", "row"], ["big"], name="outer")], [], "outer"),
     ],
@@ -109,7 +117,9 @@ def test_folding_that_would_grow_a_huge_constant_is_refused_before_it_runs(nodes
         "row": np.ones((1, 1 << 18), np.float32),
     }
     used = {n for node in nodes for n in node.input}
-    consts = [(k, np.asarray(v, dtype=np.int64)) for k, v in inits] + [(k, v) for k, v in values.items() if k in used]
+    consts = [(k, np.asarray(v, dtype=np.int64)) for k, v in inits] + [
+        (k, v) for k, v in values.items() if k in used
+    ]
     model = make_model(
         [*nodes, helper.make_node("Relu", ["x"], ["y"])], [("x", [1, 4])], [("y", None)], consts
     )
@@ -119,7 +129,10 @@ def test_folding_that_would_grow_a_huge_constant_is_refused_before_it_runs(nodes
 
 def test_repeated_doubling_stops_at_the_total_limit():
     """Each Concat doubles a constant: the sizes stay under the per-tensor cap but not the total."""
-    nodes = [helper.make_node("Concat", [f"c{i}", f"c{i}"], [f"c{i + 1}"], axis=0, name=f"double{i}") for i in range(12)]
+    nodes = [
+        helper.make_node("Concat", [f"c{i}", f"c{i}"], [f"c{i + 1}"], axis=0, name=f"double{i}")
+        for i in range(12)
+    ]
     model = make_model(
         [*nodes, helper.make_node("Relu", ["x"], ["y"])],
         [("x", [1, 4])],
@@ -149,8 +162,15 @@ def test_an_inferred_activation_above_the_limit_is_refused():
     with pytest.raises(TensorTooLarge, match=r"node 'padded' \(Conv\) output 'y'"):
         import_onnx(model)
     with pytest.raises(TensorTooLarge, match="node 'padded'"):
-        import_onnx(make_model([helper.make_node("Conv", ["x", "w"], ["y"], pads=[400] * 4, name="padded")],
-                               [("x", [1, 1, 8, 8])], [("y", None)], [("w", w)]), limits=TINY)
+        import_onnx(
+            make_model(
+                [helper.make_node("Conv", ["x", "w"], ["y"], pads=[400] * 4, name="padded")],
+                [("x", [1, 1, 8, 8])],
+                [("y", None)],
+                [("w", w)],
+            ),
+            limits=TINY,
+        )
 
 
 def test_folding_an_op_on_constants_is_bounded_in_work(tmp_path):
@@ -163,7 +183,9 @@ def test_folding_an_op_on_constants_is_bounded_in_work(tmp_path):
         helper.make_node("Add", ["x", "folded"], ["y"], name="add"),
     ]
     model = make_model(nodes, [("x", [1, 16, 32, 32])], [("y", None)], [("data", data), ("w", w)])
-    with pytest.raises(ModelImportError, match=r"node 'const_conv' \(Conv\).*FLOPs to fold, above the limit of 1,000,000"):
+    with pytest.raises(
+        ModelImportError, match=r"node 'const_conv' \(Conv\).*FLOPs to fold, above the limit of 1,000,000"
+    ):
         import_onnx(model, limits=ImportLimits(max_fold_flops=10**6))
     graph, consts = import_onnx(model)
     assert [n.op_type for n in graph.nodes] == ["Add"]
@@ -235,7 +257,9 @@ def test_nodes_that_share_one_name_still_compute_the_model(tmp_path):
     w1 = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
     w2 = rng.standard_normal((4, 4, 1, 1)).astype(np.float32)
     nodes = [
-        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="dup_2"),  # what "dup" #2 became
+        helper.make_node(
+            "Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="dup_2"
+        ),  # what "dup" #2 became
         helper.make_node("Relu", ["c1"], ["r1"], name="dup"),
         helper.make_node("Conv", ["r1", "w2"], ["c2"], name="dup"),
         helper.make_node("Sigmoid", ["c2"], ["s2"], name="dup"),
@@ -385,7 +409,9 @@ def external_model(folder: Path, location: str, offset=None, length=None, shape=
         t.external_data.add(key="offset", value=str(offset))
     if length is not None:
         t.external_data.add(key="length", value=str(length))
-    model = make_model([helper.make_node("Add", ["x", "c"], ["y"], name="add")], [("x", list(shape))], [("y", None)])
+    model = make_model(
+        [helper.make_node("Add", ["x", "c"], ["y"], name="add")], [("x", list(shape))], [("y", None)]
+    )
     model.graph.initializer.append(t)
     path = folder / "m.onnx"
     path.write_bytes(model.SerializeToString())  # onnx.save would try to write the external data itself
@@ -441,7 +467,9 @@ def test_external_data_of_a_constant_node_is_confined_too(tmp_path):
     model = make_model([node, helper.make_node("Add", ["x", "c"], ["y"])], [("x", [4])], [("y", None)])
     path = tmp_path / "m.onnx"
     path.write_bytes(model.SerializeToString())
-    with pytest.raises(ExternalDataError, match=r"node 'const' attribute 'value'.*outside the model's folder"):
+    with pytest.raises(
+        ExternalDataError, match=r"node 'const' attribute 'value'.*outside the model's folder"
+    ):
         load_onnx(path)
 
 
@@ -472,7 +500,9 @@ def test_a_pickle_payload_in_raw_data_is_just_bytes(tmp_path):
     model = add_model(np.zeros_like(const))
     model.graph.initializer[0].raw_data = payload
     graph, consts = import_onnx(load_onnx(save(model, tmp_path / "m.onnx")))
-    np.testing.assert_array_equal(consts[graph.constants[0]].reshape(-1).view(np.uint8), np.frombuffer(payload, np.uint8))
+    np.testing.assert_array_equal(
+        consts[graph.constants[0]].reshape(-1).view(np.uint8), np.frombuffer(payload, np.uint8)
+    )
     assert not marker.exists()
 
 
@@ -491,7 +521,9 @@ def test_the_engine_never_unpickles_or_evaluates():
     forbidden = ("pickle.load", "eval(", "exec(", "allow_pickle=True", "marshal.load", "yaml.load(")
 
     def unsafe(line: str) -> bool:
-        return any(word in line for word in forbidden) or ("np.load(" in line and "allow_pickle=False" not in line)
+        return any(word in line for word in forbidden) or (
+            "np.load(" in line and "allow_pickle=False" not in line
+        )
 
     hits = [
         f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
@@ -508,7 +540,11 @@ def test_the_engine_never_unpickles_or_evaluates():
 
 def test_fuzzed_models_import_or_fail_cleanly_in_bounded_memory():
     """Byte and field mutations of a small model, in a child under RLIMIT_AS, warnings as errors."""
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        OPENBLAS_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    )
     result = subprocess.run(
         [sys.executable, "-W", "error", "-m", "tests.graph.hostile_fuzz", str(FUZZ_EXAMPLES)],
         cwd=ROOT,
