@@ -420,15 +420,17 @@ def plan_for_budget(
                 bare = _fill(planner, candidate, budget, resident=False)
                 if bare is not None:
                     tried[id(candidate)] = (timeline(bare).seconds, candidate, bare)
+            bare_of = None  # the layout whose plan with nothing resident was considered
             if tried:
-                _, candidate, bare = min(tried.values(), key=lambda c: c[0])
+                _, bare_of, bare = min(tried.values(), key=lambda c: c[0])
                 consider(bare)  # nothing resident: every byte of the budget free to load ahead
-                consider(_fill(planner, candidate, budget))
+                consider(_fill(planner, bare_of, budget))
             # Resident weights are memory no load can use at any step: the latest pieces resident
             # (the loader would fetch them far ahead, when memory is shortest), up to a share of the
             # budget each, or none, where the simulator prefers it.
             chosen = planner.layout(slicing_of(plan))
-            consider(_fill(planner, chosen, budget, resident=False))
+            if chosen is not bare_of:
+                consider(_fill(planner, chosen, budget, resident=False))
             for share in RESIDENT_SHARES:
                 consider(_fill(planner, chosen, budget, latest_first=True, most=share * budget))
     verify(plan, graph)
