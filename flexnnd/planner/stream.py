@@ -420,19 +420,22 @@ def plan_for_budget(
                 bare = _fill(planner, candidate, budget, resident=False)
                 if bare is not None:
                     tried[id(candidate)] = (timeline(bare).seconds, candidate, bare)
-            bare_of = None  # the layout whose plan with nothing resident was considered
             if tried:
-                _, bare_of, bare = min(tried.values(), key=lambda c: c[0])
+                _, candidate, bare = min(tried.values(), key=lambda c: c[0])
                 consider(bare)  # nothing resident: every byte of the budget free to load ahead
-                consider(_fill(planner, bare_of, budget))
+                consider(_fill(planner, candidate, budget, bare=bare))
             # Resident weights are memory no load can use at any step: the latest pieces resident
             # (the loader would fetch them far ahead, when memory is shortest), up to a share of the
             # budget each, or none, where the simulator prefers it.
             chosen = planner.layout(slicing_of(plan))
-            if chosen is not bare_of:
-                consider(_fill(planner, chosen, budget, resident=False))
+            bare = (
+                tried[id(chosen)][2]
+                if id(chosen) in tried
+                else _fill(planner, chosen, budget, resident=False)
+            )
+            consider(bare)
             for share in RESIDENT_SHARES:
-                consider(_fill(planner, chosen, budget, latest_first=True, most=share * budget))
+                consider(_fill(planner, chosen, budget, latest_first=True, most=share * budget, bare=bare))
     verify(plan, graph)
     return plan
 
@@ -462,15 +465,17 @@ def _fill(
     resident: bool = True,
     latest_first: bool = False,
     most: float | None = None,
+    bare: Plan | None = None,
 ) -> Plan | None:
     """`lay` packed within `budget`, then (with `resident`) leftover memory spent on whole weights
     becoming resident, biggest (costliest to stream) first; None when it does not fit at all.
     With `latest_first`, any piece may become resident, the last in file order first: they are
     the ones the loader would otherwise have to fetch far ahead, when memory is shortest. With
-    `most`, no more than that many bytes become resident beyond the tiny weights."""
+    `most`, no more than that many bytes become resident beyond the tiny weights. `bare` is `lay`
+    already packed with only the tiny weights resident, when the caller has it."""
     graph = planner.graph
     always = frozenset(p for p, w in lay.pieces.items() if w.tensor in planner.small)
-    plan = pack(lay, planner, budget, always)
+    plan = bare if bare is not None else pack(lay, planner, budget, always)
     if plan is None or not resident:
         return plan
     if latest_first:
