@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import time
-import zlib
 from collections.abc import Mapping
 
 import numpy as np
@@ -35,7 +34,8 @@ class Executor:
             info = graph.tensors[piece.tensor]
             shape = (piece.stop - piece.start, *info.shape[1:])
             self.views[piece.name] = self.arena.view(plan.region[piece.name].offset, shape, info.dtype)
-        self._load_resident()
+        by_weight = self._pieces_by_weight()
+        self._load_resident(by_weight)
         nodes = {n.name: n for n in graph.nodes}
         self.kernels: list[Kernel] = []
         for step in plan.steps:
@@ -63,7 +63,7 @@ class Executor:
                 )
                 for ld in plan.loads
             ]
-            self.loader = Loader(str(package.weights_path), reads, checks=self._streamed_checks())
+            self.loader = Loader(str(package.weights_path), reads, checks=self._streamed_checks(by_weight))
         # Loads that must be in before each step (loads are in step order).
         self.loads_before = [sum(1 for ld in plan.loads if ld.step <= i) for i in range(len(plan.steps))]
         # Only steps that need a new load wait, and only steps that release one tell the loader:
@@ -88,20 +88,23 @@ class Executor:
             by_weight.setdefault(piece.tensor, []).append(name)
         return by_weight
 
-    def _streamed_checks(self) -> list[Checksum]:
+    def _checksum(self, tensor: str, pieces: list[str], load_of: Mapping[str, int]) -> Checksum:
+        return Checksum(
+            tensor,
+            self.package.weights[tensor].crc32,
+            [(memoryview(self.views[p]).cast("B"), load_of.get(p)) for p in pieces],
+        )
+
+    def _streamed_checks(self, by_weight: Mapping[str, list[str]]) -> list[Checksum]:
         """A checksum for every weight with a streamed piece, its resident pieces folded in place."""
         load_of = {ld.piece: k for k, ld in enumerate(self.plan.loads)}
         return [
-            Checksum(
-                tensor,
-                self.package.weights[tensor].crc32,
-                [(memoryview(self.views[p]).cast("B"), load_of.get(p)) for p in pieces],
-            )
-            for tensor, pieces in self._pieces_by_weight().items()
+            self._checksum(tensor, pieces, load_of)
+            for tensor, pieces in by_weight.items()
             if any(p in load_of for p in pieces)
         ]
 
-    def _load_resident(self) -> None:
+    def _load_resident(self, by_weight: Mapping[str, list[str]]) -> None:
         """Read every resident piece straight into its arena view; a weight all of whose pieces are
         resident checks its CRC (the others are checked as their streamed pieces arrive)."""
         path = str(self.package.weights_path)
@@ -118,13 +121,8 @@ class Executor:
             if direct is not None:
                 os.close(direct)
         resident = set(self.plan.resident)
-        for tensor, pieces in self._pieces_by_weight().items():
-            if not resident.issuperset(pieces):
-                continue
-            crc = 0
-            for p in pieces:
-                crc = zlib.crc32(memoryview(self.views[p]).cast("B"), crc)
-            if crc != self.package.weights[tensor].crc32:
+        for tensor, pieces in by_weight.items():
+            if resident.issuperset(pieces) and not self._checksum(tensor, pieces, {}).arrived(-1):
                 raise LoadError(
                     f"weight {tensor!r} in {path} fails its checksum: the file changed since import"
                 )
