@@ -55,18 +55,21 @@ write_plans(out, ladder, package.graph, package.weights_sha256)
 """
 
 
+def _dump(tree: Path, name: str, out: Path) -> None:
+    """`name`'s ladder as the flexnnd in source tree `tree` plans it, written to `out`."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}  # and run there: `-c` puts the cwd first
+    subprocess.run([sys.executable, "-c", DUMP, name, str(CACHE), str(out)], env=env, cwd=tree, check=True)
+
+
 def ladder_at(revision: str, name: str, out: Path) -> None:
-    """`name`'s ladder as `revision` plans it, written to `out`."""
+    """`name`'s ladder as `revision` plans it, written to `out` in this revision's plan format."""
     with tempfile.TemporaryDirectory(prefix="flexnn-ab-") as tmp:
         tree = Path(tmp) / "src"
         subprocess.run(
             ["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(tree), revision], check=True
         )
         try:
-            env = {**os.environ, "PYTHONPATH": str(tree)}  # and run there: `-c` puts the cwd first
-            subprocess.run(
-                [sys.executable, "-c", DUMP, name, str(CACHE), str(out)], env=env, cwd=tree, check=True
-            )
+            _dump(tree, name, out)
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
     # Read as this revision's format: reading verifies every plan, so one that really differs fails there.
@@ -74,11 +77,6 @@ def ladder_at(revision: str, name: str, out: Path) -> None:
 
     text = out.read_text()
     out.write_text(re.sub(r'"version": \d+', f'"version": {PLAN_VERSION}', text, count=1))
-
-
-def ladder_here(name: str, out: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout, not whatever flexnnd is installed
-    subprocess.run([sys.executable, "-c", DUMP, name, str(CACHE), str(out)], env=env, cwd=ROOT, check=True)
 
 
 def _same(a, b) -> bool:
@@ -166,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="flexnn-ab-") as tmp:
         paths = (Path(tmp) / "theirs.json", Path(tmp) / "ours.json")
         ladder_at(args.against, args.model, paths[0])
-        ladder_here(args.model, paths[1])
+        _dump(ROOT, args.model, paths[1])  # this checkout, not whatever flexnnd is installed
         result = compare(args.model, paths, args.passes, args.runs)
     result["against"] = args.against
     out = args.out or RESULTS / f"plans-ab-{args.model}.json"
