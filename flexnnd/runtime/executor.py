@@ -106,7 +106,8 @@ class Executor:
 
     def _load_resident(self, by_weight: Mapping[str, list[str]]) -> None:
         """Read every resident piece straight into its arena view; a weight all of whose pieces are
-        resident checks its CRC (the others are checked as their streamed pieces arrive)."""
+        resident checks its CRC (the others are checked as their streamed pieces arrive). Only here:
+        the arena holds them from now on, so a later change to the file cannot reach them."""
         path = str(self.package.weights_path)
         try:
             fd, direct = open_weights(path)

@@ -7,9 +7,10 @@ File reads release the GIL, so loading overlaps computing. Each read goes straig
 piece's arena view with `os.preadv`, bypassing the page cache with O_DIRECT where the filesystem
 allows it; what cannot go direct (a filesystem such as tmpfs that refuses O_DIRECT, or the
 unaligned head and tail of a piece) is read through the page cache and its pages are dropped at
-once (they would hold a second copy of the weights outside the budget). Until an inference has
-read them all, the loader checks each streamed weight's CRC32 as its pieces arrive (zlib, ~4 GB/s
-here: a quarter of the read time, paid by a plan's first inference only).
+once (they would hold a second copy of the weights outside the budget). The loader checks each
+streamed weight's CRC32 as its pieces arrive (zlib, ~4 GB/s here: a quarter of the read time) in a
+plan's first inference, after a mismatch until an inference passes whole, when the file's size or
+times differ from those of the last pass, and at least every `RECHECK_SECONDS`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ DIRECT_ALIGN = 4096
 # Pieces next to each other in the file, all released, are read by one preadv up to this many
 # bytes: each read costs 30-100 us on top of its bytes here (128 KiB reads: 0.9 GB/s, 2 MiB: 2.1).
 BUNDLE_BYTES = 2 << 20
+# Catches changes the file's size and times do not show (bit rot, a writer that restores mtime);
+# each re-check costs one inference ~10-15% more on streaming-heavy plans.
+RECHECK_SECONDS = 300.0
 _told_no_direct: set[int] = set()  # st_dev of filesystems whose fallback was logged already
 
 
@@ -55,6 +59,12 @@ def open_weights(path: str) -> tuple[int, int | None]:
             raise
         _no_direct(fd, path, "its filesystem refuses O_DIRECT")
         return fd, None
+
+
+def _file_stamp(fd: int) -> tuple[int, int, int]:
+    """What an in-place write to the file changes: its size, mtime and ctime."""
+    st = os.fstat(fd)
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _no_direct(fd: int, path: str, why: str) -> None:
@@ -104,7 +114,8 @@ Reader = Callable[[int, list, int], int]  # os.preadv's signature; tests inject 
 
 class Loader:
     """`checks`: the streamed weights' checksums, verified on the loader thread as their pieces
-    arrive, in every inference until one passes whole (a plan's first, unless the file is bad):
+    arrive, in every inference until one passes whole (a plan's first, unless the file is bad), and
+    again once the file's size or times change or `recheck_seconds` have passed since the last pass:
     a weight that fails its checksum fails the inference that reads it, at the wait for its last piece."""
 
     def __init__(
@@ -113,12 +124,16 @@ class Loader:
         reads: Sequence[PieceRead],
         reader: Reader = os.preadv,
         checks: Sequence[Checksum] = (),
+        recheck_seconds: float = RECHECK_SECONDS,
     ):
         self.path, self.reads, self.reader = path, tuple(reads), reader
+        self.recheck_seconds = recheck_seconds
         self.checks = tuple(checks)
         self._check_of = {i: c for c in self.checks for _, i in c.parts if i is not None}
         self.verifying = bool(self.checks)  # until an inference has read and checked every load
         self._fd, self._direct = open_weights(path)
+        # The file's stamp before the last inference that passed whole, and when it started.
+        self._verified_stamp, self._verified_at = _file_stamp(self._fd), time.monotonic()
         # joins[k]: read k continues read k-1 in the file and may share its preadv.
         self.joins = [
             k > 0 and joinable(self.reads[k - 1], r, self._direct is not None)
@@ -193,6 +208,18 @@ class Loader:
 
     def _load_all(self) -> None:
         reads, k = self.reads, 0
+        stamp, started = self._verified_stamp, time.monotonic()
+        if self.checks:
+            try:
+                stamp = _file_stamp(self._fd)
+            except OSError as e:
+                with self._cond:
+                    self._error = LoadError(f"cannot stat weights file {self.path}: {e}")
+                    self._cond.notify_all()
+                return
+            # An in-place write changes our inode's size or times; a rename over the path leaves it as it was.
+            if stamp != self._verified_stamp or started - self._verified_at >= self.recheck_seconds:
+                self.verifying = True
         verifying = self.verifying
         if verifying:
             for check in self.checks:
@@ -225,7 +252,9 @@ class Loader:
             if error is not None:
                 return
             k = end
-        self.verifying = False  # every streamed weight matched its checksum once
+        if verifying:  # the stamp from before the reads: a write during them shows next time
+            self._verified_stamp, self._verified_at = stamp, started
+        self.verifying = False  # every streamed weight matched its checksum
 
     def _verify(self, first: int, end: int) -> LoadError | None:
         """Fold loads [first, end) into their weights' checksums; LoadError for one that fails."""

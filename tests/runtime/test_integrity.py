@@ -3,12 +3,15 @@ resident, streamed, or a weight cut into pieces some of which are resident and s
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
 import flexnnd
 from flexnnd.graph.package import read_package
 from flexnnd.planner.stream import Planner, _fill
+from flexnnd.runtime import loader as loader_mod
 from tests.conftest import save
 from tests.runtime.test_streaming import fc_chain
 
@@ -62,6 +65,47 @@ def test_a_streamed_weight_that_changed_fails_the_inference_until_it_is_repaired
         flip(package, tensor, 0)  # repaired: the session serves again
         np.testing.assert_array_equal(sess.run({"x": X})["y"], want)
         assert not sess._executor.loader.verifying  # checked once: later inferences pay nothing
+
+
+def streamed_weight(sess) -> str:
+    executor = sess._executor
+    return executor.plan.pieces[executor.plan.loads[0].piece].tensor
+
+
+def test_a_streamed_weight_changed_in_place_after_a_clean_inference_fails_the_next_one(package):
+    with flexnnd.Session(package, budget=400 * 1024) as sess:
+        want = sess.run({"x": X})["y"]  # verified whole: later inferences skip the checksums
+        tensor = streamed_weight(sess)
+        before = os.stat(package.weights_path)
+        flip(package, tensor, 0)
+        # A filesystem with coarse times may give the write the same mtime: move it on by a second.
+        os.utime(package.weights_path, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))
+        for _ in range(2):  # checked again after a failure, not only once
+            with pytest.raises(
+                flexnnd.LoadError, match=rf"weight '{tensor}' .* fails its checksum as streamed"
+            ):
+                sess.run({"x": X})
+        flip(package, tensor, 0)  # repaired: the session serves again
+        np.testing.assert_array_equal(sess.run({"x": X})["y"], want)
+        assert not sess._executor.loader.verifying
+
+
+def test_a_change_the_file_times_do_not_show_is_caught_by_the_periodic_recheck(package, monkeypatch):
+    """Bit rot, or a writer that puts the times back: the file looks unchanged (its ctime cannot be
+    put back, so the stamp is pinned too), and only the re-check every recheck_seconds catches it."""
+    monkeypatch.setattr(loader_mod, "_file_stamp", lambda fd: (0, 0, 0))
+    with flexnnd.Session(package, budget=400 * 1024) as sess:
+        want = sess.run({"x": X})["y"]
+        tensor = streamed_weight(sess)
+        sess._executor.loader.recheck_seconds = 0  # every inference is due
+        before = os.stat(package.weights_path)
+        flip(package, tensor, 0)
+        os.utime(package.weights_path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        assert os.stat(package.weights_path).st_size == before.st_size
+        with pytest.raises(flexnnd.LoadError, match=rf"weight '{tensor}' .* fails its checksum as streamed"):
+            sess.run({"x": X})
+        flip(package, tensor, 0)
+        np.testing.assert_array_equal(sess.run({"x": X})["y"], want)
 
 
 def test_a_changed_resident_piece_of_a_streamed_weight_fails_the_inference(package):
