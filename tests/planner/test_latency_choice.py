@@ -65,6 +65,24 @@ def test_the_floor_is_compute_with_room_and_reading_without():
     assert want > 3.0
 
 
+def test_the_floor_counts_the_compute_after_the_weights_a_node_waits_for():
+    """fc2 computes long after fc1's weights are in: the loader's head start on fc2 does not help
+    while fc1 waits, so reading fc1's weights and then computing fc2 bounds the latency."""
+    graph = two_layer_graph()
+    planner = Planner(graph)
+    seconds = {"fc1": 1.0, "fc2": 10.0}
+    w1, w2 = (
+        sum(graph.tensors[i].nbytes for i in s.inputs if graph.is_constant(i)) for s in planner.life.steps
+    )
+    rate = 1000.0
+    tight = int(planner.activation_bytes().max())
+    f0, f1 = tight - planner.activation_bytes()
+    later = max(w1 - f0, 0) / rate + 10.0  # fc1's weights read from the start, then fc2 computes
+    overall = max(11.0, max(w1 + w2 - f0, 0) / rate, 1.0 + max(w2 - f1, 0) / rate)
+    assert later > overall  # what a bound over the remaining reads alone missed
+    assert streaming_floor(graph, tight, seconds, rate, planner) == pytest.approx(later)
+
+
 @given(model=layered_graphs(), fraction=st.floats(0.02, 1.0))
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_no_plan_beats_the_floor_and_choosing_never_loses(model, fraction):
