@@ -3,7 +3,8 @@
 A planner change is judged here, not by two ladder runs minutes apart: the storage drifts 2x
 within minutes, so each rung's two plans are measured back to back, in alternating order, over
 several passes, in one session. The other revision plans in a temporary git worktree of it, with
-the same calibration (benchmarks/.cache):
+this checkout's calibration (benchmarks/.cache; rates that revision has no field for are left out),
+and both ladders are predicted by this checkout's simulator:
 
     python -m benchmarks.plans_ab resnet50 --against ffceb56
 
@@ -40,28 +41,38 @@ def _package(name: str):
 
 # Run by the other revision's interpreter: only APIs every revision with plan files has.
 DUMP = """
-import sys
+import dataclasses, json, sys
 from pathlib import Path
 from flexnnd import zoo
 from flexnnd.graph.package import read_package
-from flexnnd.planner.calibrate import machine
 from flexnnd.planner.ladder import build_ladder
 from flexnnd.planner.plan_file import write_plans
+from flexnnd.planner.profile import Machine
 from flexnnd.runtime.session import package_for
 name, cache, out = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+known = {f.name for f in dataclasses.fields(Machine)}
+rates = Machine(**{k: v for k, v in json.loads(sys.argv[4]).items() if k in known})
 package = read_package(package_for(zoo.cached(name, cache), cache / "packages", calibration_dir=cache))
-ladder = build_ladder(package.graph, machine(cache, package.weights_path))
-write_plans(out, ladder, package.graph, package.weights_sha256)
+write_plans(out, build_ladder(package.graph, rates), package.graph, package.weights_sha256)
 """
 
 
-def _dump(tree: Path, name: str, out: Path) -> None:
-    """`name`'s ladder as the flexnnd in source tree `tree` plans it, written to `out`."""
+def _rates(name: str) -> str:
+    """This checkout's calibration for `name`'s weights file, as JSON for DUMP."""
+    from flexnnd.planner.calibrate import machine
+
+    return json.dumps(dataclasses.asdict(machine(CACHE, _package(name).weights_path)))
+
+
+def _dump(tree: Path, name: str, out: Path, rates: str) -> None:
+    """`name`'s ladder as the flexnnd in source tree `tree` plans it with `rates`, written to `out`."""
     env = {**os.environ, "PYTHONPATH": str(tree)}  # and run there: `-c` puts the cwd first
-    subprocess.run([sys.executable, "-c", DUMP, name, str(CACHE), str(out)], env=env, cwd=tree, check=True)
+    subprocess.run(
+        [sys.executable, "-c", DUMP, name, str(CACHE), str(out), rates], env=env, cwd=tree, check=True
+    )
 
 
-def ladder_at(revision: str, name: str, out: Path) -> None:
+def ladder_at(revision: str, name: str, out: Path, rates: str) -> None:
     """`name`'s ladder as `revision` plans it, written to `out` in this revision's plan format."""
     with tempfile.TemporaryDirectory(prefix="flexnn-ab-") as tmp:
         tree = Path(tmp) / "src"
@@ -69,7 +80,7 @@ def ladder_at(revision: str, name: str, out: Path) -> None:
             ["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(tree), revision], check=True
         )
         try:
-            _dump(tree, name, out)
+            _dump(tree, name, out, rates)
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
     # Read as this revision's format: reading verifies every plan, so one that really differs fails there.
@@ -87,10 +98,18 @@ def _same(a, b) -> bool:
 
 def compare(name: str, paths: tuple[Path, Path], passes: int, runs: int) -> dict:
     import flexnnd
+    from flexnnd.planner.calibrate import machine
+    from flexnnd.planner.ladder import predict
     from flexnnd.planner.plan_file import read_plans
 
     package = _package(name)
+    rates = machine(CACHE, package.weights_path)
     ladders = [read_plans(p, package.graph, package.weights_sha256) for p in paths]
+    # Both predicted by this simulator, so the predicted ratio isolates the plans.
+    ladders = [
+        [dataclasses.replace(p, predicted_seconds=predict(package.graph, p, rates)) for p in lad]
+        for lad in ladders
+    ]
     if len(ladders[0]) != len(ladders[1]):
         raise SystemExit(f"the two ladders have {len(ladders[0])} and {len(ladders[1])} rungs")
     differ = [k for k in range(len(ladders[0])) if not _same(ladders[0][k], ladders[1][k])]
@@ -163,8 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="flexnn-ab-") as tmp:
         paths = (Path(tmp) / "theirs.json", Path(tmp) / "ours.json")
-        ladder_at(args.against, args.model, paths[0])
-        _dump(ROOT, args.model, paths[1])  # this checkout, not whatever flexnnd is installed
+        rates = _rates(args.model)
+        ladder_at(args.against, args.model, paths[0], rates)
+        _dump(ROOT, args.model, paths[1], rates)  # this checkout, not whatever flexnnd is installed
         result = compare(args.model, paths, args.passes, args.runs)
     result["against"] = args.against
     out = args.out or RESULTS / f"plans-ab-{args.model}.json"
