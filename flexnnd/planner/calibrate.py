@@ -8,6 +8,7 @@ import mmap
 import os
 import platform
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from flexnnd.ops.conv import Conv
 from flexnnd.ops.gemm import Gemm
 from flexnnd.ops.pool import MaxPool
 from flexnnd.planner.profile import Machine, shared_bytes
-from flexnnd.runtime.loader import DIRECT_ALIGN, open_weights
+from flexnnd.runtime.loader import BUNDLE_BYTES, DIRECT_ALIGN, open_weights
 from flexnnd.runtime.threads import set_threads
 from flexnnd.storage import write_atomically
 
@@ -33,12 +34,18 @@ log = logging.getLogger("flexnnd.calibrate")
 # 6: the best of three timed reads; 7: latency and rate fitted over sequential reads of three sizes.
 # 8: fully connected layers priced by the weights they stream; memory-bound steps by a max pool.
 # 9: kernels timed after a cache flush, as a model runs them.
-CALIBRATION_VERSION = 9
+# 10: what the loader's reads cost the compute thread meanwhile.
+CALIBRATION_VERSION = 10
 # Reads shorter than this time the system call more than the storage.
 READ_PROBE_BYTES = 16 << 20
 # Read sizes timed to tell the storage's per-read latency from its rate: the sizes the loader reads.
 READ_SIZES = (128 << 10, 512 << 10, 2 << 20)
 READ_TRIES = 3
+# Rounds of compute timed alone and beside a reader, alternating. Short paired rounds, because the
+# storage drifts within seconds; their mean, because the cost comes in spikes (here most rounds
+# 20-60 us/MB, one in five 100-230) and a model pays the spikes too.
+INTERFERENCE_ROUNDS = 21
+INTERFERENCE_RUNS = 8  # of the calibration's small model per round (~25 ms)
 PARTS = 16  # channel parts of the calibration conv, as the planner cuts big weights
 FC_INPUTS = 4096  # of the calibration FC, whose weights are twice the last-level cache
 FALLBACK_CACHE_BYTES = 32 << 20  # the largest CPU cache when sysfs does not say (32 MiB here)
@@ -82,10 +89,15 @@ def _conv_setup(x_shape, w_shape, **attrs):
 
 
 def _conv_rate(x_shape, w_shape, **attrs) -> float:
+    kernel, flops = _bound_conv(x_shape, w_shape, **attrs)
+    return flops / _best_of(kernel)
+
+
+def _bound_conv(x_shape, w_shape, **attrs):
+    """A conv's kernel, bound to its operands and scratch, and its FLOPs."""
     op, shapes, y_shape, prepared, x, y = _conv_setup(x_shape, w_shape, **attrs)
     scratch = np.empty(max(op.scratch_bytes(shapes) // 4, 1), np.float32)
-    kernel = op.bind([x, prepared[1], prepared[2]], [y], scratch)
-    return op.flops(shapes, [y_shape]) / _best_of(kernel)
+    return op.bind([x, prepared[1], prepared[2]], [y], scratch), op.flops(shapes, [y_shape])
 
 
 def _part_rate(x_shape, w_shape, **attrs) -> float:
@@ -114,6 +126,12 @@ def _part_rate(x_shape, w_shape, **attrs) -> float:
 def _memory_rate() -> float:
     """Bytes/s in and out of a 3x3/2 max pool: pools are most of the memory-bound steps (an Add
     over the same tensor moved 3x the rate, and predicted the pools 3x too fast)."""
+    kernel, moved = _bound_pool()
+    return moved / _best_of(kernel)
+
+
+def _bound_pool():
+    """A 3x3/2 max pool over a 64x112x112 input, bound, and the bytes it moves."""
     shape = (1, 64, 112, 112)
     op, _ = MaxPool.from_onnx(
         {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}, [None], "calibration", 17
@@ -122,7 +140,7 @@ def _memory_rate() -> float:
     x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
     y = np.empty(y_shape, np.float32)
     scratch = np.empty(max(op.scratch_bytes([shape]) // 4, 1), np.float32)
-    return (x.nbytes + y.nbytes) / _best_of(op.bind([x], [y], scratch))
+    return op.bind([x], [y], scratch), x.nbytes + y.nbytes
 
 
 def _fc_rate() -> float:
@@ -138,13 +156,13 @@ def _fc_rate() -> float:
     return weights.nbytes / _best_of(kernel, repeat=3, flush=False)  # its weights evict the caches
 
 
-def _read_rate(path: Path) -> tuple[tuple[float, float], bool]:
-    """Sequential read bandwidth of the file's storage, page cache dropped first. A weights file
-    too small to time (a tiny model has none at all) is replaced by a probe file beside it.
-    Returns ((bytes/s, seconds per read), measured); not measured means an estimate, never to be
-    cached."""
+def _read_rate(path: Path) -> tuple[tuple[float, float, float], bool]:
+    """Sequential read bandwidth of the file's storage, page cache dropped first, and what its
+    reads cost the compute thread. A weights file too small to time (a tiny model has none at
+    all) is replaced by a probe file beside it. Returns ((bytes/s, seconds per read, compute
+    seconds per byte read), measured); not measured means an estimate, never to be cached."""
     if path.stat().st_size >= READ_PROBE_BYTES:
-        return storage_speed(path), True
+        return _storage_costs(path), True
     try:
         fd, probe = tempfile.mkstemp(prefix=".flexnn-read-probe-", dir=path.parent)
     except OSError as e:
@@ -154,14 +172,14 @@ def _read_rate(path: Path) -> tuple[tuple[float, float], bool]:
             f.write(os.urandom(READ_PROBE_BYTES))  # random: a compressing filesystem would fake zeros
             f.flush()
             os.fsync(f.fileno())
-        return storage_speed(Path(probe)), True
+        return _storage_costs(Path(probe)), True
     except OSError as e:  # a full or small filesystem: the weights are there, the probe does not fit
         return _without_probe(path, e)
     finally:
         Path(probe).unlink(missing_ok=True)
 
 
-def _without_probe(path: Path, error: OSError) -> tuple[tuple[float, float], bool]:
+def _without_probe(path: Path, error: OSError) -> tuple[tuple[float, float, float], bool]:
     """No room for the probe: time the weights file itself, an estimate."""
     log.warning(
         "cannot write a %d-byte read probe beside %s (%s): read bandwidth estimated from the %d-byte weights "
@@ -171,7 +189,11 @@ def _without_probe(path: Path, error: OSError) -> tuple[tuple[float, float], boo
         error.strerror or error,
         path.stat().st_size,
     )
-    return (storage_speed(path) if path.stat().st_size else (FALLBACK_READ_BYTES, 0.0)), False
+    return (_storage_costs(path) if path.stat().st_size else (FALLBACK_READ_BYTES, 0.0, 0.0)), False
+
+
+def _storage_costs(path: Path) -> tuple[float, float, float]:
+    return (*storage_speed(path), read_interference(path))
 
 
 def storage_speed(path: Path) -> tuple[float, float]:
@@ -225,10 +247,83 @@ def _timed_reads(path: Path) -> list[tuple[float, float]]:
     return points
 
 
+def read_interference(path: Path, rounds: int = INTERFERENCE_ROUNDS) -> float:
+    """Compute seconds lost per byte read meanwhile: a small model's kernels (a GEMM conv, a
+    Winograd conv, a pool) timed alone and while a thread reads `path` as the loader does, in
+    alternating rounds; the rounds' mean slowdown per byte read then. 0 when reads cost the
+    compute thread nothing measurable."""
+    size = path.stat().st_size // DIRECT_ALIGN * DIRECT_ALIGN
+    if size < BUNDLE_BYTES:
+        return 0.0
+    kernels = [
+        _bound_conv((1, 128, 28, 28), (256, 128, 3, 3), pads=[1, 1, 1, 1], strides=[2, 2])[0],
+        _bound_conv((1, 64, 56, 56), (64, 64, 3, 3), pads=[1, 1, 1, 1])[0],
+        _bound_pool()[0],
+    ]
+
+    def model() -> float:
+        start = time.perf_counter()
+        for _ in range(INTERFERENCE_RUNS):
+            for kernel in kernels:
+                kernel()
+        return time.perf_counter() - start
+
+    model()
+    buf = mmap.mmap(-1, BUNDLE_BYTES)  # page-aligned, as O_DIRECT wants
+    view = memoryview(buf)
+    fd, direct = open_weights(str(path))
+    costs = []
+    try:
+        for _ in range(rounds):
+            alone = model()
+            stop, got = threading.Event(), [0, None]
+            reader = threading.Thread(target=_read_until, args=(fd, direct, view, size, stop, got))
+            reader.start()
+            time.sleep(0.001)  # the first read in flight before the compute starts
+            before = got[0]
+            busy = model()
+            after = got[0]
+            stop.set()
+            reader.join()
+            if got[1] is not None:  # as `storage_speed` does: a failing read is the caller's to see
+                raise got[1]
+            if after > before:
+                costs.append((busy - alone) / (after - before))
+    finally:
+        os.posix_fadvise(fd, 0, size, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+        if direct is not None:
+            os.close(direct)
+        view.release()
+        buf.close()
+    return max(float(np.mean(costs)), 0.0) if costs else 0.0
+
+
+def _read_until(fd: int, direct: int | None, view: memoryview, size: int, stop, got: list) -> None:
+    """Read the file from its start in BUNDLE_BYTES reads, as the loader does, round and round until
+    `stop`; `got[0]` counts the bytes read, `got[1]` keeps an OSError that ended the reading."""
+    offset = 0
+    try:
+        while not stop.is_set():
+            if offset + len(view) > size:
+                os.posix_fadvise(fd, 0, size, os.POSIX_FADV_DONTNEED)  # page-cache reads: start cold
+                offset = 0
+            n = os.preadv(fd if direct is None else direct, [view], offset)
+            if n <= 0:
+                offset = size
+                continue
+            if direct is None:
+                os.posix_fadvise(fd, offset, n, os.POSIX_FADV_DONTNEED)
+            offset += n
+            got[0] += n
+    except OSError as e:
+        got[1] = e
+
+
 def measure(weights_file: Path) -> tuple[Machine, bool]:
     """This machine's rates, and whether the read rate was measured (else estimated)."""
     set_threads(1)
-    (read_bytes, read_latency), measured = _read_rate(weights_file)
+    (read_bytes, read_latency, read_cpu), measured = _read_rate(weights_file)
     return Machine(
         gemm_flops=_conv_rate((1, 128, 28, 28), (256, 128, 3, 3), pads=[1, 1, 1, 1], strides=[2, 2]),
         winograd_flops=_conv_rate((1, 64, 56, 56), (64, 64, 3, 3), pads=[1, 1, 1, 1]),
@@ -242,6 +337,7 @@ def measure(weights_file: Path) -> tuple[Machine, bool]:
         fc_bytes=_fc_rate(),
         read_bytes=read_bytes,
         read_latency=read_latency,
+        read_cpu=read_cpu,
     ), measured
 
 

@@ -34,7 +34,8 @@ from flexnnd.ops.base import Part
 # 16: a stalling rung also tries its latest pieces resident (sliced ones too), the simulator chooses.
 # 17: a stalling rung also tries none or a share of the budget resident; rungs are chosen by their
 #     latency averaged over the calibrated read rate and 0.7x it.
-PLAN_VERSION = 17
+# 18: the simulator slows compute while reads are in flight (calibrated per machine).
+PLAN_VERSION = 18
 ALIGNMENT = 64
 
 

@@ -17,6 +17,8 @@ from flexnnd.planner.lifetimes import lifetimes
 from flexnnd.planner.plan import Plan
 from flexnnd.runtime.loader import BUNDLE_BYTES
 
+MIN_SPEED = 0.1  # of the compute thread while a read is in flight, however costly reads are
+
 
 @dataclass(frozen=True)
 class Machine:
@@ -33,6 +35,9 @@ class Machine:
     # bytes/s of weights a fully connected layer streams from memory (one input row: GEMV, bound
     # by its weights, not its FLOPs); 0: priced by FLOPs alone
     fc_bytes: float = 0.0
+    # compute seconds lost per byte the loader reads meanwhile (here the hypervisor's copy into
+    # guest memory; on a DMA device, memory-bus contention); 0: reads are free to the compute thread
+    read_cpu: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -157,6 +162,7 @@ def simulate(
     the step that releases it; a step starts when the previous one ended and its pieces are in.
     As the loader does, a read takes along the loads after it that continue it in the file
     (`joins[k]`: load k continues load k-1) and are released by then, up to BUNDLE_BYTES.
+    Compute runs slower while a read is in flight: `machine.read_cpu` seconds per byte read.
     """
     n, loads = len(plan.steps), plan.loads
     if joins is None:
@@ -169,6 +175,8 @@ def simulate(
     compute_start = [0.0] * n
     compute_end = [0.0] * n
     loader_free, next_load, clock = 0.0, 0, 0.0
+    reads: list[tuple[float, float, float]] = []  # (start, finish, compute speed) per preadv
+    first_read = 0
 
     def released(k: int) -> float:
         return 0.0 if loads[k].after_step < 0 else compute_end[loads[k].after_step]
@@ -191,8 +199,34 @@ def simulate(
             for k in range(next_load, end):
                 load_start[k], load_end[k] = start, finish
             loader_free, next_load = finish, end
+            if machine.read_cpu > 0 and finish > start:
+                # the compute thread's speed meanwhile: over a whole read it loses read_cpu s/byte
+                speed = max(1 - machine.read_cpu * nbytes / (finish - start), MIN_SPEED)
+                reads.append((start, finish, speed))
         ready = max((load_end[k] for k in loads_of_step.get(i, ())), default=0.0)
         compute_start[i] = max(clock, ready)
-        compute_end[i] = compute_start[i] + step_seconds[i]
+        if reads:
+            while first_read < len(reads) and reads[first_read][1] <= compute_start[i]:
+                first_read += 1  # steps start in order: a read over by now slows no later step
+            compute_end[i] = _slowed(compute_start[i], step_seconds[i], reads, first_read)
+        else:
+            compute_end[i] = compute_start[i] + step_seconds[i]
         clock = compute_end[i]
     return Timeline(clock, tuple(compute_start), tuple(compute_end), tuple(load_start), tuple(load_end))
+
+
+def _slowed(start: float, work: float, reads: Sequence[tuple[float, float, float]], first: int) -> float:
+    """When `work` seconds of compute begun at `start` end, running at `speed` (< 1) while each
+    read (start, finish, speed) is in flight; reads are disjoint and in order (one loader)."""
+    t = start
+    for begin, finish, speed in reads[first:]:
+        if begin > t:  # compute alone until the read starts
+            if work <= begin - t:
+                return t + work
+            work -= begin - t
+            t = begin
+        if work <= (finish - t) * speed:
+            return t + work / speed
+        work -= (finish - t) * speed
+        t = finish
+    return t + work

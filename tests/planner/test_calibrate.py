@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
+import os
+
+import pytest
 
 from flexnnd.planner import calibrate
 
@@ -26,6 +30,7 @@ def test_rates_are_measured_once_and_cached(tmp_path, monkeypatch):
     ):
         assert rate > 0
     assert first.gemm_flops > first.depthwise_flops  # BLAS is the fastest path per FLOP
+    assert first.read_cpu >= 0.0
     (entry,) = json.loads((tmp_path / "cache" / "calibration.json").read_text()).values()
     assert entry["version"] == calibrate.CALIBRATION_VERSION
 
@@ -42,3 +47,51 @@ def test_a_model_without_weights_gets_a_real_read_rate(tmp_path):
     weights.write_bytes(b"")  # a model of activations only
     assert calibrate.machine(tmp_path / "cache", weights).read_bytes > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "weights.bin"]  # the probe is gone
+
+
+def test_read_interference_charges_what_a_reader_takes_from_compute(tmp_path, monkeypatch):
+    """On one CPU, a 'reader' that spins while it counts bytes takes about half the compute's
+    time: the measured cost per byte is that loss over the bytes counted."""
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(bytes(4 << 20))
+
+    def spinning_reader(fd, direct, view, size, stop, got):
+        while not stop.is_set():
+            got[0] += 1000  # a thousand 'bytes' per spin, all on the compute's CPU
+
+    def idle_reader(fd, direct, view, size, stop, got):
+        stop.wait()
+
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus)})
+    try:
+        monkeypatch.setattr(calibrate, "_read_until", spinning_reader)
+        costly = calibrate.read_interference(weights, rounds=3)
+        monkeypatch.setattr(calibrate, "_read_until", idle_reader)
+        free = calibrate.read_interference(weights, rounds=3)
+    finally:
+        os.sched_setaffinity(0, cpus)
+    assert costly > 0
+    assert free == 0.0  # nothing read: nothing charged
+
+
+def test_read_interference_reads_the_file_as_the_loader_does(tmp_path):
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(os.urandom(4 << 20))
+    cost = calibrate.read_interference(weights, rounds=2)
+    assert math.isfinite(cost) and cost >= 0.0
+    tiny = tmp_path / "tiny.bin"
+    tiny.write_bytes(bytes(4096))
+    assert calibrate.read_interference(tiny) == 0.0  # too small for one of the loader's reads
+
+
+def test_a_read_that_fails_while_timing_interference_is_raised(tmp_path, monkeypatch):
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(bytes(4 << 20))
+
+    def failing_reader(fd, direct, view, size, stop, got):
+        got[1] = OSError(5, "Input/output error")
+
+    monkeypatch.setattr(calibrate, "_read_until", failing_reader)
+    with pytest.raises(OSError, match="Input/output error"):
+        calibrate.read_interference(weights, rounds=1)

@@ -90,3 +90,33 @@ def test_a_strided_depthwise_conv_costs_its_input_pixels(zoo_model, package_cach
     for cost in step_costs(graph):
         if cost.kind == "depthwise":
             assert cost.compute_seconds(machine) == pytest.approx(cost.dense_flops / MACHINE.depthwise_flops)
+
+
+def test_compute_loses_read_cpu_per_byte_read_meanwhile(graph):
+    plan = streamed_plan(graph)  # fc2's weight is read during step 0
+    piece = plan.loads[0].piece
+    nbytes = int(0.5 * MACHINE.read_bytes)  # half of step 0
+    costly = dataclasses.replace(MACHINE, read_cpu=0.2 / nbytes)  # the read costs 0.2 s of compute
+    timeline = simulate(plan, [1.0, 2.0], {piece: nbytes}, costly)
+    assert timeline.compute_end[0] == pytest.approx(1.2)
+    assert timeline.seconds == pytest.approx(3.2)
+    assert timeline.stall_seconds == pytest.approx(0.0)
+
+
+def test_a_read_the_compute_waits_for_costs_no_compute(graph):
+    plan = streamed_plan(graph)
+    late = dataclasses.replace(plan, loads=(dataclasses.replace(plan.loads[0], after_step=0),))
+    nbytes = int(0.5 * MACHINE.read_bytes)
+    costly = dataclasses.replace(MACHINE, read_cpu=0.2 / nbytes)
+    timeline = simulate(late, [1.0, 2.0], {late.loads[0].piece: nbytes}, costly)
+    assert timeline.seconds == pytest.approx(3.5)  # read alone in [1, 1.5], then step 1
+    assert timeline.stall_seconds == pytest.approx(0.5)
+
+
+def test_a_read_spanning_steps_slows_each_by_its_overlap(graph):
+    plan = streamed_plan(graph)
+    nbytes = int(2.0 * MACHINE.read_bytes)  # in flight through all of step 0
+    costly = dataclasses.replace(MACHINE, read_cpu=0.5 / int(1.0 * MACHINE.read_bytes))
+    timeline = simulate(plan, [1.0, 2.0], {plan.loads[0].piece: nbytes}, costly)
+    assert timeline.compute_end[0] == pytest.approx(2.0)  # at half speed while the read runs
+    assert timeline.seconds == pytest.approx(4.0)  # step 1 waits for the read to end at 2.0
