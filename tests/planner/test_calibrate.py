@@ -95,3 +95,19 @@ def test_a_read_that_fails_while_timing_interference_is_raised(tmp_path, monkeyp
     monkeypatch.setattr(calibrate, "_read_until", failing_reader)
     with pytest.raises(OSError, match="Input/output error"):
         calibrate.read_interference(weights, rounds=1)
+
+
+def test_a_slow_pass_does_not_set_a_kernel_rate(tmp_path, monkeypatch):
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(bytes(4 << 20))
+    fast = {"gemm_flops": 9e10, "winograd_flops": 1.3e11, "depthwise_flops": 3e10, "memory_bytes": 2.5e10,
+            "fc_bytes": 2.6e10, "part_bytes": 2e10}  # fmt: skip
+    slow = {k: v / 2.3 for k, v in fast.items()}  # a slow second of the machine, as seen here once
+    noisy = dict(fast, part_bytes=9e10)  # a difference of two timings that came out tiny
+    passes = iter([slow, fast, noisy])
+    monkeypatch.setattr(calibrate, "_kernel_rates", lambda: dict(next(passes)))
+    monkeypatch.setattr(calibrate, "KERNEL_PASSES", 3)
+    found, measured = calibrate.measure(weights)
+    assert measured
+    assert found.depthwise_flops == 3e10 and found.memory_bytes == 2.5e10  # the best pass
+    assert found.part_bytes == 2e10  # the median pass
