@@ -82,11 +82,6 @@ def weight_offsets(graph: Graph) -> dict[str, int]:
     return offsets
 
 
-def weights_end(graph: Graph) -> int:
-    """The weights file's size as `write_package` writes it: the last weight's end."""
-    return max((o + graph.tensors[w].nbytes for w, o in weight_offsets(graph).items()), default=0)
-
-
 def graph_to_json(graph: Graph) -> dict[str, Any]:
     return {
         "name": graph.name,

@@ -71,16 +71,16 @@ def _inputs(
 
 def load_joins(graph: Graph, plan: Plan) -> list[bool]:
     """For each load, whether it continues the previous one in the weights file on a block
-    boundary, so that the loader may read both with one preadv. A load reads its whole region:
-    the piece and any slack up to the next block."""
+    boundary, so that the loader may read both with one preadv."""
     offsets = weight_offsets(graph)
     joins, end = [], -1
     for ld in plan.loads:
         piece = plan.pieces[ld.piece]
         info = graph.tensors[piece.tensor]
-        start = offsets[piece.tensor] + info.nbytes // info.shape[0] * piece.start
+        row = info.nbytes // info.shape[0]
+        start = offsets[piece.tensor] + row * piece.start
         joins.append(start == end and start % DIRECT_ALIGN == 0)
-        end = start + plan.region[ld.piece].nbytes
+        end = start + row * (piece.stop - piece.start)
     return joins
 
 

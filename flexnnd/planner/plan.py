@@ -35,8 +35,7 @@ from flexnnd.ops.base import Part
 # 17: a stalling rung also tries none or a share of the budget resident; rungs are chosen by their
 #     latency averaged over the calibrated read rate and 0.7x it.
 # 18: the simulator slows compute while reads are in flight (calibrated per machine).
-# 19: a streamed piece's region runs on to the next block of the file: one O_DIRECT read, no tail.
-PLAN_VERSION = 19
+PLAN_VERSION = 18
 ALIGNMENT = 64
 
 

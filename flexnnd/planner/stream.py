@@ -21,7 +21,6 @@ import numpy as np
 
 from flexnnd.errors import BudgetTooSmall
 from flexnnd.graph.ir import Graph, Node
-from flexnnd.graph.package import weight_offsets, weights_end
 from flexnnd.ops.base import Part
 from flexnnd.planner.lifetimes import lifetimes
 from flexnnd.planner.pack import DIRECT_ALIGN, FullSpanGaps, Occupancy, Request, align, place_greedy_by_size
@@ -68,9 +67,6 @@ class Layout:
     direct_residue: Mapping[str, int | None]
     # Aligned bytes of the pieces every budget keeps resident: the base leaves them the bottom band.
     always_resident: int = 0
-    # piece -> bytes from its end in the file to the next block, which a streamed piece's region
-    # also holds: its read then ends on a block, all O_DIRECT, and joins a next weight's read
-    read_slack: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
     @cached_property
     def base(self) -> tuple[Region, ...]:
@@ -146,7 +142,6 @@ class Planner:
         self.life = lifetimes(graph)
         self.position = {name: i for i, name in enumerate(graph.constants)}
         self.small = frozenset(w for w in graph.constants if graph.tensors[w].nbytes <= ALWAYS_RESIDENT_BYTES)
-        self.file_offsets, self.file_end = weight_offsets(graph), weights_end(graph)
         self._scratch: dict[tuple[str, Part | None], int] = {}
         self._layouts: dict[tuple, Layout] = {}
         # Refining depends only on the graph, so every budget walks the same chain of slicings.
@@ -262,7 +257,6 @@ def _layout(planner: Planner, slicing: Slicing) -> Layout:
         tuple(planner.file_order(pieces)),
         MappingProxyType({p: _direct_residue(graph, w) for p, w in pieces.items()}),
         sum(align(piece_nbytes(graph, w)) for w in pieces.values() if w.tensor in planner.small),
-        MappingProxyType({p: _read_slack(planner, w) for p, w in pieces.items()}),
     )
 
 
@@ -272,18 +266,6 @@ def _direct_residue(graph: Graph, piece: WeightPiece) -> int | None:
     info = graph.tensors[piece.tensor]
     residue = info.nbytes // info.shape[0] * piece.start % DIRECT_ALIGN
     return residue if residue % ALIGNMENT == 0 else None
-
-
-def _read_slack(planner: Planner, piece: WeightPiece) -> int:
-    """Bytes from the piece's end in the weights file to the next block boundary (the next weight's
-    start, padding, or the next rows of its own weight), when its reads can go direct and the file
-    reaches that far; else 0."""
-    if _direct_residue(planner.graph, piece) is None:
-        return 0
-    info = planner.graph.tensors[piece.tensor]
-    end = planner.file_offsets[piece.tensor] + info.nbytes // info.shape[0] * piece.stop
-    slack = -end % DIRECT_ALIGN
-    return slack if end + slack <= planner.file_end else 0
 
 
 def pack(
@@ -316,7 +298,7 @@ def pack(
         if name in resident:
             continue
         first, last = lay.piece_steps[name]
-        size = piece_bytes[name] + lay.read_slack.get(name, 0)
+        size = piece_bytes[name]
         aligned = align(size)
 
         residue = lay.direct_residue[name]

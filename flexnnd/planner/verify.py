@@ -13,8 +13,7 @@ from collections import Counter
 
 from flexnnd.errors import PlanError
 from flexnnd.graph.ir import Graph
-from flexnnd.graph.package import weight_offsets, weights_end
-from flexnnd.planner.plan import Plan, check_no_overlap, piece_nbytes, scratch_name
+from flexnnd.planner.plan import Plan, check_no_overlap, scratch_name
 
 
 def verify(plan: Plan, graph: Graph) -> None:
@@ -60,15 +59,6 @@ def verify(plan: Plan, graph: Graph) -> None:
             raise PlanError(
                 f"piece {piece.name!r} covers rows {piece.start}:{piece.stop} of a weight with {rows} rows"
             )
-        region = plan.region.get(piece.name)
-        if region is not None and region.nbytes < piece_nbytes(graph, piece):
-            raise PlanError(
-                f"piece {piece.name!r} has {piece_nbytes(graph, piece)} bytes but a {region.nbytes}-byte region"
-            )
-    for name, info in graph.tensors.items():
-        region = plan.region.get(name)
-        if not graph.is_constant(name) and region is not None and region.nbytes < info.nbytes:
-            raise PlanError(f"tensor {name!r} has {info.nbytes} bytes but a {region.nbytes}-byte region")
 
     streamed = [load.piece for load in plan.loads]
     both = set(streamed) & set(plan.resident)
@@ -92,17 +82,9 @@ def verify(plan: Plan, graph: Graph) -> None:
         for piece_name in step.weights:
             first_reader.setdefault(piece_name, i)
     position = {name: i for i, name in enumerate(graph.constants)}
-    offsets, file_end = weight_offsets(graph), weights_end(graph)
     previous: tuple[int, int, int] | None = None  # (file position, rows start, after_step)
     for load in plan.loads:
         region = plan.region[load.piece]
-        piece = plan.pieces[load.piece]
-        info = graph.tensors[piece.tensor]
-        start = offsets[piece.tensor] + info.nbytes // info.shape[0] * piece.start
-        if start + region.nbytes > file_end:  # a load reads its whole region from the file
-            raise PlanError(
-                f"load of {load.piece!r} would read {region.nbytes} bytes from {start}, past the weights' end at {file_end}"
-            )
         if not -1 <= load.after_step < load.step < n_steps:
             raise PlanError(
                 f"load of {load.piece!r} is released after step {load.after_step}, not before its step {load.step}"
@@ -118,6 +100,7 @@ def verify(plan: Plan, graph: Graph) -> None:
                 f"load of {load.piece!r} names step {load.step}, but "
                 + ("no step reads it" if reader is None else f"step {reader} reads it first")
             )
+        piece = plan.pieces[load.piece]
         here = (position[piece.tensor], piece.start, load.after_step)
         if previous is not None and (here[:2] <= previous[:2] or here[2] < previous[2]):
             raise PlanError(

@@ -54,15 +54,10 @@ class Executor:
         self.loader: Loader | None = None
         self.stall_seconds = 0.0  # the last inference's wait for weights
         if plan.loads:
-            # A load fills its whole region: the piece, then any slack up to the next block in the file.
             reads = [
                 PieceRead(
                     ld.piece,
-                    memoryview(
-                        self.arena.view(
-                            plan.region[ld.piece].offset, (plan.region[ld.piece].nbytes,), "uint8"
-                        )
-                    ),
+                    memoryview(self.views[ld.piece]).cast("B"),
                     self.piece_range(ld.piece)[0],
                     ld.after_step,
                 )

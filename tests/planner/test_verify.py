@@ -92,27 +92,3 @@ def test_step_reading_outside_a_tensor_lifetime_is_rejected(graph):
     plan = plan_resident(graph)
     with pytest.raises(flexnnd.PlanError, match="reserved only for steps"):
         verify(dataclasses.replace(plan, regions=regions_with(plan, r={"last": 0})), graph)
-
-
-def test_region_smaller_than_its_piece_is_rejected(graph):
-    plan = streamed_plan(graph)
-    w2 = plan.loads[0].piece
-    with pytest.raises(flexnnd.PlanError, match=r"has 4096 bytes but a 4000-byte region"):
-        verify(dataclasses.replace(plan, regions=regions_with(plan, **{w2: {"nbytes": 4000}})), graph)
-
-
-def test_region_smaller_than_its_tensor_is_rejected(graph):
-    plan = streamed_plan(graph)
-    with pytest.raises(flexnnd.PlanError, match=r"tensor 'r' has 256 bytes but a 128-byte region"):
-        verify(dataclasses.replace(plan, regions=regions_with(plan, r={"nbytes": 128})), graph)
-
-
-def test_load_reading_past_the_weights_end_is_rejected(graph):
-    """A load fills its whole region from the file: slack past the last weight would read past EOF."""
-    plan = streamed_plan(graph)
-    w2 = plan.loads[0].piece
-    wide = dataclasses.replace(
-        plan, arena_bytes=plan.arena_bytes + 4096, regions=regions_with(plan, **{w2: {"nbytes": 8192}})
-    )
-    with pytest.raises(flexnnd.PlanError, match=r"would read 8192 bytes from 12288, past the weights' end"):
-        verify(wide, graph)

@@ -301,35 +301,3 @@ def test_a_bundle_is_capped(tmp_path, monkeypatch):
     for read in reads:
         read.view.release()
     arena.close()
-
-
-def test_a_streamed_weight_is_read_in_whole_blocks_by_one_direct_read(tmp_path):
-    """A weight whose size is not a block multiple gets its region up to the next block: its read
-    ends on a block (no buffered tail) and may take the next weight along; outputs are unchanged."""
-    import flexnnd
-    from flexnnd.planner.plan import piece_nbytes
-    from flexnnd.planner.stream import Planner, plan_with_slicing
-    from tests.conftest import save
-    from tests.runtime.test_streaming import fc_chain
-
-    path = save(fc_chain(layers=6, width=250), tmp_path / "fc.onnx")  # weights of 250,000 bytes
-    x = np.random.default_rng(1).standard_normal((1, 250)).astype(np.float32)
-    with flexnnd.Session(path, cache_dir=tmp_path / "c", threads=1) as sess:
-        expected = sess.run({"x": x})["y"]
-        if not _direct_allowed(sess.package.weights_path):
-            pytest.skip(f"the filesystem of {tmp_path} refuses O_DIRECT")
-        graph = sess.package.graph
-        plan = plan_with_slicing(Planner(graph), 700 * 1024, {})  # whole weights, most of them streamed
-        assert plan is not None and len(plan.loads) >= 3
-        for load in plan.loads:
-            piece = plan.pieces[load.piece]
-            end = sess.package.weights[piece.tensor].offset + piece_nbytes(graph, piece)
-            assert plan.region[load.piece].nbytes == piece_nbytes(graph, piece) + (-end % DIRECT_ALIGN)
-        sess.adopt(plan, None, overlap=False)
-        loader = sess._executor.loader
-        calls = []
-        loader.reader = _recording(calls)
-        got = sess.run({"x": x})["y"]
-    np.testing.assert_array_equal(got, expected)
-    assert calls and all(fd == loader._direct for fd, _, _ in calls)  # no buffered head or tail
-    assert all(n % DIRECT_ALIGN == 0 for _, _, n in calls)
