@@ -13,7 +13,7 @@ from collections import Counter
 
 from flexnnd.errors import PlanError
 from flexnnd.graph.ir import Graph
-from flexnnd.planner.plan import Plan, check_no_overlap, scratch_name
+from flexnnd.planner.plan import Plan, check_no_overlap, piece_nbytes, scratch_name
 
 
 def verify(plan: Plan, graph: Graph) -> None:
@@ -59,6 +59,15 @@ def verify(plan: Plan, graph: Graph) -> None:
             raise PlanError(
                 f"piece {piece.name!r} covers rows {piece.start}:{piece.stop} of a weight with {rows} rows"
             )
+        region = plan.region.get(piece.name)
+        if region is not None and region.nbytes < piece_nbytes(graph, piece):
+            raise PlanError(
+                f"piece {piece.name!r} has {piece_nbytes(graph, piece)} bytes but a {region.nbytes}-byte region"
+            )
+    for name, info in graph.tensors.items():
+        region = plan.region.get(name)
+        if not graph.is_constant(name) and region is not None and region.nbytes < info.nbytes:
+            raise PlanError(f"tensor {name!r} has {info.nbytes} bytes but a {region.nbytes}-byte region")
 
     streamed = [load.piece for load in plan.loads]
     both = set(streamed) & set(plan.resident)

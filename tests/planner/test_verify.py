@@ -92,3 +92,16 @@ def test_step_reading_outside_a_tensor_lifetime_is_rejected(graph):
     plan = plan_resident(graph)
     with pytest.raises(flexnnd.PlanError, match="reserved only for steps"):
         verify(dataclasses.replace(plan, regions=regions_with(plan, r={"last": 0})), graph)
+
+
+def test_region_smaller_than_its_piece_is_rejected(graph):
+    plan = streamed_plan(graph)
+    w2 = plan.loads[0].piece
+    with pytest.raises(flexnnd.PlanError, match=r"has 4096 bytes but a 4000-byte region"):
+        verify(dataclasses.replace(plan, regions=regions_with(plan, **{w2: {"nbytes": 4000}})), graph)
+
+
+def test_region_smaller_than_its_tensor_is_rejected(graph):
+    plan = streamed_plan(graph)
+    with pytest.raises(flexnnd.PlanError, match=r"tensor 'r' has 256 bytes but a 128-byte region"):
+        verify(dataclasses.replace(plan, regions=regions_with(plan, r={"nbytes": 128})), graph)
