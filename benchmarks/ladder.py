@@ -2,6 +2,8 @@
 
     python -m benchmarks.ladder --models squeezenet1_1 resnet18
     python -m benchmarks.ladder --plan-only          # ladder planning time of every zoo model
+    python -m benchmarks.ladder --packages /dev/shm/flexnn --out benchmarks/results/tmpfs/ladder.json
+                                                     # weights streamed from memory, not the disk
 
 
 Per rung: the median over `--passes` passes of the ladder of its median latency over `--runs` runs
@@ -111,7 +113,7 @@ def plan_times(name: str, repeat: int) -> dict:
     }
 
 
-def bench_model(name: str, runs: int, passes: int) -> dict:
+def bench_model(name: str, runs: int, passes: int, packages: Path | None = None) -> dict:
     import onnxruntime as ort
 
     import flexnnd
@@ -126,8 +128,8 @@ def bench_model(name: str, runs: int, passes: int) -> dict:
     from .engine import Ncnn, ncnn_available
 
     onnx_path = zoo.cached(name, CACHE)
-    package = read_package(package_for(onnx_path, CACHE / "packages", calibration_dir=CACHE))
-    rates = machine(CACHE, package.weights_path)
+    package = read_package(package_for(onnx_path, packages or CACHE / "packages", calibration_dir=CACHE))
+    rates = machine(CACHE, package.weights_path)  # per filesystem: another --packages is calibrated apart
     start = time.perf_counter()
     ladder = build_ladder(package.graph, rates)
     ladder_seconds = time.perf_counter() - start
@@ -312,6 +314,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--summary", action="store_true", help="only summarize the bar over the results file (--out)"
     )
+    parser.add_argument(
+        "--packages",
+        type=Path,
+        default=None,
+        help="where the imported packages (so the weights streamed) live; default: benchmarks/.cache/packages",
+    )
     args = parser.parse_args(argv)
     CACHE.mkdir(parents=True, exist_ok=True)
     if args.plan_only:
@@ -319,10 +327,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.summary:
         return summarize(args.out or RESULTS / "ladder.json")
     args.out = args.out or RESULTS / "ladder.json"
+    args.out.parent.mkdir(parents=True, exist_ok=True)  # the plots go beside it as they are made
     args.models = args.models or ["squeezenet1_1", "resnet18"]
     report = json.loads(args.out.read_text()) if args.out.exists() else {}  # models not rerun are kept
     for name in args.models:
-        report[name] = result = bench_model(name, args.runs, args.passes)
+        report[name] = result = bench_model(name, args.runs, args.passes, args.packages)
         plot(name, result, args.out.with_name(f"ladder-{name}.png"))
         bound = sorted(r["ratio_to_bound"] for r in result["rungs"])
         floor = sorted(r["ratio_to_floor"] for r in result["rungs"])
