@@ -57,14 +57,18 @@ def test_a_streamed_weight_that_changed_fails_the_inference_until_it_is_repaired
         tensor = sess._executor.plan.pieces[streamed].tensor
     with flexnnd.Session(package, budget=400 * 1024) as sess:  # a new plan adoption checks again
         flip(package, tensor, 0)
-        for _ in range(2):  # checked again after a failure, not only once
-            with pytest.raises(
-                flexnnd.LoadError, match=rf"weight '{tensor}' .* fails its checksum as streamed"
-            ):
-                sess.run({"x": X})
-        flip(package, tensor, 0)  # repaired: the session serves again
-        np.testing.assert_array_equal(sess.run({"x": X})["y"], want)
-        assert not sess._executor.loader.verifying  # checked once: later inferences pay nothing
+        fails_until_repaired(sess, package, tensor, want)
+
+
+def fails_until_repaired(sess, package, tensor: str, want: np.ndarray) -> None:
+    """Every inference fails naming the changed weight, not only the first; once the weight is
+    flipped back the session serves the same output, and stops checking."""
+    for _ in range(2):
+        with pytest.raises(flexnnd.LoadError, match=rf"weight '{tensor}' .* fails its checksum as streamed"):
+            sess.run({"x": X})
+    flip(package, tensor, 0)
+    np.testing.assert_array_equal(sess.run({"x": X})["y"], want)
+    assert not sess._executor.loader.verifying  # checked once: later inferences pay nothing
 
 
 def streamed_weight(sess) -> str:
@@ -80,14 +84,7 @@ def test_a_streamed_weight_changed_in_place_after_a_clean_inference_fails_the_ne
         flip(package, tensor, 0)
         # A filesystem with coarse times may give the write the same mtime: move it on by a second.
         os.utime(package.weights_path, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))
-        for _ in range(2):  # checked again after a failure, not only once
-            with pytest.raises(
-                flexnnd.LoadError, match=rf"weight '{tensor}' .* fails its checksum as streamed"
-            ):
-                sess.run({"x": X})
-        flip(package, tensor, 0)  # repaired: the session serves again
-        np.testing.assert_array_equal(sess.run({"x": X})["y"], want)
-        assert not sess._executor.loader.verifying
+        fails_until_repaired(sess, package, tensor, want)
 
 
 def test_a_change_the_file_times_do_not_show_is_caught_by_the_periodic_recheck(package, monkeypatch):
