@@ -219,7 +219,8 @@ def _slowed(start: float, work: float, reads: Sequence[tuple[float, float, float
     """When `work` seconds of compute begun at `start` end, running at `speed` (< 1) while each
     read (start, finish, speed) is in flight; reads are disjoint and in order (one loader)."""
     t = start
-    for begin, finish, speed in reads[first:]:
+    for j in range(first, len(reads)):  # not a slice: steps are many, and most end in the first read
+        begin, finish, speed = reads[j]
         if begin > t:  # compute alone until the read starts
             if work <= begin - t:
                 return t + work
