@@ -50,6 +50,9 @@ INTERFERENCE_RUNS = 8  # of the calibration's small model per round (~25 ms)
 # Passes over the kernel paths, each rate keeping its best: here one calibration in several timed
 # the depthwise and memory-bound paths 2.3x slow (a slow second of the VM), for good.
 KERNEL_PASSES = 3
+# (input shape, weight shape, attributes) of the GEMM (im2col) and Winograd calibration convs
+GEMM_CONV = ((1, 128, 28, 28), (256, 128, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]})
+WINOGRAD_CONV = ((1, 64, 56, 56), (64, 64, 3, 3), {"pads": [1, 1, 1, 1]})
 PARTS = 16  # channel parts of the calibration conv, as the planner cuts big weights
 FC_INPUTS = 4096  # of the calibration FC, whose weights are twice the last-level cache
 FALLBACK_CACHE_BYTES = 32 << 20  # the largest CPU cache when sysfs does not say (32 MiB here)
@@ -260,11 +263,8 @@ def read_interference(path: Path, rounds: int = INTERFERENCE_ROUNDS) -> float:
     size = path.stat().st_size // DIRECT_ALIGN * DIRECT_ALIGN
     if size < BUNDLE_BYTES:
         return 0.0
-    kernels = [
-        _bound_conv((1, 128, 28, 28), (256, 128, 3, 3), pads=[1, 1, 1, 1], strides=[2, 2])[0],
-        _bound_conv((1, 64, 56, 56), (64, 64, 3, 3), pads=[1, 1, 1, 1])[0],
-        _bound_pool()[0],
-    ]
+    kernels = [_bound_conv(x, w, **attrs)[0] for x, w, attrs in (GEMM_CONV, WINOGRAD_CONV)]
+    kernels.append(_bound_pool()[0])
 
     def model() -> float:
         start = time.perf_counter()
@@ -344,8 +344,8 @@ def measure(weights_file: Path) -> tuple[Machine, bool]:
 def _kernel_rates() -> dict[str, float]:
     """One pass over the kernel paths, each timed as `_best_of` times it."""
     return {
-        "gemm_flops": _conv_rate((1, 128, 28, 28), (256, 128, 3, 3), pads=[1, 1, 1, 1], strides=[2, 2]),
-        "winograd_flops": _conv_rate((1, 64, 56, 56), (64, 64, 3, 3), pads=[1, 1, 1, 1]),
+        "gemm_flops": _conv_rate(GEMM_CONV[0], GEMM_CONV[1], **GEMM_CONV[2]),
+        "winograd_flops": _conv_rate(WINOGRAD_CONV[0], WINOGRAD_CONV[1], **WINOGRAD_CONV[2]),
         # The slower of the two paths big weights take: im2col (7x7 planes) and Winograd (14x14).
         "part_bytes": min(
             _part_rate((1, 512, 7, 7), (512, 512, 3, 3), pads=[1, 1, 1, 1]),
