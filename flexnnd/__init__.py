@@ -19,10 +19,26 @@ from flexnnd.errors import (
     ShapeError,
     UnsupportedOp,
 )
-from flexnnd.graph.onnx_import import import_model
-from flexnnd.runtime.session import Session, TensorSpec
 
 __version__ = "0.1.0"
+
+# The engine loads on first use: `import flexnnd.daemon...` or the sizes must not pull in onnx and numba.
+_LAZY = {
+    "import_model": "flexnnd.graph.onnx_import",
+    "Session": "flexnnd.runtime.session",
+    "TensorSpec": "flexnnd.runtime.session",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'flexnnd' has no attribute {name!r}")
+
 
 __all__ = [
     "ArenaError",

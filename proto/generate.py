@@ -1,4 +1,4 @@
-"""Regenerate the committed gRPC code in flexnnd/daemon/proto/ from the .proto files beside this script.
+"""Regenerate the committed gRPC code in clients/flexnn_api/proto/ from the .proto files beside this script.
 
 Generated protobuf code refuses a protobuf runtime older than its generator, so it is generated with the
 lowest versions pyproject allows (grpcio>=1.62, protobuf>=4.25), in a throwaway venv:
@@ -22,8 +22,8 @@ import tempfile
 from pathlib import Path
 
 PROTO_DIR = Path(__file__).resolve().parent
-OUT_DIR = PROTO_DIR.parent / "flexnnd" / "daemon" / "proto"
-PACKAGE = "flexnnd.daemon.proto"
+OUT_DIR = PROTO_DIR.parent / "clients" / "flexnn_api" / "proto"
+PACKAGE = "flexnn_api.proto"
 PROTOS = ("inference.proto", "flexnn/control/v1/control.proto")
 # grpcio-tools 1.62 bundles protoc 25, whose Python code needs protobuf >= 4.25 and no newer grpcio.
 GENERATOR = "1.62.3"

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from flexnn_api.sizes import MAX_SIZE, format_size, parse_size
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from flexnnd.sizes import MAX_SIZE, format_size, parse_size
 
 
 @pytest.mark.parametrize(

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-
-from flexnnd.daemon.proto import inference_pb2, inference_pb2_grpc
-from flexnnd.daemon.proto.flexnn.control.v1 import control_pb2, control_pb2_grpc
+from flexnn_api.proto import inference_pb2, inference_pb2_grpc
+from flexnn_api.proto.flexnn.control.v1 import control_pb2, control_pb2_grpc
 
 MAX_MESSAGE_BYTES = 256 * 2**20
 DATATYPES = {"FP32": np.float32, "UINT8": np.uint8, "FP64": np.float64, "INT64": np.int64, "INT32": np.int32}

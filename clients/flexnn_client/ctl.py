@@ -78,7 +78,7 @@ def _remote(func):
 
 
 def _size(n: int) -> str:
-    from flexnnd.sizes import format_size
+    from flexnn_api.sizes import format_size
 
     return format_size(n) if n else "-"
 
@@ -183,11 +183,12 @@ def cmd_unload(args: argparse.Namespace, client) -> int:
 def cmd_plans(args: argparse.Namespace) -> int:
     if not os.path.exists(args.model):
         return _remote_plans(args)
+    from flexnn_api.sizes import format_size
+
     import flexnnd
     from flexnnd.graph.package import read_package
     from flexnnd.planner.ladder import build_and_store, stored_ladder
     from flexnnd.runtime.session import default_cache_dir, package_for
-    from flexnnd.sizes import format_size
 
     try:
         package = read_package(package_for(args.model))

@@ -27,8 +27,9 @@ if sys.version_info >= (3, 11):
 else:
     import tomli as tomllib
 
+from flexnn_api.sizes import parse_size
+
 from flexnnd.errors import ConfigError
-from flexnnd.sizes import parse_size
 from flexnnd.zoo import DEFAULT_MODEL
 
 LOG_LEVELS = ("debug", "info", "warning", "error")

@@ -16,8 +16,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+from flexnn_api.proto import inference_pb2 as pb
 
-from flexnnd.daemon.proto import inference_pb2 as pb
 from flexnnd.errors import InvalidRequest
 
 if TYPE_CHECKING:

@@ -26,6 +26,9 @@ from pathlib import Path
 
 import grpc
 import psutil
+from flexnn_api.proto import inference_pb2, inference_pb2_grpc
+from flexnn_api.proto.flexnn.control.v1 import control_pb2, control_pb2_grpc
+from flexnn_api.sizes import format_size, parse_size
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -39,11 +42,8 @@ from flexnnd.daemon.models import Model, Models
 from flexnnd.daemon.monitor import EventCounts, Monitor, MonitorConfig, Reading
 from flexnnd.daemon.policy import BudgetPolicy, Decision, PolicyConfig
 from flexnnd.daemon.prepare import in_child
-from flexnnd.daemon.proto import inference_pb2, inference_pb2_grpc
-from flexnnd.daemon.proto.flexnn.control.v1 import control_pb2, control_pb2_grpc
 from flexnnd.daemon.sdnotify import Notifier, watchdog_interval
 from flexnnd.errors import BudgetTooSmall, ConfigError, FlexnnError, InvalidRequest, PlanError
-from flexnnd.sizes import format_size, parse_size
 from flexnnd.storage import write_atomically
 
 log = logging.getLogger("flexnnd")

@@ -10,12 +10,13 @@ import contextlib
 import logging
 
 import grpc
+from flexnn_api.proto import inference_pb2, inference_pb2_grpc
+from flexnn_api.proto.flexnn.control.v1 import control_pb2, control_pb2_grpc
+from flexnn_api.sizes import parse_size
 
 from flexnnd import __version__
 from flexnnd.daemon import oip
 from flexnnd.daemon.events import Event
-from flexnnd.daemon.proto import inference_pb2, inference_pb2_grpc
-from flexnnd.daemon.proto.flexnn.control.v1 import control_pb2, control_pb2_grpc
 from flexnnd.errors import (
     BudgetTooSmall,
     FeedError,
@@ -27,7 +28,6 @@ from flexnnd.errors import (
     Overloaded,
     PackageError,
 )
-from flexnnd.sizes import parse_size
 
 log = logging.getLogger("flexnnd.services")
 

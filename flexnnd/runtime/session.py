@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from flexnn_api.sizes import parse_size
 
 from flexnnd.errors import BudgetTooSmall, LoadError
 from flexnnd.graph.onnx_import import import_model
@@ -23,7 +24,6 @@ from flexnnd.planner.plan_file import IndexEntry, read_plan
 from flexnnd.planner.stream import plan_for_budget
 from flexnnd.runtime import threads as threads_mod
 from flexnnd.runtime.executor import Executor, check_feeds
-from flexnnd.sizes import parse_size
 
 
 @dataclass(frozen=True)

@@ -252,7 +252,7 @@ def test_create_dirs_makes_the_runtime_dir_0750(tmp_path):
 
 
 def test_size_text_round_trips():
-    from flexnnd.sizes import parse_size
+    from flexnn_api.sizes import parse_size
 
     for n in (0, 1, 1000, 4096, 8 << 20, (1 << 30) + 1, 3 << 40):
         assert parse_size(cfg.size_text(n)) == n

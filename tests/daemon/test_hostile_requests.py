@@ -15,14 +15,14 @@ import grpc
 import numpy as np
 import onnx
 import pytest
+from flexnn_api.proto import inference_pb2 as pb
+from flexnn_api.proto import inference_pb2_grpc as pbg
+from flexnn_api.proto.flexnn.control.v1 import control_pb2 as cp
+from flexnn_api.proto.flexnn.control.v1 import control_pb2_grpc as cpg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flexnnd import zoo
-from flexnnd.daemon.proto import inference_pb2 as pb
-from flexnnd.daemon.proto import inference_pb2_grpc as pbg
-from flexnnd.daemon.proto.flexnn.control.v1 import control_pb2 as cp
-from flexnnd.daemon.proto.flexnn.control.v1 import control_pb2_grpc as cpg
 from tests.conftest import assert_close_to_reference, ort_run
 from tests.daemon.harness import DaemonProcess
 from tests.daemon.test_models import fc_model

@@ -12,11 +12,11 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from flexnn_api.proto import inference_pb2 as pb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flexnnd.daemon import oip
-from flexnnd.daemon.proto import inference_pb2 as pb
 from flexnnd.errors import FlexnnError, InvalidRequest
 from flexnnd.runtime.session import TensorSpec
 

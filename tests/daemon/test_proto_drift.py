@@ -8,13 +8,12 @@ import re
 from pathlib import Path
 
 import pytest
+from flexnn_api.proto import inference_pb2
+from flexnn_api.proto.flexnn.control.v1 import control_pb2
 from google.protobuf import descriptor_pb2, text_format
 
-from flexnnd.daemon.proto import inference_pb2
-from flexnnd.daemon.proto.flexnn.control.v1 import control_pb2
-
 ROOT = Path(__file__).resolve().parents[2]
-GENERATED = ROOT / "flexnnd" / "daemon" / "proto"
+GENERATED = ROOT / "clients" / "flexnn_api" / "proto"
 COMMITTED = {"inference.proto": inference_pb2, "flexnn/control/v1/control.proto": control_pb2}
 
 
@@ -61,7 +60,7 @@ def test_committed_descriptor_matches_proto(fresh, name):
     committed = descriptor_pb2.FileDescriptorProto.FromString(COMMITTED[name].DESCRIPTOR.serialized_pb)
     recompiled = _without_json_names(descriptors[name])
     assert text_format.MessageToString(committed) == text_format.MessageToString(recompiled), (
-        f"{name} changed since flexnnd/daemon/proto was generated: run proto/generate.py (see its docstring)"
+        f"{name} changed since clients/flexnn_api/proto was generated: run proto/generate.py (see its docstring)"
     )
 
 
@@ -96,8 +95,8 @@ def _own_imports(text: str) -> list[str]:
 
 
 def test_stub_methods_are_the_services_methods():
-    from flexnnd.daemon.proto import inference_pb2_grpc
-    from flexnnd.daemon.proto.flexnn.control.v1 import control_pb2_grpc
+    from flexnn_api.proto import inference_pb2_grpc
+    from flexnn_api.proto.flexnn.control.v1 import control_pb2_grpc
 
     for module, stubs in ((inference_pb2, inference_pb2_grpc), (control_pb2, control_pb2_grpc)):
         for service in module.DESCRIPTOR.services_by_name.values():
@@ -268,9 +267,8 @@ def test_generated_stubs_serve_over_a_unix_socket(tmp_path):
     from concurrent import futures
 
     import grpc
-
-    from flexnnd.daemon.proto import inference_pb2_grpc
-    from flexnnd.daemon.proto.flexnn.control.v1 import control_pb2_grpc
+    from flexnn_api.proto import inference_pb2_grpc
+    from flexnn_api.proto.flexnn.control.v1 import control_pb2_grpc
 
     class Inference(inference_pb2_grpc.GRPCInferenceServiceServicer):
         def ServerLive(self, request, context):

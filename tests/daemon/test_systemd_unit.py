@@ -9,9 +9,9 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+from flexnn_api.sizes import parse_size
 
 from flexnnd.daemon.config import Config
-from flexnnd.sizes import parse_size
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "flexnnd.service"

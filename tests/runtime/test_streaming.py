@@ -8,10 +8,10 @@ import threading
 
 import numpy as np
 import pytest
+from flexnn_api.sizes import parse_size
 from onnx import helper
 
 import flexnnd
-from flexnnd.sizes import parse_size
 from tests.conftest import assert_close_to_reference, make_model, ort_run, save
 
 
