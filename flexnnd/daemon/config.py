@@ -14,7 +14,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import textwrap
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -27,6 +26,8 @@ if sys.version_info >= (3, 11):
 else:
     import tomli as tomllib
 
+from flexnn_api.paths import SOCKET_NAME, runtime_dir
+from flexnn_api.paths import first_absolute as _first
 from flexnn_api.sizes import parse_size
 
 from flexnnd.errors import ConfigError
@@ -587,36 +588,19 @@ class Dirs:
         return self.cache / "numba"
 
 
-def _first(value: str | None) -> Path | None:
-    """The first absolute path of a colon-separated list (systemd sets several for several dirs)."""
-    for part in (value or "").split(":"):
-        if part and os.path.isabs(part):
-            return Path(part)
-    return None
-
-
 def resolve_dirs(config: Config, env: Mapping[str, str], uid: int | None = None) -> Dirs:
     """Where flexnnd keeps its files: explicit settings, else systemd's directories, else XDG's."""
-    uid = os.getuid() if uid is None else uid
     home = Path(env.get("HOME") or Path.home())
 
     def xdg(var: str, fallback: Path) -> Path:
         return (_first(env.get(var)) or fallback) / "flexnn"
 
-    runtime = config.runtime_dir or _first(env.get("RUNTIME_DIRECTORY"))
-    if runtime is None:
-        xdg_runtime = _first(env.get("XDG_RUNTIME_DIR"))
-        if xdg_runtime is not None:
-            runtime = xdg_runtime / "flexnn"
-        elif uid == 0:
-            runtime = Path("/run/flexnn")
-        else:  # no login session (ssh without logind, containers): a private folder in the temp dir
-            runtime = Path(env.get("TMPDIR") or tempfile.gettempdir()) / f"flexnn-{uid}"
+    runtime = config.runtime_dir or runtime_dir(env, uid)  # the rule flexnnctl follows too
     state = (
         config.state_dir or _first(env.get("STATE_DIRECTORY")) or xdg("XDG_STATE_HOME", home / ".local/state")
     )
     cache = config.cache_dir or _first(env.get("CACHE_DIRECTORY")) or xdg("XDG_CACHE_HOME", home / ".cache")
-    socket = (config.socket or runtime / "flexnnd.sock").absolute()
+    socket = (config.socket or runtime / SOCKET_NAME).absolute()
     return Dirs(
         runtime=runtime.absolute(),
         state=state.absolute(),
