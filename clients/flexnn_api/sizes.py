@@ -23,6 +23,8 @@ def parse_size(value: int | str) -> int:
         if not 0 <= value <= MAX_SIZE:
             raise ValueError(f"a size must be between 0 and {MAX_SIZE:,} bytes: {value}")
         return value
+    if str(value).strip().startswith("-"):
+        raise ValueError(f"a size cannot be negative: {str(value)[:40]!r}")
     match = _PATTERN.match(str(value))
     unit = match.group(2).upper() if match else None
     if not match or unit not in _UNITS:

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
-import numpy as np
+from flexnn_api.paths import default_address
 from flexnn_api.proto import inference_pb2, inference_pb2_grpc
 from flexnn_api.proto.flexnn.control.v1 import control_pb2, control_pb2_grpc
 
+if TYPE_CHECKING:
+    import numpy as np  # imported where arrays are made: `flexnnctl status` needs no numpy
+
 MAX_MESSAGE_BYTES = 256 * 2**20
-DATATYPES = {"FP32": np.float32, "UINT8": np.uint8, "FP64": np.float64, "INT64": np.int64, "INT32": np.int32}
+DATATYPES = {"FP32": "float32", "UINT8": "uint8", "FP64": "float64", "INT64": "int64", "INT32": "int32"}
 
 
 class ClientError(Exception):
@@ -31,18 +34,6 @@ class ClientError(Exception):
 
 class NotRunning(ClientError):
     """Nothing answers at the address: the daemon is not running (or the socket is not ours to use)."""
-
-
-def default_address(env: Mapping[str, str] | None = None) -> str:
-    """FLEXNN_ADDRESS, else the socket a daemon started with the same environment would bind."""
-    env = os.environ if env is None else env
-    if env.get("FLEXNN_ADDRESS"):
-        return env["FLEXNN_ADDRESS"]
-    from flexnnd.daemon.config import Config, resolve_dirs
-
-    own = resolve_dirs(Config(), env).socket
-    system = Path("/run/flexnn/flexnnd.sock")  # the systemd unit's RuntimeDirectory
-    return str(system if not own.exists() and system.exists() else own)
 
 
 def target(address: str) -> str:
@@ -98,6 +89,8 @@ class Client:
         self, model: str, inputs: Mapping[str, np.ndarray] | np.ndarray, outputs: list[str] | None = None
     ) -> dict[str, np.ndarray]:
         """Outputs by name. A bare array goes to the model's only input; uint8 arrays are sent as UINT8."""
+        import numpy as np
+
         if isinstance(inputs, np.ndarray):
             meta = self.model_metadata(model)
             inputs = {meta.inputs[0].name: inputs}
@@ -155,6 +148,8 @@ class Client:
 
 def decode_outputs(response) -> dict[str, np.ndarray]:
     """Outputs of a ModelInferResponse, from raw_output_contents (one blob per output, in order)."""
+    import numpy as np
+
     result = {}
     for i, out in enumerate(response.outputs):
         dtype = DATATYPES.get(out.datatype)

@@ -1,13 +1,24 @@
-"""flexnnctl: the operator's command line."""
+"""flexnnctl: the operator's command line.
+
+Light by design: the commands that talk to the daemon import grpc and the generated messages only;
+the engine (numba, onnx) is imported by the local commands (`import`, `plans DIR`), numpy by `infer`."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import sys
 
-from flexnn_client import EXIT_BUDGET_TOO_SMALL, EXIT_FAILED, EXIT_NOT_RUNNING, EXIT_OK, EXIT_USAGE
+from flexnn_client import (
+    EXIT_BUDGET_TOO_SMALL,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_RUNNING,
+    EXIT_OK,
+    EXIT_USAGE,
+)
 
 
 def _shape_arg(text: str) -> tuple[str, tuple[int, ...]]:
@@ -20,6 +31,20 @@ def _shape_arg(text: str) -> tuple[str, tuple[int, ...]]:
         raise argparse.ArgumentTypeError(f"expected NAME=D1,D2,..., got {text!r}") from None
 
 
+def _print_json(value) -> None:
+    print(json.dumps(value, indent=1), flush=True)
+
+
+def _size(n: int) -> str:
+    from flexnn_api.sizes import format_size
+
+    return format_size(n)
+
+
+def _ms(seconds: float | None) -> str:
+    return f"{seconds * 1e3:.1f} ms" if seconds else "-"
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     import flexnnd
 
@@ -30,7 +55,10 @@ def cmd_import(args: argparse.Namespace) -> int:
     except (flexnnd.FlexnnError, OSError) as e:
         print(f"flexnnctl import: {e}", file=sys.stderr)
         return EXIT_FAILED
-    print(f"imported {args.model} into {path}" + ("" if args.no_ladder else ", with its ladder of plans"))
+    if args.json:
+        _print_json({"model": str(args.model), "package": str(path), "ladder": not args.no_ladder})
+    else:
+        print(f"imported {args.model} into {path}" + ("" if args.no_ladder else ", with its ladder of plans"))
     return EXIT_OK
 
 
@@ -77,19 +105,14 @@ def _remote(func):
     return run
 
 
-def _size(n: int) -> str:
-    from flexnn_api.sizes import format_size
-
-    return format_size(n) if n else "-"
-
-
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.1f} ms" if seconds else "-"
-
-
 @_remote
 def cmd_set_budget(args: argparse.Namespace, client) -> int:
     reply = client.set_budget(args.budget)
+    if args.json:
+        from flexnn_client.as_json import message_dict
+
+        _print_json(message_dict(reply))
+        return EXIT_OK
     budget = _size(reply.effective_budget_bytes) if reply.effective_budget_bytes else "unlimited"
     print(f"budget {reply.operator_budget} accepted; effective budget {budget} ({reply.budget_source})")
     return EXIT_OK
@@ -97,11 +120,11 @@ def cmd_set_budget(args: argparse.Namespace, client) -> int:
 
 @_remote
 def cmd_status(args: argparse.Namespace, client) -> int:
-    from google.protobuf.json_format import MessageToDict
-
     status = client.status()
     if args.json:
-        print(json.dumps(MessageToDict(status, always_print_fields_with_no_presence=True), indent=1))
+        from flexnn_client.as_json import message_dict
+
+        _print_json(message_dict(status))
         return EXIT_OK
     budget = _size(status.effective_budget_bytes) if status.effective_budget_bytes else "unlimited"
     print(f"budget       {budget} (source: {status.budget_source}; operator: {status.operator_budget})")
@@ -130,7 +153,13 @@ def _print_models(models) -> None:
 
 @_remote
 def cmd_models(args: argparse.Namespace, client) -> int:
-    _print_models(client.models())
+    models = client.models()
+    if args.json:
+        from flexnn_client.as_json import message_dict
+
+        _print_json({"models": [message_dict(m) for m in models]})
+        return EXIT_OK
+    _print_models(models)
     return EXIT_OK
 
 
@@ -144,12 +173,26 @@ def cmd_infer(args: argparse.Namespace, client) -> int:
         print(f"flexnnctl infer: cannot read {args.file}: {e}", file=sys.stderr)
         return EXIT_USAGE
     outputs = client.infer(args.model, array)
-    for name, y in outputs.items():
-        flat = y.reshape(-1)
-        top = np.argsort(flat)[::-1][: args.top]
-        print(f"{name} {tuple(y.shape)}: " + ", ".join(f"{i} ({flat[i]:.4f})" for i in top))
     if args.out:
         np.save(args.out, next(iter(outputs.values())))
+    tops = {}
+    for name, y in outputs.items():
+        flat = y.reshape(-1)
+        tops[name] = [(int(i), float(flat[i])) for i in np.argsort(flat)[::-1][: args.top]]
+    if args.json:
+        listed = [
+            {
+                "name": name,
+                "shape": list(y.shape),
+                "dtype": str(y.dtype),
+                "top": [{"index": i, "value": v} for i, v in tops[name]],
+            }
+            for name, y in outputs.items()
+        ]
+        _print_json({"model": args.model, "outputs": listed, "saved": args.out})
+        return EXIT_OK
+    for name, y in outputs.items():
+        print(f"{name} {tuple(y.shape)}: " + ", ".join(f"{i} ({v:.4f})" for i, v in tops[name]))
     return EXIT_OK
 
 
@@ -157,7 +200,12 @@ def cmd_infer(args: argparse.Namespace, client) -> int:
 def cmd_watch(args: argparse.Namespace, client) -> int:
     import time
 
+    from flexnn_client.as_json import message_dict
+
     for event in client.watch():
+        if args.json:
+            print(json.dumps(message_dict(event)), flush=True)  # one object per line, for `jq` and pipes
+            continue
         kind = type(event).Kind.Name(event.kind).removeprefix("KIND_").lower()
         stamp = time.strftime("%H:%M:%S", time.localtime(event.time))
         model = f" [{event.model}]" if event.model else ""
@@ -169,6 +217,11 @@ def cmd_watch(args: argparse.Namespace, client) -> int:
 @_remote
 def cmd_load(args: argparse.Namespace, client) -> int:
     reply = client.load_model(args.name, args.path or "")
+    if args.json:
+        from flexnn_client.as_json import message_dict
+
+        _print_json(message_dict(reply.model))
+        return EXIT_OK
     print(f"loaded {reply.model.name}: {reply.model.state}")
     return EXIT_OK
 
@@ -176,18 +229,64 @@ def cmd_load(args: argparse.Namespace, client) -> int:
 @_remote
 def cmd_unload(args: argparse.Namespace, client) -> int:
     client.unload_model(args.name)
+    if args.json:
+        _print_json({"unloaded": args.name})
+        return EXIT_OK
     print(f"unloaded {args.name}")
     return EXIT_OK
+
+
+def distinct_plans(rungs: list[dict]) -> list[dict]:
+    """One entry per distinct plan of a ladder, in budget order, with the budgets it serves.
+
+    Neighbouring rungs of a ladder often hold the same plan (the fastest one that fits serves the
+    next budgets too). A rung's `budget_bytes` is what the model needs to run its plan (arena plus
+    output copies); a plan serves every budget from its own up to the next costlier plan's, and the
+    costliest serves all above (`budget_to_bytes` None)."""
+    same = ("budget_bytes", "arena_bytes", "resident_bytes", "streamed_bytes", "sliced_layers")
+    plans: dict[tuple, dict] = {}
+    for rung in rungs:
+        key = tuple(tuple(rung[k]) if isinstance(rung[k], list) else rung[k] for k in same)
+        plan = plans.get(key)
+        if plan is None:
+            plans[key] = dict(rung, rungs=1)
+            continue
+        plan["rungs"] += 1
+        for key in ("active", "measured_latency_s"):  # the daemon's listing only
+            if key in rung:
+                plan[key] = plan[key] or rung[key]
+    ordered = sorted(plans.values(), key=lambda p: p["budget_bytes"])
+    costs = sorted({p["budget_bytes"] for p in ordered})
+    result = []
+    for plan in ordered:
+        above = [c for c in costs if c > plan["budget_bytes"]]
+        budget = plan.pop("budget_bytes")
+        result.append({"budget_from_bytes": budget, "budget_to_bytes": above[0] if above else None, **plan})
+    return result
+
+
+def _print_plans(plans: list[dict], measured: bool) -> None:
+    header = f"{'budgets':>17} {'arena':>9} {'resident':>9} {'streamed':>9} {'sliced':>6} {'predicted':>10}"
+    print(header + (f" {'measured':>10}" if measured else ""))
+    for p in plans:
+        low = _size(p["budget_from_bytes"])
+        budgets = f"{low}-{_size(p['budget_to_bytes'])}" if p["budget_to_bytes"] is not None else f"{low}+"
+        row = (
+            f"{budgets:>17} {_size(p['arena_bytes']):>9} {_size(p['resident_bytes']):>9} "
+            f"{_size(p['streamed_bytes']):>9} {len(p['sliced_layers']):>6} {_ms(p['predicted_latency_s']):>10}"
+        )
+        if measured:
+            row += f" {_ms(p['measured_latency_s']):>10}" + ("  <- active" if p["active"] else "")
+        print(row)
 
 
 def cmd_plans(args: argparse.Namespace) -> int:
     if not os.path.exists(args.model):
         return _remote_plans(args)
-    from flexnn_api.sizes import format_size
-
     import flexnnd
     from flexnnd.graph.package import read_package
     from flexnnd.planner.ladder import build_and_store, stored_ladder
+    from flexnnd.planner.plan_file import summary
     from flexnnd.runtime.session import default_cache_dir, package_for
 
     try:
@@ -198,69 +297,100 @@ def cmd_plans(args: argparse.Namespace) -> int:
     except (flexnnd.FlexnnError, OSError) as e:
         print(f"flexnnctl plans: {e}", file=sys.stderr)
         return EXIT_FAILED
-    # A rung per budget; neighbouring budgets that get the same plan show the same arena.
-    print(f"{'budget':>9} {'arena':>9} {'resident':>9} {'streamed':>9} {'sliced':>6} {'predicted':>10}")
+    output_bytes = sum(t.nbytes for t in package.graph.outputs)  # a Session's budget holds them too
+    rungs = []
     for plan in ladder:
-        resident = sum(plan.region[p].nbytes for p in plan.resident)
-        streamed = sum(plan.region[ld.piece].nbytes for ld in plan.loads)
-        sliced = len({s.node for s in plan.steps if s.part is not None})
-        predicted = f"{plan.predicted_seconds * 1e3:.1f} ms" if plan.predicted_seconds else "-"
-        budget = format_size(plan.budget) if plan.budget is not None else "-"
-        print(
-            f"{budget:>9} {format_size(plan.arena_bytes):>9} {format_size(resident):>9} "
-            f"{format_size(streamed):>9} {sliced:>6} {predicted:>10}"
+        resident, streamed, sliced = summary(plan)
+        rungs.append(
+            {
+                "budget_bytes": plan.arena_bytes + output_bytes,
+                "arena_bytes": plan.arena_bytes,
+                "resident_bytes": resident,
+                "streamed_bytes": streamed,
+                "sliced_layers": list(sliced),
+                "predicted_latency_s": plan.predicted_seconds,
+            }
         )
+    plans = distinct_plans(rungs)
+    if args.json:
+        _print_json({"model": str(args.model), "package": str(package.path), "plans": plans})
+    else:
+        _print_plans(plans, measured=False)
     return EXIT_OK
 
 
 @_remote
 def _remote_plans(args: argparse.Namespace, client) -> int:
-    print(
-        f"{'budget':>9} {'arena':>9} {'resident':>9} {'streamed':>9} {'sliced':>6} {'predicted':>10} {'measured':>10}"
-    )
-    for p in client.plans(args.model):
-        mark = "  <- active" if p.active else ""
-        print(
-            f"{_size(p.budget_bytes):>9} {_size(p.arena_bytes):>9} {_size(p.resident_bytes):>9} "
-            f"{_size(p.streamed_bytes):>9} {len(p.sliced_layers):>6} {_ms(p.predicted_latency_s):>10} "
-            f"{_ms(p.measured_latency_s):>10}{mark}"
-        )
+    from flexnn_client.as_json import message_dict
+
+    plans = distinct_plans([message_dict(p) for p in client.plans(args.model)])
+    if args.json:
+        _print_json({"model": args.model, "plans": plans})
+    else:
+        _print_plans(plans, measured=True)
     return EXIT_OK
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("flexnn")
+    except metadata.PackageNotFoundError:
+        return "unknown (flexnn is not installed: run from a source tree)"
+
+
+class _VersionAction(argparse.Action):
+    """--version, reading the installed package's metadata only when asked."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"flexnnctl {_version()}")
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flexnnctl", description="Control flexnnd and its models.")
+    parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
     parser.add_argument(
         "--address",
         default=None,
         help="the daemon's socket path or host:port (default: $FLEXNN_ADDRESS, else the daemon's default socket)",
     )
     parser.add_argument("--token-file", default=None, help="a file holding the bearer token for TCP")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="machine-readable output (numbers as numbers)")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("set-budget", help="set the memory budget of all models: a size like 128M, or auto")
+
+    def command(name: str, func, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, parents=[common])
+        p.set_defaults(func=func)
+        return p
+
+    p = command(
+        "set-budget", cmd_set_budget, "set the memory budget of all models: a size like 128M, or auto"
+    )
     p.add_argument("budget", help="bytes, or 128M / 1.5G / 512Mi / 300MB, or auto (the machine decides)")
-    p.set_defaults(func=cmd_set_budget)
-    p = sub.add_parser("status", help="budget, its source, runtime overhead and each model's plan")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=cmd_status)
-    p = sub.add_parser("models", help="the loaded models and their state")
-    p.set_defaults(func=cmd_models)
-    p = sub.add_parser("infer", help="run a model on an input stored as .npy")
+    command("status", cmd_status, "budget, its source, runtime overhead and each model's plan")
+    command("models", cmd_models, "the loaded models and their state")
+    p = command("infer", cmd_infer, "run a model on an input stored as .npy")
     p.add_argument("model")
     p.add_argument("file", help="a .npy array for the model's (only) input; uint8 is sent as UINT8")
     p.add_argument("--top", type=int, default=5, help="print the K largest values of each output")
     p.add_argument("--out", default=None, help="save the first output as .npy")
-    p.set_defaults(func=cmd_infer)
-    p = sub.add_parser("watch", help="print budget changes, swaps, pressure and errors as they happen")
-    p.set_defaults(func=cmd_watch)
-    p = sub.add_parser("load", help="load a model from the daemon's models directory")
+    command(
+        "watch",
+        cmd_watch,
+        "print budget changes, swaps, pressure and errors as they happen (--json: one per line)",
+    )
+    p = command("load", cmd_load, "load a model from the daemon's models directory")
     p.add_argument("name")
     p.add_argument("path", nargs="?", help="file or package inside the models directory (default: NAME)")
-    p.set_defaults(func=cmd_load)
-    p = sub.add_parser("unload", help="unload a model")
+    p = command("unload", cmd_unload, "unload a model")
     p.add_argument("name")
-    p.set_defaults(func=cmd_unload)
-    p = sub.add_parser("import", help="import an ONNX model into a model package folder")
+    p = command("import", cmd_import, "import an ONNX model into a model package folder")
     p.add_argument("model", help="the .onnx file")
     p.add_argument("dir", help="the package folder to write")
     p.add_argument(
@@ -275,18 +405,37 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip planning the budgets now (faster import; they are planned on first use)",
     )
-    p.set_defaults(func=cmd_import)
-    p = sub.add_parser("plans", help="the ladder of plans of a model: budget, memory, predicted latency")
+    p = command(
+        "plans",
+        cmd_plans,
+        "a model's distinct plans: the budgets each serves (from its own up to the next plan's), "
+        "memory and predicted latency",
+    )
     p.add_argument("model", help="a model loaded in the daemon, or a package folder or .onnx file")
     p.add_argument("--rebuild", action="store_true", help="plan again even if a ladder is stored")
-    p.set_defaults(func=cmd_plans)
     return parser
+
+
+_DASH_VALUE = re.compile(r"^-[0-9.]")  # "-5M": a value, since no flexnnctl option starts with a digit
+
+
+def _dash_values_as_positionals(argv: list[str]) -> list[str]:
+    """argparse reads `set-budget -5M` as an unknown option; put such values behind `--` so the
+    command receives them and says what is wrong with them."""
+    if "set-budget" not in argv or "--" in argv:
+        return argv
+    at = argv.index("set-budget") + 1
+    values = [a for a in argv[at:] if _DASH_VALUE.match(a)]
+    if not values:
+        return argv
+    return argv[:at] + [a for a in argv[at:] if not _DASH_VALUE.match(a)] + ["--", *values]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(_dash_values_as_positionals(argv))
     except SystemExit as e:
         return EXIT_USAGE if e.code else EXIT_OK
     try:
@@ -294,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except KeyboardInterrupt:  # Ctrl-C, e.g. to end `watch`: the shell's status for SIGINT, no traceback
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":
