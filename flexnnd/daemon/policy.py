@@ -5,7 +5,10 @@ pressure was last seen, the pressure cap); the clock is passed in, nothing is re
 
 Constraints, each in bytes of model budget (weights, activations, scratch; not the runtime):
 
-- operator: the budget set with `flexnnctl set-budget`; None means `auto`.
+- operator: the budget set with `flexnnctl set-budget` (persisted); None means `auto`.
+- configured: `--budget` or the TOML file's `budget`; active only while the operator's is unset.
+  So the requested budget is operator > configured > automatic (neither: only the machine's
+  constraints below), and whichever is requested is capped by the machine's constraints.
 - cgroup: ⌊high_watermark × limit⌋ − runtime_overhead − headroom, limit = min(memory.max,
   memory.high) (v1: memory.limit_in_bytes). The limit is planned against at its high watermark so
   that a daemon filling its budget does not itself trip the working-set rule below.
@@ -23,8 +26,9 @@ not compound; pressure after adoption cuts again, but not within settle_s of the
 
 Moves:
 - down: at once, whatever lowered the target (limit, MemAvailable, pressure).
-- operator: a changed operator budget (or a return to `auto`) applies at once in both directions,
-  and clears the pressure cap: it is an explicit command; later pressure cuts again.
+- operator: a changed requested budget (operator or configured, or a return to `auto`) applies at
+  once in both directions, and clears the pressure cap: it is an explicit command; later pressure
+  cuts again.
 - up, automatically: only when no pressure was seen for quiet_period_s, the working set is below
   low_watermark × limit (when there is a limit), and min_dwell_s have passed since the last change.
   Then the cap is lifted and the budget goes straight to the smallest other constraint; if that
@@ -42,7 +46,7 @@ from dataclasses import dataclass
 
 from flexnnd.daemon.monitor import MemoryEvent, Reading
 
-SOURCES = ("operator", "cgroup", "pressure", "system")  # tie order of the constraints
+SOURCES = ("operator", "configured", "cgroup", "pressure", "system")  # tie order of the constraints
 PRESSURE_COUNTERS = frozenset({"high", "max", "oom", "oom_kill"})
 
 
@@ -74,10 +78,30 @@ class PolicyConfig:
 @dataclass(frozen=True)
 class Decision:
     budget: int | None  # bytes; None = unconstrained
-    source: str  # "operator", "cgroup", "pressure", "system" or "none"
+    source: str  # "operator", "configured", "cgroup", "pressure", "system" or "none"
     reason: str
     changed: bool  # budget differs from the current_budget passed in
     constraints: tuple[tuple[str, int], ...] = ()  # every active constraint, for status
+
+
+def _requested_reason(operator_budget: int | None, configured_budget: int | None) -> str:
+    if operator_budget is not None:
+        return f"operator budget {operator_budget:,}"
+    if configured_budget is not None:
+        return f"operator: auto, so the configured budget {configured_budget:,}"
+    return "operator: auto, none configured: the machine's constraints"
+
+
+def _standing_reason(source: str, operator_budget: int | None, configured_budget: int | None) -> str:
+    """Why the budget in force stays what it is: the constraint that sets it, in words status can show."""
+    if source in ("operator", "configured"):
+        return _requested_reason(operator_budget, configured_budget)
+    asked = _requested_reason(operator_budget, configured_budget)
+    return {
+        "cgroup": f"{asked}, capped by the cgroup's memory limit",
+        "system": f"{asked}, capped by available memory",
+        "pressure": f"{asked}, cut after memory pressure",
+    }.get(source, asked)
 
 
 def _lt(a: int | None, b: int | None) -> bool:
@@ -100,17 +124,24 @@ class BudgetPolicy:
         self.last_change = -math.inf
         self.last_pressure = -math.inf
         self.last_cut = -math.inf
-        self._operator: int | None = None
+        self._requested: tuple[int | None, int | None] = (None, None)  # (operator, configured) last seen
         self._source = "none"
 
     def constraints(
-        self, reading: Reading, operator_budget: int | None, runtime_overhead: int, model_bytes: int
+        self,
+        reading: Reading,
+        operator_budget: int | None,
+        runtime_overhead: int,
+        model_bytes: int,
+        configured_budget: int | None = None,
     ) -> dict[str, int]:
         """The active constraints by name, pressure cap included, each clamped at 0."""
         cfg = self.config
         out: dict[str, int] = {}
         if operator_budget is not None:
             out["operator"] = operator_budget
+        elif configured_budget is not None:
+            out["configured"] = configured_budget
         if reading.limit is not None:
             out["cgroup"] = math.floor(cfg.high_watermark * reading.limit) - runtime_overhead - cfg.headroom
         if self.pressure_cap is not None:
@@ -139,19 +170,22 @@ class BudgetPolicy:
         events: Iterable[MemoryEvent] = (),
         *,
         model_bytes: int | None = None,
+        configured_budget: int | None = None,
     ) -> Decision:
         """The budget to adopt now; `model_bytes` is what our models hold (default: current_budget)."""
         cfg = self.config
         held = model_bytes if model_bytes is not None else (current_budget or 0)
-        explicit = operator_budget != self._operator
-        self._operator = operator_budget
+        # Only the budget asked for counts: a configured one changing under an operator's is not a command.
+        requested = (operator_budget, configured_budget if operator_budget is None else None)
+        explicit = requested != self._requested
+        self._requested = requested
         if explicit:
             self.pressure_cap = None
 
         why_pressure = self._pressure(reading, events)
         if why_pressure is not None:
             self.last_pressure = now
-            others = self.constraints(reading, operator_budget, runtime_overhead, held)
+            others = self.constraints(reading, operator_budget, runtime_overhead, held, configured_budget)
             base = current_budget if current_budget is not None else min(others.values(), default=None)
             if base is None and held > 0:
                 base = held
@@ -159,11 +193,11 @@ class BudgetPolicy:
             if _lt(cut, self.pressure_cap) and now - self.last_cut >= cfg.settle_s:
                 self.pressure_cap, self.last_cut = cut, now
 
-        active = self.constraints(reading, operator_budget, runtime_overhead, held)
+        active = self.constraints(reading, operator_budget, runtime_overhead, held, configured_budget)
         target, source = _smallest(active)
         listed = tuple(active.items())
         if explicit and target != current_budget:
-            who = f"operator budget {operator_budget:,}" if operator_budget is not None else "operator: auto"
+            who = _requested_reason(operator_budget, configured_budget)
             return self._decision(now, target, source, who, current_budget, listed)
         if _lt(target, current_budget):
             reason = why_pressure if source == "pressure" and why_pressure else f"{source} constraint lowered"
@@ -173,7 +207,8 @@ class BudgetPolicy:
         ceiling_constraints = {n: v for n, v in active.items() if n != "pressure"}
         ceiling, ceiling_source = _smallest(ceiling_constraints)
         if not _lt(current_budget, ceiling):
-            return self._decision(now, target, source, why_pressure or "no change", current_budget, listed)
+            standing = why_pressure or _standing_reason(source, operator_budget, configured_budget)
+            return self._decision(now, target, source, standing, current_budget, listed)
         waits = []
         if now - self.last_pressure < cfg.quiet_period_s:
             waits.append(f"quiet period ({cfg.quiet_period_s - (now - self.last_pressure):.0f} s left)")

@@ -172,3 +172,48 @@ def test_pressure_with_no_budget_in_force_cuts_from_what_the_model_holds():
 def test_config_rejects_nonsense(bad):
     with pytest.raises(ValueError):
         PolicyConfig(**bad)
+
+
+@pytest.mark.parametrize(
+    ("operator", "configured", "source", "budget"),
+    [
+        (None, None, "cgroup", cgroup_budget(1 * GiB, 60 * MiB)),  # automatic: the machine's constraint
+        (None, 200 * MiB, "configured", 200 * MiB),  # configured below the machine: in force
+        (None, 2 * GiB, "cgroup", cgroup_budget(1 * GiB, 60 * MiB)),  # configured above: capped
+        (100 * MiB, 200 * MiB, "operator", 100 * MiB),  # operator over configured, downwards
+        (300 * MiB, 200 * MiB, "operator", 300 * MiB),  # and upwards
+        (2 * GiB, 200 * MiB, "cgroup", cgroup_budget(1 * GiB, 60 * MiB)),  # operator capped too
+    ],
+)
+def test_precedence_operator_over_configured_over_automatic_each_capped(operator, configured, source, budget):
+    r = reading(limit_max=1 * GiB, usage=200 * MiB, available=8 * GiB)
+    d = BudgetPolicy(CFG).decide(0.0, r, operator, 60 * MiB, None, configured_budget=configured)
+    assert (d.budget, d.source) == (budget, source)
+    assert [name for name, _ in d.constraints if name in ("operator", "configured")] == (
+        ["operator"] if operator is not None else ["configured"] if configured is not None else []
+    )
+
+
+def test_auto_returns_to_the_configured_budget_at_once_and_says_why():
+    policy = BudgetPolicy(CFG)
+    r = reading(limit_max=1 * GiB, usage=200 * MiB, available=8 * GiB)
+    d = policy.decide(0.0, r, None, 60 * MiB, None, configured_budget=300 * MiB)
+    assert (d.budget, d.source) == (300 * MiB, "configured")
+    d = policy.decide(1.0, r, 100 * MiB, 60 * MiB, d.budget, configured_budget=300 * MiB)
+    assert (d.budget, d.source) == (100 * MiB, "operator")
+    # up again at once, inside the dwell time: clearing the operator's budget is a command, not the machine
+    d = policy.decide(1.5, r, None, 60 * MiB, d.budget, configured_budget=300 * MiB)
+    assert (d.budget, d.source, d.changed) == (300 * MiB, "configured", True)
+    assert "configured budget" in d.reason
+    held = policy.decide(2.0, r, None, 60 * MiB, d.budget, configured_budget=300 * MiB)
+    assert (held.budget, held.source, held.changed, held.reason) == (300 * MiB, "configured", False, d.reason)
+
+
+def test_a_configured_budget_changing_under_the_operators_is_not_a_command():
+    policy = BudgetPolicy(CFG)
+    r = reading(limit_max=1 * GiB, usage=200 * MiB, available=8 * GiB)
+    d = policy.decide(0.0, r, 100 * MiB, 60 * MiB, None, configured_budget=300 * MiB)
+    policy.decide(1.0, r, 100 * MiB, 60 * MiB, d.budget, PSI, configured_budget=300 * MiB)
+    assert policy.pressure_cap == 75 * MiB
+    d = policy.decide(1.5, r, 100 * MiB, 60 * MiB, 75 * MiB, configured_budget=400 * MiB)  # a reload
+    assert policy.pressure_cap == 75 * MiB and (d.budget, d.source) == (75 * MiB, "pressure")
