@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
 
 import numpy as np
@@ -18,25 +17,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from flexnnd.errors import ExternalDataError, ModelFormatError, ShapeError, TensorTooLarge
-
-GiB = 1 << 30
-
-
-@dataclass(frozen=True)
-class ImportLimits:
-    # Largest tensor (weight, folded constant or activation); the planner needs it in one arena.
-    max_tensor_bytes: int = GiB
-    # All constants held during import together (file weights + folded ones); bounds import memory.
-    max_total_bytes: int = 4 * GiB
-    # Largest ONNX file read into memory; protobuf cannot parse more than 2 GiB anyway.
-    max_file_bytes: int = 2 * GiB
-    # Dimensions of one tensor; no supported op needs more, and it bounds per-shape work.
-    max_rank: int = 16
-    # Work of one op evaluated at import on constant inputs (~seconds of numpy); bounds import time.
-    max_fold_flops: int = 10**10
-
-
-DEFAULT_LIMITS = ImportLimits()
+from flexnnd.graph.import_limits import DEFAULT_LIMITS, GiB, ImportLimits  # noqa: F401 - re-exported
 
 # Bytes per element of the data types an importer may hold; others (STRING, complex, 4/8-bit) are refused.
 ITEMSIZE = {

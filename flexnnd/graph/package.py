@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from flexnnd.errors import PackageError, UnsupportedOp
+from flexnnd.graph.import_limits import DEFAULT_LIMITS
 from flexnnd.graph.ir import Graph, Node, TensorInfo, nbytes_of
-from flexnnd.graph.limits import DEFAULT_LIMITS
 from flexnnd.ops import op_class
 from flexnnd.storage import fsync_dir, storage_error
 

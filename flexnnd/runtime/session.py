@@ -15,7 +15,6 @@ import numpy as np
 from flexnn_api.sizes import parse_size
 
 from flexnnd.errors import BudgetTooSmall, LoadError
-from flexnnd.graph.onnx_import import import_model
 from flexnnd.graph.package import MANIFEST, Package, read_package
 from flexnnd.planner import calibrate, plan_resident
 from flexnnd.planner.ladder import LADDER_FILE, choose, current_rungs, stored_ladder
@@ -74,6 +73,8 @@ def package_for(
     path = Path(model)
     target = package_for_path(path, cache_dir)
     if target != path and not (target / MANIFEST).is_file():
+        from flexnnd.graph.onnx_import import import_model  # onnx only where an .onnx is imported
+
         import_model(path, target, calibration_dir=calibration_dir)
     return target
 

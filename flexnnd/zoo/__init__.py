@@ -8,28 +8,27 @@ statistics are chosen so that activations keep a sane scale through the whole ne
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import pathlib
 import secrets
-from collections.abc import Callable
-
-import onnx
+from typing import TYPE_CHECKING
 
 from flexnnd.errors import FlexnnError
-from flexnnd.zoo.googlenet import googlenet
-from flexnnd.zoo.mobilenet import mobilenet_v2
-from flexnnd.zoo.resnet import resnet18, resnet50
-from flexnnd.zoo.squeezenet import squeezenet1_1
-from flexnnd.zoo.vgg import vgg16
 
-_BUILDERS: dict[str, Callable[[int], onnx.ModelProto]] = {
-    "resnet18": resnet18,
-    "resnet50": resnet50,
-    "mobilenet_v2": mobilenet_v2,
-    "squeezenet1_1": squeezenet1_1,
-    "vgg16": vgg16,
-    "googlenet": googlenet,
+if TYPE_CHECKING:
+    import onnx
+
+# name -> the module building it; imported (with onnx) only when a model is built: the daemon reads
+# DEFAULT_MODEL and MODELS but serves packages, and must not pay for onnx.
+_BUILDERS: dict[str, str] = {
+    "resnet18": "flexnnd.zoo.resnet",
+    "resnet50": "flexnnd.zoo.resnet",
+    "mobilenet_v2": "flexnnd.zoo.mobilenet",
+    "squeezenet1_1": "flexnnd.zoo.squeezenet",
+    "vgg16": "flexnnd.zoo.vgg",
+    "googlenet": "flexnnd.zoo.googlenet",
 }
 MODELS: tuple[str, ...] = tuple(_BUILDERS)
 DEFAULT_MODEL = "mobilenet_v2"
@@ -53,10 +52,10 @@ class UnknownModel(FlexnnError, ValueError, KeyError):
 def build(name: str, seed: int = 0) -> onnx.ModelProto:
     """The model `name` with weights drawn from numpy's default_rng(seed)."""
     try:
-        builder = _BUILDERS[name]
+        module = _BUILDERS[name]
     except KeyError:
         raise UnknownModel(name) from None
-    return builder(seed)
+    return getattr(importlib.import_module(module), name)(seed)
 
 
 def parameter_count(model: onnx.ModelProto) -> int:
@@ -73,6 +72,8 @@ def parameter_count(model: onnx.ModelProto) -> int:
 
 def save(name: str, path: str | os.PathLike, seed: int = 0) -> pathlib.Path:
     """Build `name` and write it to `path` as one .onnx file (VGG-16 is 553 MB: no external data)."""
+    import onnx
+
     path = pathlib.Path(path)
     onnx.save(build(name, seed), path)
     return path
