@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 EXIT_STARTUP = 3  # same as flexnnd.daemon.server.EXIT_STARTUP; repeated so --help stays import-light
@@ -19,11 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"flexnnd: {e}", file=sys.stderr)
         return EXIT_STARTUP
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from flexnnd.daemon.logformat import setup_logging
+
+    setup_logging(config.log_level, config.log_format)
     from flexnnd.daemon.server import Daemon
 
     return Daemon(config, config_path=args.config, reload=lambda: config_from_args(args)).serve()

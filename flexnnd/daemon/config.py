@@ -34,6 +34,7 @@ from flexnnd.errors import ConfigError
 from flexnnd.zoo import DEFAULT_MODEL
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 
 
 def doc(help: str, *, size: bool = False, unset: str = "", metavar: str = "") -> dict[str, Any]:
@@ -85,6 +86,14 @@ class Config:
         default=False,
         metadata=doc(
             "Allow TCP without TLS and token on 127.0.0.1 or ::1; any local user can then call the daemon."
+        ),
+    )
+    metrics_address: str = field(
+        default="",
+        metadata=doc(
+            "Prometheus text endpoint (GET /metrics) as host:port, or a port alone for 127.0.0.1; empty = "
+            "off. Plain HTTP without authentication; the shipped unit admits only localhost (IPAddressAllow).",
+            metavar="[HOST:]PORT",
         ),
     )
     budget: str = field(
@@ -197,6 +206,14 @@ class Config:
         default="info",
         metadata=doc("debug, info, warning or error; debug logs every request.", metavar="LEVEL"),
     )
+    log_format: str = field(
+        default="text",
+        metadata=doc(
+            "text, or json: one object per line (time, level, logger, message, model...) for log "
+            "collectors; applies at start.",
+            metavar="FORMAT",
+        ),
+    )
 
     def __post_init__(self) -> None:
         problems = _problems(self)
@@ -222,6 +239,15 @@ class Config:
     @property
     def tcp_host_port(self) -> tuple[str, int] | None:
         return parse_address(self.tcp_address) if self.tcp_address else None
+
+    @property
+    def metrics_host_port(self) -> tuple[str, int] | None:
+        """metrics_address as (host, port), a port alone on 127.0.0.1; None when off."""
+        if not self.metrics_address:
+            return None
+        if self.metrics_address.strip().isdigit():
+            return parse_address(f"127.0.0.1:{self.metrics_address.strip()}")
+        return parse_address(self.metrics_address)
 
 
 # --- field kinds: one converter per kind for TOML values, flag strings and the rendered default ---
@@ -367,6 +393,11 @@ def _problems(c: Config) -> list[tuple[str, str]]:
     for name in ("grace_period_s", "quiet_period_s", "min_dwell_s"):
         need(getattr(c, name) >= 0, name, f"is {getattr(c, name)}; cannot be negative")
     need(c.log_level in LOG_LEVELS, "log_level", f"is {c.log_level!r}; one of {', '.join(LOG_LEVELS)}")
+    need(c.log_format in LOG_FORMATS, "log_format", f"is {c.log_format!r}; one of {', '.join(LOG_FORMATS)}")
+    try:
+        c.metrics_host_port  # noqa: B018 - parsed for its error
+    except ValueError as e:
+        problems.append(("metrics_address", str(e)))
     parts = c.pressure_trigger.split()
     if len(parts) != 3 or parts[0] not in ("some", "full") or not all(p.isdigit() for p in parts[1:]):
         problems.append(("pressure_trigger", f"{c.pressure_trigger!r} is not 'some|full STALL_US WINDOW_US'"))

@@ -85,7 +85,10 @@ class EventBus:
 
     def publish(self, event: Event) -> Event:
         level = logging.WARNING if event.kind == "error" else logging.INFO
-        log.log(level, "%s%s: %s", event.kind, f" [{event.model}]" if event.model else "", event.message)
+        fields = {"event": event.kind, "model": event.model, "source": event.source}  # for --log-format json
+        extra = {k: v for k, v in fields.items() if v}
+        model = f" [{event.model}]" if event.model else ""
+        log.log(level, "%s%s: %s", event.kind, model, event.message, extra=extra)
         with self._lock:
             self.history.append(event)
             self.last[event.kind] = event

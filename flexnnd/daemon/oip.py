@@ -1,4 +1,5 @@
-"""Codec between Open Inference Protocol v2 messages and numpy arrays (no server here).
+"""Codec between Open Inference Protocol v2 messages and numpy arrays, and the Triton extensions'
+answers (model configuration, statistics, repository index) built from plain values (no server here).
 
 Inputs come raw (`raw_input_contents`: little-endian, row-major, one blob per input in the order of
 `inputs`) or typed (`InferInputTensor.contents`), never both in one request. Datatypes: FP32, and UINT8
@@ -21,6 +22,7 @@ from flexnn_api.proto import inference_pb2 as pb
 from flexnnd.errors import InvalidRequest
 
 if TYPE_CHECKING:
+    from flexnnd.daemon.models import Duration, ModelStats
     from flexnnd.runtime.session import TensorSpec
 
 # numpy dtype name -> OIP datatype, for metadata and responses.
@@ -32,6 +34,17 @@ DATATYPES = {
     "int64": "INT64",
     "bool": "BOOL",
 }
+# numpy dtype name -> Triton model configuration DataType.
+CONFIG_DATATYPES = {
+    "float32": pb.TYPE_FP32,
+    "float64": pb.TYPE_FP64,
+    "uint8": pb.TYPE_UINT8,
+    "int32": pb.TYPE_INT32,
+    "int64": pb.TYPE_INT64,
+    "bool": pb.TYPE_BOOL,
+}
+# Model states as Triton's repository index names them.
+INDEX_STATES = {"ready": "READY", "loading": "LOADING"}  # the others (no-fit, failed): UNAVAILABLE
 # Datatypes accepted for a float32 model input: their wire dtype and the typed field that carries them.
 INPUT_DATATYPES = {
     "FP32": (np.dtype("<f4"), "fp32_contents"),
@@ -156,6 +169,68 @@ def model_metadata(
 
     return pb.ModelMetadataResponse(
         name=name, versions=versions, platform=platform, inputs=tensors(inputs), outputs=tensors(outputs)
+    )
+
+
+def model_config(
+    name: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], platform: str = "flexnn"
+) -> pb.ModelConfigResponse:
+    """The ModelConfig answer: no batching (max_batch_size 0), so dims are the whole static shapes."""
+
+    def datatype(spec: TensorSpec) -> int:
+        try:
+            return CONFIG_DATATYPES[np.dtype(spec.dtype).name]
+        except KeyError:
+            raise TypeError(
+                f"tensor {spec.name!r} has dtype {spec.dtype}, which has no Triton DataType here"
+            ) from None
+
+    config = pb.ModelConfig(
+        name=name,
+        platform=platform,
+        backend=platform,
+        max_batch_size=0,
+        input=[pb.ModelInput(name=s.name, data_type=datatype(s), dims=s.shape) for s in inputs],
+        output=[pb.ModelOutput(name=s.name, data_type=datatype(s), dims=s.shape) for s in outputs],
+    )
+    return pb.ModelConfigResponse(config=config)
+
+
+def model_statistics(name: str, version: str, stats: ModelStats, memory_bytes: int) -> pb.ModelStatistics:
+    """One model's ModelStatistics entry, read under the stats' lock; `memory_bytes` is what it holds now."""
+
+    def duration(d: Duration) -> pb.StatisticDuration:
+        return pb.StatisticDuration(count=d.count, ns=d.ns)
+
+    with stats.lock:
+        return pb.ModelStatistics(
+            name=name,
+            version=version,
+            last_inference=stats.last_inference_ms,
+            inference_count=stats.inferences,
+            execution_count=stats.inferences,
+            inference_stats=pb.InferStatistics(
+                success=duration(stats.success),
+                fail=duration(stats.fail),
+                queue=duration(stats.queue),
+                compute_input=duration(stats.compute_input),
+                compute_infer=duration(stats.compute_infer),
+                compute_output=duration(stats.compute_output),
+            ),
+            memory_usage=[pb.MemoryUsage(type="CPU", id=0, byte_size=memory_bytes)],
+        )
+
+
+def index_entry(name: str, state: str | None, reason: str = "") -> pb.RepositoryIndexResponse.ModelIndex:
+    """A repository index entry; state None: in the models directory but not loaded."""
+    if state is None:
+        return pb.RepositoryIndexResponse.ModelIndex(name=name, state="UNAVAILABLE", reason="unloaded")
+    triton = INDEX_STATES.get(state, "UNAVAILABLE")
+    return pb.RepositoryIndexResponse.ModelIndex(
+        name=name,
+        version="1",
+        state=triton,
+        reason="" if triton == "READY" else f"{state}: {reason}".rstrip(": "),
     )
 
 

@@ -38,6 +38,7 @@ from flexnnd.daemon.config import Config, create_dirs, resolve_dirs
 from flexnnd.daemon.events import Event, EventBus
 from flexnnd.daemon.lock import InstanceLock
 from flexnnd.daemon.logfilter import install_grpc_log_limit
+from flexnnd.daemon.metrics import Metrics
 from flexnnd.daemon.models import Model, Models
 from flexnnd.daemon.monitor import EventCounts, Monitor, MonitorConfig, Reading
 from flexnnd.daemon.policy import BudgetPolicy, Decision, PolicyConfig
@@ -78,6 +79,7 @@ class Daemon:
         self.dirs = resolve_dirs(config, self.env)
         self.events = EventBus()
         self.models = Models(self.dirs.cache, self.events, config.threads or None, config.queue_depth)
+        self.metrics = Metrics(self)  # the endpoint starts with the servers, if metrics_address is set
         self.notifier = Notifier.from_env(self.env)
         self.policy = BudgetPolicy(self._policy_config(config))
         self.max_watchers = MAX_WATCHERS
@@ -398,6 +400,8 @@ class Daemon:
         inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(services.InferenceService(self), server)
         control_pb2_grpc.add_ControlServicer_to_server(services.ControlService(self), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        if self.config.metrics_host_port is not None:
+            self.metrics.start(*self.config.metrics_host_port)
         names = (
             inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
             control_pb2.DESCRIPTOR.services_by_name["Control"].full_name,
@@ -506,7 +510,10 @@ class Daemon:
             f.name
             for f in dataclasses.fields(Config)
             if f.name
-            in ("socket", "tcp_address", "runtime_dir", "state_dir", "cache_dir", "tls_cert", "tls_key")
+            in (
+                *("socket", "tcp_address", "runtime_dir", "state_dir", "cache_dir", "tls_cert", "tls_key"),
+                *("metrics_address", "log_format"),  # the endpoint and the log handler are set up once
+            )
             and getattr(fresh, f.name) != getattr(self.config, f.name)
         ]
         if needs_restart:
@@ -598,6 +605,7 @@ class Daemon:
             if self.force_exit:
                 code = EXIT_FORCED
         self.events.close()
+                self.metrics.count_pressure(event.kind, event.count)
         if self._observer is not None:
             self._observer.stop()
         self.models.close()
@@ -645,6 +653,7 @@ class TokenInterceptor(grpc.ServerInterceptor):
 
     def __init__(self, token: str):
         self._token = token.encode()
+        self.metrics.stop()
 
         def deny(request, context):
             context.abort(
@@ -678,6 +687,7 @@ def _read_token(path) -> str | None:
 
 def _is_loopback(address: str) -> bool:
     host = address.rsplit(":", 1)[0].strip("[]")
+        self.metrics.stop()
     if host == "localhost":
         return True
     try:

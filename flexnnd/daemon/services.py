@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
+from pathlib import Path
 
 import grpc
 from flexnn_api.proto import inference_pb2, inference_pb2_grpc
@@ -28,6 +30,7 @@ from flexnnd.errors import (
     Overloaded,
     PackageError,
 )
+from flexnnd.graph.package import MANIFEST
 
 log = logging.getLogger("flexnnd.services")
 
@@ -50,6 +53,10 @@ STATUS_OF = (
 MAX_DETAILS_BYTES = 1536
 # Largest budget SetBudget accepts: sums of budgets and the uint64 response fields stay in range.
 MAX_BUDGET_BYTES = 1 << 60
+# The Triton extensions answered here, as ServerMetadata lists them.
+EXTENSIONS = ("model_repository", "model_configuration", "statistics")
+# RepositoryModelUnload parameters that change nothing here (there are no ensembles to unload with a model).
+INERT_UNLOAD_PARAMETERS = frozenset({"unload_dependents"})
 # Longest model path LoadModel accepts (Linux PATH_MAX); longer ones cannot name a file anyway.
 MAX_PATH_CHARS = 4096
 
@@ -107,6 +114,10 @@ def mapped_errors(context: grpc.ServicerContext):
 
 
 class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
+    """Open Inference Protocol v2, and the Triton extensions stock clients call: model configuration,
+    statistics, and the repository (the models directory), whose load and unload are the control
+    service's LoadModel and UnloadModel."""
+
     def __init__(self, daemon):
         self.daemon = daemon
 
@@ -123,7 +134,7 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
             return inference_pb2.ModelReadyResponse(ready=model.ready)
 
     def ServerMetadata(self, request, context):
-        return oip.server_metadata(__version__, [])
+        return oip.server_metadata(__version__, EXTENSIONS)
 
     def ModelMetadata(self, request, context):
         with mapped_errors(context):
@@ -132,19 +143,133 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
             return oip.model_metadata(model.name, ["1"], model.inputs, model.outputs)
 
     def ModelInfer(self, request, context):
+        start = time.perf_counter()
         with mapped_errors(context):
             models = self.daemon.models
             model = models.get(request.model_name)
             self._check_version(request.model_version, model.name)
-            feeds = oip.decode_infer_request(request, model.inputs, self.daemon.config_max_bytes)
-            names = oip.requested_outputs(request, model.outputs)
-            outputs = models.infer(model.name, feeds)
-            return oip.encode_infer_response(model.name, "1", request.id, outputs, names)
+            try:
+                feeds = oip.decode_infer_request(request, model.inputs, self.daemon.config_max_bytes)
+                names = oip.requested_outputs(request, model.outputs)
+                decoded = time.perf_counter()
+                outputs = models.infer(model.name, feeds)
+                ran = time.perf_counter()
+                response = oip.encode_infer_response(model.name, "1", request.id, outputs, names)
+            except FlexnnError:
+                model.stats.failed(time.perf_counter() - start)
+                raise
+            end = time.perf_counter()
+            model.stats.answered(input_s=decoded - start, output_s=end - ran, total_s=end - start)
+            return response
+
+    def ModelConfig(self, request, context):
+        with mapped_errors(context):
+            model = self.daemon.models.get(request.name)
+            self._check_version(request.version, model.name)
+            return oip.model_config(model.name, model.inputs, model.outputs)
+
+    def ModelStatistics(self, request, context):
+        """Every loaded model's statistics, or one model's (NOT_FOUND if it is not loaded)."""
+        with mapped_errors(context):
+            models = self.daemon.models
+            chosen = [models.get(request.name)] if request.name else models.all()
+            for model in chosen:
+                self._check_version(request.version, model.name)
+            return inference_pb2.ModelStatisticsResponse(
+                model_stats=[oip.model_statistics(m.name, "1", m.stats, _held_bytes(m)) for m in chosen]
+            )
+
+    def RepositoryIndex(self, request, context):
+        """The loaded models with their state, and the models directory's others as UNAVAILABLE."""
+        with mapped_errors(context):
+            _check_repository(request.repository_name)
+            loaded = {m.name: m for m in self.daemon.models.all()}
+            names = sorted(set(loaded) | set(repository_models(self.daemon.dirs.models)))
+            entries = [
+                oip.index_entry(n, loaded[n].state, loaded[n].reason)
+                if n in loaded
+                else oip.index_entry(n, None)
+                for n in names
+            ]
+            return inference_pb2.RepositoryIndexResponse(
+                models=[e for e in entries if e.state == "READY" or not request.ready]
+            )
+
+    def RepositoryModelLoad(self, request, context):
+        """LoadModel by name; a model already loaded and not failed is left as it is (loading is idempotent)."""
+        with mapped_errors(context):
+            _check_repository(request.repository_name)
+            _refuse_parameters("RepositoryModelLoad", request.parameters, frozenset())
+            name = request.model_name
+            _check_model_request(name, "")
+            models = self.daemon.models
+            if name in models.names() and models.get(name).state != "failed":
+                log.info(
+                    "RepositoryModelLoad %s: already loaded (%s), left as it is", name, models.get(name).state
+                )
+            else:
+                self.daemon.load_model(name, repository_spec(self.daemon.dirs.models, name))
+            return inference_pb2.RepositoryModelLoadResponse()
+
+    def RepositoryModelUnload(self, request, context):
+        with mapped_errors(context):
+            _check_repository(request.repository_name)
+            _refuse_parameters("RepositoryModelUnload", request.parameters, INERT_UNLOAD_PARAMETERS)
+            self.daemon.unload_model(request.model_name)
+            return inference_pb2.RepositoryModelUnloadResponse()
 
     @staticmethod
     def _check_version(version: str, name: str) -> None:
         if version not in ("", "1"):
             raise ModelNotFound(f"{name}:{version}", [f"{name}:1"])
+
+
+def _held_bytes(model) -> int:
+    """Bytes the model's plan holds now: its arena and one inference's output copies; 0 without a plan."""
+    session = model.session
+    return session.plan.arena_bytes + session.output_bytes if session is not None and session.loaded else 0
+
+
+def _check_repository(name: str) -> None:
+    if name:
+        raise InvalidRequest(
+            f"repository {name[:64]!r}: flexnnd has one repository, its models directory; leave the name empty",
+            expected="",
+            got=name[:64],
+        )
+
+
+def _refuse_parameters(rpc: str, parameters, inert: frozenset[str]) -> None:
+    """Parameters that would change what is loaded (a config override, uploaded files) are refused, not ignored."""
+    unknown = sorted(set(parameters) - inert)
+    if unknown:
+        raise InvalidRequest(
+            f"{rpc}: parameters {', '.join(repr(p[:64]) for p in unknown[:8])} are not supported; flexnnd loads a "
+            "model as it is in the models directory (no configuration override, no uploaded files)",
+            expected=sorted(inert),
+            got=unknown[:8],
+        )
+
+
+def repository_models(models_dir: Path) -> list[str]:
+    """Model names in the models directory: each .onnx file's stem and each package folder's name."""
+    try:
+        entries = list(models_dir.iterdir())
+    except FileNotFoundError:
+        return []
+    return [
+        p.stem if p.suffix == ".onnx" else p.name
+        for p in entries
+        if (p.suffix == ".onnx" and p.is_file()) or (p / MANIFEST).is_file()
+    ]
+
+
+def repository_spec(models_dir: Path, name: str) -> str:
+    """What LoadModel should load for a repository name: NAME.onnx when the models directory has
+    that file and no NAME, else the name itself (a file, a package folder or a built-in model)."""
+    if not (models_dir / name).exists() and (models_dir / f"{name}.onnx").is_file():
+        return f"{name}.onnx"
+    return name
 
 
 def plan_info(model, rung, active: bool) -> control_pb2.PlanInfo:
@@ -179,7 +304,7 @@ def model_status(model) -> control_pb2.ModelStatus:
         predicted_latency_s=next(
             (r.seconds for r in model.rungs if stats and r.entry.arena_bytes == stats["arena_bytes"]), 0.0
         ),
-        last_latency_s=(stats.get("last_inference_seconds") or 0.0) if stats else 0.0,
+        last_latency_s=model.stats.last_latency_s or 0.0,  # served requests only, not the warm-up
         inferences=model.inferences,
         queue_depth=model.queue_depth,
     )

@@ -202,6 +202,66 @@ PUBLIC_FIELDS = {
         "parameters": 4,
         "contents": 5,
     },
+    # Triton extensions (grpc_service.proto and model_config.proto): the fields flexnnd declares.
+    "ModelConfigRequest": {"name": 1, "version": 2},
+    "ModelConfigResponse": {"config": 1},
+    "ModelConfig": {
+        "name": 1,
+        "platform": 2,
+        "max_batch_size": 4,
+        "input": 5,
+        "output": 6,
+        "backend": 17,
+    },
+    "ModelInput": {"name": 1, "data_type": 2, "dims": 4},
+    "ModelOutput": {"name": 1, "data_type": 2, "dims": 3},
+    "ModelStatisticsRequest": {"name": 1, "version": 2},
+    "ModelStatisticsResponse": {"model_stats": 1},
+    "ModelStatistics": {
+        "name": 1,
+        "version": 2,
+        "last_inference": 3,
+        "inference_count": 4,
+        "execution_count": 5,
+        "inference_stats": 6,
+        "memory_usage": 8,
+    },
+    "InferStatistics": {
+        "success": 1,
+        "fail": 2,
+        "queue": 3,
+        "compute_input": 4,
+        "compute_infer": 5,
+        "compute_output": 6,
+    },
+    "StatisticDuration": {"count": 1, "ns": 2},
+    "MemoryUsage": {"type": 1, "id": 2, "byte_size": 3},
+    "ModelRepositoryParameter": {"bool_param": 1, "int64_param": 2, "string_param": 3, "bytes_param": 4},
+    "RepositoryIndexRequest": {"repository_name": 1, "ready": 2},
+    "RepositoryIndexResponse": {"models": 1},
+    "RepositoryIndexResponse.ModelIndex": {"name": 1, "version": 2, "state": 3, "reason": 4},
+    "RepositoryModelLoadRequest": {"repository_name": 1, "model_name": 2, "parameters": 3},
+    "RepositoryModelLoadResponse": {},
+    "RepositoryModelUnloadRequest": {"repository_name": 1, "model_name": 2, "parameters": 3},
+    "RepositoryModelUnloadResponse": {},
+}
+# Triton's DataType enum (model_config.proto).
+PUBLIC_DATATYPES = {
+    "TYPE_INVALID": 0,
+    "TYPE_BOOL": 1,
+    "TYPE_UINT8": 2,
+    "TYPE_UINT16": 3,
+    "TYPE_UINT32": 4,
+    "TYPE_UINT64": 5,
+    "TYPE_INT8": 6,
+    "TYPE_INT16": 7,
+    "TYPE_INT32": 8,
+    "TYPE_INT64": 9,
+    "TYPE_FP16": 10,
+    "TYPE_FP32": 11,
+    "TYPE_FP64": 12,
+    "TYPE_STRING": 13,
+    "TYPE_BF16": 14,
 }
 PUBLIC_METHODS = {
     "ServerLive": ("ServerLiveRequest", "ServerLiveResponse"),
@@ -210,6 +270,11 @@ PUBLIC_METHODS = {
     "ServerMetadata": ("ServerMetadataRequest", "ServerMetadataResponse"),
     "ModelMetadata": ("ModelMetadataRequest", "ModelMetadataResponse"),
     "ModelInfer": ("ModelInferRequest", "ModelInferResponse"),
+    "ModelConfig": ("ModelConfigRequest", "ModelConfigResponse"),
+    "ModelStatistics": ("ModelStatisticsRequest", "ModelStatisticsResponse"),
+    "RepositoryIndex": ("RepositoryIndexRequest", "RepositoryIndexResponse"),
+    "RepositoryModelLoad": ("RepositoryModelLoadRequest", "RepositoryModelLoadResponse"),
+    "RepositoryModelUnload": ("RepositoryModelUnloadRequest", "RepositoryModelUnloadResponse"),
 }
 
 
@@ -218,6 +283,11 @@ def test_inference_messages_keep_the_public_field_numbers():
     for message, fields in PUBLIC_FIELDS.items():
         descriptor = pool.FindMessageTypeByName(f"inference.{message}")
         assert {f.name: f.number for f in descriptor.fields} == fields, message
+
+
+def test_datatype_enum_keeps_the_public_numbers():
+    enum = inference_pb2.DESCRIPTOR.enum_types_by_name["DataType"]
+    assert {v.name: v.number for v in enum.values} == PUBLIC_DATATYPES
 
 
 def test_inference_service_has_the_public_methods():
