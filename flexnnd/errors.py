@@ -141,3 +141,7 @@ class TensorTooLarge(ModelImportError):
 
 class ExternalDataError(ModelFormatError):
     """External tensor data that is missing, outside the model's folder, or does not fit its file."""
+
+
+class InstallError(FlexnnError):
+    """`flexnnd install`/`uninstall` cannot go on: a path it did not make is in the way, or a step failed."""

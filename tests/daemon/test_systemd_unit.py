@@ -1,24 +1,27 @@
-"""systemd/flexnnd.service: systemd-analyze accepts it, and its exposure is within the issue's bar."""
+"""The packaged unit: systemd-analyze accepts it, its exposure is within the bar, and it is the only copy."""
 
 from __future__ import annotations
 
 import re
 import shutil
 import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 
 import pytest
 from flexnn_api.sizes import parse_size
 
-from flexnnd.daemon.config import Config
+from flexnnd.daemon import install
+from flexnnd.daemon.config import Config, render_default_toml
+from flexnnd.main import main
 
 REPO = Path(__file__).resolve().parents[2]
-UNIT = REPO / "systemd" / "flexnnd.service"
-EXPOSURE_BAR = 2.0  # issue 4: `systemd-analyze security` exposure at most 2.0
+UNIT = REPO / "flexnnd" / "daemon" / "data" / "flexnnd.service"
+EXPOSURE_BAR = 1.0  # issue 15: `systemd-analyze security` exposure at most 1.0
 
 needs_analyze = pytest.mark.skipif(
-    shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed"
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed (Debian: systemd)"
 )
 
 
@@ -34,21 +37,35 @@ def settings(text: str) -> dict[str, list[str]]:
 
 
 def installed_flexnnd() -> Path:
-    """The flexnnd script pip installed for this interpreter (the unit names the system-wide path)."""
+    """The flexnnd script pip installed for this interpreter."""
     script = Path(sysconfig.get_path("scripts")) / "flexnnd"
     if not script.is_file():
         pytest.skip(f"flexnnd is not installed at {script}: `pip install .` first")
     return script
 
 
+def exposure(*args: str) -> float:
+    done = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--no-pager", *args],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    match = re.search(r"Overall exposure level for flexnnd\.service: (\d+(?:\.\d+)?)", done.stdout)
+    assert match, done.stdout + done.stderr
+    return float(match.group(1))
+
+
+def test_one_unit_in_the_repository():
+    # systemd/flexnnd.service, which the README names, is a link to the packaged unit, not a copy.
+    repo_copy = REPO / "systemd" / "flexnnd.service"
+    assert repo_copy.is_symlink() and repo_copy.resolve() == UNIT.resolve()
+    assert install.unit_template() == UNIT.read_text()
+
+
 @needs_analyze
 def test_verify_is_clean(tmp_path):
-    # verify checks that ExecStart's binary exists; the unit names /usr/local/bin (a root `pip install`),
-    # so the copy under test names the script installed here, and nothing else changes.
-    text = UNIT.read_text()
-    assert "ExecStart=/usr/local/bin/flexnnd " in text
+    # verify checks that ExecStart's binary exists: rendered for the flexnnd installed here.
     unit = tmp_path / "flexnnd.service"
-    unit.write_text(text.replace("ExecStart=/usr/local/bin/flexnnd ", f"ExecStart={installed_flexnnd()} "))
+    unit.write_text(install.render_unit(installed_flexnnd()))
     done = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True, timeout=120
     )
@@ -57,15 +74,56 @@ def test_verify_is_clean(tmp_path):
 
 @needs_analyze
 def test_security_exposure_within_the_bar(record_property):
+    value = exposure(str(UNIT))
+    record_property("systemd_exposure", value)
+    assert value <= EXPOSURE_BAR
+
+
+def test_print_unit_names_the_prefix(capsys):
+    assert main(["--print-unit", "--prefix", "/srv/flexnn"]) == 0
+    out = capsys.readouterr()
+    assert settings(out.out)["ExecStart"] == ["/srv/flexnn/bin/flexnnd --config /etc/flexnn/flexnnd.toml"]
+    assert out.out == UNIT.read_text().replace("/opt/flexnn/bin/flexnnd", "/srv/flexnn/bin/flexnnd")
+    assert out.err == ""
+
+
+def test_print_unit_defaults_to_this_environment(capsys):
+    assert main(["--print-unit"]) == 0
+    out = capsys.readouterr()
+    executable = Path(sysconfig.get_path("scripts")) / "flexnnd"
+    assert settings(out.out)["ExecStart"] == [f"{executable} --config /etc/flexnn/flexnnd.toml"]
+    # A venv under /root or /home is hidden from the service by ProtectHome=yes: said, not silent.
+    assert ("ProtectHome=yes" in out.err) == (install.protect_home_conflict(executable) is not None)
+
+
+def test_print_unit_warns_of_a_prefix_protect_home_hides(capsys):
+    assert main(["--print-unit", "--prefix", "/home/pi/venv"]) == 0
+    err = capsys.readouterr().err
+    assert "/home/pi/venv/bin/flexnnd is under /home" in err and "ProtectHome=yes" in err
+
+
+def test_print_config_is_the_default_toml(capsys):
+    assert main(["--print-config"]) == 0
+    assert capsys.readouterr().out == render_default_toml()
+
+
+def test_version_imports_neither_numba_nor_onnx():
+    code = (
+        "import sys; from flexnnd.main import main; main(['--version']); "
+        "print(sorted(m for m in ('numba', 'onnx', 'numpy', 'grpc') if m in sys.modules))"
+    )
     done = subprocess.run(
-        ["systemd-analyze", "security", "--offline=yes", "--no-pager", str(UNIT)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    match = re.search(r"Overall exposure level for flexnnd\.service: (\d+(?:\.\d+)?)", done.stdout)
-    assert match, done.stdout + done.stderr
-    exposure = float(match.group(1))
-    record_property("systemd_exposure", exposure)
-    assert exposure <= EXPOSURE_BAR, done.stdout
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    from importlib.metadata import version
+
+    assert done.stdout.splitlines() == [f"flexnnd {version('flexnn')}", "[]"]
+
+
+def test_info_flags_refuse_daemon_flags(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version", "--budget", "64M"])
+    assert exit_.value.code == 2 and "unrecognized arguments: --budget 64M" in capsys.readouterr().err
 
 
 def test_unit_settings():
