@@ -78,8 +78,8 @@ class Daemon:
         self._load_config = reload or (lambda: self.config)  # SIGHUP: the file again, the flags kept
         self.dirs = resolve_dirs(config, self.env)
         self.events = EventBus()
-        self.models = Models(self.dirs.cache, self.events, config.threads or None, config.queue_depth)
         self.metrics = Metrics(self)  # the endpoint starts with the servers, if metrics_address is set
+        self.models = Models(self.dirs.cache, self.events, config.threads or None, config.queue_depth)
         self.notifier = Notifier.from_env(self.env)
         self.policy = BudgetPolicy(self._policy_config(config))
         self.max_watchers = MAX_WATCHERS
@@ -353,6 +353,8 @@ class Daemon:
                         Event("error", f"cannot load {name} again after the restart: {e}", model=name)
                     )
         self.servers = self._start_servers()
+        if self.config.metrics_host_port is not None:
+            self.metrics.start(*self.config.metrics_host_port)
         self.runtime_overhead = max(0, psutil.Process().memory_info().rss - self.models.committed)
         log.info("runtime overhead %s (RSS beside the models' arenas)", format_size(self.runtime_overhead))
         self.reevaluate([])
@@ -400,8 +402,6 @@ class Daemon:
         inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(services.InferenceService(self), server)
         control_pb2_grpc.add_ControlServicer_to_server(services.ControlService(self), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        if self.config.metrics_host_port is not None:
-            self.metrics.start(*self.config.metrics_host_port)
         names = (
             inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
             control_pb2.DESCRIPTOR.services_by_name["Control"].full_name,
@@ -558,6 +558,7 @@ class Daemon:
             if self.models.check_weights():
                 self._update_health()
             for event in pressure:
+                self.metrics.count_pressure(event.kind, event.count)
                 self.events.publish(
                     Event("pressure", f"{event.kind} ×{event.count} from {event.source}", source="pressure")
                 )
@@ -605,7 +606,7 @@ class Daemon:
             if self.force_exit:
                 code = EXIT_FORCED
         self.events.close()
-                self.metrics.count_pressure(event.kind, event.count)
+        self.metrics.stop()
         if self._observer is not None:
             self._observer.stop()
         self.models.close()
@@ -639,6 +640,7 @@ class Daemon:
     def shutdown_quietly(self) -> None:
         for server in self.servers:
             server.stop(0)
+        self.metrics.stop()
         self.models.close()
         if self.monitor is not None:
             self.monitor.close()
@@ -653,7 +655,6 @@ class TokenInterceptor(grpc.ServerInterceptor):
 
     def __init__(self, token: str):
         self._token = token.encode()
-        self.metrics.stop()
 
         def deny(request, context):
             context.abort(
@@ -687,7 +688,6 @@ def _read_token(path) -> str | None:
 
 def _is_loopback(address: str) -> bool:
     host = address.rsplit(":", 1)[0].strip("[]")
-        self.metrics.stop()
     if host == "localhost":
         return True
     try:
