@@ -55,6 +55,9 @@ SERVICE_DIRS = tuple(
     Path(p)
     for p in ("/var/lib/flexnn", "/var/lib/private/flexnn", "/var/cache/flexnn", "/var/cache/private/flexnn")
 )
+# On PATH for operators: `flexnnctl status` without naming the venv.
+COMMAND_LINKS = ("flexnnctl", "flexnnd")
+LINK_DIR = Path("/usr/local/bin")
 # The unit's NUMBA_CACHE_DIR=%C/flexnn/numba and CacheDirectory=, for `flexnnd warm` run at install.
 SERVICE_ENV = {"CACHE_DIRECTORY": "/var/cache/flexnn", "NUMBA_CACHE_DIR": "/var/cache/flexnn/numba"}
 # Build leftovers and caches not copied with a source tree (the wheel is built from the copy).
@@ -361,6 +364,23 @@ def venv_says(host: Host, prefix: Path, *args: str) -> str:
     return host.output([str(python), "-m", "flexnnd.main", *args])
 
 
+def link_commands(host: Host, prefix: Path, manifest: Manifest) -> None:
+    """/usr/local/bin/flexnnctl and flexnnd, links to the venv's, unless something else is there."""
+    for name in COMMAND_LINKS:
+        link, target = LINK_DIR / name, prefix / "bin" / name
+        staged = host.at(link)
+        if staged.is_symlink() and os.readlink(staged) == str(target):
+            print(f"unchanged: {link} -> {target}", flush=True)
+        elif staged.exists() or staged.is_symlink():
+            print(f"kept: {link} (not a link to {target}; flexnnd install did not make it)", flush=True)
+        else:
+            host.say(f"link: {link} -> {target}")
+            if not host.dry_run:
+                staged.parent.mkdir(parents=True, exist_ok=True)
+                staged.symlink_to(target)
+            manifest.add(link)
+
+
 def write_config(host: Host, prefix: Path, manifest: Manifest) -> None:
     if not host.at(CONFIG_FILE.parent).is_dir():
         manifest.add(CONFIG_FILE.parent)
@@ -446,6 +466,7 @@ def install(args: argparse.Namespace) -> int:
     make_venv(host, prefix, manifest, args.system_site_packages)
     pip_install(host, prefix, source, args.wheels)
     relocate(host, prefix)
+    link_commands(host, prefix, manifest)
     ensure_user(host, manifest)
     write_config(host, prefix, manifest)
     write_unit(host, prefix, manifest, args.force)
@@ -484,6 +505,10 @@ def uninstall(args: argparse.Namespace) -> int:
         host.remove(UNIT_FILE)
         if host.systemd_running:
             host.run(["systemctl", "daemon-reload"])
+    for name in COMMAND_LINKS:
+        link = LINK_DIR / name
+        if manifest.made(link) and host.at(link).is_symlink():
+            host.remove(link)
     # The venv goes; the manifest stays while the configuration does, for a later --purge.
     staged = host.at(prefix)
     for child in sorted(staged.iterdir()) if staged.is_dir() else []:

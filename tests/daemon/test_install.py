@@ -88,12 +88,11 @@ def test_unit_and_config_as_installed(root):
     wants = staged(root, "/etc/systemd/system/multi-user.target.wants/flexnnd.service")
     assert wants.is_symlink() and os.readlink(wants) == str(install.UNIT_FILE)  # --enable
     manifest = json.loads(staged(root, PREFIX / install.MANIFEST).read_text())
-    assert manifest["created"] == [
-        str(PREFIX),
-        "/etc/flexnn",
-        str(install.CONFIG_FILE),
-        str(install.UNIT_FILE),
-    ]
+    links = ["/usr/local/bin/flexnnctl", "/usr/local/bin/flexnnd"]
+    made = [str(PREFIX), *links, "/etc/flexnn", str(install.CONFIG_FILE), str(install.UNIT_FILE)]
+    assert manifest["created"] == made
+    for link in links:  # on PATH, for `flexnnctl status`
+        assert os.readlink(staged(root, link)) == f"{PREFIX}/bin/{Path(link).name}"
 
 
 @needs_analyze
@@ -117,7 +116,10 @@ def test_verify_the_unit_as_installed(root, tmp_path):
 
 def test_lifecycle_reinstall_uninstall_purge(tmp_path, wheel):
     root = tmp_path / "root"
-    install_into(root, wheel)
+    staged(root, "/usr/local/bin").mkdir(parents=True)
+    staged(root, "/usr/local/bin/flexnnd").write_text("#!/bin/sh\n")  # someone else's
+    first = install_into(root, wheel)
+    assert "kept: /usr/local/bin/flexnnd (not a link to /opt/flexnn/bin/flexnnd" in first.stdout
     config = staged(root, install.CONFIG_FILE)
     config.write_text('budget = "64M"\n')  # the operator's
     staged(root, "/etc/flexnn/token").write_text("secret\n")  # not install's
@@ -129,6 +131,7 @@ def test_lifecycle_reinstall_uninstall_purge(tmp_path, wheel):
     done = flexnnd("uninstall", "--root", root)
     assert done.returncode == 0, done.stderr
     assert not staged(root, install.UNIT_FILE).exists()
+    assert sorted(p.name for p in staged(root, "/usr/local/bin").iterdir()) == ["flexnnd"]  # the foreign one
     assert sorted(p.name for p in staged(root, PREFIX).iterdir()) == [install.MANIFEST]  # for a later --purge
     assert config.read_text() == 'budget = "64M"\n'
 
