@@ -8,16 +8,20 @@ spawned child does the work and exits, so the daemon keeps only the package it t
 from __future__ import annotations
 
 import multiprocessing
+import threading
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from flexnnd import errors
+from flexnnd import errors, progress
 
 
 def zoo_model(name: str, zoo_dir: str) -> str:
     from flexnnd import zoo
 
-    return str(zoo.cached(name, zoo_dir))
+    with progress.task(f"building the zoo model {name}", total=1) as task:
+        path = zoo.cached(name, zoo_dir)
+        task.advance()
+    return str(path)
 
 
 def package_with_ladder(source: str, cache_dir: str) -> str:
@@ -42,10 +46,32 @@ def _call(fn, args):
         return "error", ("PackageError", f"{type(e).__name__}: {e}")
 
 
+def _report_to(queue) -> None:
+    """The child's progress goes to its parent, whose sinks show it (only the daemon may notify systemd)."""
+    progress.set_sinks([progress.QueueSink(queue)])
+
+
+def _relay(queue, source: int) -> None:
+    while (message := queue.get()) is not None:
+        progress.replay(message, source)
+
+
 def in_child(fn, *args):
-    """fn(*args) in a fresh spawned process; its FlexnnError comes back as the same class."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        kind, value = pool.submit(_call, fn, args).result()
+    """fn(*args) in a fresh spawned process, its progress reported here; its FlexnnError comes back
+    as the same class."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.SimpleQueue()
+    relay = threading.Thread(target=_relay, args=(queue, id(queue)), name="progress-relay", daemon=True)
+    relay.start()
+    try:
+        with ProcessPoolExecutor(
+            max_workers=1, mp_context=context, initializer=_report_to, initargs=(queue,)
+        ) as pool:
+            kind, value = pool.submit(_call, fn, args).result()
+    finally:
+        queue.put(None)  # the child is gone: every message it sent is ahead of this one
+        relay.join()
+        queue.close()
     if kind == "ok":
         return value
     name, message = value

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
+from flexnnd import progress
 from flexnnd.errors import (
     MalformedGraph,
     ModelFormatError,
@@ -473,11 +474,15 @@ def import_model(
     ~/.cache/flexnn), so a session or the daemon only reads them.
     """
     onnx_path = Path(onnx_path)
-    model = load_onnx(onnx_path, limits)
-    graph, consts = import_onnx(model, input_shapes, name=onnx_path.stem, limits=limits)
-    del model  # the weights are in `consts` now; planning needs neither
-    source = {"onnx": str(onnx_path.resolve()), "sha256": file_sha256(onnx_path), "opset": graph.opset}
-    package = write_package(graph, consts, package_dir, source)
+    with progress.task(f"importing {onnx_path.name}", total=3, detail="reading the file") as task:
+        model = load_onnx(onnx_path, limits)
+        task.advance(detail="converting and folding")
+        graph, consts = import_onnx(model, input_shapes, name=onnx_path.stem, limits=limits)
+        del model  # the weights are in `consts` now; planning needs neither
+        task.advance(detail="writing the weights")
+        source = {"onnx": str(onnx_path.resolve()), "sha256": file_sha256(onnx_path), "opset": graph.opset}
+        package = write_package(graph, consts, package_dir, source)
+        task.advance()
     log.info(
         "imported %s into %s: %d nodes, %d weights", onnx_path, package_dir, len(graph.nodes), len(consts)
     )

@@ -15,8 +15,10 @@ from pathlib import Path
 import numba
 import numpy as np
 
+from flexnnd import progress
 from flexnnd.errors import StorageError
 from flexnnd.graph.ir import Node
+from flexnnd.ops import jit
 from flexnnd.ops.base import Part
 from flexnnd.ops.conv import Conv
 from flexnnd.ops.gemm import Gemm
@@ -328,8 +330,16 @@ def _read_until(fd: int, direct: int | None, view: memoryview, size: int, stop, 
 def measure(weights_file: Path) -> tuple[Machine, bool]:
     """This machine's rates, and whether the read rate was measured (else estimated)."""
     set_threads(1)
-    (read_bytes, read_latency, read_cpu), measured = _read_rate(weights_file)
-    passes = [_kernel_rates() for _ in range(KERNEL_PASSES)]
+    with (
+        progress.task("calibrating this machine", total=1 + KERNEL_PASSES, detail="storage reads") as task,
+        jit.compiling(),  # the first pass compiles the kernels it times
+    ):
+        (read_bytes, read_latency, read_cpu), measured = _read_rate(weights_file)
+        task.advance(detail="kernel rates")
+        passes = []
+        for _ in range(KERNEL_PASSES):
+            passes.append(_kernel_rates())
+            task.advance(detail="kernel rates")
     rates = {rate: max(p[rate] for p in passes) for rate in passes[0]}
     # From a difference of two timings, whose largest is its noisiest: the median instead.
     rates["part_bytes"] = float(np.median([p["part_bytes"] for p in passes]))

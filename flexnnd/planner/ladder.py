@@ -7,6 +7,7 @@ import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 
+from flexnnd import progress
 from flexnnd.errors import BudgetTooSmall, StalePlanFile, StorageError
 from flexnnd.graph.ir import Graph
 from flexnnd.graph.package import weight_offsets
@@ -87,6 +88,11 @@ def load_joins(graph: Graph, plan: Plan) -> list[bool]:
 def build_ladder(graph: Graph, machine: Machine, rungs: int = RUNGS) -> list[Plan]:
     """Plans from the smallest feasible budget to all-resident, ascending, each with its
     predicted latency; budgets between the ends are geometric."""
+    with progress.task(f"planning {graph.name}", total=rungs + 2, detail="the smallest plan") as task:
+        return _build_ladder(graph, machine, rungs, task)
+
+
+def _build_ladder(graph: Graph, machine: Machine, rungs: int, task: progress.Task) -> list[Plan]:
     planner = Planner(graph)  # lifetimes, scratch sizes, layouts: computed once for every rung
     top_plan = plan_resident(graph)
     top = top_plan.arena_bytes
@@ -107,6 +113,7 @@ def build_ladder(graph: Graph, machine: Machine, rungs: int = RUNGS) -> list[Pla
     except BudgetTooSmall:
         pass  # only the maximal slicing fits there
     plans, budgets = [bottom_plan], [bottom]
+    task.advance()
     ratio = (top / bottom) ** (1 / (rungs + 1)) if bottom < top else 1.0
     for k in range(1, rungs + 1):
         budget = int(bottom * ratio**k)
@@ -117,6 +124,7 @@ def build_ladder(graph: Graph, machine: Machine, rungs: int = RUNGS) -> list[Pla
         except BudgetTooSmall:  # refining never reaches the smallest plan's slicing here
             plans.append(fastest[0])  # the fastest rung below serves this budget
             budgets.append(budget)
+            task.advance()
             continue
         # A faster rung below fits here too: its slicing, with more weights resident, or itself.
         seconds = run(plan).seconds
@@ -129,8 +137,11 @@ def build_ladder(graph: Graph, machine: Machine, rungs: int = RUNGS) -> list[Pla
             fastest = (plan, seconds)
         plans.append(plan)
         budgets.append(budget)
+        task.advance()
     plans.append(top_plan)
     budgets.append(top)
+    task.done = task.total - 1  # the geometric rungs may stop short of `rungs` under the top
+    task.advance(detail="predicting each plan's latency")
     # Neighbouring budgets often get the same plan: each keeps its rung, the file holds it once.
     predicted: dict[int, float] = {}
     for p in plans:
