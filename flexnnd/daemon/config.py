@@ -99,8 +99,9 @@ class Config:
     budget: str = field(
         default="auto",
         metadata=doc(
-            "Model budget when none is persisted in state_dir: a size (128M) or auto (the smallest of the "
-            "cgroup limit, pressure and available memory). A lower budget means slower plans.",
+            "Configured model budget: a size (128M) or auto. Precedence: the operator's budget (set with "
+            "flexnnctl, kept in state_dir) > this > automatic; each is capped by the cgroup limit, pressure "
+            "and available memory. A lower budget means slower plans.",
             metavar="SIZE|auto",
         ),
     )

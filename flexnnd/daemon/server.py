@@ -32,7 +32,7 @@ from flexnn_api.sizes import format_size, parse_size
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from flexnnd import zoo
+from flexnnd import progress, zoo
 from flexnnd.daemon import prepare, services
 from flexnnd.daemon.config import Config, create_dirs, resolve_dirs
 from flexnnd.daemon.events import Event, EventBus
@@ -45,6 +45,7 @@ from flexnnd.daemon.policy import BudgetPolicy, Decision, PolicyConfig
 from flexnnd.daemon.prepare import in_child
 from flexnnd.daemon.sdnotify import Notifier, watchdog_interval
 from flexnnd.errors import BudgetTooSmall, ConfigError, FlexnnError, InvalidRequest, PlanError
+from flexnnd.ops import jit
 from flexnnd.storage import write_atomically
 
 log = logging.getLogger("flexnnd")
@@ -118,17 +119,35 @@ class Daemon:
     def budget_file(self) -> Path:
         return self.dirs.state / BUDGET_FILE
 
+    @property
+    def configured_budget(self) -> int | None:
+        """`--budget`/the TOML's budget: in force while the operator has set none; None is auto."""
+        return self.config.budget_bytes
+
     def _read_operator_budget(self) -> int | None:
+        """The operator's persisted budget; no file means none (the configured one is not a fallback here)."""
         try:
             text = self.budget_file.read_text().strip()
         except FileNotFoundError:
-            text = self.config.budget
+            return None
         if text.lower() in ("", "auto"):
             return None
         try:
             return parse_size(text)
         except ValueError as e:
             raise ConfigError(f"{self.budget_file}: {e}") from None
+
+    def _warn_if_overridden(self) -> None:
+        """An operator's budget persisted by an earlier set-budget outranks --budget: say so, naming both."""
+        configured, operator = self.configured_budget, self.operator_budget
+        if operator is not None and operator != configured:
+            log.warning(
+                "the operator's budget %s (set with flexnnctl set-budget, kept in %s) overrides the configured "
+                "budget %s; `flexnnctl set-budget auto` hands control back to the configured one",
+                format_size(operator),
+                self.budget_file,
+                "auto" if configured is None else format_size(configured),
+            )
 
     def _write_operator_budget(self, budget: int | None) -> None:
         path = self.budget_file
@@ -138,8 +157,9 @@ class Daemon:
         write_atomically(path, f"{budget}\n", "state file")
 
     def set_operator_budget(self, text: str) -> Decision:
-        """`flexnnctl set-budget`: a size or "auto". Refused (not stored) below the smallest plans,
-        or when a plan it needs cannot be read (PlanError naming the file; the old budget stays)."""
+        """`flexnnctl set-budget`: a size, or "auto" to clear the operator's budget (then the configured
+        one, if any, else the machine's constraints apply). Refused (not stored) below the smallest
+        plans, or when a plan it needs cannot be read (PlanError naming the file; the old budget stays)."""
         text = text.strip()
         try:
             budget = None if text.lower() == "auto" else parse_size(text)
@@ -184,26 +204,30 @@ class Daemon:
                 self.models.total,
                 pressure,
                 model_bytes=self.models.committed,
+                configured_budget=self.configured_budget,
             )
             previous = self.models.total
             if decision.budget != previous or force:
                 reported, reported_source = self._reported, self._reported_source
-                if (
-                    force
-                    or _significant(reported, decision.budget)
-                    or decision.source != self._reported_source
-                ):
+                moves = self._rung_moves(decision.budget)
+                change = (
+                    f"effective budget {_fmt(reported)} → {_fmt(decision.budget)} ({decision.source}): "
+                    f"{decision.reason}"
+                )
+                # A budget that moves no model to another rung is not news: MemAvailable wobbles every tick.
+                if force or moves:
                     self.events.publish(
                         Event(
                             "budget",
-                            f"effective budget {_fmt(reported)} → {_fmt(decision.budget)} ({decision.source}): "
-                            f"{decision.reason}",
+                            change + (f"; {', '.join(moves)}" if moves else "; no model changes rung"),
                             source=decision.source,
                             from_bytes=reported or 0,
                             to_bytes=decision.budget or 0,
                         )
                     )
                     self._reported, self._reported_source = decision.budget, decision.source
+                else:
+                    log.debug("%s; no model changes rung", change)
                 try:
                     self.models.rebalance(decision.budget, reason=f"{decision.source} budget")
                 except PlanError:
@@ -214,6 +238,18 @@ class Daemon:
             self.decision = decision
             self._update_health()
             return decision
+
+    def _rung_moves(self, budget: int | None) -> list[str]:
+        """The models `budget` would move to another rung, each as "name old → new" arena bytes."""
+        chosen, _ = self.models.plan_split(budget)
+        moves = []
+        for model in self.models.all():
+            now = model.session.plan.arena_bytes if model.ready and model.session is not None else None
+            rung = chosen.get(model.name)
+            new = rung.entry.arena_bytes if rung is not None else None
+            if new != now:
+                moves.append(f"{model.name} {_fmt_arena(now)} → {_fmt_arena(new)}")
+        return moves
 
     # ----- models -----------------------------------------------------------------------------
 
@@ -227,6 +263,9 @@ class Daemon:
             )
         if candidate.exists():
             return candidate
+        named = candidate.with_name(candidate.name + ".onnx")  # `load sq` means sq.onnx as well as sq/
+        if named.exists() and named.is_relative_to(models_dir):
+            return named
         if spec in zoo.MODELS:
             path = zoo.cached_path(spec, self.dirs.cache / "zoo")
             return path if path.exists() else Path(in_child(prepare.zoo_model, spec, str(path.parent)))
@@ -305,7 +344,9 @@ class Daemon:
         return control_pb2.Status(
             effective_budget_bytes=(decision.budget or 0) if decision else 0,
             budget_source=decision.source if decision else "none",
-            operator_budget="auto" if self.operator_budget is None else str(self.operator_budget),
+            operator_budget=_budget_text(self.operator_budget),
+            configured_budget=_budget_text(self.configured_budget),
+            budget_reason=decision.reason if decision else "",
             cgroup_limit_bytes=reading.limit or 0,
             runtime_overhead_bytes=self.runtime_overhead,
             rss_bytes=psutil.Process().memory_info().rss,
@@ -335,6 +376,7 @@ class Daemon:
         create_dirs(dirs)
         self.lock = InstanceLock(dirs.lock)
         self.operator_budget = self._read_operator_budget()
+        self._warn_if_overridden()
         if self.config.watch_pressure:
             self.monitor = self._open_monitor()
         rss, anon = _own_memory()
@@ -342,16 +384,22 @@ class Daemon:
         specs = self.config.models or (zoo.DEFAULT_MODEL,)
         # The first decision has no runtime overhead measured yet; the real one follows warm-up.
         self.reevaluate([])
-        for spec in specs:
-            self.models.load(_name(spec), self._resolve_model(spec))
-        for name, spec in self._remembered().items():
-            if name not in self.models.names():
-                try:
-                    self.models.load(name, self._resolve_model(spec))
-                except FlexnnError as e:
-                    self.events.publish(
-                        Event("error", f"cannot load {name} again after the restart: {e}", model=name)
-                    )
+        # Imports, planning, calibration and kernel compilation say how far they are: log and STATUS=.
+        progress.set_sinks([progress.LogSink(), progress.StatusSink(self.notifier)])
+        jit.skip_blas_probe()
+        with jit.compiling():  # a cold numba cache compiles the kernels during each model's warm-up
+            for spec in specs:
+                self.notifier.status(f"loading {_name(spec)}")
+                self.models.load(_name(spec), self._resolve_model(spec))
+            for name, spec in self._remembered().items():
+                if name not in self.models.names():
+                    self.notifier.status(f"loading {name}")
+                    try:
+                        self.models.load(name, self._resolve_model(spec))
+                    except FlexnnError as e:
+                        self.events.publish(
+                            Event("error", f"cannot load {name} again after the restart: {e}", model=name)
+                        )
         self.servers = self._start_servers()
         if self.config.metrics_host_port is not None:
             self.metrics.start(*self.config.metrics_host_port)
@@ -738,11 +786,13 @@ def _own_memory() -> tuple[int, int]:
     return fields.get("VmRSS", 0), fields.get("RssAnon", 0)
 
 
-def _significant(old: int | None, new: int | None) -> bool:
-    """Worth an event: MemAvailable wobbles by pages every tick; a report needs 1% and 1 MiB."""
-    if old is None or new is None:
-        return old != new
-    return abs(new - old) >= max(1 << 20, old // 100)
+def _budget_text(budget: int | None) -> str:
+    """A requested budget on the wire: bytes as text, or "auto" when none is set."""
+    return "auto" if budget is None else str(budget)
+
+
+def _fmt_arena(arena: int | None) -> str:
+    return "no plan" if arena is None else f"arena {format_size(arena)}"
 
 
 def _fmt(budget: int | None) -> str:

@@ -331,11 +331,13 @@ class ControlService(control_pb2_grpc.ControlServicer):
         with mapped_errors(context):
             _check_budget_text(request.budget)
             decision = self.daemon.set_operator_budget(request.budget)
-            operator = self.daemon.operator_budget
+            status = self.daemon.status_message()  # the reply is what status shows: one builder for both
             return control_pb2.SetBudgetResponse(
                 effective_budget_bytes=decision.budget or 0,
                 budget_source=decision.source,
-                operator_budget="auto" if operator is None else str(operator),
+                operator_budget=status.operator_budget,
+                configured_budget=status.configured_budget,
+                reason=decision.reason,
             )
 
     def GetStatus(self, request, context):

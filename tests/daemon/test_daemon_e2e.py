@@ -135,6 +135,18 @@ def test_two_models_share_a_budget(daemon):
             c.unload_model("b")
 
 
+def test_load_by_name_finds_the_onnx_file_in_the_models_directory(daemon):
+    out = daemon.ctl("load", "b")  # b.onnx in --models-dir, named without its suffix
+    try:
+        assert out.returncode == EXIT_OK, out.stderr
+        with daemon.client() as c:
+            assert c.infer("b", {"x": x_for(192)})["y"].shape == (1, 192)
+    finally:
+        daemon.ctl("unload", "b")
+    out = daemon.ctl("load", "c")
+    assert out.returncode != EXIT_OK and "no model 'c'" in out.stderr
+
+
 def test_status_table_and_json(daemon):
     out = daemon.ctl("status")
     assert out.returncode == EXIT_OK and out.stdout.startswith("budget")
