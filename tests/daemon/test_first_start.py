@@ -1,0 +1,98 @@
+"""A first start says what it does before READY, the serving daemon never loads onnx, and
+`flexnnd warm` leaves nothing for the next start to compile, plan or calibrate."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.daemon.harness import ROOT, DaemonProcess
+from tests.daemon.test_models import fc_model
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    fc_model(d / "a.onnx", seed=1)
+    return d
+
+
+def statuses_before_ready(d: DaemonProcess) -> list[str]:
+    d._drain(0.2)
+    before = []
+    for note in d.notifications:
+        if "READY=1" in note:
+            return before
+        before += re.findall(r"^STATUS=(.*)$", note, re.M)
+    raise AssertionError(f"no READY=1 in {d.notifications}")
+
+
+def mapped_files(pid: int) -> str:
+    with open(f"/proc/{pid}/maps") as f:
+        return f.read()
+
+
+def test_a_first_start_reports_import_planning_and_loading_before_ready(tmp_path, models_dir):
+    d = DaemonProcess(
+        tmp_path / "d", ["--models-dir", str(models_dir), "--models", "a.onnx", "--threads", "1"]
+    )
+    try:
+        d.start()
+        statuses = statuses_before_ready(d)
+        assert statuses[0] == "loading a"
+        # The import, calibration and planning run in a child; its progress reaches systemd through the daemon.
+        for expected in ("importing a.onnx 0/3", "calibrating this machine", "planning a "):
+            assert any(s.startswith(expected) for s in statuses), (expected, statuses)
+        assert re.search(r"flexnnd\.progress: planning a: done, (\d+)/\1 in ", d.log())
+        # It imported an .onnx file (in a child), yet onnx's library and scipy.linalg's never came in.
+        maps = mapped_files(d.proc.pid)
+        assert "onnx_cpp2py_export" not in maps
+        assert "scipy/linalg" not in maps
+        assert "libllvmlite" in maps  # the check reads the right process: it runs numba kernels
+    finally:
+        d.stop()
+        d.close()
+
+
+def warm(models_dir, cache, numba_cache, *models):
+    return subprocess.run(
+        [sys.executable, "-m", "flexnnd.main", "warm", *models, "--models-dir", str(models_dir)],
+        env={**DaemonProcess(cache).env, "CACHE_DIRECTORY": str(cache), "NUMBA_CACHE_DIR": str(numba_cache)},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def test_warm_fills_the_caches_so_the_next_start_compiles_and_plans_nothing(tmp_path, models_dir):
+    cache, numba_cache = tmp_path / "cache", tmp_path / "numba"
+    done = warm(models_dir, cache, numba_cache, "a")  # `a` finds a.onnx, as `flexnnctl load a` does
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"compiling kernels: done, [1-9]\d* steps", done.stderr), done.stderr
+    assert list(numba_cache.rglob("*.nbi")) and list(numba_cache.rglob("*.nbc"))
+    assert (cache / "calibration.json").is_file()
+    assert [p.parent.name for p in (cache / "packages").glob("*/plans.json")] != []
+
+    d = DaemonProcess(
+        tmp_path / "d",
+        ["--models-dir", str(models_dir), "--models", "a.onnx", "--threads", "1"],
+        env={"NUMBA_CACHE_DIR": str(numba_cache)},
+        cache=cache,
+    )
+    try:
+        d.start()
+        assert statuses_before_ready(d) == ["loading a"]
+        assert "compiling kernels" not in d.log() and "planning" not in d.log()
+    finally:
+        d.stop()
+        d.close()
+
+
+def test_warm_names_a_model_it_cannot_find(tmp_path, models_dir):
+    done = warm(models_dir, tmp_path / "cache", tmp_path / "numba", "nosuch")
+    assert done.returncode == 1
+    assert "no model 'nosuch'" in done.stderr
