@@ -55,6 +55,7 @@ SERVICE_DIRS = tuple(
     Path(p)
     for p in ("/var/lib/flexnn", "/var/lib/private/flexnn", "/var/cache/flexnn", "/var/cache/private/flexnn")
 )
+NOT_BOOTED = "systemd is not running: no /run/systemd/system"
 # On PATH for operators: `flexnnctl status` without naming the venv.
 COMMAND_LINKS = ("flexnnctl", "flexnnd")
 LINK_DIR = Path("/usr/local/bin")
@@ -146,9 +147,12 @@ class Host:
         self.say(f"run: {shlex.join(cmd)}")
         if self.dry_run:
             return
-        done = subprocess.run(
-            list(cmd), env=None if env is None else {**os.environ, **env}, check=False, cwd=cwd
-        )
+        try:
+            done = subprocess.run(
+                list(cmd), env=None if env is None else {**os.environ, **env}, check=False, cwd=cwd
+            )
+        except FileNotFoundError as e:
+            raise InstallError(f"{shlex.join(cmd)}: {cmd[0]} is not installed ({e.strerror})") from e
         if done.returncode != 0:
             raise InstallError(
                 f"{shlex.join(cmd)} failed with exit status {done.returncode} (its output is above)"
@@ -405,17 +409,18 @@ def write_unit(host: Host, prefix: Path, manifest: Manifest, force: bool) -> Non
 
 
 def activate(host: Host, enable: bool, now: bool) -> None:
+    """daemon-reload, then enable [--now]; without a running systemd, enable only makes its symlink."""
     if host.root is not None:
         host.skip(["systemctl", "daemon-reload"], "staging root")
         if enable:
             host.run(["systemctl", f"--root={host.root}", "enable", UNIT_NAME])
         return
     if not host.systemd_running:
-        host.skip(["systemctl", "daemon-reload"], "systemd is not running here (no /run/systemd/system)")
+        host.skip(["systemctl", "daemon-reload"], NOT_BOOTED)
         if enable:
-            host.skip(
-                ["systemctl", "enable", *(["--now"] if now else []), UNIT_NAME], "systemd is not running"
-            )
+            host.run(["systemctl", "enable", UNIT_NAME])  # works offline: it only links the unit
+        if now:
+            host.skip(["systemctl", "start", UNIT_NAME], NOT_BOOTED)
         return
     host.run(["systemctl", "daemon-reload"])
     if enable:
@@ -501,7 +506,7 @@ def uninstall(args: argparse.Namespace) -> int:
         elif host.systemd_running:
             host.run(["systemctl", "disable", "--now", UNIT_NAME])
         else:
-            host.skip(["systemctl", "disable", "--now", UNIT_NAME], "systemd is not running here")
+            host.run(["systemctl", "disable", UNIT_NAME])  # works offline: it only removes the links
         host.remove(UNIT_FILE)
         if host.systemd_running:
             host.run(["systemctl", "daemon-reload"])
