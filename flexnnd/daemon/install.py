@@ -208,10 +208,16 @@ class Manifest:
         path = host.at(prefix / MANIFEST)
         if not path.is_file():
             return None
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("format") != MANIFEST_FORMAT:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
             raise InstallError(
-                f"{path}: manifest format {data.get('format')!r}, this flexnnd reads {MANIFEST_FORMAT}"
+                f"{path}: not a flexnn install manifest ({e}); remove what it listed by hand"
+            ) from e
+        if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+            raise InstallError(
+                f"{path}: manifest format {data.get('format') if isinstance(data, dict) else None!r}, "
+                f"this flexnnd reads {MANIFEST_FORMAT}"
             )
         return cls(data["created"], data["user_created"])
 
