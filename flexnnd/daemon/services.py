@@ -208,7 +208,7 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
                     "RepositoryModelLoad %s: already loaded (%s), left as it is", name, models.get(name).state
                 )
             else:
-                self.daemon.load_model(name, repository_spec(self.daemon.dirs.models, name))
+                self.daemon.load_model(name, "")  # the name alone: NAME, NAME.onnx or a built-in model
             return inference_pb2.RepositoryModelLoadResponse()
 
     def RepositoryModelUnload(self, request, context):
@@ -262,14 +262,6 @@ def repository_models(models_dir: Path) -> list[str]:
         for p in entries
         if (p.suffix == ".onnx" and p.is_file()) or (p / MANIFEST).is_file()
     ]
-
-
-def repository_spec(models_dir: Path, name: str) -> str:
-    """What LoadModel should load for a repository name: NAME.onnx when the models directory has
-    that file and no NAME, else the name itself (a file, a package folder or a built-in model)."""
-    if not (models_dir / name).exists() and (models_dir / f"{name}.onnx").is_file():
-        return f"{name}.onnx"
-    return name
 
 
 def plan_info(model, rung, active: bool) -> control_pb2.PlanInfo:
