@@ -29,7 +29,7 @@ class Metrics:
 
     def __init__(self, daemon):
         self.daemon = daemon
-        self.pressure_events: collections.Counter[str] = collections.Counter()  # MemoryEvent kind -> count
+        self._pressure: collections.Counter[str] = collections.Counter()  # MemoryEvent kind -> count
         self._lock = threading.Lock()
         self._server = None
         self._thread: threading.Thread | None = None
@@ -38,11 +38,11 @@ class Metrics:
 
     def count_pressure(self, kind: str, count: int) -> None:
         with self._lock:
-            self.pressure_events[kind] += count
+            self._pressure[kind] += count
 
     def pressure_counts(self) -> dict[str, int]:
         with self._lock:
-            return dict(self.pressure_events)
+            return dict(self._pressure)
 
     def start(self, host: str, port: int) -> tuple[str, int]:
         """Serve /metrics on host:port (port 0 picks one) from a thread; the address bound."""

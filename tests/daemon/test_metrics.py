@@ -162,3 +162,16 @@ def test_metrics_address(address, host_port):
 def test_bad_metrics_address_is_refused_at_start(address):
     with pytest.raises(ConfigError, match="metrics_address"):
         Config(metrics_address=address)
+
+
+def test_a_busy_metrics_port_stops_the_start_with_its_address():
+    import socket
+
+    from flexnnd.daemon.metrics import Metrics
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"127.0.0.1:{port}: cannot listen"):
+            Metrics(daemon=None).start("127.0.0.1", port)
