@@ -9,6 +9,7 @@ import pytest
 from flexnnd.daemon import oip, services
 from flexnnd.daemon.events import EventBus
 from flexnnd.daemon.models import BYTES_BUCKETS, SECONDS_BUCKETS, Histogram, Models, ModelStats
+from flexnnd.errors import Overloaded
 from tests.daemon.test_models import fc_model
 
 
@@ -80,3 +81,32 @@ def test_a_swap_is_counted_for_its_model(models, tmp_path):
     assert models.swaps == 1 and model.stats.swap_seconds.count == 1
     model.run({"x": np.ones((1, 256), np.float32)})
     assert model.stats.read_bytes.counts[0] == 0  # a streamed plan reads weights in every inference
+
+
+def test_concurrent_requests_are_each_counted_once(models, tmp_path):
+    import threading
+
+    model = models.load("a", fc_model(tmp_path / "a.onnx", seed=1))
+    x = {"x": np.ones((1, 256), np.float32)}
+    served = []
+
+    def client():
+        for _ in range(5):
+            try:
+                model.run(x)
+                served.append(1)
+            except Overloaded:
+                pass  # capacity 3: the others are refused, and not counted as runs
+
+    threads = [threading.Thread(target=client) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stats = model.stats
+    assert (
+        served
+        and stats.inferences == len(served) == stats.latency.count == stats.queue.count == stats.stall.count
+    )
+    assert stats.compute_infer.ns == pytest.approx(stats.latency.sum * 1e9, rel=1e-6)
+    assert model.queue_depth == 0
