@@ -60,7 +60,11 @@ NOT_BOOTED = "systemd is not running: no /run/systemd/system"
 COMMAND_LINKS = ("flexnnctl", "flexnnd")
 LINK_DIR = Path("/usr/local/bin")
 # The unit's NUMBA_CACHE_DIR=%C/flexnn/numba and CacheDirectory=, for `flexnnd warm` run at install.
-SERVICE_ENV = {"CACHE_DIRECTORY": "/var/cache/flexnn", "NUMBA_CACHE_DIR": "/var/cache/flexnn/numba"}
+SERVICE_ENV = {
+    "STATE_DIRECTORY": "/var/lib/flexnn",
+    "CACHE_DIRECTORY": "/var/cache/flexnn",
+    "NUMBA_CACHE_DIR": "/var/cache/flexnn/numba",
+}
 # Build leftovers and caches not copied with a source tree (the wheel is built from the copy).
 TREE_IGNORE = shutil.ignore_patterns(
     ".git",
@@ -448,9 +452,13 @@ def warm(host: Host, prefix: Path) -> None:
     if host.root is not None:
         host.skip([f"{prefix}/bin/flexnnd", *cmd[3:]], "staging root: run it on the device")
         return
+    # As root: once the service has run, its directories sit under /var/{lib,cache}/private (0700 root).
     host.run(cmd, env=SERVICE_ENV, cwd="/")
-    cache = Path(SERVICE_ENV["CACHE_DIRECTORY"])
-    host.run(["chown", "-R", f"{USER}:{GROUP}", f"{cache}/"])  # the trailing / follows DynamicUser='s symlink
+    for kind in ("STATE_DIRECTORY", "CACHE_DIRECTORY"):
+        if (
+            host.dry_run or Path(SERVICE_ENV[kind]).exists()
+        ):  # the trailing / follows DynamicUser='s symlink to private/
+            host.run(["chown", "-R", f"{USER}:{GROUP}", SERVICE_ENV[kind] + "/"])
 
 
 def install(args: argparse.Namespace) -> int:

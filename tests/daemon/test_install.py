@@ -151,7 +151,7 @@ def test_lifecycle_reinstall_uninstall_purge(tmp_path, wheel):
 
 def test_dry_run_prints_each_step_and_writes_nothing(tmp_path):
     root = tmp_path / "root"
-    done = flexnnd("install", "--root", root, "--dry-run")
+    done = flexnnd("install", "--root", root, "--dry-run", "--enable", "--warm")
     assert done.returncode == 0, done.stderr
     assert not root.exists()
     lines = done.stdout.splitlines()
@@ -161,6 +161,8 @@ def test_dry_run_prints_each_step_and_writes_nothing(tmp_path):
         f"would write: {install.CONFIG_FILE}",
         f"would write: {install.UNIT_FILE}",
         "not run (staging root): systemctl daemon-reload",
+        f"would run: systemctl --root={root} enable flexnnd.service",
+        "not run (staging root: run it on the device): /opt/flexnn/bin/flexnnd warm --config /etc/flexnn/flexnnd.toml",
     ):
         assert step in lines, step
     assert any(line.startswith("would run: ") and " wheel --no-deps " in line for line in lines)
