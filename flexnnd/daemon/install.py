@@ -618,7 +618,8 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument(
         "--root", type=Path, metavar="DIR",
-        help="stage every path under DIR (an image being built); useradd and systemctl are printed, not run",
+        help="stage every path under DIR (an image being built); useradd, daemon-reload and warm are "
+        "printed, not run",
     )  # fmt: skip
     parser.add_argument("--dry-run", action="store_true", help="print each step, do none")
     return parser
