@@ -39,8 +39,11 @@ def staged(root: Path, path: Path | str) -> Path:
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
+    # Built from a copy: an in-tree build/ would leave stale modules for later wheels to pick up.
+    source = out / "src"
+    shutil.copytree(REPO, source, ignore=install.TREE_IGNORE)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--wheel-dir", out, REPO],
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--wheel-dir", out, source],
         check=True, timeout=300, cwd=out,
     )  # fmt: skip
     (built,) = out.glob("flexnn-*.whl")
