@@ -647,8 +647,14 @@ def create_dirs(dirs: Dirs) -> None:
     """Create the folders that are missing (0750); refuse a runtime folder that another user owns."""
     for path in (dirs.runtime, dirs.socket.parent, dirs.state, dirs.cache, dirs.models):
         if not path.exists():
-            path.mkdir(mode=0o750, parents=True, exist_ok=True)
-            path.chmod(0o750)  # mkdir's mode is filtered by the umask
+            try:
+                path.mkdir(mode=0o750, parents=True, exist_ok=True)
+                path.chmod(0o750)  # mkdir's mode is filtered by the umask
+            except OSError as e:
+                raise ConfigError(
+                    f"cannot create {path}: {e.strerror} (uid {os.getuid()}); set runtime_dir, state_dir and "
+                    "cache_dir to folders this user may write, or run under the systemd unit"
+                ) from None
     # A runtime folder that another ordinary user owns could be a trap set in a shared temp dir.
     owner, uid = dirs.runtime.stat().st_uid, os.getuid()
     if owner not in (uid, 0):

@@ -251,6 +251,13 @@ def test_create_dirs_makes_the_runtime_dir_0750(tmp_path):
         assert path.is_dir() and path.stat().st_mode & 0o777 == 0o750, path
 
 
+def test_a_folder_that_cannot_be_made_is_a_config_error_naming_it(tmp_path):
+    (tmp_path / "file").write_text("")  # a state_dir below a file: mkdir fails as it would without permission
+    dirs = resolve_dirs(Config(runtime_dir=tmp_path / "run", state_dir=tmp_path / "file" / "state"), {})
+    with pytest.raises(ConfigError, match=r"cannot create .*file/state: Not a directory \(uid \d+\)"):
+        cfg.create_dirs(dirs)
+
+
 def test_size_text_round_trips():
     from flexnn_api.sizes import parse_size
 
