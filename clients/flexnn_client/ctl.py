@@ -11,6 +11,8 @@ import os
 import re
 import sys
 
+from flexnn_api.sizes import format_size as _size
+
 from flexnn_client import (
     EXIT_BUDGET_TOO_SMALL,
     EXIT_FAILED,
@@ -35,14 +37,13 @@ def _print_json(value) -> None:
     print(json.dumps(value, indent=1), flush=True)
 
 
-def _size(n: int) -> str:
-    from flexnn_api.sizes import format_size
-
-    return format_size(n)
-
-
 def _ms(seconds: float | None) -> str:
     return f"{seconds * 1e3:.1f} ms" if seconds else "-"
+
+
+def _setting(text: str) -> str:
+    """An operator or configured budget as the wire carries it (bytes as text, or auto), as a size."""
+    return _size(int(text)) if text.isdigit() else text or "auto"
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -107,14 +108,17 @@ def _remote(func):
 
 @_remote
 def cmd_set_budget(args: argparse.Namespace, client) -> int:
-    reply = client.set_budget(args.budget)
+    reply = client.set_budget("auto" if args.clear else args.budget)
     if args.json:
         from flexnn_client.as_json import message_dict
 
         _print_json(message_dict(reply))
         return EXIT_OK
     budget = _size(reply.effective_budget_bytes) if reply.effective_budget_bytes else "unlimited"
-    print(f"budget {reply.operator_budget} accepted; effective budget {budget} ({reply.budget_source})")
+    operator = "auto (cleared)" if reply.operator_budget == "auto" else _setting(reply.operator_budget)
+    print(f"operator budget {operator}; in force {budget} ({reply.budget_source})")
+    if reply.reason:
+        print(f"  {reply.reason}")
     return EXIT_OK
 
 
@@ -127,7 +131,12 @@ def cmd_status(args: argparse.Namespace, client) -> int:
         _print_json(message_dict(status))
         return EXIT_OK
     budget = _size(status.effective_budget_bytes) if status.effective_budget_bytes else "unlimited"
-    print(f"budget       {budget} (source: {status.budget_source}; operator: {status.operator_budget})")
+    print(
+        f"budget       {budget} (source: {status.budget_source}; operator: {_setting(status.operator_budget)}; "
+        f"configured: {_setting(status.configured_budget)})"
+    )
+    if status.budget_reason:
+        print(f"             {status.budget_reason}")
     print(f"runtime      {_size(status.runtime_overhead_bytes)} overhead, RSS {_size(status.rss_bytes)}")
     print(f"swaps        {status.swaps}, up {status.uptime_s:.0f} s")
     if status.HasField("last_pressure_event"):
@@ -372,7 +381,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         "set-budget", cmd_set_budget, "set the memory budget of all models: a size like 128M, or auto"
     )
-    p.add_argument("budget", help="bytes, or 128M / 1.5G / 512Mi / 300MB, or auto (the machine decides)")
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument(
+        "budget",
+        nargs="?",
+        help="bytes, or 128M / 1.5G / 512Mi / 300MB, or auto: clear the operator budget "
+        "(the configured one applies, else the machine decides)",
+    )
+    budget.add_argument("--clear", action="store_true", help="clear the operator budget: the same as auto")
     command("status", cmd_status, "budget, its source, runtime overhead and each model's plan")
     command("models", cmd_models, "the loaded models and their state")
     p = command("infer", cmd_infer, "run a model on an input stored as .npy")

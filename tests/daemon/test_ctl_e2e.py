@@ -67,8 +67,9 @@ def test_set_budget_models_load_unload_and_infer_speak_json(daemon, tmp_path):  
         reply = ctl_json(daemon, "set-budget", str(smallest * 2))
         assert reply["effective_budget_bytes"] == smallest * 2 and reply["budget_source"] == "operator"
     finally:
-        reply = ctl_json(daemon, "set-budget", "auto")
-    assert type(reply["effective_budget_bytes"]) is int and reply["budget_source"] != "operator"
+        reply = ctl_json(daemon, "set-budget", "--clear")  # the same as auto
+    assert reply["operator_budget"] == "auto" and reply["budget_source"] != "operator"
+    assert type(reply["effective_budget_bytes"]) is int
 
     loaded = ctl_json(daemon, "load", "b", "b.onnx")
     try:
