@@ -1,4 +1,4 @@
-"""The flexnn client: flexnnctl and (with the daemon) the Python client library."""
+"""The flexnn client: flexnnctl and the Python client library. Neither imports the engine (numba, onnx)."""
 
 # Exit codes of flexnnctl, distinct so scripts can tell failures apart.
 EXIT_OK = 0
