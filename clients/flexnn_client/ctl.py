@@ -261,9 +261,9 @@ def distinct_plans(rungs: list[dict]) -> list[dict]:
             plans[key] = dict(rung, rungs=1)
             continue
         plan["rungs"] += 1
-        for key in ("active", "measured_latency_s"):  # the daemon's listing only
-            if key in rung:
-                plan[key] = plan[key] or rung[key]
+        for field in ("active", "measured_latency_s"):  # the daemon's listing only
+            if field in rung:
+                plan[field] = plan[field] or rung[field]
     ordered = sorted(plans.values(), key=lambda p: p["budget_bytes"])
     costs = sorted({p["budget_bytes"] for p in ordered})
     result = []
