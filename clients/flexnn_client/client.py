@@ -164,6 +164,12 @@ def decode_outputs(response) -> dict[str, np.ndarray]:
 
 def _error(e: grpc.RpcError, address: str) -> ClientError:
     code, details = e.code(), e.details() or ""
+    if code == grpc.StatusCode.UNAVAILABLE and "permission denied" in details.lower():
+        return ClientError(
+            f"permission denied on {address}: the socket is for root and the daemon's group "
+            f"(sudo usermod -aG flexnn $USER, then log in again) ({details})",
+            code,
+        )
     if code == grpc.StatusCode.UNAVAILABLE and any(
         s in details.lower() for s in ("connect", "no such file", "connection refused", "dns resolution")
     ):

@@ -13,7 +13,7 @@ import threading
 
 import numpy as np
 
-from flexnn_client import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from flexnn_client import EXIT_INTERRUPTED, EXIT_NOT_RUNNING, EXIT_OK, EXIT_USAGE
 from tests.daemon.harness import ROOT
 from tests.daemon.test_daemon_e2e import cache, daemon, models_dir, x_for  # noqa: F401 - shared fixtures
 
@@ -163,3 +163,19 @@ def test_status_finds_the_daemon_by_its_environment_without_the_engine(daemon): 
     report = json.loads(out.stderr.strip().splitlines()[-1])
     assert report == {"exit": EXIT_OK, "held": []}
     assert json.loads(out.stdout)["models"][0]["name"] == "a"
+
+
+def test_a_socket_this_user_may_not_use_is_said_as_such_not_as_not_running(daemon):  # noqa: F811
+    drop = "-dac_override,-dac_read_search"  # root without them is refused by file modes like anyone else
+    mode = daemon.socket.stat().st_mode & 0o777
+    daemon.socket.chmod(0)
+    try:
+        out = subprocess.run(
+            ["setpriv", f"--inh-caps={drop}", f"--bounding-set={drop}", sys.executable, "-m", "flexnn_client.ctl",
+             "--address", str(daemon.socket), "status"],
+            capture_output=True, text=True, timeout=60, cwd=ROOT, env=daemon.env,
+        )  # fmt: skip
+    finally:
+        daemon.socket.chmod(mode)
+    assert out.returncode not in (EXIT_OK, EXIT_NOT_RUNNING), out
+    assert "permission denied" in out.stderr and "usermod -aG flexnn" in out.stderr, out.stderr
