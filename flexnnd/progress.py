@@ -19,7 +19,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, TextIO
 
@@ -107,16 +107,24 @@ class LogSink(_Throttled):
 
 
 class StatusSink(_Throttled):
-    """systemd STATUS= lines through a Notifier (anything with a status(text) method)."""
+    """systemd STATUS= lines through a Notifier (anything with a status(text) method). When the last
+    task running ends, `idle()` (if given) is sent: a finished or failed task's line does not stay."""
 
     interval = STATUS_INTERVAL_S
 
-    def __init__(self, notifier) -> None:
+    def __init__(self, notifier, idle: Callable[[], str] | None = None) -> None:
         super().__init__()
-        self.notifier = notifier
+        self.notifier, self.idle = notifier, idle
+        self._running: set[int] = set()
 
     def update(self, kind: str, task: Task) -> None:
-        if kind != "finish" and self.due(kind, task):
+        if kind == "finish":
+            self._running.discard(task.key)
+            if not self._running and self.idle is not None:
+                self.notifier.status(self.idle())
+            return
+        self._running.add(task.key)
+        if self.due(kind, task):
             self.notifier.status(task.text())
 
 
@@ -219,3 +227,11 @@ def replay(message: tuple, source: int = 0) -> None:
         t.finished = True
         del _replayed[source, key]
     _emit(kind, t)
+
+
+def end_replay(source: int = 0) -> None:
+    """The process `source` is gone: its tasks still open ended with it (a crash), as failed."""
+    for key in [k for k in _replayed if k[0] == source]:
+        t = _replayed.pop(key)
+        t.finished = t.failed = True
+        _emit("finish", t)

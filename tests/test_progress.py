@@ -118,3 +118,28 @@ def test_a_spawned_childs_progress_reaches_the_parents_sinks():
         assert in_child(_counting_child, 5) == 5
     kinds = [(kind, done) for kind, name, done, _ in recorder.seen if name == "child work"]
     assert kinds[0] == ("start", 0) and kinds[-1] == ("finish", 5)
+
+
+def _dying_child() -> None:
+    import os
+
+    with progress.task("child work", total=3) as t:
+        t.advance()
+        os._exit(9)  # a crash: no finish is ever sent
+
+
+def test_a_crashed_childs_open_task_ends_as_failed_and_status_goes_back_to_idle():
+    from concurrent.futures.process import BrokenProcessPool
+
+    class Notifier:
+        def __init__(self):
+            self.sent = []
+
+        def status(self, text):
+            self.sent.append(text)
+
+    notifier = Notifier()
+    sinks = progress.sinks(progress.StatusSink(notifier, idle=lambda: "serving"), progress.LogSink())
+    with sinks, pytest.raises(BrokenProcessPool):
+        in_child(_dying_child)
+    assert notifier.sent[0].startswith("child work 0/3") and notifier.sent[-1] == "serving"

@@ -54,6 +54,7 @@ def _report_to(queue) -> None:
 def _relay(queue, source: int) -> None:
     while (message := queue.get()) is not None:
         progress.replay(message, source)
+    progress.end_replay(source)
 
 
 def in_child(fn, *args):

@@ -385,7 +385,7 @@ class Daemon:
         # The first decision has no runtime overhead measured yet; the real one follows warm-up.
         self.reevaluate([])
         # Imports, planning, calibration and kernel compilation say how far they are: log and STATUS=.
-        progress.set_sinks([progress.LogSink(), progress.StatusSink(self.notifier)])
+        progress.set_sinks([progress.LogSink(), progress.StatusSink(self.notifier, idle=self.status_text)])
         jit.skip_blas_probe()
         with jit.compiling():  # a cold numba cache compiles the kernels during each model's warm-up
             for spec in specs:
