@@ -41,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--models-dir", type=Path, help="the daemon's models directory (default: as the daemon)"
     )
+    parser.add_argument(
+        "--numba-cache",
+        type=Path,
+        help="numba's cache directory, as the daemon's NUMBA_CACHE_DIR (the unit sets CACHE/numba; default: "
+        "$NUMBA_CACHE_DIR, else numba's own, beside the flexnnd sources)",
+    )
     return parser
 
 
@@ -95,7 +101,15 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["warm"]:
         argv = argv[1:]
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.numba_cache is not None:  # numba reads it once, when it is imported: before any flexnnd kernel
+        os.environ["NUMBA_CACHE_DIR"] = str(args.numba_cache.absolute())
+    terminal = sys.stderr.isatty()
+    # A terminal gets progress bars: only this command's own lines beside them, not the engine's.
+    logging.basicConfig(
+        level=logging.WARNING if terminal else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    log.setLevel(logging.INFO)
     from flexnnd import zoo
     from flexnnd.daemon.config import load_config, resolve_dirs
     from flexnnd.errors import FlexnnError
@@ -113,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("warming %s: cache %s, numba cache %s", ", ".join(specs), cache, numba_cache)
     from flexnnd import progress
 
-    if not sys.stderr.isatty():  # a terminal gets the bar; logs get a line a second
+    if not terminal:  # a terminal gets the bars; a log a line a second per task
         progress.set_sinks([progress.LogSink()])
     start = time.perf_counter()
     try:

@@ -59,8 +59,18 @@ def test_a_first_start_reports_import_planning_and_loading_before_ready(tmp_path
 
 def warm(models_dir, cache, numba_cache, *models):
     return subprocess.run(
-        [sys.executable, "-m", "flexnnd.main", "warm", *models, "--models-dir", str(models_dir)],
-        env={**DaemonProcess(cache).env, "CACHE_DIRECTORY": str(cache), "NUMBA_CACHE_DIR": str(numba_cache)},
+        [
+            sys.executable,
+            "-m",
+            "flexnnd.main",
+            "warm",
+            *models,
+            "--models-dir",
+            str(models_dir),
+            "--numba-cache",
+            str(numba_cache),
+        ],
+        env={**DaemonProcess(cache).env, "CACHE_DIRECTORY": str(cache)},
         cwd=ROOT,
         capture_output=True,
         text=True,
