@@ -343,10 +343,12 @@ def _remote_plans(args: argparse.Namespace, client) -> int:
 def _version() -> str:
     from importlib import metadata
 
-    try:
-        return metadata.version("flexnn")
-    except metadata.PackageNotFoundError:
-        return "unknown (flexnn is not installed: run from a source tree)"
+    for distribution in ("flexnn", "flexnn-client"):  # the whole package, or the client alone
+        try:
+            return metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            continue
+    return "unknown (flexnn is not installed: run from a source tree)"
 
 
 class _VersionAction(argparse.Action):
@@ -456,6 +458,16 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE if e.code else EXIT_OK
     try:
         return args.func(args)
+    except ModuleNotFoundError as e:
+        if e.name != "flexnnd" and not (e.name or "").startswith("flexnnd."):
+            raise
+        # the client-only distribution (clients/pyproject.toml) has no engine for the local commands
+        print(
+            f"flexnnctl {args.command}: this needs the engine, which this installation lacks: it is the "
+            "client alone (flexnn-client); install flexnn (pip install flexnn) for import and local plans",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     except BrokenPipeError:  # output piped into `head` and the like: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
