@@ -77,8 +77,10 @@ def test_the_client_wheel_depends_on_grpc_protobuf_and_numpy_only(client_only):
 
 
 def test_the_client_alone_talks_to_the_daemon_and_refuses_local_commands_clearly(
-    client_only, daemon, tmp_path
-):  # noqa: F811
+    client_only,
+    daemon,  # noqa: F811
+    tmp_path,
+):
     _, target = client_only
     assert run(target, "-c", "import flexnnd").returncode != 0  # the engine is really absent
     version = run(target, "-m", "flexnn_client.ctl", "--version")
