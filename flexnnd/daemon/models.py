@@ -39,7 +39,7 @@ from flexnnd.errors import (
     PlanError,
 )
 from flexnnd.graph.package import MANIFEST, Package, read_package
-from flexnnd.planner.ladder import LADDER_FILE, stored_rungs
+from flexnnd.planner.ladder import LADDER_FILE, NEXT_LADDER, PROVISIONAL, stored_rungs
 from flexnnd.planner.plan import Plan
 from flexnnd.planner.plan_file import IndexEntry, read_plan
 from flexnnd.runtime.session import Session, TensorSpec, package_for, package_for_path
@@ -297,6 +297,8 @@ class Models:
         self.total: int | None = None
         self.swaps = 0
         self.plan_error = ""  # why the last rebalance could not read a plan ("" when it could)
+        # On a machine not calibrated yet, plan ladders with estimated rates (the daemon calibrates after READY).
+        self.estimate = False
 
     def names(self) -> list[str]:
         return list(self._models)
@@ -373,7 +375,7 @@ class Models:
             ladder = stored_rungs(package)
             if ladder is None:
                 start = time.perf_counter()
-                in_child(package_with_ladder, str(package.path), str(self.cache_dir))
+                in_child(package_with_ladder, str(package.path), str(self.cache_dir), self.estimate)
                 ladder = stored_rungs(package)
                 log.info(
                     "planned the ladder of %s: %d rungs in %.1f s",
@@ -381,9 +383,7 @@ class Models:
                     len(ladder),
                     time.perf_counter() - start,
                 )
-            out_bytes = sum(t.nbytes for t in package.graph.outputs)
-            rungs = [Rung(e.arena_bytes + out_bytes, e.predicted_seconds or 0.0, e) for e in ladder]
-            model = Model(name, source, package, rungs, self.queue_depth)
+            model = Model(name, source, package, _rungs(package, ladder), self.queue_depth)
             if required and self.total is not None:
                 others = sum(m.minimum for m in self.all() if m.state not in ("no-fit", "failed"))
                 if others + model.minimum > self.total:
@@ -411,7 +411,7 @@ class Models:
                 and not (package_for_path(source, self.cache_dir / "packages") / MANIFEST).is_file()
             ):
                 in_child(
-                    package_with_ladder, str(source), str(self.cache_dir)
+                    package_with_ladder, str(source), str(self.cache_dir), self.estimate
                 )  # import in a child: see prepare.py
             return read_package(package_for(source, self.cache_dir / "packages"), verify=verify)
         except PackageError:
@@ -420,8 +420,20 @@ class Models:
             cached = package_for(source, self.cache_dir / "packages")
         log.warning("re-importing %s: the cached package %s no longer matches its manifest", source, cached)
         shutil.rmtree(cached)
-        in_child(package_with_ladder, str(source), str(self.cache_dir))
+        in_child(package_with_ladder, str(source), str(self.cache_dir), self.estimate)
         return read_package(package_for(source, self.cache_dir / "packages"), verify=True)
+
+    def adopt_ladder(self, name: str, package_dir: Path) -> None:
+        """Put the ladder planned again after calibration (NEXT_LADDER) in place of the model's
+        estimated one, then rebalance: its plans are read under this lock, never half-replaced."""
+        with self._lock:
+            model = self.get(name)
+            if model.package_dir != package_dir:  # reloaded from elsewhere meanwhile
+                return
+            os.replace(package_dir / NEXT_LADDER, package_dir / LADDER_FILE)
+            (package_dir / PROVISIONAL).unlink(missing_ok=True)
+            model.rungs = _rungs(model.package, stored_rungs(model.package))
+            self._rebalance_or_keep(f"model {name}'s ladder planned again with this machine's calibration")
 
     def unload(self, name: str) -> None:
         with self._lock:
@@ -587,6 +599,12 @@ class Models:
         if model.reason != model.swap_error:  # one event per distinct failure, not one per retry
             model.swap_error = model.reason
             self.events.publish(Event("error", model.reason, model=model.name))
+
+
+def _rungs(package: Package, ladder: list[IndexEntry]) -> list[Rung]:
+    """A ladder's rungs, each costing its arena plus one inference's output copies."""
+    out_bytes = sum(t.nbytes for t in package.graph.outputs)
+    return [Rung(e.arena_bytes + out_bytes, e.predicted_seconds or 0.0, e) for e in ladder]
 
 
 def _warm(session: Session) -> None:

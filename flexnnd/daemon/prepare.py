@@ -3,16 +3,23 @@
 An import holds the whole ONNX model and its weights in memory at once; done inside the daemon it
 would leave hundreds of MiB of heap behind that the budget then has to pay for as "runtime". A
 spawned child does the work and exits, so the daemon keeps only the package it then reads.
+
+On a machine not calibrated yet the daemon plans with estimated rates and calibrates after READY
+(calibrate_later): calibration compiles and times kernels the model may never use, 15 s of a 25 s
+first start on 2 cores. The all-resident plan an unconstrained budget serves does not depend on it.
 """
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from flexnnd import errors, progress
+
+log = logging.getLogger("flexnnd.prepare")
 
 
 def zoo_model(name: str, zoo_dir: str) -> str:
@@ -24,17 +31,67 @@ def zoo_model(name: str, zoo_dir: str) -> str:
     return str(path)
 
 
-def package_with_ladder(source: str, cache_dir: str) -> str:
-    """The package of `source` with its ladder stored, importing and planning as needed."""
-    from flexnnd.graph.package import read_package
-    from flexnnd.planner.ladder import build_and_store, stored_rungs
-    from flexnnd.runtime.session import package_for
+def package_with_ladder(source: str, cache_dir: str, estimate: bool = False) -> str:
+    """The package of `source` with its ladder stored, importing and planning as needed. With
+    `estimate`, a machine not calibrated yet gets a ladder planned with estimated rates, marked
+    provisional: the daemon calibrates after READY (calibrate_later)."""
+    from flexnnd.graph.package import MANIFEST, read_package
+    from flexnnd.planner.ladder import build_and_store, provisional, stored_rungs
+    from flexnnd.runtime.session import package_for_path
 
-    # An import stores the ladder itself; only a package without a current one is planned here.
-    package = read_package(package_for(source, Path(cache_dir) / "packages", calibration_dir=cache_dir))
-    if stored_rungs(package) is None:
-        build_and_store(package, cache_dir)
+    path = Path(source)
+    target = package_for_path(path, Path(cache_dir) / "packages")
+    if target != path and not (target / MANIFEST).is_file():
+        from flexnnd.graph.onnx_import import import_model
+
+        import_model(path, target, ladder=False)  # the ladder is planned below, where `estimate` applies
+    package = read_package(target)
+    if stored_rungs(package) is None or (not estimate and provisional(package)):
+        build_and_store(package, cache_dir, estimate=estimate)
     return str(package.path)
+
+
+def plan_again(package_dirs: list[str], cache_dir: str) -> None:
+    """Calibrate this machine (the first package's build does) and plan each package's ladder again,
+    into NEXT_LADDER beside its plans.json: the daemon swaps it in under its models' lock."""
+    from flexnnd.graph.package import read_package
+    from flexnnd.planner.ladder import NEXT_LADDER, build_and_store
+
+    for package_dir in package_dirs:
+        build_and_store(read_package(Path(package_dir)), cache_dir, path=NEXT_LADDER)
+
+
+CALIBRATING = "calibrating this machine after READY"  # logged before READY when a ladder waits for it
+CALIBRATED = "calibration after READY ended"  # logged when that is over, whatever the outcome
+
+
+def calibrate_later(models) -> threading.Thread | None:
+    """For after READY: a thread that calibrates in a child, plans the models' provisional ladders
+    again and adopts them (None when none is provisional). Until then a model serves on its
+    estimated ladder, whose all-resident top rung is the same."""
+    from flexnnd.planner.ladder import provisional
+
+    waiting = {m.name: m.package_dir for m in models.all() if provisional(m.package)}
+    if not waiting:
+        return None
+    log.info("%s; %s planned with estimated rates until then", CALIBRATING, ", ".join(waiting))
+
+    def run() -> None:
+        code = in_daemonic_child(plan_again, [str(d) for d in waiting.values()], str(models.cache_dir))
+        if code != 0:
+            log.warning(
+                "calibration ended with exit code %d: the estimated ladders serve until the next start", code
+            )
+        for name, package_dir in waiting.items() if code == 0 else ():
+            try:
+                models.adopt_ladder(name, package_dir)
+            except (errors.FlexnnError, OSError) as e:
+                log.warning("%s keeps its estimated ladder: %s", name, e)
+            else:
+                log.info("%s: ladder planned again with this machine's calibration", name)
+        log.info("%s", CALIBRATED)
+
+    return threading.Thread(target=run, name="calibrate", daemon=True)
 
 
 def _call(fn, args):
@@ -55,6 +112,34 @@ def _relay(queue, source: int) -> None:
     while (message := queue.get()) is not None:
         progress.replay(message, source)
     progress.end_replay(source)
+
+
+def _report_and_call(queue, fn, args) -> None:
+    _report_to(queue)
+    try:
+        fn(*args)
+    except errors.FlexnnError as e:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        log.error("%s", e)
+        raise SystemExit(1) from None
+
+
+def in_daemonic_child(fn, *args) -> int:
+    """fn(*args) in a spawned daemonic process, its progress reported here: the daemon's exit ends
+    it rather than waiting for it (as it would for a ProcessPoolExecutor's). Its exit code."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.SimpleQueue()
+    relay = threading.Thread(target=_relay, args=(queue, id(queue)), name="progress-relay", daemon=True)
+    relay.start()
+    child = context.Process(target=_report_and_call, args=(queue, fn, args), daemon=True)
+    try:
+        child.start()
+        child.join()
+    finally:
+        queue.put(None)
+        relay.join()
+        queue.close()
+    return child.exitcode
 
 
 def in_child(fn, *args):

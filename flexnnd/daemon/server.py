@@ -387,6 +387,7 @@ class Daemon:
         # Imports, planning, calibration and kernel compilation say how far they are: log and STATUS=.
         progress.set_sinks([progress.LogSink(), progress.StatusSink(self.notifier, idle=self.status_text)])
         jit.skip_blas_probe()
+        self.models.estimate = True  # READY first: a machine not calibrated yet is calibrated after it
         with jit.compiling():  # a cold numba cache compiles the kernels during each model's warm-up
             for spec in specs:
                 self.notifier.status(f"loading {_name(spec)}")
@@ -407,9 +408,12 @@ class Daemon:
         log.info("runtime overhead %s (RSS beside the models' arenas)", format_size(self.runtime_overhead))
         self.reevaluate([])
         self._watch_files()
+        calibration = prepare.calibrate_later(self.models)  # ladders planned with estimated rates
         self.notifier.ready()
         self.notifier.status(self.status_text())
         log.info("serving on %s: %s", self.dirs.socket, self.status_text())
+        if calibration is not None:
+            calibration.start()
 
     def _open_monitor(self) -> Monitor | None:
         try:

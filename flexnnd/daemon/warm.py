@@ -1,13 +1,16 @@
-"""`flexnnd warm`: do ahead of the first start what a cold start would do before READY.
+"""`flexnnd warm`: do ahead of the first start what a cold start would do before and after READY.
 
 For each model (the configured ones, else the default zoo model): build it if it is a zoo name,
 import it into the daemon's cache with its ladder (which calibrates this machine once), and run
 each distinct plan of its ladder once on zeros, so that numba compiles every kernel the model can
-need into its cache. The daemon then starts in about a second. Run it as the daemon's user with
-the daemon's environment (NUMBA_CACHE_DIR, CACHE_DIRECTORY), e.g. at install.
+need into its cache. The daemon then starts in about a second and has nothing to calibrate after
+READY (a first start serves meanwhile on a ladder planned with estimated rates). Run it as the
+daemon's user with the daemon's environment (NUMBA_CACHE_DIR, CACHE_DIRECTORY), e.g. at install.
 
 Kernels compile one at a time: numba holds one global lock for the whole of a compilation (typing,
-lowering and LLVM), so compiling in threads does not overlap (measured: see benchmarks/daemon.py).
+lowering and LLVM), so threads do not overlap it; measured on these 2 shared cores, compiling
+mobilenet_v2's and the calibration's kernels in 2 threads took 18.6 s (4 runs' mean) against 18.9 s
+one after the other.
 """
 
 from __future__ import annotations

@@ -63,6 +63,21 @@ FALLBACK_READ_BYTES = (
 )
 
 
+# The rates a daemon's first start plans with before this machine is calibrated (it calibrates after
+# READY and plans again): a little below this x86 VM's (GEMM 82, Winograd 128, depthwise 26 GFLOP/s)
+# and an SD card's reads. Only the rungs below all-resident depend on them.
+ESTIMATE = Machine(
+    gemm_flops=40e9,
+    winograd_flops=60e9,
+    depthwise_flops=12e9,
+    memory_bytes=8e9,
+    read_bytes=FALLBACK_READ_BYTES,
+    read_latency=1e-4,
+    part_bytes=10e9,
+    fc_bytes=10e9,
+)
+
+
 def default_cache_dir() -> Path:
     """Where this machine's rates (and, under packages/, imports of .onnx files) are cached."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -367,17 +382,32 @@ def _kernel_rates() -> dict[str, float]:
     }
 
 
-def machine(cache_dir: Path, weights_file: Path) -> Machine:
-    """This machine's rates, measured once per CPU, numba version and filesystem, then cached."""
+def _cache(cache_dir: Path, weights_file: Path) -> tuple[Path, str, dict]:
+    """The calibration file, this machine's key in it (CPU, numba version, filesystem), its entries."""
     key = f"{platform.machine()}-{_cpu_model()}-numba{numba.__version__}-dev{os.stat(weights_file).st_dev}"
     path = Path(cache_dir) / "calibration.json"
     try:
         cached = json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         cached = {}
+    return path, key, cached
+
+
+def cached_machine(cache_dir: Path, weights_file: Path) -> Machine | None:
+    """This machine's cached rates; None when it was not calibrated yet (or by another version)."""
+    _, key, cached = _cache(cache_dir, weights_file)
     entry = cached.get(key)
     if entry and entry.get("version") == CALIBRATION_VERSION:
         return Machine(**entry["machine"])
+    return None
+
+
+def machine(cache_dir: Path, weights_file: Path) -> Machine:
+    """This machine's rates, measured once per CPU, numba version and filesystem, then cached."""
+    found = cached_machine(cache_dir, weights_file)
+    if found is not None:
+        return found
+    path, key, cached = _cache(cache_dir, weights_file)
     found, measured = measure(weights_file)
     if not measured:
         return found

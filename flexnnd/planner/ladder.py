@@ -162,6 +162,8 @@ def choose(ladder: Sequence[Plan | IndexEntry], budget: int) -> Plan | IndexEntr
 
 
 LADDER_FILE = "plans.json"
+PROVISIONAL = "plans.provisional"  # beside LADDER_FILE while its plans are planned with estimated rates
+NEXT_LADDER = "plans.next.json"  # a ladder planned again, for the daemon to put in LADDER_FILE's place
 
 
 def stored_ladder(package) -> list[Plan] | None:
@@ -194,13 +196,30 @@ def stored_rungs(package) -> list[IndexEntry] | None:
         return None
 
 
-def build_and_store(package, cache_dir) -> list[Plan]:
-    """Build the ladder with this machine's calibration and store it beside the weights."""
+def build_and_store(package, cache_dir, estimate: bool = False, path: str | None = None) -> list[Plan]:
+    """Build the ladder with this machine's calibration and store it beside the weights (in `path`,
+    a file name in the package, instead of plans.json when given). With `estimate`, a machine not
+    calibrated yet is not calibrated now: the ladder is planned with calibrate.ESTIMATE and marked
+    provisional, to be planned again once it is (see daemon.prepare.calibrate_later)."""
+    from flexnnd.planner import calibrate
     from flexnnd.planner.plan_file import write_plans
 
-    ladder = _build(package, cache_dir)
-    write_plans(package.path / LADDER_FILE, ladder, package.graph, package.weights_sha256)
+    machine = calibrate.cached_machine(cache_dir, package.weights_path) if estimate else None
+    provisional = estimate and machine is None
+    marker = package.path / PROVISIONAL
+    if provisional:  # marked before the ladder is stored: a crash between leaves it to plan again
+        marker.write_text("planned with estimated rates; planned again once this machine is calibrated\n")
+        machine = calibrate.ESTIMATE
+    ladder = build_ladder(package.graph, machine or calibrate.machine(cache_dir, package.weights_path))
+    write_plans(package.path / (path or LADDER_FILE), ladder, package.graph, package.weights_sha256)
+    if not provisional and path is None:
+        marker.unlink(missing_ok=True)
     return ladder
+
+
+def provisional(package) -> bool:
+    """Whether the package's ladder was planned with estimated rates (build_and_store's `estimate`)."""
+    return (package.path / PROVISIONAL).exists()
 
 
 def current_rungs(package, cache_dir) -> list[IndexEntry] | list[Plan] | None:

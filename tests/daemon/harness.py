@@ -45,7 +45,9 @@ class DaemonProcess:
         env.update(self.extra_env)
         return env
 
-    def start(self, wait: bool = True) -> DaemonProcess:
+    def start(self, wait: bool = True, settle: bool = True) -> DaemonProcess:
+        """Start flexnnd; with `wait`, return at READY=1, and with `settle` too once a first start's
+        calibration after READY is over (its ladders planned again), so tests see fixed plans."""
         self.tmp.mkdir(parents=True, exist_ok=True)
         if self._notify is None:
             self.notify_path.unlink(missing_ok=True)
@@ -63,7 +65,21 @@ class DaemonProcess:
         log.close()
         if wait:
             self.wait_for("READY=1", START_TIMEOUT_S)
+            if settle:
+                self.wait_for_calibration(START_TIMEOUT_S)
         return self
+
+    def wait_for_calibration(self, timeout: float) -> None:
+        """Until every "calibrating ... after READY" in the log has its "calibration after READY ended"."""
+        from flexnnd.daemon.prepare import CALIBRATED, CALIBRATING
+
+        deadline = time.monotonic() + timeout
+        while (log := self.log()).count(CALIBRATING) > log.count(CALIBRATED):
+            if self.proc.poll() is not None:
+                raise AssertionError(f"flexnnd exited with {self.proc.returncode} while calibrating:\n{log}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"calibration after READY not over within {timeout} s:\n{log}")
+            time.sleep(0.1)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
