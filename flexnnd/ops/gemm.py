@@ -15,7 +15,8 @@ import numpy as np
 from flexnnd.errors import ShapeError, UnsupportedOp
 from flexnnd.ops.activation import ACT_CODES, ACT_NONE, reference_activation
 from flexnnd.ops.base import Op, Part, internal, register, require_rank
-from flexnnd.ops.conv import NO_BIAS, bias_act, check_blas, reshape_view
+from flexnnd.ops.buffers import check_blas, reshape_view
+from flexnnd.ops.epilogue import NO_BIAS, bias_act
 from flexnnd.ops.jit import kernel
 
 

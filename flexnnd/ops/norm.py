@@ -13,7 +13,7 @@ import numpy as np
 from flexnnd.errors import ShapeError, UnsupportedOp
 from flexnnd.ops.activation import ACT_CODES, ACT_NONE, reference_activation
 from flexnnd.ops.base import Op, internal, register, require_rank
-from flexnnd.ops.conv import bias_act
+from flexnnd.ops.epilogue import bias_act
 from flexnnd.ops.jit import kernel
 
 

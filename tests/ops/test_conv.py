@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from flexnnd.errors import ShapeError, UnsupportedOp
-from flexnnd.ops import conv
+from flexnnd.ops import conv_geometry, conv_winograd
 from flexnnd.ops.base import Part, op_class
 from flexnnd.ops.conv import Conv
 from flexnnd.ops.norm import BatchNormalization
@@ -236,16 +236,16 @@ def test_reference_matches_onnxruntime():
 @pytest.fixture
 def winograd_everywhere(monkeypatch):
     """Every 3x3 stride-1 dense conv takes the Winograd path, however small."""
-    monkeypatch.setattr(conv, "WINO_MIN_WIDTH", 1)
-    monkeypatch.setattr(conv, "WINO_MIN_SCORE", 0)
+    monkeypatch.setattr(conv_geometry, "WINO_MIN_WIDTH", 1)
+    monkeypatch.setattr(conv_geometry, "WINO_MIN_SCORE", 0)
 
 
 @pytest.fixture
 def winograd_tiny_blocks(monkeypatch, winograd_everywhere):
     """Bands of one tile row and chunks of one output channel: every loop of the path runs."""
-    monkeypatch.setattr(conv, "WINO_BAND_BYTES", 1)
-    monkeypatch.setattr(conv, "WINO_MIN_TILES", 1)
-    monkeypatch.setattr(conv, "WINO_WEIGHT_BYTES", 1)
+    monkeypatch.setattr(conv_winograd, "WINO_BAND_BYTES", 1)
+    monkeypatch.setattr(conv_winograd, "WINO_MIN_TILES", 1)
+    monkeypatch.setattr(conv_winograd, "WINO_WEIGHT_BYTES", 1)
 
 
 WINOGRAD_CASES = [
@@ -294,8 +294,8 @@ def test_winograd_is_chosen_where_it_pays():
 def test_winograd_chunks_narrow_planes_finer():
     """13-14 wide planes keep a chunk's transformed weights at WINO_NARROW_WEIGHT_BYTES."""
     geo = Conv(kernel_shape=(3, 3), pads=(1, 1, 1, 1)).geometry((1, 256, 14, 14), 256)
-    plan = conv.WinogradPlan.of(geo, 14, 256)
-    assert plan.buffers["u"] * 4 <= conv.WINO_NARROW_WEIGHT_BYTES < 256 * 256 * 16 * 4
+    plan = conv_winograd.WinogradPlan.of(geo, 14, 256)
+    assert plan.buffers["u"] * 4 <= conv_winograd.WINO_NARROW_WEIGHT_BYTES < 256 * 256 * 16 * 4
     assert not Conv(kernel_shape=(3, 3), strides=(2, 2)).geometry((1, 64, 56, 56), 64).winograd
 
 
@@ -303,9 +303,9 @@ def test_winograd_row_bands_chunk_their_weights():
     """A band of rows transforms its weights in small chunks, so its scratch shrinks with the band
     (GoogLeNet inception3b's 128->192 at 28 wide: 3.7 MB for half the rows when chunked by 192)."""
     geo = Conv(kernel_shape=(3, 3), pads=(1, 1, 1, 1)).geometry((1, 128, 28, 28), 192)
-    whole = conv.WinogradPlan.of(geo, 28, 192)
-    band = conv.WinogradPlan.of(geo, 14, 192)
-    assert whole.chunk == 192 and band.chunk <= conv.WINO_SLICED_CHUNK
+    whole = conv_winograd.WinogradPlan.of(geo, 28, 192)
+    band = conv_winograd.WinogradPlan.of(geo, 14, 192)
+    assert whole.chunk == 192 and band.chunk <= conv_winograd.WINO_SLICED_CHUNK
     assert 4 * sum(band.buffers.values()) < 1.2e6 < 3.7e6 < 4 * sum(whole.buffers.values())
     case = conv_case((1, 128, 28, 28), (192, 128, 3, 3), activation=("Relu", 0.0, 0.0), pads=[1, 1, 1, 1])
     whole_kernel, y_whole = case.bind()
@@ -348,7 +348,7 @@ STRIDED_CASES = [c for c in CASES if c[3].get("strides", [1, 1])[1] > 1 and "gro
 )
 def test_strided_im2col_on_any_kernel_width(monkeypatch, x_shape, w_shape, attrs):
     """im2col_strided is also right on the narrow kernels (3x3, 4x4, 1x1) it is not chosen for."""
-    monkeypatch.setattr(conv, "STRIDED_MIN_KW", 1)
+    monkeypatch.setattr(conv_geometry, "STRIDED_MIN_KW", 1)
     case = conv_case(x_shape, w_shape, activation=("Relu", 0.0, 0.0), **attrs)
     assert case.op.geometry(case.x.shape, w_shape[0]).strided
     kernel, y = case.bind()
@@ -707,8 +707,8 @@ def test_residual_of_the_wrong_shape_is_refused():
 @pytest.fixture
 def dw_direct_everywhere(monkeypatch):
     """Every depthwise 3x3 conv at stride 1 or 2 takes the direct path, however narrow."""
-    monkeypatch.setattr(conv, "DW_DIRECT_MIN_WIDTH", 1)
-    monkeypatch.setattr(conv, "DW_DIRECT_MIN_WIDTH_S1", 1)
+    monkeypatch.setattr(conv_geometry, "DW_DIRECT_MIN_WIDTH", 1)
+    monkeypatch.setattr(conv_geometry, "DW_DIRECT_MIN_WIDTH_S1", 1)
 
 
 DW_DIRECT_CASES = [
