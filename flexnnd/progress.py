@@ -27,6 +27,7 @@ log = logging.getLogger("flexnnd.progress")
 
 LOG_INTERVAL_S = 1.0  # a log line at most this often per task (plus its first and last)
 STATUS_INTERVAL_S = 0.25  # STATUS= at most this often: systemd keeps only the latest anyway
+STATUS_PAUSE_S = 5.0  # no STATUS= lines for this long after one could not be sent
 BAR_INTERVAL_S = 0.1
 QUEUE_INTERVAL_S = 0.1  # a child's updates to its parent
 
@@ -108,7 +109,9 @@ class LogSink(_Throttled):
 
 class StatusSink(_Throttled):
     """systemd STATUS= lines through a Notifier (anything with a status(text) method). When the last
-    task running ends, `idle()` (if given) is sent: a finished or failed task's line does not stay."""
+    task running ends, `idle()` (if given) is sent: a finished or failed task's line does not stay.
+    A send that fails (a receiver not reading: each send waits for its timeout) pauses the lines for
+    STATUS_PAUSE_S, so that progress never stalls the work it reports."""
 
     interval = STATUS_INTERVAL_S
 
@@ -116,16 +119,23 @@ class StatusSink(_Throttled):
         super().__init__()
         self.notifier, self.idle = notifier, idle
         self._running: set[int] = set()
+        self._paused_until = 0.0
+
+    def _send(self, text: str) -> None:
+        if time.monotonic() < self._paused_until:
+            return
+        if self.notifier.status(text) is False and getattr(self.notifier, "enabled", False):
+            self._paused_until = time.monotonic() + STATUS_PAUSE_S
 
     def update(self, kind: str, task: Task) -> None:
         if kind == "finish":
             self._running.discard(task.key)
             if not self._running and self.idle is not None:
-                self.notifier.status(self.idle())
+                self._send(self.idle())
             return
         self._running.add(task.key)
         if self.due(kind, task):
-            self.notifier.status(task.text())
+            self._send(task.text())
 
 
 class BarSink(_Throttled):

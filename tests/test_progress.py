@@ -143,3 +143,30 @@ def test_a_crashed_childs_open_task_ends_as_failed_and_status_goes_back_to_idle(
     with sinks, pytest.raises(BrokenProcessPool):
         in_child(_dying_child)
     assert notifier.sent[0].startswith("child work 0/3") and notifier.sent[-1] == "serving"
+
+
+def test_status_lines_pause_after_a_send_fails_so_progress_does_not_stall_the_work(tmp_path):
+    import socket
+
+    from flexnnd.daemon.sdnotify import Notifier
+
+    class CountingNotifier(Notifier):  # the real sd_notify sends, counted
+        def __init__(self, address):
+            super().__init__(address)
+            self.results = []
+
+        def status(self, text):
+            self.results.append(super().status(text))
+            return self.results[-1]
+
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as unread:  # bound, never read: it fills up
+        unread.bind(str(path))
+        notifier = CountingNotifier(str(path))
+        sink = progress.StatusSink(notifier)
+        sink.interval = 0.0  # every update is due: the queue fills within the task
+        with progress.sinks(sink), progress.task("planning resnet50", total=200) as t:
+            for _ in range(200):
+                t.advance()
+    assert False in notifier.results  # the queue did fill
+    assert notifier.results[-1] is False and notifier.results.count(False) == 1  # then no more sends
