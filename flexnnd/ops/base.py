@@ -74,6 +74,33 @@ class Part:
 
 
 @dataclass(frozen=True)
+class SliceAxis:
+    """One axis an op may be cut into parts along (Part.axis = `name`), as the op declares it.
+
+    "channels": part [a, b) computes output channels [a, b) and reads only rows [a, b) of every
+    weight (the weight is cut with it). "rows": part [a, b) computes output rows [a, b) of every
+    channel and reads every weight whole. Parts cut [0, `extent`); one unit along the axis is
+    `unit_pixels` output pixels (a row band's GEMM columns per row; 1 for channels).
+    """
+
+    name: str
+    extent: int
+    unit_pixels: int = 1
+
+    @property
+    def cuts_weights(self) -> bool:
+        return self.name == "channels"
+
+
+# The simulator's cost kinds (profile.StepCost.kind): which Machine rate prices a step.
+COST_MEMORY = "memory"  # bound by the bytes it moves (memory_bytes)
+COST_FC = "fc"  # a fully connected layer: FLOPs at gemm_flops, or streaming its weights (fc_bytes)
+COST_GEMM = "gemm"  # BLAS-backed: FLOPs at gemm_flops
+COST_WINOGRAD = "winograd"  # FLOPs (of the direct convolution) at winograd_flops
+COST_DEPTHWISE = "depthwise"  # FLOPs, or dense_flops if more, at depthwise_flops
+
+
+@dataclass(frozen=True)
 class Op:
     """Every `shapes` argument below holds the ONNX-layout shapes of the node's inputs (None for
     an absent optional input), even after constants were rewritten by prepare()."""
@@ -85,8 +112,6 @@ class Op:
     const_inputs: ClassVar[tuple[int, ...]] = ()
     # Input positions that are optional in ONNX (may be given as "").
     optional_inputs: ClassVar[tuple[int, ...]] = ()
-    # Part axes this op can be sliced along ("rows", "channels"); () = never sliced.
-    slicing: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -148,6 +173,39 @@ class Op:
     def flops(self, shapes: Sequence[Shape | None], out_shapes: Sequence[Shape]) -> int:
         """Floating point operations of one execution (an estimate for the planner)."""
         return sum(int(np.prod(s)) for s in out_shapes)
+
+    # ---- what the planner and the simulator ask ----------------------------------------
+    def slice_axes(
+        self, shapes: Sequence[Shape | None], out_shapes: Sequence[Shape]
+    ) -> tuple[SliceAxis, ...]:
+        """The axes along which a node of these shapes may be cut into parts; () = never sliced,
+        it runs whole. The op says what a part computes and reads (SliceAxis); the planner decides
+        how many parts, each at least its MIN_CHANNELS_PER_PART or MIN_PIXELS_PER_BAND."""
+        return ()
+
+    def shares_operand(self, shapes: Sequence[Shape | None], part: Part | None) -> bool:
+        """Whether `part` is one of channel parts that share an operand in their scratch (a conv's
+        im2col): the node's part at channel 0 computes it and the later ones only read it, so the
+        plan must run the node's parts one after another, in order, with one scratch for them all
+        (planner.verify checks it, and bind() is told which parts reuse: see its `reuse`)."""
+        return False
+
+    def cost_kind(self, shapes: Sequence[Shape | None]) -> str:
+        """Which rate prices this op in the simulator: one of the COST_* kinds."""
+        return COST_MEMORY
+
+    def shared_bytes(self, shapes: Sequence[Shape | None]) -> int:
+        """Bytes of the operand each output-channel part reads whole (0 when parts share nothing)."""
+        return 0
+
+    def dense_flops(self, shapes: Sequence[Shape | None], out_shapes: Sequence[Shape]) -> int:
+        """FLOPs were the op dense at stride 1, when its kernel's time follows those (else 0)."""
+        return 0
+
+    def concat_axis(self) -> int | None:
+        """The axis along which the output is the inputs laid end to end (Concat), else None: where
+        those slices are contiguous, the planner has the producers write straight into them."""
+        return None
 
     # ---- execution ----------------------------------------------------------------------
     def bind(

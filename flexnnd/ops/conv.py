@@ -23,7 +23,16 @@ import numpy as np
 
 from flexnnd.errors import ShapeError, UnsupportedOp
 from flexnnd.ops.activation import ACT_CODES, reference_activation
-from flexnnd.ops.base import Op, Part, internal, register
+from flexnnd.ops.base import (
+    COST_DEPTHWISE,
+    COST_GEMM,
+    COST_WINOGRAD,
+    Op,
+    Part,
+    SliceAxis,
+    internal,
+    register,
+)
 from flexnnd.ops.buffers import reshape_view
 from flexnnd.ops.conv_depthwise import bind_depthwise, bind_depthwise3x3, depthwise_scratch
 from flexnnd.ops.conv_geometry import Geometry, band_rows, same_pads
@@ -47,7 +56,6 @@ class Conv(Op):
     op_type = "Conv"
     const_inputs = (1, 2)
     optional_inputs = (2,)
-    slicing = ("rows", "channels")
 
     auto_pad: str = "NOTSET"
     dilations: tuple[int, ...] = ()
@@ -222,6 +230,40 @@ class Conv(Op):
     def flops(self, shapes, out_shapes):
         geo = self._geometry_of(shapes)
         return 2 * geo.batch * geo.cout * geo.out_h * geo.out_w * geo.k
+
+    # ---- what the planner and the simulator ask --------------------------------------------------
+    def slice_axes(self, shapes, out_shapes):
+        x, out = shapes[0], out_shapes[0]
+        axes = []
+        # A grouped conv is cut by channels only when each part is whole groups of one channel.
+        if self.group == 1 or (x is not None and self.group == x[1]):
+            axes.append(SliceAxis("channels", int(shapes[1][0])))
+        if len(out) == 4:
+            axes.append(SliceAxis("rows", int(out[2]), int(out[3])))
+        return tuple(axes)
+
+    def shares_operand(self, shapes, part):
+        return self._shared(self.geometry(shapes[0], shapes[1][0]), part)
+
+    def cost_kind(self, shapes):
+        geo = self.geometry(shapes[0], shapes[1][0])
+        return COST_DEPTHWISE if geo.depthwise else COST_WINOGRAD if geo.winograd else COST_GEMM
+
+    def shared_bytes(self, shapes):
+        """The im2col matrix of a GEMM conv, the transformed input of a Winograd one."""
+        geo = self.geometry(shapes[0], shapes[1][0])
+        if geo.depthwise:
+            return 0  # each channel reads only its own plane
+        pixels = geo.batch * geo.out_h * geo.out_w
+        # Winograd F(2x2,3x3): 16 transformed values per 2x2 output tile and input channel.
+        return 4 * (4 * geo.cin * pixels if geo.winograd else geo.k * geo.group * pixels)
+
+    def dense_flops(self, shapes, out_shapes):
+        """A depthwise conv's FLOPs times its strides: its kernel's time follows the input's pixels."""
+        geo = self.geometry(shapes[0], shapes[1][0])
+        if not geo.depthwise:
+            return 0
+        return self.flops(shapes, out_shapes) * geo.sh * geo.sw
 
     # ---- execution ------------------------------------------------------------------------------
     def bind(self, ins, outs, scratch, part=None):

@@ -14,7 +14,7 @@ import numpy as np
 
 from flexnnd.errors import ShapeError, UnsupportedOp
 from flexnnd.ops.activation import ACT_CODES, ACT_NONE, reference_activation
-from flexnnd.ops.base import Op, Part, internal, register, require_rank
+from flexnnd.ops.base import COST_FC, Op, Part, SliceAxis, internal, register, require_rank
 from flexnnd.ops.buffers import check_blas, reshape_view
 from flexnnd.ops.epilogue import NO_BIAS, bias_act
 from flexnnd.ops.jit import kernel
@@ -51,7 +51,6 @@ class Gemm(Op):
     op_type = "Gemm"
     const_inputs = (1, 2)
     optional_inputs = (2,)
-    slicing = ("channels",)
 
     alpha: float = 1.0
     beta: float = 1.0
@@ -116,6 +115,16 @@ class Gemm(Op):
     def flops(self, shapes, out_shapes):
         m, k, n = self._mkn(shapes)
         return 2 * m * k * n
+
+    def slice_axes(self, shapes, out_shapes):
+        return (SliceAxis("channels", int(out_shapes[0][1])),)  # the rows of the (N, K) weight
+
+    def cost_kind(self, shapes):
+        return COST_FC
+
+    def shared_bytes(self, shapes):
+        """The input: every output-channel part reads it whole."""
+        return 4 * int(np.prod(shapes[0], dtype=np.int64))
 
     def bind(self, ins, outs, scratch, part: Part | None = None):
         a, wp, y = ins[0], ins[1], outs[0]
@@ -205,6 +214,12 @@ class MatMul(Op):
     def flops(self, shapes, out_shapes):
         k = shapes[0][-1]
         return 2 * k * int(np.prod(out_shapes[0], dtype=np.int64))
+
+    def cost_kind(self, shapes):
+        return COST_FC
+
+    def shared_bytes(self, shapes):
+        return 4 * int(np.prod(shapes[0], dtype=np.int64))
 
     def bind(self, ins, outs, scratch, part=None):
         if part is not None:

@@ -253,6 +253,9 @@ class Concat(Op):
     def flops(self, shapes, out_shapes):
         return 0
 
+    def concat_axis(self):
+        return self.axis
+
     def bind(self, ins, outs, scratch, part=None):
         out = outs[0]
         axis = normalize_axis("Concat", self.axis, out.ndim, out.shape)

@@ -17,7 +17,8 @@ class Lifetimes:
 
 
 def elidable_concats(graph: Graph) -> dict[str, list[tuple[str, int]]]:
-    """Concats whose inputs can be written straight into their slice of the output.
+    """Concats (ops with a concat_axis) whose inputs can be written straight into their slice of
+    the output.
 
     That needs the slices to be contiguous (every dimension before the axis is 1) and each input
     to be an activation computed by a kernel for this concat alone: not a graph input or output,
@@ -28,10 +29,11 @@ def elidable_concats(graph: Graph) -> dict[str, list[tuple[str, int]]]:
     claimed: set[str] = set()
     result: dict[str, list[tuple[str, int]]] = {}
     for node in graph.nodes:
-        if node.op_type != "Concat":
+        axis = node.op.concat_axis()
+        if axis is None:
             continue
         shape = graph.shape(node.outputs[0])
-        axis = node.op.axis % len(shape)
+        axis %= len(shape)
         names = list(node.inputs)
         ok = all(d == 1 for d in shape[:axis]) and len(set(names)) == len(names)
         for name in names:

@@ -10,9 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
 from flexnnd.graph.ir import Graph, Node
+from flexnnd.ops.base import COST_DEPTHWISE, COST_FC, COST_GEMM, COST_MEMORY, COST_WINOGRAD
 from flexnnd.planner.lifetimes import lifetimes
 from flexnnd.planner.plan import Plan
 from flexnnd.runtime.loader import BUNDLE_BYTES
@@ -43,7 +42,7 @@ class Machine:
 @dataclass(frozen=True)
 class StepCost:
     node: str
-    kind: str
+    kind: str  # the op's cost_kind: one of ops.base.COST_*
     weight_bytes: int
     input_bytes: int
     output_bytes: int
@@ -64,49 +63,20 @@ class StepCost:
         return share
 
     def compute_seconds(self, machine: Machine) -> float:
-        if self.kind == "memory":
+        if self.kind == COST_MEMORY:
             return (self.input_bytes + self.output_bytes) / machine.memory_bytes + machine.step_overhead
-        if self.kind == "fc":
+        if self.kind == COST_FC:
             streaming = self.weight_bytes / machine.fc_bytes if machine.fc_bytes else 0.0
             return max(self.flops / machine.gemm_flops, streaming) + machine.step_overhead
-        if self.kind == "depthwise":
+        if self.kind == COST_DEPTHWISE:
             return max(self.flops, self.dense_flops) / machine.depthwise_flops + machine.step_overhead
-        rate = {"gemm": machine.gemm_flops, "winograd": machine.winograd_flops}
+        rate = {COST_GEMM: machine.gemm_flops, COST_WINOGRAD: machine.winograd_flops}
         return self.flops / rate[self.kind] + machine.step_overhead
 
 
-def kind_of(graph: Graph, node: Node) -> str:
-    if node.op_type == "Conv":
-        geo = node.op.geometry(node.in_shapes[0], node.in_shapes[1][0])
-        return "depthwise" if geo.depthwise else "winograd" if geo.winograd else "gemm"
-    if node.op_type in ("Gemm", "MatMul"):
-        return "fc"
-    return "memory"
-
-
 def shared_bytes(node: Node) -> int:
-    """Bytes of the operand each output-channel part of `node` reads whole: the im2col matrix of
-    a GEMM conv, the transformed input of a Winograd one, the input of a fully connected layer."""
-    if node.op_type == "Conv":
-        geo = node.op.geometry(node.in_shapes[0], node.in_shapes[1][0])
-        if geo.depthwise:
-            return 0  # each channel reads only its own plane
-        pixels = geo.batch * geo.out_h * geo.out_w
-        # Winograd F(2x2,3x3): 16 transformed values per 2x2 output tile and input channel.
-        return 4 * (4 * geo.cin * pixels if geo.winograd else geo.k * geo.group * pixels)
-    if node.op_type in ("Gemm", "MatMul"):
-        return 4 * int(np.prod(node.in_shapes[0], dtype=np.int64))
-    return 0
-
-
-def _dense_flops(node: Node, out_shapes) -> int:
-    """A depthwise conv's FLOPs times its strides (0 for any other node)."""
-    if node.op_type != "Conv":
-        return 0
-    geo = node.op.geometry(node.in_shapes[0], node.in_shapes[1][0])
-    if not geo.depthwise:
-        return 0
-    return node.op.flops(node.in_shapes, out_shapes) * geo.sh * geo.sw
+    """Bytes of the operand each output-channel part of `node` reads whole (its op says which)."""
+    return node.op.shared_bytes(node.in_shapes)
 
 
 def step_costs(graph: Graph) -> list[StepCost]:
@@ -120,14 +90,14 @@ def step_costs(graph: Graph) -> list[StepCost]:
         costs.append(
             StepCost(
                 node=node.name,
-                kind=kind_of(graph, node),
+                kind=node.op.cost_kind(node.in_shapes),
                 weight_bytes=weights,
                 input_bytes=inputs,
                 output_bytes=outputs,
                 scratch_bytes=node.op.scratch_bytes(node.in_shapes),
                 flops=node.op.flops(node.in_shapes, out_shapes),
                 shared_bytes=shared_bytes(node),
-                dense_flops=_dense_flops(node, out_shapes),
+                dense_flops=node.op.dense_flops(node.in_shapes, out_shapes),
             )
         )
     return costs

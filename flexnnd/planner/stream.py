@@ -21,7 +21,7 @@ import numpy as np
 
 from flexnnd.errors import BudgetTooSmall
 from flexnnd.graph.ir import Graph, Node
-from flexnnd.ops.base import Part
+from flexnnd.ops.base import Part, SliceAxis
 from flexnnd.planner.lifetimes import lifetimes
 from flexnnd.planner.pack import DIRECT_ALIGN, FullSpanGaps, Occupancy, Request, align, place_greedy_by_size
 from flexnnd.planner.plan import ALIGNMENT, Load, Plan, Region, Step, WeightPiece, piece_nbytes, scratch_name
@@ -42,6 +42,13 @@ STALL_WORTH_SLICING = 0.01
 RESIDENT_SHARES = (0.1, 0.25, 1.0)
 
 Slicing = Mapping[str, tuple[str, int]]  # node -> (axis, number of parts)
+
+
+def _splits(axis: SliceAxis, parts: int) -> bool:
+    """Whether `parts` parts along `axis` keep the least a part may hold: MIN_CHANNELS_PER_PART
+    channels, or MIN_PIXELS_PER_BAND output pixels a band of rows (the one slicing rule)."""
+    least = MIN_CHANNELS_PER_PART if axis.cuts_weights else MIN_PIXELS_PER_BAND
+    return axis.extent // parts * axis.unit_pixels >= least
 
 
 def _split(total: int, parts: int) -> list[tuple[int, int]]:
@@ -143,6 +150,7 @@ class Planner:
         self.position = {name: i for i, name in enumerate(graph.constants)}
         self.small = frozenset(w for w in graph.constants if graph.tensors[w].nbytes <= ALWAYS_RESIDENT_BYTES)
         self._scratch: dict[tuple[str, Part | None], int] = {}
+        self._axes: dict[str, dict[str, SliceAxis]] = {}
         self._layouts: dict[tuple, Layout] = {}
         # Refining depends only on the graph, so every budget walks the same chain of slicings.
         self._chain: list[Layout] = []
@@ -156,6 +164,13 @@ class Planner:
         if key not in self._scratch:
             self._scratch[key] = node.op.scratch_bytes(node.in_shapes, part)
         return self._scratch[key]
+
+    def axes(self, node: Node) -> dict[str, SliceAxis]:
+        """The axes `node`'s op may be cut along, by name (see Op.slice_axes)."""
+        if node.name not in self._axes:
+            out_shapes = [self.graph.shape(o) for o in node.outputs]
+            self._axes[node.name] = {a.name: a for a in node.op.slice_axes(node.in_shapes, out_shapes)}
+        return self._axes[node.name]
 
     def layout(self, slicing: Slicing) -> Layout:
         key = tuple(sorted(slicing.items()))
@@ -212,17 +227,13 @@ def _layout(planner: Planner, slicing: Slicing) -> Layout:
         constants = [i for i in node.inputs if i and graph.is_constant(i)]
         axis, count = slicing.get(node.name, ("", 1))
         first = len(steps)
-        if axis == "channels":
-            parts = [Part("channels", a, b) for a, b in _split(graph.shape(constants[0])[0], count)]
-        elif axis == "rows":
-            parts = [Part("rows", a, b) for a, b in _split(graph.shape(node.outputs[0])[2], count)]
-        else:
-            parts = [None]
+        cut = planner.axes(node)[axis] if axis else None
+        parts = [None] if cut is None else [Part(axis, a, b) for a, b in _split(cut.extent, count)]
         for part in parts:
             names = []
             for tensor in constants:
                 rows = graph.shape(tensor)[0]
-                if part is not None and part.axis == "channels":
+                if part is not None and cut.cuts_weights:
                     piece = WeightPiece(f"{tensor}[{part.start}:{part.stop}]", tensor, part.start, part.stop)
                 else:
                     piece = WeightPiece(tensor, tensor, 0, rows)
@@ -352,27 +363,18 @@ def _refine(planner: Planner, lay: Layout, slicing: dict[str, tuple[str, int]], 
         if node.name in skip:
             continue
         axis, count = slicing.get(node.name, ("", 1))
-        options = node.op.slicing
+        axes = planner.axes(node)
+        channels, rows = axes.get("channels"), axes.get("rows")
         weights = sum(graph.tensors[t].nbytes for t in node.inputs if t and graph.is_constant(t))
         scratch = planner.scratch_bytes(node)
-        out_shape = graph.shape(node.outputs[0])
-        if "channels" in options and axis in ("", "channels") and weights >= scratch and _groups_ok(node):
-            channels = graph.shape(next(t for t in node.inputs if t and graph.is_constant(t)))[0]
-            if channels // (count * 2) >= MIN_CHANNELS_PER_PART:
-                slicing[node.name] = ("channels", count * 2)
-                return True
-        if "rows" in options and axis in ("", "rows") and len(out_shape) == 4:
-            rows, width = out_shape[2], out_shape[3]
-            if rows // (count * 2) * width >= MIN_PIXELS_PER_BAND:
-                slicing[node.name] = ("rows", count * 2)
-                return True
+        if channels and axis in ("", "channels") and weights >= scratch and _splits(channels, count * 2):
+            slicing[node.name] = ("channels", count * 2)
+            return True
+        if rows and axis in ("", "rows") and _splits(rows, count * 2):
+            slicing[node.name] = ("rows", count * 2)
+            return True
         skip.add(node.name)
     return False
-
-
-def _groups_ok(node: Node) -> bool:
-    group = getattr(node.op, "group", 1)
-    return group == 1 or (node.in_shapes[0] is not None and group == node.in_shapes[0][1])
 
 
 def plan_for_budget(
@@ -515,12 +517,11 @@ def _pipelined(planner: Planner, lay: Layout, most: float) -> dict[str, tuple[st
     for node in planner.life.steps:
         axis, count = slicing.get(node.name, ("", 1))
         weights = [t for t in node.inputs if t and graph.is_constant(t)]
-        if not weights or axis not in ("", "channels") or "channels" not in node.op.slicing:
+        channels = planner.axes(node).get("channels")
+        if not weights or axis not in ("", "channels") or channels is None:
             continue
-        if not _groups_ok(node):
-            continue
-        nbytes, rows = sum(graph.tensors[t].nbytes for t in weights), graph.shape(weights[0])[0]
-        while nbytes / count > most and rows // (count * 2) >= MIN_CHANNELS_PER_PART:
+        nbytes = sum(graph.tensors[t].nbytes for t in weights)
+        while nbytes / count > most and _splits(channels, count * 2):
             count *= 2
             changed = True
         if count > 1:
@@ -542,19 +543,19 @@ def max_slicing(graph: Graph, planner: Planner | None = None) -> dict[str, tuple
         weights = [t for t in node.inputs if t and graph.is_constant(t)]
         weight_bytes = sum(graph.tensors[t].nbytes for t in weights)
         scratch = planner.scratch_bytes(node)
-        out_shape = graph.shape(node.outputs[0])
-        if "channels" in node.op.slicing and weights and weight_bytes >= scratch and _groups_ok(node):
-            count = 1
-            while graph.shape(weights[0])[0] // (count * 2) >= MIN_CHANNELS_PER_PART:
-                count *= 2
-            if count > 1:
-                slicing[node.name] = ("channels", count)
-        elif "rows" in node.op.slicing and len(out_shape) == 4 and scratch:
-            count = 1
-            while out_shape[2] // (count * 2) * out_shape[3] >= MIN_PIXELS_PER_BAND:
-                count *= 2
-            if count > 1:
-                slicing[node.name] = ("rows", count)
+        axes = planner.axes(node)
+        channels, rows = axes.get("channels"), axes.get("rows")
+        if channels and weights and weight_bytes >= scratch:
+            cut = channels
+        elif rows and scratch:
+            cut = rows
+        else:
+            continue
+        count = 1
+        while _splits(cut, count * 2):
+            count *= 2
+        if count > 1:
+            slicing[node.name] = (cut.name, count)
     return slicing
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from flexnnd.errors import ShapeError, UnsupportedOp
 from flexnnd.ops import conv_geometry, conv_winograd
-from flexnnd.ops.base import Part, op_class
+from flexnnd.ops.base import Part, SliceAxis, op_class
 from flexnnd.ops.conv import Conv
 from flexnnd.ops.norm import BatchNormalization
 from tests.ops.harness import arena_views, assert_no_numpy_allocations, ort_run
@@ -514,6 +514,18 @@ def test_a_later_part_needs_part_0_bound_to_its_scratch_and_input():
     # The last part of the batch-2 conv computes its own im2col: nothing is shared, nothing refused.
     batch2 = conv_case((2, 32, 7, 7), (64, 32, 3, 3), pads=[1, 1, 1, 1])
     batch2.bind(Part("channels", 16, 32))
+
+
+def test_slice_axes_cut_channels_only_in_whole_groups():
+    """Every conv may be cut by bands of output rows; by channels only dense or depthwise ones, so
+    that a part is whole groups of one channel."""
+    x, out = (1, 8, 10, 12), (1, 16, 8, 10)
+    dense = Conv(kernel_shape=(3, 3)).slice_axes([x, (16, 8, 3, 3), None], [out])
+    assert dense == (SliceAxis("channels", 16), SliceAxis("rows", 8, 10))
+    grouped = Conv(kernel_shape=(3, 3), group=2).slice_axes([x, (16, 4, 3, 3), None], [out])
+    assert grouped == (SliceAxis("rows", 8, 10),)
+    depthwise = Conv(kernel_shape=(3, 3), group=8).slice_axes([x, (8, 1, 3, 3), None], [(1, 8, 8, 10)])
+    assert depthwise == (SliceAxis("channels", 8), SliceAxis("rows", 8, 10))
 
 
 def test_channel_parts_must_align_to_groups():

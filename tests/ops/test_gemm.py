@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from flexnnd.errors import ShapeError, UnsupportedOp
-from flexnnd.ops.base import Part, op_class
+from flexnnd.ops.base import Part, SliceAxis, op_class
 from flexnnd.ops.gemm import Gemm, MatMul
 from tests.ops.harness import arena_views, assert_no_numpy_allocations
 
@@ -196,4 +196,6 @@ def test_gemm_allocates_nothing(m, c_shape):
 def test_registered():
     assert op_class("Gemm") is Gemm
     assert op_class("MatMul") is MatMul
-    assert Gemm.slicing == ("channels",)
+    # Cut by output channels (the rows of the prepared weight); MatMul is never cut.
+    assert Gemm().slice_axes([(2, 8), (8, 4), None], [(2, 4)]) == (SliceAxis("channels", 4),)
+    assert MatMul().slice_axes([(2, 8), (8, 4)], [(2, 4)]) == ()
