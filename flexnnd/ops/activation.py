@@ -92,7 +92,7 @@ class _Activation(Op):
     def infer(self, shapes, consts):
         return [shapes[0]]
 
-    def bind(self, ins, outs, scratch, part=None):
+    def bind(self, ins, outs, scratch, part=None, reuse=False):
         src, dst = ins[0].reshape(-1), outs[0].reshape(-1)
         name, alpha, beta = self.act()
         code = ACT_CODES[name]

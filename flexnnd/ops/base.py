@@ -214,13 +214,16 @@ class Op:
         outs: Sequence[np.ndarray],
         scratch: np.ndarray | None,
         part: Part | None = None,
+        reuse: bool = False,
     ) -> Kernel:
         """A callable that computes `outs` from `ins` in place, allocating nothing.
 
         `ins` are arena views: activations in ONNX layout, constants in the prepared layout
         (for a "channels" part: only that part's slice of each constant); `scratch` is a float32
-        view of at least `scratch_bytes` bytes (None when 0). All shape work happens here, once;
-        the returned callable only calls kernels.
+        view of at least `scratch_bytes` bytes (None when 0). With `reuse` (only for a part that
+        shares_operand and is not the first), the operand is in `scratch` already, left there by
+        the node's previous part: the plan guarantees it (planner.verify.operand_reuse). All
+        shape work happens here, once; the returned callable only calls kernels.
         """
         raise NotImplementedError
 

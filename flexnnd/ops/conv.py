@@ -12,7 +12,7 @@ writing straight into the output and ending in the shared epilogue (epilogue.bia
 (pointwise and im2col in conv_im2col.py, winograd in conv_winograd.py, depthwise in conv_depthwise.py)
 A band of output rows is also exactly what Part("rows", r0, r1) asks for, so the planner's input
 slicing and the kernel's cache blocking are the same machinery. Part("channels", c0, c1) parts of
-one conv share one im2col (or Winograd input transform) of the whole image (see _SHARED_BY).
+one conv share one im2col (or Winograd input transform) of the whole image (see shares_operand).
 """
 
 from __future__ import annotations
@@ -206,7 +206,7 @@ class Conv(Op):
 
     def _shared(self, geo: Geometry, part: Part | None) -> bool:
         """Whether `part` is a channel part sharing the conv's im2col (or Winograd input transform)
-        with the others: batch 1, not grouped, and the whole image one band (see _SHARED_BY)."""
+        with the others: batch 1, not grouped, and the whole image one band (see shares_operand)."""
         if part is None or part.axis != "channels" or geo.batch != 1 or geo.group != 1:
             return False
         if geo.winograd:
@@ -266,7 +266,7 @@ class Conv(Op):
         return self.flops(shapes, out_shapes) * geo.sh * geo.sw
 
     # ---- execution ------------------------------------------------------------------------------
-    def bind(self, ins, outs, scratch, part=None):
+    def bind(self, ins, outs, scratch, part=None, reuse=False):
         x, wp, y = ins[0], ins[1], outs[0]
         bias = ins[2] if len(ins) > 2 and ins[2] is not None else NO_BIAS
         geo = self.geometry(x.shape, y.shape[1])
@@ -295,7 +295,11 @@ class Conv(Op):
         if geo.depthwise:
             return bind_depthwise(geo, x, wp, bias, y, scratch, rows, chans, epilogue)
         shared = self._shared(geo, part)
-        reuse = shared and _reuses(geo, part, x, scratch)
+        if reuse and not (shared and part.start > 0):
+            raise ValueError(
+                f"Conv.bind: part {part} of {geo.cout} channels cannot reuse an operand: only a channel "
+                f"part after the first of a conv whose parts share their im2col (shares_operand) can"
+            )
         if geo.winograd:
             return bind_winograd(geo, x, wp, bias, y, res, scratch, rows, chans, epilogue, shared, reuse)
         band = self._band(geo, rows[1] - rows[0])
@@ -327,30 +331,3 @@ class Conv(Op):
         if self.residual:
             y += np.asarray(ins[3], dtype=np.float64)
         return [reference_activation(y, self.activation, self.activation_alpha, self.activation_beta)]
-
-
-# Channel parts of one conv share its im2col (or Winograd input transform V) of the whole image:
-# the part at channel 0 computes it into the scratch, the later parts only read it. This is safe
-# because the planner gives all parts of a node one scratch region and runs them in order from
-# channel 0 with no other step between them (an inference that stops halfway restarts at part 0).
-# bind() checks what it can: a later part must be bound to the same scratch and input as the last
-# channel-0 binding of that scratch. Keyed by scratch address; the last part drops the entry.
-_SHARED_BY: dict[int, tuple[int, Geometry]] = {}
-
-
-def _reuses(g: Geometry, part: Part, x: np.ndarray, scratch: np.ndarray | None) -> bool:
-    """Whether shared channel part `part` reuses what part 0 computed (else it computes it)."""
-    key, mine = 0 if scratch is None else scratch.ctypes.data, (x.ctypes.data, g)
-    if part.start == 0:
-        if part.stop < g.cout:
-            _SHARED_BY[key] = mine
-        return False
-    if _SHARED_BY.get(key) != mine:
-        raise ValueError(
-            f"Conv.bind: channel part [{part.start}, {part.stop}) of {g.cout} reuses the im2col that "
-            f"the part at channel 0 writes into its scratch, but no such part was bound to this "
-            f"scratch (at {key:#x}) and input: bind a conv's parts in order, to one scratch"
-        )
-    if part.stop == g.cout:
-        del _SHARED_BY[key]
-    return True

@@ -140,7 +140,7 @@ def bind_gemm(
     g: Geometry, band: int, x, wp, bias, y, res, scratch, rows, chans, epilogue, reuse=False
 ) -> Kernel:
     """The pointwise and im2col paths: one task per (batch, group, band of output rows); with
-    `reuse`, the one task's im2col is already in the scratch (see _SHARED_BY)."""
+    `reuse`, the one task's im2col is already in the scratch (see Conv.shares_operand)."""
     (r0, r1), (c0, c1), (act, alpha, beta) = rows, chans, epilogue
     flat = reshape_view(y, (-1,))
     plane = g.out_h * g.out_w

@@ -211,7 +211,7 @@ class _Binary(Op):
         binary_path(self.op_type, tuple(shapes[0]), tuple(shapes[1]))  # rejects a rank it cannot run
         return [broadcast_shapes(self.op_type, tuple(shapes[0]), tuple(shapes[1]))]
 
-    def bind(self, ins, outs, scratch, part=None):
+    def bind(self, ins, outs, scratch, part=None, reuse=False):
         act = (self.activation, float(self.activation_alpha), float(self.activation_beta))
         return bind_binary(self.code, ins[0], ins[1], outs[0], *act)
 
@@ -260,7 +260,7 @@ class Sum(Op):
     def infer(self, shapes, consts):
         return [broadcast_shapes(self.op_type, *(tuple(s) for s in shapes))]
 
-    def bind(self, ins, outs, scratch, part=None):
+    def bind(self, ins, outs, scratch, part=None, reuse=False):
         y = outs[0]
         if len(ins) == 1:
             src, dst = reshaped(ins[0], (-1,)), reshaped(y, (-1,))
@@ -374,7 +374,7 @@ class Softmax(Op):
     def flops(self, shapes, out_shapes):
         return 4 * int(np.prod(out_shapes[0], dtype=np.int64))
 
-    def bind(self, ins, outs, scratch, part=None):
+    def bind(self, ins, outs, scratch, part=None, reuse=False):
         outer, n, inner = self._view(ins[0].shape)
         if inner == 1:
             x2, y2 = reshaped(ins[0], (outer, n)), reshaped(outs[0], (outer, n))

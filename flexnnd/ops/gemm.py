@@ -126,7 +126,7 @@ class Gemm(Op):
         """The input: every output-channel part reads it whole."""
         return 4 * int(np.prod(shapes[0], dtype=np.int64))
 
-    def bind(self, ins, outs, scratch, part: Part | None = None):
+    def bind(self, ins, outs, scratch, part: Part | None = None, reuse=False):
         a, wp, y = ins[0], ins[1], outs[0]
         bias = ins[2] if len(ins) > 2 and ins[2] is not None else NO_BIAS
         if self.transA:
@@ -221,7 +221,7 @@ class MatMul(Op):
     def shared_bytes(self, shapes):
         return 4 * int(np.prod(shapes[0], dtype=np.int64))
 
-    def bind(self, ins, outs, scratch, part=None):
+    def bind(self, ins, outs, scratch, part=None, reuse=False):
         if part is not None:
             raise ValueError(f"MatMul cannot be sliced (part {part})")
         a, b, y = ins[0], ins[1], outs[0]

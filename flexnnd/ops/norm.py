@@ -71,7 +71,7 @@ class BatchNormalization(Op):
         # mean and var stay (the contract keeps one value per input); the kernel reads only a, b.
         return [None, a.astype(np.float32), (shift - mean * a).astype(np.float32), *consts[3:5]]
 
-    def bind(self, ins, outs, scratch, part=None):
+    def bind(self, ins, outs, scratch, part=None, reuse=False):
         if part is not None:
             raise ValueError(f"BatchNormalization cannot be sliced (part {part})")
         x, a, b, y = ins[0], ins[1], ins[2], outs[0]

@@ -548,7 +548,7 @@ class MaxPool(_Pool):
         _, cols = self.windows(shapes[0])
         return row_buffer_length(cols.size, cols.out, cols.kernel, cols.stride, cols.pad_begin) * 4
 
-    def bind(self, ins, outs, scratch, part=None):
+    def bind(self, ins, outs, scratch, part=None, reuse=False):
         x, y, rows, cols = self.planes(ins[0], outs[0])
         pads = (rows.pad_begin, cols.pad_begin)
         flat_x, flat_y = reshaped(x, (-1,)), reshaped(y, (-1,))
@@ -577,7 +577,7 @@ class AveragePool(_Pool):
     op_type = "AveragePool"
     count_include_pad: int = 0
 
-    def bind(self, ins, outs, scratch, part=None):
+    def bind(self, ins, outs, scratch, part=None, reuse=False):
         x, y, rows, cols = self.planes(ins[0], outs[0])
         args = (rows.kernel, cols.kernel, rows.stride, cols.stride, rows.dilation, cols.dilation)
         pads = (rows.pad_begin, cols.pad_begin)
@@ -609,7 +609,7 @@ class _GlobalPool(Op):
 class GlobalAveragePool(_GlobalPool):
     op_type = "GlobalAveragePool"
 
-    def bind(self, ins, outs, scratch, part=None):
+    def bind(self, ins, outs, scratch, part=None, reuse=False):
         x, y = self.flat(ins, outs)
         return lambda: global_average_pool(x, y)
 
@@ -623,7 +623,7 @@ class GlobalAveragePool(_GlobalPool):
 class GlobalMaxPool(_GlobalPool):
     op_type = "GlobalMaxPool"
 
-    def bind(self, ins, outs, scratch, part=None):
+    def bind(self, ins, outs, scratch, part=None, reuse=False):
         x, y = self.flat(ins, outs)
         return lambda: global_max_pool(x, y)
 

@@ -57,7 +57,7 @@ class _Alias(Op):
     def flops(self, shapes, out_shapes):
         return 0
 
-    def bind(self, ins, outs, scratch, part=None):
+    def bind(self, ins, outs, scratch, part=None, reuse=False):
         src, dst = ins[0], outs[0]
         if np.may_share_memory(src, dst):
             return _noop
@@ -256,7 +256,7 @@ class Concat(Op):
     def concat_axis(self):
         return self.axis
 
-    def bind(self, ins, outs, scratch, part=None):
+    def bind(self, ins, outs, scratch, part=None, reuse=False):
         out = outs[0]
         axis = normalize_axis("Concat", self.axis, out.ndim, out.shape)
         outer = int(np.prod(out.shape[:axis], dtype=np.int64))
@@ -340,7 +340,7 @@ class Transpose(Op):
     def flops(self, shapes, out_shapes):
         return 0
 
-    def bind(self, ins, outs, scratch, part=None):
+    def bind(self, ins, outs, scratch, part=None, reuse=False):
         x, y = ins[0], outs[0]
         merged, perm = merge_transpose(x.shape, self._perm(x.ndim, x.shape))
         pad = (1,) * (TRANSPOSE_MAX_RANK - len(merged))

@@ -133,9 +133,10 @@ def _part_rate(x_shape, w_shape, **attrs) -> float:
     need = max(op.scratch_bytes(shapes, p) for p in [None, *parts])
     scratch = np.empty(max(need // 4, 1), np.float32)
     whole = _best_of(op.bind([x, prepared[1], prepared[2]], [y], scratch))
+    reuse = [p.start > 0 and op.shares_operand(shapes, p) for p in parts]  # as the executor binds them
     kernels = [
-        op.bind([x, prepared[1][p.start : p.stop], prepared[2][p.start : p.stop]], [y], scratch, p)
-        for p in parts
+        op.bind([x, prepared[1][p.start : p.stop], prepared[2][p.start : p.stop]], [y], scratch, p, r)
+        for p, r in zip(parts, reuse, strict=True)
     ]
 
     def run_parts():

@@ -3,8 +3,9 @@
 It checks what makes a plan safe to execute, not whether it is good: live regions never overlap,
 nothing leaves the arena, every region a step touches is reserved at that step, each streamed
 piece's region is reserved from the moment its load may start until its last reader ends, loads
-are released before their step and issued in file order, and every weight piece is either
-resident or streamed, exactly once.
+are released before their step and issued in file order, every weight piece is either
+resident or streamed, exactly once, and the parts of a node that share an operand in their scratch
+run one after another, in order, from the first (see operand_reuse).
 """
 
 from __future__ import annotations
@@ -12,8 +13,24 @@ from __future__ import annotations
 from collections import Counter
 
 from flexnnd.errors import PlanError
-from flexnnd.graph.ir import Graph
-from flexnnd.planner.plan import Plan, check_no_overlap, piece_nbytes, scratch_name
+from flexnnd.graph.ir import Graph, Node
+from flexnnd.planner.plan import Plan, Step, check_no_overlap, piece_nbytes, scratch_name
+
+
+def operand_reuse(plan: Plan, graph: Graph) -> tuple[bool, ...]:
+    """Per step, whether it reuses the operand its node's previous part left in their scratch (a
+    conv's channel parts share its im2col: Op.shares_operand): every such part but the first.
+
+    A fact of the plan derived from its steps, not stored in it (the plan file stays as it was):
+    verify() checks that such parts run back to back from the first, with one scratch region
+    reserved for all, and the executor passes it to each part's bind().
+    """
+    nodes = {n.name: n for n in graph.nodes}
+    return tuple(_reuses(nodes[step.node], step) for step in plan.steps)
+
+
+def _reuses(node: Node, step: Step) -> bool:
+    return step.part is not None and step.part.start > 0 and node.op.shares_operand(node.in_shapes, step.part)
 
 
 def verify(plan: Plan, graph: Graph) -> None:
@@ -52,6 +69,21 @@ def verify(plan: Plan, graph: Graph) -> None:
                 reserved(plan.aliases.get(name, name), i, "tensor")
         if scratch_name(node.name) in plan.region:
             reserved(scratch_name(node.name), i, "scratch")
+        if _reuses(node, step):
+            before = plan.steps[i - 1] if i else None
+            if (
+                before is None
+                or before.node != step.node
+                or before.part is None
+                or before.part.stop != step.part.start
+            ):
+                raise PlanError(
+                    f"step {i} ({step.label}) reuses the operand the previous part of {step.node!r} left in "
+                    f"its scratch, but the step before is {before and before.label}: such parts must run "
+                    "back to back, in order"
+                )
+            reserved(scratch_name(node.name), i - 1, "scratch")  # one region for both parts
+            reserved(scratch_name(node.name), i - 1, "scratch")  # one region for both, kept between
 
     for piece in plan.pieces.values():
         rows = graph.tensors[piece.tensor].shape[0]

@@ -17,6 +17,7 @@ from flexnnd.graph.package import Package
 from flexnnd.ops.base import Kernel
 from flexnnd.planner import scratch_name
 from flexnnd.planner.plan import Plan
+from flexnnd.planner.verify import operand_reuse
 from flexnnd.runtime.arena import Arena
 from flexnnd.runtime.loader import Checksum, Loader, PieceRead, open_weights, read_piece
 
@@ -37,8 +38,9 @@ class Executor:
         by_weight = self._pieces_by_weight()
         self._load_resident(by_weight)
         nodes = {n.name: n for n in graph.nodes}
+        reuse = operand_reuse(plan, graph)
         self.kernels: list[Kernel] = []
-        for step in plan.steps:
+        for i, step in enumerate(plan.steps):
             node = nodes[step.node]
             pieces = iter(step.weights)
             ins = [
@@ -48,7 +50,7 @@ class Executor:
             outs = [self.views[o] for o in node.outputs]
             region = plan.region.get(scratch_name(node.name))
             scratch = None if region is None else self.arena.view(region.offset, (region.nbytes // 4,))
-            self.kernels.append(node.op.bind(ins, outs, scratch, step.part))
+            self.kernels.append(node.op.bind(ins, outs, scratch, step.part, reuse[i]))
         self.inputs = [(t.name, self.views[t.name]) for t in graph.inputs]
         self.outputs = [(t.name, self.views[t.name]) for t in graph.outputs]
         self.loader: Loader | None = None

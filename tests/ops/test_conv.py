@@ -57,7 +57,7 @@ class ConvCase:
     def reference(self) -> np.ndarray:
         return self.op.reference([self.x, self.w, self.b])[0]
 
-    def bind(self, part=None, y=None, scratch_floats=None):
+    def bind(self, part=None, y=None, scratch_floats=None, reuse=False):
         """Bind on arena views; returns (kernel, output view). `y` reuses an output view."""
         prepared = self.op.prepare([None, self.w, self.b])
         wp, bp = prepared[1], (prepared[2] if self.b is not None else None)
@@ -69,11 +69,12 @@ class ConvCase:
         x, *weights, y_new, scratch = in_arena(self.x, *consts, self.y_shape, (max(need, 1),))
         ins = [x, *weights] if bp is not None else [x, *weights, None]
         y = y_new if y is None else y
-        return self.op.bind(ins, [y], None if need == 0 else scratch[:need], part), y
+        return self.op.bind(ins, [y], None if need == 0 else scratch[:need], part, reuse), y
 
     def bind_parts(self, parts):
         """Bind `parts` in order as the executor does: one input, one output and one scratch
-        region (the most any part needs) for all of them. Returns (kernels, input, output)."""
+        region (the most any part needs) for all of them, each later part that shares the
+        operand told to reuse it (planner.verify.operand_reuse). Returns (kernels, input, output)."""
         prepared = self.op.prepare([None, self.w, self.b])
         need = max(self.op.scratch_bytes(self.shapes, part) // 4 for part in parts)
         x, y, scratch = in_arena(self.x, self.y_shape, (max(need, 1),))
@@ -85,7 +86,8 @@ class ConvCase:
                 bp = None if bp is None else bp[part.start : part.stop]
             weights = in_arena(*(c for c in (wp, bp) if c is not None))
             ins = [x, weights[0], weights[1] if bp is not None else None]
-            kernels.append(self.op.bind(ins, [y], None if need == 0 else scratch[:need], part))
+            reuse = part is not None and part.start > 0 and self.op.shares_operand(self.shapes, part)
+            kernels.append(self.op.bind(ins, [y], None if need == 0 else scratch[:need], part, reuse))
         return kernels, x, y, scratch
 
 
@@ -465,7 +467,7 @@ def test_channel_parts_in_order_equal_the_whole_conv(x_shape, w_shape, attrs, sh
     case = conv_case(x_shape, w_shape, activation=("Relu", 0.0, 0.0), **attrs)
     geo = case.op.geometry(x_shape, w_shape[0])
     parts = _channel_parts(w_shape[0], count)
-    assert all(case.op._shared(geo, part) == shared for part in parts)
+    assert all(case.op.shares_operand(case.shapes, part) == shared for part in parts)
     if shared:  # sharing costs no scratch: every part needs at most what the whole conv needs
         most = max(case.op.scratch_bytes(case.shapes, part) for part in parts)
         assert most <= case.op.scratch_bytes(case.shapes)
@@ -499,21 +501,21 @@ def test_later_parts_reuse_what_part_0_computed(x_shape, w_shape, attrs):
     assert_close(y, changed.reference())
 
 
-def test_a_later_part_needs_part_0_bound_to_its_scratch_and_input():
+def test_reuse_only_for_a_later_part_that_shares():
+    """bind() takes `reuse` from the plan and refuses it where there is nothing to reuse: for the
+    first part, or for a conv whose parts each compute their own im2col (batch 2)."""
     case = conv_case((1, 32, 7, 7), (64, 32, 3, 3), pads=[1, 1, 1, 1])
-    with pytest.raises(ValueError, match="in order, to one scratch"):
-        case.bind(Part("channels", 16, 32))  # a scratch of its own: part 0 never fills it
-    first = Part("channels", 0, 16)
-    _, x, y, scratch = case.bind_parts([first])
-    wp = case.op.prepare([None, case.w, case.b])[1][16:32]
-    bp = case.b[16:32]
-    (other_x,) = in_arena(case.x)
-    with pytest.raises(ValueError, match="in order, to one scratch"):
-        case.op.bind([other_x, wp, bp], [y], scratch, Part("channels", 16, 32))
-    case.op.bind([x, wp, bp], [y], scratch, Part("channels", 16, 32))  # part 0's scratch and input
-    # The last part of the batch-2 conv computes its own im2col: nothing is shared, nothing refused.
+    with pytest.raises(ValueError, match="cannot reuse"):
+        case.bind(Part("channels", 0, 16), reuse=True)
     batch2 = conv_case((2, 32, 7, 7), (64, 32, 3, 3), pads=[1, 1, 1, 1])
-    batch2.bind(Part("channels", 16, 32))
+    assert not batch2.op.shares_operand(batch2.shapes, Part("channels", 16, 32))
+    with pytest.raises(ValueError, match="cannot reuse"):
+        batch2.bind(Part("channels", 16, 32), reuse=True)
+    # Not told to reuse, a later part computes the operand itself: right on its own.
+    assert case.op.shares_operand(case.shapes, Part("channels", 16, 32))
+    kernel, y = case.bind(Part("channels", 16, 32))
+    kernel()
+    assert_close(y[:, 16:32], case.reference()[:, 16:32])
 
 
 def test_slice_axes_cut_channels_only_in_whole_groups():

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
+from onnx import helper
 
 import flexnnd
+from flexnnd.graph.onnx_import import import_onnx
 from flexnnd.planner import plan_resident, verify
 from flexnnd.planner.plan import Load
+from flexnnd.planner.stream import Planner, pack
+from flexnnd.planner.verify import operand_reuse
+from tests.conftest import make_model
 from tests.planner.plans import regions_with, streamed_plan
 
 
@@ -105,3 +111,26 @@ def test_region_smaller_than_its_tensor_is_rejected(graph):
     plan = streamed_plan(graph)
     with pytest.raises(flexnnd.PlanError, match=r"tensor 'r' has 256 bytes but a 128-byte region"):
         verify(dataclasses.replace(plan, regions=regions_with(plan, r={"nbytes": 128})), graph)
+
+
+def conv_graph():
+    """One 3x3 conv small enough that its channel parts share one im2col (Conv.shares_operand)."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1], name="conv")]
+    inits = [("w", rng.standard_normal((64, 32, 3, 3)).astype(np.float32)), ("b", np.zeros(64, np.float32))]
+    graph, _ = import_onnx(make_model(nodes, [("x", [1, 32, 7, 7])], [("y", None)], inits))
+    return graph
+
+
+def test_parts_sharing_an_operand_run_in_order():
+    """A conv's later channel parts reuse the im2col the part before left in their scratch: the
+    plan says so (operand_reuse) and verify() rejects a plan that runs them out of order."""
+    graph = conv_graph()
+    planner = Planner(graph)
+    lay = planner.layout({"conv": ("channels", 2)})
+    plan = pack(lay, planner, 1 << 30, frozenset(lay.pieces))  # all resident: only the order matters
+    assert operand_reuse(plan, graph) == (False, True)
+    verify(plan, graph)
+    swapped = dataclasses.replace(plan, steps=plan.steps[::-1])
+    with pytest.raises(flexnnd.PlanError, match="must run back to back, in order"):
+        verify(swapped, graph)
