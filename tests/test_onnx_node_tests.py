@@ -14,7 +14,7 @@ from tests.onnx_backend import FlexnnBackend
 
 # The onnx.backend.test.case.node modules of the ops flexnn implements.
 MODULES = [
-    "add", "averagepool", "batch_normalization", "clip", "concat", "conv", "div", "dropout",
+    "add", "averagepool", "batch_normalization", "clip", "concat", "conv", "div", "dropout", "erf",
     "flatten", "gemm", "globalaveragepool", "globalmaxpool", "hardsigmoid", "hardswish",
     "identity", "leakyrelu", "matmul", "maxpool", "mul", "relu", "reshape", "sigmoid",
     "softmax", "squeeze", "sub", "sum", "transpose", "unsqueeze",
