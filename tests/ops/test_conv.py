@@ -465,7 +465,6 @@ def _channel_parts(cout: int, count: int) -> list[Part]:
 )
 def test_channel_parts_in_order_equal_the_whole_conv(x_shape, w_shape, attrs, shared, count):
     case = conv_case(x_shape, w_shape, activation=("Relu", 0.0, 0.0), **attrs)
-    geo = case.op.geometry(x_shape, w_shape[0])
     parts = _channel_parts(w_shape[0], count)
     assert all(case.op.shares_operand(case.shapes, part) == shared for part in parts)
     if shared:  # sharing costs no scratch: every part needs at most what the whole conv needs
