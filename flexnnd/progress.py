@@ -25,7 +25,7 @@ from typing import Protocol, TextIO
 
 log = logging.getLogger("flexnnd.progress")
 
-LOG_INTERVAL_S = 1.0  # a log line at most this often per task (plus its first and last)
+LOG_INTERVAL_S = 1.0  # a log line at most this often per task, the first a second in, and its end
 STATUS_INTERVAL_S = 0.25  # STATUS= at most this often: systemd keeps only the latest anyway
 STATUS_PAUSE_S = 5.0  # no STATUS= lines for this long after one could not be sent
 BAR_INTERVAL_S = 0.1
@@ -162,7 +162,8 @@ class BarSink(_Throttled):
 
 
 class QueueSink(_Throttled):
-    """Puts (kind, name, total, done, detail, key, failed) on a multiprocessing queue for `replay` in the parent."""
+    """Puts a task's fields on a multiprocessing queue for `replay` in the parent (time.monotonic is
+    the machine's, so its start time means the same there)."""
 
     interval = QUEUE_INTERVAL_S
 
@@ -172,7 +173,9 @@ class QueueSink(_Throttled):
 
     def update(self, kind: str, task: Task) -> None:
         if self.due(kind, task):
-            self.queue.put((kind, task.name, task.total, task.done, task.detail, task.key, task.failed))
+            self.queue.put(
+                (kind, task.name, task.total, task.done, task.detail, task.key, task.failed, task.started)
+            )
 
 
 _sinks: list[Sink] | None = None  # None: nobody chose; a terminal then gets a bar
@@ -228,10 +231,10 @@ def task(name: str, total: int | None = None, detail: str = "") -> Iterator[Task
 
 def replay(message: tuple, source: int = 0) -> None:
     """Report a QueueSink's message (from the process `source`) to this process's sinks."""
-    kind, name, total, done, detail, key, failed = message
+    kind, name, total, done, detail, key, failed, started = message
     t = _replayed.get((source, key))
     if t is None:
-        t = _replayed[source, key] = Task(name, total, key=next(_keys))
+        t = _replayed[source, key] = Task(name, total, started=started, key=next(_keys))
     t.done, t.detail, t.total, t.failed = done, detail, total, failed
     if kind == "finish":
         t.finished = True
