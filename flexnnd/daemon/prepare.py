@@ -97,18 +97,29 @@ def calibrate_later(models) -> threading.Thread | None:
     log.info("%s; %s planned with estimated rates until then", CALIBRATING, ", ".join(waiting))
 
     def run() -> None:
-        code = in_daemonic_child(plan_again, [str(d) for d in waiting.values()], str(models.cache_dir))
-        if code != 0:
-            log.warning(
-                "calibration ended with exit code %d: the estimated ladders serve until the next start", code
-            )
-        for name, package_dir in waiting.items() if code == 0 else ():
-            try:
-                models.adopt_ladder(name, package_dir)
-            except (errors.FlexnnError, OSError) as e:
-                log.warning("%s keeps its estimated ladder: %s", name, e)
-            else:
-                log.info("%s: ladder planned again with this machine's calibration", name)
+        pending, done = dict(waiting), set()
+        while pending:
+            code = in_daemonic_child(plan_again, [str(d) for d in pending.values()], str(models.cache_dir))
+            if code != 0:
+                log.warning(
+                    "calibration ended with exit code %d: the estimated ladders serve until the next start",
+                    code,
+                )
+                break
+            for name, package_dir in pending.items():
+                done.add((name, package_dir))
+                try:
+                    models.adopt_ladder(name, package_dir)
+                except (errors.FlexnnError, OSError) as e:
+                    log.warning("%s keeps its estimated ladder: %s", name, e)
+                else:
+                    log.info("%s: ladder planned again with this machine's calibration", name)
+            # a model loaded over the API while this ran was planned with estimated rates too
+            pending = {
+                m.name: m.package_dir
+                for m in models.all()
+                if (m.name, m.package_dir) not in done and provisional(m.package)
+            }
         log.info("%s", CALIBRATED)
 
     return threading.Thread(target=run, name="calibrate", daemon=True)

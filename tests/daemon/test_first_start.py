@@ -19,6 +19,7 @@ from tests.daemon.test_models import fc_model
 def models_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("models")
     fc_model(d / "a.onnx", seed=1)
+    fc_model(d / "b.onnx", width=192, seed=2)
     return d
 
 
@@ -61,9 +62,16 @@ def test_a_first_start_reports_its_progress_and_calibrates_after_ready(tmp_path,
         # Calibration waits for READY: the ladder served meanwhile is planned with estimated rates.
         assert not any(s.startswith("calibrating") for s in statuses), statuses
         (package,) = (d.cache / "packages").glob("a-*")
+        with d.client() as c:  # loaded while the machine calibrates: planned with estimated rates too
+            c.load_model("b", "b.onnx")
         wait_for_log(d, r"a: ladder planned again with this machine's calibration")
+        d.wait_for_calibration(600)
         assert (d.cache / "calibration.json").is_file()
         assert sorted(p.name for p in package.glob("plans*")) == ["plans.json"]
+        (package_b,) = (d.cache / "packages").glob("b-*")
+        assert sorted(p.name for p in package_b.glob("plans*")) == ["plans.json"], d.log()
+        with d.client() as c:
+            c.unload_model("b")
         # The calibrated ladder serves: a budget that needs a streamed rung swaps to one of its plans.
         with d.client() as c:
             smallest = min(p.budget_bytes for p in c.plans("a"))
