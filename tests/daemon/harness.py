@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -53,6 +53,9 @@ class DaemonProcess:
             self.notify_path.unlink(missing_ok=True)
             self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._notify.bind(str(self.notify_path))
+            self._notify.settimeout(0.2)
+            # read all along, as systemd does: a full socket queue would make each sd_notify wait
+            threading.Thread(target=self._read_notifications, args=(self._notify,), daemon=True).start()
         self.notifications = []
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child writes it for its whole life
         self.proc = subprocess.Popen(
@@ -84,13 +87,18 @@ class DaemonProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def _read_notifications(self, sock: socket.socket) -> None:
+        while sock.fileno() != -1:
+            try:
+                self.notifications.append(sock.recv(4096).decode())
+            except TimeoutError:
+                continue
+            except OSError:  # closed by close()
+                return
+
     def _drain(self, timeout: float) -> None:
-        """Collect the notifications that arrived, waiting up to `timeout` for the first."""
-        self._notify.settimeout(timeout)
-        with contextlib.suppress(TimeoutError, BlockingIOError):
-            while True:
-                self.notifications.append(self._notify.recv(4096).decode())
-                self._notify.setblocking(False)
+        """Give the reader thread `timeout` seconds to collect what arrives."""
+        time.sleep(timeout)
 
     def wait_for(self, message: str, timeout: float) -> str:
         """The first notification containing `message`; fails with the log if the daemon exits first."""
