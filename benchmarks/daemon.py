@@ -1,6 +1,6 @@
 """The daemon's own costs: swap time, adaptation over time, gRPC overhead, idle memory, time to READY.
 
-    python -m benchmarks.daemon                      # all parts; --parts first_start swaps timeline grpc idle memory
+    python -m benchmarks.daemon                      # all parts; --parts first_start ctl swaps timeline grpc idle memory
 
 - swaps: budget command → new plan serving (the SetBudget RPC returns once the plan is adopted),
   p50/p99 down (full → quarter) and up, for ResNet-50 and VGG-16. "Up" is measured twice: to an
@@ -10,6 +10,8 @@
 - timeline: per-request latency and the daemon's RSS while the budget steps 100% → 25% → 60% →
   10% → 100% of the top rung (PNG).
 - grpc: MobileNetV2 over the Unix socket vs Session.run in this process, interleaved blocks.
+- ctl: flexnnctl's wall time per command (status, status --json, plans, --version), each a fresh
+  process, interleaved with `python -c pass` (the floor of any Python command); the bar: status <= 0.3 s.
 - idle: the daemon's RSS and anonymous RSS before any model, and time to READY with a warm cache.
 - memory: per model set (ResNet-50, VGG-16, both), RSS after READY minus RSS before the models and
   minus the models' shares (arena and output copies): what the models hold besides their budget.
@@ -306,6 +308,47 @@ def bench_idle(model: str, starts: int) -> dict:
     }
 
 
+def bench_ctl(model: str, runs: int) -> dict:
+    """flexnnctl's wall time per command against a running daemon, interleaved with the interpreter
+    starting and doing nothing (the floor any Python command pays), each a fresh process."""
+    import shutil
+    import subprocess
+
+    ctl = shutil.which("flexnnctl")
+    command = [ctl] if ctl else [sys.executable, "-m", "flexnn_client.ctl"]
+    cases = {
+        "python -c pass": [sys.executable, "-c", "pass"],
+        "flexnnctl --version": [*command, "--version"],
+        "flexnnctl status": [*command, "status"],
+        "flexnnctl status --json": [*command, "status", "--json"],
+        "flexnnctl plans": [*command, "plans", model],
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        d = DaemonProcess(
+            Path(tmp), ["--models", model, "--threads", "1", "--no-watch-pressure"], cache=CACHE
+        )
+        d.start()
+        env = dict(d.env, FLEXNN_ADDRESS=str(d.socket))
+        times: dict[str, list[float]] = {name: [] for name in cases}
+        try:
+            for _ in range(runs):
+                for name, argv in cases.items():
+                    start = time.perf_counter()
+                    subprocess.run(argv, env=env, check=True, capture_output=True, timeout=60)
+                    times[name].append(time.perf_counter() - start)
+        finally:
+            d.stop()
+            d.close()
+    floor = statistics.median(times["python -c pass"])
+    return {
+        "model": model,
+        "runs": runs,
+        "command": " ".join(command),
+        "median_s": {name: statistics.median(v) for name, v in times.items()},
+        "ratio_to_python_pass": {name: statistics.median(v) / floor for name, v in times.items()},
+    }
+
+
 def _size_bytes(text: str) -> int:
     """format_size's text back to bytes (0.1-unit precision)."""
     scale = {"G": 1 << 30, "M": 1 << 20, "K": 1 << 10, "B": 1}[text[-1]]
@@ -404,7 +447,9 @@ def bench_first_start(cold_starts: int, warm_starts: int, settle_s: float = 3.0)
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", nargs="*", default=["idle", "first_start", "grpc", "swaps", "timeline"])
+    parser.add_argument(
+        "--parts", nargs="*", default=["idle", "first_start", "ctl", "grpc", "swaps", "timeline"]
+    )
     parser.add_argument("--swap-models", nargs="*", default=["resnet50", "vgg16"])
     parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--cold-starts", type=int, default=2, help="first_start: fresh-cache starts")
@@ -437,6 +482,9 @@ def main(argv=None) -> int:
         print(
             json.dumps({k: v for k, v in out["first_start"].items() if k != "memory"}, indent=1), flush=True
         )
+    if "ctl" in args.parts:
+        out["ctl"] = bench_ctl("mobilenet_v2", 20)
+        print(json.dumps(out["ctl"], indent=1), flush=True)
     if "timeline" in args.parts:
         out["timeline"] = bench_timeline("resnet50", 4.0)
         print(json.dumps(out["timeline"], indent=1), flush=True)
