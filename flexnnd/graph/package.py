@@ -1,7 +1,7 @@
 """The model package on disk: `manifest.json` (graph, weight index) and `weights.bin`.
 
 Weights are written once, in execution order, already in their kernel's layout, each at an
-offset aligned to 4096 bytes, so that loading one is a single `os.preadv` into an arena view
+offset aligned to 4096 bytes (flexnnd.weights_file), so that loading one is a single `os.preadv` into an arena view
 (and O_DIRECT stays possible). The manifest carries a format version and checksums; a stale or
 corrupt package is rejected with a message that says what to run.
 """
@@ -26,11 +26,11 @@ from flexnnd.graph.import_limits import DEFAULT_LIMITS
 from flexnnd.graph.ir import Graph, Node, TensorInfo, nbytes_of
 from flexnnd.ops import op_class
 from flexnnd.storage import fsync_dir, storage_error
+from flexnnd.weights_file import align, weight_offsets
 
 FORMAT = "flexnn-package"
 # Bump whenever the manifest schema or any op's prepared weight layout changes.
 VERSION = 1
-ALIGN = 4096
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.bin"
 
@@ -67,19 +67,6 @@ class Package:
         if got != entry.nbytes:
             raise PackageError(f"{self.weights_path}: short read of {name!r} ({got} of {entry.nbytes} bytes)")
         return out
-
-
-def _align(n: int, to: int = ALIGN) -> int:
-    return (n + to - 1) // to * to
-
-
-def weight_offsets(graph: Graph) -> dict[str, int]:
-    """Where `write_package` puts each weight in the weights file: graph order, each on ALIGN."""
-    offsets, end = {}, 0
-    for name in graph.constants:
-        offsets[name] = _align(end)
-        end = offsets[name] + graph.tensors[name].nbytes
-    return offsets
 
 
 def graph_to_json(graph: Graph) -> dict[str, Any]:
@@ -128,7 +115,7 @@ def write_package(
     """Write the package atomically: a temporary folder beside `path`, fsync'd, then renamed."""
     path = Path(path)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    needed = sum(_align(np.asarray(consts[name]).nbytes) for name in graph.constants)
+    needed = sum(align(np.asarray(consts[name]).nbytes) for name in graph.constants)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)

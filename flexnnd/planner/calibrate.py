@@ -24,9 +24,10 @@ from flexnnd.ops.conv import Conv
 from flexnnd.ops.gemm import Gemm
 from flexnnd.ops.pool import MaxPool
 from flexnnd.planner.profile import Machine, shared_bytes
-from flexnnd.runtime.loader import BUNDLE_BYTES, DIRECT_ALIGN, open_weights
+from flexnnd.runtime.loader import open_weights
 from flexnnd.runtime.threads import set_threads
 from flexnnd.storage import write_atomically
+from flexnnd.weights_file import BUNDLE_BYTES, DIRECT_ALIGN
 
 log = logging.getLogger("flexnnd.calibrate")
 

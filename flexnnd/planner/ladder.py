@@ -10,13 +10,12 @@ from collections.abc import Mapping, Sequence
 from flexnnd import progress
 from flexnnd.errors import BudgetTooSmall, StalePlanFile, StorageError
 from flexnnd.graph.ir import Graph
-from flexnnd.graph.package import weight_offsets
 from flexnnd.planner import plan_resident
 from flexnnd.planner.plan import Plan
 from flexnnd.planner.plan_file import IndexEntry
 from flexnnd.planner.profile import Machine, StepCost, Timeline, simulate, step_costs
 from flexnnd.planner.stream import Planner, plan_for_budget, plan_with_slicing, slicing_of, smallest_plan
-from flexnnd.runtime.loader import DIRECT_ALIGN
+from flexnnd.weights_file import DIRECT_ALIGN, weight_offsets
 
 RUNGS = 24  # geometric rungs between the two ends
 # In a tenth of the rungs benchmarked here the loader read at 0.67x the calibrated rate or less

@@ -9,7 +9,8 @@ import numpy as np
 
 from flexnnd.ops.jit import kernel
 from flexnnd.planner.plan import ALIGNMENT, Region
-from flexnnd.runtime.loader import DIRECT_ALIGN
+from flexnnd.weights_file import DIRECT_ALIGN
+from flexnnd.weights_file import align as _round_up
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,8 @@ class Request:
 
 
 def align(n: int, to: int = ALIGNMENT) -> int:
-    return (n + to - 1) // to * to
+    """`n` rounded up to the arena's region alignment."""
+    return _round_up(n, to)
 
 
 class Occupancy:

@@ -14,7 +14,7 @@ from flexnnd.graph.ir import Graph, Node
 from flexnnd.ops.base import COST_DEPTHWISE, COST_FC, COST_GEMM, COST_MEMORY, COST_WINOGRAD
 from flexnnd.planner.lifetimes import lifetimes
 from flexnnd.planner.plan import Plan
-from flexnnd.runtime.loader import BUNDLE_BYTES
+from flexnnd.weights_file import BUNDLE_BYTES
 
 MIN_SPEED = 0.1  # of the compute thread while a read is in flight, however costly reads are
 

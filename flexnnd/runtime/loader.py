@@ -27,15 +27,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from flexnnd.errors import LoadError
+from flexnnd.weights_file import BUNDLE_BYTES, DIRECT_ALIGN
 
 log = logging.getLogger("flexnnd.loader")
 
-# O_DIRECT wants file offset, length and buffer address aligned to the device's logical block
-# size; 4096 satisfies both 512- and 4096-byte devices (and the package aligns weights to it).
-DIRECT_ALIGN = 4096
-# Pieces next to each other in the file, all released, are read by one preadv up to this many
-# bytes: each read costs 30-100 us on top of its bytes here (128 KiB reads: 0.9 GB/s, 2 MiB: 2.1).
-BUNDLE_BYTES = 2 << 20
 # Catches changes the file's size and times do not show (bit rot, a writer that restores mtime);
 # each re-check costs one inference ~10-15% more on streaming-heavy plans.
 RECHECK_SECONDS = 300.0

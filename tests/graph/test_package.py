@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import flexnnd
-from flexnnd.graph.package import ALIGN, MANIFEST, WEIGHTS, read_package, weight_offsets
+from flexnnd.graph.package import MANIFEST, WEIGHTS, read_package
+from flexnnd.weights_file import DIRECT_ALIGN, weight_offsets
 from tests.conftest import save
 from tests.graph.test_import import conv_bn_relu_model
 
@@ -23,7 +24,7 @@ def test_weights_are_aligned_in_execution_order_and_in_kernel_layout(package):
     pkg = read_package(package, verify=True)
     entries = [pkg.weights[name] for name in pkg.graph.constants]
     assert [e.offset for e in entries] == sorted(e.offset for e in entries)
-    assert all(e.offset % ALIGN == 0 for e in entries)
+    assert all(e.offset % DIRECT_ALIGN == 0 for e in entries)
     # The planner predicts which loads share a read from where the writer puts each weight.
     assert weight_offsets(pkg.graph) == {name: pkg.weights[name].offset for name in pkg.graph.constants}
     conv = pkg.graph.nodes[0]
