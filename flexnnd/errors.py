@@ -6,7 +6,23 @@ import os
 
 
 class FlexnnError(Exception):
-    """Base of every error flexnn raises on purpose."""
+    """Base of every error flexnn raises on purpose.
+
+    Pickled whole, attributes and all: an error raised in a child process (see daemon/prepare.py)
+    comes back as the same class with the same numbers, though its __init__ takes other arguments
+    than the message it stores.
+    """
+
+    def __reduce__(self):
+        return _rebuild, (type(self), self.args, self.__dict__)
+
+
+def _rebuild(cls: type[FlexnnError], args: tuple, attributes: dict) -> FlexnnError:
+    """An error as it was pickled: its args and attributes set without running its __init__ again."""
+    error = BaseException.__new__(cls)  # MemoryError.__new__ refuses subclasses such as ArenaError
+    error.args = args
+    error.__dict__.update(attributes)
+    return error
 
 
 class ModelImportError(FlexnnError):
@@ -84,6 +100,14 @@ class ModelNotFound(ServingError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return self.args[0]
+
+
+class ModelAlreadyLoaded(ServingError):
+    """A model of that name is loaded already (and not failed): unload it first."""
+
+    def __init__(self, name: str, source: str | os.PathLike[str]):
+        self.name, self.source = name, source
+        super().__init__(f"a model named {name!r} is already loaded (from {source})")
 
 
 class ModelNotReady(ServingError):

@@ -128,10 +128,12 @@ def calibrate_later(models) -> threading.Thread | None:
 def _call(fn, args):
     try:
         return "ok", fn(*args)
-    except errors.FlexnnError as e:  # sent back by class name: custom __init__s do not unpickle
-        return "error", (type(e).__name__, str(e))
+    except (
+        errors.FlexnnError
+    ) as e:  # pickled whole: the same class, its numbers kept (FlexnnError.__reduce__)
+        return "error", e
     except OSError as e:
-        return "error", ("PackageError", f"{type(e).__name__}: {e}")
+        return "error", errors.PackageError(f"{type(e).__name__}: {e}")
 
 
 def _report_to(queue) -> None:
@@ -175,7 +177,7 @@ def in_daemonic_child(fn, *args) -> int:
 
 def in_child(fn, *args):
     """fn(*args) in a fresh spawned process, its progress reported here; its FlexnnError comes back
-    as the same class."""
+    as the same class with the same attributes."""
     context = multiprocessing.get_context("spawn")
     queue = context.SimpleQueue()
     relay = threading.Thread(target=_relay, args=(queue, id(queue)), name="progress-relay", daemon=True)
@@ -191,8 +193,4 @@ def in_child(fn, *args):
         queue.close()
     if kind == "ok":
         return value
-    name, message = value
-    cls = getattr(errors, name, errors.FlexnnError)
-    error = cls.__new__(cls)
-    Exception.__init__(error, message)
-    raise error
+    raise value
