@@ -91,8 +91,8 @@ def plan_times(name: str, repeat: int) -> dict:
     `repeat` more (wall, and CPU, which other busy processes on the machine disturb less)."""
     from flexnnd import zoo
     from flexnnd.graph.package import read_package
-    from flexnnd.planner.calibrate import machine
     from flexnnd.planner.ladder import build_ladder
+    from flexnnd.runtime.calibrate import machine
     from flexnnd.runtime.session import package_for
 
     onnx_path = zoo.cached(name, CACHE)
@@ -120,9 +120,9 @@ def bench_model(name: str, runs: int, passes: int, packages: Path | None = None)
     from flexnnd import zoo
     from flexnnd.graph.package import read_package
     from flexnnd.planner.bound import streaming_floor
-    from flexnnd.planner.calibrate import machine, storage_speed
     from flexnnd.planner.ladder import build_ladder, timeline
     from flexnnd.planner.stream import Planner
+    from flexnnd.runtime.calibrate import machine, storage_speed
     from flexnnd.runtime.session import package_for
 
     from .engine import Ncnn, ncnn_available

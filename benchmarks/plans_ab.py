@@ -59,7 +59,7 @@ write_plans(out, build_ladder(package.graph, rates), package.graph, package.weig
 
 def _rates(name: str) -> str:
     """This checkout's calibration for `name`'s weights file, as JSON for DUMP."""
-    from flexnnd.planner.calibrate import machine
+    from flexnnd.runtime.calibrate import machine
 
     return json.dumps(dataclasses.asdict(machine(CACHE, _package(name).weights_path)))
 
@@ -98,9 +98,9 @@ def _same(a, b) -> bool:
 
 def compare(name: str, paths: tuple[Path, Path], passes: int, runs: int) -> dict:
     import flexnnd
-    from flexnnd.planner.calibrate import machine
     from flexnnd.planner.ladder import predict
     from flexnnd.planner.plan_file import read_plans
+    from flexnnd.runtime.calibrate import machine
 
     package = _package(name)
     rates = machine(CACHE, package.weights_path)

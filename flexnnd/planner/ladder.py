@@ -200,8 +200,8 @@ def build_and_store(package, cache_dir, estimate: bool = False, path: str | None
     a file name in the package, instead of plans.json when given). With `estimate`, a machine not
     calibrated yet is not calibrated now: the ladder is planned with calibrate.ESTIMATE and marked
     provisional, to be planned again once it is (see daemon.prepare.calibrate_later)."""
-    from flexnnd.planner import calibrate
     from flexnnd.planner.plan_file import write_plans
+    from flexnnd.runtime import calibrate
 
     machine = calibrate.cached_machine(cache_dir, package.weights_path) if estimate else None
     provisional = estimate and machine is None
@@ -241,6 +241,6 @@ def current_rungs(package, cache_dir) -> list[IndexEntry] | list[Plan] | None:
 
 
 def _build(package, cache_dir) -> list[Plan]:
-    from flexnnd.planner.calibrate import machine
+    from flexnnd.runtime.calibrate import machine
 
     return build_ladder(package.graph, machine(cache_dir, package.weights_path))

@@ -18,9 +18,9 @@ import flexnnd
 from flexnn_client.client import ClientError
 from flexnnd.errors import StorageError
 from flexnnd.graph.package import read_package
-from flexnnd.planner.calibrate import machine
 from flexnnd.planner.ladder import LADDER_FILE, stored_ladder
 from flexnnd.planner.plan_file import read_plans, write_plans
+from flexnnd.runtime.calibrate import machine
 from flexnnd.storage import write_atomically
 from tests.daemon.harness import DaemonProcess
 from tests.daemon.test_models import fc_model

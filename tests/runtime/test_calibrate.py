@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from flexnnd.planner import calibrate
+from flexnnd.runtime import calibrate
 
 
 def test_rates_are_measured_once_and_cached(tmp_path, monkeypatch):
