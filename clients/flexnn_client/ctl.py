@@ -294,8 +294,9 @@ def cmd_plans(args: argparse.Namespace) -> int:
         return _remote_plans(args)
     import flexnnd
     from flexnnd.graph.package import read_package
-    from flexnnd.planner.ladder import build_and_store, stored_ladder
+    from flexnnd.planner.ladder import stored_ladder
     from flexnnd.planner.plan_file import summary
+    from flexnnd.runtime.ladders import build_and_store
     from flexnnd.runtime.session import default_cache_dir, package_for
 
     try:

@@ -36,7 +36,8 @@ def package_with_ladder(source: str, cache_dir: str, estimate: bool = False) -> 
     `estimate`, a machine not calibrated yet gets a ladder planned with estimated rates, marked
     provisional: the daemon calibrates after READY (calibrate_later)."""
     from flexnnd.graph.package import MANIFEST, read_package
-    from flexnnd.planner.ladder import build_and_store, provisional, stored_rungs
+    from flexnnd.planner.ladder import provisional, stored_rungs
+    from flexnnd.runtime.ladders import build_and_store
     from flexnnd.runtime.session import package_for_path
 
     path = Path(source)
@@ -75,7 +76,8 @@ def plan_again(package_dirs: list[str], cache_dir: str) -> None:
     """Calibrate this machine (the first package's build does) and plan each package's ladder again,
     into NEXT_LADDER beside its plans.json: the daemon swaps it in under its models' lock."""
     from flexnnd.graph.package import read_package
-    from flexnnd.planner.ladder import NEXT_LADDER, build_and_store
+    from flexnnd.planner.ladder import NEXT_LADDER
+    from flexnnd.runtime.ladders import build_and_store
 
     for package_dir in package_dirs:
         build_and_store(read_package(Path(package_dir)), cache_dir, path=NEXT_LADDER)

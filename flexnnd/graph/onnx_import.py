@@ -488,8 +488,8 @@ def import_model(
     )
     del consts
     if ladder:
-        from flexnnd.planner.ladder import build_and_store
         from flexnnd.runtime.calibrate import default_cache_dir
+        from flexnnd.runtime.ladders import build_and_store
 
         start = time.perf_counter()
         plans = build_and_store(package, calibration_dir or default_cache_dir())

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Mapping, Sequence
 
 from flexnnd import progress
-from flexnnd.errors import BudgetTooSmall, StalePlanFile, StorageError
+from flexnnd.errors import BudgetTooSmall, StalePlanFile
 from flexnnd.graph.ir import Graph
 from flexnnd.planner import plan_resident
 from flexnnd.planner.plan import Plan
@@ -195,52 +195,6 @@ def stored_rungs(package) -> list[IndexEntry] | None:
         return None
 
 
-def build_and_store(package, cache_dir, estimate: bool = False, path: str | None = None) -> list[Plan]:
-    """Build the ladder with this machine's calibration and store it beside the weights (in `path`,
-    a file name in the package, instead of plans.json when given). With `estimate`, a machine not
-    calibrated yet is not calibrated now: the ladder is planned with calibrate.ESTIMATE and marked
-    provisional, to be planned again once it is (see daemon.prepare.calibrate_later)."""
-    from flexnnd.planner.plan_file import write_plans
-    from flexnnd.runtime import calibrate
-
-    machine = calibrate.cached_machine(cache_dir, package.weights_path) if estimate else None
-    provisional = estimate and machine is None
-    marker = package.path / PROVISIONAL
-    if provisional:  # marked before the ladder is stored: a crash between leaves it to plan again
-        marker.write_text("planned with estimated rates; planned again once this machine is calibrated\n")
-        machine = calibrate.ESTIMATE
-    ladder = build_ladder(package.graph, machine or calibrate.machine(cache_dir, package.weights_path))
-    write_plans(package.path / (path or LADDER_FILE), ladder, package.graph, package.weights_sha256)
-    if not provisional and path is None:
-        marker.unlink(missing_ok=True)
-    return ladder
-
-
 def provisional(package) -> bool:
     """Whether the package's ladder was planned with estimated rates (build_and_store's `estimate`)."""
     return (package.path / PROVISIONAL).exists()
-
-
-def current_rungs(package, cache_dir) -> list[IndexEntry] | list[Plan] | None:
-    """The package's ladder index; a ladder stored in another format version is planned again with
-    this machine's calibration (rates cached in `cache_dir`) and stored in its place, or, when the
-    package folder is read-only, returned as plans. None when the package was imported without a
-    ladder: its budgets are then planned one by one."""
-    from flexnnd.planner.plan_file import write_plans
-
-    rungs = stored_rungs(package)
-    if rungs is not None or not (package.path / LADDER_FILE).exists():
-        return rungs
-    ladder = _build(package, cache_dir)
-    try:
-        write_plans(package.path / LADDER_FILE, ladder, package.graph, package.weights_sha256)
-    except StorageError as e:  # planned, but not stored: this process keeps the plans
-        log.warning("%s: the ladder planned again is kept in memory", e)
-        return ladder
-    return stored_rungs(package)
-
-
-def _build(package, cache_dir) -> list[Plan]:
-    from flexnnd.runtime.calibrate import machine
-
-    return build_ladder(package.graph, machine(cache_dir, package.weights_path))

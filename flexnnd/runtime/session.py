@@ -17,13 +17,14 @@ from flexnn_api.sizes import parse_size
 from flexnnd.errors import BudgetTooSmall, LoadError
 from flexnnd.graph.package import MANIFEST, Package, read_package
 from flexnnd.planner import plan_resident
-from flexnnd.planner.ladder import LADDER_FILE, choose, current_rungs, stored_ladder
+from flexnnd.planner.ladder import LADDER_FILE, choose, stored_ladder
 from flexnnd.planner.plan import Plan
 from flexnnd.planner.plan_file import IndexEntry, read_plan
 from flexnnd.planner.stream import plan_for_budget
 from flexnnd.runtime import calibrate
 from flexnnd.runtime import threads as threads_mod
 from flexnnd.runtime.executor import Executor, check_feeds
+from flexnnd.runtime.ladders import current_rungs
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ def test_import_stores_the_ladder_and_sessions_only_read_it(tmp_path, monkeypatc
         raise AssertionError("a session planned although the package holds its ladder")
 
     monkeypatch.setattr("flexnnd.runtime.session.plan_for_budget", no_planning)
-    monkeypatch.setattr("flexnnd.planner.ladder.build_ladder", no_planning)
+    monkeypatch.setattr("flexnnd.runtime.ladders.build_ladder", no_planning)
     with flexnnd.Session(package.path, budget=ladder[0].arena_bytes + 4096) as sess:
         assert sess.plan == ladder[0]
         sess.set_budget(ladder[-2].arena_bytes + sess.output_bytes)
@@ -81,7 +81,7 @@ def test_a_session_plans_a_stale_ladder_again_and_stores_it(tmp_path, monkeypatc
         rungs = stored_ladder(package)
         sess.set_budget(rungs[1].arena_bytes + sess.output_bytes)
         assert same_plan(sess._pending, rungs[1])
-    monkeypatch.setattr("flexnnd.planner.ladder.build_ladder", no_planning)
+    monkeypatch.setattr("flexnnd.runtime.ladders.build_ladder", no_planning)
     flexnnd.Session(package.path).close()  # stored: the next session only reads it
 
 
