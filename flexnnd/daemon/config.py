@@ -242,6 +242,11 @@ class Config:
         return parse_address(self.tcp_address) if self.tcp_address else None
 
     @property
+    def tcp_tls(self) -> bool:
+        """TCP serves with TLS and a token; else (loopback, allowed insecure) without: checked when built."""
+        return self.tls_cert is not None
+
+    @property
     def metrics_host_port(self) -> tuple[str, int] | None:
         """metrics_address as (host, port), a port alone on 127.0.0.1; None when off."""
         if not self.metrics_address:
@@ -356,7 +361,8 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, port
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """A loopback IP address (127.0.0.0/8, ::1); a name such as localhost is not one: it may resolve elsewhere."""
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -425,14 +431,14 @@ def _problems(c: Config) -> list[tuple[str, str]]:
             problems.append(("tcp_address", str(e)))
         else:
             secured = c.tls_cert is not None and c.token_file is not None
-            insecure_ok = c.allow_insecure_loopback and _is_loopback(host)
+            insecure_ok = c.tls_cert is None and c.allow_insecure_loopback and is_loopback(host)
             need(
                 secured or insecure_ok,
                 "tcp_address",
                 f"{c.tcp_address} needs tls_cert, tls_key and token_file"
                 + (
                     ""
-                    if _is_loopback(host)
+                    if is_loopback(host)
                     else "; only 127.0.0.1 or ::1 may go without (allow_insecure_loopback)"
                 ),
             )

@@ -11,12 +11,12 @@ authentication: bind it to loopback, or to an address only the scrapers can reac
 from __future__ import annotations
 
 import collections
-import ipaddress
 import logging
 import math
 import threading
 from collections.abc import Iterator
 
+from flexnnd.daemon.config import is_loopback
 from flexnnd.daemon.models import Histogram, Model
 from flexnnd.daemon.monitor import EVENT_NAMES
 from flexnnd.errors import ConfigError
@@ -57,7 +57,7 @@ class Metrics:
             raise ConfigError(f"metrics_address {_url_host(host, port)}: cannot listen: {e}") from None
         self.address = (host, self._server.server_address[1])
         log.info("metrics on http://%s/metrics", _url_host(*self.address))
-        if not _is_loopback(host):
+        if host != "localhost" and not is_loopback(host):
             log.warning(
                 "metrics on %s answer anyone who reaches it, without authentication", _url_host(*self.address)
             )
@@ -69,13 +69,6 @@ class Metrics:
             self._server.server_close()
             self._thread.join(timeout=5)
             self._server = self._thread = None
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _url_host(host: str, port: int) -> str:

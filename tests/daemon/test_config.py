@@ -161,6 +161,18 @@ def test_relative_paths_in_the_file_are_relative_to_it(tmp_path):
         ({"tcp_address": "0.0.0.0:8001"}, "tcp_address", "needs tls_cert"),
         ({"tcp_address": "0.0.0.0:8001", "allow_insecure_loopback": True}, "tcp_address", "only 127.0.0.1"),
         ({"tcp_address": "127.0.0.1:8001"}, "tcp_address", "needs tls_cert"),
+        # TLS is never served without a token, not even on loopback (the daemon used to find out at bind)
+        (
+            {
+                "tcp_address": "127.0.0.1:8001",
+                "allow_insecure_loopback": True,
+                "tls_cert": Path("c.pem"),
+                "tls_key": Path("k.pem"),
+            },
+            "tcp_address",
+            "token_file",
+        ),
+        ({"tcp_address": "localhost:8001", "allow_insecure_loopback": True}, "tcp_address", "only 127.0.0.1"),
         ({"models": ("",)}, "models", "empty name"),
         ({"threads": "2"}, "threads", "has type str"),
         ({"socket": "/run/x.sock"}, "socket", "has type str"),
