@@ -17,8 +17,7 @@ from flexnn_api.proto.flexnn.control.v1 import control_pb2, control_pb2_grpc
 from flexnn_api.sizes import parse_size
 
 from flexnnd import __version__
-from flexnnd.daemon import oip
-from flexnnd.daemon.events import Event
+from flexnnd.daemon import oip, status
 from flexnnd.errors import (
     BudgetTooSmall,
     FeedError,
@@ -176,7 +175,7 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
             for model in chosen:
                 self._check_version(request.version, model.name)
             return inference_pb2.ModelStatisticsResponse(
-                model_stats=[oip.model_statistics(m.name, "1", m.stats, _held_bytes(m)) for m in chosen]
+                model_stats=[oip.model_statistics(m.name, "1", m.stats, status.held_bytes(m)) for m in chosen]
             )
 
     def RepositoryIndex(self, request, context):
@@ -224,12 +223,6 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
             raise ModelNotFound(f"{name}:{version}", [f"{name}:1"])
 
 
-def _held_bytes(model) -> int:
-    """Bytes the model's plan holds now: its arena and one inference's output copies; 0 without a plan."""
-    session = model.session
-    return session.plan.arena_bytes + session.output_bytes if session is not None and session.loaded else 0
-
-
 def _check_repository(name: str) -> None:
     if name:
         raise InvalidRequest(
@@ -264,57 +257,6 @@ def repository_models(models_dir: Path) -> list[str]:
     ]
 
 
-def plan_info(model, rung, active: bool) -> control_pb2.PlanInfo:
-    """One rung as ListPlans shows it, from its index entry alone: listing reads no plan."""
-    entry = rung.entry
-    return control_pb2.PlanInfo(
-        budget_bytes=rung.cost,
-        arena_bytes=entry.arena_bytes,
-        resident_bytes=entry.resident_bytes,
-        streamed_bytes=entry.streamed_bytes,
-        sliced_layers=entry.sliced_layers,
-        predicted_latency_s=rung.seconds,
-        measured_latency_s=model.measured.get(entry.arena_bytes, 0.0),
-        active=active,
-    )
-
-
-def model_status(model) -> control_pb2.ModelStatus:
-    session = model.session
-    stats = session.stats() if session is not None and session.loaded else {}
-    return control_pb2.ModelStatus(
-        name=model.name,
-        ready=model.ready,
-        state=model.state,
-        reason=model.reason,
-        budget_bytes=model.share or 0,
-        plan_budget_bytes=(stats.get("arena_bytes", 0) + session.output_bytes) if stats else 0,
-        arena_bytes=stats.get("arena_bytes", 0),
-        resident_bytes=stats.get("resident_bytes", 0),
-        streamed_bytes=stats.get("streamed_bytes", 0),
-        sliced_layers=len({s.node for s in session.plan.steps if s.part is not None}) if stats else 0,
-        predicted_latency_s=next(
-            (r.seconds for r in model.rungs if stats and r.entry.arena_bytes == stats["arena_bytes"]), 0.0
-        ),
-        last_latency_s=model.stats.last_latency_s or 0.0,  # served requests only, not the warm-up
-        inferences=model.inferences,
-        queue_depth=model.queue_depth,
-    )
-
-
-def event_message(event: Event) -> control_pb2.Event:
-    return control_pb2.Event(
-        time=event.time,
-        kind=control_pb2.Event.Kind.Value(f"KIND_{event.kind.upper()}"),
-        model=event.model,
-        message=event.message,
-        source=event.source,
-        from_bytes=event.from_bytes,
-        to_bytes=event.to_bytes,
-        duration_s=event.duration_s,
-    )
-
-
 class ControlService(control_pb2_grpc.ControlServicer):
     def __init__(self, daemon):
         self.daemon = daemon
@@ -336,13 +278,15 @@ class ControlService(control_pb2_grpc.ControlServicer):
         return control_pb2.GetStatusResponse(status=self.daemon.status_message())
 
     def ListModels(self, request, context):
-        return control_pb2.ListModelsResponse(models=[model_status(m) for m in self.daemon.models.all()])
+        return control_pb2.ListModelsResponse(
+            models=[status.model_status(m) for m in self.daemon.models.all()]
+        )
 
     def LoadModel(self, request, context):
         with mapped_errors(context):
             _check_model_request(request.name, request.path)
             model = self.daemon.load_model(request.name, request.path)
-            return control_pb2.LoadModelResponse(model=model_status(model))
+            return control_pb2.LoadModelResponse(model=status.model_status(model))
 
     def UnloadModel(self, request, context):
         with mapped_errors(context):
@@ -356,7 +300,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
                 model.session.plan.arena_bytes if model.session is not None and model.session.loaded else -1
             )
             return control_pb2.ListPlansResponse(
-                plans=[plan_info(model, r, r.entry.arena_bytes == active) for r in model.rungs]
+                plans=[status.plan_info(model, r, r.entry.arena_bytes == active) for r in model.rungs]
             )
 
     def WatchEvents(self, request, context):
@@ -369,4 +313,4 @@ class ControlService(control_pb2_grpc.ControlServicer):
             while context.is_active() and not sub.closed:
                 event = sub.get(timeout=0.5)
                 if event is not None:
-                    yield event_message(event)
+                    yield status.event_message(event)

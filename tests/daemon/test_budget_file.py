@@ -18,41 +18,41 @@ def daemon_in(tmp_path) -> Daemon:
 
 def test_a_file_event_reads_the_budget_only_under_the_budget_lock(tmp_path):
     d = daemon_in(tmp_path)
-    d.budget_file.write_text("64M\n")
+    d.budget.budget_file.write_text("64M\n")
     reads = []
-    original = d._read_operator_budget
+    original = d.budget.read_operator_budget
 
     def recording_read():
-        reads.append(d.budget_file.read_text())
+        reads.append(d.budget.budget_file.read_text())
         return original()
 
-    d._read_operator_budget = recording_read
-    with d._budget_lock:  # what set_operator_budget holds while it writes the file and the budget
-        watcher = threading.Thread(target=d._file_changed, args=(d.budget_file.resolve(),))
+    d.budget.read_operator_budget = recording_read
+    with d.budget.lock:  # what set_operator_budget holds while it writes the file and the budget
+        watcher = threading.Thread(target=d._file_changed, args=(d.budget.budget_file.resolve(),))
         watcher.start()
         watcher.join(0.5)
         assert reads == [], "the watcher read the budget file while a budget change held the lock"
-        d.budget_file.write_text("32M\n")
-        d.operator_budget = 32 << 20
+        d.budget.budget_file.write_text("32M\n")
+        d.budget.operator_budget = 32 << 20
     watcher.join(10)
     assert not watcher.is_alive()
-    assert reads == ["32M\n"] and d.operator_budget == 32 << 20
+    assert reads == ["32M\n"] and d.budget.operator_budget == 32 << 20
 
 
 def test_a_hand_edited_budget_file_is_taken_and_a_bad_one_is_an_error_event(tmp_path):
     d = daemon_in(tmp_path)
-    d.budget_file.write_text("48M\n")
-    d._file_changed(d.budget_file.resolve())
-    assert d.operator_budget == 48 << 20
-    d.budget_file.write_text("lots\n")
-    d._file_changed(d.budget_file.resolve())
-    assert d.operator_budget == 48 << 20  # kept: a typo in the file does not drop the budget
-    assert d.events.last["error"].message.startswith(str(d.budget_file))
+    d.budget.budget_file.write_text("48M\n")
+    d._file_changed(d.budget.budget_file.resolve())
+    assert d.budget.operator_budget == 48 << 20
+    d.budget.budget_file.write_text("lots\n")
+    d._file_changed(d.budget.budget_file.resolve())
+    assert d.budget.operator_budget == 48 << 20  # kept: a typo in the file does not drop the budget
+    assert d.events.last["error"].message.startswith(str(d.budget.budget_file))
 
 
 def test_reading_the_budget_file_does_not_trigger_the_watcher_again(tmp_path):
     d = daemon_in(tmp_path)
-    d._write_operator_budget(48 << 20)
+    d.budget.write_operator_budget(48 << 20)
     calls = []
     original = d._file_changed
 
@@ -63,11 +63,11 @@ def test_reading_the_budget_file_does_not_trigger_the_watcher_again(tmp_path):
     d._file_changed = counting
     d._watch_files()
     try:
-        d.budget_file.write_text("40M\n")  # a hand edit: seen, read once or twice
+        d.budget.budget_file.write_text("40M\n")  # a hand edit: seen, read once or twice
         deadline = time.monotonic() + 30
-        while d.operator_budget != 40 << 20 and time.monotonic() < deadline:
+        while d.budget.operator_budget != 40 << 20 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert d.operator_budget == 40 << 20
+        assert d.budget.operator_budget == 40 << 20
         time.sleep(1.0)
         settled = len(calls)
         time.sleep(1.0)  # reads opened the file: those open/close events must not call back

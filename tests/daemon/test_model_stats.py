@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flexnnd.daemon import oip, services
+from flexnnd.daemon import oip
 from flexnnd.daemon.events import EventBus
 from flexnnd.daemon.models import BYTES_BUCKETS, SECONDS_BUCKETS, Histogram, Models, ModelStats
+from flexnnd.daemon.status import model_status
 from flexnnd.errors import Overloaded
 from tests.daemon.test_models import fc_model
 
@@ -61,12 +62,12 @@ def models(tmp_path_factory):
 def test_the_warm_up_run_is_not_a_served_request(models, tmp_path):
     model = models.load("a", fc_model(tmp_path / "a.onnx", seed=1))
     assert model.session.last_inference_seconds is not None  # the warm-up ran at load
-    status = services.model_status(model)
+    status = model_status(model)
     assert (status.inferences, status.last_latency_s) == (0, 0.0)
     assert model.stats.latency.count == 0 and model.measured == {}
 
     model.run({"x": np.ones((1, 256), np.float32)})
-    status = services.model_status(model)
+    status = model_status(model)
     assert status.inferences == 1
     assert status.last_latency_s == model.session.last_inference_seconds == model.stats.last_latency_s
     assert model.stats.latency.count == 1 and model.stats.queue.count == 1
