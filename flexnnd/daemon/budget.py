@@ -36,7 +36,7 @@ class BudgetControl:
     def __init__(self, config: Config, state_dir: Path, models: Models, events: EventBus):
         self.config, self.models, self.events = config, models, events
         self.budget_file = state_dir / BUDGET_FILE
-        self.policy = BudgetPolicy(policy_config(config))
+        self.policy = BudgetPolicy(PolicyConfig.from_config(config))
         self.monitor: Monitor | None = None
         self.runtime_overhead = 0
         self.operator_budget: int | None = None
@@ -50,7 +50,7 @@ class BudgetControl:
     def configure(self, config: Config) -> None:
         """A reloaded configuration: its budget and policy settings apply from the next decision."""
         self.config = config
-        self.policy = BudgetPolicy(policy_config(config))
+        self.policy = BudgetPolicy(PolicyConfig.from_config(config))
 
     @property
     def configured_budget(self) -> int | None:
@@ -200,14 +200,6 @@ class BudgetControl:
                 self.operator_budget = budget
                 self.events.publish(Event("budget", f"budget file changed: {fmt(budget)}", source="operator"))
                 self.pending = True
-
-
-def policy_config(config: Config) -> PolicyConfig:
-    return PolicyConfig(
-        headroom=config.headroom,
-        quiet_period_s=config.quiet_period_s,
-        min_dwell_s=config.min_dwell_s,
-    )
 
 
 def _fmt_arena(arena: int | None) -> str:

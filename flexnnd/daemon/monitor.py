@@ -37,6 +37,10 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from flexnnd.daemon.config import Config
 
 log = logging.getLogger("flexnnd.monitor")
 
@@ -48,16 +52,26 @@ EVENT_NAMES = ("low", "high", "max", "oom", "oom_kill")
 
 @dataclass(frozen=True)
 class MonitorConfig:
-    proc_root: Path = Path("/proc")  # where procfs is; tests point it at a fake tree
-    fs_root: Path = Path("/")  # mount points from mountinfo are resolved under it
+    """Where the monitor looks and what it asks the kernel for: the settings come from Config only
+    (from_config); cgroup_dir, v1_pressure_level and env are the monitor's own."""
+
+    proc_root: Path  # where procfs is; tests point it at a fake tree
+    fs_root: Path  # mount points from mountinfo are resolved under it
+    # PSI trigger: stalled time and window in µs; unprivileged windows must be multiples of 2 s
+    psi_trigger: str
     # the own memory cgroup directory, skipping discovery (its version is told by its files)
     cgroup_dir: Path | None = None
-    # PSI trigger: stalled time and window in µs; unprivileged windows must be multiples of 2 s
-    psi_trigger: str = "some 150000 2000000"
     # v1 memory.pressure_level: "low" fires on any reclaim (constant near a limit), "critical" too late
     v1_pressure_level: str = "medium"
     # the environment to take MEMORY_PRESSURE_WATCH/WRITE from (passed in, never read at import)
     env: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, config: Config, **own) -> MonitorConfig:
+        """The monitor's settings from the daemon's Config; `own`: cgroup_dir, v1_pressure_level, env."""
+        return cls(
+            proc_root=config.proc_root, fs_root=config.fs_root, psi_trigger=config.pressure_trigger, **own
+        )
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"(some|full) \d+ \d+", self.psi_trigger):

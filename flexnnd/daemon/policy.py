@@ -43,8 +43,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from flexnnd.daemon.monitor import MemoryEvent, Reading
+
+if TYPE_CHECKING:
+    from flexnnd.daemon.config import Config
 
 SOURCES = ("operator", "configured", "cgroup", "pressure", "system")  # tie order of the constraints
 PRESSURE_COUNTERS = frozenset({"high", "max", "oom", "oom_kill"})
@@ -52,13 +56,22 @@ PRESSURE_COUNTERS = frozenset({"high", "max", "oom", "oom_kill"})
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    headroom: int = 16 << 20  # bytes kept free below each limit: page cache, allocator slack
-    quiet_period_s: float = 30.0  # no pressure for this long before the budget may grow again
-    min_dwell_s: float = 5.0  # at least this long between a change and an automatic increase
+    """The policy's settings: the operator's come from Config only (from_config); the rest are the
+    policy's own constants, which no setting changes."""
+
+    headroom: int  # bytes kept free below each limit: page cache, allocator slack
+    quiet_period_s: float  # no pressure for this long before the budget may grow again
+    min_dwell_s: float  # at least this long between a change and an automatic increase
     pressure_step: float = 0.75  # on pressure, cut to this fraction of the budget in force
     high_watermark: float = 0.9  # working set above this fraction of the limit counts as pressure
     low_watermark: float = 0.7  # growing again needs the working set below this fraction
     settle_s: float = 2.0  # pressure this soon after a cut cuts no more: the cut takes a moment to show
+
+    @classmethod
+    def from_config(cls, config: Config) -> PolicyConfig:
+        return cls(
+            headroom=config.headroom, quiet_period_s=config.quiet_period_s, min_dwell_s=config.min_dwell_s
+        )
 
     def __post_init__(self) -> None:
         if min(self.headroom, self.quiet_period_s, self.min_dwell_s, self.settle_s) < 0:
@@ -118,8 +131,8 @@ def _smallest(constraints: dict[str, int]) -> tuple[int | None, str]:
 
 
 class BudgetPolicy:
-    def __init__(self, config: PolicyConfig | None = None):
-        self.config = config or PolicyConfig()
+    def __init__(self, config: PolicyConfig):
+        self.config = config
         self.pressure_cap: int | None = None
         self.last_change = -math.inf
         self.last_pressure = -math.inf

@@ -205,14 +205,7 @@ class Daemon:
 
     def _open_monitor(self) -> Monitor | None:
         try:
-            monitor = Monitor(
-                MonitorConfig(
-                    proc_root=self.config.proc_root,
-                    fs_root=self.config.fs_root,
-                    psi_trigger=self.config.pressure_trigger,
-                    env=self.env,
-                )
-            )
+            monitor = Monitor(MonitorConfig.from_config(self.config, env=self.env))
             monitor.open()
             log.info(
                 "memory signals: %s", ", ".join(monitor.sources) or "none (limits and MemAvailable polled)"

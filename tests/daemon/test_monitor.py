@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import json
 import os
 import select
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from flexnnd.daemon.config import Config
 from flexnnd.daemon.monitor import (
     CgroupPaths,
     EventCounts,
@@ -24,6 +26,12 @@ from flexnnd.daemon.monitor import (
     discover_cgroup,
 )
 from flexnnd.daemon.policy import BudgetPolicy, PolicyConfig
+
+
+def monitor_config(proc_root: Path, fs_root: Path = Path("/"), **own) -> MonitorConfig:
+    """The daemon's way: from a Config, with the monitor's own fields beside it."""
+    return MonitorConfig.from_config(Config(proc_root=proc_root, fs_root=fs_root), **own)
+
 
 MiB = 1 << 20
 V1_UNLIMITED = 9223372036854771712
@@ -70,7 +78,7 @@ def v2_tree(tmp_path: Path, service: str = "/system.slice/flexnnd.service") -> t
     )
     write(d / "memory.events", "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n")
     write(d / "memory.pressure", "")
-    return MonitorConfig(proc_root=proc, fs_root=root), d
+    return monitor_config(proc, root), d
 
 
 # this machine's layout: hybrid, the memory controller on v1 at /sys/fs/cgroup/memory, the
@@ -101,7 +109,7 @@ def v1_tree(tmp_path: Path, limit: int = 256 * MiB) -> tuple[MonitorConfig, Path
     write(d / "memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n")
     write(d / "memory.pressure_level", "")
     write(d / "cgroup.event_control", "")
-    return MonitorConfig(proc_root=proc, fs_root=root), d
+    return monitor_config(proc, root), d
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,7 +154,7 @@ def test_no_memory_controller_falls_back_cleanly(tmp_path):
     found = discover_cgroup(proc, tmp_path / "root")
     assert (found.memory_dir, found.memory_version) == (None, None)
     assert any("no memory controller" in note for note in found.notes)
-    with Monitor(MonitorConfig(proc_root=proc, fs_root=tmp_path / "root")) as monitor:
+    with Monitor(monitor_config(proc, tmp_path / "root")) as monitor:
         r = monitor.read()
         assert (r.limit, r.usage, r.working_set, r.mem_available) == (None, None, None, 4_000_000 * 1024)
         assert monitor.wait(0.0) == []
@@ -257,9 +265,7 @@ def test_a_pressure_event_through_a_fifo_wakes_wait(tmp_path):
     fifo = tmp_path / "pressure.fifo"
     os.mkfifo(fifo)
     config, _ = v2_tree(tmp_path)
-    config = MonitorConfig(
-        proc_root=config.proc_root, fs_root=config.fs_root, env={"MEMORY_PRESSURE_WATCH": str(fifo)}
-    )
+    config = dataclasses.replace(config, env={"MEMORY_PRESSURE_WATCH": str(fifo)})
     with Monitor(config) as monitor:
         assert monitor.sources == (f"fifo:{fifo}",)
         threading.Timer(0.2, lambda: fifo.write_bytes(b"x")).start()
@@ -274,7 +280,7 @@ def test_memory_pressure_write_goes_into_the_watched_file_and_nothing_else_is_wa
     psi = write(tmp_path / "service" / "memory.pressure", "")
     trigger = b"some 200000 2000000\0"
     env = {"MEMORY_PRESSURE_WATCH": str(psi), "MEMORY_PRESSURE_WRITE": base64.b64encode(trigger).decode()}
-    with Monitor(MonitorConfig(proc_root=config.proc_root, fs_root=config.fs_root, env=env)) as monitor:
+    with Monitor(dataclasses.replace(config, env=env)) as monitor:
         assert monitor.sources == (f"psi:{psi}",)
     assert psi.read_bytes() == trigger
     assert (d / "memory.pressure").read_bytes() == b""
@@ -284,7 +290,7 @@ def test_memory_pressure_watch_without_write_gets_our_trigger(tmp_path):
     config, _ = v2_tree(tmp_path)
     psi = write(tmp_path / "service" / "memory.pressure", "")
     env = {"MEMORY_PRESSURE_WATCH": str(psi)}
-    with Monitor(MonitorConfig(proc_root=config.proc_root, fs_root=config.fs_root, env=env)):
+    with Monitor(dataclasses.replace(config, env=env)):
         pass
     assert psi.read_bytes() == b"some 150000 2000000\0"
 
@@ -292,7 +298,7 @@ def test_memory_pressure_watch_without_write_gets_our_trigger(tmp_path):
 def test_memory_pressure_watch_dev_null_turns_pressure_off(tmp_path):
     config, d = v2_tree(tmp_path)
     env = {"MEMORY_PRESSURE_WATCH": "/dev/null"}
-    with Monitor(MonitorConfig(proc_root=config.proc_root, fs_root=config.fs_root, env=env)) as monitor:
+    with Monitor(dataclasses.replace(config, env=env)) as monitor:
         assert monitor.sources == ()
         assert monitor.read().limit == 512 * MiB
     assert (d / "memory.pressure").read_bytes() == b""
@@ -306,7 +312,7 @@ def test_memory_pressure_watch_socket(tmp_path):
     config, _ = v2_tree(tmp_path)
     env = {"MEMORY_PRESSURE_WATCH": path, "MEMORY_PRESSURE_WRITE": base64.b64encode(b"hello\0").decode()}
     try:
-        with Monitor(MonitorConfig(proc_root=config.proc_root, fs_root=config.fs_root, env=env)) as monitor:
+        with Monitor(dataclasses.replace(config, env=env)) as monitor:
             peer, _ = server.accept()
             assert peer.recv(16) == b"hello\0"
             peer.sendall(b"!")
@@ -325,7 +331,7 @@ def test_bad_memory_pressure_write_is_refused(tmp_path):
     env = {"MEMORY_PRESSURE_WATCH": str(tmp_path / "x"), "MEMORY_PRESSURE_WRITE": "not base64!"}
     write(tmp_path / "x", "")
     with pytest.raises(ValueError, match="Base64"):
-        Monitor(MonitorConfig(proc_root=config.proc_root, fs_root=config.fs_root, env=env)).open()
+        Monitor(dataclasses.replace(config, env=env)).open()
 
 
 def test_wake_returns_wait_early_and_close_releases_every_fd(tmp_path):
@@ -347,7 +353,7 @@ def test_wake_returns_wait_early_and_close_releases_every_fd(tmp_path):
 def test_memory_pressure_watch_that_cannot_be_opened_falls_back_with_a_note(tmp_path):
     config, d = v2_tree(tmp_path)
     env = {"MEMORY_PRESSURE_WATCH": str(tmp_path / "missing")}
-    with Monitor(MonitorConfig(proc_root=config.proc_root, fs_root=config.fs_root, env=env)) as monitor:
+    with Monitor(dataclasses.replace(config, env=env)) as monitor:
         assert monitor.sources == (f"psi:{d / 'memory.pressure'}",)
         assert any("cannot watch MEMORY_PRESSURE_WATCH" in note for note in monitor.notes)
 
@@ -360,7 +366,7 @@ def test_fifo_with_memory_pressure_write_gives_no_false_event(tmp_path):
         "MEMORY_PRESSURE_WATCH": str(fifo),
         "MEMORY_PRESSURE_WRITE": base64.b64encode(b"some 1 2\0").decode(),
     }
-    with Monitor(MonitorConfig(proc_root=config.proc_root, fs_root=config.fs_root, env=env)) as monitor:
+    with Monitor(dataclasses.replace(config, env=env)) as monitor:
         assert monitor.wait(0.0) == []
         fifo.write_bytes(b"!")
         assert [e.kind for e in monitor.wait(GENEROUS)] == ["pressure"]
@@ -368,7 +374,7 @@ def test_fifo_with_memory_pressure_write_gives_no_false_event(tmp_path):
 
 def test_config_rejects_a_malformed_trigger():
     with pytest.raises(ValueError, match="psi_trigger"):
-        MonitorConfig(psi_trigger="some 150ms 2s")
+        dataclasses.replace(monitor_config(Path("/proc")), psi_trigger="some 150ms 2s")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,7 +390,7 @@ def test_real_psi_trigger_on_proc_pressure_memory(tmp_path):
     write(proc / "self" / "mountinfo", "")
     (proc / "pressure").symlink_to("/proc/pressure")
     (proc / "meminfo").symlink_to("/proc/meminfo")
-    with Monitor(MonitorConfig(proc_root=proc, fs_root=tmp_path)) as monitor:
+    with Monitor(monitor_config(proc, tmp_path)) as monitor:
         if not monitor.sources:
             # EINVAL is our trigger text being wrong (a missing NUL shortens the window); others are the machine
             assert not any("Invalid argument" in note for note in monitor.notes), monitor.notes
@@ -396,7 +402,9 @@ def test_real_psi_trigger_on_proc_pressure_memory(tmp_path):
         assert monitor.sources == (f"psi:{proc / 'pressure/memory'}",)
     # the kernel checks the trigger: a window over 10 s is refused, and the monitor says so
     with Monitor(
-        MonitorConfig(proc_root=proc, fs_root=tmp_path, psi_trigger="some 150000 20000000")
+        dataclasses.replace(
+            monitor_config(proc, tmp_path), psi_trigger="some 150000 20000000"
+        )  # Config refuses it
     ) as monitor:
         assert monitor.sources == ()
         assert any("Invalid argument" in note for note in monitor.notes)
@@ -410,13 +418,14 @@ print("ready", flush=True)
 sys.stdin.readline()  # moved into the test cgroup by now: everything from here is charged there
 from dataclasses import asdict
 from flexnnd.daemon.monitor import Monitor, MonitorConfig
-from flexnnd.daemon.policy import BudgetPolicy
+from flexnnd.daemon.config import Config
+from flexnnd.daemon.policy import BudgetPolicy, PolicyConfig
 
 def say(**kw):
     print(json.dumps(kw), flush=True)
 
-policy, budget = BudgetPolicy(), None
-with Monitor(MonitorConfig(v1_pressure_level=sys.argv[1])) as m:
+policy, budget = BudgetPolicy(PolicyConfig.from_config(Config())), None
+with Monitor(MonitorConfig.from_config(Config(), v1_pressure_level=sys.argv[1])) as m:
     say(dir=str(m.cgroup.memory_dir), version=m.cgroup.memory_version, sources=m.sources, notes=m.notes)
     for line in sys.stdin:
         cmd, *arg = line.split()
@@ -532,7 +541,7 @@ def test_real_v1_cgroup_limit_change_and_pressure_level_eventfd(v1_test_cgroup, 
             answer = _ask(proc, "read")
             assert answer["reading"]["limit_max"] == limit
             # and the policy, fed its readings, moves the budget down to the new limit at once
-            cut_to = int(0.9 * limit) - PolicyConfig().headroom
+            cut_to = int(0.9 * limit) - Config().headroom
             assert (answer["budget"], answer["source"]) == (cut_to, "cgroup")
 
             # page cache written beyond the limit: reclaim signals the registered eventfd, and the
@@ -566,7 +575,7 @@ def test_real_cgroup2_psi_trigger_on_the_own_cgroup(v2_test_cgroup):
 
 def test_cgroup_dir_override_skips_discovery(tmp_path):
     _, d = v1_tree(tmp_path)
-    with Monitor(MonitorConfig(proc_root=tmp_path / "proc", cgroup_dir=d)) as monitor:
+    with Monitor(monitor_config(tmp_path / "proc", cgroup_dir=d)) as monitor:
         assert (monitor.cgroup.memory_dir, monitor.cgroup.memory_version) == (d, 1)
         assert monitor.read().limit == 256 * MiB
 
@@ -576,10 +585,8 @@ def test_monitor_and_policy_in_a_main_loop(tmp_path):
     fifo = tmp_path / "pressure.fifo"
     os.mkfifo(fifo)
     config, d = v2_tree(tmp_path)
-    config = MonitorConfig(
-        proc_root=config.proc_root, fs_root=config.fs_root, env={"MEMORY_PRESSURE_WATCH": str(fifo)}
-    )
-    policy = BudgetPolicy(PolicyConfig(headroom=0))
+    config = dataclasses.replace(config, env={"MEMORY_PRESSURE_WATCH": str(fifo)})
+    policy = BudgetPolicy(dataclasses.replace(PolicyConfig.from_config(Config()), headroom=0))
     with Monitor(config) as monitor:
         first = policy.decide(0.0, monitor.read(), None, 0, None, monitor.wait(0.0))
         assert (first.budget, first.source) == (int(0.9 * 512 * MiB), "cgroup")
@@ -589,3 +596,16 @@ def test_monitor_and_policy_in_a_main_loop(tmp_path):
         (d / "memory.high").write_text(f"{256 * MiB}\n")
         d3 = policy.decide(2.0, monitor.read(), None, 0, d2.budget, monitor.wait(0.0))
         assert (d3.budget, d3.source, d3.changed) == (int(0.9 * 256 * MiB), "cgroup", True)
+
+
+def test_the_monitor_takes_its_settings_from_config_only(tmp_path):
+    with pytest.raises(TypeError):
+        MonitorConfig()  # no defaults of its own to drift from Config's
+    config = Config(proc_root=tmp_path / "proc", fs_root=tmp_path, pressure_trigger="full 100000 1000000")
+    got = MonitorConfig.from_config(config, v1_pressure_level="low")
+    assert (got.proc_root, got.fs_root, got.psi_trigger, got.v1_pressure_level) == (
+        tmp_path / "proc",
+        tmp_path,
+        "full 100000 1000000",
+        "low",
+    )

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
+from flexnnd.daemon.config import Config
 from flexnnd.daemon.monitor import EventCounts, MemoryEvent, Reading
 from flexnnd.daemon.policy import BudgetPolicy, PolicyConfig
 
 MiB = 1 << 20
 GiB = 1 << 30
-CFG = PolicyConfig(headroom=16 * MiB, quiet_period_s=30, min_dwell_s=5, pressure_step=0.75, settle_s=2)
+CFG = PolicyConfig.from_config(Config())  # the daemon's defaults: headroom 8 MiB, quiet 30 s, dwell 5 s
 PSI = [MemoryEvent("pressure", "psi:/proc/pressure/memory")]
 
 
@@ -171,7 +174,7 @@ def test_pressure_with_no_budget_in_force_cuts_from_what_the_model_holds():
 )
 def test_config_rejects_nonsense(bad):
     with pytest.raises(ValueError):
-        PolicyConfig(**bad)
+        dataclasses.replace(CFG, **bad)
 
 
 @pytest.mark.parametrize(
@@ -217,3 +220,11 @@ def test_a_configured_budget_changing_under_the_operators_is_not_a_command():
     assert policy.pressure_cap == 75 * MiB
     d = policy.decide(1.5, r, 100 * MiB, 60 * MiB, 75 * MiB, configured_budget=400 * MiB)  # a reload
     assert policy.pressure_cap == 75 * MiB and (d.budget, d.source) == (75 * MiB, "pressure")
+
+
+def test_the_policy_takes_the_operators_settings_from_config_only():
+    with pytest.raises(TypeError):
+        PolicyConfig()  # no defaults of its own to drift from Config's
+    config = Config(headroom=3 << 20, quiet_period_s=7.0, min_dwell_s=1.5)
+    policy = PolicyConfig.from_config(config)
+    assert (policy.headroom, policy.quiet_period_s, policy.min_dwell_s) == (3 << 20, 7.0, 1.5)
