@@ -41,8 +41,8 @@ RATES = {
 DUMP = """
 import dataclasses, json, sys
 from pathlib import Path
+import flexnnd
 from flexnnd import zoo
-from flexnnd.graph.onnx_import import import_model
 from flexnnd.graph.package import read_package
 from flexnnd.planner.ladder import build_ladder
 from flexnnd.planner.plan_file import write_plans
@@ -53,7 +53,7 @@ machine = Machine(**{k: v for k, v in rates.items() if k in known})
 for name in zoo.MODELS:
     folder = cache / "plans-identical" / name
     if not (folder / "manifest.json").is_file():
-        import_model(zoo.cached(name, cache), folder, ladder=False)
+        flexnnd.import_model(zoo.cached(name, cache), folder, ladder=False)
     package = read_package(folder)
     write_plans(out / f"{name}.json", build_ladder(package.graph, machine), package.graph, package.weights_sha256)
     print(name, flush=True)

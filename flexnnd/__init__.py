@@ -24,7 +24,7 @@ __version__ = "0.1.0"
 
 # The engine loads on first use: `import flexnnd.daemon...` or the sizes must not pull in onnx and numba.
 _LAZY = {
-    "import_model": "flexnnd.graph.onnx_import",
+    "import_model": "flexnnd.runtime.ladders",
     "Session": "flexnnd.runtime.session",
     "TensorSpec": "flexnnd.runtime.session",
 }

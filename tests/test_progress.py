@@ -27,7 +27,7 @@ class Recorder:
 
 
 def test_import_reports_each_stage_and_each_rung(tmp_path):
-    from flexnnd.graph.onnx_import import import_model
+    from flexnnd.runtime.ladders import import_model
 
     source = fc_model(tmp_path / "fc.onnx")
     recorder = Recorder()

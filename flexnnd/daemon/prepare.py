@@ -43,7 +43,7 @@ def package_with_ladder(source: str, cache_dir: str, estimate: bool = False) -> 
     path = Path(source)
     target = package_for_path(path, Path(cache_dir) / "packages")
     if target != path and not (target / MANIFEST).is_file():
-        from flexnnd.graph.onnx_import import import_model
+        from flexnnd.runtime.ladders import import_model
 
         import_model(path, target, ladder=False)  # the ladder is planned below, where `estimate` applies
     package = read_package(target)

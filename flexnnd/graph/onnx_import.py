@@ -6,7 +6,6 @@ import hashlib
 import heapq
 import logging
 import os
-import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from flexnnd.graph.limits import (
     tensor_to_array,
     type_name,
 )
-from flexnnd.graph.package import write_package
+from flexnnd.graph.package import Package, write_package
 from flexnnd.ops import op_class
 from flexnnd.planner.schedule import memory_order
 
@@ -458,21 +457,14 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def import_model(
+def import_to_package(
     onnx_path: str | os.PathLike,
     package_dir: str | os.PathLike,
     input_shapes: Mapping[str, Shape] | None = None,
     limits: ImportLimits = DEFAULT_LIMITS,
-    *,
-    ladder: bool = True,
-    calibration_dir: str | os.PathLike | None = None,
-) -> Path:
-    """Import an ONNX file into a model package folder; returns the folder.
-
-    With `ladder` (the default) the plans of every budget are built too and stored with the
-    package, with this machine's rates (measured once, cached in `calibration_dir`, by default
-    ~/.cache/flexnn), so a session or the daemon only reads them.
-    """
+) -> Package:
+    """Import an ONNX file into a model package folder, without its ladder (which
+    `flexnnd.import_model` plans next, with this machine's rates)."""
     onnx_path = Path(onnx_path)
     with progress.task(f"importing {onnx_path.name}", total=3, detail="reading the file") as task:
         model = load_onnx(onnx_path, limits)
@@ -486,17 +478,4 @@ def import_model(
     log.info(
         "imported %s into %s: %d nodes, %d weights", onnx_path, package_dir, len(graph.nodes), len(consts)
     )
-    del consts
-    if ladder:
-        from flexnnd.runtime.calibrate import default_cache_dir
-        from flexnnd.runtime.ladders import build_and_store
-
-        start = time.perf_counter()
-        plans = build_and_store(package, calibration_dir or default_cache_dir())
-        log.info(
-            "planned the ladder of %s: %d plans in %.2f s",
-            graph.name,
-            len(plans),
-            time.perf_counter() - start,
-        )
-    return Path(package_dir)
+    return package

@@ -1,11 +1,18 @@
 """A package's ladder planned with this machine's rates: where calibration (runtime.calibrate)
-and the planner (planner.ladder), which knows nothing of measuring, meet."""
+and the planner (planner.ladder), which knows nothing of measuring, meet; and `import_model`,
+importing a model (graph.onnx_import) and then planning its ladder."""
 
 from __future__ import annotations
 
 import logging
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
 
 from flexnnd.errors import StorageError
+from flexnnd.graph.import_limits import DEFAULT_LIMITS, ImportLimits
+from flexnnd.graph.ir import Shape
 from flexnnd.planner.ladder import LADDER_FILE, PROVISIONAL, build_ladder, stored_rungs
 from flexnnd.planner.plan import Plan
 from flexnnd.planner.plan_file import IndexEntry, write_plans
@@ -51,3 +58,33 @@ def current_rungs(package, cache_dir) -> list[IndexEntry] | list[Plan] | None:
 
 def _build(package, cache_dir) -> list[Plan]:
     return build_ladder(package.graph, calibrate.machine(cache_dir, package.weights_path))
+
+
+def import_model(
+    onnx_path: str | os.PathLike,
+    package_dir: str | os.PathLike,
+    input_shapes: Mapping[str, Shape] | None = None,
+    limits: ImportLimits = DEFAULT_LIMITS,
+    *,
+    ladder: bool = True,
+    calibration_dir: str | os.PathLike | None = None,
+) -> Path:
+    """Import an ONNX file into a model package folder; returns the folder.
+
+    With `ladder` (the default) the plans of every budget are built too and stored with the
+    package, with this machine's rates (measured once, cached in `calibration_dir`, by default
+    ~/.cache/flexnn), so a session or the daemon only reads them.
+    """
+    from flexnnd.graph.onnx_import import import_to_package  # onnx only where an .onnx is imported
+
+    package = import_to_package(onnx_path, package_dir, input_shapes, limits)
+    if ladder:
+        start = time.perf_counter()
+        plans = build_and_store(package, calibration_dir or calibrate.default_cache_dir())
+        logging.getLogger("flexnnd.import").info(
+            "planned the ladder of %s: %d plans in %.2f s",
+            package.graph.name,
+            len(plans),
+            time.perf_counter() - start,
+        )
+    return Path(package_dir)

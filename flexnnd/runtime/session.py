@@ -75,7 +75,7 @@ def package_for(
     path = Path(model)
     target = package_for_path(path, cache_dir)
     if target != path and not (target / MANIFEST).is_file():
-        from flexnnd.graph.onnx_import import import_model  # onnx only where an .onnx is imported
+        from flexnnd.runtime.ladders import import_model  # onnx only where an .onnx is imported
 
         import_model(path, target, calibration_dir=calibration_dir)
     return target

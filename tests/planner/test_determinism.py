@@ -10,7 +10,7 @@ PLAN_TWICE = """
 import hashlib, json, sys
 from flexnnd import zoo
 from flexnnd.graph.package import read_package
-from flexnnd.graph.onnx_import import import_model
+from flexnnd.runtime.ladders import import_model
 from flexnnd.planner.plan_file import plan_to_json
 from flexnnd.planner.stream import Planner, plan_for_budget, smallest_plan
 pkg = read_package(import_model(sys.argv[1], sys.argv[2], ladder=False))
