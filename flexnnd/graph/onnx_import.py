@@ -34,9 +34,9 @@ from flexnnd.graph.limits import (
     tensor_to_array,
     type_name,
 )
+from flexnnd.graph.memory_order import memory_order
 from flexnnd.graph.package import Package, write_package
 from flexnnd.ops import op_class
-from flexnnd.planner.schedule import memory_order
 
 log = logging.getLogger("flexnnd.import")
 

@@ -7,7 +7,7 @@ import pytest
 from onnx import helper
 
 import flexnnd
-from flexnnd.planner.lifetimes import elidable_concats
+from flexnnd.graph.elision import elidable_concats
 from tests.conftest import make_model, save
 
 

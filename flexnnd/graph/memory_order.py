@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 
+from flexnnd.graph.elision import elidable_concats
 from flexnnd.graph.ir import Graph, Node
-from flexnnd.planner.lifetimes import elidable_concats
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,8 @@ import pytest
 from onnx import helper
 
 import flexnnd
-from flexnnd.graph import onnx_import
+from flexnnd.graph import memory_order, onnx_import
 from flexnnd.graph.onnx_import import import_onnx
-from flexnnd.planner import schedule
 from flexnnd.planner.stream import Planner
 from tests.conftest import make_model, ort_run, save
 
@@ -70,8 +69,8 @@ def test_the_order_is_the_same_every_time():
 
 
 def test_a_segment_too_wide_to_search_keeps_the_original_order(monkeypatch, caplog):
-    monkeypatch.setattr(schedule, "MAX_STATES", 2)
-    with caplog.at_level(logging.WARNING, logger="flexnnd.planner.schedule"):
+    monkeypatch.setattr(memory_order, "MAX_STATES", 2)
+    with caplog.at_level(logging.WARNING, logger="flexnnd.graph.memory_order"):
         graph, _ = import_onnx(block())
     assert names(graph) == ["reduce", "conv3x3", "wide", "cat", "out"]
     assert "partial orders" in caplog.text
