@@ -128,25 +128,29 @@ class DaemonCollector:
         yield from _model_families(daemon.models.all())
 
 
-# name, help, value from (model, its session's stats)
+# name, help, value from a ModelSnapshot
 _MODEL_GAUGES = (
-    ("flexnn_model_ready", "1 when the model is ready to infer.", lambda m, s: int(m.ready)),
-    ("flexnn_model_budget_bytes", "The model's share of the budget.", lambda m, s: m.share or 0),
-    ("flexnn_model_arena_bytes", "Arena of the plan in use.", lambda m, s: s.get("arena_bytes", 0)),
+    ("flexnn_model_ready", "1 when the model is ready to infer.", lambda m: int(m.ready)),
+    ("flexnn_model_budget_bytes", "The model's share of the budget.", lambda m: m.share or 0),
+    (
+        "flexnn_model_arena_bytes",
+        "Arena of the plan in use.",
+        lambda m: m.figures.arena_bytes if m.figures else 0,
+    ),
     (
         "flexnn_model_resident_bytes",
         "Weight bytes the plan keeps in its arena.",
-        lambda m, s: s.get("resident_bytes", 0),
+        lambda m: m.figures.resident_bytes if m.figures else 0,
     ),
     (
         "flexnn_model_streamed_bytes",
         "Weight bytes the plan reads from disk during each inference.",
-        lambda m, s: s.get("streamed_bytes", 0),
+        lambda m: m.figures.streamed_bytes if m.figures else 0,
     ),
     (
         "flexnn_model_queue_depth",
         "Requests running or waiting for the model's arena.",
-        lambda m, s: m.queue_depth,
+        lambda m: m.queue_depth,
     ),
 )
 # name, help, ModelStats attribute
@@ -181,10 +185,9 @@ def _model_families(models: list[Model]) -> Iterator:
     )
     failures = CounterMetricFamily("flexnn_model_failures", "Requests refused or failed.", labels=["model"])
     for model in models:
-        session = model.session
-        figures = session.stats() if session is not None and session.loaded else {}
+        snapshot = model.snapshot()
         for name, _, value in _MODEL_GAUGES:
-            gauges[name].add_metric([model.name], value(model, figures))
+            gauges[name].add_metric([model.name], value(snapshot))
         with model.stats.lock:
             inferences.add_metric([model.name], model.stats.inferences)
             failures.add_metric([model.name], model.stats.fail.count)

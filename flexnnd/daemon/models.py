@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,7 @@ from flexnnd.graph.package import MANIFEST, Package, read_package
 from flexnnd.planner.ladder import LADDER_FILE, NEXT_LADDER, PROVISIONAL, stored_rungs
 from flexnnd.planner.plan import Plan
 from flexnnd.planner.plan_file import IndexEntry, read_plan
-from flexnnd.runtime.session import Session, TensorSpec, package_for, package_for_path
+from flexnnd.runtime.session import Figures, Session, TensorSpec, package_for, package_for_path
 
 log = logging.getLogger("flexnnd.models")
 
@@ -166,8 +167,34 @@ def split_budget(rungs: Mapping[str, list[Rung]], total: int | None) -> dict[str
     return min(front, key=lambda x: (x[1], -x[0]))[2]
 
 
+class ModelState(StrEnum):
+    """A loaded model's state; its value is the text status and the wire show."""
+
+    LOADING = "loading"  # imported, no plan adopted yet
+    READY = "ready"  # serving on a plan
+    NO_FIT = "no-fit"  # the budget cannot hold it beside the others: no plan, waits for a larger budget
+    FAILED = "failed"  # no plan to serve on (weights changed, an adopt failed): loaded again by the operator
+
+
+@dataclass(frozen=True)
+class ModelSnapshot:
+    """One model as status and metrics show it, taken at one moment."""
+
+    name: str
+    state: ModelState
+    ready: bool
+    reason: str
+    share: int | None  # its part of the budget; None while it has none
+    figures: Figures | None  # of the plan it runs; None without one
+    predicted_seconds: float  # the ladder's prediction for that plan; 0 without one
+    last_latency_s: float  # the last served request's, 0 before one (the warm-up is not one)
+    inferences: int
+    queue_depth: int
+
+
 class Model:
-    """One loaded model: its session, state, share of the budget and admission counter."""
+    """One loaded model: its session, state, share of the budget and admission counter. Its state
+    changes only through its own methods (serving, kept, swap_failed, no_fit, fail)."""
 
     def __init__(self, name: str, source: Path, package: Package, rungs: list[Rung], queue_depth: int):
         self.name, self.source, self.package_dir, self.rungs = name, source, package.path, rungs
@@ -180,7 +207,7 @@ class Model:
         self.weights_sha256 = package.weights_sha256
         self.weights_identity = _identity(package.weights_path)
         self.session: Session | None = None
-        self.state = "loading"  # loading | ready | no-fit | failed
+        self.state = ModelState.LOADING
         self.reason = ""
         self.share: int | None = None
         self.failed_swap: tuple[int | None, int] | None = None  # (budget, arena bytes) of a swap that failed
@@ -198,7 +225,7 @@ class Model:
 
     @property
     def ready(self) -> bool:
-        return self.state == "ready" and self.session is not None and self.session.loaded
+        return self.state is ModelState.READY and self.session is not None and self.session.loaded
 
     @property
     def minimum(self) -> int:
@@ -211,7 +238,9 @@ class Model:
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         arrived = time.perf_counter()
         with self._lock:
-            if self.state != "ready" or self.session is None:  # a swap in progress is waited for, not refused
+            if (
+                self.state is not ModelState.READY or self.session is None
+            ):  # a swap in progress is waited for, not refused
                 raise ModelNotReady(f"model {self.name!r} is not ready ({self.state}): {self.reason}")
             if self._admitted >= self.capacity:
                 raise Overloaded(
@@ -224,19 +253,43 @@ class Model:
             with self._serving:
                 outputs = session.run(feeds)
                 ended = time.perf_counter()
-                figures = session.stats()
+                figures = session.figures()
         finally:
             with self._lock:
                 self._admitted -= 1
-        seconds = figures["last_inference_seconds"]
+        seconds = figures.last_inference_seconds
         self.stats.ran(
             queue_s=ended - arrived - seconds,
             infer_s=seconds,
-            stall_s=figures["last_stall_seconds"],
-            read_bytes=figures["last_read_bytes"],
+            stall_s=figures.last_stall_seconds,
+            read_bytes=figures.last_read_bytes,
         )
-        self.measured[figures["arena_bytes"]] = seconds
+        self.measured[figures.arena_bytes] = seconds
         return outputs
+
+    def snapshot(self) -> ModelSnapshot:
+        session = self.session
+        figures = session.figures() if session is not None and session.loaded else None
+        predicted = next(
+            (
+                r.seconds
+                for r in self.rungs
+                if figures is not None and r.entry.arena_bytes == figures.arena_bytes
+            ),
+            0.0,
+        )
+        return ModelSnapshot(
+            name=self.name,
+            state=self.state,
+            ready=self.ready,
+            reason=self.reason,
+            share=self.share,
+            figures=figures,
+            predicted_seconds=predicted,
+            last_latency_s=self.stats.last_latency_s or 0.0,
+            inferences=self.inferences,
+            queue_depth=self.queue_depth,
+        )
 
     @property
     def stuck_seconds(self) -> float:
@@ -249,6 +302,34 @@ class Model:
         if self.session is not None:
             self.session.close()
             self.session = None
+
+    @property
+    def holds_memory(self) -> bool:
+        """Counted in the split: a failed model holds no memory and is not planned for."""
+        return self.state is not ModelState.FAILED
+
+    def serving(self, share: int) -> None:
+        """A plan was adopted: ready on it, any earlier swap failure forgotten."""
+        self.state, self.reason, self.share = ModelState.READY, "", share
+        self.failed_swap, self.swap_error = None, ""
+
+    def kept(self, share: int) -> None:
+        """The split keeps the plan it runs, under this share."""
+        self.share, self.reason, self.failed_swap, self.swap_error = share, "", None, ""
+
+    def swap_failed(self, total: int | None, arena_bytes: int, reason: str) -> None:
+        """A swap failed with the old plan intact: it serves on, the swap waits for another budget."""
+        self.failed_swap, self.reason = (total, arena_bytes), reason
+
+    def no_fit(self, reason: str) -> None:
+        """Left out of the split: its arena released until the budget grows."""
+        self.close()
+        self.state, self.share, self.reason = ModelState.NO_FIT, None, reason
+
+    def fail(self, reason: str) -> None:
+        """No plan to serve on: out of service until the operator loads it again."""
+        self.close()
+        self.state, self.share, self.failed_swap, self.reason = ModelState.FAILED, None, None, reason
 
     def weights_problem(self) -> str | None:
         """Why the weights file can no longer be trusted, or None. Hashes only when the file changed."""
@@ -324,18 +405,13 @@ class Models:
         """Take models whose weights file changed out of service (arena released); the list of them."""
         broken = []
         for model in models if models is not None else self.all():
-            if model.state == "failed":
+            if model.state is ModelState.FAILED:
                 continue
             problem = model.weights_problem()
             if problem is None:
                 continue
             with self._lock:
-                model.close()
-                model.state, model.reason, model.share = (
-                    "failed",
-                    f"{problem}; reload it with flexnnctl load {model.name}",
-                    None,
-                )
+                model.fail(f"{problem}; reload it with flexnnctl load {model.name}")
             self.events.publish(Event("error", model.reason, model=model.name))
             broken.append(model)
         if broken:
@@ -369,7 +445,7 @@ class Models:
         """
         with self._lock:
             old = self._models.get(name)
-            if old is not None and old.state != "failed":
+            if old is not None and old.state is not ModelState.FAILED:
                 raise FlexnnError(f"a model named {name!r} is already loaded (from {old.source})")
             package = self._package(source, verify=old is not None)  # a reload re-checks every byte
             ladder = stored_rungs(package)
@@ -385,7 +461,9 @@ class Models:
                 )
             model = Model(name, source, package, _rungs(package, ladder), self.queue_depth)
             if required and self.total is not None:
-                others = sum(m.minimum for m in self.all() if m.state not in ("no-fit", "failed"))
+                others = sum(
+                    m.minimum for m in self.all() if m.state not in (ModelState.NO_FIT, ModelState.FAILED)
+                )
                 if others + model.minimum > self.total:
                     raise BudgetTooSmall(self.total, others + model.minimum, name)
             if old is not None:
@@ -451,7 +529,7 @@ class Models:
 
     def plan_split(self, total: int | None) -> tuple[dict[str, Rung], list[Model]]:
         """The split for `total`, dropping the most recently loaded models until the rest fit."""
-        candidates = [m for m in self.all() if m.state != "failed"]  # failed models hold no memory
+        candidates = [m for m in self.all() if m.holds_memory]
         while candidates:
             chosen = split_budget({m.name: m.rungs for m in candidates}, total)
             if chosen is not None:
@@ -480,11 +558,8 @@ class Models:
             plans = self._read_plans(chosen)
             self.total = total
             for model in left_out:
-                if model.state not in ("no-fit", "failed"):
-                    model.close()
-                    model.state = "no-fit"
-                    model.share = None
-                    model.reason = (
+                if model.state not in (ModelState.NO_FIT, ModelState.FAILED):
+                    model.no_fit(
                         f"budget {total:,} bytes cannot hold it: it needs at least {model.minimum:,} bytes"
                         + (" beside the other models" if len(self._models) > 1 else "")
                     )
@@ -538,7 +613,7 @@ class Models:
     ) -> None:
         session = model.session
         if read is None:  # the rung it runs already
-            model.share, model.reason, model.failed_swap, model.swap_error = rung.cost, "", None, ""
+            model.kept(rung.cost)
             return
         plan, read_seconds = read
         start = time.perf_counter() - read_seconds
@@ -559,8 +634,7 @@ class Models:
         except FlexnnError as e:
             self._adopt_failed(model, session, plan, total, e)
             return
-        model.state, model.reason, model.share = "ready", "", rung.cost
-        model.failed_swap, model.swap_error = None, ""
+        model.serving(rung.cost)
         seconds = time.perf_counter() - start
         if session is not None:
             self.swaps += 1
@@ -584,15 +658,14 @@ class Models:
         """A failed adopt: the model serves on if `session` (the one it had) kept its plan, else it is failed."""
         if session is not None and session.loaded:  # an overlapped swap failed before switching
             kept = session.plan.arena_bytes
-            model.failed_swap = (total, plan.arena_bytes)
-            model.reason = (
+            model.swap_failed(
+                total,
+                plan.arena_bytes,
                 f"swap {kept:,} → {plan.arena_bytes:,} bytes failed, the {kept:,}-byte plan serves on "
-                f"(retried when the budget changes or is set again): {error}"
+                f"(retried when the budget changes or is set again): {error}",
             )
         else:
-            model.close()
-            model.state, model.share, model.failed_swap = "failed", None, None
-            model.reason = (
+            model.fail(
                 f"adopting a {plan.arena_bytes:,}-byte plan failed and it has no plan to serve on: {error}; "
                 f"reload it with flexnnctl load {model.name}"
             )

@@ -35,7 +35,7 @@ from flexnnd.daemon.events import Event, EventBus
 from flexnnd.daemon.lock import InstanceLock
 from flexnnd.daemon.logfilter import install_grpc_log_limit
 from flexnnd.daemon.metrics import Metrics
-from flexnnd.daemon.models import Model, Models
+from flexnnd.daemon.models import Model, Models, ModelState
 from flexnnd.daemon.monitor import Monitor, MonitorConfig
 from flexnnd.daemon.policy import Decision
 from flexnnd.daemon.sdnotify import Notifier, watchdog_interval
@@ -255,7 +255,7 @@ class Daemon:
         for name in set(self.models.names()) - set(wanted):
             self.models.unload(name)
         for name, spec in wanted.items():
-            if name not in self.models.names() or self.models.get(name).state == "failed":
+            if name not in self.models.names() or self.models.get(name).state is ModelState.FAILED:
                 try:
                     self.models.load(name, self.catalog.resolve(spec))
                 except FlexnnError as e:

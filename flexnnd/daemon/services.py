@@ -18,6 +18,7 @@ from flexnn_api.sizes import parse_size
 
 from flexnnd import __version__
 from flexnnd.daemon import oip, status
+from flexnnd.daemon.models import ModelState
 from flexnnd.errors import (
     BudgetTooSmall,
     FeedError,
@@ -202,7 +203,7 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
             name = request.model_name
             _check_model_request(name, "")
             models = self.daemon.models
-            if name in models.names() and models.get(name).state != "failed":
+            if name in models.names() and models.get(name).state is not ModelState.FAILED:
                 log.info(
                     "RepositoryModelLoad %s: already loaded (%s), left as it is", name, models.get(name).state
                 )
@@ -279,14 +280,14 @@ class ControlService(control_pb2_grpc.ControlServicer):
 
     def ListModels(self, request, context):
         return control_pb2.ListModelsResponse(
-            models=[status.model_status(m) for m in self.daemon.models.all()]
+            models=[status.model_status(m.snapshot()) for m in self.daemon.models.all()]
         )
 
     def LoadModel(self, request, context):
         with mapped_errors(context):
             _check_model_request(request.name, request.path)
             model = self.daemon.load_model(request.name, request.path)
-            return control_pb2.LoadModelResponse(model=status.model_status(model))
+            return control_pb2.LoadModelResponse(model=status.model_status(model.snapshot()))
 
     def UnloadModel(self, request, context):
         with mapped_errors(context):

@@ -14,7 +14,7 @@ from flexnn_api.sizes import format_size
 
 from flexnnd.daemon.budget import BudgetControl, fmt
 from flexnnd.daemon.events import Event, EventBus
-from flexnnd.daemon.models import Model, Models, Rung
+from flexnnd.daemon.models import Model, Models, ModelSnapshot, Rung
 
 
 def status_text(budget: BudgetControl, models: Models) -> str:
@@ -47,7 +47,7 @@ def status_message(
         swaps=models.swaps,
         last_pressure_event=event_message(last) if last is not None else None,
         uptime_s=time.time() - started,
-        models=[model_status(m) for m in models.all()],
+        models=[model_status(m.snapshot()) for m in models.all()],
     )
 
 
@@ -77,24 +77,21 @@ def plan_info(model: Model, rung: Rung, active: bool) -> control_pb2.PlanInfo:
     )
 
 
-def model_status(model: Model) -> control_pb2.ModelStatus:
-    session = model.session
-    stats = session.stats() if session is not None and session.loaded else {}
+def model_status(model: ModelSnapshot) -> control_pb2.ModelStatus:
+    figures = model.figures
     return control_pb2.ModelStatus(
         name=model.name,
         ready=model.ready,
         state=model.state,
         reason=model.reason,
         budget_bytes=model.share or 0,
-        plan_budget_bytes=(stats.get("arena_bytes", 0) + session.output_bytes) if stats else 0,
-        arena_bytes=stats.get("arena_bytes", 0),
-        resident_bytes=stats.get("resident_bytes", 0),
-        streamed_bytes=stats.get("streamed_bytes", 0),
-        sliced_layers=len({s.node for s in session.plan.steps if s.part is not None}) if stats else 0,
-        predicted_latency_s=next(
-            (r.seconds for r in model.rungs if stats and r.entry.arena_bytes == stats["arena_bytes"]), 0.0
-        ),
-        last_latency_s=model.stats.last_latency_s or 0.0,  # served requests only, not the warm-up
+        plan_budget_bytes=figures.held_bytes if figures else 0,
+        arena_bytes=figures.arena_bytes if figures else 0,
+        resident_bytes=figures.resident_bytes if figures else 0,
+        streamed_bytes=figures.streamed_bytes if figures else 0,
+        sliced_layers=figures.sliced_layers if figures else 0,
+        predicted_latency_s=model.predicted_seconds,
+        last_latency_s=model.last_latency_s,  # served requests only, not the warm-up
         inferences=model.inferences,
         queue_depth=model.queue_depth,
     )

@@ -19,8 +19,8 @@ from flexnnd.graph.package import MANIFEST, Package, read_package
 from flexnnd.planner import plan_resident
 from flexnnd.planner.ladder import LADDER_FILE, choose, stored_ladder
 from flexnnd.planner.plan import Plan
-from flexnnd.planner.plan_file import IndexEntry, read_plan
 from flexnnd.planner.stream import plan_for_budget
+from flexnnd.planner.plan_file import IndexEntry, read_plan
 from flexnnd.runtime import calibrate
 from flexnnd.runtime import threads as threads_mod
 from flexnnd.runtime.executor import Executor, check_feeds
@@ -79,6 +79,38 @@ def package_for(
 
         import_model(path, target, calibration_dir=calibration_dir)
     return target
+
+
+@dataclass(frozen=True)
+class Figures:
+    """A session's figures at one moment: its plan's sizes and the last inference's timings."""
+
+    model: str
+    budget: int | None  # the budget asked for (arena plus output copies); None: all resident
+    plan_budget: int | None  # the arena budget the plan was made for
+    arena_bytes: int
+    output_bytes: int  # one inference's output copies, beside the arena
+    resident_bytes: int  # weights loaded once, at adoption
+    streamed_bytes: int  # weights read on every inference
+    steps: int
+    sliced_steps: int
+    sliced_layers: int  # distinct layers run in parts
+    last_inference_seconds: float | None
+    last_stall_seconds: float  # of the last inference: how long compute waited for weights
+    last_read_bytes: int  # of the last inference: what the loader read
+    last_read_seconds: float
+
+    @property
+    def held_bytes(self) -> int:
+        """What the plan holds: its arena and one inference's output copies."""
+        return self.arena_bytes + self.output_bytes
+
+
+# Session.stats()'s keys: the figures as they were before Figures existed (a public dict).
+STATS_KEYS = (
+    *("model", "budget", "plan_budget", "arena_bytes", "resident_bytes", "streamed_bytes", "steps"),
+    *("sliced_steps", "last_inference_seconds", "last_stall_seconds", "last_read_bytes", "last_read_seconds"),
+)
 
 
 @dataclass(frozen=True)
@@ -243,24 +275,30 @@ class Session:
         """False after a blocking adopt failed to build its arena."""
         return not isinstance(self._executor, _Closed)
 
-    def stats(self) -> dict[str, object]:
+    def figures(self) -> Figures:
         plan = self.plan
         loader = self._executor.loader
-        return {
-            "model": self.package.graph.name,
-            "budget": self.budget,
-            "plan_budget": plan.budget,
-            "arena_bytes": plan.arena_bytes,
-            "resident_bytes": sum(plan.region[p].nbytes for p in plan.resident),
-            "streamed_bytes": sum(plan.region[ld.piece].nbytes for ld in plan.loads),
-            "steps": len(plan.steps),
-            "sliced_steps": sum(1 for s in plan.steps if s.part is not None),
-            "last_inference_seconds": self.last_inference_seconds,
-            # Of the last inference: how long compute waited for weights, what the loader read.
-            "last_stall_seconds": self._executor.stall_seconds,
-            "last_read_bytes": loader.read_bytes if loader else 0,
-            "last_read_seconds": loader.read_seconds if loader else 0.0,
-        }
+        return Figures(
+            model=self.package.graph.name,
+            budget=self.budget,
+            plan_budget=plan.budget,
+            arena_bytes=plan.arena_bytes,
+            output_bytes=self.output_bytes,
+            resident_bytes=sum(plan.region[p].nbytes for p in plan.resident),
+            streamed_bytes=sum(plan.region[ld.piece].nbytes for ld in plan.loads),
+            steps=len(plan.steps),
+            sliced_steps=sum(1 for s in plan.steps if s.part is not None),
+            sliced_layers=len({s.node for s in plan.steps if s.part is not None}),
+            last_inference_seconds=self.last_inference_seconds,
+            last_stall_seconds=self._executor.stall_seconds,
+            last_read_bytes=loader.read_bytes if loader else 0,
+            last_read_seconds=loader.read_seconds if loader else 0.0,
+        )
+
+    def stats(self) -> dict[str, object]:
+        """The figures as a dict (the public API's form; the daemon reads figures())."""
+        figures = self.figures()
+        return {key: getattr(figures, key) for key in STATS_KEYS}
 
     def close(self) -> None:
         with self._lock:

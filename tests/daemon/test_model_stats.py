@@ -62,12 +62,12 @@ def models(tmp_path_factory):
 def test_the_warm_up_run_is_not_a_served_request(models, tmp_path):
     model = models.load("a", fc_model(tmp_path / "a.onnx", seed=1))
     assert model.session.last_inference_seconds is not None  # the warm-up ran at load
-    status = model_status(model)
+    status = model_status(model.snapshot())
     assert (status.inferences, status.last_latency_s) == (0, 0.0)
     assert model.stats.latency.count == 0 and model.measured == {}
 
     model.run({"x": np.ones((1, 256), np.float32)})
-    status = model_status(model)
+    status = model_status(model.snapshot())
     assert status.inferences == 1
     assert status.last_latency_s == model.session.last_inference_seconds == model.stats.last_latency_s
     assert model.stats.latency.count == 1 and model.stats.queue.count == 1

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from onnx import helper
 
 from flexnnd.daemon.events import EventBus
-from flexnnd.daemon.models import Models, Rung, split_budget
+from flexnnd.daemon.models import Models, ModelState, Rung, split_budget
 from flexnnd.errors import BudgetTooSmall, ModelNotFound, ModelNotReady, Overloaded
 from tests.conftest import make_model, save
 
@@ -126,7 +126,8 @@ def test_two_models_share_a_budget(models, onnx_files):
 def test_too_small_a_budget_leaves_a_model_not_ready_until_it_grows(models, onnx_files):
     models.rebalance(1000)
     a = models.load("a", onnx_files["a"])
-    assert a.state == "no-fit" and not a.ready and "needs at least" in a.reason
+    assert a.state is ModelState.NO_FIT and not a.ready and "needs at least" in a.reason
+    assert (f"{a.state}", str(a.state)) == ("no-fit", "no-fit")  # the text status and the wire show
     with pytest.raises(ModelNotReady, match="no-fit"):
         models.infer("a", {"x": np.zeros((1, 256), np.float32)})
     with pytest.raises(BudgetTooSmall) as err:

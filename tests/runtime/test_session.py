@@ -82,3 +82,22 @@ def test_inference_allocates_nothing_but_its_outputs_after_warmup(tmp_path):
         x = np.random.default_rng(3).standard_normal((1, 16, 32, 32)).astype(np.float32)
         out_bytes = sum(int(np.prod(s.shape)) * 4 for s in sess.outputs)
         assert peak_allocation(lambda: sess.run({"x": x})) <= out_bytes + OBJECT_SLACK
+
+
+def test_figures_are_typed_and_stats_keeps_its_keys(session):
+    session.run({"x": np.zeros((1, 3, 9, 11), np.float32)})
+    figures = session.figures()
+    assert figures.held_bytes == session.plan.arena_bytes + 8 * 9 * 11 * 4  # arena and the output copy
+    assert figures.last_inference_seconds is not None and figures.sliced_layers == 0
+    stats = session.stats()  # the public dict: the same figures, the keys it always had
+    assert list(stats) == [
+        *("model", "budget", "plan_budget", "arena_bytes", "resident_bytes", "streamed_bytes", "steps"),
+        *(
+            "sliced_steps",
+            "last_inference_seconds",
+            "last_stall_seconds",
+            "last_read_bytes",
+            "last_read_seconds",
+        ),
+    ]
+    assert stats["arena_bytes"] == figures.arena_bytes and stats["steps"] == figures.steps
