@@ -121,7 +121,7 @@ def bench_model(name: str, runs: int, passes: int, packages: Path | None = None)
     from flexnnd.graph.package import read_package
     from flexnnd.planner.bound import streaming_floor
     from flexnnd.planner.ladder import build_ladder, timeline
-    from flexnnd.planner.stream import Planner
+    from flexnnd.planner.plan_budget import Planner
     from flexnnd.runtime.calibrate import machine, storage_speed
     from flexnnd.runtime.session import package_for
 

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from flexnnd.graph.ir import Graph
-from flexnnd.planner.stream import Planner
+from flexnnd.planner.plan_budget import Planner
 
 
 def streaming_floor(

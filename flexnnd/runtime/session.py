@@ -19,7 +19,7 @@ from flexnnd.graph.package import MANIFEST, Package, read_package
 from flexnnd.planner import plan_resident
 from flexnnd.planner.ladder import LADDER_FILE, choose, stored_ladder
 from flexnnd.planner.plan import Plan
-from flexnnd.planner.stream import plan_for_budget
+from flexnnd.planner.plan_budget import plan_for_budget
 from flexnnd.planner.plan_file import IndexEntry, read_plan
 from flexnnd.runtime import calibrate
 from flexnnd.runtime import threads as threads_mod

@@ -12,7 +12,7 @@ from onnx import helper
 import flexnnd
 from flexnnd.graph import memory_order, onnx_import
 from flexnnd.graph.onnx_import import import_onnx
-from flexnnd.planner.stream import Planner
+from flexnnd.planner.plan_budget import Planner
 from tests.conftest import make_model, ort_run, save
 
 

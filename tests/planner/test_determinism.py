@@ -12,7 +12,7 @@ from flexnnd import zoo
 from flexnnd.graph.package import read_package
 from flexnnd.runtime.ladders import import_model
 from flexnnd.planner.plan_file import plan_to_json
-from flexnnd.planner.stream import Planner, plan_for_budget, smallest_plan
+from flexnnd.planner.plan_budget import Planner, plan_for_budget, smallest_plan
 pkg = read_package(import_model(sys.argv[1], sys.argv[2], ladder=False))
 planner = Planner(pkg.graph)
 low = smallest_plan(pkg.graph, planner)

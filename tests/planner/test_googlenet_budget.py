@@ -12,7 +12,7 @@ import flexnnd
 from flexnnd.graph.onnx_import import import_onnx, load_onnx
 from flexnnd.graph.package import read_package
 from flexnnd.planner import plan_resident
-from flexnnd.planner.stream import Planner, smallest_plan
+from flexnnd.planner.plan_budget import Planner, smallest_plan
 from flexnnd.runtime.session import package_for
 from tests.conftest import assert_close_to_reference, ort_run
 

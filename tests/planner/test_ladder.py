@@ -127,7 +127,7 @@ def test_rungs_span_smallest_to_resident(package):
     # Streaming costs time: the smallest rung is predicted slower than everything resident.
     assert ladder[0].predicted_seconds > ladder[-1].predicted_seconds
     with pytest.raises(flexnnd.BudgetTooSmall):
-        flexnnd.planner.stream.plan_for_budget(package.graph, int(ladder[0].arena_bytes * 0.9))
+        flexnnd.planner.plan_budget.plan_for_budget(package.graph, int(ladder[0].arena_bytes * 0.9))
 
 
 def test_choose_takes_the_largest_rung_that_fits(package):

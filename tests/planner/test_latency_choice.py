@@ -18,8 +18,7 @@ from flexnnd.graph.onnx_import import import_onnx
 from flexnnd.planner import plan_resident
 from flexnnd.planner.bound import streaming_floor
 from flexnnd.planner.ladder import SLOW_READS, build_ladder, expected_timeline, timeline
-from flexnnd.planner.profile import Machine, simulate, step_costs
-from flexnnd.planner.stream import (
+from flexnnd.planner.plan_budget import (
     Planner,
     _fill,
     max_slicing,
@@ -29,6 +28,7 @@ from flexnnd.planner.stream import (
     slicing_of,
     smallest_plan,
 )
+from flexnnd.planner.profile import Machine, simulate, step_costs
 from tests.planner.plans import streamed_plan, two_layer_graph
 from tests.planner.test_random_plans import layered_graphs
 

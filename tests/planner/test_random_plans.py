@@ -11,7 +11,7 @@ from onnx import helper
 import flexnnd
 from flexnnd.graph.onnx_import import import_onnx
 from flexnnd.planner import plan_resident, verify
-from flexnnd.planner.stream import plan_for_budget
+from flexnnd.planner.plan_budget import plan_for_budget
 from tests.conftest import make_model, save
 
 

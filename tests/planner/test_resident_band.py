@@ -11,7 +11,7 @@ from onnx import helper
 
 from flexnnd.graph.onnx_import import import_onnx
 from flexnnd.planner.pack import Request, align, place_greedy_by_size
-from flexnnd.planner.stream import Planner, pack
+from flexnnd.planner.plan_budget import Planner, pack
 from tests.conftest import make_model
 
 

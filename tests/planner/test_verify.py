@@ -12,7 +12,7 @@ import flexnnd
 from flexnnd.graph.onnx_import import import_onnx
 from flexnnd.planner import plan_resident, verify
 from flexnnd.planner.plan import Load
-from flexnnd.planner.stream import Planner, pack
+from flexnnd.planner.plan_budget import Planner, pack
 from flexnnd.planner.verify import operand_reuse
 from tests.conftest import make_model
 from tests.planner.plans import regions_with, streamed_plan

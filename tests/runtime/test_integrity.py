@@ -10,7 +10,7 @@ import pytest
 
 import flexnnd
 from flexnnd.graph.package import read_package
-from flexnnd.planner.stream import Planner, _fill
+from flexnnd.planner.plan_budget import Planner, _fill
 from flexnnd.runtime import loader as loader_mod
 from tests.conftest import save
 from tests.runtime.test_streaming import fc_chain
