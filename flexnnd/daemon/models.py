@@ -33,6 +33,7 @@ from flexnnd.errors import (
     BudgetTooSmall,
     FlexnnError,
     LoadError,
+    ModelAlreadyLoaded,
     ModelNotFound,
     ModelNotReady,
     Overloaded,
@@ -446,7 +447,7 @@ class Models:
         with self._lock:
             old = self._models.get(name)
             if old is not None and old.state is not ModelState.FAILED:
-                raise FlexnnError(f"a model named {name!r} is already loaded (from {old.source})")
+                raise ModelAlreadyLoaded(name, old.source)
             package = self._package(source, verify=old is not None)  # a reload re-checks every byte
             ladder = stored_rungs(package)
             if ladder is None:

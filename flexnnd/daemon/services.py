@@ -25,6 +25,7 @@ from flexnnd.errors import (
     FlexnnError,
     InvalidRequest,
     LoadError,
+    ModelAlreadyLoaded,
     ModelNotFound,
     ModelNotReady,
     Overloaded,
@@ -37,6 +38,7 @@ log = logging.getLogger("flexnnd.services")
 # Most specific first: the first matching class decides the status.
 STATUS_OF = (
     (ModelNotFound, grpc.StatusCode.NOT_FOUND),
+    (ModelAlreadyLoaded, grpc.StatusCode.ALREADY_EXISTS),
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (ModelNotReady, grpc.StatusCode.UNAVAILABLE),
     (BudgetTooSmall, grpc.StatusCode.FAILED_PRECONDITION),

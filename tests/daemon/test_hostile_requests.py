@@ -407,6 +407,12 @@ def test_load_model_refuses_paths_outside_and_bad_files(control, stub, baseline,
     np.testing.assert_array_equal(infer_ok(stub, valid_request()), baseline)
 
 
+def test_load_model_of_a_name_already_loaded_is_already_exists(control, stub, baseline):
+    assert status_of(control.LoadModel, cp.LoadModelRequest(name=MODEL)) == grpc.StatusCode.ALREADY_EXISTS
+    counted("LoadModel")
+    np.testing.assert_array_equal(infer_ok(stub, valid_request()), baseline)
+
+
 def test_load_model_inside_the_folder_still_works_through_a_symlink(control, stub, baseline):
     """The refusals above are not a blanket refusal: a model inside the folder (via a symlink) loads."""
     response = control.LoadModel(cp.LoadModelRequest(name="tiny", path="alias.onnx"), timeout=300)

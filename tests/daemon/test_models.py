@@ -15,7 +15,7 @@ from onnx import helper
 
 from flexnnd.daemon.events import EventBus
 from flexnnd.daemon.models import Models, ModelState, Rung, split_budget
-from flexnnd.errors import BudgetTooSmall, ModelNotFound, ModelNotReady, Overloaded
+from flexnnd.errors import BudgetTooSmall, ModelAlreadyLoaded, ModelNotFound, ModelNotReady, Overloaded
 from tests.conftest import make_model, save
 
 
@@ -142,6 +142,14 @@ def test_unknown_model_names_the_loaded_ones(models, onnx_files):
     models.load("a", onnx_files["a"])
     with pytest.raises(ModelNotFound, match="loaded: a"):
         models.infer("zzz", {})
+
+
+def test_a_name_already_loaded_is_refused_naming_its_source(models, onnx_files):
+    models.load("a", onnx_files["a"])
+    with pytest.raises(ModelAlreadyLoaded) as err:
+        models.load("a", onnx_files["b"])
+    assert (err.value.name, err.value.source) == ("a", onnx_files["a"])
+    assert models.get("a").source == onnx_files["a"]
 
 
 def test_requests_beyond_the_queue_are_refused(models, onnx_files):
