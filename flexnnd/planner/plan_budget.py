@@ -25,7 +25,7 @@ from flexnnd.ops.base import Part, SliceAxis
 from flexnnd.planner.lifetimes import lifetimes
 from flexnnd.planner.pack import DIRECT_ALIGN, FullSpanGaps, Occupancy, Request, align, place_greedy_by_size
 from flexnnd.planner.plan import ALIGNMENT, Load, Plan, Region, Step, WeightPiece, piece_nbytes, scratch_name
-from flexnnd.planner.profile import Timeline
+from flexnnd.planner.simulate import Timeline
 from flexnnd.planner.verify import verify
 
 # Weights this small are always resident: streaming them costs a read call for nothing.

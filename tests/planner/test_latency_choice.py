@@ -28,7 +28,8 @@ from flexnnd.planner.plan_budget import (
     slicing_of,
     smallest_plan,
 )
-from flexnnd.planner.profile import Machine, simulate, step_costs
+from flexnnd.planner.profile import Machine, step_costs
+from flexnnd.planner.simulate import simulate
 from tests.planner.plans import streamed_plan, two_layer_graph
 from tests.planner.test_random_plans import layered_graphs
 

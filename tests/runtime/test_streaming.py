@@ -167,7 +167,8 @@ def test_the_simulator_joins_the_loads_the_loader_joins(tmp_path):
     from flexnnd.graph.package import read_package
     from flexnnd.planner.ladder import load_joins
     from flexnnd.planner.plan_budget import Planner, max_slicing, plan_with_slicing
-    from flexnnd.planner.profile import Machine, simulate
+    from flexnnd.planner.profile import Machine
+    from flexnnd.planner.simulate import simulate
     from flexnnd.runtime.executor import Executor
 
     path = flexnnd.import_model(save(fc_chain(), tmp_path / "fc.onnx"), tmp_path / "pkg", ladder=False)
