@@ -43,8 +43,8 @@ from flexnnd.errors import (
 from flexnnd.graph.package import MANIFEST, Package, read_package
 from flexnnd.planner.ladder import LADDER_FILE, NEXT_LADDER, PROVISIONAL, stored_rungs
 from flexnnd.planner.plan import Plan
-from flexnnd.planner.plan_file import IndexEntry, read_plan
-from flexnnd.runtime.session import Figures, Session, TensorSpec, package_for, package_for_path
+from flexnnd.planner.plan_file import IndexEntry
+from flexnnd.runtime.session import Figures, Ladder, Session, TensorSpec, package_for, package_for_path
 
 log = logging.getLogger("flexnnd.models")
 
@@ -197,9 +197,10 @@ class Model:
     """One loaded model: its session, state, share of the budget and admission counter. Its state
     changes only through its own methods (serving, kept, swap_failed, no_fit, fail)."""
 
-    def __init__(self, name: str, source: Path, package: Package, rungs: list[Rung], queue_depth: int):
-        self.name, self.source, self.package_dir, self.rungs = name, source, package.path, rungs
-        self.package = package
+    def __init__(self, name: str, source: Path, ladder: Ladder, queue_depth: int):
+        package = ladder.package
+        self.name, self.source, self.package_dir = name, source, package.path
+        self.package, self.ladder, self.rungs = package, ladder, _rungs(ladder)
         graph = package.graph
         self.inputs = [TensorSpec(t.name, t.shape, t.dtype) for t in graph.inputs]
         self.outputs = [TensorSpec(t.name, t.shape, t.dtype) for t in graph.outputs]
@@ -460,7 +461,7 @@ class Models:
                     len(ladder),
                     time.perf_counter() - start,
                 )
-            model = Model(name, source, package, _rungs(package, ladder), self.queue_depth)
+            model = Model(name, source, Ladder(package, ladder), self.queue_depth)
             if required and self.total is not None:
                 others = sum(
                     m.minimum for m in self.all() if m.state not in (ModelState.NO_FIT, ModelState.FAILED)
@@ -511,7 +512,8 @@ class Models:
                 return
             os.replace(package_dir / NEXT_LADDER, package_dir / LADDER_FILE)
             (package_dir / PROVISIONAL).unlink(missing_ok=True)
-            model.rungs = _rungs(model.package, stored_rungs(model.package))
+            model.ladder = Ladder(model.package, stored_rungs(model.package))
+            model.rungs = _rungs(model.ladder)
             self._rebalance_or_keep(f"model {name}'s ladder planned again with this machine's calibration")
 
     def unload(self, name: str) -> None:
@@ -591,7 +593,7 @@ class Models:
                 continue
             start = time.perf_counter()
             try:
-                plan = read_plan(model.package_dir / LADDER_FILE, rung.entry, model.package.graph)
+                plan = model.ladder.read(rung.entry)
             except PlanError as e:
                 current = (
                     f"its {session.plan.arena_bytes:,}-byte plan" if session and session.loaded else "no plan"
@@ -620,10 +622,9 @@ class Models:
         start = time.perf_counter() - read_seconds
         try:
             if session is None:
-                # The session chooses among the index entries; the plan was read for it already.
-                entries = [r.entry for r in model.rungs]
+                # The split chose the rung and its plan was read: the session starts on it.
                 model.session = Session(
-                    model.package, budget=rung.cost, threads=self.threads, ladder=entries, plan=plan
+                    model.package, budget=rung.cost, threads=self.threads, ladder=model.ladder, plan=plan
                 )
                 _warm(model.session)
                 before, overlapped = 0, False
@@ -675,10 +676,9 @@ class Models:
             self.events.publish(Event("error", model.reason, model=model.name))
 
 
-def _rungs(package: Package, ladder: list[IndexEntry]) -> list[Rung]:
+def _rungs(ladder: Ladder) -> list[Rung]:
     """A ladder's rungs, each costing its arena plus one inference's output copies."""
-    out_bytes = sum(t.nbytes for t in package.graph.outputs)
-    return [Rung(e.arena_bytes + out_bytes, e.predicted_seconds or 0.0, e) for e in ladder]
+    return [Rung(e.arena_bytes + ladder.output_bytes, e.predicted_seconds or 0.0, e) for e in ladder.index]
 
 
 def _warm(session: Session) -> None:

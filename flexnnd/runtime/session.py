@@ -16,11 +16,11 @@ from flexnn_api.sizes import parse_size
 
 from flexnnd.errors import BudgetTooSmall, LoadError
 from flexnnd.graph.package import MANIFEST, Package, read_package
-from flexnnd.planner import plan_resident
 from flexnnd.planner.ladder import LADDER_FILE, choose, stored_ladder
 from flexnnd.planner.plan import Plan
 from flexnnd.planner.plan_budget import plan_for_budget
 from flexnnd.planner.plan_file import IndexEntry, read_plan
+from flexnnd.planner import plan_resident
 from flexnnd.runtime import calibrate
 from flexnnd.runtime import threads as threads_mod
 from flexnnd.runtime.executor import Executor, check_feeds
@@ -81,6 +81,56 @@ def package_for(
     return target
 
 
+class Ladder:
+    """A package's plans by budget: the one place that chooses a rung and reads its plan.
+
+    `index` lists the rungs: plans.json's entries, each plan read (and verified) when it is chosen,
+    or, for a ladder planned again in a read-only package, the plans themselves. None: the package
+    was imported without a ladder, and each budget is planned on its own. Budgets here are a
+    session's, its arena plus one inference's output copies (`output_bytes`)."""
+
+    def __init__(self, package: Package, index: Sequence[IndexEntry] | Sequence[Plan] | None):
+        self.package = package
+        self.index: list[IndexEntry] | list[Plan] | None = list(index) if index is not None else None
+        self.output_bytes = sum(t.nbytes for t in package.graph.outputs)
+
+    @classmethod
+    def of(cls, package: Package) -> Ladder:
+        """The package's ladder; one stored in another plan format is planned again (and stored)."""
+        return cls(package, current_rungs(package, calibrate.default_cache_dir()))
+
+    def choose(self, budget: int) -> IndexEntry | Plan:
+        """The rung for a session budget of `budget` bytes; BudgetTooSmall counting the output copies."""
+        try:
+            return choose(self.index, budget - self.output_bytes)
+        except BudgetTooSmall as e:
+            raise BudgetTooSmall(budget, e.minimum + self.output_bytes, e.model) from None
+
+    def read(self, rung: IndexEntry | Plan) -> Plan:
+        """The plan of a rung: read from plans.json and verified, unless the ladder holds it already."""
+        if isinstance(rung, Plan):
+            return rung
+        return read_plan(self.package.path / LADDER_FILE, rung, self.package.graph)
+
+    def plan_for(self, budget: int | str | None) -> Plan:
+        """The plan for a session budget (arena plus output copies); None: all resident."""
+        if budget is None:
+            return plan_resident(self.package.graph)
+        requested = parse_size(budget)
+        if self.index is not None:  # a switch between precomputed rungs, not a re-plan
+            return self.read(self.choose(requested))
+        try:
+            return plan_for_budget(self.package.graph, requested - self.output_bytes)
+        except BudgetTooSmall as e:
+            raise BudgetTooSmall(requested, e.minimum + self.output_bytes, e.model, exact=False) from None
+
+    def plans(self) -> list[Plan] | None:
+        """Every plan, read from the package when only the index is held (a tool's view)."""
+        if self.index and isinstance(self.index[0], IndexEntry):
+            return stored_ladder(self.package)
+        return self.index
+
+
 @dataclass(frozen=True)
 class Figures:
     """A session's figures at one moment: its plan's sizes and the last inference's timings."""
@@ -125,8 +175,11 @@ class Swap:
 
 class Session:
     """Runs one model. `model` is an .onnx file (imported once, cached), a package folder, or a
-    Package already read; `ladder` its verified plans, or its plans.json index, when the caller has
-    read them already; `plan` the one to start with when the caller has read it (else chosen for `budget`)."""
+    Package already read; `ladder` its Ladder (or the plans or index to make one of) when the caller
+    has one already; `plan` the one to start with when the caller has read it (else chosen for `budget`).
+
+    A session is its package, one plan and that plan's arena; `adopt` changes the plan, and
+    `set_budget` is an adopt deferred to the next run."""
 
     def __init__(
         self,
@@ -134,7 +187,7 @@ class Session:
         budget: int | str | None = None,
         threads: int | None = None,
         cache_dir: str | os.PathLike | None = None,
-        ladder: Sequence[Plan] | Sequence[IndexEntry] | None = None,
+        ladder: Ladder | Sequence[Plan] | Sequence[IndexEntry] | None = None,
         plan: Plan | None = None,
     ):
         self.package: Package = (
@@ -150,17 +203,15 @@ class Session:
         self.inputs = [TensorSpec(t.name, t.shape, t.dtype) for t in graph.inputs]
         self.outputs = [TensorSpec(t.name, t.shape, t.dtype) for t in graph.outputs]
         self._expected = {t.name: (t.shape, t.dtype) for t in graph.inputs}
-        # What one inference allocates besides the arena: the copies of its outputs it returns.
-        self.output_bytes = sum(t.nbytes for t in graph.outputs)
         # Only the ladder's index is held; the plan adopted is read (and verified) when chosen.
-        # A ladder of another plan format is planned again here (and stored), not budget by budget.
-        given = (
-            list(ladder) if ladder is not None else current_rungs(self.package, calibrate.default_cache_dir())
-        )
-        entries = given is not None and all(isinstance(e, IndexEntry) for e in given)
-        self._ladder: list[Plan] | None = None if entries else given
-        self._rungs: list[IndexEntry] | None = given if entries else None
-        self.plan = plan if plan is not None else self.plan_for(budget)
+        if ladder is None:
+            ladder = Ladder.of(self.package)
+        elif not isinstance(ladder, Ladder):
+            ladder = Ladder(self.package, ladder)
+        self.rungs: Ladder = ladder
+        # What one inference allocates besides the arena: the copies of its outputs it returns.
+        self.output_bytes = ladder.output_bytes
+        self.plan = plan if plan is not None else ladder.plan_for(budget)
         self.budget: int | None = None if budget is None else parse_size(budget)
         self._pending: Plan | None = None
         self._executor = Executor(self.package, self.plan)
@@ -169,29 +220,12 @@ class Session:
 
     def plan_for(self, budget: int | str | None) -> Plan:
         """The plan this session would adopt for `budget` (arena plus output copies); None: all resident."""
-        if budget is None:
-            return plan_resident(self.package.graph)
-        requested = parse_size(budget)
-        rungs = self._ladder if self._ladder is not None else self._rungs
-        if rungs is not None:  # a switch between precomputed rungs, not a re-plan
-            try:
-                chosen = choose(rungs, requested - self.output_bytes)
-            except BudgetTooSmall as e:
-                raise BudgetTooSmall(requested, e.minimum + self.output_bytes, e.model) from None
-            if isinstance(chosen, Plan):
-                return chosen
-            return read_plan(self.package.path / LADDER_FILE, chosen, self.package.graph)
-        try:
-            return plan_for_budget(self.package.graph, requested - self.output_bytes)
-        except BudgetTooSmall as e:
-            raise BudgetTooSmall(requested, e.minimum + self.output_bytes, e.model, exact=False) from None
+        return self.rungs.plan_for(budget)
 
     @property
     def ladder(self) -> list[Plan] | None:
-        """Every plan of the ladder (read from the package when it was not given: a tool's view)."""
-        if self._ladder is None and self._rungs is not None:
-            return stored_ladder(self.package)
-        return self._ladder
+        """Every plan of the ladder (read from the package when only its index is held: a tool's view)."""
+        return self.rungs.plans()
 
     def set_budget(self, budget: int | str | None) -> None:
         """Plan for `budget` now (BudgetTooSmall at once if nothing fits); swap at the next inference."""
@@ -206,15 +240,9 @@ class Session:
         with self._turn:  # one arena holds one inference's activations at a time
             while self._swaps_waiting:
                 self._turn.wait()
-            if self._pending is not None:
-                # The old arena goes first, so the two never add up beyond the budget.
-                self.plan, self._pending = self._pending, None
-                try:
-                    self._executor.close()
-                    self._executor = Executor(self.package, self.plan)
-                except BaseException:
-                    self._executor = _Closed(self.plan)  # runs raise LoadError, not a closed executor's {}
-                    raise
+            if self._pending is not None:  # set_budget's deferred adopt
+                plan, self._pending = self._pending, None
+                self._rebuild(plan)
             threads_mod.set_threads(self.threads)
             start = time.perf_counter()
             self.running_since = time.monotonic()
@@ -247,15 +275,21 @@ class Session:
             old.close()
         else:
             with self._priority():
-                try:
-                    self._executor.close()  # inside the try: a half-closed executor must not stay in use
-                    fresh = Executor(self.package, plan)
-                except BaseException:
-                    self._executor = _Closed(self.plan)
-                    raise
-                self._executor = fresh
-                self.plan, self._pending, self.budget = plan, None, budget
+                self._rebuild(plan)
+                self._pending, self.budget = None, budget
         return Swap(old_arena, plan.arena_bytes, time.perf_counter() - start, overlap)
+
+    def _rebuild(self, plan: Plan) -> None:
+        """The old arena goes first, then `plan`'s is built: the two never add up beyond the budget.
+        The caller holds the turn. A failure leaves no plan: runs raise LoadError, not a closed
+        executor's {}, until the next adopt."""
+        try:
+            self._executor.close()  # inside the try: a half-closed executor must not stay in use
+            fresh = Executor(self.package, plan)
+        except BaseException:
+            self._executor = _Closed(plan)
+            raise
+        self._executor, self.plan = fresh, plan
 
     @contextlib.contextmanager
     def _priority(self):

@@ -101,3 +101,23 @@ def test_figures_are_typed_and_stats_keeps_its_keys(session):
         ),
     ]
     assert stats["arena_bytes"] == figures.arena_bytes and stats["steps"] == figures.steps
+
+
+def test_one_ladder_chooses_and_reads_for_the_session_and_its_caller(tmp_path):
+    from flexnnd.errors import BudgetTooSmall
+    from flexnnd.planner.plan_file import IndexEntry
+    from flexnnd.runtime.session import Ladder
+
+    path = save(chain_model(), tmp_path / "chain.onnx")
+    with flexnnd.Session(path, cache_dir=tmp_path / "c") as sess:
+        ladder = sess.rungs
+        assert isinstance(ladder, Ladder) and all(isinstance(e, IndexEntry) for e in ladder.index)
+        smallest = min(e.arena_bytes for e in ladder.index)
+        entry = ladder.choose(smallest + ladder.output_bytes)  # a session budget: arena and output copies
+        assert entry.arena_bytes == smallest and ladder.read(entry).arena_bytes == smallest
+        with pytest.raises(BudgetTooSmall) as err:
+            ladder.choose(smallest + ladder.output_bytes - 1)
+        assert err.value.minimum == smallest + ladder.output_bytes
+        # a caller that chose and read the plan hands both over: the session does not choose again
+        with flexnnd.Session(sess.package, ladder=ladder, plan=ladder.read(entry)) as other:
+            assert other.rungs is ladder and other.plan.arena_bytes == smallest
