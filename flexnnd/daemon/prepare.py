@@ -60,8 +60,8 @@ def run_once(package) -> None:
     import numpy as np
 
     from flexnnd.ops import jit
-    from flexnnd.planner import plan_resident
     from flexnnd.planner.ladder import stored_rungs
+    from flexnnd.planner.resident import plan_resident
     from flexnnd.runtime.session import Session
 
     with jit.compiling():

@@ -10,11 +10,11 @@ from collections.abc import Mapping, Sequence
 from flexnnd import progress
 from flexnnd.errors import BudgetTooSmall, StalePlanFile
 from flexnnd.graph.ir import Graph
-from flexnnd.planner import plan_resident
 from flexnnd.planner.plan import Plan
 from flexnnd.planner.plan_budget import Planner, plan_for_budget, plan_with_slicing, slicing_of, smallest_plan
 from flexnnd.planner.plan_file import IndexEntry
 from flexnnd.planner.profile import Machine, StepCost, step_costs
+from flexnnd.planner.resident import plan_resident
 from flexnnd.planner.simulate import Timeline, simulate
 from flexnnd.weights_file import DIRECT_ALIGN, weight_offsets
 

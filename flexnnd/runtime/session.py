@@ -20,7 +20,7 @@ from flexnnd.planner.ladder import LADDER_FILE, choose, stored_ladder
 from flexnnd.planner.plan import Plan
 from flexnnd.planner.plan_budget import plan_for_budget
 from flexnnd.planner.plan_file import IndexEntry, read_plan
-from flexnnd.planner import plan_resident
+from flexnnd.planner.resident import plan_resident
 from flexnnd.runtime import calibrate
 from flexnnd.runtime import threads as threads_mod
 from flexnnd.runtime.executor import Executor, check_feeds

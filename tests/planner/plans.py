@@ -8,8 +8,8 @@ import numpy as np
 from onnx import helper
 
 from flexnnd.graph.onnx_import import import_onnx
-from flexnnd.planner import plan_resident
 from flexnnd.planner.plan import Load
+from flexnnd.planner.resident import plan_resident
 from tests.conftest import make_model
 
 

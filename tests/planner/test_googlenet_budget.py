@@ -11,8 +11,8 @@ import numpy as np
 import flexnnd
 from flexnnd.graph.onnx_import import import_onnx, load_onnx
 from flexnnd.graph.package import read_package
-from flexnnd.planner import plan_resident
 from flexnnd.planner.plan_budget import Planner, smallest_plan
+from flexnnd.planner.resident import plan_resident
 from flexnnd.runtime.session import package_for
 from tests.conftest import assert_close_to_reference, ort_run
 

@@ -15,11 +15,11 @@ import flexnnd
 from flexnn_client import EXIT_OK
 from flexnn_client.ctl import main as flexnnctl
 from flexnnd.graph.package import read_package
-from flexnnd.planner import plan_resident
 from flexnnd.planner.ladder import LADDER_FILE, RUNGS, build_ladder, choose, stored_ladder
 from flexnnd.planner.plan import PLAN_VERSION
 from flexnnd.planner.plan_file import summary
 from flexnnd.planner.profile import Machine
+from flexnnd.planner.resident import plan_resident
 from tests.conftest import save
 from tests.runtime.test_streaming import fc_chain
 

@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 
 import flexnnd
 from flexnnd.graph.onnx_import import import_onnx
-from flexnnd.planner import plan_resident
 from flexnnd.planner.bound import streaming_floor
 from flexnnd.planner.ladder import SLOW_READS, build_ladder, expected_timeline, timeline
 from flexnnd.planner.plan_budget import (
@@ -29,6 +28,7 @@ from flexnnd.planner.plan_budget import (
     smallest_plan,
 )
 from flexnnd.planner.profile import Machine, step_costs
+from flexnnd.planner.resident import plan_resident
 from flexnnd.planner.simulate import simulate
 from tests.planner.plans import streamed_plan, two_layer_graph
 from tests.planner.test_random_plans import layered_graphs

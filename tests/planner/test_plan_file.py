@@ -9,9 +9,9 @@ import re
 import pytest
 
 import flexnnd
-from flexnnd.planner import plan_resident
 from flexnnd.planner.plan import PLAN_VERSION
 from flexnnd.planner.plan_file import read_plans, write_plans
+from flexnnd.planner.resident import plan_resident
 from tests.planner.plans import streamed_plan
 
 SHA = "ab" * 32

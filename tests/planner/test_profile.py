@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from flexnnd.planner import plan_resident
 from flexnnd.planner.profile import Machine, step_costs
+from flexnnd.planner.resident import plan_resident
 from flexnnd.planner.simulate import simulate
 from tests.planner.plans import streamed_plan
 

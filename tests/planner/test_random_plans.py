@@ -10,8 +10,9 @@ from onnx import helper
 
 import flexnnd
 from flexnnd.graph.onnx_import import import_onnx
-from flexnnd.planner import plan_resident, verify
+from flexnnd.planner import verify
 from flexnnd.planner.plan_budget import plan_for_budget
+from flexnnd.planner.resident import plan_resident
 from tests.conftest import make_model, save
 
 

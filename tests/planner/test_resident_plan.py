@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import flexnnd
-from flexnnd.planner import plan_resident
 from flexnnd.planner.pack import Request, place_greedy_by_size
 from flexnnd.planner.plan import Plan, Region, check_no_overlap
+from flexnnd.planner.resident import plan_resident
 
 
 @given(

@@ -10,9 +10,10 @@ from onnx import helper
 
 import flexnnd
 from flexnnd.graph.onnx_import import import_onnx
-from flexnnd.planner import plan_resident, verify
+from flexnnd.planner import verify
 from flexnnd.planner.plan import Load
 from flexnnd.planner.plan_budget import Planner, pack
+from flexnnd.planner.resident import plan_resident
 from flexnnd.planner.verify import operand_reuse
 from tests.conftest import make_model
 from tests.planner.plans import regions_with, streamed_plan
