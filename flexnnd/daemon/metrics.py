@@ -17,7 +17,8 @@ import threading
 from collections.abc import Iterator
 
 from flexnnd.daemon.config import is_loopback
-from flexnnd.daemon.models import Histogram, Model
+from flexnnd.daemon.model_stats import Histogram
+from flexnnd.daemon.models import Model
 from flexnnd.daemon.monitor import EVENT_NAMES
 from flexnnd.errors import ConfigError
 

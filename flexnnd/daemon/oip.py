@@ -22,7 +22,7 @@ from flexnn_api.proto import inference_pb2 as pb
 from flexnnd.errors import InvalidRequest
 
 if TYPE_CHECKING:
-    from flexnnd.daemon.models import Duration, ModelStats
+    from flexnnd.daemon.model_stats import Duration, ModelStats
     from flexnnd.runtime.session import TensorSpec
 
 # numpy dtype name -> OIP datatype, for metadata and responses.

@@ -8,7 +8,8 @@ import pytest
 
 from flexnnd.daemon import oip
 from flexnnd.daemon.events import EventBus
-from flexnnd.daemon.models import BYTES_BUCKETS, SECONDS_BUCKETS, Histogram, Models, ModelStats
+from flexnnd.daemon.model_stats import BYTES_BUCKETS, SECONDS_BUCKETS, Histogram, ModelStats
+from flexnnd.daemon.models import Models
 from flexnnd.daemon.status import model_status
 from flexnnd.errors import Overloaded
 from tests.daemon.test_models import fc_model
