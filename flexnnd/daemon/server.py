@@ -90,19 +90,12 @@ class Daemon:
         self._status_sent = ""
 
     @property
-    def config_max_bytes(self) -> int:
-        return self.config.max_message_bytes
-
-    @property
     def decision(self) -> Decision | None:
         return self.budget.decision
 
     @property
     def runtime_overhead(self) -> int:
         return self.budget.runtime_overhead
-
-    def set_operator_budget(self, text: str) -> Decision:
-        return self.budget.set_operator_budget(text)
 
     # ----- models -----------------------------------------------------------------------------
 
@@ -186,8 +179,20 @@ class Daemon:
                             Event("error", f"cannot load {name} again after the restart: {e}", model=name)
                         )
         workers = 8 + self.max_watchers + 4 * (1 + self.config.queue_depth)
+        backend = services.Backend(
+            models=self.models,
+            events=self.events,
+            models_dir=dirs.models,
+            max_watchers=self.max_watchers,
+            ready=lambda: self.ready,
+            max_message_bytes=lambda: self.config.max_message_bytes,
+            load_model=self.load_model,
+            unload_model=self.unload_model,
+            set_budget=self.budget.set_operator_budget,
+            status=self.status_message,
+        )
         servicers = transport.Servicers(
-            services.InferenceService(self), services.ControlService(self), self.health
+            services.InferenceService(backend), services.ControlService(backend), self.health
         )
         self.servers = transport.start_servers(self.config, dirs.socket, servicers, workers)
         if self.config.metrics_host_port is not None:

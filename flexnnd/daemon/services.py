@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -18,7 +20,9 @@ from flexnn_api.sizes import parse_size
 
 from flexnnd import __version__
 from flexnnd.daemon import oip, status
-from flexnnd.daemon.models import ModelState
+from flexnnd.daemon.events import EventBus
+from flexnnd.daemon.models import Model, Models, ModelState
+from flexnnd.daemon.policy import Decision
 from flexnnd.errors import (
     BudgetTooSmall,
     FeedError,
@@ -107,6 +111,23 @@ def _check_model_request(name: str, path: str) -> None:
             )
 
 
+@dataclass(frozen=True)
+class Backend:
+    """What the servicers use of the daemon, and nothing else: its models and events, the models
+    directory, and the few operations that change what is served."""
+
+    models: Models
+    events: EventBus
+    models_dir: Path
+    max_watchers: int
+    ready: Callable[[], bool]  # every model ready to infer
+    max_message_bytes: Callable[[], int]  # the configuration's, as reloaded
+    load_model: Callable[[str, str], Model]  # LoadModel: a name, and a path in the models directory
+    unload_model: Callable[[str], None]
+    set_budget: Callable[[str], Decision]  # the operator's budget: a size or "auto"
+    status: Callable[[], control_pb2.Status]  # GetStatus's message
+
+
 @contextlib.contextmanager
 def mapped_errors(context: grpc.ServicerContext):
     try:
@@ -120,18 +141,18 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
     statistics, and the repository (the models directory), whose load and unload are the control
     service's LoadModel and UnloadModel."""
 
-    def __init__(self, daemon):
-        self.daemon = daemon
+    def __init__(self, backend: Backend):
+        self.backend = backend
 
     def ServerLive(self, request, context):
         return inference_pb2.ServerLiveResponse(live=True)
 
     def ServerReady(self, request, context):
-        return inference_pb2.ServerReadyResponse(ready=self.daemon.ready)
+        return inference_pb2.ServerReadyResponse(ready=self.backend.ready())
 
     def ModelReady(self, request, context):
         with mapped_errors(context):
-            model = self.daemon.models.get(request.name)
+            model = self.backend.models.get(request.name)
             self._check_version(request.version, model.name)
             return inference_pb2.ModelReadyResponse(ready=model.ready)
 
@@ -140,18 +161,18 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
     def ModelMetadata(self, request, context):
         with mapped_errors(context):
-            model = self.daemon.models.get(request.name)
+            model = self.backend.models.get(request.name)
             self._check_version(request.version, model.name)
             return oip.model_metadata(model.name, ["1"], model.inputs, model.outputs)
 
     def ModelInfer(self, request, context):
         start = time.perf_counter()
         with mapped_errors(context):
-            models = self.daemon.models
+            models = self.backend.models
             model = models.get(request.model_name)
             self._check_version(request.model_version, model.name)
             try:
-                feeds = oip.decode_infer_request(request, model.inputs, self.daemon.config_max_bytes)
+                feeds = oip.decode_infer_request(request, model.inputs, self.backend.max_message_bytes())
                 names = oip.requested_outputs(request, model.outputs)
                 decoded = time.perf_counter()
                 outputs = models.infer(model.name, feeds)
@@ -166,14 +187,14 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
     def ModelConfig(self, request, context):
         with mapped_errors(context):
-            model = self.daemon.models.get(request.name)
+            model = self.backend.models.get(request.name)
             self._check_version(request.version, model.name)
             return oip.model_config(model.name, model.inputs, model.outputs)
 
     def ModelStatistics(self, request, context):
         """Every loaded model's statistics, or one model's (NOT_FOUND if it is not loaded)."""
         with mapped_errors(context):
-            models = self.daemon.models
+            models = self.backend.models
             chosen = [models.get(request.name)] if request.name else models.all()
             for model in chosen:
                 self._check_version(request.version, model.name)
@@ -185,8 +206,8 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
         """The loaded models with their state, and the models directory's others as UNAVAILABLE."""
         with mapped_errors(context):
             _check_repository(request.repository_name)
-            loaded = {m.name: m for m in self.daemon.models.all()}
-            names = sorted(set(loaded) | set(repository_models(self.daemon.dirs.models)))
+            loaded = {m.name: m for m in self.backend.models.all()}
+            names = sorted(set(loaded) | set(repository_models(self.backend.models_dir)))
             entries = [
                 oip.index_entry(n, loaded[n].state, loaded[n].reason)
                 if n in loaded
@@ -204,20 +225,20 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
             _refuse_parameters("RepositoryModelLoad", request.parameters, frozenset())
             name = request.model_name
             _check_model_request(name, "")
-            models = self.daemon.models
+            models = self.backend.models
             if name in models.names() and models.get(name).state is not ModelState.FAILED:
                 log.info(
                     "RepositoryModelLoad %s: already loaded (%s), left as it is", name, models.get(name).state
                 )
             else:
-                self.daemon.load_model(name, "")  # the name alone: NAME, NAME.onnx or a built-in model
+                self.backend.load_model(name, "")  # the name alone: NAME, NAME.onnx or a built-in model
             return inference_pb2.RepositoryModelLoadResponse()
 
     def RepositoryModelUnload(self, request, context):
         with mapped_errors(context):
             _check_repository(request.repository_name)
             _refuse_parameters("RepositoryModelUnload", request.parameters, INERT_UNLOAD_PARAMETERS)
-            self.daemon.unload_model(request.model_name)
+            self.backend.unload_model(request.model_name)
             return inference_pb2.RepositoryModelUnloadResponse()
 
     @staticmethod
@@ -261,14 +282,14 @@ def repository_models(models_dir: Path) -> list[str]:
 
 
 class ControlService(control_pb2_grpc.ControlServicer):
-    def __init__(self, daemon):
-        self.daemon = daemon
+    def __init__(self, backend: Backend):
+        self.backend = backend
 
     def SetBudget(self, request, context):
         with mapped_errors(context):
             _check_budget_text(request.budget)
-            decision = self.daemon.set_operator_budget(request.budget)
-            status = self.daemon.status_message()  # the reply is what status shows: one builder for both
+            decision = self.backend.set_budget(request.budget)
+            status = self.backend.status()  # the reply is what status shows: one builder for both
             return control_pb2.SetBudgetResponse(
                 effective_budget_bytes=decision.budget or 0,
                 budget_source=decision.source,
@@ -278,27 +299,27 @@ class ControlService(control_pb2_grpc.ControlServicer):
             )
 
     def GetStatus(self, request, context):
-        return control_pb2.GetStatusResponse(status=self.daemon.status_message())
+        return control_pb2.GetStatusResponse(status=self.backend.status())
 
     def ListModels(self, request, context):
         return control_pb2.ListModelsResponse(
-            models=[status.model_status(m.snapshot()) for m in self.daemon.models.all()]
+            models=[status.model_status(m.snapshot()) for m in self.backend.models.all()]
         )
 
     def LoadModel(self, request, context):
         with mapped_errors(context):
             _check_model_request(request.name, request.path)
-            model = self.daemon.load_model(request.name, request.path)
+            model = self.backend.load_model(request.name, request.path)
             return control_pb2.LoadModelResponse(model=status.model_status(model.snapshot()))
 
     def UnloadModel(self, request, context):
         with mapped_errors(context):
-            self.daemon.unload_model(request.name)
+            self.backend.unload_model(request.name)
             return control_pb2.UnloadModelResponse()
 
     def ListPlans(self, request, context):
         with mapped_errors(context):
-            model = self.daemon.models.get(request.model)
+            model = self.backend.models.get(request.model)
             active = (
                 model.session.plan.arena_bytes if model.session is not None and model.session.loaded else -1
             )
@@ -307,12 +328,12 @@ class ControlService(control_pb2_grpc.ControlServicer):
             )
 
     def WatchEvents(self, request, context):
-        if self.daemon.events.watchers >= self.daemon.max_watchers:
+        if self.backend.events.watchers >= self.backend.max_watchers:
             context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{self.daemon.events.watchers} watchers already (limit {self.daemon.max_watchers})",
+                f"{self.backend.events.watchers} watchers already (limit {self.backend.max_watchers})",
             )
-        with self.daemon.events.subscribe() as sub:
+        with self.backend.events.subscribe() as sub:
             while context.is_active() and not sub.closed:
                 event = sub.get(timeout=0.5)
                 if event is not None:
