@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 
 from flexnnd.graph.limits import DEFAULT_LIMITS, ImportLimits, tensor_to_array
+from flexnnd.ops import tensor as ops_tensor
 
 Values = Sequence[np.ndarray | None]
 
@@ -76,11 +77,11 @@ def Cast(ins, attrs, opset):
     return [ins[0].astype(onnx.helper.tensor_dtype_to_np_dtype(attrs["to"]))]
 
 
-def Reshape(ins, attrs, opset):
-    x, shape = ins[0], [int(d) for d in ins[1]]
-    if not attrs.get("allowzero", 0):
-        shape = [x.shape[i] if d == 0 else d for i, d in enumerate(shape)]
-    return [x.reshape(shape)]
+def _reshape(ins, attrs, opset):
+    """Reshape of a constant: the target shape by the op's own rule (ops.tensor.Reshape)."""
+    x, shape = ins[0], tuple(int(d) for d in ins[1])
+    (target,) = ops_tensor.Reshape(allowzero=int(attrs.get("allowzero", 0)), shape=shape).infer([x.shape], {})
+    return [x.reshape(target)]
 
 
 def Constant(ins, attrs, opset):
@@ -129,7 +130,7 @@ FOLDERS: dict[str, Callable[..., list[np.ndarray]]] = {
     "Concat": Concat,
     "Slice": Slice,
     "Cast": Cast,
-    "Reshape": Reshape,
+    "Reshape": _reshape,
     "Constant": Constant,
     "ConstantOfShape": ConstantOfShape,
     "Range": Range,
