@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
+from enum import StrEnum
 from typing import Any, ClassVar
 
 import numpy as np
@@ -58,6 +59,13 @@ def _freeze(value: Any) -> Any:
     return value
 
 
+class Axis(StrEnum):
+    """What a Part cuts (str-valued: plan files hold the value)."""
+
+    ROWS = "rows"
+    CHANNELS = "channels"
+
+
 @dataclass(frozen=True)
 class Part:
     """One slice of a sliced step (the planner's unit), or None for the whole op.
@@ -68,9 +76,12 @@ class Part:
     just its part of the full output tensor.
     """
 
-    axis: str
+    axis: Axis
     start: int
     stop: int
+
+    def __post_init__(self):
+        object.__setattr__(self, "axis", Axis(self.axis))  # "rows" from a plan file or a test
 
 
 @dataclass(frozen=True)
@@ -92,12 +103,18 @@ class SliceAxis:
         return self.name == "channels"
 
 
-# The simulator's cost kinds (profile.StepCost.kind): which Machine rate prices a step.
-COST_MEMORY = "memory"  # bound by the bytes it moves (memory_bytes)
-COST_FC = "fc"  # a fully connected layer: FLOPs at gemm_flops, or streaming its weights (fc_bytes)
-COST_GEMM = "gemm"  # BLAS-backed: FLOPs at gemm_flops
-COST_WINOGRAD = "winograd"  # FLOPs (of the direct convolution) at winograd_flops
-COST_DEPTHWISE = "depthwise"  # FLOPs, or dense_flops if more, at depthwise_flops
+class CostKind(StrEnum):
+    """The simulator's cost kinds (profile.StepCost.kind): which Machine rate prices a step."""
+
+    MEMORY = "memory"  # bound by the bytes it moves (memory_bytes)
+    FC = "fc"  # a fully connected layer: FLOPs at gemm_flops, or streaming its weights (fc_bytes)
+    GEMM = "gemm"  # BLAS-backed: FLOPs at gemm_flops
+    WINOGRAD = "winograd"  # FLOPs (of the direct convolution) at winograd_flops
+    DEPTHWISE = "depthwise"  # FLOPs, or dense_flops if more, at depthwise_flops
+
+
+COST_MEMORY, COST_FC, COST_GEMM = CostKind.MEMORY, CostKind.FC, CostKind.GEMM
+COST_WINOGRAD, COST_DEPTHWISE = CostKind.WINOGRAD, CostKind.DEPTHWISE
 
 
 @dataclass(frozen=True)
@@ -191,7 +208,7 @@ class Op:
         return False
 
     def cost_kind(self, shapes: Sequence[Shape | None]) -> str:
-        """Which rate prices this op in the simulator: one of the COST_* kinds."""
+        """Which rate prices this op in the simulator: a CostKind."""
         return COST_MEMORY
 
     def shared_bytes(self, shapes: Sequence[Shape | None]) -> int:

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from flexnnd import progress
 from flexnnd.errors import BudgetTooSmall, StalePlanFile
 from flexnnd.graph.ir import Graph
+from flexnnd.ops.base import Axis
 from flexnnd.planner.plan import Plan
 from flexnnd.planner.plan_budget import Planner, plan_for_budget, plan_with_slicing, slicing_of, smallest_plan
 from flexnnd.planner.plan_file import IndexEntry
@@ -64,7 +65,9 @@ def _inputs(
     for step in plan.steps:
         parts[step.node] = parts.get(step.node, 0) + 1
     seconds = [
-        costs[s.node].part_seconds(machine, parts[s.node], s.part is not None and s.part.axis == "channels")
+        costs[s.node].part_seconds(
+            machine, parts[s.node], s.part is not None and s.part.axis == Axis.CHANNELS
+        )
         for s in plan.steps
     ]
     return seconds, {ld.piece: plan.region[ld.piece].nbytes for ld in plan.loads}

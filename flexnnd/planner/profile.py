@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flexnnd.graph.ir import Graph, Node
-from flexnnd.ops.base import COST_DEPTHWISE, COST_FC, COST_GEMM, COST_MEMORY, COST_WINOGRAD
+from flexnnd.ops.base import CostKind
 from flexnnd.planner.lifetimes import lifetimes
 
 
@@ -37,7 +37,7 @@ class Machine:
 @dataclass(frozen=True)
 class StepCost:
     node: str
-    kind: str  # the op's cost_kind: one of ops.base.COST_*
+    kind: CostKind  # the op's cost_kind
     weight_bytes: int
     input_bytes: int
     output_bytes: int
@@ -46,6 +46,9 @@ class StepCost:
     shared_bytes: int = 0  # the operand every channel part of this step reads in full
     # a depthwise conv's FLOPs were it stride 1: its kernel's time follows the input's pixels
     dense_flops: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "kind", CostKind(self.kind))
 
     def part_seconds(self, machine: Machine, parts: int, channels: bool) -> float:
         """One of `parts` parts of this step: its share of the work, its own dispatch and, for
@@ -58,14 +61,14 @@ class StepCost:
         return share
 
     def compute_seconds(self, machine: Machine) -> float:
-        if self.kind == COST_MEMORY:
+        if self.kind == CostKind.MEMORY:
             return (self.input_bytes + self.output_bytes) / machine.memory_bytes + machine.step_overhead
-        if self.kind == COST_FC:
+        if self.kind == CostKind.FC:
             streaming = self.weight_bytes / machine.fc_bytes if machine.fc_bytes else 0.0
             return max(self.flops / machine.gemm_flops, streaming) + machine.step_overhead
-        if self.kind == COST_DEPTHWISE:
+        if self.kind == CostKind.DEPTHWISE:
             return max(self.flops, self.dense_flops) / machine.depthwise_flops + machine.step_overhead
-        rate = {COST_GEMM: machine.gemm_flops, COST_WINOGRAD: machine.winograd_flops}
+        rate = {CostKind.GEMM: machine.gemm_flops, CostKind.WINOGRAD: machine.winograd_flops}
         return self.flops / rate[self.kind] + machine.step_overhead
 
 

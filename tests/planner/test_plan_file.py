@@ -164,3 +164,18 @@ def test_rungs_that_share_a_plan_share_its_text(tmp_path, graph, plans):
     assert entries[0].offset == entries[1].offset != entries[2].offset
     assert [read_plan(path, e, graph) for e in entries] == rungs
     assert read_plans(path, graph, SHA) == rungs
+
+
+def test_part_axes_and_cost_kinds_are_enums_and_files_hold_their_values(tmp_path, graph):
+    from flexnnd.ops.base import Axis, CostKind
+    from flexnnd.planner.plan_budget import smallest_plan
+    from flexnnd.planner.profile import step_costs
+
+    plan = smallest_plan(graph)
+    assert {s.part.axis for s in plan.steps if s.part is not None} == {Axis.CHANNELS}
+    path = tmp_path / "plans.json"
+    write_plans(path, [plan], graph, SHA)
+    assert '["channels", ' in path.read_text() and "Axis" not in path.read_text()
+    (again,) = read_plans(path, graph, SHA)
+    assert all(type(s.part.axis) is Axis for s in again.steps if s.part is not None)
+    assert {type(c.kind) for c in step_costs(graph)} == {CostKind}
