@@ -2,7 +2,7 @@
 
 Sizes come from shapes, not from a test run. Times come from a `Machine`: the rates of each
 kernel path and of the storage the weights are read from, measured once per machine
-(`flexnnd.runtime.calibrate`) and passed in, so that everything here is a pure function.
+(by calibration, above the planner) and passed in, so that everything here is a pure function.
 """
 
 from __future__ import annotations
