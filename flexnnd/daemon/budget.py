@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from flexnn_api.sizes import format_size, parse_size
@@ -19,9 +19,9 @@ from flexnn_api.sizes import format_size, parse_size
 from flexnnd.daemon.config import Config
 from flexnnd.daemon.events import Event, EventBus
 from flexnnd.daemon.models import Models
-from flexnnd.daemon.monitor import EventCounts, Monitor, Reading
+from flexnnd.daemon.monitor import EventCounts, Monitor, MonitorConfig, Reading
 from flexnnd.daemon.policy import BudgetPolicy, Decision, PolicyConfig
-from flexnnd.errors import BudgetTooSmall, ConfigError, InvalidRequest, PlanError
+from flexnnd.errors import BudgetTooSmall, ConfigError, FlexnnError, InvalidRequest, PlanError
 from flexnnd.storage import write_atomically
 
 log = logging.getLogger("flexnnd")
@@ -171,6 +171,21 @@ class BudgetControl:
             self.decision = decision
             self.on_change()
             return decision
+
+    def open_monitor(self, env: Mapping[str, str]) -> None:
+        """Watch the machine's memory; without a monitor the other budget sources still apply."""
+        try:
+            monitor = Monitor(MonitorConfig.from_config(self.config, env=env))
+            monitor.open()
+            log.info(
+                "memory signals: %s", ", ".join(monitor.sources) or "none (limits and MemAvailable polled)"
+            )
+            self.monitor = monitor
+        except (OSError, ValueError, FlexnnError) as e:
+            # Not silent: logged and shown as an error event; the other budget sources still apply.
+            self.events.publish(
+                Event("error", f"memory monitor unavailable, budget from the operator only: {e}")
+            )
 
     def reading(self) -> Reading:
         return self.monitor.read() if self.monitor is not None else NO_READING

@@ -4,14 +4,16 @@ models loaded over the API, remembered in the state directory so that a restart 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from flexnnd import zoo
 from flexnnd.daemon import prepare
 from flexnnd.daemon.config import Dirs
 from flexnnd.daemon.events import Event, EventBus
+from flexnnd.daemon.models import Models, ModelState
 from flexnnd.daemon.prepare import in_child
-from flexnnd.errors import InvalidRequest
+from flexnnd.errors import FlexnnError, InvalidRequest
 from flexnnd.storage import write_atomically
 
 LOADED_FILE = "models.json"  # models loaded with LoadModel: name -> path in the models directory
@@ -64,6 +66,35 @@ class Catalog:
         else:
             loaded[name] = spec
         write_atomically(self.loaded_file, json.dumps(loaded, indent=1) + "\n", "state file")
+
+    def load_at_start(self, models: Models, specs: Iterable[str], say: Callable[[str], None]) -> None:
+        """The configured models (a failure stops the start), then those loaded over the API before
+        the restart (a failure is an error event); `say` tells systemd which one loads."""
+        for spec in specs:
+            say(f"loading {served_name(spec)}")
+            models.load(served_name(spec), self.resolve(spec))
+        for name, spec in self.remembered().items():
+            if name not in models.names():
+                say(f"loading {name}")
+                try:
+                    models.load(name, self.resolve(spec))
+                except FlexnnError as e:
+                    self.events.publish(
+                        Event("error", f"cannot load {name} again after the restart: {e}", model=name)
+                    )
+
+    def load_wanted(self, models: Models, specs: Iterable[str]) -> None:
+        """A reload: unload the models neither configured nor remembered, load the missing and the failed."""
+        wanted = {served_name(s): s for s in specs}
+        wanted.update({n: s for n, s in self.remembered().items() if n not in wanted})
+        for name in set(models.names()) - set(wanted):
+            models.unload(name)
+        for name, spec in wanted.items():
+            if name not in models.names() or models.get(name).state is ModelState.FAILED:
+                try:
+                    models.load(name, self.resolve(spec))
+                except FlexnnError as e:
+                    self.events.publish(Event("error", f"reload: cannot load {name}: {e}", model=name))
 
 
 def served_name(spec: str) -> str:

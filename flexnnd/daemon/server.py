@@ -29,14 +29,13 @@ from grpc_health.v1 import health, health_pb2
 from flexnnd import progress, zoo
 from flexnnd.daemon import heap, prepare, services, status, transport
 from flexnnd.daemon.budget import BudgetControl
-from flexnnd.daemon.catalog import Catalog, served_name
+from flexnnd.daemon.catalog import Catalog
 from flexnnd.daemon.config import Config, create_dirs, resolve_dirs
 from flexnnd.daemon.events import Event, EventBus
 from flexnnd.daemon.lock import InstanceLock
 from flexnnd.daemon.logfilter import install_grpc_log_limit
 from flexnnd.daemon.metrics import Metrics
-from flexnnd.daemon.models import Model, Models, ModelState
-from flexnnd.daemon.monitor import Monitor, MonitorConfig
+from flexnnd.daemon.models import Model, Models
 from flexnnd.daemon.policy import Decision
 from flexnnd.daemon.sdnotify import Notifier, watchdog_interval
 from flexnnd.daemon.watch import watch_files
@@ -155,7 +154,7 @@ class Daemon:
         budget.operator_budget = budget.read_operator_budget()
         budget.warn_if_overridden()
         if self.config.watch_pressure:
-            budget.monitor = self._open_monitor()
+            budget.open_monitor(self.env)
         rss, anon = heap.own_memory()
         log.info("runtime before models: RSS %s, anonymous %s", format_size(rss), format_size(anon))
         specs = self.config.models or (zoo.DEFAULT_MODEL,)
@@ -166,18 +165,7 @@ class Daemon:
         jit.skip_blas_probe()
         self.models.estimate = True  # READY first: a machine not calibrated yet is calibrated after it
         with jit.compiling():  # a cold numba cache compiles the kernels during each model's warm-up
-            for spec in specs:
-                self.notifier.status(f"loading {served_name(spec)}")
-                self.models.load(served_name(spec), self.catalog.resolve(spec))
-            for name, spec in self.catalog.remembered().items():
-                if name not in self.models.names():
-                    self.notifier.status(f"loading {name}")
-                    try:
-                        self.models.load(name, self.catalog.resolve(spec))
-                    except FlexnnError as e:
-                        self.events.publish(
-                            Event("error", f"cannot load {name} again after the restart: {e}", model=name)
-                        )
+            self.catalog.load_at_start(self.models, specs, self.notifier.status)
         workers = 8 + self.max_watchers + 4 * (1 + self.config.queue_depth)
         backend = services.Backend(
             models=self.models,
@@ -207,21 +195,6 @@ class Daemon:
         log.info("serving on %s: %s", dirs.socket, self.status_text())
         if calibration is not None:
             calibration.start()
-
-    def _open_monitor(self) -> Monitor | None:
-        try:
-            monitor = Monitor(MonitorConfig.from_config(self.config, env=self.env))
-            monitor.open()
-            log.info(
-                "memory signals: %s", ", ".join(monitor.sources) or "none (limits and MemAvailable polled)"
-            )
-            return monitor
-        except (OSError, ValueError, FlexnnError) as e:
-            # Not silent: logged and shown as an error event; the other budget sources still apply.
-            self.events.publish(
-                Event("error", f"memory monitor unavailable, budget from the operator only: {e}")
-            )
-            return None
 
     def _watch_files(self) -> None:
         watched = [self.budget.budget_file] + (
@@ -255,16 +228,7 @@ class Daemon:
         self.config = fresh
         self.budget.configure(fresh)
         logging.getLogger().setLevel(fresh.log_level.upper())
-        wanted = {served_name(s): s for s in fresh.models or (zoo.DEFAULT_MODEL,)}
-        wanted.update({n: s for n, s in self.catalog.remembered().items() if n not in wanted})
-        for name in set(self.models.names()) - set(wanted):
-            self.models.unload(name)
-        for name, spec in wanted.items():
-            if name not in self.models.names() or self.models.get(name).state is ModelState.FAILED:
-                try:
-                    self.models.load(name, self.catalog.resolve(spec))
-                except FlexnnError as e:
-                    self.events.publish(Event("error", f"reload: cannot load {name}: {e}", model=name))
+        self.catalog.load_wanted(self.models, fresh.models or (zoo.DEFAULT_MODEL,))
         self.events.publish(Event("model", "configuration reloaded"))
         self.budget.reevaluate([], force=True)
         self.notifier.ready()
@@ -320,14 +284,7 @@ class Daemon:
             pending = self.in_flight()
             grace = 0.0 if self.force_exit else self.config.grace_period_s
             log.info("stopping: %d requests in flight, grace period %.1f s", pending, grace)
-            done = [server.stop(grace) for server in self.servers]
-            deadline = time.monotonic() + grace + 1.0
-            while not all(event.wait(0.1) for event in done):
-                if self.force_exit:
-                    for server in self.servers:
-                        server.stop(0)
-                if time.monotonic() > deadline:
-                    break
+            transport.stop_servers(self.servers, grace, forced=lambda: self.force_exit)
             cancelled = self.in_flight()
             if cancelled:
                 log.warning("cancelled %d requests still running after the grace period", cancelled)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -92,6 +94,19 @@ def add_tcp_port(server: grpc.Server, config: Config) -> None:
     if port == 0:
         raise ConfigError(f"cannot bind {address}")
     log.info("also serving on %s", address)
+
+
+def stop_servers(servers: list[grpc.Server], grace: float, forced: Callable[[], bool]) -> None:
+    """Stop accepting and let RPCs in flight finish within `grace` seconds (one more to wind
+    down); `forced()` turning true (a second Ctrl-C) cancels them at once."""
+    done = [server.stop(grace) for server in servers]
+    deadline = time.monotonic() + grace + 1.0
+    while not all(event.wait(0.1) for event in done):
+        if forced():
+            for server in servers:
+                server.stop(0)
+        if time.monotonic() > deadline:
+            break
 
 
 class TokenInterceptor(grpc.ServerInterceptor):
