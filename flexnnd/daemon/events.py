@@ -23,7 +23,7 @@ class Event:
     kind: str  # one of KINDS
     message: str
     model: str = ""
-    source: str = ""  # what moved the budget: operator, cgroup, pressure, system
+    source: str = ""  # what moved the budget: operator, configured, cgroup, pressure, system
     from_bytes: int = 0
     to_bytes: int = 0
     duration_s: float = 0.0
