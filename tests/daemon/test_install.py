@@ -70,8 +70,13 @@ def test_venv_runs_the_installed_flexnnd(root):
     assert os.access(script, os.X_OK)
     # The image runs the venv at /opt/flexnn, so its scripts name that, not the staging path.
     assert script.read_text().splitlines()[0] == f"#!{PREFIX}/bin/python"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the venv's own copy, not a tree's
     done = subprocess.run(
-        [venv / "bin" / "python", "-m", "flexnnd.main", "--version"], capture_output=True, text=True, cwd=venv
+        [venv / "bin" / "python", "-m", "flexnnd.main", "--version"],
+        capture_output=True,
+        text=True,
+        cwd=venv,
+        env=env,
     )
     assert done.stdout == f"flexnnd {version('flexnn')}\n"
     where = subprocess.run(
@@ -79,6 +84,7 @@ def test_venv_runs_the_installed_flexnnd(root):
         capture_output=True,
         text=True,
         cwd=venv,  # not this tree, which a cwd on sys.path would import
+        env=env,
     )
     assert Path(where.stdout.strip()).is_relative_to(venv), where.stdout  # the venv's copy, not this tree
 
