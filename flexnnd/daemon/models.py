@@ -166,18 +166,18 @@ class Model:
             with self._serving:
                 outputs = session.run(feeds)
                 ended = time.perf_counter()
-                figures = session.figures()
+                last = session.last_run()  # not figures(): its plan sums need not run per request
         finally:
             with self._lock:
                 self._admitted -= 1
-        seconds = figures.last_inference_seconds
+        seconds = last.seconds
         self.stats.ran(
             queue_s=ended - arrived - seconds,
             infer_s=seconds,
-            stall_s=figures.last_stall_seconds,
-            read_bytes=figures.last_read_bytes,
+            stall_s=last.stall_seconds,
+            read_bytes=last.read_bytes,
         )
-        self.measured[figures.arena_bytes] = seconds
+        self.measured[last.arena_bytes] = seconds
         return outputs
 
     def snapshot(self) -> ModelSnapshot:

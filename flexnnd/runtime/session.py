@@ -156,6 +156,17 @@ class Figures:
         return self.arena_bytes + self.output_bytes
 
 
+@dataclass(frozen=True)
+class LastRun:
+    """The last inference's timings and reads: what a served request records, without the plan's sums."""
+
+    arena_bytes: int  # of the plan it ran on
+    seconds: float | None
+    stall_seconds: float  # how long compute waited for weights
+    read_bytes: int  # what the loader read
+    read_seconds: float
+
+
 # Session.stats()'s keys: the figures as they were before Figures existed (a public dict).
 STATS_KEYS = (
     *("model", "budget", "plan_budget", "arena_bytes", "resident_bytes", "streamed_bytes", "steps"),
@@ -309,9 +320,19 @@ class Session:
         """False after a blocking adopt failed to build its arena."""
         return not isinstance(self._executor, _Closed)
 
+    def last_run(self) -> LastRun:
+        loader = self._executor.loader
+        return LastRun(
+            arena_bytes=self.plan.arena_bytes,
+            seconds=self.last_inference_seconds,
+            stall_seconds=self._executor.stall_seconds,
+            read_bytes=loader.read_bytes if loader else 0,
+            read_seconds=loader.read_seconds if loader else 0.0,
+        )
+
     def figures(self) -> Figures:
         plan = self.plan
-        loader = self._executor.loader
+        last = self.last_run()
         return Figures(
             model=self.package.graph.name,
             budget=self.budget,
@@ -323,10 +344,10 @@ class Session:
             steps=len(plan.steps),
             sliced_steps=sum(1 for s in plan.steps if s.part is not None),
             sliced_layers=len({s.node for s in plan.steps if s.part is not None}),
-            last_inference_seconds=self.last_inference_seconds,
-            last_stall_seconds=self._executor.stall_seconds,
-            last_read_bytes=loader.read_bytes if loader else 0,
-            last_read_seconds=loader.read_seconds if loader else 0.0,
+            last_inference_seconds=last.seconds,
+            last_stall_seconds=last.stall_seconds,
+            last_read_bytes=last.read_bytes,
+            last_read_seconds=last.read_seconds,
         )
 
     def stats(self) -> dict[str, object]:
