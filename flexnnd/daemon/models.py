@@ -180,6 +180,14 @@ class Model:
         self.measured[last.arena_bytes] = seconds
         return outputs
 
+    @property
+    def held_bytes(self) -> int:
+        """Bytes its plan holds now: the arena and one inference's output copies; 0 without a plan."""
+        session = self.session
+        return (
+            session.plan.arena_bytes + session.output_bytes if session is not None and session.loaded else 0
+        )
+
     def snapshot(self) -> ModelSnapshot:
         session = self.session
         figures = session.figures() if session is not None and session.loaded else None
@@ -334,11 +342,7 @@ class Models:
     @property
     def committed(self) -> int:
         """Bytes the loaded plans hold now (arenas plus output copies)."""
-        return sum(
-            m.session.plan.arena_bytes + m.session.output_bytes
-            for m in self.all()
-            if m.session and m.session.loaded
-        )
+        return sum(m.held_bytes for m in self.all())
 
     def minimum(self) -> int:
         return sum(m.minimum for m in self.all())

@@ -199,7 +199,7 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
             for model in chosen:
                 self._check_version(request.version, model.name)
             return inference_pb2.ModelStatisticsResponse(
-                model_stats=[oip.model_statistics(m.name, "1", m.stats, status.held_bytes(m)) for m in chosen]
+                model_stats=[oip.model_statistics(m.name, "1", m.stats, m.held_bytes) for m in chosen]
             )
 
     def RepositoryIndex(self, request, context):

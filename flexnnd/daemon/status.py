@@ -56,12 +56,6 @@ def budget_text(budget: int | None) -> str:
     return "auto" if budget is None else str(budget)
 
 
-def held_bytes(model: Model) -> int:
-    """Bytes the model's plan holds now: its arena and one inference's output copies; 0 without a plan."""
-    session = model.session
-    return session.plan.arena_bytes + session.output_bytes if session is not None and session.loaded else 0
-
-
 def plan_info(model: Model, rung: Rung, active: bool) -> control_pb2.PlanInfo:
     """One rung as ListPlans shows it, from its index entry alone: listing reads no plan."""
     entry = rung.entry
