@@ -26,6 +26,16 @@ class Recorder:
         return {name: (done, total) for kind, name, done, total in self.seen if kind == "finish"}
 
 
+class Notifier:
+    """systemd's side of STATUS=: records what it is sent."""
+
+    def __init__(self):
+        self.sent = []
+
+    def status(self, text):
+        self.sent.append(text)
+
+
 def test_import_reports_each_stage_and_each_rung(tmp_path):
     from flexnnd.runtime.ladders import import_model
 
@@ -66,13 +76,6 @@ def test_log_lines_are_throttled_to_one_a_second(caplog):
 
 
 def test_status_sink_sends_status_lines_to_the_notifier():
-    class Notifier:
-        def __init__(self):
-            self.sent = []
-
-        def status(self, text):
-            self.sent.append(text)
-
     notifier = Notifier()
     with progress.sinks(progress.StatusSink(notifier)), progress.task("planning resnet50", total=26) as t:
         t.advance()
@@ -130,13 +133,6 @@ def _dying_child() -> None:
 
 def test_a_crashed_childs_open_task_ends_as_failed_and_status_goes_back_to_idle():
     from concurrent.futures.process import BrokenProcessPool
-
-    class Notifier:
-        def __init__(self):
-            self.sent = []
-
-        def status(self, text):
-            self.sent.append(text)
 
     notifier = Notifier()
     sinks = progress.sinks(progress.StatusSink(notifier, idle=lambda: "serving"), progress.LogSink())
