@@ -15,7 +15,9 @@
 - idle: the daemon's RSS and anonymous RSS before any model, and time to READY with a warm cache.
 - memory: per model set (ResNet-50, VGG-16, both), RSS after READY minus RSS before the models and
   minus the models' shares (arena and output copies): what the models hold besides their budget.
-- first_start: the default model (mobilenet_v2), no flags but --no-watch-pressure: time to READY on
+- first_start: the default model (mobilenet_v2), no flags but --no-watch-pressure, the daemon run by
+  a fresh venv holding only flexnn's dependencies, as on a device (--this-python: this interpreter and
+  its site-packages, where numba also imports whatever scipy or cffi it finds): time to READY on
   a fresh machine (new empty CACHE_DIRECTORY and NUMBA_CACHE_DIR: zoo build, import, a ladder planned
   with estimated rates, every kernel the model needs compiled; then, after READY, the calibration and
   the ladder planned again, timed apart) and warm (the same caches again), each start a fresh process; after
@@ -389,7 +391,19 @@ def _start_timed(d: DaemonProcess) -> tuple[float, float]:
     return ready, time.perf_counter() - start
 
 
-def bench_first_start(cold_starts: int, warm_starts: int, settle_s: float = 3.0) -> dict:
+def device_python(venv: Path) -> Path:
+    """A venv holding flexnn's runtime dependencies and nothing else, as `flexnnd install` makes one
+    on a device (this machine's site-packages also hold scipy, cffi and others numba imports if present)."""
+    import subprocess
+    import venv as venv_mod
+
+    venv_mod.create(venv, with_pip=True)
+    python = venv / "bin" / "python"
+    subprocess.run([python, "-m", "pip", "install", "-q", str(ROOT)], check=True)
+    return python
+
+
+def bench_first_start(cold_starts: int, warm_starts: int, python: Path | None, settle_s: float = 3.0) -> dict:
     """READY from a fresh machine and from warm caches, and the memory beside the budget after."""
     import os
 
@@ -399,7 +413,7 @@ def bench_first_start(cold_starts: int, warm_starts: int, settle_s: float = 3.0)
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             env = {"NUMBA_CACHE_DIR": str(tmp / "numba")}
-            d = DaemonProcess(tmp / "cold", args, env=env, cache=tmp / "cache")
+            d = DaemonProcess(tmp / "cold", args, env=env, cache=tmp / "cache", python=python)
             try:
                 ready, calibrated = _start_timed(d)
                 cold.append(ready)
@@ -409,7 +423,7 @@ def bench_first_start(cold_starts: int, warm_starts: int, settle_s: float = 3.0)
                 d.stop()
                 d.close()
             for i in range(warm_starts):
-                d = DaemonProcess(tmp / f"warm{i}", args, env=env, cache=tmp / "cache")
+                d = DaemonProcess(tmp / f"warm{i}", args, env=env, cache=tmp / "cache", python=python)
                 try:
                     warm.append(_start_timed(d)[0])
                     time.sleep(settle_s)  # the main loop's first ticks (heap trim) are over
@@ -430,6 +444,7 @@ def bench_first_start(cold_starts: int, warm_starts: int, settle_s: float = 3.0)
     mib = lambda key: round(statistics.median(m[key] for m in memory) / 2**20, 1)  # noqa: E731
     return {
         "model": "mobilenet_v2",
+        "python": "a venv with flexnn's dependencies only" if python else sys.executable,
         "load_average_1min": os.getloadavg()[0],
         "cold_ready_s": cold,
         "warm_ready_s": warm,
@@ -456,6 +471,11 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--warm-starts", type=int, default=3, help="first_start: warm starts after each cold one"
     )
+    parser.add_argument(
+        "--this-python",
+        action="store_true",
+        help="first_start: run the daemon with this interpreter and its site-packages, not a fresh venv",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "daemon.json")
     parser.add_argument(
         "--models-dir", type=Path, help="serve --swap-models as package folders in this directory"
@@ -478,7 +498,9 @@ def main(argv=None) -> int:
         out["memory"] = [bench_memory(ms, args.models_dir) for ms in sets]
         print(json.dumps(out["memory"], indent=1), flush=True)
     if "first_start" in args.parts:
-        out["first_start"] = bench_first_start(args.cold_starts, args.warm_starts)
+        with tempfile.TemporaryDirectory() as venv:
+            python = None if args.this_python else device_python(Path(venv))
+            out["first_start"] = bench_first_start(args.cold_starts, args.warm_starts, python)
         print(
             json.dumps({k: v for k, v in out["first_start"].items() if k != "memory"}, indent=1), flush=True
         )

@@ -81,6 +81,7 @@ class Daemon:
         self.started = time.time()
         self.servers: list[grpc.Server] = []
         self.health = health.HealthServicer()
+        self.compiler_pages = heap.CompilerPages()
         self.lock: InstanceLock | None = None
         self.should_exit = threading.Event()
         self.force_exit = False
@@ -185,6 +186,9 @@ class Daemon:
         self.servers = transport.start_servers(self.config, dirs.socket, servicers, workers)
         if self.config.metrics_host_port is not None:
             self.metrics.start(*self.config.metrics_host_port)
+        released = self.compiler_pages.release_if_used()
+        if released:
+            log.info("paged out LLVM's code now that the kernels are loaded: RSS -%s", format_size(released))
         budget.runtime_overhead = max(0, psutil.Process().memory_info().rss - self.models.committed)
         log.info("runtime overhead %s (RSS beside the models' arenas)", format_size(budget.runtime_overhead))
         budget.reevaluate([])
@@ -259,6 +263,10 @@ class Daemon:
             budget.reevaluate(pressure, force=budget.pending)
             budget.pending = False
             heap.trim_if_grown(self.models.committed, budget.runtime_overhead)
+            if released := self.compiler_pages.release_if_used():
+                log.debug(
+                    "paged out LLVM's code after a compile or cache load: RSS -%s", format_size(released)
+                )
             now = time.monotonic()
             if interval and now - last_ping >= interval:
                 if self.workers_alive(limit_s=2 * interval):

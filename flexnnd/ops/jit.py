@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 
 import numba
@@ -50,6 +51,34 @@ def compiling(name: str = "compiling kernels", total: int | None = None) -> Iter
         counter = _CompileCounter(name, total, stack)
         with event.install_listener("numba:compile", counter):
             yield counter
+
+
+class _CompilerUse(event.Listener):
+    """Counts numba's compiler-lock sections: each is a kernel compiled or loaded from the cache, the
+    only work that touches LLVM's code once the kernels a process runs are in memory."""
+
+    def __init__(self):
+        self.used = 0  # sections finished
+        self.active = 0  # sections running now
+        self._lock = threading.Lock()  # numba signals a section's start before taking its lock
+
+    def on_start(self, ev: event.Event) -> None:
+        with self._lock:
+            self.active += 1
+
+    def on_end(self, ev: event.Event) -> None:
+        with self._lock:
+            self.active -= 1
+            self.used += 1
+
+
+_compiler_use = _CompilerUse()
+event.register("numba:compiler_lock", _compiler_use)
+
+
+def compiler_use() -> tuple[int, bool]:
+    """(compiler sections finished so far, whether one is running now)."""
+    return _compiler_use.used, _compiler_use.active > 0
 
 
 def skip_blas_probe() -> None:

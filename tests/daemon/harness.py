@@ -16,8 +16,9 @@ START_TIMEOUT_S = 600  # a cold numba cache compiles every kernel on first start
 
 
 class DaemonProcess:
-    def __init__(self, tmp: Path, args=(), env=None, cache: Path | None = None, prefix=()):
+    def __init__(self, tmp: Path, args=(), env=None, cache: Path | None = None, prefix=(), python=None):
         self.prefix = list(prefix)  # e.g. a shell that joins a cgroup, then execs the daemon
+        self.python = str(python or sys.executable)  # e.g. a venv with only flexnn's dependencies
         self.tmp = Path(tmp)
         self.args = list(args)
         self.runtime = self.tmp / "run"
@@ -59,7 +60,7 @@ class DaemonProcess:
         self.notifications = []
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child writes it for its whole life
         self.proc = subprocess.Popen(
-            [*self.prefix, sys.executable, "-m", "flexnnd.main", *self.args],
+            [*self.prefix, self.python, "-m", "flexnnd.main", *self.args],
             env=self.env,
             cwd=ROOT,
             stdout=log,
