@@ -94,13 +94,16 @@ class SliceAxis:
     `unit_pixels` output pixels (a row band's GEMM columns per row; 1 for channels).
     """
 
-    name: str
+    name: Axis
     extent: int
     unit_pixels: int = 1
 
+    def __post_init__(self):
+        object.__setattr__(self, "name", Axis(self.name))
+
     @property
     def cuts_weights(self) -> bool:
-        return self.name == "channels"
+        return self.name is Axis.CHANNELS
 
 
 class CostKind(StrEnum):

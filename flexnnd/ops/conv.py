@@ -27,6 +27,7 @@ from flexnnd.ops.base import (
     COST_DEPTHWISE,
     COST_GEMM,
     COST_WINOGRAD,
+    Axis,
     Op,
     Part,
     SliceAxis,
@@ -179,10 +180,10 @@ class Conv(Op):
         r0, r1, c0, c1 = 0, geo.out_h, 0, geo.cout
         if part is None:
             return r0, r1, c0, c1
-        if part.axis == "rows":
+        if part.axis is Axis.ROWS:
             r0, r1 = part.start, part.stop
             limit = geo.out_h
-        elif part.axis == "channels":
+        elif part.axis is Axis.CHANNELS:
             c0, c1 = part.start, part.stop
             limit = geo.cout
             per_group = geo.cout // geo.group
@@ -207,7 +208,7 @@ class Conv(Op):
     def _shared(self, geo: Geometry, part: Part | None) -> bool:
         """Whether `part` is a channel part sharing the conv's im2col (or Winograd input transform)
         with the others: batch 1, not grouped, and the whole image one band (see shares_operand)."""
-        if part is None or part.axis != "channels" or geo.batch != 1 or geo.group != 1:
+        if part is None or part.axis is not Axis.CHANNELS or geo.batch != 1 or geo.group != 1:
             return False
         if geo.winograd:
             return 2 * WinogradPlan.of(geo, geo.out_h, geo.cout).band >= geo.out_h
@@ -237,9 +238,9 @@ class Conv(Op):
         axes = []
         # A grouped conv is cut by channels only when each part is whole groups of one channel.
         if self.group == 1 or (x is not None and self.group == x[1]):
-            axes.append(SliceAxis("channels", int(shapes[1][0])))
+            axes.append(SliceAxis(Axis.CHANNELS, int(shapes[1][0])))
         if len(out) == 4:
-            axes.append(SliceAxis("rows", int(out[2]), int(out[3])))
+            axes.append(SliceAxis(Axis.ROWS, int(out[2]), int(out[3])))
         return tuple(axes)
 
     def shares_operand(self, shapes, part):

@@ -14,7 +14,7 @@ import numpy as np
 
 from flexnnd.errors import ShapeError, UnsupportedOp
 from flexnnd.ops.activation import ACT_CODES, ACT_NONE, reference_activation
-from flexnnd.ops.base import COST_FC, Op, Part, SliceAxis, internal, register, require_rank
+from flexnnd.ops.base import COST_FC, Axis, Op, Part, SliceAxis, internal, register, require_rank
 from flexnnd.ops.buffers import check_blas, reshape_view
 from flexnnd.ops.epilogue import NO_BIAS, bias_act
 from flexnnd.ops.jit import kernel
@@ -117,7 +117,7 @@ class Gemm(Op):
         return 2 * m * k * n
 
     def slice_axes(self, shapes, out_shapes):
-        return (SliceAxis("channels", int(out_shapes[0][1])),)  # the rows of the (N, K) weight
+        return (SliceAxis(Axis.CHANNELS, int(out_shapes[0][1])),)  # the rows of the (N, K) weight
 
     def cost_kind(self, shapes):
         return COST_FC
@@ -135,7 +135,7 @@ class Gemm(Op):
         n = y.shape[1]
         n0, n1 = 0, n
         if part is not None:
-            if part.axis != "channels" or not 0 <= part.start < part.stop <= n:
+            if part.axis is not Axis.CHANNELS or not 0 <= part.start < part.stop <= n:
                 raise ValueError(f"Gemm: cannot compute part {part} of an output with {n} channels")
             n0, n1 = part.start, part.stop
         bias_rows = m if bias.ndim == 2 else 0

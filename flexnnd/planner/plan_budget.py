@@ -21,7 +21,7 @@ import numpy as np
 
 from flexnnd.errors import BudgetTooSmall
 from flexnnd.graph.ir import Graph, Node
-from flexnnd.ops.base import Part, SliceAxis
+from flexnnd.ops.base import Axis, Part, SliceAxis
 from flexnnd.planner.lifetimes import lifetimes
 from flexnnd.planner.pack import DIRECT_ALIGN, FullSpanGaps, Occupancy, Request, align, place_greedy_by_size
 from flexnnd.planner.plan import ALIGNMENT, Load, Plan, Region, Step, WeightPiece, piece_nbytes, scratch_name
@@ -41,7 +41,7 @@ STALL_WORTH_SLICING = 0.01
 # Shares of the budget a stalling plan also tries holding resident, its latest pieces first.
 RESIDENT_SHARES = (0.1, 0.25, 1.0)
 
-Slicing = Mapping[str, tuple[str, int]]  # node -> (axis, number of parts)
+Slicing = Mapping[str, tuple[Axis, int]]  # node -> (axis, number of parts)
 
 
 def _splits(axis: SliceAxis, parts: int) -> bool:
@@ -60,7 +60,7 @@ def _split(total: int, parts: int) -> list[tuple[int, int]]:
 class Layout:
     """Steps, pieces and lifetimes of one slicing, before any offset is chosen."""
 
-    slicing: Mapping[str, tuple[str, int]]  # node -> (axis, parts): what this layout is of
+    slicing: Mapping[str, tuple[Axis, int]]  # node -> (axis, parts): what this layout is of
     steps: tuple[Step, ...]
     nodes: tuple[Node, ...]  # the node of each step
     pieces: Mapping[str, WeightPiece]
@@ -154,7 +154,7 @@ class Planner:
         self._layouts: dict[tuple, Layout] = {}
         # Refining depends only on the graph, so every budget walks the same chain of slicings.
         self._chain: list[Layout] = []
-        self._chain_slicing: dict[str, tuple[str, int]] = {}
+        self._chain_slicing: dict[str, tuple[Axis, int]] = {}
         self._chain_skip: set[str] = set()
         self._chain_done = False
         self._minimum: int | None = None
@@ -165,7 +165,7 @@ class Planner:
             self._scratch[key] = node.op.scratch_bytes(node.in_shapes, part)
         return self._scratch[key]
 
-    def axes(self, node: Node) -> dict[str, SliceAxis]:
+    def axes(self, node: Node) -> dict[Axis, SliceAxis]:
         """The axes `node`'s op may be cut along, by name (see Op.slice_axes)."""
         if node.name not in self._axes:
             out_shapes = [self.graph.shape(o) for o in node.outputs]
@@ -225,7 +225,7 @@ def _layout(planner: Planner, slicing: Slicing) -> Layout:
     scratch: dict[str, int] = {}
     for node in life.steps:
         constants = [i for i in node.inputs if i and graph.is_constant(i)]
-        axis, count = slicing.get(node.name, ("", 1))
+        axis, count = slicing.get(node.name, (None, 1))
         first = len(steps)
         cut = planner.axes(node)[axis] if axis else None
         parts = [None] if cut is None else [Part(axis, a, b) for a, b in _split(cut.extent, count)]
@@ -354,7 +354,7 @@ def pack(
     )
 
 
-def _refine(planner: Planner, lay: Layout, slicing: dict[str, tuple[str, int]], skip: set[str]) -> bool:
+def _refine(planner: Planner, lay: Layout, slicing: dict[str, tuple[Axis, int]], skip: set[str]) -> bool:
     """Split the most demanding step's node one level further; False when nothing can split."""
     graph = planner.graph
     demand = lay.demand
@@ -362,16 +362,16 @@ def _refine(planner: Planner, lay: Layout, slicing: dict[str, tuple[str, int]], 
         node = lay.nodes[i]
         if node.name in skip:
             continue
-        axis, count = slicing.get(node.name, ("", 1))
+        axis, count = slicing.get(node.name, (None, 1))
         axes = planner.axes(node)
-        channels, rows = axes.get("channels"), axes.get("rows")
+        channels, rows = axes.get(Axis.CHANNELS), axes.get(Axis.ROWS)
         weights = sum(graph.tensors[t].nbytes for t in node.inputs if t and graph.is_constant(t))
         scratch = planner.scratch_bytes(node)
-        if channels and axis in ("", "channels") and weights >= scratch and _splits(channels, count * 2):
-            slicing[node.name] = ("channels", count * 2)
+        if channels and axis in (None, Axis.CHANNELS) and weights >= scratch and _splits(channels, count * 2):
+            slicing[node.name] = (Axis.CHANNELS, count * 2)
             return True
-        if rows and axis in ("", "rows") and _splits(rows, count * 2):
-            slicing[node.name] = ("rows", count * 2)
+        if rows and axis in (None, Axis.ROWS) and _splits(rows, count * 2):
+            slicing[node.name] = (Axis.ROWS, count * 2)
             return True
         skip.add(node.name)
     return False
@@ -442,12 +442,12 @@ def plan_for_budget(
     return plan
 
 
-def slicing_of(plan: Plan) -> dict[str, tuple[str, int]]:
+def slicing_of(plan: Plan) -> dict[str, tuple[Axis, int]]:
     """node -> (axis, parts) of every sliced node of `plan`."""
-    slicing: dict[str, tuple[str, int]] = {}
+    slicing: dict[str, tuple[Axis, int]] = {}
     for step in plan.steps:
         if step.part is not None:
-            slicing[step.node] = (step.part.axis, slicing.get(step.node, ("", 0))[1] + 1)
+            slicing[step.node] = (step.part.axis, slicing.get(step.node, (None, 0))[1] + 1)
     return slicing
 
 
@@ -507,7 +507,7 @@ def _fill(
     return plan
 
 
-def _pipelined(planner: Planner, lay: Layout, most: float) -> dict[str, tuple[str, int]] | None:
+def _pipelined(planner: Planner, lay: Layout, most: float) -> dict[str, tuple[Axis, int]] | None:
     """`lay`'s slicing with every weight bigger than `most` bytes cut by output channels until
     its pieces are not (or as far as the part limits allow): small pieces stream while the
     previous ones compute, and fit the gaps earlier steps leave. None when nothing changes."""
@@ -515,17 +515,17 @@ def _pipelined(planner: Planner, lay: Layout, most: float) -> dict[str, tuple[st
     slicing = dict(lay.slicing)
     changed = False
     for node in planner.life.steps:
-        axis, count = slicing.get(node.name, ("", 1))
+        axis, count = slicing.get(node.name, (None, 1))
         weights = [t for t in node.inputs if t and graph.is_constant(t)]
-        channels = planner.axes(node).get("channels")
-        if not weights or axis not in ("", "channels") or channels is None:
+        channels = planner.axes(node).get(Axis.CHANNELS)
+        if not weights or axis not in (None, Axis.CHANNELS) or channels is None:
             continue
         nbytes = sum(graph.tensors[t].nbytes for t in weights)
         while nbytes / count > most and _splits(channels, count * 2):
             count *= 2
             changed = True
         if count > 1:
-            slicing[node.name] = ("channels", count)
+            slicing[node.name] = (Axis.CHANNELS, count)
     return slicing if changed else None
 
 
@@ -534,17 +534,17 @@ def minimum_budget_hint(graph: Graph) -> int:
     return Planner(graph).minimum_budget_hint()
 
 
-def max_slicing(graph: Graph, planner: Planner | None = None) -> dict[str, tuple[str, int]]:
+def max_slicing(graph: Graph, planner: Planner | None = None) -> dict[str, tuple[Axis, int]]:
     """Every sliceable node split as finely as the part limits allow (weights by channels where
     they outweigh the scratch, else scratch by rows)."""
     planner = planner or Planner(graph)
-    slicing: dict[str, tuple[str, int]] = {}
+    slicing: dict[str, tuple[Axis, int]] = {}
     for node in planner.life.steps:
         weights = [t for t in node.inputs if t and graph.is_constant(t)]
         weight_bytes = sum(graph.tensors[t].nbytes for t in weights)
         scratch = planner.scratch_bytes(node)
         axes = planner.axes(node)
-        channels, rows = axes.get("channels"), axes.get("rows")
+        channels, rows = axes.get(Axis.CHANNELS), axes.get(Axis.ROWS)
         if channels and weights and weight_bytes >= scratch:
             cut = channels
         elif rows and scratch:

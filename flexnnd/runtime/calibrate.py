@@ -19,7 +19,7 @@ from flexnnd import progress
 from flexnnd.errors import StorageError
 from flexnnd.graph.ir import Node
 from flexnnd.ops import jit
-from flexnnd.ops.base import Part
+from flexnnd.ops.base import Axis, Part
 from flexnnd.ops.conv import Conv
 from flexnnd.ops.gemm import Gemm
 from flexnnd.ops.pool import MaxPool
@@ -130,7 +130,7 @@ def _part_rate(x_shape, w_shape, **attrs) -> float:
     conv run whole and cut into PARTS parts as the planner cuts it (one scratch for all)."""
     op, shapes, _, prepared, x, y = _conv_setup(x_shape, w_shape, **attrs)
     cout = w_shape[0]
-    parts = [Part("channels", cout * i // PARTS, cout * (i + 1) // PARTS) for i in range(PARTS)]
+    parts = [Part(Axis.CHANNELS, cout * i // PARTS, cout * (i + 1) // PARTS) for i in range(PARTS)]
     need = max(op.scratch_bytes(shapes, p) for p in [None, *parts])
     scratch = np.empty(max(need // 4, 1), np.float32)
     whole = _best_of(op.bind([x, prepared[1], prepared[2]], [y], scratch))
