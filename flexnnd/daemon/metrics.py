@@ -3,9 +3,10 @@
 Off unless `metrics_address` is set; prometheus_client is imported only then. Each daemon has its
 own CollectorRegistry (never the global one, so several daemons can live in one test process)
 holding the process collector (RSS, CPU, open files) and DaemonCollector, which reads the budget
-decision, every model's plan and statistics (flexnnd.daemon.models.ModelStats) and the swap and
-pressure counters when scraped: no gauge to keep in step with the daemon. Plain HTTP without
-authentication: bind it to loopback, or to an address only the scrapers can reach.
+control's decision and runtime overhead, every model's plan and statistics
+(flexnnd.daemon.model_stats.ModelStats), readiness and the swap and pressure counters when scraped:
+no gauge to keep in step with the daemon. Plain HTTP without authentication: bind it to loopback,
+or to an address only the scrapers can reach.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import collections
 import logging
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+from flexnnd.daemon.budget import BudgetControl
 from flexnnd.daemon.config import is_loopback
 from flexnnd.daemon.model_stats import Histogram
-from flexnnd.daemon.models import Model
+from flexnnd.daemon.models import Model, Models
 from flexnnd.daemon.monitor import EVENT_NAMES
 from flexnnd.errors import ConfigError
 
@@ -26,10 +28,11 @@ log = logging.getLogger("flexnnd.metrics")
 
 
 class Metrics:
-    """The daemon's counters that live nowhere else, and the endpoint serving them with the live state."""
+    """The daemon's counters that live nowhere else, and the endpoint serving them with the live state
+    of what it is given: the budget control, the models and whether every model is ready."""
 
-    def __init__(self, daemon):
-        self.daemon = daemon
+    def __init__(self, budget: BudgetControl, models: Models, ready: Callable[[], bool]):
+        self.budget, self.models, self.ready = budget, models, ready
         self._pressure: collections.Counter[str] = collections.Counter()  # MemoryEvent kind -> count
         self._lock = threading.Lock()
         self._server = None
@@ -51,7 +54,7 @@ class Metrics:
 
         self.registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.registry)
-        self.registry.register(DaemonCollector(self.daemon))
+        self.registry.register(DaemonCollector(self))
         try:
             self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
         except OSError as e:
@@ -77,17 +80,17 @@ def _url_host(host: str, port: int) -> str:
 
 
 class DaemonCollector:
-    """Reads the daemon's state at scrape time. Model series carry a `model` label; a model that is
-    unloaded stops being reported, and one loaded again starts its counters from zero."""
+    """Reads the state `Metrics` was given at scrape time. Model series carry a `model` label; a model
+    that is unloaded stops being reported, and one loaded again starts its counters from zero."""
 
-    def __init__(self, daemon):
-        self.daemon = daemon
+    def __init__(self, source: Metrics):
+        self.source = source
 
     def collect(self) -> Iterator:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        daemon = self.daemon
-        decision = daemon.decision
+        source = self.source
+        decision = source.budget.decision
         budget = GaugeMetricFamily(
             "flexnn_budget_bytes",
             "Model budget in force (+Inf: unlimited); `source` says what sets it.",
@@ -99,12 +102,12 @@ class DaemonCollector:
         yield GaugeMetricFamily(
             "flexnn_committed_bytes",
             "Bytes the loaded plans hold: arenas and one inference's output copies each.",
-            value=daemon.models.committed,
+            value=source.models.committed,
         )
         yield GaugeMetricFamily(
             "flexnn_runtime_overhead_bytes",
             "RSS beside the models' arenas, measured after start.",
-            value=daemon.runtime_overhead,
+            value=source.budget.runtime_overhead,
         )
         yield GaugeMetricFamily(
             "flexnn_anonymous_memory_bytes",
@@ -112,21 +115,21 @@ class DaemonCollector:
             value=_anonymous_rss(),
         )
         yield GaugeMetricFamily(
-            "flexnn_ready", "1 when every model is ready to infer.", value=int(daemon.ready)
+            "flexnn_ready", "1 when every model is ready to infer.", value=int(source.ready())
         )
         yield CounterMetricFamily(
-            "flexnn_swaps", "Plan swaps of loaded models since start.", value=daemon.models.swaps
+            "flexnn_swaps", "Plan swaps of loaded models since start.", value=source.models.swaps
         )
         pressure = CounterMetricFamily(
             "flexnn_pressure_events",
             "Memory events seen: PSI triggers (pressure) and memory.events increases (low, high, max, oom, oom_kill).",
             labels=["kind"],
         )
-        seen = dict.fromkeys(("pressure", *EVENT_NAMES), 0) | daemon.metrics.pressure_counts()
+        seen = dict.fromkeys(("pressure", *EVENT_NAMES), 0) | source.pressure_counts()
         for kind, count in seen.items():
             pressure.add_metric([kind], count)
         yield pressure
-        yield from _model_families(daemon.models.all())
+        yield from _model_families(source.models.all())
 
 
 # name, help, value from a ModelSnapshot

@@ -36,7 +36,6 @@ from flexnnd.daemon.lock import InstanceLock
 from flexnnd.daemon.logfilter import install_grpc_log_limit
 from flexnnd.daemon.metrics import Metrics
 from flexnnd.daemon.models import Model, Models
-from flexnnd.daemon.policy import Decision
 from flexnnd.daemon.sdnotify import Notifier, watchdog_interval
 from flexnnd.daemon.watch import watch_files
 from flexnnd.errors import ConfigError, FlexnnError, InvalidRequest
@@ -71,10 +70,11 @@ class Daemon:
         self._load_config = reload or (lambda: self.config)  # SIGHUP: the file again, the flags kept
         self.dirs = resolve_dirs(config, self.env)
         self.events = EventBus()
-        self.metrics = Metrics(self)  # the endpoint starts with the servers, if metrics_address is set
         self.models = Models(self.dirs.cache, self.events, config.threads or None, config.queue_depth)
         self.budget = BudgetControl(config, self.dirs.state, self.models, self.events)
         self.budget.on_change = self._update_health
+        # the endpoint starts with the servers, if metrics_address is set
+        self.metrics = Metrics(self.budget, self.models, ready=lambda: self.ready)
         self.catalog = Catalog(self.dirs, self.events)
         self.notifier = Notifier.from_env(self.env)
         self.max_watchers = MAX_WATCHERS
@@ -88,14 +88,6 @@ class Daemon:
         self.reload_requested = False
         self._observer = None
         self._status_sent = ""
-
-    @property
-    def decision(self) -> Decision | None:
-        return self.budget.decision
-
-    @property
-    def runtime_overhead(self) -> int:
-        return self.budget.runtime_overhead
 
     # ----- models -----------------------------------------------------------------------------
 

@@ -164,14 +164,23 @@ def test_bad_metrics_address_is_refused_at_start(address):
         Config(metrics_address=address)
 
 
-def test_a_busy_metrics_port_stops_the_start_with_its_address():
+def test_a_busy_metrics_port_stops_the_start_with_its_address(tmp_path):
     import socket
 
+    from flexnnd.daemon.budget import BudgetControl
+    from flexnnd.daemon.events import EventBus
     from flexnnd.daemon.metrics import Metrics
+    from flexnnd.daemon.models import Models
+
+    events = EventBus()
+    models = Models(tmp_path / "cache", events)
+    metrics = Metrics(
+        BudgetControl(Config(), tmp_path / "state", models, events), models, ready=lambda: False
+    )
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         with pytest.raises(ConfigError, match=f"127.0.0.1:{port}: cannot listen"):
-            Metrics(daemon=None).start("127.0.0.1", port)
+            metrics.start("127.0.0.1", port)
