@@ -24,7 +24,6 @@ import grpc
 import psutil
 from flexnn_api.proto.flexnn.control.v1 import control_pb2
 from flexnn_api.sizes import format_size
-from grpc_health.v1 import health, health_pb2
 
 from flexnnd import progress, zoo
 from flexnnd.daemon import heap, prepare, services, status, transport
@@ -32,6 +31,7 @@ from flexnnd.daemon.budget import BudgetControl
 from flexnnd.daemon.catalog import Catalog
 from flexnnd.daemon.config import Config, create_dirs, resolve_dirs
 from flexnnd.daemon.events import Event, EventBus
+from flexnnd.daemon.health import Health, Watchdog
 from flexnnd.daemon.lock import InstanceLock
 from flexnnd.daemon.logfilter import install_grpc_log_limit
 from flexnnd.daemon.metrics import Metrics
@@ -72,15 +72,15 @@ class Daemon:
         self.events = EventBus()
         self.models = Models(self.dirs.cache, self.events, config.threads or None, config.queue_depth)
         self.budget = BudgetControl(config, self.dirs.state, self.models, self.events)
-        self.budget.on_change = self._update_health
+        self.health = Health(self.models)
+        self.budget.on_change = self.health.update
         # the endpoint starts with the servers, if metrics_address is set
-        self.metrics = Metrics(self.budget, self.models, ready=lambda: self.ready)
+        self.metrics = Metrics(self.budget, self.models, ready=self.health.ready)
         self.catalog = Catalog(self.dirs, self.events)
         self.notifier = Notifier.from_env(self.env)
         self.max_watchers = MAX_WATCHERS
         self.started = time.time()
         self.servers: list[grpc.Server] = []
-        self.health = health.HealthServicer()
         self.compiler_pages = heap.CompilerPages()
         self.lock: InstanceLock | None = None
         self.should_exit = threading.Event()
@@ -97,27 +97,13 @@ class Daemon:
             raise InvalidRequest("a model name is required")
         model = self.models.load(name, self.catalog.resolve(path or name), required=True)
         self.catalog.remember(name, path or name)
-        self._update_health()
+        self.health.update()
         return model
 
     def unload_model(self, name: str) -> None:
         self.models.unload(name)
         self.catalog.remember(name, None)
-        self._update_health()
-
-    @property
-    def ready(self) -> bool:
-        models = self.models.all()
-        return bool(models) and all(m.ready for m in models)
-
-    def _update_health(self) -> None:
-        serving = (
-            health_pb2.HealthCheckResponse.SERVING
-            if self.ready
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        for service in ("", "inference.GRPCInferenceService"):
-            self.health.set(service, serving)
+        self.health.update()
 
     def status_text(self) -> str:
         return status.status_text(self.budget, self.models)
@@ -165,7 +151,7 @@ class Daemon:
             events=self.events,
             models_dir=dirs.models,
             max_watchers=self.max_watchers,
-            ready=lambda: self.ready,
+            ready=self.health.ready,
             max_message_bytes=lambda: self.config.max_message_bytes,
             load_model=self.load_model,
             unload_model=self.unload_model,
@@ -173,7 +159,7 @@ class Daemon:
             status=self.status_message,
         )
         servicers = transport.Servicers(
-            services.InferenceService(backend), services.ControlService(backend), self.health
+            services.InferenceService(backend), services.ControlService(backend), self.health.servicer
         )
         self.servers = transport.start_servers(self.config, dirs.socket, servicers, workers)
         if self.config.metrics_host_port is not None:
@@ -229,13 +215,8 @@ class Daemon:
         self.budget.reevaluate([], force=True)
         self.notifier.ready()
 
-    def workers_alive(self, limit_s: float) -> bool:
-        """No inference has been running for longer than `limit_s` (a stuck kernel or loader)."""
-        return all(m.stuck_seconds < limit_s for m in self.models.all())
-
     def main_loop(self) -> None:
-        interval = watchdog_interval(self.env)
-        last_ping = 0.0
+        watchdog = Watchdog(self.notifier, self.models, watchdog_interval(self.env))
         budget = self.budget
         budget.pending = False
         while not self.should_exit.is_set():
@@ -246,7 +227,7 @@ class Daemon:
             if self.reload_requested:
                 self.reload()
             if self.models.check_weights():
-                self._update_health()
+                self.health.update()
             for event in pressure:
                 self.metrics.count_pressure(event.kind, event.count)
                 self.events.publish(
@@ -259,15 +240,7 @@ class Daemon:
                 log.debug(
                     "paged out LLVM's code after a compile or cache load: RSS -%s", format_size(released)
                 )
-            now = time.monotonic()
-            if interval and now - last_ping >= interval:
-                if self.workers_alive(limit_s=2 * interval):
-                    self.notifier.watchdog()
-                    last_ping = now
-                else:
-                    log.error(
-                        "an inference has run for over %.0f s: withholding the watchdog ping", 2 * interval
-                    )
+            watchdog.tick(time.monotonic())
             text = self.status_text()
             if text != self._status_sent:  # systemd needs changes, not a stream of repeats
                 self.notifier.status(text)
@@ -278,7 +251,7 @@ class Daemon:
 
     def shutdown(self) -> int:
         self.notifier.stopping()
-        self.health.enter_graceful_shutdown()
+        self.health.servicer.enter_graceful_shutdown()
         code = EXIT_OK
         if self.servers:
             pending = self.in_flight()
