@@ -26,7 +26,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "import_model": "flexnnd.runtime.ladders",
     "Session": "flexnnd.runtime.session",
-    "TensorSpec": "flexnnd.runtime.session",
+    "TensorSpec": "flexnnd.graph.package",
 }
 
 

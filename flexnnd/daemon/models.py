@@ -44,7 +44,7 @@ from flexnnd.graph.package import MANIFEST, Package, read_package
 from flexnnd.planner.ladder import LADDER_FILE, NEXT_LADDER, PROVISIONAL, stored_rungs
 from flexnnd.planner.plan import Plan
 from flexnnd.planner.plan_file import IndexEntry
-from flexnnd.runtime.session import Figures, Ladder, Session, TensorSpec, package_for, package_for_path
+from flexnnd.runtime.session import Figures, Ladder, Session, package_for, package_for_path
 
 log = logging.getLogger("flexnnd.models")
 
@@ -112,9 +112,7 @@ class Model:
         package = ladder.package
         self.name, self.source, self.package_dir = name, source, package.path
         self.package, self.ladder, self.rungs = package, ladder, _rungs(ladder)
-        graph = package.graph
-        self.inputs = [TensorSpec(t.name, t.shape, t.dtype) for t in graph.inputs]
-        self.outputs = [TensorSpec(t.name, t.shape, t.dtype) for t in graph.outputs]
+        self.inputs, self.outputs = package.inputs, package.outputs
         self.measured: dict[int, float] = {}  # arena bytes of a plan -> its last measured latency
         self.weights_path, self.weights_size = package.weights_path, package.weights_size
         self.weights_sha256 = package.weights_sha256

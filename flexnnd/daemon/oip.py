@@ -23,7 +23,7 @@ from flexnnd.errors import InvalidRequest
 
 if TYPE_CHECKING:
     from flexnnd.daemon.model_stats import Duration, ModelStats
-    from flexnnd.runtime.session import TensorSpec
+    from flexnnd.graph.package import TensorSpec
 
 # numpy dtype name -> OIP datatype, for metadata and responses.
 DATATYPES = {

@@ -15,6 +15,7 @@ import shutil
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -46,6 +47,15 @@ class WeightEntry:
 
 
 @dataclass(frozen=True)
+class TensorSpec:
+    """A model input or output as a caller sees it: name, static shape, numpy dtype name."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
 class Package:
     path: Path
     graph: Graph
@@ -57,6 +67,19 @@ class Package:
     @property
     def weights_path(self) -> Path:
         return self.path / WEIGHTS
+
+    @cached_property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return tuple(TensorSpec(t.name, t.shape, t.dtype) for t in self.graph.inputs)
+
+    @cached_property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return tuple(TensorSpec(t.name, t.shape, t.dtype) for t in self.graph.outputs)
+
+    @cached_property
+    def output_bytes(self) -> int:
+        """What one inference allocates besides the arena: the copies of its outputs it returns."""
+        return sum(t.nbytes for t in self.graph.outputs)
 
     def read_weight(self, name: str) -> np.ndarray:
         """One weight as a fresh array (tests and tools; the runtime reads into its arena)."""

@@ -27,13 +27,6 @@ from flexnnd.runtime.executor import Executor, check_feeds
 from flexnnd.runtime.ladders import current_rungs
 
 
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-
-
 class _Closed:
     """Stands in for an executor whose arena was released and whose successor failed to build."""
 
@@ -92,7 +85,7 @@ class Ladder:
     def __init__(self, package: Package, index: Sequence[IndexEntry] | Sequence[Plan] | None):
         self.package = package
         self.index: list[IndexEntry] | list[Plan] | None = list(index) if index is not None else None
-        self.output_bytes = sum(t.nbytes for t in package.graph.outputs)
+        self.output_bytes = package.output_bytes
 
     @classmethod
     def of(cls, package: Package) -> Ladder:
@@ -210,10 +203,8 @@ class Session:
         self._turn = threading.Condition(self._lock)
         self._swaps_waiting = 0
         self._count_lock = threading.Lock()
-        graph = self.package.graph
-        self.inputs = [TensorSpec(t.name, t.shape, t.dtype) for t in graph.inputs]
-        self.outputs = [TensorSpec(t.name, t.shape, t.dtype) for t in graph.outputs]
-        self._expected = {t.name: (t.shape, t.dtype) for t in graph.inputs}
+        self.inputs, self.outputs = self.package.inputs, self.package.outputs
+        self._expected = {t.name: (t.shape, t.dtype) for t in self.inputs}
         # Only the ladder's index is held; the plan adopted is read (and verified) when chosen.
         if ladder is None:
             ladder = Ladder.of(self.package)

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from flexnnd.daemon import oip
 from flexnnd.errors import FlexnnError, InvalidRequest
-from flexnnd.runtime.session import TensorSpec
+from flexnnd.graph.package import TensorSpec
 
 INPUTS = [TensorSpec("image", (1, 3, 4, 5), "float32"), TensorSpec("mask", (1, 7), "float32")]
 OUTPUTS = [TensorSpec("logits", (1, 10), "float32"), TensorSpec("box", (1, 4), "float32")]
