@@ -11,7 +11,6 @@ Signal handlers only set flags. The parts live beside it: budget control (budget
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import signal
@@ -36,8 +35,8 @@ from flexnnd.daemon.lock import InstanceLock
 from flexnnd.daemon.logfilter import install_grpc_log_limit
 from flexnnd.daemon.metrics import Metrics
 from flexnnd.daemon.models import Model, Models
+from flexnnd.daemon.reload import FileWatch, restart_only_changes
 from flexnnd.daemon.sdnotify import Notifier, watchdog_interval
-from flexnnd.daemon.watch import watch_files
 from flexnnd.errors import ConfigError, FlexnnError, InvalidRequest
 from flexnnd.ops import jit
 
@@ -50,11 +49,6 @@ EXIT_FORCED = 130  # a second SIGINT cut the drain short
 
 MAX_WATCHERS = 8
 TICK_S = 0.5  # the main loop's longest sleep: the bound on reacting to a signal flag
-# Settings a reload cannot change: the endpoints and the log handler are set up once.
-RESTART_ONLY = (
-    *("socket", "tcp_address", "runtime_dir", "state_dir", "cache_dir", "tls_cert", "tls_key"),
-    *("metrics_address", "log_format"),
-)
 
 
 class Daemon:
@@ -77,6 +71,7 @@ class Daemon:
         # the endpoint starts with the servers, if metrics_address is set
         self.metrics = Metrics(self.budget, self.models, ready=self.health.ready)
         self.catalog = Catalog(self.dirs, self.events)
+        self.file_watch = FileWatch(self.budget, config_path, self.request_reload)
         self.notifier = Notifier.from_env(self.env)
         self.max_watchers = MAX_WATCHERS
         self.started = time.time()
@@ -86,7 +81,6 @@ class Daemon:
         self.should_exit = threading.Event()
         self.force_exit = False
         self.reload_requested = False
-        self._observer = None
         self._status_sent = ""
 
     # ----- models -----------------------------------------------------------------------------
@@ -120,7 +114,7 @@ class Daemon:
             self.should_exit.set()
 
         def on_hup(signum, frame):
-            self.reload_requested = True
+            self.request_reload()
 
         signal.signal(signal.SIGTERM, on_stop)
         signal.signal(signal.SIGINT, on_stop)
@@ -170,7 +164,7 @@ class Daemon:
         budget.runtime_overhead = max(0, psutil.Process().memory_info().rss - self.models.committed)
         log.info("runtime overhead %s (RSS beside the models' arenas)", format_size(budget.runtime_overhead))
         budget.reevaluate([])
-        self._watch_files()
+        self.file_watch.start()
         calibration = prepare.calibrate_later(self.models)  # ladders planned with estimated rates
         self.notifier.ready()
         self.notifier.status(self.status_text())
@@ -178,17 +172,8 @@ class Daemon:
         if calibration is not None:
             calibration.start()
 
-    def _watch_files(self) -> None:
-        watched = [self.budget.budget_file] + (
-            [Path(self.config_path)] if self.config_path is not None else []
-        )
-        self._observer = watch_files(watched, self._file_changed)
-
-    def _file_changed(self, path: Path) -> None:
-        if path == self.budget.budget_file.resolve():
-            self.budget.file_changed()
-        else:
-            self.reload_requested = True
+    def request_reload(self) -> None:
+        self.reload_requested = True  # the main loop reloads at its next tick
 
     def reload(self) -> None:
         """SIGHUP: re-read the config file; budget policy, models and logging apply now."""
@@ -200,12 +185,7 @@ class Daemon:
             self.events.publish(Event("error", f"reload failed, keeping the old configuration: {e}"))
             self.notifier.ready()
             return
-        needs_restart = [
-            f.name
-            for f in dataclasses.fields(Config)
-            if f.name in RESTART_ONLY and getattr(fresh, f.name) != getattr(self.config, f.name)
-        ]
-        if needs_restart:
+        if needs_restart := restart_only_changes(self.config, fresh):
             log.warning("reload: %s change only on restart", ", ".join(needs_restart))
         self.config = fresh
         self.budget.configure(fresh)
@@ -267,8 +247,7 @@ class Daemon:
                 code = EXIT_FORCED
         self.events.close()
         self.metrics.stop()
-        if self._observer is not None:
-            self._observer.stop()
+        self.file_watch.stop()
         self.models.close()
         if self.budget.monitor is not None:
             self.budget.monitor.close()

@@ -28,7 +28,7 @@ def test_a_file_event_reads_the_budget_only_under_the_budget_lock(tmp_path):
 
     d.budget.read_operator_budget = recording_read
     with d.budget.lock:  # what set_operator_budget holds while it writes the file and the budget
-        watcher = threading.Thread(target=d._file_changed, args=(d.budget.budget_file.resolve(),))
+        watcher = threading.Thread(target=d.file_watch.changed, args=(d.budget.budget_file.resolve(),))
         watcher.start()
         watcher.join(0.5)
         assert reads == [], "the watcher read the budget file while a budget change held the lock"
@@ -42,10 +42,10 @@ def test_a_file_event_reads_the_budget_only_under_the_budget_lock(tmp_path):
 def test_a_hand_edited_budget_file_is_taken_and_a_bad_one_is_an_error_event(tmp_path):
     d = daemon_in(tmp_path)
     d.budget.budget_file.write_text("48M\n")
-    d._file_changed(d.budget.budget_file.resolve())
+    d.file_watch.changed(d.budget.budget_file.resolve())
     assert d.budget.operator_budget == 48 << 20
     d.budget.budget_file.write_text("lots\n")
-    d._file_changed(d.budget.budget_file.resolve())
+    d.file_watch.changed(d.budget.budget_file.resolve())
     assert d.budget.operator_budget == 48 << 20  # kept: a typo in the file does not drop the budget
     assert d.events.last["error"].message.startswith(str(d.budget.budget_file))
 
@@ -54,14 +54,14 @@ def test_reading_the_budget_file_does_not_trigger_the_watcher_again(tmp_path):
     d = daemon_in(tmp_path)
     d.budget.write_operator_budget(48 << 20)
     calls = []
-    original = d._file_changed
+    original = d.file_watch.changed
 
     def counting(path):
         calls.append(path)
         original(path)
 
-    d._file_changed = counting
-    d._watch_files()
+    d.file_watch.changed = counting
+    d.file_watch.start()
     try:
         d.budget.budget_file.write_text("40M\n")  # a hand edit: seen, read once or twice
         deadline = time.monotonic() + 30
@@ -72,7 +72,7 @@ def test_reading_the_budget_file_does_not_trigger_the_watcher_again(tmp_path):
         settled = len(calls)
         time.sleep(1.0)  # reads opened the file: those open/close events must not call back
         assert len(calls) == settled, f"{len(calls) - settled} more callbacks with nothing written"
-        assert d._observer.event_queue.qsize() == 0
+        assert d.file_watch.observer.event_queue.qsize() == 0
     finally:
-        d._observer.stop()
-        d._observer.join(10)
+        d.file_watch.observer.stop()
+        d.file_watch.observer.join(10)
