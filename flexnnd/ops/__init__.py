@@ -1,6 +1,12 @@
-"""The op registry: importing this package registers every op family."""
+"""The op registry: importing this package imports every module in it, and each op module registers
+its ops (base.register), so adding an op is adding a file."""
 
-from flexnnd.ops import activation, conv, elementwise, erf, gemm, norm, pool, tensor  # noqa: F401
+import importlib
+import pkgutil
+
 from flexnnd.ops.base import Op, op_class, register, registered_ops
+
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    importlib.import_module(f"{__name__}.{_module}")
 
 __all__ = ["Op", "op_class", "register", "registered_ops"]

@@ -1,0 +1,44 @@
+"""Node tests of the first op families (conv, gemm, pooling, elementwise, shape ops) that flexnn
+refuses on purpose, each with the reason."""
+
+_INT = "flexnn runs float32 models; integer tensors are refused at import"
+_1D3D = "flexnn's pooling kernels are 1-D and 2-D (3-D is refused)"
+EXCLUDED = {
+    **{
+        f"test_{op}_{t}": _INT
+        for op in ("add", "mul", "sub", "div")
+        for t in ("int8", "int16", "uint8", "uint16", "uint32", "uint64")
+    },
+    "test_div_uint8": _INT,
+    "test_div_int32_trunc": _INT,
+    "test_clip_default_int8_inbounds_expanded": _INT,
+    "test_reshape_allowzero_reordered": "zero-size tensors are refused at import",
+    "test_clip_default_int8_inbounds": _INT,
+    "test_clip_default_int8_max": _INT,
+    "test_clip_default_int8_min": _INT,
+    "test_maxpool_2d_uint8": _INT,
+    "test_averagepool_3d_default": _1D3D,
+    "test_averagepool_3d_dilations_small": _1D3D,
+    "test_averagepool_3d_dilations_large_count_include_pad_is_0_ceil_mode_is_False": _1D3D,
+    "test_averagepool_3d_dilations_large_count_include_pad_is_0_ceil_mode_is_True": _1D3D,
+    "test_averagepool_3d_dilations_large_count_include_pad_is_1_ceil_mode_is_False": _1D3D,
+    "test_averagepool_3d_dilations_large_count_include_pad_is_1_ceil_mode_is_True": _1D3D,
+    "test_maxpool_3d_default": _1D3D,
+    "test_maxpool_3d_dilations": _1D3D,
+    "test_maxpool_3d_dilations_use_ref_impl": _1D3D,
+    "test_maxpool_3d_dilations_use_ref_impl_large": _1D3D,
+    "test_maxpool_with_argmax_2d_precomputed_pads": "MaxPool's Indices output is not supported (one output per op)",
+    "test_maxpool_with_argmax_2d_precomputed_strides": "MaxPool's Indices output is not supported (one output per op)",
+    "test_batchnorm_epsilon_training_mode": "inference only: training-mode BatchNormalization is refused",
+    "test_batchnorm_example_training_mode": "inference only: training-mode BatchNormalization is refused",
+    "test_dropout_default_mask": "Dropout's mask output is not supported (one output per op)",
+    "test_dropout_default_mask_ratio": "Dropout's mask output is not supported (one output per op)",
+    "test_training_dropout": "inference only: training-mode Dropout is refused",
+    "test_training_dropout_default": "inference only: training-mode Dropout is refused",
+    "test_training_dropout_default_mask": "inference only: training-mode Dropout is refused",
+    "test_training_dropout_mask": "inference only: training-mode Dropout is refused",
+    "test_training_dropout_zero_ratio": "inference only: training-mode Dropout is refused",
+    "test_training_dropout_zero_ratio_mask": "inference only: training-mode Dropout is refused",
+    "test_identity_sequence": "sequence types are not tensors",
+    "test_identity_opt": "optional types are not tensors",
+}
