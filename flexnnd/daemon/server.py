@@ -21,11 +21,10 @@ from pathlib import Path
 
 import grpc
 import psutil
-from flexnn_api.proto.flexnn.control.v1 import control_pb2
 from flexnn_api.sizes import format_size
 
 from flexnnd import progress, zoo
-from flexnnd.daemon import heap, prepare, services, status, transport
+from flexnnd.daemon import heap, prepare, status, transport, wiring
 from flexnnd.daemon.budget import BudgetControl
 from flexnnd.daemon.catalog import Catalog
 from flexnnd.daemon.config import Config, create_dirs, resolve_dirs
@@ -34,10 +33,10 @@ from flexnnd.daemon.health import Health, Watchdog
 from flexnnd.daemon.lock import InstanceLock
 from flexnnd.daemon.logfilter import install_grpc_log_limit
 from flexnnd.daemon.metrics import Metrics
-from flexnnd.daemon.models import Model, Models
+from flexnnd.daemon.models import Models
 from flexnnd.daemon.reload import FileWatch, restart_only_changes
 from flexnnd.daemon.sdnotify import Notifier, watchdog_interval
-from flexnnd.errors import ConfigError, FlexnnError, InvalidRequest
+from flexnnd.errors import ConfigError, FlexnnError
 from flexnnd.ops import jit
 
 log = logging.getLogger("flexnnd")
@@ -47,7 +46,6 @@ EXIT_FAILED = 1  # a failure while serving
 EXIT_STARTUP = 3  # configuration, lock, model or socket problems before serving began
 EXIT_FORCED = 130  # a second SIGINT cut the drain short
 
-MAX_WATCHERS = 8
 TICK_S = 0.5  # the main loop's longest sleep: the bound on reacting to a signal flag
 
 
@@ -73,7 +71,6 @@ class Daemon:
         self.catalog = Catalog(self.dirs, self.events)
         self.file_watch = FileWatch(self.budget, config_path, self.request_reload)
         self.notifier = Notifier.from_env(self.env)
-        self.max_watchers = MAX_WATCHERS
         self.started = time.time()
         self.servers: list[grpc.Server] = []
         self.compiler_pages = heap.CompilerPages()
@@ -83,29 +80,8 @@ class Daemon:
         self.reload_requested = False
         self._status_sent = ""
 
-    # ----- models -----------------------------------------------------------------------------
-
-    def load_model(self, name: str, path: str) -> Model:
-        """LoadModel: only files inside the models directory (or built-in zoo names); remembered across restarts."""
-        if not name:
-            raise InvalidRequest("a model name is required")
-        model = self.models.load(name, self.catalog.resolve(path or name), required=True)
-        self.catalog.remember(name, path or name)
-        self.health.update()
-        return model
-
-    def unload_model(self, name: str) -> None:
-        self.models.unload(name)
-        self.catalog.remember(name, None)
-        self.health.update()
-
     def status_text(self) -> str:
         return status.status_text(self.budget, self.models)
-
-    def status_message(self) -> control_pb2.Status:
-        return status.status_message(self.budget, self.models, self.events, self.started)
-
-    # ----- lifecycle --------------------------------------------------------------------------
 
     def install_signal_handlers(self) -> None:
         def on_stop(signum, frame):
@@ -139,23 +115,10 @@ class Daemon:
         self.models.estimate = True  # READY first: a machine not calibrated yet is calibrated after it
         with jit.compiling():  # a cold numba cache compiles the kernels during each model's warm-up
             self.catalog.load_at_start(self.models, specs, self.notifier.status)
-        workers = 8 + self.max_watchers + 4 * (1 + self.config.queue_depth)
-        backend = services.Backend(
-            models=self.models,
-            events=self.events,
-            models_dir=dirs.models,
-            max_watchers=self.max_watchers,
-            ready=self.health.ready,
-            max_message_bytes=lambda: self.config.max_message_bytes,
-            load_model=self.load_model,
-            unload_model=self.unload_model,
-            set_budget=self.budget.set_operator_budget,
-            status=self.status_message,
+        backend = wiring.backend(
+            lambda: self.config, self.models, self.events, self.catalog, budget, self.health, self.started
         )
-        servicers = transport.Servicers(
-            services.InferenceService(backend), services.ControlService(backend), self.health.servicer
-        )
-        self.servers = transport.start_servers(self.config, dirs.socket, servicers, workers)
+        self.servers = wiring.start_servers(self.config, dirs.socket, backend, self.health)
         if self.config.metrics_host_port is not None:
             self.metrics.start(*self.config.metrics_host_port)
         released = self.compiler_pages.release_if_used()
