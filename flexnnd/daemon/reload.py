@@ -1,6 +1,7 @@
 """Reload: what a running daemon takes from files the operator edits.
 
-SIGHUP or an edit of the config file reloads the configuration (Daemon.reload); the settings in
+SIGHUP or an edit of the config file reloads the configuration (Daemon.reload, then
+`apply_config`): the budget policy, the log level and the models apply at once; the settings in
 RESTART_ONLY are set up once at start, so a change to them is logged and waits for a restart. A
 hand edit of the operator's budget file applies at once, under the budget lock
 (BudgetControl.file_changed).
@@ -9,12 +10,19 @@ hand edit of the operator's budget file applies at once, under the budget lock
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from flexnnd import zoo
 from flexnnd.daemon.budget import BudgetControl
+from flexnnd.daemon.catalog import Catalog
 from flexnnd.daemon.config import Config
+from flexnnd.daemon.events import Event, EventBus
+from flexnnd.daemon.models import Models
 from flexnnd.daemon.watch import watch_files
+
+log = logging.getLogger("flexnnd")
 
 # Settings a reload cannot change: the endpoints and the log handler are set up once.
 RESTART_ONLY = (
@@ -30,6 +38,20 @@ def restart_only_changes(old: Config, new: Config) -> list[str]:
         for f in dataclasses.fields(Config)
         if f.name in RESTART_ONLY and getattr(new, f.name) != getattr(old, f.name)
     ]
+
+
+def apply_config(
+    old: Config, fresh: Config, budget: BudgetControl, catalog: Catalog, models: Models, events: EventBus
+) -> None:
+    """A reloaded configuration in place of `old`: a new policy and log level, models added, removed
+    or loaded again, and a forced re-decision of the budget."""
+    if needs_restart := restart_only_changes(old, fresh):
+        log.warning("reload: %s change only on restart", ", ".join(needs_restart))
+    budget.configure(fresh)
+    logging.getLogger().setLevel(fresh.log_level.upper())
+    catalog.load_wanted(models, fresh.models or (zoo.DEFAULT_MODEL,))
+    events.publish(Event("model", "configuration reloaded"))
+    budget.reevaluate([], force=True)
 
 
 class FileWatch:

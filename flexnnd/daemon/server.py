@@ -34,7 +34,7 @@ from flexnnd.daemon.lock import InstanceLock
 from flexnnd.daemon.logfilter import install_grpc_log_limit
 from flexnnd.daemon.metrics import Metrics
 from flexnnd.daemon.models import Models
-from flexnnd.daemon.reload import FileWatch, restart_only_changes
+from flexnnd.daemon.reload import FileWatch, apply_config
 from flexnnd.daemon.sdnotify import Notifier, watchdog_interval
 from flexnnd.errors import ConfigError, FlexnnError
 from flexnnd.ops import jit
@@ -58,7 +58,7 @@ class Daemon:
         reload: Callable[[], Config] | None = None,
     ):
         self.env = dict(os.environ if env is None else env)
-        self.config, self.config_path = config, config_path
+        self.config = config
         self._load_config = reload or (lambda: self.config)  # SIGHUP: the file again, the flags kept
         self.dirs = resolve_dirs(config, self.env)
         self.events = EventBus()
@@ -148,14 +148,8 @@ class Daemon:
             self.events.publish(Event("error", f"reload failed, keeping the old configuration: {e}"))
             self.notifier.ready()
             return
-        if needs_restart := restart_only_changes(self.config, fresh):
-            log.warning("reload: %s change only on restart", ", ".join(needs_restart))
-        self.config = fresh
-        self.budget.configure(fresh)
-        logging.getLogger().setLevel(fresh.log_level.upper())
-        self.catalog.load_wanted(self.models, fresh.models or (zoo.DEFAULT_MODEL,))
-        self.events.publish(Event("model", "configuration reloaded"))
-        self.budget.reevaluate([], force=True)
+        old, self.config = self.config, fresh
+        apply_config(old, fresh, self.budget, self.catalog, self.models, self.events)
         self.notifier.ready()
 
     def main_loop(self) -> None:
