@@ -18,6 +18,7 @@ from flexnnd.errors import (
     PlanError,
     ShapeError,
     UnsupportedOp,
+    UnsupportedOps,
 )
 
 __version__ = "0.1.0"
@@ -54,6 +55,7 @@ __all__ = [
     "ShapeError",
     "TensorSpec",
     "UnsupportedOp",
+    "UnsupportedOps",
     "__version__",
     "import_model",
 ]

@@ -42,6 +42,31 @@ class UnsupportedOp(ModelImportError):
         super().__init__(f"unsupported op {op_type} ({where})" + (f": {why}" if why else ""))
 
 
+class DtypeRefused(ModelImportError):
+    """Element types an op's kernels do not take (from Op.output_dtypes); the importer turns it into
+    an UnsupportedOp naming the node."""
+
+    def __init__(self, why: str):
+        self.why = why
+        super().__init__(why)
+
+
+class UnsupportedOps(UnsupportedOp):
+    """Every node of a model that flexnn cannot run, found in one import (`refusals`, in graph
+    order); `op_type`, `node` and `opset` are the first one's."""
+
+    def __init__(self, refusals: list[UnsupportedOp]):
+        self.refusals = list(refusals)
+        first = self.refusals[0]
+        self.op_type, self.node, self.opset = first.op_type, first.node, first.opset
+        counts: dict[str, int] = {}
+        for r in self.refusals:
+            counts[r.op_type] = counts.get(r.op_type, 0) + 1
+        summary = ", ".join(f"{op} ×{n}" if n > 1 else op for op, n in counts.items())
+        lines = "\n".join(f"  {r}" for r in self.refusals)
+        ModelImportError.__init__(self, f"{len(self.refusals)} nodes cannot run ({summary}):\n{lines}")
+
+
 class ShapeError(ModelImportError):
     """Shapes that do not agree, or cannot be made static."""
 

@@ -15,16 +15,18 @@ from google.protobuf.message import DecodeError
 
 from flexnnd import progress
 from flexnnd.errors import (
+    DtypeRefused,
     MalformedGraph,
     ModelFormatError,
     ModelImportError,
     ShapeError,
     TensorTooLarge,
     UnsupportedOp,
+    UnsupportedOps,
 )
 from flexnnd.graph import passes
 from flexnnd.graph.fold import FOLDERS, SHAPE_FOLDERS, attribute_values, fold_output_elements
-from flexnnd.graph.ir import Graph, Node, Shape, TensorInfo
+from flexnnd.graph.ir import Graph, Node, Shape, TensorInfo, runtime_dtype
 from flexnnd.graph.limits import (
     DEFAULT_LIMITS,
     ImportLimits,
@@ -43,6 +45,18 @@ log = logging.getLogger("flexnnd.import")
 MIN_OPSET = 7
 MAX_OPSET = 28
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
+# A graph input's element type as the runtime holds it: float inputs are float32 (fed so).
+_T = onnx.TensorProto
+INPUT_DTYPES = {
+    **dict.fromkeys(FLOAT_TYPES, "float32"),
+    _T.INT64: "int64",
+    _T.INT32: "int32",
+    _T.INT16: "int16",
+    _T.INT8: "int8",
+    _T.UINT16: "uint16",
+    _T.UINT8: "uint8",
+    _T.BOOL: "bool",
+}
 
 
 def load_onnx(path: str | os.PathLike, limits: ImportLimits = DEFAULT_LIMITS) -> onnx.ModelProto:
@@ -85,11 +99,13 @@ def _opset(model: onnx.ModelProto) -> int:
     return opset
 
 
-def _static_input_shape(value: onnx.ValueInfoProto, override: Shape | None, limits: ImportLimits) -> Shape:
+def _static_input_shape(
+    value: onnx.ValueInfoProto, override: Shape | None, limits: ImportLimits, dtype: str = "float32"
+) -> Shape:
     shape = _declared_input_shape(value, override)
     if any(d <= 0 for d in shape):
         raise ShapeError(f"input {value.name!r}: shape {list(shape)[:8]}; zero-size tensors are refused")
-    checked_nbytes(f"input {value.name!r}", shape, 4, limits)
+    checked_nbytes(f"input {value.name!r}", shape, np.dtype(dtype).itemsize, limits)
     return shape
 
 
@@ -174,18 +190,22 @@ def import_onnx(
         if value.name in infos:
             raise MalformedGraph(f"input {value.name!r} is declared twice")
         elem = value.type.tensor_type.elem_type
-        if elem not in FLOAT_TYPES:
+        if elem not in INPUT_DTYPES:
             raise ModelImportError(
-                f"input {value.name!r} has type {type_name(elem)}; flexnn runs float models"
+                f"input {value.name!r} has type {type_name(elem)}; flexnn takes float, integer and bool "
+                "tensors as inputs"
             )
-        shape = _static_input_shape(value, input_shapes.pop(value.name, None), limits)
-        infos[value.name] = TensorInfo(value.name, shape)
+        dtype = INPUT_DTYPES[elem]
+        shape = _static_input_shape(value, input_shapes.pop(value.name, None), limits, dtype)
+        infos[value.name] = TensorInfo(value.name, shape, dtype)
         inputs.append(value.name)
     if input_shapes:
         raise ShapeError(f"input_shapes names {sorted(input_shapes)}, which are not model inputs ({inputs})")
 
     nodes: list[Node] = []
     names_seen: set[str] = set()
+    refusals: list[UnsupportedOp] = []
+    unknown: set[str] = set()  # outputs of refused nodes: their readers are only checked for support
     for index in _topological_order(g, set(consts) | set(infos)):
         proto = g.node[index]
         base = node_name = proto.name or f"{proto.op_type}_{index}"
@@ -193,11 +213,21 @@ def import_onnx(
         while node_name in names_seen:  # passes key nodes by name: a duplicate would fuse the wrong one
             node_name, suffix = f"{base}_{suffix}", suffix + 1
         names_seen.add(node_name)
-        if proto.domain not in ("", "ai.onnx"):
-            raise UnsupportedOp(f"{proto.domain}.{proto.op_type}", node_name, opset, "custom domain")
+        if unknown.intersection(proto.input):
+            refusal = _support_refusal(proto, node_name, opset, limits)
+            if refusal is not None:
+                refusals.append(refusal)
+            unknown.update(o for o in proto.output if o)
+            continue
         try:
+            if proto.domain not in ("", "ai.onnx"):
+                raise UnsupportedOp(f"{proto.domain}.{proto.op_type}", node_name, opset, "custom domain")
             with _float_errors_raise():
                 node = _import_node(proto, node_name, opset, consts, infos, held, limits)
+        except UnsupportedOp as e:  # the rest of the graph is still checked: one error lists them all
+            refusals.append(e)
+            unknown.update(o for o in proto.output if o)
+            continue
         except ModelImportError:
             raise
         except _DATA_ERRORS as e:  # numpy's AxisError is a ValueError and an IndexError
@@ -207,6 +237,10 @@ def import_onnx(
         if node is not None:
             nodes.append(node)
 
+    if len(refusals) == 1:
+        raise refusals[0]
+    if refusals:
+        raise UnsupportedOps(refusals)
     outputs = [o.name for o in g.output]
     if not outputs:
         raise MalformedGraph("the graph declares no outputs")
@@ -403,11 +437,14 @@ def _import_node(
             )
     kept_names = [proto.input[p] for p in kept if p < len(proto.input)]
     kept_values = [values[p] for p in kept if p < len(proto.input)]
-    for n in kept_names:
-        if n and n in infos and infos[n].dtype != "float32":
-            raise ModelImportError(
-                f"node {node_name!r} reads {n!r} of type {infos[n].dtype}; flexnn runs float32"
-            )
+    in_dtypes = [
+        None if not n else runtime_dtype(v) if v is not None else infos[n].dtype
+        for n, v in zip(kept_names, kept_values, strict=True)
+    ]
+    try:
+        out_dtypes = op.output_dtypes(in_dtypes)
+    except DtypeRefused as e:
+        raise UnsupportedOp(proto.op_type, node_name, opset, e.why) from None
     in_shapes = tuple(_shape_of(n, consts, infos) if n else None for n in kept_names)
     try:
         out_shapes = op.infer(in_shapes, kept_values)
@@ -419,7 +456,12 @@ def _import_node(
             raise ShapeError(
                 f"node {node_name!r} ({proto.op_type}) produces an empty tensor of shape {shape}"
             )
-        checked_nbytes(f"node {node_name!r} ({proto.op_type}) output {out_name!r}", shape, 4, limits)
+        checked_nbytes(
+            f"node {node_name!r} ({proto.op_type}) output {out_name!r}",
+            shape,
+            np.dtype(out_dtypes[0]).itemsize,
+            limits,
+        )
     if all(v is not None for n, v in zip(kept_names, kept_values, strict=True) if n):
         # Every input is known: computed now, with its output size already checked above.
         scratch = op.scratch_bytes(in_shapes)
@@ -430,17 +472,39 @@ def _import_node(
                 f"node {node_name!r} ({proto.op_type}) on constant inputs would take {flops:,} FLOPs to fold, "
                 f"above the limit of {limits.max_fold_flops:,}"
             )
-        results = op.reference([v.astype(np.float32) if v is not None else None for v in kept_values])
+        results = op.reference(
+            [v.astype(runtime_dtype(v), copy=False) if v is not None else None for v in kept_values]
+        )
         value = np.asarray(results[0])
         what = f"node {node_name!r} ({proto.op_type}) output {out_name!r}"
         held.add(what, checked_nbytes(what, value.shape, value.itemsize, limits))
         consts[out_name] = value
         return None
-    infos[out_name] = TensorInfo(out_name, tuple(int(d) for d in out_shapes[0]))
+    infos[out_name] = TensorInfo(out_name, tuple(int(d) for d in out_shapes[0]), out_dtypes[0])
     for n, v in zip(kept_names, kept_values, strict=True):
         if n and v is not None and n not in infos:
-            infos[n] = TensorInfo(n, tuple(v.shape), "float32")
+            infos[n] = TensorInfo(n, tuple(v.shape), runtime_dtype(v))
     return Node(node_name, op, tuple(kept_names), (out_name,), in_shapes)
+
+
+def _support_refusal(
+    proto: onnx.NodeProto, node_name: str, opset: int, limits: ImportLimits
+) -> UnsupportedOp | None:
+    """For a node downstream of a refused one (its inputs unknown): whether its op and attribute
+    names are supported at all, as an UnsupportedOp, else None. Attribute values and constant
+    inputs are judged only once the node's inputs are known."""
+    if proto.domain not in ("", "ai.onnx"):
+        return UnsupportedOp(f"{proto.domain}.{proto.op_type}", node_name, opset, "custom domain")
+    if proto.op_type in FOLDERS:
+        return None  # a shape computation: folded or refused once its inputs are known
+    try:
+        cls = op_class(proto.op_type, node_name, opset)
+    except UnsupportedOp as e:
+        return e
+    unknown = {a.name for a in proto.attribute} - cls.onnx_attribute_names()
+    if unknown:
+        return UnsupportedOp(proto.op_type, node_name, opset, f"attribute(s) {sorted(unknown)} not supported")
+    return None
 
 
 def _shape_of(name: str, consts: Mapping[str, np.ndarray], infos: Mapping[str, TensorInfo]) -> Shape:

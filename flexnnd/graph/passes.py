@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from flexnnd.graph.ir import Node, TensorInfo
+from flexnnd.graph.ir import Node, TensorInfo, runtime_dtype
 
 FUSABLE_ACTIVATIONS = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish"}
 
@@ -215,7 +215,7 @@ def prepare_constants(draft: Draft) -> None:
         for pos, (name, value) in enumerate(zip(node.inputs, new_values, strict=True)):
             if not name or name not in draft.consts or value is None:
                 continue
-            value = np.ascontiguousarray(value, dtype=np.float32)
+            value = np.ascontiguousarray(value, dtype=runtime_dtype(value))
             if name in prepared or uses[name] > 1:
                 name = draft.fresh_name(f"{name}@{node.name}")
                 names[pos] = name
@@ -225,7 +225,7 @@ def prepare_constants(draft: Draft) -> None:
     draft.consts = prepared
     draft.infos = {k: v for k, v in draft.infos.items() if k not in draft.consts}
     for name, value in prepared.items():
-        draft.infos[name] = TensorInfo(name, tuple(int(d) for d in value.shape), "float32")
+        draft.infos[name] = TensorInfo(name, tuple(int(d) for d in value.shape), str(value.dtype))
 
 
 def drop_unused(draft: Draft) -> None:

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from flexnnd.errors import ShapeError, UnsupportedOp
+from flexnnd.errors import DtypeRefused, ShapeError, UnsupportedOp
 from flexnnd.graph.ir import Shape
 
 _REGISTRY: dict[str, type[Op]] = {}
@@ -176,6 +176,16 @@ class Op:
     @classmethod
     def defaults(cls) -> dict[str, Any]:
         return {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+
+    # ---- element types --------------------------------------------------------------------
+    def output_dtypes(self, dtypes: Sequence[str | None]) -> list[str]:
+        """The outputs' element types (numpy names) from the inputs' (None where an input is absent);
+        raise DtypeRefused(reason) for types the kernels do not take. Constant float inputs count as
+        float32 (they are stored so). The default: every input float32, one float32 output."""
+        for pos, dtype in enumerate(dtypes):
+            if dtype is not None and dtype != "float32":
+                raise DtypeRefused(f"input {pos} is {dtype}; {self.op_type} runs on float32")
+        return ["float32"]
 
     # ---- shapes and memory --------------------------------------------------------------
     def infer(self, shapes: Sequence[Shape | None], consts: Sequence[np.ndarray | None]) -> list[Shape]:

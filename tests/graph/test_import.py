@@ -123,15 +123,46 @@ def test_cycle_is_reported():
         import_onnx(make_model(nodes, [("x", [1, 2])], [("b", None)]))
 
 
-def test_integer_input_is_refused():
+def test_an_integer_input_read_by_a_float_kernel_names_the_node_and_type():
     graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"])],
+        [helper.make_node("Relu", ["x"], ["y"], name="act")],
         "g",
         [helper.make_tensor_value_info("x", onnx.TensorProto.INT64, [1, 2])],
         [helper.make_tensor_value_info("y", onnx.TensorProto.INT64, None)],
     )
-    with pytest.raises(flexnnd.ModelImportError, match="input 'x' has type INT64"):
+    with pytest.raises(flexnnd.UnsupportedOp, match=r"node 'act'.*input 0 is int64; Relu runs on float32"):
         import_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_a_string_input_is_refused_at_the_input():
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.STRING, [1, 2])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.STRING, None)],
+    )
+    with pytest.raises(flexnnd.ModelImportError, match="input 'x' has type STRING"):
+        import_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_every_refused_node_is_reported_at_once():
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a"], name="ok"),
+        helper.make_node("Frobnicate", ["a"], ["b"], name="first"),
+        helper.make_node("Relu", ["b"], ["c"], name="downstream_ok"),
+        helper.make_node("Frobnicate", ["c"], ["d"], name="second"),
+        helper.make_node("Relu", ["x"], ["e"], name="side", bogus=3),
+        helper.make_node("Add", ["d", "e"], ["y"], name="join"),
+    ]
+    with pytest.raises(flexnnd.UnsupportedOps) as caught:
+        import_onnx(make_model(nodes, [("x", [1, 2])], [("y", None)]))
+    assert [(r.op_type, r.node) for r in caught.value.refusals] == [
+        ("Frobnicate", "first"),
+        ("Frobnicate", "second"),
+        ("Relu", "side"),
+    ]
+    assert "3 nodes cannot run (Frobnicate ×2, Relu)" in str(caught.value)
+    assert "attribute(s) ['bogus']" in str(caught.value)
 
 
 @pytest.mark.parametrize(
