@@ -5,8 +5,10 @@ warms the kernels, measures the runtime's own memory, binds the socket, and only
 systemd READY=1. The main loop waits on memory pressure, re-decides the budget, swaps plans,
 pings the watchdog once the inference workers look alive, and reloads on SIGHUP. Shutdown stops
 accepting, drains in-flight requests within the grace period, then cancels and says how many.
-Signal handlers only set flags. The parts live beside it: budget control (budget.py), transport
-(transport.py), status messages (status.py), the models directory (catalog.py).
+Signal handlers only set flags. The parts live beside it: budget control (budget.py), health and
+the watchdog (health.py), what a reload changes and the watched files (reload.py), the servicers'
+Backend (wiring.py), transport (transport.py), status messages (status.py), the models directory
+(catalog.py), the metrics endpoint (metrics.py).
 """
 
 from __future__ import annotations
