@@ -416,13 +416,11 @@ def _import_node(
                 proto.op_type, node_name, opset, "supported only on constant inputs (shape computations)"
             ) from None
         raise
-    if len([o for o in proto.output if o]) > 1 or not proto.output[0]:
-        raise UnsupportedOp(
-            proto.op_type,
-            node_name,
-            opset,
-            f"exactly one (first) output is supported, got {list(proto.output)}",
-        )
+    wanted = list(proto.output)
+    while wanted and not wanted[-1]:  # trailing optional outputs left out
+        wanted.pop()
+    if not wanted:
+        raise MalformedGraph(f"node {node_name!r} ({proto.op_type}) has no output")
     op, kept = cls.from_onnx(attrs, values, node_name, opset)
     for pos, name in enumerate(proto.input):
         if name and pos not in kept and values[pos] is None:
@@ -450,8 +448,17 @@ def _import_node(
         out_shapes = op.infer(in_shapes, kept_values)
     except ShapeError as e:
         raise ShapeError(f"node {node_name!r} ({proto.op_type}): {e}") from None
-    out_name = proto.output[0]
-    for shape in out_shapes:
+    if len(wanted) > min(len(out_shapes), len(out_dtypes)):
+        raise UnsupportedOp(
+            proto.op_type,
+            node_name,
+            opset,
+            f"output {len(out_shapes)} ({wanted[len(out_shapes)]!r}) is not supported: "
+            f"flexnn computes the first {len(out_shapes)} of {proto.op_type}'s outputs",
+        )
+    # An optional output left out before one that is used still gets a tensor (written, not read).
+    out_names = [o or f"{node_name}:output{i}" for i, o in enumerate(wanted)]
+    for out_name, shape, dtype in zip(out_names, out_shapes, out_dtypes, strict=False):
         if any(int(d) <= 0 for d in shape):
             raise ShapeError(
                 f"node {node_name!r} ({proto.op_type}) produces an empty tensor of shape {shape}"
@@ -459,7 +466,7 @@ def _import_node(
         checked_nbytes(
             f"node {node_name!r} ({proto.op_type}) output {out_name!r}",
             shape,
-            np.dtype(out_dtypes[0]).itemsize,
+            np.dtype(dtype).itemsize,
             limits,
         )
     if all(v is not None for n, v in zip(kept_names, kept_values, strict=True) if n):
@@ -475,16 +482,22 @@ def _import_node(
         results = op.reference(
             [v.astype(runtime_dtype(v), copy=False) if v is not None else None for v in kept_values]
         )
-        value = np.asarray(results[0])
-        what = f"node {node_name!r} ({proto.op_type}) output {out_name!r}"
-        held.add(what, checked_nbytes(what, value.shape, value.itemsize, limits))
-        consts[out_name] = value
+        for out_name, result in zip(out_names, results, strict=False):
+            value = np.asarray(result)
+            what = f"node {node_name!r} ({proto.op_type}) output {out_name!r}"
+            held.add(what, checked_nbytes(what, value.shape, value.itemsize, limits))
+            consts[out_name] = value
         return None
-    infos[out_name] = TensorInfo(out_name, tuple(int(d) for d in out_shapes[0]), out_dtypes[0])
+    for out_name, shape, dtype in zip(out_names, out_shapes, out_dtypes, strict=False):
+        if out_name in infos or out_name in consts:
+            raise MalformedGraph(
+                f"node {node_name!r} ({proto.op_type}) writes {out_name!r}, which exists already"
+            )
+        infos[out_name] = TensorInfo(out_name, tuple(int(d) for d in shape), dtype)
     for n, v in zip(kept_names, kept_values, strict=True):
         if n and v is not None and n not in infos:
             infos[n] = TensorInfo(n, tuple(v.shape), runtime_dtype(v))
-    return Node(node_name, op, tuple(kept_names), (out_name,), in_shapes)
+    return Node(node_name, op, tuple(kept_names), tuple(out_names), in_shapes)
 
 
 def _support_refusal(
