@@ -79,6 +79,15 @@ class FeedError(FlexnnError, ValueError):
     """Inputs given to Session.run do not match the model (names, shapes, dtypes)."""
 
 
+class InputValueError(FeedError):
+    """An inference whose inputs' values the model cannot take, found while it runs: an index out
+    of range in a Gather, say. The request fails; nothing is read or written outside a tensor."""
+
+    def __init__(self, node: str, op_type: str, why: str):
+        self.node, self.op_type = node, op_type
+        super().__init__(f"node {node!r} ({op_type}): {why}")
+
+
 class PlanError(FlexnnError):
     """A plan is invalid (fails verification) or cannot be built."""
 
