@@ -84,7 +84,7 @@ class InputValueError(FeedError):
     of range in a Gather, say. The request fails; nothing is read or written outside a tensor."""
 
     def __init__(self, node: str, op_type: str, why: str):
-        self.node, self.op_type = node, op_type
+        self.node, self.op_type, self.why = node, op_type, why  # a kernel raises it with node ""
         super().__init__(f"node {node!r} ({op_type}): {why}")
 
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from flexnnd.errors import FeedError, LoadError
+from flexnnd.errors import FeedError, InputValueError, LoadError
 from flexnnd.graph.package import Package
 from flexnnd.ops.base import Kernel
 from flexnnd.planner import scratch_name
@@ -134,24 +134,28 @@ class Executor:
         for name, view in self.inputs:
             np.copyto(view, feeds[name])
         loader = self.loader
-        if loader is None:
-            for kernel in self.kernels:
-                kernel()
-        else:
-            loader.begin()
-            stalled = 0.0
-            try:
-                for i, kernel in enumerate(self.kernels):
-                    if self.waits[i]:
-                        start = time.perf_counter()
-                        loader.wait_for(self.loads_before[i])
-                        stalled += time.perf_counter() - start
+        i = 0
+        try:
+            if loader is None:
+                for i, kernel in enumerate(self.kernels):  # noqa: B007 - i names the failing step
                     kernel()
-                    if self.releases[i]:
-                        loader.step_done(i)
-            finally:
-                loader.end()
-                self.stall_seconds = stalled
+            else:
+                loader.begin()
+                stalled = 0.0
+                try:
+                    for i, kernel in enumerate(self.kernels):
+                        if self.waits[i]:
+                            start = time.perf_counter()
+                            loader.wait_for(self.loads_before[i])
+                            stalled += time.perf_counter() - start
+                        kernel()
+                        if self.releases[i]:
+                            loader.step_done(i)
+                finally:
+                    loader.end()
+                    self.stall_seconds = stalled
+        except InputValueError as e:  # a kernel knows its op, not its node: the step says which
+            raise InputValueError(self.plan.steps[i].node, e.op_type, e.why) from None
         return {name: view.copy() for name, view in self.outputs}
 
     def close(self) -> None:
