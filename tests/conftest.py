@@ -40,6 +40,36 @@ def ort_run(model_path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     return sess.run(None, feeds)
 
 
+def assert_model_matches_ort(
+    model: onnx.ModelProto, feeds: dict[str, np.ndarray], tmp_path: Path
+) -> list[int]:
+    """Import `model` with flexnn and run it all-resident and at its smallest plan: every output
+    equals ONNX Runtime's on `feeds` (floats within the engine's tolerance, others exactly). Returns
+    the two arenas' sizes, so a caller can see whether the smallest plan streamed."""
+    import flexnnd
+
+    path = save(model, tmp_path / "model.onnx")
+    want = ort_run(path, feeds)
+    arenas = []
+    with flexnnd.Session(path, threads=1, cache_dir=tmp_path / "cache") as sess:
+        ladder = sess.rungs
+        budgets = [None]
+        if ladder.index:
+            budgets.append(min(e.arena_bytes for e in ladder.index) + ladder.output_bytes)
+        for budget in budgets:
+            sess.set_budget(budget)
+            got = sess.run(feeds)
+            arenas.append(sess.plan.arena_bytes)
+            for spec, reference in zip(sess.outputs, want, strict=True):
+                value = got[spec.name]
+                assert value.dtype == reference.dtype, f"{spec.name}: {value.dtype} != {reference.dtype}"
+                if np.issubdtype(reference.dtype, np.floating):
+                    assert_close_to_reference(value, reference)
+                else:
+                    np.testing.assert_array_equal(value, reference)
+    return arenas
+
+
 def assert_close_to_reference(got: np.ndarray, want: np.ndarray) -> None:
     """The engine's tolerance: max|diff| ≤ 1e-4 × max(1, max|reference|)."""
     assert got.shape == want.shape
