@@ -100,38 +100,69 @@ def _opset(model: onnx.ModelProto) -> int:
 
 
 def _static_input_shape(
-    value: onnx.ValueInfoProto, override: Shape | None, limits: ImportLimits, dtype: str = "float32"
-) -> Shape:
-    shape = _declared_input_shape(value, override)
+    value: onnx.ValueInfoProto,
+    override: Shape | None,
+    limits: ImportLimits,
+    dtype: str,
+    unresolved: list[str],
+) -> Shape | None:
+    """The input's static shape: `override` where given (it must agree with the declared static
+    dimensions), else the declared one with an unknown leading (batch) dimension set to 1. Unknown
+    dimensions that remain are added to `unresolved` (one error names them all) and None returned."""
+    declared = _declared_dims(value)
+    if override is not None:
+        shape = tuple(int(d) for d in override)
+        if declared is not None and (
+            len(declared) != len(shape)
+            or any(d is not None and d != s for d, s in zip(declared, shape, strict=False))
+        ):
+            raise ShapeError(
+                f"input {value.name!r}: input_shapes gives {list(shape)}, the model declares "
+                f"{[d if d is not None else '?' for d in declared]}"
+            )
+    elif declared is None:
+        unresolved.append(f"{value.name!r} has no declared shape")
+        return None
+    else:
+        dims = list(declared)
+        if dims and dims[0] is None:
+            log.info("input %r: unknown batch dimension %s set to 1", value.name, _dim_label(value, 0))
+            dims[0] = 1
+        missing = [axis for axis, d in enumerate(dims) if d is None]
+        if missing:
+            labels = ", ".join(f"dimension {a} ({_dim_label(value, a)})" for a in missing)
+            unresolved.append(f"{value.name!r} {labels}")
+            return None
+        shape = tuple(dims)
     if any(d <= 0 for d in shape):
         raise ShapeError(f"input {value.name!r}: shape {list(shape)[:8]}; zero-size tensors are refused")
     checked_nbytes(f"input {value.name!r}", shape, np.dtype(dtype).itemsize, limits)
     return shape
 
 
-def _declared_input_shape(value: onnx.ValueInfoProto, override: Shape | None) -> Shape:
-    if override is not None:
-        return tuple(int(d) for d in override)
+def _declared_dims(value: onnx.ValueInfoProto) -> list[int | None] | None:
+    """The declared dimensions, None for each unknown one (symbolic, missing, or negative as some
+    exporters write it); None when no shape is declared."""
     if not value.type.HasField("tensor_type") or not value.type.tensor_type.HasField("shape"):
-        raise ShapeError(f"input {value.name!r} has no shape; pass input_shapes={{{value.name!r}: (...)}}")
-    dims = []
+        return None
+    dims: list[int | None] = []
     for axis, dim in enumerate(value.type.tensor_type.shape.dim):
-        if dim.HasField("dim_value"):
-            if dim.dim_value <= 0:
+        if dim.HasField("dim_value") and dim.dim_value >= 0:
+            if dim.dim_value == 0:
                 raise ShapeError(
-                    f"input {value.name!r}: dimension {axis} is {dim.dim_value}; zero-size tensors are refused"
+                    f"input {value.name!r}: dimension {axis} is 0; zero-size tensors are refused"
                 )
             dims.append(int(dim.dim_value))
-        elif axis == 0:
-            label = dim.dim_param or "?"
-            log.info("input %r: symbolic batch dimension %r set to 1", value.name, label)
-            dims.append(1)
         else:
-            raise ShapeError(
-                f"input {value.name!r}: dimension {axis} is symbolic ({dim.dim_param or '?'!r}); flexnn needs "
-                f"static shapes: pass input_shapes={{{value.name!r}: (...)}}"
-            )
-    return tuple(dims)
+            dims.append(None)
+    return dims
+
+
+def _dim_label(value: onnx.ValueInfoProto, axis: int) -> str:
+    dim = value.type.tensor_type.shape.dim[axis]
+    if dim.HasField("dim_value"):
+        return str(dim.dim_value)
+    return repr(dim.dim_param) if dim.dim_param else "unnamed"
 
 
 # What a hostile graph makes numpy, the folders or an op's shape code raise: wrapped into an import
@@ -184,6 +215,7 @@ def import_onnx(
         consts[init.name] = value
     infos: dict[str, TensorInfo] = {}
     inputs: list[str] = []
+    unresolved: list[str] = []
     for value in g.input:
         if value.name in consts:
             continue
@@ -196,11 +228,20 @@ def import_onnx(
                 "tensors as inputs"
             )
         dtype = INPUT_DTYPES[elem]
-        shape = _static_input_shape(value, input_shapes.pop(value.name, None), limits, dtype)
-        infos[value.name] = TensorInfo(value.name, shape, dtype)
+        shape = _static_input_shape(value, input_shapes.pop(value.name, None), limits, dtype, unresolved)
+        if shape is not None:
+            infos[value.name] = TensorInfo(value.name, shape, dtype)
         inputs.append(value.name)
     if input_shapes:
         raise ShapeError(f"input_shapes names {sorted(input_shapes)}, which are not model inputs ({inputs})")
+    if unresolved:
+        example = ", ".join(f"{n!r}: (...)" for n in inputs if n not in infos)
+        raise ShapeError(
+            "flexnn needs static shapes; unknown: "
+            + "; ".join(unresolved)
+            + f". Pass input_shapes={{{example}}} "
+            "(flexnnctl import --input-shape NAME=D,D,...)"
+        )
 
     nodes: list[Node] = []
     names_seen: set[str] = set()

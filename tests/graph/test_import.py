@@ -82,22 +82,57 @@ def test_symbolic_batch_becomes_one_and_is_logged(caplog):
             make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", ["batch", 5])], [("y", None)])
         )
     assert graph.inputs[0].shape == (1, 5)
-    assert "symbolic batch dimension 'batch' set to 1" in caplog.text
+    assert "unknown batch dimension 'batch' set to 1" in caplog.text
 
 
 def test_symbolic_inner_dimension_is_a_clear_error():
     model = make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", [1, "height"])], [("y", None)])
-    with pytest.raises(flexnnd.ShapeError, match=r"input 'x': dimension 1 is symbolic \('height'\)"):
+    with pytest.raises(flexnnd.ShapeError, match=r"unknown: 'x' dimension 1 \('height'\)"):
         import_onnx(model)
     graph, _ = import_onnx(model, input_shapes={"x": (1, 7)})
     assert graph.outputs[0].shape == (1, 7)
 
 
+def test_a_negative_batch_dimension_is_unknown_not_zero_size(caplog):
+    # Paddle writes -1 for a dynamic dimension: it is unknown, like a symbolic one.
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", [-1, 3])], [("y", None)])
+    with caplog.at_level(logging.INFO, logger="flexnnd.import"):
+        graph, _ = import_onnx(model)
+    assert graph.inputs[0].shape == (1, 3)
+    assert "unknown batch dimension -1 set to 1" in caplog.text
+
+
+def test_every_unresolved_input_dimension_is_named_in_one_error():
+    nodes = [helper.make_node("Add", ["a", "b"], ["y"])]
+    model = make_model(nodes, [("a", ["n", "seq", -1]), ("b", [1, "seq", 4])], [("y", None)])
+    with pytest.raises(flexnnd.ShapeError) as caught:
+        import_onnx(model)
+    message = str(caught.value)
+    assert "'a' dimension 1 ('seq'), dimension 2 (-1)" in message
+    assert "'b' dimension 1 ('seq')" in message
+    assert "input_shapes={'a': (...), 'b': (...)}" in message
+    graph, _ = import_onnx(model, input_shapes={"a": (1, 5, 4), "b": (1, 5, 4)})
+    assert graph.outputs[0].shape == (1, 5, 4)
+
+
+def test_input_shapes_must_agree_with_the_declared_static_dimensions():
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", ["n", 3])], [("y", None)])
+    with pytest.raises(
+        flexnnd.ShapeError, match=r"input_shapes gives \[2, 4\], the model declares \['\?', 3\]"
+    ):
+        import_onnx(model, input_shapes={"x": (2, 4)})
+    graph, _ = import_onnx(model, input_shapes={"x": (2, 3)})
+    assert graph.inputs[0].shape == (2, 3)
+
+
 def test_unsupported_op_names_op_node_and_opset():
     model = make_model(
-        [helper.make_node("Tanh", ["x"], ["y"], name="act_tanh")], [("x", [1, 4])], [("y", None)], opset=18
+        [helper.make_node("StringNormalizer", ["x"], ["y"], name="act_str")],
+        [("x", [1, 4])],
+        [("y", None)],
+        opset=18,
     )
-    with pytest.raises(flexnnd.UnsupportedOp, match=r"Tanh \(node 'act_tanh', opset 18\)"):
+    with pytest.raises(flexnnd.UnsupportedOp, match=r"StringNormalizer \(node 'act_str', opset 18\)"):
         import_onnx(model)
 
 

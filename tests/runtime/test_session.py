@@ -121,3 +121,19 @@ def test_one_ladder_chooses_and_reads_for_the_session_and_its_caller(tmp_path):
         # a caller that chose and read the plan hands both over: the session does not choose again
         with flexnnd.Session(sess.package, ladder=ladder, plan=ladder.read(entry)) as other:
             assert other.rungs is ladder and other.plan.arena_bytes == smallest
+
+
+def test_session_takes_input_shapes_for_an_onnx_file_with_unknown_dimensions(tmp_path):
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])], [("x", [1, "seq", 4])], [("y", None)])
+    path = save(model, tmp_path / "dyn.onnx")
+    with pytest.raises(flexnnd.ShapeError, match=r"'x' dimension 1 \('seq'\)"):
+        flexnnd.Session(path, cache_dir=tmp_path / "cache")
+    x = np.linspace(-1, 1, 24, dtype=np.float32).reshape(1, 6, 4)
+    with flexnnd.Session(path, cache_dir=tmp_path / "cache", input_shapes={"x": (1, 6, 4)}) as sess:
+        assert sess.inputs[0].shape == (1, 6, 4)
+        np.testing.assert_array_equal(sess.run({"x": x})["y"], np.maximum(x, 0))
+    with flexnnd.Session(path, cache_dir=tmp_path / "cache", input_shapes={"x": (1, 2, 4)}) as sess:
+        assert sess.inputs[0].shape == (1, 2, 4)  # another shape is another import, not the cached one
+        package = sess.package.path
+    with pytest.raises(flexnnd.ShapeError, match="is a package"):
+        flexnnd.Session(package, input_shapes={"x": (1, 2, 4)})
