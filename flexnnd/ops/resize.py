@@ -1,0 +1,636 @@
+"""Resize (opsets 10-19) and Upsample (7-9): nearest, N-linear and N-cubic resampling.
+
+Resampling is separable: each axis has a table (per output position: which input positions, with
+which weights, and whether it falls outside a tf_crop_and_resize box), built once in bind from the
+shapes and the absorbed scales/sizes/roi. The last two axes (H, W of NCHW; every real model resizes
+only those) run fused in one pass per plane: a row is interpolated horizontally once into a small
+row cache, then output rows blend cached rows (vectorized). Resized axes before them (rare) run
+first, one pass each, through scratch. Nearest is a pure gather, so it takes every element type.
+
+Where ONNX's reference and ONNX Runtime disagree (align_corners and tf_crop_and_resize with a scale
+whose output length in * scale is not whole), flexnn refuses rather than pick one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from flexnnd.errors import DtypeRefused, ShapeError, UnsupportedOp
+from flexnnd.ops.base import Op, internal, register
+from flexnnd.ops.buffers import reshape_view
+from flexnnd.ops.jit import kernel
+
+GATHER_DTYPES = ("float32", "int64", "int32", "int16", "int8", "uint8", "uint16", "bool")
+MODES = ("nearest", "linear", "cubic")
+NEAREST_MODES = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
+TRANSFORMS = (
+    "half_pixel",
+    "half_pixel_symmetric",
+    "pytorch_half_pixel",
+    "align_corners",
+    "asymmetric",
+    "tf_crop_and_resize",
+    "tf_half_pixel_for_nn",
+)
+# Scratch elements of the leading-axis passes are counted at 8 bytes: scratch_bytes sees no dtype.
+_WIDEST = 8
+
+
+# ---- kernels ----------------------------------------------------------------------------------------
+@kernel
+def gather2d(src, dst, planes, h, w, oh, ow, ridx, rout, cidx, cout, extrap):
+    """Nearest over the last two axes: dst[p, y, x] = src[p, ridx[y], cidx[x]], or `extrap` where a
+    row or column falls outside the crop box (rout/cout). Repeated source rows copy the row above."""
+    for p in range(planes):
+        sp, dp = np.uint64(p * h * w), np.uint64(p * oh * ow)
+        for y in range(oh):
+            d = dp + np.uint64(y * ow)
+            if rout[y]:
+                for x in range(ow):
+                    dst[d + x] = extrap
+                continue
+            if y > 0 and ridx[y] == ridx[y - 1] and not rout[y - 1]:
+                prev = d - np.uint64(ow)
+                for x in range(ow):
+                    dst[d + x] = dst[prev + x]
+                continue
+            s = sp + np.uint64(ridx[y] * w)
+            for x in range(ow):
+                dst[d + x] = src[s + np.uint64(cidx[x])]
+            for x in range(ow):
+                if cout[x]:
+                    dst[d + x] = extrap
+
+
+@kernel
+def interp2d(src, dst, planes, h, w, oh, ow, ridx, rw, rt, rout, cidx, cw, ct, cout, extrap, cache):
+    """Linear/cubic over the last two axes (float32). Output row y blends source rows ridx[y, :rt]
+    with weights rw[y, :rt]; each source row is first interpolated along W (cidx/cw, ct taps) into
+    slot `row % rt` of `cache` (rt rows of ow, then rt tags: the source row each slot holds)."""
+    tags = np.uint64(rt * ow)
+    for p in range(planes):
+        sp, dp = np.uint64(p * h * w), np.uint64(p * oh * ow)
+        for t in range(rt):
+            cache[tags + t] = -1.0
+        for y in range(oh):
+            d = dp + np.uint64(y * ow)
+            if rout[y]:
+                for x in range(ow):
+                    dst[d + x] = extrap
+                continue
+            for t in range(rt):
+                r = ridx[y * rt + t]
+                slot = r % rt
+                if cache[tags + slot] == r or rw[y * rt + t] == 0.0:
+                    continue
+                s, c = sp + np.uint64(r * w), np.uint64(slot * ow)
+                if ct == 2:
+                    for x in range(ow):
+                        k = np.uint64(2 * x)
+                        cache[c + x] = (
+                            cw[k] * src[s + np.uint64(cidx[k])] + cw[k + 1] * src[s + np.uint64(cidx[k + 1])]
+                        )
+                else:
+                    for x in range(ow):
+                        acc = np.float32(0.0)
+                        for j in range(ct):
+                            k = np.uint64(x * ct + j)
+                            acc += cw[k] * src[s + np.uint64(cidx[k])]
+                        cache[c + x] = acc
+                cache[tags + slot] = r
+            if rt == 2:
+                a, b = rw[2 * y], rw[2 * y + 1]
+                ca = np.uint64((ridx[2 * y] % 2) * ow)
+                cb = np.uint64((ridx[2 * y + 1] % 2) * ow)
+                if b == 0.0:
+                    cb = ca
+                if a == 0.0:
+                    ca = cb
+                for x in range(ow):
+                    dst[d + x] = a * cache[ca + x] + b * cache[cb + x]
+            else:
+                for x in range(ow):
+                    dst[d + x] = 0.0
+                for t in range(rt):
+                    wt = rw[y * rt + t]
+                    if wt == 0.0:
+                        continue
+                    c = np.uint64((ridx[y * rt + t] % rt) * ow)
+                    for x in range(ow):
+                        dst[d + x] += wt * cache[c + x]
+            for x in range(ow):
+                if cout[x]:
+                    dst[d + x] = extrap
+
+
+@kernel
+def gather_axis(src, dst, outer, n_in, n_out, inner, idx, out_mask, extrap):
+    """Nearest along one axis of a (outer, n_in, inner) tensor, to (outer, n_out, inner); any dtype."""
+    for o in range(outer):
+        so, do = np.uint64(o * n_in * inner), np.uint64(o * n_out * inner)
+        for j in range(n_out):
+            d = do + np.uint64(j * inner)
+            if out_mask[j]:
+                for i in range(inner):
+                    dst[d + i] = extrap
+                continue
+            s = so + np.uint64(idx[j] * inner)
+            for i in range(inner):
+                dst[d + i] = src[s + i]
+
+
+@kernel
+def interp_axis(src, dst, outer, n_in, n_out, inner, idx, wgt, taps, out_mask, extrap):
+    """Linear/cubic along one axis of a (outer, n_in, inner) float32 tensor: a weighted sum of `taps`
+    input slices per output slice."""
+    for o in range(outer):
+        so, do = np.uint64(o * n_in * inner), np.uint64(o * n_out * inner)
+        for j in range(n_out):
+            d = do + np.uint64(j * inner)
+            if out_mask[j]:
+                for i in range(inner):
+                    dst[d + i] = extrap
+                continue
+            for i in range(inner):
+                dst[d + i] = 0.0
+            for t in range(taps):
+                wt = wgt[j * taps + t]
+                s = so + np.uint64(idx[j * taps + t] * inner)
+                for i in range(inner):
+                    dst[d + i] += wt * src[s + i]
+
+
+# ---- the sampling tables ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AxisTable:
+    """Where each output position of one axis reads: `index` and `weight` (n_out, taps), and
+    `outside` (n_out,): positions a tf_crop_and_resize box puts outside the input."""
+
+    index: np.ndarray
+    weight: np.ndarray
+    outside: np.ndarray
+
+    @property
+    def taps(self) -> int:
+        return self.index.shape[1]
+
+    def is_identity(self, n_in: int) -> bool:
+        n_out = self.index.shape[0]
+        if n_out != n_in or self.outside.any():
+            return False
+        own = (self.index == np.arange(n_out)[:, None]) & (self.weight != 0)
+        return bool(np.all(self.weight[~own] == 0) and np.allclose((self.weight * own).sum(1), 1.0))
+
+    @staticmethod
+    def identity(n: int) -> AxisTable:
+        return AxisTable(
+            np.arange(n, dtype=np.int64)[:, None], np.ones((n, 1), np.float32), np.zeros(n, bool)
+        )
+
+
+@dataclass(frozen=True)
+class AxisPlan:
+    """One axis: input and output lengths, the scale the coordinates use, and its crop box."""
+
+    n_in: int
+    n_out: int
+    scale: float
+    roi: tuple[float, float] = (0.0, 1.0)
+
+
+def source_coords(transform: str, a: AxisPlan) -> tuple[np.ndarray, np.ndarray]:
+    """x_original for every output position of the axis (float64), and which are outside the box."""
+    y = np.arange(a.n_out, dtype=np.float64)
+    n_in, n_out, scale = a.n_in, a.n_out, a.scale
+    outside = np.zeros(n_out, bool)
+    if transform == "half_pixel":
+        x = (y + 0.5) / scale - 0.5
+    elif transform == "half_pixel_symmetric":
+        offset = n_in / 2 * (1 - n_out / (scale * n_in))
+        x = offset + (y + 0.5) / scale - 0.5
+    elif transform == "pytorch_half_pixel":
+        x = (y + 0.5) / scale - 0.5 if n_out > 1 else np.zeros(n_out)
+    elif transform == "align_corners":
+        x = y * (n_in - 1) / (n_out - 1) if n_out > 1 else np.zeros(n_out)
+    elif transform == "asymmetric":
+        x = y / scale
+    elif transform == "tf_half_pixel_for_nn":
+        x = (y + 0.5) / scale
+    elif transform == "tf_crop_and_resize":
+        start, end = a.roi
+        if n_out > 1:
+            x = start * (n_in - 1) + y * (end - start) * (n_in - 1) / (n_out - 1)
+        else:
+            x = np.full(n_out, 0.5 * (start + end) * (n_in - 1))
+        outside = (x < 0) | (x > n_in - 1)
+    else:
+        raise ValueError(f"Resize: coordinate_transformation_mode {transform!r}")
+    return x, outside
+
+
+def _cubic(s: np.ndarray, a: float) -> np.ndarray:
+    s = np.abs(s)
+    near = ((a + 2) * s - (a + 3)) * s * s + 1
+    far = ((a * s - 5 * a) * s + 8 * a) * s - 4 * a
+    return np.where(s <= 1, near, np.where(s < 2, far, 0.0))
+
+
+def axis_table(op: _Resample, transform: str, a: AxisPlan) -> AxisTable:
+    """The sampling table of one axis under `op`'s mode (ONNX's reference, per output position)."""
+    x, outside = source_coords(transform, a)
+    last = a.n_in - 1
+    if op.mode == "nearest":
+        if op.legacy_nearest:  # opsets < 11 (and Upsample): truncate up-sampling, ceil down-sampling
+            pick = np.ceil(x) if a.scale < 1 else np.trunc(x)
+        else:
+            pick = {
+                "round_prefer_floor": np.ceil(x - 0.5),
+                "round_prefer_ceil": np.floor(x + 0.5),
+                "floor": np.floor(x),
+                "ceil": np.ceil(x),
+            }[op.nearest_mode]
+        index = np.clip(pick, 0, last).astype(np.int64)[:, None]
+        return AxisTable(index, np.ones(index.shape, np.float32), outside)
+    # The reference's convention: an integer x reads its left neighbour with ratio 1.
+    base = np.floor(x)
+    whole = base == x
+    base = np.where(whole, x - 1, base)
+    ratio = (x - base)[:, None]
+    scale = min(a.scale, 1.0) if op.antialias else 1.0
+    if op.mode == "linear":
+        start = math.floor(-1 / scale) + 1
+        taps = np.arange(start, 2 - start, dtype=np.float64)[None, :]
+        weight = np.clip(1 - np.abs((taps - ratio) * scale), 0, 1)
+    else:
+        start = math.floor(-2 / scale) + 1
+        taps = np.arange(start, 2 - start, dtype=np.float64)[None, :]
+        weight = _cubic((taps - ratio) * scale, op.cubic_coeff_a)
+    if op.antialias:
+        weight = weight / weight.sum(1, keepdims=True)
+    index = base[:, None].astype(np.int64) + taps.astype(np.int64)
+    if op.exclude_outside:
+        weight = np.where((index < 0) | (index > last), 0.0, weight)
+        total = weight.sum(1, keepdims=True)
+        weight = weight / np.where(total == 0, 1.0, total)
+    return AxisTable(np.clip(index, 0, last), weight.astype(np.float32), outside)
+
+
+# ---- the shared op -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Resample(Op):
+    """What Resize and Upsample share: from the input shape, a plan per axis; from those, tables; the
+    kernels bound over them. Subclasses give `axis_plans` and the attributes the tables read."""
+
+    mode = "nearest"
+    nearest_mode = "round_prefer_floor"
+    coordinate_transformation_mode = "asymmetric"
+    cubic_coeff_a = -0.75
+    exclude_outside = 0
+    extrapolation_value = 0.0
+    antialias = 0
+    legacy_nearest = True
+
+    def axis_plans(self, shape) -> list[AxisPlan]:
+        raise NotImplementedError
+
+    @classmethod
+    def _build(cls, attrs, own, node, opset):
+        """The op from ONNX attributes (checked as the base does) plus flexnn's own fields `own`."""
+        op, _ = Op.from_onnx.__func__(cls, attrs, [], node, opset)
+        op = replace(op, **own)
+        op.check(node, opset)
+        return op, (0,)
+
+    def output_dtypes(self, dtypes):
+        dtype = dtypes[0]
+        allowed = GATHER_DTYPES if self.mode == "nearest" else ("float32",)
+        if dtype not in allowed:
+            raise DtypeRefused(f"{self.op_type} mode {self.mode!r} takes {'/'.join(allowed)}, not {dtype}")
+        return [dtype]
+
+    def infer(self, shapes, consts):
+        if shapes[0] is None or len(shapes[0]) == 0:
+            raise ShapeError(f"{self.op_type}: input must have rank >= 1, got {shapes[0]}")
+        return [tuple(a.n_out for a in self.axis_plans(tuple(shapes[0])))]
+
+    def tables(self, shape) -> list[AxisTable]:
+        """One table per axis; an axis that is not resampled gets the identity."""
+        out = []
+        for a in self.axis_plans(shape):
+            t = axis_table(self, self.coordinate_transformation_mode, a)
+            out.append(AxisTable.identity(a.n_in) if t.is_identity(a.n_in) else t)
+        return out
+
+    def _layout(self, shape):
+        """The tables, and the axes before the last two that are resampled."""
+        tabs = self.tables(shape)
+        lead = [i for i in range(max(len(shape) - 2, 0)) if not _plain(tabs[i], shape[i])]
+        return tabs, lead
+
+    def scratch_bytes(self, shapes, part=None):
+        shape = tuple(shapes[0])
+        tabs, lead = self._layout(shape)
+        lead_elems = 0
+        if lead:
+            dims = list(shape)
+            sizes = []
+            for i in lead:
+                dims[i] = tabs[i].index.shape[0]
+                sizes.append(int(np.prod(dims)))
+            lead_elems = 2 * max(sizes) if len(lead) > 1 else sizes[0]
+        cache = 0
+        if self.mode != "nearest":
+            rt = tabs[-2].taps if len(shape) >= 2 else 1
+            cache = 4 * (rt * tabs[-1].index.shape[0] + rt)
+        return _WIDEST * lead_elems + cache + (64 if lead and cache else 0)
+
+    def flops(self, shapes, out_shapes):
+        tabs = self.tables(tuple(shapes[0]))
+        return int(np.prod(out_shapes[0])) * sum(2 * t.taps for t in tabs[-2:])
+
+    def slice_axes(self, shapes, out_shapes):
+        return ()  # no weights to cut; its scratch is a few rows: it runs whole
+
+    def bind(self, ins, outs, scratch, part=None, reuse=False):
+        if part is not None or reuse:
+            raise ValueError(f"{self.op_type}.bind: not sliced, got part {part}")
+        x, y = ins[0], outs[0]
+        shape = tuple(x.shape)
+        want = self.infer([shape], [None])[0]
+        if tuple(y.shape) != want or x.dtype != y.dtype:
+            raise ShapeError(
+                f"{self.op_type}.bind: input {x.shape} {x.dtype}, output {y.shape} {y.dtype}; want {want}"
+            )
+        tabs, lead = self._layout(shape)
+        gather = self.mode == "nearest"
+        extrap = np.array(self.extrapolation_value).astype(x.dtype)[()]
+        need = self.scratch_bytes([shape])
+        raw = np.zeros(0, np.uint8) if scratch is None else reshape_view(scratch, (-1,)).view(np.uint8)
+        if raw.size < need:
+            raise ValueError(f"{self.op_type}.bind: scratch of {raw.size} bytes, need {need}")
+        steps = []
+        dims = list(shape)
+        src = reshape_view(x, (-1,))
+        lead_bytes = 0
+        if lead:
+            sizes = []
+            for i in lead:
+                dims[i] = tabs[i].index.shape[0]
+                sizes.append(int(np.prod(dims)))
+            lead_bytes = _WIDEST * (2 * max(sizes) if len(lead) > 1 else sizes[0])
+            half = lead_bytes // 2 if len(lead) > 1 else lead_bytes
+            dims = list(shape)
+            for k, i in enumerate(lead):
+                t = tabs[i]
+                n_out = t.index.shape[0]
+                outer, inner = int(np.prod(dims[:i])), int(np.prod(dims[i + 1 :]))
+                dims[i] = n_out
+                n = outer * n_out * inner
+                off = (k % 2) * half
+                dst = raw[off : off + n * x.dtype.itemsize].view(x.dtype)
+                mask = t.outside.astype(np.uint8)
+                if gather:
+                    args = (src, dst, outer, shape[i], n_out, inner, t.index[:, 0].copy(), mask, extrap)
+                    steps.append((gather_axis, args))
+                else:
+                    index, weight = t.index.reshape(-1).copy(), t.weight.reshape(-1).copy()
+                    args = (src, dst, outer, shape[i], n_out, inner, index, weight, t.taps, mask, extrap)
+                    steps.append((interp_axis, args))
+                src = dst
+        # The fused pass over the last two axes (rank 1: one plane of one row).
+        h_tab = tabs[-2] if len(shape) >= 2 else AxisTable.identity(1)
+        w_tab = tabs[-1]
+        h, w = (dims[-2], dims[-1]) if len(shape) >= 2 else (1, dims[-1])
+        oh, ow = h_tab.index.shape[0], w_tab.index.shape[0]
+        planes = int(np.prod(dims[:-2])) if len(shape) >= 2 else 1
+        dst = reshape_view(y, (-1,))
+        rout, cout = h_tab.outside.astype(np.uint8), w_tab.outside.astype(np.uint8)
+        if gather:
+            ridx, cidx = h_tab.index[:, 0].copy(), w_tab.index[:, 0].copy()
+            steps.append((gather2d, (src, dst, planes, h, w, oh, ow, ridx, rout, cidx, cout, extrap)))
+        else:
+            off = -(-lead_bytes // 64) * 64
+            cache = raw[off : off + 4 * (h_tab.taps * ow + h_tab.taps)].view(np.float32)
+            args = (
+                src, dst, planes, h, w, oh, ow,
+                h_tab.index.reshape(-1).copy(), h_tab.weight.reshape(-1).copy(), h_tab.taps, rout,
+                w_tab.index.reshape(-1).copy(), w_tab.weight.reshape(-1).copy(), w_tab.taps, cout,
+                np.float32(extrap), cache,
+            )  # fmt: skip
+            steps.append((interp2d, args))
+        if len(steps) == 1:
+            fn, args = steps[0]
+
+            def run_resize():
+                fn(*args)
+
+            return run_resize
+
+        def run_resize_axes():
+            for fn, args in steps:
+                fn(*args)
+
+        return run_resize_axes
+
+    def reference(self, ins):
+        x = np.asarray(ins[0])
+        result = x if self.mode == "nearest" else x.astype(np.float64)
+        for axis, t in enumerate(self.tables(tuple(x.shape))):
+            taken = np.take(result, t.index, axis=axis)  # (..., n_out, taps, ...)
+            if self.mode == "nearest":
+                result = np.take(taken, 0, axis=axis + 1)
+            else:
+                shape = [1] * taken.ndim
+                shape[axis], shape[axis + 1] = t.weight.shape
+                result = (taken * t.weight.astype(np.float64).reshape(shape)).sum(axis=axis + 1)
+            mask = t.outside.reshape([-1 if i == axis else 1 for i in range(result.ndim)])
+            result = np.where(mask, np.array(self.extrapolation_value).astype(result.dtype), result)
+        return [np.asarray(result).astype(x.dtype)]
+
+
+def _plain(t: AxisTable, n: int) -> bool:
+    """Whether table `t` leaves an axis of length n as it is."""
+    return (
+        t.taps == 1
+        and t.index.shape[0] == n
+        and not t.outside.any()
+        and bool(np.array_equal(t.index[:, 0], np.arange(n)))
+    )
+
+
+def _const(value) -> np.ndarray | None:
+    """A parameter input's value, None when absent or empty (opset 11's way of leaving one out)."""
+    if value is None or np.asarray(value).size == 0:
+        return None
+    return np.asarray(value)
+
+
+def _legacy_plans(shape, scales) -> list[AxisPlan]:
+    if len(scales) != len(shape):
+        raise ShapeError(f"scales {list(scales)} do not match the input's rank {len(shape)} (shape {shape})")
+    return [AxisPlan(int(n), math.floor(n * s), float(s)) for n, s in zip(shape, scales, strict=True)]
+
+
+# ---- Resize --------------------------------------------------------------------------------------------
+@register
+@dataclass(frozen=True)
+class Resize(_Resample):
+    """ONNX Resize; roi (tf_crop_and_resize only), scales and sizes are constants absorbed at import."""
+
+    op_type = "Resize"
+    optional_inputs = (1, 2, 3)
+
+    antialias: int = 0
+    axes: tuple[int, ...] = ()
+    coordinate_transformation_mode: str = "half_pixel"
+    cubic_coeff_a: float = -0.75
+    exclude_outside: int = 0
+    extrapolation_value: float = 0.0
+    keep_aspect_ratio_policy: str = "stretch"
+    mode: str = "nearest"
+    nearest_mode: str = "round_prefer_floor"
+    scale_values: tuple[float, ...] = internal(())
+    size_values: tuple[int, ...] = internal(())
+    roi_values: tuple[float, ...] = internal(())
+    # Opset 10 (and Upsample): asymmetric coordinates, nearest truncates (floor) or, shrinking, ceils.
+    legacy_nearest: bool = internal(False)
+
+    @classmethod
+    def from_onnx(cls, attrs, consts, node, opset):
+        def bad(why: str) -> UnsupportedOp:
+            return UnsupportedOp(cls.op_type, node, opset, why)
+
+        attrs, own = dict(attrs), {}
+        if opset < 11:
+            if set(attrs) - {"mode"}:
+                raise bad(f"attribute(s) {sorted(set(attrs) - {'mode'})} do not exist in opset {opset}")
+            scales = _const(consts[1]) if len(consts) > 1 else None
+            if scales is None:
+                raise bad("input 1 (scales) must be given, as a constant known at import")
+            own.update(coordinate_transformation_mode="asymmetric", legacy_nearest=True)
+            own["scale_values"] = tuple(float(s) for s in scales.astype(np.float32))
+        else:
+            roi = _const(consts[1]) if len(consts) > 1 else None
+            scales = _const(consts[2]) if len(consts) > 2 else None
+            sizes = _const(consts[3]) if len(consts) > 3 else None
+            if (scales is None) == (sizes is None):
+                raise bad(
+                    "exactly one of scales and sizes must be given, as a constant known at import "
+                    "(flexnn refuses one computed at run time)"
+                )
+            if scales is not None:
+                own["scale_values"] = tuple(float(s) for s in scales.astype(np.float32))
+            else:
+                own["size_values"] = tuple(int(s) for s in sizes)
+            if attrs.get("coordinate_transformation_mode") == "tf_crop_and_resize":
+                if roi is None:
+                    raise bad("tf_crop_and_resize needs a roi")
+                own["roi_values"] = tuple(float(v) for v in roi.astype(np.float64))
+            if opset >= 13 and attrs.get("coordinate_transformation_mode") == "tf_half_pixel_for_nn":
+                raise bad("tf_half_pixel_for_nn exists only in opset 11")
+            if opset < 18 and set(attrs) & {"antialias", "axes", "keep_aspect_ratio_policy"}:
+                raise bad(f"antialias/axes/keep_aspect_ratio_policy do not exist in opset {opset}")
+        return cls._build(attrs, own, node, opset)
+
+    def check(self, node, opset):
+        def bad(why: str) -> UnsupportedOp:
+            return UnsupportedOp(self.op_type, node, opset, why)
+
+        if self.mode not in MODES:
+            raise bad(f"mode {self.mode!r} (flexnn takes {', '.join(MODES)})")
+        if self.nearest_mode not in NEAREST_MODES:
+            raise bad(f"nearest_mode {self.nearest_mode!r}")
+        if self.coordinate_transformation_mode not in TRANSFORMS:
+            raise bad(f"coordinate_transformation_mode {self.coordinate_transformation_mode!r}")
+        if self.keep_aspect_ratio_policy not in ("stretch", "not_larger", "not_smaller"):
+            raise bad(f"keep_aspect_ratio_policy {self.keep_aspect_ratio_policy!r}")
+        if any(not (s > 0 and math.isfinite(s)) for s in self.scale_values):
+            raise bad(f"scales {list(self.scale_values)} must be finite and > 0")
+        if any(s <= 0 for s in self.size_values):
+            raise bad(f"sizes {list(self.size_values)} must be > 0")
+        if len(set(self.axes)) != len(self.axes):
+            raise bad(f"axes {list(self.axes)} repeat an axis")
+
+    def axis_plans(self, shape) -> list[AxisPlan]:
+        rank = len(shape)
+        if self.legacy_nearest:
+            return _legacy_plans(shape, self.scale_values)
+        if any(not -rank <= a < rank for a in self.axes):
+            raise ShapeError(f"Resize: axes {list(self.axes)} out of range for rank {rank} (shape {shape})")
+        axes = [a % rank for a in self.axes] or list(range(rank))
+        given = self.scale_values or self.size_values
+        if len(given) != len(axes):
+            what = "scales" if self.scale_values else "sizes"
+            raise ShapeError(f"Resize: {what} {list(given)} for {len(axes)} axes (input shape {shape})")
+        roi = [(0.0, 1.0)] * rank
+        if self.roi_values:
+            if len(self.roi_values) != 2 * len(axes):
+                raise ShapeError(f"Resize: roi {list(self.roi_values)} for {len(axes)} axes (input {shape})")
+            for k, a in enumerate(axes):
+                roi[a] = (self.roi_values[k], self.roi_values[len(axes) + k])
+        scales = [1.0] * rank
+        sizes = list(shape)
+        if self.scale_values:
+            for a, s in zip(axes, self.scale_values, strict=True):
+                scales[a] = s
+                sizes[a] = math.floor(shape[a] * s)
+                if self.coordinate_transformation_mode in ("align_corners", "tf_crop_and_resize") and (
+                    not math.isclose(shape[a] * s, sizes[a], rel_tol=1e-6)
+                ):
+                    raise ShapeError(
+                        f"Resize: {self.coordinate_transformation_mode} with scale {s} on length {shape[a]} "
+                        f"gives {shape[a] * s:g} output positions, not a whole number: ONNX's reference "
+                        "and ONNX Runtime disagree there; give sizes instead of scales"
+                    )
+        else:
+            ratios = {a: n / shape[a] for a, n in zip(axes, self.size_values, strict=True)}
+            if self.keep_aspect_ratio_policy == "stretch":
+                for a, n in zip(axes, self.size_values, strict=True):
+                    scales[a], sizes[a] = ratios[a], n
+            else:
+                pick = min if self.keep_aspect_ratio_policy == "not_larger" else max
+                s = pick(ratios.values())
+                for a in axes:
+                    scales[a], sizes[a] = s, int(s * shape[a] + 0.5)
+        if any(n <= 0 for n in sizes):
+            raise ShapeError(f"Resize: output shape {sizes} from input {shape} is empty")
+        return [
+            AxisPlan(int(n), int(m), float(s), r)
+            for n, m, s, r in zip(shape, sizes, scales, roi, strict=True)
+        ]
+
+
+# ---- Upsample ------------------------------------------------------------------------------------------
+@register
+@dataclass(frozen=True)
+class Upsample(_Resample):
+    """ONNX Upsample (deprecated; opset 7: scales attribute, 9: scales input): asymmetric
+    coordinates, nearest truncating as ONNX Runtime does, or N-linear."""
+
+    op_type = "Upsample"
+    mode: str = "nearest"
+    scales: tuple[float, ...] = ()
+
+    @classmethod
+    def from_onnx(cls, attrs, consts, node, opset):
+        attrs = dict(attrs)
+        if "scales" not in attrs:
+            value = _const(consts[1]) if len(consts) > 1 else None
+            if value is None:
+                raise UnsupportedOp(
+                    cls.op_type, node, opset, "input 1 (scales) must be a constant known at import"
+                )
+            attrs["scales"] = tuple(float(s) for s in value.astype(np.float32))
+        return cls._build(attrs, {}, node, opset)
+
+    def check(self, node, opset):
+        if self.mode not in ("nearest", "linear"):
+            raise UnsupportedOp(self.op_type, node, opset, f"mode {self.mode!r} (nearest or linear)")
+        if not self.scales or any(not (s >= 1 and math.isfinite(s)) for s in self.scales):
+            raise UnsupportedOp(self.op_type, node, opset, f"scales {list(self.scales)} must be >= 1")
+
+    def axis_plans(self, shape) -> list[AxisPlan]:
+        return _legacy_plans(shape, self.scales)
