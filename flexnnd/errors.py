@@ -37,7 +37,7 @@ class UnsupportedOp(ModelImportError):
     """An op (or an attribute value of it) that flexnn cannot run."""
 
     def __init__(self, op_type: str, node: str, opset: int | None = None, why: str = ""):
-        self.op_type, self.node, self.opset = op_type, node, opset
+        self.op_type, self.node, self.opset, self.why = op_type, node, opset, why
         where = f"node {node!r}" + (f", opset {opset}" if opset is not None else "")
         super().__init__(f"unsupported op {op_type} ({where})" + (f": {why}" if why else ""))
 
@@ -58,7 +58,7 @@ class UnsupportedOps(UnsupportedOp):
     def __init__(self, refusals: list[UnsupportedOp]):
         self.refusals = list(refusals)
         first = self.refusals[0]
-        self.op_type, self.node, self.opset = first.op_type, first.node, first.opset
+        self.op_type, self.node, self.opset, self.why = first.op_type, first.node, first.opset, first.why
         counts: dict[str, int] = {}
         for r in self.refusals:
             counts[r.op_type] = counts.get(r.op_type, 0) + 1

@@ -63,6 +63,43 @@ def cmd_import(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from flexnnd.errors import FlexnnError
+    from flexnnd.graph.check import check_model
+
+    try:
+        report = check_model(args.model)
+    except (FlexnnError, OSError) as e:
+        print(f"flexnnctl check: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        _print_json(report)
+        return EXIT_OK if not report["refused"] else EXIT_FAILED
+
+    def tensor(t) -> str:
+        shape = "?" if t["shape"] is None else "[" + ", ".join(str(d) for d in t["shape"]) + "]"
+        return f"  {t['name']}: {t['dtype']} {shape}"
+
+    print(
+        f"{report['model']}: graph {report['graph']!r}, opset {report['opset']}, {report['nodes']} nodes, "
+        f"{report['initializers']} initializers ({_size(report['initializer_bytes'])})"
+    )
+    print("inputs:", *map(tensor, report["inputs"]), sep="\n")
+    print("outputs:", *map(tensor, report["outputs"]), sep="\n")
+    print("ops:")
+    for op in report["ops"]:
+        why = f" ({op['reason']})" if op["reason"] else ""
+        print(f"  {op['count']:>5} {op['op']:<28} {op['status']}{why}")
+    refused = report["refused"]
+    if refused:
+        print(f"{len(refused)} nodes cannot run:")
+        for r in refused:
+            print(f"  {r['node']} ({r['op']}): {r['reason']}")
+        return EXIT_FAILED
+    print("no node refused for its op; attribute values, shapes and element types are checked at import")
+    return EXIT_OK
+
+
 def _client(args: argparse.Namespace):
     from pathlib import Path
 
@@ -424,6 +461,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip planning the budgets now (faster import; they are planned on first use)",
     )
+    p = command(
+        "check",
+        cmd_check,
+        "an ONNX file's inputs, outputs and ops, and which ops flexnn refuses, without reading its weights",
+    )
+    p.add_argument("model", help="the .onnx file")
     p = command(
         "plans",
         cmd_plans,

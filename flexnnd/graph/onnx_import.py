@@ -6,7 +6,7 @@ import hashlib
 import heapq
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -255,7 +255,7 @@ def import_onnx(
             node_name, suffix = f"{base}_{suffix}", suffix + 1
         names_seen.add(node_name)
         if unknown.intersection(proto.input):
-            refusal = _support_refusal(proto, node_name, opset, limits)
+            refusal = _support_refusal(proto, node_name, opset)
             if refusal is not None:
                 refusals.append(refusal)
             unknown.update(o for o in proto.output if o)
@@ -541,12 +541,21 @@ def _import_node(
     return Node(node_name, op, tuple(kept_names), tuple(out_names), in_shapes)
 
 
-def _support_refusal(
-    proto: onnx.NodeProto, node_name: str, opset: int, limits: ImportLimits
-) -> UnsupportedOp | None:
-    """For a node downstream of a refused one (its inputs unknown): whether its op and attribute
-    names are supported at all, as an UnsupportedOp, else None. Attribute values and constant
-    inputs are judged only once the node's inputs are known."""
+def refusals_before_weights(nodes: Sequence[onnx.NodeProto], opset: int) -> list[UnsupportedOp]:
+    """The nodes refused for their op alone (unknown op, custom domain, unknown attribute names),
+    judged from the graph's nodes without any weight: see graph/onnx_scan.py."""
+    refusals = []
+    for index, proto in enumerate(nodes):
+        refusal = _support_refusal(proto, proto.name or f"{proto.op_type}_{index}", opset)
+        if refusal is not None:
+            refusals.append(refusal)
+    return refusals
+
+
+def _support_refusal(proto: onnx.NodeProto, node_name: str, opset: int) -> UnsupportedOp | None:
+    """For a node whose inputs are unknown (downstream of a refused one, or before any weight is
+    read): whether its op and attribute names are supported at all, as an UnsupportedOp, else None.
+    Attribute values and constant inputs are judged only once the node's inputs are known."""
     if proto.domain not in ("", "ai.onnx"):
         return UnsupportedOp(f"{proto.domain}.{proto.op_type}", node_name, opset, "custom domain")
     if proto.op_type in FOLDERS:
@@ -567,6 +576,25 @@ def _shape_of(name: str, consts: Mapping[str, np.ndarray], infos: Mapping[str, T
     return infos[name].shape
 
 
+def check_ops_before_weights(path: str | os.PathLike) -> None:
+    """Refuse a model whose ops flexnn does not have before reading its weights (every such node in
+    one error); a file too broken to scan is left to load_onnx, which says what is wrong."""
+    from flexnnd.graph.onnx_scan import scan_onnx
+
+    try:
+        scan = scan_onnx(path)
+    except (ModelFormatError, OSError):
+        return
+    opset = scan.opset
+    if opset is None:
+        return
+    refusals = refusals_before_weights(scan.nodes, opset)
+    if len(refusals) == 1:
+        raise refusals[0]
+    if refusals:
+        raise UnsupportedOps(refusals)
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -585,6 +613,7 @@ def import_to_package(
     `flexnnd.import_model` plans next, with this machine's rates)."""
     onnx_path = Path(onnx_path)
     with progress.task(f"importing {onnx_path.name}", total=3, detail="reading the file") as task:
+        check_ops_before_weights(onnx_path)
         model = load_onnx(onnx_path, limits)
         task.advance(detail="converting and folding")
         graph, consts = import_onnx(model, input_shapes, name=onnx_path.stem, limits=limits)
