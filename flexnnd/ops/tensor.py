@@ -4,7 +4,8 @@ The first six are alias ops: output 0 is input 0 with another shape, so the exec
 no memory of their own and `bind` returns a no-op (handed memory of its own, say for a graph
 output that is also an input, `bind` copies instead). Their constant parameter inputs (Reshape's
 shape, Squeeze/Unsqueeze's axes) are absorbed into fields at import, and a non-constant one is
-an UnsupportedOp: every shape must be static.
+an UnsupportedOp: every shape must be static. All of them take every element type the arena holds
+(ops/strided.py: MOVABLE_DTYPES): they only move bits.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from flexnnd.errors import ShapeError, UnsupportedOp
 from flexnnd.graph.ir import Shape
 from flexnnd.ops.base import Op, internal, register
 from flexnnd.ops.jit import kernel
+from flexnnd.ops.strided import Copy, flat_bits, run_all, same_dtype
 
 
 def reshaped(a: np.ndarray, shape: Sequence[int]) -> np.ndarray:
@@ -54,6 +56,9 @@ class _Alias(Op):
 
     alias = True
 
+    def output_dtypes(self, dtypes):
+        return [same_dtype(self.op_type, dtypes)]
+
     def flops(self, shapes, out_shapes):
         return 0
 
@@ -62,7 +67,7 @@ class _Alias(Op):
         if np.may_share_memory(src, dst):
             return _noop
         # The executor gave the output its own memory (e.g. a graph output that is an input): copy.
-        src_flat, dst_flat = reshaped(src, (-1,)), reshaped(dst, (-1,))
+        src_flat, dst_flat = flat_bits(src), flat_bits(dst)
         return lambda: copy_flat(src_flat, dst_flat)
 
     def reference(self, ins):
@@ -223,22 +228,20 @@ class Unsqueeze(_AxesOp):
 # ---- copies -------------------------------------------------------------------------------------
 
 
-@kernel
-def concat_copy(src, dst, col0):
-    """dst[:, col0 : col0 + src.shape[1]] = src, both 2-D C-contiguous."""
-    rows, cols = src.shape
-    for r in range(rows):
-        for c in range(cols):
-            dst[r, col0 + c] = src[r, c]
-
-
 @register
 @dataclass(frozen=True)
 class Concat(Op):
-    """Concat: each input is copied into its column band of the output seen as (outer, rest)."""
+    """Concat: each input is copied into its column band of the output seen as (outer, rest).
+
+    Where the bands are contiguous (every dimension before the axis is 1), the planner has the
+    producers write straight into them (concat_axis, graph/elision.py) and this kernel never runs.
+    """
 
     op_type = "Concat"
     axis: int = 0
+
+    def output_dtypes(self, dtypes):
+        return [same_dtype(self.op_type, dtypes, range(len(dtypes)))]
 
     def infer(self, shapes, consts):
         first = tuple(shapes[0])
@@ -260,59 +263,22 @@ class Concat(Op):
         out = outs[0]
         axis = normalize_axis("Concat", self.axis, out.ndim, out.shape)
         outer = int(np.prod(out.shape[:axis], dtype=np.int64))
-        dst = reshaped(out, (outer, -1))
+        dst = flat_bits(out)
+        bands = dst.reshape(outer, -1)
+        widths = [x.size // outer for x in ins]
+        if sum(widths) != bands.shape[1] or any(x.dtype != out.dtype or x.size % outer for x in ins):
+            raise ShapeError(
+                f"Concat: inputs {[(x.shape, str(x.dtype)) for x in ins]} do not fill output {out.shape} {out.dtype}"
+            )
         copies, col = [], 0
-        for x in ins:
-            src = reshaped(x, (outer, -1))
-            copies.append((src, col))
-            col += src.shape[1]
-        if col != dst.shape[1]:
-            raise ShapeError(f"Concat: inputs {[x.shape for x in ins]} do not fill output {out.shape}")
-
-        def run() -> None:
-            for src, col0 in copies:
-                concat_copy(src, dst, col0)
-
-        return run
+        for x, width in zip(ins, widths, strict=True):
+            src = flat_bits(x)
+            copies.append(Copy.between(src.reshape(outer, width), src, bands[:, col : col + width], dst))
+            col += width
+        return run_all(copies)
 
     def reference(self, ins):
         return [np.concatenate([np.asarray(x) for x in ins], axis=self.axis)]
-
-
-@kernel
-def transpose_copy(src, dst):
-    """dst = src for 6-D arrays of one shape; src is a strided (transposed) view."""
-    d0, d1, d2, d3, d4, d5 = dst.shape
-    for i0 in range(d0):
-        for i1 in range(d1):
-            for i2 in range(d2):
-                for i3 in range(d3):
-                    for i4 in range(d4):
-                        for i5 in range(d5):
-                            dst[i0, i1, i2, i3, i4, i5] = src[i0, i1, i2, i3, i4, i5]
-
-
-TRANSPOSE_MAX_RANK = 6
-
-
-def merge_transpose(shape: Shape, perm: Sequence[int]) -> tuple[Shape, tuple[int, ...]]:
-    """The same transpose with input axes that stay adjacent (and size-1 axes) merged.
-
-    NCHW -> NHWC becomes (N, C, HW) -> (N, HW, C): fewer, longer loops.
-    """
-    nonunit = [a for a in range(len(shape)) if shape[a] != 1]
-    position = {a: i for i, a in enumerate(nonunit)}
-    kept = [position[a] for a in perm if shape[a] != 1]
-    groups: list[list[int]] = []
-    for a in kept:
-        if groups and groups[-1][-1] + 1 == a:
-            groups[-1].append(a)
-        else:
-            groups.append([a])
-    order = sorted(range(len(groups)), key=lambda g: groups[g][0])
-    merged_in = tuple(int(np.prod([shape[nonunit[a]] for a in groups[g]], dtype=np.int64)) for g in order)
-    merged_perm = tuple(order.index(g) for g in range(len(groups)))
-    return merged_in, merged_perm
 
 
 @register
@@ -327,14 +293,12 @@ class Transpose(Op):
             raise ShapeError(f"Transpose: perm {perm} is not a permutation of the axes of shape {shape}")
         return perm
 
+    def output_dtypes(self, dtypes):
+        return [same_dtype(self.op_type, dtypes)]
+
     def infer(self, shapes, consts):
         shape = tuple(shapes[0])
         perm = self._perm(len(shape), shape)
-        merged, _ = merge_transpose(shape, perm)
-        if len(merged) > TRANSPOSE_MAX_RANK:
-            raise UnsupportedOp(
-                self.op_type, "?", None, f"perm {perm} of shape {shape} needs more than 6 loops"
-            )
         return [tuple(shape[a] for a in perm)]
 
     def flops(self, shapes, out_shapes):
@@ -342,11 +306,10 @@ class Transpose(Op):
 
     def bind(self, ins, outs, scratch, part=None, reuse=False):
         x, y = ins[0], outs[0]
-        merged, perm = merge_transpose(x.shape, self._perm(x.ndim, x.shape))
-        pad = (1,) * (TRANSPOSE_MAX_RANK - len(merged))
-        src = reshaped(x, pad + merged).transpose(tuple(range(len(pad))) + tuple(len(pad) + p for p in perm))
-        dst = reshaped(y, src.shape)
-        return lambda: transpose_copy(src, dst)
+        perm = self._perm(x.ndim, x.shape)
+        src, dst = flat_bits(x), flat_bits(y)
+        # Strided reads, contiguous writes: the copy merges the axes that stay adjacent.
+        return Copy.between(src.reshape(x.shape).transpose(perm), src, dst.reshape(y.shape), dst)
 
     def reference(self, ins):
         return [np.ascontiguousarray(np.transpose(ins[0], self.perm))]

@@ -11,7 +11,6 @@ EXCLUDED = {
     },
     "test_div_uint8": _INT,
     "test_div_int32_trunc": _INT,
-    "test_clip_default_int8_inbounds_expanded": _INT,
     "test_reshape_allowzero_reordered": "zero-size tensors are refused at import",
     "test_clip_default_int8_inbounds": _INT,
     "test_clip_default_int8_max": _INT,
