@@ -2,6 +2,10 @@
 
 One numba kernel serves them all, standalone and fused into a Conv/Gemm epilogue: the branch on
 the activation kind sits outside the loops, so each loop body stays branch-free and vectorizes.
+
+Also the float32 exp, expm1 and erfc the elementwise kernels share (here and in
+`ops/unary.py`): numba's math.exp calls libm once per element (no SVML here), which keeps a loop
+scalar; these are arithmetic only, so LLVM vectorizes the loops that inline them.
 """
 
 from __future__ import annotations
@@ -10,9 +14,81 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
 
 from flexnnd.ops.base import Op, register
-from flexnnd.ops.jit import kernel
+from flexnnd.ops.jit import FASTMATH, kernel
+
+# Without 'reassoc': it would merge the two-part ln2 reduction (r = x - n*LN2_HI - n*LN2_LO) into
+# one product and lose the low part's correction.
+_EXACT = set(FASTMATH - {"reassoc"})
+_F32 = np.float32
+
+
+@intrinsic
+def _float_from_bits(typingctx, bits):
+    """The float32 whose IEEE bits are the low 32 of integer `bits` (a bitcast: vectorizes)."""
+    if not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        low = builder.trunc(args[0], ir.IntType(32)) if bits.bitwidth > 32 else args[0]
+        return builder.bitcast(low, ir.FloatType())
+
+    return types.float32(bits), codegen
+
+
+@kernel(inline="always", fastmath=_EXACT)
+def exp32(x):
+    """e**x in float32 within 2 ulp (Cephes expf); inf above 88.72, 0 below -103.9, NaN kept."""
+    x = _F32(89.0) if x > _F32(89.0) else x  # comparisons keep NaN, unlike min/max
+    x = _F32(-104.0) if x < _F32(-104.0) else x
+    n = np.floor(x * _F32(1.44269504088896341) + _F32(0.5))
+    r = x - n * _F32(0.693359375) - n * _F32(-2.12194440e-4)
+    p = _F32(1.9875691500e-4) * r + _F32(1.3981999507e-3)
+    p = p * r + _F32(8.3334519073e-3)
+    p = p * r + _F32(4.1665795894e-2)
+    p = p * r + _F32(1.6666665459e-1)
+    p = p * r + _F32(5.0000001201e-1)
+    y = p * (r * r) + r + _F32(1.0)
+    # 2**n as two normal powers of two, so n from -150 to 128 neither flushes nor overflows early.
+    k = np.int32(n)
+    k1 = k >> 1
+    s1 = _float_from_bits((k1 + 127) << 23)
+    s2 = _float_from_bits((k - k1 + 127) << 23)
+    return y * s1 * s2
+
+
+@kernel(inline="always", fastmath=_EXACT)
+def expm1_32(x):
+    """e**x - 1 in float32, accurate near 0 too (a Taylor polynomial there)."""
+    if abs(x) < _F32(0.35):
+        p = x * _F32(1.0 / 5040.0) + _F32(1.0 / 720.0)
+        p = p * x + _F32(1.0 / 120.0)
+        p = p * x + _F32(1.0 / 24.0)
+        p = p * x + _F32(1.0 / 6.0)
+        p = p * x + _F32(0.5)
+        return p * (x * x) + x
+    return exp32(x) - _F32(1.0)
+
+
+@kernel(inline="always", fastmath=_EXACT)
+def erfc32(z):
+    """erfc(z) for z >= 0 within about 2e-7 relative (Numerical Recipes' erfcc, no cancellation)."""
+    t = _F32(1.0) / (_F32(1.0) + _F32(0.5) * z)
+    p = _F32(0.17087277) * t + _F32(-0.82215223)
+    p = p * t + _F32(1.48851587)
+    p = p * t + _F32(-1.13520398)
+    p = p * t + _F32(0.27886807)
+    p = p * t + _F32(-0.18628806)
+    p = p * t + _F32(0.09678418)
+    p = p * t + _F32(0.37409196)
+    p = p * t + _F32(1.00002368)
+    p = p * t + _F32(-1.26551223)
+    return t * exp32(p - z * z)
+
 
 # Activation codes shared with the fused epilogues of Conv and Gemm.
 ACT_NONE, ACT_RELU, ACT_CLIP, ACT_LEAKY, ACT_SIGMOID, ACT_HARDSIGMOID, ACT_HARDSWISH = range(7)
@@ -49,7 +125,7 @@ def activate(src, dst, act, alpha, beta):
             dst[i] = v if v >= 0 else v * a
     elif act == ACT_SIGMOID:
         for i in range(n):
-            dst[i] = np.float32(1.0) / (np.float32(1.0) + np.exp(-src[i]))
+            dst[i] = np.float32(1.0) / (np.float32(1.0) + exp32(-src[i]))
     elif act == ACT_HARDSIGMOID:
         a = np.float32(alpha)
         b = np.float32(beta)
