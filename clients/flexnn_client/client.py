@@ -21,7 +21,25 @@ if TYPE_CHECKING:
     import numpy as np  # imported where arrays are made: `flexnnctl status` needs no numpy
 
 MAX_MESSAGE_BYTES = 256 * 2**20
-DATATYPES = {"FP32": "float32", "UINT8": "uint8", "FP64": "float64", "INT64": "int64", "INT32": "int32"}
+# OIP datatype -> numpy dtype (little-endian on the wire), both ways.
+DATATYPES = {
+    "FP32": "<f4",
+    "FP16": "<f2",
+    "FP64": "<f8",
+    "UINT8": "u1",
+    "UINT16": "<u2",
+    "INT8": "i1",
+    "INT16": "<i2",
+    "INT32": "<i4",
+    "INT64": "<i8",
+    "BOOL": "?",
+}
+SENT_AS = {"float32": "FP32", "float16": "FP16", "float64": "FP32", **{
+    name: datatype for datatype, name in (
+        ("UINT8", "uint8"), ("UINT16", "uint16"), ("INT8", "int8"), ("INT16", "int16"),
+        ("INT32", "int32"), ("INT64", "int64"), ("BOOL", "bool"),
+    )
+}}  # fmt: skip
 
 
 class ClientError(Exception):
@@ -88,7 +106,8 @@ class Client:
     def infer(
         self, model: str, inputs: Mapping[str, np.ndarray] | np.ndarray, outputs: list[str] | None = None
     ) -> dict[str, np.ndarray]:
-        """Outputs by name. A bare array goes to the model's only input; uint8 arrays are sent as UINT8."""
+        """Outputs by name. A bare array goes to the model's only input. Each array is sent as its own
+        datatype (uint8 as UINT8, int64 as INT64, bool as BOOL, ...); float64 is sent as FP32."""
         import numpy as np
 
         if isinstance(inputs, np.ndarray):
@@ -97,8 +116,10 @@ class Client:
         request = inference_pb2.ModelInferRequest(model_name=model)
         for name, array in inputs.items():
             array = np.ascontiguousarray(array)
-            datatype = "UINT8" if array.dtype == np.uint8 else "FP32"
-            array = array if datatype == "UINT8" else array.astype(np.float32, copy=False)
+            datatype = SENT_AS.get(array.dtype.name)
+            if datatype is None:
+                raise ClientError(f"input {name!r} has dtype {array.dtype}, which has no OIP datatype")
+            array = array.astype(DATATYPES[datatype], copy=False)
             request.inputs.add(name=name, datatype=datatype, shape=list(array.shape))
             request.raw_input_contents.append(array.tobytes())
         for name in outputs or ():

@@ -2,8 +2,9 @@
 answers (model configuration, statistics, repository index) built from plain values (no server here).
 
 Inputs come raw (`raw_input_contents`: little-endian, row-major, one blob per input in the order of
-`inputs`) or typed (`InferInputTensor.contents`), never both in one request. Datatypes: FP32, and UINT8
-for camera frames, which becomes float32 with the values 0..255 unscaled. Outputs go back raw, one
+`inputs`) or typed (`InferInputTensor.contents`), never both in one request. A float32 input takes
+FP32, FP16 (widened) and UINT8 (camera frames: float32 with the values 0..255 unscaled); an integer or
+bool input takes its own datatype (an int64 one INT32 too, widened). BYTES is refused. Outputs go back raw, one
 `raw_output_contents` blob per output in order: the common clients (tritonclient) read only that.
 Every malformed request raises InvalidRequest with the numbers, and is rejected before any buffer is
 sized from what it declares.
@@ -28,8 +29,12 @@ if TYPE_CHECKING:
 # numpy dtype name -> OIP datatype, for metadata and responses.
 DATATYPES = {
     "float32": "FP32",
+    "float16": "FP16",
     "float64": "FP64",
     "uint8": "UINT8",
+    "uint16": "UINT16",
+    "int8": "INT8",
+    "int16": "INT16",
     "int32": "INT32",
     "int64": "INT64",
     "bool": "BOOL",
@@ -37,19 +42,42 @@ DATATYPES = {
 # numpy dtype name -> Triton model configuration DataType.
 CONFIG_DATATYPES = {
     "float32": pb.TYPE_FP32,
+    "float16": pb.TYPE_FP16,
     "float64": pb.TYPE_FP64,
     "uint8": pb.TYPE_UINT8,
+    "uint16": pb.TYPE_UINT16,
+    "int8": pb.TYPE_INT8,
+    "int16": pb.TYPE_INT16,
     "int32": pb.TYPE_INT32,
     "int64": pb.TYPE_INT64,
     "bool": pb.TYPE_BOOL,
 }
 # Model states as Triton's repository index names them.
 INDEX_STATES = {"ready": "READY", "loading": "LOADING"}  # the others (no-fit, failed): UNAVAILABLE
-# Datatypes accepted for a float32 model input: their wire dtype and the typed field that carries them.
-INPUT_DATATYPES = {
+# Each datatype's wire dtype and the typed field that carries it (None: raw only, as Triton has it).
+WIRE = {
     "FP32": (np.dtype("<f4"), "fp32_contents"),
+    "FP16": (np.dtype("<f2"), None),
     "UINT8": (np.dtype("u1"), "uint_contents"),
+    "UINT16": (np.dtype("<u2"), "uint_contents"),
+    "INT8": (np.dtype("i1"), "int_contents"),
+    "INT16": (np.dtype("<i2"), "int_contents"),
+    "INT32": (np.dtype("<i4"), "int_contents"),
+    "INT64": (np.dtype("<i8"), "int64_contents"),
+    "BOOL": (np.dtype("?"), "bool_contents"),
 }
+# The datatypes a model input of each dtype accepts (converted to the model's dtype, never narrowed).
+ACCEPTED = {
+    "float32": ("FP32", "FP16", "UINT8"),
+    "int64": ("INT64", "INT32"),
+    "int32": ("INT32",),
+    "int16": ("INT16",),
+    "int8": ("INT8",),
+    "uint8": ("UINT8",),
+    "uint16": ("UINT16",),
+    "bool": ("BOOL",),
+}
+INPUT_DATATYPES = sorted({d for accepted in ACCEPTED.values() for d in accepted})
 _CONTENT_FIELDS = tuple(f.name for f in pb.InferTensorContents.DESCRIPTOR.fields)
 # Elements checked for NaN/Inf at a time: bounds the temporary mask whatever the input's size.
 _FINITE_CHUNK = 1 << 16
@@ -62,10 +90,10 @@ def decode_infer_request(
     *,
     allow_nonfinite: bool = False,
 ) -> dict[str, np.ndarray]:
-    """The request's inputs as float32 arrays of the model's shapes, keyed by name.
+    """The request's inputs as arrays of the model's shapes and dtypes, keyed by name.
 
-    `inputs` are the model's input specs (float32, static shapes with batch 1); `max_bytes` bounds the
-    decoded inputs together. The declared shape must equal the model's; a raw blob must hold exactly
+    `inputs` are the model's input specs (static shapes); `max_bytes` bounds the decoded inputs
+    together. The declared shape must equal the model's; a raw blob must hold exactly
     prod(shape) x itemsize bytes, a typed field exactly prod(shape) values. UINT8 data (raw bytes or
     `uint_contents` values 0..255) is converted to float32 0.0..255.0 unscaled: no /255, no mean or
     std, as the model was exported. FP32 raw inputs are returned as read-only views of the request's
@@ -93,7 +121,7 @@ def decode_infer_request(
     specs = {s.name: s for s in inputs}
     for tensor in request.inputs:
         _check_header(tensor, specs[tensor.name])
-    total = sum(math.prod(s.shape) * np.dtype(np.float32).itemsize for s in inputs)
+    total = sum(math.prod(s.shape) * np.dtype(s.dtype).itemsize for s in inputs)
     if total > max_bytes:
         raise InvalidRequest(
             f"the inputs take {total:,} bytes, above the limit of {max_bytes:,} bytes",
@@ -104,7 +132,7 @@ def decode_infer_request(
     for i, tensor in enumerate(request.inputs):
         spec = specs[tensor.name]
         array = _decode_raw(tensor, raw[i], spec) if len(raw) else _decode_typed(tensor, spec)
-        if not allow_nonfinite and tensor.datatype == "FP32":
+        if not allow_nonfinite and tensor.datatype in ("FP32", "FP16"):
             _check_finite(tensor.name, array)
         feeds[tensor.name] = array
     return feeds
@@ -263,18 +291,13 @@ def _check_names(request: pb.ModelInferRequest, inputs: Sequence[TensorSpec]) ->
 
 def _check_header(tensor: pb.ModelInferRequest.InferInputTensor, spec: TensorSpec) -> None:
     """Datatype and declared shape against the model, before anything is sized from them."""
-    if spec.dtype != "float32":
+    accepted = ACCEPTED.get(spec.dtype, ())
+    if tensor.datatype not in accepted:
+        why = " (BYTES tensors are not served)" if tensor.datatype == "BYTES" else ""
         raise InvalidRequest(
-            f"input {spec.name!r}: the model takes {spec.dtype}; this codec serves float32 inputs",
-            expected="float32",
-            got=spec.dtype,
-            tensor=spec.name,
-        )
-    if tensor.datatype not in INPUT_DATATYPES:
-        raise InvalidRequest(
-            f"input {tensor.name[:64]!r}: datatype {tensor.datatype[:32]!r} is not accepted; "
-            f"send one of {sorted(INPUT_DATATYPES)}",
-            expected=sorted(INPUT_DATATYPES),
+            f"input {tensor.name[:64]!r}: datatype {tensor.datatype[:32]!r} is not accepted for this "
+            f"{spec.dtype} input{why}; send {' or '.join(accepted) or 'nothing: no datatype fits'}",
+            expected=list(accepted),
             got=tensor.datatype,
             tensor=tensor.name,
         )
@@ -289,7 +312,7 @@ def _check_header(tensor: pb.ModelInferRequest.InferInputTensor, spec: TensorSpe
 
 
 def _decode_raw(tensor: pb.ModelInferRequest.InferInputTensor, blob: bytes, spec: TensorSpec) -> np.ndarray:
-    wire, _ = INPUT_DATATYPES[tensor.datatype]
+    wire, _ = WIRE[tensor.datatype]
     count = math.prod(spec.shape)
     expected = count * wire.itemsize
     if len(blob) != expected:
@@ -300,8 +323,18 @@ def _decode_raw(tensor: pb.ModelInferRequest.InferInputTensor, blob: bytes, spec
             got=len(blob),
             tensor=tensor.name,
         )
+    if tensor.datatype == "BOOL":
+        octets = np.frombuffer(blob, dtype=np.uint8)
+        if count and int(octets.max()) > 1:
+            raise InvalidRequest(
+                f"input {tensor.name!r}: BOOL byte {int(octets.max())} at flat index {int(octets.argmax())} "
+                "is neither 0 nor 1",
+                expected=1,
+                got=int(octets.max()),
+                tensor=tensor.name,
+            )
     array = np.frombuffer(blob, dtype=wire).reshape(spec.shape)
-    return array.astype(np.float32, copy=False)
+    return array.astype(spec.dtype, copy=False)
 
 
 def _decode_typed(tensor: pb.ModelInferRequest.InferInputTensor, spec: TensorSpec) -> np.ndarray:
@@ -311,7 +344,13 @@ def _decode_typed(tensor: pb.ModelInferRequest.InferInputTensor, spec: TensorSpe
             "(shared memory is not supported)",
             tensor=tensor.name,
         )
-    _, field = INPUT_DATATYPES[tensor.datatype]
+    wire, field = WIRE[tensor.datatype]
+    if field is None:
+        raise InvalidRequest(
+            f"input {tensor.name!r}: {tensor.datatype} has no typed contents field; send it as "
+            "raw_input_contents",
+            tensor=tensor.name,
+        )
     stray = [f for f in _CONTENT_FIELDS if f != field and len(getattr(tensor.contents, f))]
     if stray:
         raise InvalidRequest(
@@ -332,16 +371,21 @@ def _decode_typed(tensor: pb.ModelInferRequest.InferInputTensor, spec: TensorSpe
         )
     if field == "fp32_contents":
         return np.fromiter(values, dtype=np.float32, count=count).reshape(spec.shape)
-    array = np.fromiter(values, dtype=np.uint32, count=count)
-    if count and int(array.max()) > 255:
+    if field == "bool_contents":
+        return np.fromiter(values, dtype=np.bool_, count=count).reshape(spec.shape)
+    carrier = {"uint_contents": np.uint32, "int_contents": np.int32, "int64_contents": np.int64}[field]
+    array = np.fromiter(values, dtype=carrier, count=count)
+    info = np.iinfo(wire)
+    if count and (int(array.max()) > info.max or int(array.min()) < info.min):
+        worst = int(array.argmax()) if int(array.max()) > info.max else int(array.argmin())
         raise InvalidRequest(
-            f"input {tensor.name!r}: UINT8 value {int(array.max())} at flat index {int(array.argmax())} "
-            "is above 255",
-            expected=255,
-            got=int(array.max()),
+            f"input {tensor.name!r}: {tensor.datatype} value {int(array[worst])} at flat index {worst} "
+            f"is outside [{info.min}, {info.max}]",
+            expected=[int(info.min), int(info.max)],
+            got=int(array[worst]),
             tensor=tensor.name,
         )
-    return array.astype(np.float32).reshape(spec.shape)
+    return array.astype(spec.dtype).reshape(spec.shape)
 
 
 def _check_finite(name: str, array: np.ndarray) -> None:

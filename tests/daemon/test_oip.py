@@ -255,12 +255,81 @@ def test_shape_without_batch():
     assert (error.expected, error.got, error.tensor) == ((1, 3, 4, 5), (3, 4, 5), "image")
 
 
-@pytest.mark.parametrize("datatype", ["FP16", "INT64", "BYTES", "fp32", ""])
+@pytest.mark.parametrize("datatype", ["FP64", "INT64", "BYTES", "fp32", ""])
 def test_unaccepted_datatype(datatype):
     req = request(arrays())
     req.inputs[0].datatype = datatype
-    error = rejected(req, repr(datatype), "FP32", "UINT8")
+    error = rejected(req, repr(datatype), "FP32 or FP16 or UINT8")
     assert error.got == datatype
+
+
+def test_bytes_is_refused_saying_so():
+    req = request(arrays())
+    req.inputs[0].datatype = "BYTES"
+    rejected(req, "BYTES tensors are not served")
+
+
+def test_raw_fp16_is_widened_to_the_float32_input():
+    feeds = arrays()
+    req = pb.ModelInferRequest(model_name="net")
+    for name, array in feeds.items():
+        req.inputs.add(name=name, datatype="FP16", shape=array.shape)
+        req.raw_input_contents.append(array.astype("<f2").tobytes())
+    got = decode(req)
+    for name, array in feeds.items():
+        assert got[name].dtype == np.float32
+        np.testing.assert_array_equal(got[name], array.astype(np.float16).astype(np.float32))
+    req.raw_input_contents[0] = np.full(60, np.inf, "<f2").tobytes()
+    rejected(req, "NaN/Inf")
+
+
+TOKENS = [TensorSpec("ids", (1, 6), "int64"), TensorSpec("mask", (1, 6), "bool")]
+
+
+def decode_tokens(req):
+    return oip.decode_infer_request(req, TOKENS, MAX_BYTES)
+
+
+@pytest.mark.parametrize("raw", [True, False], ids=["raw", "typed"])
+@pytest.mark.parametrize("datatype", ["INT64", "INT32"])
+def test_integer_and_bool_inputs_round_trip(raw, datatype):
+    ids = np.array([[101, 7592, -3, 0, 2**31 - 1, 102]])
+    mask = np.array([[1, 1, 0, 1, 0, 1]], dtype=bool)
+    req = pb.ModelInferRequest(model_name="bert")
+    t_ids = req.inputs.add(name="ids", datatype=datatype, shape=ids.shape)
+    t_mask = req.inputs.add(name="mask", datatype="BOOL", shape=mask.shape)
+    if raw:
+        req.raw_input_contents.append(ids.astype("<i8" if datatype == "INT64" else "<i4").tobytes())
+        req.raw_input_contents.append(mask.tobytes())
+    else:
+        field = t_ids.contents.int64_contents if datatype == "INT64" else t_ids.contents.int_contents
+        field.extend(ids.reshape(-1).tolist())
+        t_mask.contents.bool_contents.extend(mask.reshape(-1).tolist())
+    got = decode_tokens(req)
+    assert got["ids"].dtype == np.int64 and got["mask"].dtype == np.bool_
+    np.testing.assert_array_equal(got["ids"], ids)
+    np.testing.assert_array_equal(got["mask"], mask)
+
+
+def test_an_integer_input_refuses_float_and_a_bool_byte_above_one():
+    req = pb.ModelInferRequest(model_name="bert")
+    req.inputs.add(name="ids", datatype="FP32", shape=(1, 6))
+    req.inputs.add(name="mask", datatype="BOOL", shape=(1, 6))
+    req.raw_input_contents.extend([np.zeros(6, "<f4").tobytes(), bytes(6)])
+    with pytest.raises(InvalidRequest, match="int64 input; send INT64 or INT32"):
+        decode_tokens(req)
+    req.inputs[0].datatype = "INT64"
+    req.raw_input_contents[0] = np.zeros(6, "<i8").tobytes()
+    req.raw_input_contents[1] = bytes([0, 1, 2, 0, 0, 0])
+    with pytest.raises(InvalidRequest, match="BOOL byte 2 at flat index 2"):
+        decode_tokens(req)
+
+
+def test_response_carries_integer_and_bool_outputs():
+    outputs = {"ids": np.array([[3, 1, 2]], dtype=np.int64), "keep": np.array([[True, False, True]])}
+    response = oip.encode_infer_response("net", "1", "r", outputs, list(outputs))
+    assert [o.datatype for o in response.outputs] == ["INT64", "BOOL"]
+    np.testing.assert_array_equal(np.frombuffer(response.raw_output_contents[0], "<i8"), [3, 1, 2])
 
 
 @pytest.mark.parametrize("delta", [-4, -1, 1, 4])
@@ -316,8 +385,8 @@ def test_typed_uint8_above_255():
     frames = {s.name: np.zeros(s.shape, np.uint8) for s in INPUTS}
     req = request(frames, raw=False, datatype="UINT8")
     req.inputs[1].contents.uint_contents[3] = 256
-    error = rejected(req, "256", "flat index 3")
-    assert (error.expected, error.got) == (255, 256)
+    error = rejected(req, "256", "flat index 3", "outside [0, 255]")
+    assert (error.expected, error.got) == ([0, 255], 256)
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
