@@ -40,7 +40,7 @@ def _float_from_bits(typingctx, bits):
     return types.float32(bits), codegen
 
 
-@kernel(inline="always", fastmath=_EXACT)
+@kernel(fastmath=_EXACT)
 def exp32(x):
     """e**x in float32 within 2 ulp (Cephes expf); inf above 88.72, 0 below -103.9, NaN kept."""
     x = _F32(89.0) if x > _F32(89.0) else x  # comparisons keep NaN, unlike min/max
@@ -61,7 +61,7 @@ def exp32(x):
     return y * s1 * s2
 
 
-@kernel(inline="always", fastmath=_EXACT)
+@kernel(fastmath=_EXACT)
 def expm1_32(x):
     """e**x - 1 in float32, accurate near 0 too (a Taylor polynomial there)."""
     if abs(x) < _F32(0.35):
@@ -74,7 +74,7 @@ def expm1_32(x):
     return exp32(x) - _F32(1.0)
 
 
-@kernel(inline="always", fastmath=_EXACT)
+@kernel(fastmath=_EXACT)
 def erfc32(z):
     """erfc(z) for z >= 0 within about 2e-7 relative (Numerical Recipes' erfcc, no cancellation)."""
     t = _F32(1.0) / (_F32(1.0) + _F32(0.5) * z)
