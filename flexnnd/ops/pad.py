@@ -92,7 +92,7 @@ class Pad(Op):
             widths[a] = (self.pads[i], self.pads[len(axes) + i])
         for a, (b, e) in enumerate(widths):
             kept = shape[a] + min(b, 0) + min(e, 0)
-            limit = {"reflect": kept - 1, "wrap": kept, "edge": None, "constant": None}[self.mode]
+            limit = kept - 1 if self.mode == "reflect" else None  # as ONNX Runtime: no repeated reflection
             if kept <= 0:
                 raise ShapeError(f"Pad: pads {self.pads} crop axis {a} of {tuple(shape)} to nothing")
             if limit is not None and max(b, e) > limit:
@@ -124,6 +124,17 @@ class Pad(Op):
             n, before, after = region[a].stop - region[a].start, max(b, 0), max(e, 0)
             start = region[a].start
             for count, where in ((before, 0), (after, start + n)):
+                if self.mode == "wrap":  # chunks of at most n, each a copy of the n elements beside it
+                    shift = n if where == 0 else -n  # where the chunk's source lies
+                    edges = range(count, 0, -n) if where == 0 else range(where, where + count, n)
+                    for edge in edges:  # nearest the kept part first: each reads what is written
+                        lo, hi = (
+                            (max(edge - n, 0), edge) if where == 0 else (edge, min(edge + n, where + count))
+                        )
+                        target = out[tuple([*region[:a], slice(lo, hi), *region[a + 1 :]])]
+                        source = out[tuple([*region[:a], slice(lo + shift, hi + shift), *region[a + 1 :]])]
+                        copies.append(Copy.between(source, dst, target, dst))
+                    continue
                 if not count:
                     continue
                 region[a] = slice(where, where + count)
@@ -134,12 +145,8 @@ class Pad(Op):
                 else:
                     if self.mode == "edge":
                         run = slice(start, start + 1) if where == 0 else slice(start + n - 1, start + n)
-                    elif self.mode == "reflect":
+                    else:  # reflect
                         run = _run(start + count, count, -1) if where == 0 else _run(start + n - 2, count, -1)
-                    else:  # wrap
-                        run = (
-                            slice(start + n - count, start + n) if where == 0 else slice(start, start + count)
-                        )
                     region[a] = run
                     source = np.broadcast_to(out[tuple(region)], target.shape)
                     base = dst

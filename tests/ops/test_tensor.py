@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from flexnnd.errors import ShapeError, UnsupportedOp
+from flexnnd.errors import DtypeRefused, ShapeError, UnsupportedOp
 from flexnnd.ops.tensor import (
     Concat,
     Dropout,
@@ -250,3 +250,65 @@ def test_transpose_errors():
 def test_transpose_allocates_nothing_per_call():
     kernel, _ = run_in_arena(Transpose(perm=(0, 2, 3, 1)), [random((2, 24, 13, 17))])
     assert_no_numpy_allocations(kernel)
+
+
+# ---- every element type -------------------------------------------------------------------------
+
+DTYPES = ["float32", "int64", "int32", "int16", "int8", "uint16", "uint8", "bool"]
+
+
+def typed(shape, dtype, seed=0):
+    return np.random.default_rng(seed).integers(0, 100, shape).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("axis", [0, 2, -1])
+def test_concat_takes_every_dtype(dtype, axis):
+    shapes = [(2, 3, 4), (2, 3, 4), (2, 3, 4)]
+    xs = [typed(s, dtype, seed=i) for i, s in enumerate(shapes)]
+    op = Concat(axis=axis)
+    assert op.output_dtypes([dtype] * 3) == [dtype]
+    kernel, (y,) = run_in_arena(op, xs)
+    kernel()
+    assert y.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(y, np.concatenate(xs, axis=axis))
+    assert_no_numpy_allocations(kernel)
+
+
+def test_concat_of_int64_matches_onnxruntime():
+    xs = [typed((2, k, 3), "int64", seed=k) for k in (1, 4)]
+    np.testing.assert_array_equal(Concat(axis=1).reference(xs)[0], ort_run("Concat", xs, axis=1))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_transpose_takes_every_dtype(dtype):
+    x = typed((2, 3, 5, 4), dtype)
+    op = Transpose(perm=(0, 2, 3, 1))
+    kernel, (y,) = run_in_arena(op, [x])
+    kernel()
+    np.testing.assert_array_equal(y, x.transpose(0, 2, 3, 1))
+    assert_no_numpy_allocations(kernel)
+
+
+@pytest.mark.parametrize("dtype", ["int64", "bool", "uint8"])
+@pytest.mark.parametrize(
+    "op",
+    [Identity(), Flatten(axis=2), Reshape(shape=(0, -1)), Squeeze(axes=(1,)), Unsqueeze(axes=(0,))],
+    ids=str,
+)
+def test_alias_ops_take_every_dtype(op, dtype):
+    x = typed((2, 1, 3, 4), dtype)
+    assert op.output_dtypes([dtype]) == [dtype]
+    kernel, (y,) = run_in_arena(op, [x])  # memory of its own: the copy
+    kernel()
+    np.testing.assert_array_equal(y, x.reshape(y.shape))
+    assert op.reference([x])[0].dtype == x.dtype
+
+
+def test_plumbing_refuses_other_dtypes_by_name():
+    with pytest.raises(DtypeRefused, match="input 0 is float64; Transpose takes float32"):
+        Transpose().output_dtypes(["float64"])
+    with pytest.raises(DtypeRefused, match="input 1 is int32 but input 0 is int64"):
+        Concat(axis=0).output_dtypes(["int64", "int32"])
+    with pytest.raises(DtypeRefused, match="uint32"):
+        Reshape(shape=(-1,)).output_dtypes(["uint32"])
