@@ -1,5 +1,12 @@
-"""Broadcasting arithmetic (Add, Sub, Mul, Div, Sum).
+"""Broadcasting arithmetic: Add, Sub, Mul, Div, Mod, Sum, Min, Max, Mean.
 
+Integer tensors (INTEGERS), Mod, Min, Max, Mean (folded over their inputs) and the comparisons and
+logical ops (`StridedOp`, also the base of compare.py and logical.py) run one strided kernel per
+result kind: numpy's ufuncs would allocate a buffer on every broadcasting call. Integer Div
+truncates and Mod floors as ONNX Runtime does, and a zero divisor fails the request
+(InputValueError) instead of killing the process with SIGFPE as a C division would.
+
+float32 Add/Sub/Mul/Div (and Sum) run the kernels below, fused activations included.
 A binary op picks its kernel once, in bind, from the operands' shapes:
   same shape          one flat loop;
   scalar operand      one flat loop with a scalar read at call time (it may be an activation);
@@ -14,12 +21,12 @@ block is still in cache.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import numpy as np
 
-from flexnnd.errors import ShapeError, UnsupportedOp
+from flexnnd.errors import DtypeRefused, InputValueError, ShapeError, UnsupportedOp
 from flexnnd.graph.ir import Shape
 from flexnnd.ops.activation import ACT_CODES, ACT_NONE, activate, reference_activation
 from flexnnd.ops.base import Kernel, Op, broadcast_shapes, internal, register
@@ -31,6 +38,8 @@ ADD, SUB, MUL, DIV, RSUB, RDIV = range(6)
 SWAPPED = {ADD: ADD, SUB: RSUB, MUL: MUL, DIV: RDIV}
 BLOCK = 4096  # elements per fused-activation block: 16 KiB of float32, stays in L1
 MAX_RANK = 6
+INTEGERS = ("int64", "int32", "int16", "int8", "uint16", "uint8")  # the importer's integer types
+NUMERIC = ("float32", *INTEGERS)
 
 
 @kernel(inline="always")
@@ -187,6 +196,188 @@ def bind_binary(
     return run
 
 
+# Codes of the strided kernels (the arithmetic ones on any numeric type, the rest give bool).
+I_ADD, I_SUB, I_MUL, I_MIN, I_MAX, TRUNC_DIV, FLOOR_MOD, TRUNC_MOD = range(8)
+EQ, LT, LE, GT, GE, AND, OR, XOR = range(8)
+
+
+@kernel(inline="always")
+def _integer(code, u, v):
+    """(u op v, whether v was a zero divisor), u and v int64 (every integer type fits; the store
+    wraps the result to the output's type). Division by 0 gives 0; v == -1 is done apart because
+    INT_MIN / -1 traps in hardware."""
+    if code == I_ADD:
+        return u + v, False
+    if code == I_SUB:
+        return u - v, False
+    if code == I_MUL:
+        return u * v, False
+    if code == I_MIN:
+        return min(u, v), False
+    if code == I_MAX:
+        return max(u, v), False
+    if v == 0:
+        return u - u, True
+    if v == -1:
+        return (-u if code == TRUNC_DIV else u - u), False
+    q, m = u // v, u % v  # floor division: m has v's sign
+    inexact_negative = m != 0 and (u < 0) != (v < 0)
+    if code == TRUNC_DIV:
+        return (q + 1 if inexact_negative else q), False
+    if code == FLOOR_MOD:
+        return m, False
+    return (m - v if inexact_negative else m), False
+
+
+@kernel(inline="always")
+def _float(code, u, v):
+    """u op v on floats: a NaN wins Min and Max (as in ONNX Runtime); Mod by 0 is NaN."""
+    if code == I_ADD:
+        return u + v
+    if code == I_MIN:
+        return v if v < u or v != v else u
+    if code == I_MAX:
+        return v if v > u or v != v else u
+    r = np.fmod(u, v)
+    if code == FLOOR_MOD and r != 0 and (r < 0) != (v < 0):
+        r += v
+    return r
+
+
+@kernel(inline="always")
+def _compare(code, u, v):
+    if code == EQ:
+        return u == v
+    if code == LT:
+        return u < v
+    if code == LE:
+        return u <= v
+    if code == GT:
+        return u > v
+    if code == GE:
+        return u >= v
+    if code == AND:
+        return u and v
+    if code == OR:
+        return u or v
+    return u != v  # XOR of bools
+
+
+@kernel
+def strided_integer(a, sa, b, sb, y, shape, code):
+    """y = a op b on integers: y flat in C order of the 6-D `shape`, a and b flat, read at element
+    strides sa, sb (0 along a broadcast axis). Returns how many divisors were 0."""
+    zeros = 0
+    k = 0
+    for i0 in range(shape[0]):
+        for i1 in range(shape[1]):
+            for i2 in range(shape[2]):
+                for i3 in range(shape[3]):
+                    for i4 in range(shape[4]):
+                        oa = i0 * sa[0] + i1 * sa[1] + i2 * sa[2] + i3 * sa[3] + i4 * sa[4]
+                        ob = i0 * sb[0] + i1 * sb[1] + i2 * sb[2] + i3 * sb[3] + i4 * sb[4]
+                        for i5 in range(shape[5]):
+                            u, v = np.int64(a[oa + i5 * sa[5]]), np.int64(b[ob + i5 * sb[5]])
+                            r, zero = _integer(code, u, v)
+                            y[k] = r
+                            zeros += zero
+                            k += 1
+    return zeros
+
+
+@kernel
+def strided_compare(a, sa, b, sb, y, shape, code):
+    """y = a cmp b into a bool y, laid out as in strided_integer."""
+    k = 0
+    for i0 in range(shape[0]):
+        for i1 in range(shape[1]):
+            for i2 in range(shape[2]):
+                for i3 in range(shape[3]):
+                    for i4 in range(shape[4]):
+                        oa = i0 * sa[0] + i1 * sa[1] + i2 * sa[2] + i3 * sa[3] + i4 * sa[4]
+                        ob = i0 * sb[0] + i1 * sb[1] + i2 * sb[2] + i3 * sb[3] + i4 * sb[4]
+                        for i5 in range(shape[5]):
+                            y[k] = _compare(code, a[oa + i5 * sa[5]], b[ob + i5 * sb[5]])
+                            k += 1
+
+
+@kernel
+def strided_float(a, sa, b, sb, y, shape, code):
+    """y = a op b on floats (I_ADD, I_MIN, I_MAX, FLOOR_MOD, TRUNC_MOD), laid out as in
+    strided_integer; returns 0 (no zero divisor fails a float op)."""
+    k = 0
+    for i0 in range(shape[0]):
+        for i1 in range(shape[1]):
+            for i2 in range(shape[2]):
+                for i3 in range(shape[3]):
+                    for i4 in range(shape[4]):
+                        oa = i0 * sa[0] + i1 * sa[1] + i2 * sa[2] + i3 * sa[3] + i4 * sa[4]
+                        ob = i0 * sb[0] + i1 * sb[1] + i2 * sb[2] + i3 * sb[3] + i4 * sb[4]
+                        for i5 in range(shape[5]):
+                            y[k] = _float(code, a[oa + i5 * sa[5]], b[ob + i5 * sb[5]])
+                            k += 1
+    return 0
+
+
+def element_strides(x_shape: Shape, out_shape: Shape) -> np.ndarray:
+    """Element strides of a C-contiguous x read at out's 6-D index (0 along broadcast axes)."""
+    padded_x, padded_out = _padded(x_shape, MAX_RANK), _padded(out_shape, MAX_RANK)
+    strides, step = [], 1
+    for dx, do in zip(reversed(padded_x), reversed(padded_out), strict=True):
+        strides.append(step if dx == do and dx != 1 else 0)
+        step *= dx
+    return np.array(strides[::-1], dtype=np.int64)
+
+
+def bind_strided(op_type: str, run_kernel, code: int, a: np.ndarray, b: np.ndarray, y: np.ndarray) -> Kernel:
+    """A callable running `run_kernel` (a strided_* kernel) for y = a op b, broadcast; a kernel
+    that reports zero divisors fails the request with InputValueError."""
+    out = broadcast_shapes(op_type, a.shape, b.shape, y.shape)
+    if out != y.shape:
+        raise ShapeError(f"{op_type}: inputs {a.shape} and {b.shape} broadcast to {out}, output is {y.shape}")
+    if len(out) > MAX_RANK:
+        raise ShapeError(f"{op_type}: rank {len(out)} is above {MAX_RANK}")
+    if a.dtype != b.dtype:
+        raise ShapeError(f"{op_type}.bind: inputs of types {a.dtype} and {b.dtype}")
+    flat_a, flat_b, flat_y = reshaped(a, (-1,)), reshaped(b, (-1,)), reshaped(y, (-1,))
+    sa, sb = element_strides(a.shape, out), element_strides(b.shape, out)
+    shape = np.array(_padded(out, MAX_RANK), dtype=np.int64)
+
+    def run() -> None:
+        zeros = run_kernel(flat_a, sa, flat_b, sb, flat_y, shape, code)
+        if zeros:
+            raise InputValueError(
+                "", op_type, f"integer division by zero ({zeros} of {y.size} divisors are 0)"
+            )
+
+    return run
+
+
+def reference_integer_divide(op_type: str, mode: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = np.asarray(a), np.asarray(b)
+    if np.any(b == 0):
+        raise InputValueError("", op_type, f"integer division by zero ({int(np.sum(b == 0))} divisors are 0)")
+    wide_a, wide_b = a.astype(np.int64), b.astype(np.int64)
+    q = np.abs(wide_a) // np.abs(wide_b) * np.sign(wide_a) * np.sign(wide_b)  # truncated quotient
+    if mode == TRUNC_DIV:
+        out = q
+    elif mode == TRUNC_MOD:
+        out = wide_a - q * wide_b
+    else:
+        out = np.mod(wide_a, wide_b)
+    return np.broadcast_to(out, np.broadcast_shapes(a.shape, b.shape)).astype(np.result_type(a, b))
+
+
+def same_dtype(op_type: str, dtypes, allowed: tuple[str, ...]) -> str:
+    """The one element type of the present inputs, if `allowed`; else DtypeRefused."""
+    present = [d for d in dtypes if d is not None]
+    if len(set(present)) > 1:
+        raise DtypeRefused(f"{op_type}: inputs have different element types {present}")
+    if present[0] not in allowed:
+        raise DtypeRefused(f"{op_type} takes {', '.join(allowed)}, not {present[0]}")
+    return present[0]
+
+
 def reference_binary(op: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a, b = np.asarray(a), np.asarray(b)
     fn = {ADD: np.add, SUB: np.subtract, MUL: np.multiply, DIV: np.divide}[op]
@@ -196,7 +387,7 @@ def reference_binary(op: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _Binary(Op):
-    """Add/Sub/Mul/Div with numpy broadcasting and an optional fused activation."""
+    """Add/Sub/Mul/Div with numpy broadcasting and, on float32, an optional fused activation."""
 
     code: ClassVar[int] = ADD
     activation: str = internal("")  # a fused activation: a key of activation.ACT_CODES
@@ -207,15 +398,29 @@ class _Binary(Op):
         if self.activation not in ACT_CODES:
             raise UnsupportedOp(self.op_type, node, opset, f"fused activation {self.activation!r}")
 
+    def output_dtypes(self, dtypes):
+        dtype = same_dtype(self.op_type, dtypes, NUMERIC)
+        if dtype != "float32" and self.activation:
+            raise DtypeRefused(f"{self.op_type}: a fused {self.activation} runs on float32, not {dtype}")
+        return [dtype]
+
     def infer(self, shapes, consts):
         binary_path(self.op_type, tuple(shapes[0]), tuple(shapes[1]))  # rejects a rank it cannot run
         return [broadcast_shapes(self.op_type, tuple(shapes[0]), tuple(shapes[1]))]
 
     def bind(self, ins, outs, scratch, part=None, reuse=False):
-        act = (self.activation, float(self.activation_alpha), float(self.activation_beta))
-        return bind_binary(self.code, ins[0], ins[1], outs[0], *act)
+        a, b, y = ins[0], ins[1], outs[0]
+        if a.dtype == np.float32:
+            act = (self.activation, float(self.activation_alpha), float(self.activation_beta))
+            return bind_binary(self.code, a, b, y, *act)
+        if self.activation:
+            raise ShapeError(f"{self.op_type}.bind: a fused {self.activation} on {a.dtype}")
+        code = {ADD: I_ADD, SUB: I_SUB, MUL: I_MUL, DIV: TRUNC_DIV}[self.code]
+        return bind_strided(self.op_type, strided_integer, code, a, b, y)
 
     def reference(self, ins):
+        if np.asarray(ins[0]).dtype.kind in "iu" and self.code == DIV:
+            return [reference_integer_divide(self.op_type, TRUNC_DIV, ins[0], ins[1])]
         y = reference_binary(self.code, ins[0], ins[1])
         if self.activation:
             y = reference_activation(y, self.activation, self.activation_alpha, self.activation_beta)
@@ -280,3 +485,131 @@ class Sum(Op):
         for x in ins[1:]:
             y = y + np.asarray(x)
         return [np.array(y, copy=True)]
+
+
+@register
+@dataclass(frozen=True)
+class Mod(Op):
+    """Remainder: with fmod=0 it has the divisor's sign (floor), with fmod=1 the dividend's (C's
+    fmod). On integers a zero divisor fails the request; on float32 it gives NaN."""
+
+    op_type = "Mod"
+    fmod: int = 0
+    float_floor: bool = internal(True)  # fmod=0 on floats: defined from opset 28, invalid before
+
+    @classmethod
+    def from_onnx(cls, attrs, consts, node, opset):
+        op, keep = super().from_onnx(attrs, consts, node, opset)
+        return replace(op, float_floor=opset >= 28), keep
+
+    def check(self, node, opset):
+        if self.fmod not in (0, 1):
+            raise UnsupportedOp(self.op_type, node, opset, f"fmod={self.fmod} (must be 0 or 1)")
+
+    def output_dtypes(self, dtypes):
+        dtype = same_dtype(self.op_type, dtypes, NUMERIC)
+        if dtype == "float32" and not self.fmod and not self.float_floor:
+            raise DtypeRefused("Mod on float32 needs fmod=1 before opset 28 (as ONNX and ONNX Runtime say)")
+        return [dtype]
+
+    def infer(self, shapes, consts):
+        return [broadcast_shapes(self.op_type, tuple(shapes[0]), tuple(shapes[1]))]
+
+    def bind(self, ins, outs, scratch, part=None, reuse=False):
+        a, b, y = ins[0], ins[1], outs[0]
+        run_kernel = strided_integer if a.dtype.kind in "iu" else strided_float
+        return bind_strided(self.op_type, run_kernel, TRUNC_MOD if self.fmod else FLOOR_MOD, a, b, y)
+
+    def reference(self, ins):
+        a, b = np.asarray(ins[0]), np.asarray(ins[1])
+        if a.dtype.kind in "iu":
+            return [reference_integer_divide(self.op_type, TRUNC_MOD if self.fmod else FLOOR_MOD, a, b)]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return [(np.fmod if self.fmod else np.mod)(a, b)]
+
+
+@dataclass(frozen=True)
+class StridedOp(Op):
+    """An op that is one strided kernel code folded over its broadcast inputs into its output:
+    y = x0 op x1, then y = y op x2, ...; `ufunc` is the same op in numpy, for the reference."""
+
+    code: ClassVar[int] = I_ADD
+    compare: ClassVar[bool] = False  # strided_compare, into a bool output
+    dtypes: ClassVar[tuple[str, ...]] = NUMERIC  # the element types it takes, all inputs alike
+    ufunc: ClassVar[np.ufunc] = np.add
+
+    def output_dtypes(self, dtypes):
+        dtype = same_dtype(self.op_type, dtypes, self.dtypes)
+        return ["bool" if self.compare else dtype]
+
+    def infer(self, shapes, consts):
+        return [broadcast_shapes(self.op_type, *(tuple(s) for s in shapes))]
+
+    def bind(self, ins, outs, scratch, part=None, reuse=False):
+        y = outs[0]
+        if len(ins) == 1:
+            x = reshaped(ins[0], (-1,))
+            if x.size != y.size:
+                raise ShapeError(f"{self.op_type}: input {ins[0].shape}, output {y.shape}")
+            flat_y = reshaped(y, (-1,))
+            return lambda: copy_flat(x, flat_y)
+        kind = ins[0].dtype.kind
+        run_kernel = strided_compare if self.compare else strided_integer if kind in "iu" else strided_float
+        steps = [bind_strided(self.op_type, run_kernel, self.code, ins[0], ins[1], y)]
+        steps += [bind_strided(self.op_type, run_kernel, self.code, y, x, y) for x in ins[2:]]
+        if len(steps) == 1:
+            return steps[0]
+
+        def run() -> None:
+            for step in steps:
+                step()
+
+        return run
+
+    def reference(self, ins):
+        y = np.asarray(ins[0])
+        for x in ins[1:]:
+            y = self.ufunc(y, np.asarray(x))
+        return [np.array(np.broadcast_to(y, self.infer([np.shape(x) for x in ins], [])[0]), copy=True)]
+
+
+@register
+@dataclass(frozen=True)
+class Min(StridedOp):
+    """Elementwise minimum of its inputs (a NaN wins, as in ONNX Runtime)."""
+
+    op_type = "Min"
+    code = I_MIN
+    ufunc = np.minimum
+
+
+@register
+@dataclass(frozen=True)
+class Max(StridedOp):
+    """Elementwise maximum of its inputs (a NaN wins, as in ONNX Runtime)."""
+
+    op_type = "Max"
+    code = I_MAX
+    ufunc = np.maximum
+
+
+@register
+@dataclass(frozen=True)
+class Mean(StridedOp):
+    """The inputs' sum divided by their count (float32 only, as ONNX says)."""
+
+    op_type = "Mean"
+    dtypes = ("float32",)
+
+    def bind(self, ins, outs, scratch, part=None, reuse=False):
+        total = super().bind(ins, outs, scratch, part, reuse)
+        y, count = outs[0], np.float32(len(ins))
+
+        def run() -> None:
+            total()
+            np.divide(y, count, out=y)
+
+        return run
+
+    def reference(self, ins):
+        return [(super().reference(ins)[0] / np.float32(len(ins))).astype(np.float32)]

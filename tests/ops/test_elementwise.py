@@ -1,13 +1,14 @@
-"""Add/Sub/Mul/Div/Sum kernels against their references, references against onnxruntime."""
+"""Add/Sub/Mul/Div/Mod/Sum/Min/Max/Mean on float32 and integer tensors: kernels against their
+references, references against onnxruntime."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from flexnnd.errors import ShapeError, UnsupportedOp
-from flexnnd.ops.elementwise import Add, Div, Mul, Sub, Sum, binary_path
-from tests.ops.harness import assert_no_numpy_allocations, ort_run, run_in_arena
+from flexnnd.errors import DtypeRefused, InputValueError, ShapeError, UnsupportedOp
+from flexnnd.ops.elementwise import Add, Div, Max, Mean, Min, Mod, Mul, Sub, Sum, binary_path
+from tests.ops.harness import arena_views, assert_no_numpy_allocations, ort_run, run_in_arena
 
 BINARY = [Add, Sub, Mul, Div]
 
@@ -154,3 +155,190 @@ def test_sum_allocates_nothing_per_call(n):
     xs = [rng.standard_normal((2, 24, 13, 17)).astype(np.float32) for _ in range(n)]
     kernel, _ = run_in_arena(Sum(), xs)
     assert_no_numpy_allocations(kernel)
+
+
+# ---- integer tensors, Mod, Min/Max/Mean ---------------------------------------------------------
+
+INTEGER_OPS = [Add(), Sub(), Mul(), Div(), Mod(), Mod(fmod=1), Min(), Max()]
+INTEGER_SHAPES = [((2, 3, 4), (3, 1)), ((7,), ()), ((1, 2, 1, 3, 1), (2, 1, 5, 1, 1)), ((5, 1), (5, 1))]
+
+
+def integer_operands(dtype, shape_a, shape_b, seed=0):
+    """Values of both signs near the type's ends, divisors never 0."""
+    rng = np.random.default_rng(seed)
+    info = np.iinfo(dtype)
+    a = rng.integers(info.min, info.max, shape_a, endpoint=True, dtype=dtype)
+    b = rng.integers(max(info.min, -9), min(info.max, 9), shape_b, endpoint=True, dtype=dtype)
+    return a, np.where(b == 0, np.array(7, dtype), b).astype(dtype)
+
+
+def _attrs(op):
+    return {"fmod": op.fmod} if op.op_type == "Mod" else {}
+
+
+@pytest.mark.parametrize("op", INTEGER_OPS, ids=lambda o: f"{o.op_type}{_attrs(o).get('fmod', '')}")
+@pytest.mark.parametrize("dtype", ["int64", "int32", "int16", "int8", "uint16", "uint8"])
+def test_integer_ops_match_reference_and_onnxruntime(op, dtype):
+    for shape_a, shape_b in INTEGER_SHAPES:
+        for a_shape, b_shape in ((shape_a, shape_b), (shape_b, shape_a)):
+            a, b = integer_operands(dtype, a_shape, b_shape)
+            kernel, (y,) = run_in_arena(op, [a, b])
+            kernel()
+            want = op.reference([a, b])[0]
+            assert y.dtype == want.dtype == np.dtype(dtype)
+            np.testing.assert_array_equal(y, want)
+    if op.op_type in ("Min", "Max") and dtype in ("int16", "uint16"):
+        return  # ONNX Runtime has no such kernel
+    a, b = integer_operands(dtype, (2, 3, 4), (3, 1), seed=1)
+    np.testing.assert_array_equal(op.reference([a, b])[0], ort_run(op.op_type, [a, b], **_attrs(op)))
+
+
+def test_integer_div_truncates_and_wraps():
+    a = np.array([7, -7, 7, -7, np.iinfo(np.int64).min, 5], dtype=np.int64)
+    b = np.array([2, 2, -2, -2, -1, -1], dtype=np.int64)
+    for op, want in [
+        (Div(), [3, -3, -3, 3, np.iinfo(np.int64).min, -5]),
+        (Mod(), [1, 1, -1, -1, 0, 0]),
+        (Mod(fmod=1), [1, -1, 1, -1, 0, 0]),
+    ]:
+        kernel, (y,) = run_in_arena(op, [a, b])
+        kernel()
+        np.testing.assert_array_equal(y, want)
+
+
+@pytest.mark.parametrize("op", [Div(), Mod(), Mod(fmod=1)], ids=lambda o: f"{o.op_type}{_attrs(o)}")
+def test_integer_division_by_zero_fails_the_request(op):
+    a, b, y = arena_views([(3, 4), (4,), (3, 4)], ["int32"] * 3)
+    a[...] = np.arange(12).reshape(3, 4)
+    b[...] = [1, 0, 2, 0]
+    kernel = op.bind([a, b], [y], None)
+    with pytest.raises(InputValueError, match=rf"{op.op_type}.*division by zero \(6 of 12"):
+        kernel()
+    with pytest.raises(InputValueError, match="division by zero"):
+        op.reference([a, b])
+    b[...] = 3
+    kernel()  # the same binding runs again once the divisors are good
+    np.testing.assert_array_equal(y, op.reference([a, b])[0])
+
+
+@pytest.mark.parametrize("fmod", [0, 1])
+def test_float_mod_matches_onnxruntime(fmod):
+    rng = np.random.default_rng(9)
+    a = (rng.standard_normal((3, 5, 4)) * 10).astype(np.float32)
+    b = np.array([3.0, -3.0, 0.5, 0.0], dtype=np.float32)
+    a[0, 0, :] = [0.0, -0.0, np.inf, 4.0]
+    op, _ = Mod.from_onnx({"fmod": fmod}, [None, None], "m", 28)
+    kernel, (y,) = run_in_arena(op, [a, b])
+    kernel()
+    want = ort_run("Mod", [a, b], opset=28, fmod=fmod)
+    np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(op.reference([a, b])[0], want, rtol=1e-6, atol=1e-6)
+
+
+VARIADIC_SHAPES = [
+    [(2, 13, 5, 7)],
+    [(2, 13, 5, 7), (1, 13, 1, 1)],
+    [(7,), (2, 13, 5, 7), (1, 13, 1, 1)],
+    [(3, 1), (1, 24), (2, 1, 1)],
+]
+
+
+@pytest.mark.parametrize("cls", [Min, Max, Mean], ids=lambda c: c.op_type)
+@pytest.mark.parametrize("shapes", VARIADIC_SHAPES, ids=len)
+def test_variadic_match_reference_and_onnxruntime(cls, shapes):
+    rng = np.random.default_rng(len(shapes))
+    xs = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    xs[0].reshape(-1)[1] = np.nan
+    kernel, (y,) = run_in_arena(cls(), xs)
+    kernel()
+    want = ort_run(cls.op_type, xs, opset=13)
+    np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(cls().reference(xs)[0], want, rtol=1e-6, atol=1e-6)
+
+
+def test_dtype_refusals():
+    with pytest.raises(DtypeRefused, match=r"different element types \['int64', 'int32'\]"):
+        Add().output_dtypes(["int64", "int32"])
+    with pytest.raises(DtypeRefused, match="not bool"):
+        Mul().output_dtypes(["bool", "bool"])
+    with pytest.raises(DtypeRefused, match="Mean takes float32, not int64"):
+        Mean().output_dtypes(["int64", "int64"])
+    with pytest.raises(DtypeRefused, match="fused Relu runs on float32, not int32"):
+        Add(activation="Relu").output_dtypes(["int32", "int32"])
+    with pytest.raises(DtypeRefused, match="float32"):
+        Sum().output_dtypes(["int64", "int64"])
+    with pytest.raises(DtypeRefused, match="fmod=1 before opset 28"):
+        Mod.from_onnx({}, [None, None], "m", 27)[0].output_dtypes(["float32", "float32"])
+    assert Mod.from_onnx({"fmod": 1}, [None, None], "m", 13)[0].output_dtypes(["float32"] * 2) == ["float32"]
+    with pytest.raises(UnsupportedOp, match="fmod=2"):
+        Mod.from_onnx({"fmod": 2}, [None, None], "m", 13)
+    assert Max().output_dtypes(["uint8", None, "uint8"]) == ["uint8"]
+    for op in [*INTEGER_OPS, Mean(), Sum()]:
+        assert op.slice_axes([(2, 3)], [(2, 3)]) == ()
+
+
+@pytest.mark.parametrize(
+    ("op", "dtype", "shapes"),
+    [
+        (Add(), "int64", [(2, 24, 29, 31), (24, 1, 1)]),
+        (Div(), "int32", [(2, 24, 29, 31), (1, 1, 31)]),
+        (Mod(fmod=1), "float32", [(2, 24, 29, 31), (24, 1, 1)]),
+        (Max(), "int64", [(2, 24, 29, 31), (31,), (2, 1, 1, 1)]),
+        (Mean(), "float32", [(2, 24, 29, 31), (31,), (2, 1, 1, 1)]),
+        (Min(), "float32", [(2, 24, 29, 31)]),
+    ],
+    ids=lambda v: getattr(v, "op_type", str(v)),
+)
+def test_integer_and_variadic_allocate_nothing_per_call(op, dtype, shapes):
+    rng = np.random.default_rng(10)
+    xs = [
+        (rng.integers(1, 50, s) if dtype != "float32" else rng.standard_normal(s)).astype(dtype)
+        for s in shapes
+    ]
+    kernel, _ = run_in_arena(op, xs)
+    assert_no_numpy_allocations(kernel)
+
+
+def test_integer_model_matches_onnxruntime(tmp_path):
+    """Token-id arithmetic as exporters write it (int64 input, int64 constants), end to end."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tests.conftest import assert_model_matches_ort
+
+    nodes = [
+        helper.make_node("Add", ["ids", "offset"], ["a"]),
+        helper.make_node("Mul", ["a", "three"], ["m"]),
+        helper.make_node("Div", ["m", "seven"], ["d"]),
+        helper.make_node("Mod", ["d", "five"], ["r"]),
+        helper.make_node("Sub", ["r", "ids"], ["s"]),
+        helper.make_node("Max", ["s", "d", "lo"], ["y"]),
+        helper.make_node("Mean", ["x", "x2"], ["z"]),
+    ]
+    consts = {
+        "offset": np.array([-50], np.int64),
+        "three": np.array(3, np.int64),
+        "seven": np.array([[7], [-7]], np.int64),
+        "five": np.array(5, np.int64),
+        "lo": np.array([-3], np.int64),
+        "x2": np.linspace(-1, 1, 11, dtype=np.float32),
+    }
+    graph = helper.make_graph(
+        nodes,
+        "ints",
+        [
+            helper.make_tensor_value_info("ids", TensorProto.INT64, [2, 11]),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 11]),
+        ],
+        [
+            helper.make_tensor_value_info("y", TensorProto.INT64, [2, 11]),
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 11]),
+        ],
+        [numpy_helper.from_array(v, k) for k, v in consts.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    rng = np.random.default_rng(11)
+    feeds = {
+        "ids": rng.integers(0, 30000, (2, 11)).astype(np.int64),
+        "x": rng.standard_normal((2, 11)).astype(np.float32),
+    }
+    assert_model_matches_ort(model, feeds, tmp_path)
