@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from flexnnd.errors import DtypeRefused, ShapeError, UnsupportedOp
 from flexnnd.ops.movement import CumSum, DepthToSpace, Expand, SpaceToDepth, Tile, Trilu
 from flexnnd.ops.strided import Copy, flat_bits
+from tests.conftest import assert_model_matches_ort, make_model
 from tests.ops.harness import arena_views, assert_no_numpy_allocations, ort_run, run_in_arena
 from tests.ops.test_slice import DTYPES, data
 
@@ -196,3 +198,134 @@ def test_movement_ops_run_whole(op):
     assert op.slice_axes([(4, 4, 4, 4)], [(4, 4, 4, 4)]) == ()
     assert op.cost_kind([(4, 4, 4, 4)]) == "memory"
     assert Tile.from_dict(Tile(repeats=(2, 3)).to_dict()) == Tile(repeats=(2, 3))
+
+
+# ---- small models, end to end against ONNX Runtime ------------------------------------------------
+
+
+def conv(name, x, y, cin, cout, k=1, group=1, seed=0):
+    """A Conv node and its weights (fixed seed), padding to keep the size."""
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((cout, cin // group, k, k)) / np.sqrt(cin * k * k / group)).astype(np.float32)
+    b = (0.1 * rng.standard_normal(cout)).astype(np.float32)
+    node = helper.make_node(
+        "Conv",
+        [x, f"{name}_w", f"{name}_b"],
+        [y],
+        kernel_shape=[k, k],
+        pads=[k // 2] * 4,
+        group=group,
+        name=name,
+    )
+    return node, [(f"{name}_w", w), (f"{name}_b", b)]
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+def test_shufflenet_v2_block_matches_onnxruntime(opset, tmp_path):
+    """Conv -> Split on channels -> (identity | 1x1, depthwise 3x3, 1x1) -> Concat -> channel shuffle."""
+    c, h = 24, 14
+    nodes, inits = [], []
+    for node, w in (
+        conv("stem", "x", "t0", c, c, seed=1),
+        conv("pw1", "b0", "b1", c // 2, c // 2, seed=2),
+        conv("dw", "b1r", "b2", c // 2, c // 2, k=3, group=c // 2, seed=3),
+        conv("pw2", "b2", "b3", c // 2, c // 2, seed=4),
+    ):
+        nodes.append(node)
+        inits += w
+    if opset >= 18:
+        split = helper.make_node("Split", ["t"], ["a", "b0"], axis=1, num_outputs=2)
+    else:
+        split = helper.make_node("Split", ["t", "halves"], ["a", "b0"], axis=1)
+        inits.append(("halves", np.array([c // 2, c // 2], np.int64)))
+    inits += [
+        ("groups", np.array([1, 2, c // 2, h, h], np.int64)),
+        ("flat", np.array([1, c, h, h], np.int64)),
+    ]
+    nodes += [
+        helper.make_node("Relu", ["t0"], ["t"]),
+        split,
+        helper.make_node("Relu", ["b1"], ["b1r"]),
+        helper.make_node("Relu", ["b3"], ["b3r"]),
+        helper.make_node("Concat", ["a", "b3r"], ["cat"], axis=1),
+        helper.make_node("Reshape", ["cat", "groups"], ["g"]),
+        helper.make_node("Transpose", ["g"], ["gt"], perm=[0, 2, 1, 3, 4]),
+        helper.make_node("Reshape", ["gt", "flat"], ["y"]),
+    ]
+    # Order matters only to the reader: the importer sorts the nodes.
+    model = make_model(nodes, [("x", [1, c, h, h])], [("y", [1, c, h, h])], inits, opset=opset)
+    x = np.random.default_rng(0).standard_normal((1, c, h, h)).astype(np.float32)
+    assert_model_matches_ort(model, {"x": x}, tmp_path)
+
+
+def test_yolo_style_head_matches_onnxruntime(tmp_path):
+    """Conv -> per-anchor rows -> Slice/Split into xy, wh, scores -> Sigmoid/Mul -> Concat on the last axis."""
+    anchors, fields, h = 3, 7, 8
+    stem, weights = conv("head", "x", "p", 16, anchors * fields, seed=5)
+    inits = [
+        *weights,
+        ("rows", np.array([1, anchors, fields, h * h], np.int64)),
+        ("out", np.array([1, anchors * h * h, fields], np.int64)),
+        ("xy_start", np.array([0], np.int64)),
+        ("xy_end", np.array([2], np.int64)),
+        ("last", np.array([-1], np.int64)),
+        ("rest", np.array([2, 3], np.int64)),
+        ("to_end", np.array([np.iinfo(np.int64).max], np.int64)),
+        ("two", np.array(2.0, np.float32)),
+    ]
+    nodes = [
+        stem,
+        helper.make_node("Reshape", ["p", "rows"], ["r"]),
+        helper.make_node("Transpose", ["r"], ["rt"], perm=[0, 1, 3, 2]),  # [1, 3, 64, 7]
+        helper.make_node("Slice", ["rt", "xy_start", "xy_end", "last"], ["xy_raw"]),
+        helper.make_node("Slice", ["rt", "xy_end", "to_end", "last"], ["tail"]),
+        helper.make_node("Split", ["tail", "rest"], ["wh_raw", "cls_raw"], axis=-1),
+        helper.make_node("Sigmoid", ["xy_raw"], ["xy_s"]),
+        helper.make_node("Mul", ["xy_s", "two"], ["xy"]),
+        helper.make_node("Sigmoid", ["wh_raw"], ["wh_s"]),
+        helper.make_node("Mul", ["wh_s", "wh_s"], ["wh"]),
+        helper.make_node("Sigmoid", ["cls_raw"], ["cls"]),
+        helper.make_node("Concat", ["xy", "wh", "cls"], ["cat"], axis=-1),
+        helper.make_node("Reshape", ["cat", "out"], ["y"]),
+    ]
+    model = make_model(nodes, [("x", [1, 16, h, h])], [("y", [1, anchors * h * h, fields])], inits, opset=13)
+    x = np.random.default_rng(1).standard_normal((1, 16, h, h)).astype(np.float32)
+    assert_model_matches_ort(model, {"x": x}, tmp_path)
+
+
+def test_integer_tensors_move_end_to_end(tmp_path):
+    """int64 token ids through Slice, Pad, Tile, Concat, Trilu and CumSum, and a bool mask through
+    Expand and Transpose: non-float tensors as inputs, intermediates and outputs."""
+    ids = helper.make_tensor_value_info("ids", TensorProto.INT64, [2, 9])
+    mask = helper.make_tensor_value_info("mask", TensorProto.BOOL, [1, 9])
+    outs = [
+        helper.make_tensor_value_info("y", TensorProto.INT64, None),
+        helper.make_tensor_value_info("m", TensorProto.BOOL, None),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([1], np.int64), "one"),
+        numpy_helper.from_array(np.array([-1], np.int64), "minus_one"),
+        numpy_helper.from_array(np.array([0, 2, 0, 1], np.int64), "pads"),
+        numpy_helper.from_array(np.array(5, np.int64), "pad_value"),
+        numpy_helper.from_array(np.array([1, 2], np.int64), "reps"),
+        numpy_helper.from_array(np.array(1, np.int64), "axis"),
+        numpy_helper.from_array(np.array([3, 1, 9], np.int64), "wide"),
+    ]
+    nodes = [
+        helper.make_node("Slice", ["ids", "one", "minus_one", "one"], ["inner"]),  # [2, 7]
+        helper.make_node("Pad", ["inner", "pads", "pad_value"], ["padded"]),  # [2, 10]
+        helper.make_node("Tile", ["inner", "reps"], ["tiled"]),  # [2, 14]
+        helper.make_node("Concat", ["padded", "tiled"], ["cat"], axis=1),  # [2, 24]
+        helper.make_node("Trilu", ["cat", "one"], ["upper"]),
+        helper.make_node("CumSum", ["upper", "axis"], ["y"], reverse=1),
+        helper.make_node("Expand", ["mask", "wide"], ["wide_mask"]),  # [3, 1, 9]
+        helper.make_node("Transpose", ["wide_mask"], ["m"], perm=[2, 1, 0]),
+    ]
+    graph = helper.make_graph(nodes, "ints", [ids, mask], outs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)], ir_version=8)
+    rng = np.random.default_rng(2)
+    feeds = {
+        "ids": rng.integers(0, 1000, (2, 9)).astype(np.int64),
+        "mask": rng.integers(0, 2, (1, 9)).astype(bool),
+    }
+    assert_model_matches_ort(model, feeds, tmp_path)
