@@ -26,6 +26,7 @@ from flexnnd.errors import (
 )
 from flexnnd.graph import passes
 from flexnnd.graph.fold import FOLDERS, SHAPE_FOLDERS, attribute_values, fold_output_elements
+from flexnnd.graph.fuse_gelu import fuse_gelu
 from flexnnd.graph.ir import Graph, Node, Shape, TensorInfo, runtime_dtype
 from flexnnd.graph.limits import (
     DEFAULT_LIMITS,
@@ -297,6 +298,7 @@ def import_onnx(
     try:
         with _float_errors_raise():
             passes.remove_identities(draft)
+            fuse_gelu(draft)
             passes.fold_batchnorm(draft)
             passes.fuse_activations(draft)
             passes.fuse_residual_adds(draft)
