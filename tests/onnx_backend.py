@@ -22,6 +22,11 @@ def runtime_inputs(model: onnx.ModelProto) -> set[str]:
     return {n.input[0] for n in model.graph.node if n.input}
 
 
+def as_array(value) -> np.ndarray:
+    """A node test's value: some cases (Cast's) give TensorProtos rather than arrays."""
+    return onnx.numpy_helper.to_array(value) if isinstance(value, onnx.TensorProto) else np.asarray(value)
+
+
 class FlexnnRep(BackendRep):
     def __init__(self, model: onnx.ModelProto):
         self.model = model
@@ -34,7 +39,7 @@ class FlexnnRep(BackendRep):
         feeds = {}
         keep = []
         for name, value in zip(names, inputs, strict=False):
-            value = np.asarray(value)
+            value = as_array(value)
             if name in data:
                 feeds[name] = value
                 keep.append(name)

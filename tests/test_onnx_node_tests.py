@@ -12,7 +12,7 @@ import pytest
 import flexnnd
 from flexnnd.ops import registered_ops
 from tests.node_exclusions import excluded
-from tests.onnx_backend import FlexnnBackend
+from tests.onnx_backend import FlexnnBackend, as_array
 
 EXCLUDED = excluded()
 
@@ -44,7 +44,7 @@ def test_node(name):
         outputs = FlexnnBackend.prepare(case.model).run(inputs)
         assert len(outputs) == len(expected)
         for got, want in zip(outputs, expected, strict=True):
-            want = np.asarray(want)
+            want = as_array(want)
             assert got.shape == want.shape, f"{name}: shape {got.shape} != {want.shape}"
             np.testing.assert_allclose(got, want, rtol=max(case.rtol, 1e-5), atol=max(case.atol, 1e-6))
 
