@@ -37,11 +37,15 @@ def fill_planes(y, base, channels, plane, bias):
 
 
 @kernel
-def col2im_add(col, y, base, channels, kh, kw, r0, r1, w_in, out_h, out_w, sh, sw, dh, dw, pt, pl):
+def col2im_add(
+    col, y, base, channels, kh, kw, r0, r1, w_in, out_h, out_w, sh, sw, dh, dw, pt, pl, bias, tiles
+):
     """Add col[(c, ky, kx), (iy - r0, ix)] into y[base + (c, oy, ox)], oy = iy*sh + ky*dh - pt and
-    ox = ix*sw + kx*dw - pl, for the positions inside the output (y flat, c < channels)."""
+    ox = ix*sw + kx*dw - pl, for the positions inside the output (y flat, c < channels). With `tiles`
+    (the kernel tiles the output: each pixel is hit once) it writes col + bias[c] instead."""
     ncols = (r1 - r0) * w_in
     for c in range(channels):
+        b = bias[c] if bias.size > 0 else np.float32(0.0)
         for ky in range(kh):
             for kx in range(kw):
                 row = ((c * kh + ky) * kw + kx) * ncols
@@ -58,8 +62,12 @@ def col2im_add(col, y, base, channels, kh, kw, r0, r1, w_in, out_h, out_w, sh, s
                         continue
                     s = np.uint64(row + (iy - r0) * w_in + ix0)
                     d = np.uint64(base + (c * out_h + oy) * out_w + ix0 * sw + shift)
-                    for k in range(n):
-                        y[d + k * step] += col[s + k]
+                    if tiles:
+                        for k in range(n):
+                            y[d + k * step] = col[s + k] + b
+                    else:
+                        for k in range(n):
+                            y[d + k * step] += col[s + k]
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,16 @@ class Geometry:
     @property
     def kk(self) -> int:
         return self.kh * self.kw
+
+    @property
+    def tiles(self) -> bool:
+        """Whether every output pixel gets exactly one kernel tap (kernel = stride, no pads, no dilation)."""
+        return (
+            (self.kh, self.kw) == (self.sh, self.sw)
+            and self.dh == self.dw == 1
+            and self.pt == self.pl == 0
+            and (self.out_h, self.out_w) == (self.height * self.sh, self.width * self.sw)
+        )
 
     @property
     def out_shape(self) -> tuple[int, ...]:
@@ -176,7 +194,8 @@ class ConvTranspose(Op):
                 out = int(want[i]) if want is not None else ins[i] * strides[i]
                 total = max(0, full - out)
                 small = total // 2
-                head = total - small if self.auto_pad == "SAME_LOWER" else small
+                # ONNX Runtime's split: the odd pixel at the end for SAME_UPPER, at the start otherwise
+                head = small if self.auto_pad == "SAME_UPPER" else total - small
             elif self.auto_pad == "VALID":
                 head, out = 0, full
             else:
@@ -302,8 +321,9 @@ class ConvTranspose(Op):
                     base = (n * geo.cout + chan) * plane
                     args = (cb.reshape(-1), yflat, base, per_group, geo.kh, geo.kw, r0, r1, geo.width)
                     args += (geo.out_h, geo.out_w, geo.sh, geo.sw, geo.dh, geo.dw, geo.pt, geo.pl)
+                    args += (bias[g * per_group : (g + 1) * per_group] if bias.size else bias, geo.tiles)
                     calls.append((a, xb, cb, args))
-        inits = [((n * geo.cout + c0) * plane) for n in range(geo.batch)]
+        inits = [] if geo.tiles else [((n * geo.cout + c0) * plane) for n in range(geo.batch)]
         channels, matmul = c1 - c0, np.matmul
 
         def run_conv_transpose():
