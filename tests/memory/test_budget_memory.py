@@ -58,3 +58,59 @@ def test_a_swap_from_large_to_small_never_holds_both_plans(zoo_model, package_ca
     assert large["steady"] <= full + SLACK
     assert small["adoption"] <= full + SLACK  # the swap itself: old arena gone before the new
     assert small["steady"] <= int(full * 0.1) + SLACK, small
+
+
+def token_model(path: Path) -> Path:
+    """int64 token ids -> a 16 MiB embedding table (Gather) -> LayerNorm -> an MLP with GELU ->
+    ReduceMean over the tokens: the op families of issue 17 in one model, built in code."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    vocab, width, hidden = 16384, 256, 1024
+    weights = {
+        "table": rng.standard_normal((vocab, width)).astype(np.float32),
+        "gamma": np.ones(width, np.float32),
+        "beta": np.zeros(width, np.float32),
+        "w1": rng.standard_normal((width, hidden)).astype(np.float32) / 16,
+        "w2": rng.standard_normal((hidden, width)).astype(np.float32) / 32,
+        "axes": np.array([1], np.int64),
+    }
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["emb"], axis=0),
+        helper.make_node("LayerNormalization", ["emb", "gamma", "beta"], ["norm"], axis=-1),
+        helper.make_node("MatMul", ["norm", "w1"], ["h"]),
+        helper.make_node("Gelu", ["h"], ["g"]),
+        helper.make_node("MatMul", ["g", "w2"], ["o"]),
+        helper.make_node("ReduceMean", ["o", "axes"], ["y"], keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tokens",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.slow
+def test_a_token_model_stays_within_the_budget(tmp_path):
+    """The issue 17 families (int64 input, Gather, LayerNorm, GELU, ReduceMean) keep the promise."""
+    import flexnnd
+
+    path = token_model(tmp_path / "tokens.onnx")
+    cache = tmp_path / "cache"
+    with flexnnd.Session(path, cache_dir=cache) as sess:
+        ladder = sess.rungs
+        arenas = sorted({e.arena_bytes for e in ladder.index})
+        budgets = [a + ladder.output_bytes for a in (arenas[0], arenas[len(arenas) // 2], arenas[-1])]
+    assert budgets[0] < budgets[-1]  # the MLP's weights stream (the table is read whole by Gather)
+    for budget in budgets:
+        (row,) = measure(path, cache, [budget])
+        assert row["arena"] <= budget
+        assert row["adoption"] <= budget + SLACK, row
+        assert row["steady"] <= budget + SLACK, row
