@@ -4,13 +4,6 @@ refuses on purpose, each with the reason."""
 _INT = "flexnn runs float32 models; integer tensors are refused at import"
 _1D3D = "flexnn's pooling kernels are 1-D and 2-D (3-D is refused)"
 EXCLUDED = {
-    **{
-        f"test_{op}_{t}": _INT
-        for op in ("add", "mul", "sub", "div")
-        for t in ("int8", "int16", "uint8", "uint16", "uint32", "uint64")
-    },
-    "test_div_uint8": _INT,
-    "test_div_int32_trunc": _INT,
     "test_reshape_allowzero_reordered": "zero-size tensors are refused at import",
     "test_clip_default_int8_inbounds": _INT,
     "test_clip_default_int8_max": _INT,
