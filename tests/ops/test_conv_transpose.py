@@ -149,3 +149,55 @@ def test_refusals():
         ConvTranspose(kernel_shape=(3, 3), pads=(3, 3, 3, 3)).infer(
             [(1, 4, 1, 1), (4, 2, 3, 3)], [None, None]
         )
+
+
+def test_fpn_segmenter_fragment_matches_onnxruntime(tmp_path):
+    """A DB/FPN-style head: Conv -> ConvTranspose (4x4/2) -> Resize (linear 2x) -> Add a skip ->
+    Conv -> Sigmoid, all-resident and at the smallest plan (which cuts the ConvTranspose's weight)."""
+    from onnx import helper
+
+    from tests.conftest import assert_model_matches_ort, make_model
+
+    rng = np.random.default_rng(11)
+
+    def const(*shape, scale=0.1):
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node(
+            "ConvTranspose",
+            ["r1", "wt", "bt"],
+            ["up1"],
+            kernel_shape=[4, 4],
+            strides=[2, 2],
+            pads=[1, 1, 1, 1],
+        ),
+        helper.make_node("Resize", ["up1", "", "scales"], ["up2"], mode="linear"),
+        helper.make_node("Add", ["up2", "skip"], ["sum"]),
+        helper.make_node("Conv", ["sum", "w2", "b2"], ["c2"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Sigmoid", ["c2"], ["prob"]),
+    ]
+    inits = [
+        ("w1", const(160, 3, 3, 3)),
+        ("b1", const(160)),
+        ("wt", const(160, 96, 4, 4)),  # 960 KiB: the weight that the smallest plan cuts
+        ("bt", const(96)),
+        ("scales", np.array([1, 1, 2, 2], np.float32)),
+        ("w2", const(1, 96, 3, 3)),
+        ("b2", const(1)),
+    ]
+    model = make_model(
+        nodes, [("x", (1, 3, 8, 8)), ("skip", (1, 96, 32, 32))], [("prob", (1, 1, 32, 32))], inits
+    )
+    feeds = {"x": const(1, 3, 8, 8, scale=1.0), "skip": const(1, 96, 32, 32, scale=1.0)}
+    whole, smallest = assert_model_matches_ort(model, feeds, tmp_path)
+    assert smallest < whole
+    import flexnnd
+
+    with flexnnd.Session(tmp_path / "model.onnx", threads=1, cache_dir=tmp_path / "cache") as sess:
+        sess.set_budget(min(e.arena_bytes for e in sess.rungs.index) + sess.rungs.output_bytes)
+        sess.run(feeds)
+        parts = [s.part for s in sess.plan.steps if s.node.startswith("ConvTranspose")]
+    assert len(parts) > 1 and all(p.axis is Axis.CHANNELS for p in parts)
