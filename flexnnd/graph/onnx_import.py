@@ -25,6 +25,7 @@ from flexnnd.errors import (
     UnsupportedOps,
 )
 from flexnnd.graph import passes
+from flexnnd.graph.conv1d import conv1d_as_2d
 from flexnnd.graph.fold import FOLDERS, SHAPE_FOLDERS, attribute_values, fold_output_elements
 from flexnnd.graph.fuse_gelu import fuse_gelu
 from flexnnd.graph.ir import Graph, Node, Shape, TensorInfo, runtime_dtype
@@ -244,6 +245,10 @@ def import_onnx(
             "(flexnnctl import --input-shape NAME=D,D,...)"
         )
 
+    taken = {*consts, *infos, *(o for n in g.node for o in n.output), *(n.name for n in g.node)}
+    rewritten = conv1d_as_2d(g.node, consts, taken, opset)
+    if rewritten is not None:  # the caller's model stays as it was: a graph of the new nodes
+        g = onnx.GraphProto(name=g.name, node=rewritten, input=g.input, output=g.output)
     nodes: list[Node] = []
     names_seen: set[str] = set()
     refusals: list[UnsupportedOp] = []
