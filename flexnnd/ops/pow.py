@@ -3,7 +3,8 @@
 Exporters write it with a constant scalar exponent: 2 for variances and norms, 0.5 for square
 roots, 3 in GELU's tanh form. That exponent is absorbed at import and the common ones run as the
 cheaper ufunc (x*x, sqrt, x*x*x, 1/x, ...); numpy's power is several times slower than a multiply.
-Any other exponent, constant or computed, runs as numpy's power with broadcasting, on float32.
+Any other scalar runs as numpy's power; a tensor exponent, constant or computed, runs in a numba
+loop over the broadcast (numpy's broadcasting ufuncs allocate their iterator's buffers).
 Integer bases take a whole constant scalar exponent >= 0 (numpy refuses negative integer powers).
 """
 
@@ -17,6 +18,7 @@ import numpy as np
 from flexnnd.errors import DtypeRefused, ShapeError
 from flexnnd.ops.base import Op, broadcast_shapes, internal, register
 from flexnnd.ops.buffers import reshape_view
+from flexnnd.ops.jit import kernel
 
 INTEGERS = ("int32", "int64")
 
@@ -78,18 +80,30 @@ class Pow(Op):
             raise ShapeError(f"Pow.bind: input {x.shape} {x.dtype}, output {y.shape} {y.dtype}")
         if self.exponent is None:
             e = ins[1]
-            if e.dtype != x.dtype or broadcast_shapes("Pow", x.shape, e.shape) != y.shape:
+            if (
+                x.dtype != np.float32
+                or e.dtype != np.float32
+                or broadcast_shapes("Pow", x.shape, e.shape) != y.shape
+            ):
                 raise ShapeError(
                     f"Pow.bind: base {x.shape} {x.dtype}, exponent {e.shape} {e.dtype}, output {y.shape}"
                 )
-            return lambda: np.power(x, e, out=y)
+            return _broadcast_power(x, e, y)
         if x.size != y.size:
             raise ShapeError(f"Pow.bind: input {x.shape}, output {y.shape}")
         src, dst = reshape_view(x, (-1,)), reshape_view(y, (-1,))
         if x.dtype.kind == "i":
             k = int(self.exponent)
             return lambda: np.power(src, k, out=dst)
-        return _scalar_power(src, dst, self.exponent)
+        run = _scalar_power(src, dst, self.exponent)
+        if self.exponent in (2.0, 3.0, 1.0, 0.0):
+            return run  # a product or a copy: nothing to warn about
+
+        def scalar_power():
+            with np.errstate(all="ignore"):  # 0 ** -1 is inf as IEEE says, not a warning
+                run()
+
+        return scalar_power
 
     def reference(self, ins):
         x = np.asarray(ins[0])
@@ -128,3 +142,64 @@ def _scalar_power(src, dst, e):
         return lambda: dst.fill(1.0)  # x ** 0 is 1 for every x, NaN too
     f = np.float32(e)
     return lambda: np.power(src, f, out=dst)
+
+
+@kernel
+def power_broadcast(x, e, y, x0, e0, y0, geometry):
+    """y[y0 + flat i] = x[x0 + ...] ** e[e0 + ...] over a 4-D loop (flat arrays); `geometry` rows:
+    the loop's sizes, x's and e's element strides (0 where broadcast)."""
+    o = y0
+    size, xs, es = geometry[0], geometry[1], geometry[2]
+    for a in range(size[0]):
+        for b in range(size[1]):
+            for c in range(size[2]):
+                xi = x0 + a * xs[0] + b * xs[1] + c * xs[2]
+                ei = e0 + a * es[0] + b * es[1] + c * es[2]
+                for d in range(size[3]):
+                    y[o] = x[xi + d * xs[3]] ** e[ei + d * es[3]]
+                    o += 1
+
+
+def _contiguous_strides(shape):
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    return strides[::-1]
+
+
+def _broadcast_power(x, e, y):
+    """Bind power_broadcast: y's dims of size > 1, adjacent ones merged where x and e are broadcast
+    alike; dims beyond the kernel's four are looped here (shapes no exporter writes)."""
+    rank = y.ndim
+    xs, es = (1,) * (rank - x.ndim) + x.shape, (1,) * (rank - e.ndim) + e.shape
+    xst, est = _contiguous_strides(xs), _contiguous_strides(es)
+    dims: list[list[int]] = []  # [size, x stride, e stride]
+    for d in range(rank):
+        if y.shape[d] == 1:
+            continue
+        xd, ed = (xst[d] if xs[d] > 1 else 0), (est[d] if es[d] > 1 else 0)
+        if dims and (dims[-1][1] == 0) == (xd == 0) and (dims[-1][2] == 0) == (ed == 0):
+            dims[-1] = [dims[-1][0] * y.shape[d], xd, ed]
+        else:
+            dims.append([y.shape[d], xd, ed])
+    dims = [[1, 0, 0]] * max(0, 4 - len(dims)) + dims
+    outer, inner = dims[:-4], dims[-4:]
+    geometry = np.array(inner, dtype=np.int64).T.copy()  # 12 integers, once
+    block = int(np.prod(geometry[0]))
+    starts = []
+    for n, idx in enumerate(np.ndindex(*(g[0] for g in outer))):
+        starts.append(
+            (
+                sum(i * g[1] for i, g in zip(idx, outer, strict=True)),
+                sum(i * g[2] for i, g in zip(idx, outer, strict=True)),
+                n * block,
+            )
+        )
+    src, exp, dst = reshape_view(x, (-1,)), reshape_view(e, (-1,)), reshape_view(y, (-1,))
+
+    def power():
+        for x0, e0, y0 in starts:
+            power_broadcast(src, exp, dst, x0, e0, y0, geometry)
+
+    return power
