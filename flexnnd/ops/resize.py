@@ -405,6 +405,9 @@ class _Resample(Op):
         tabs, lead = self._layout(shape)
         gather = self.mode == "nearest"
         extrap = np.array(self.extrapolation_value).astype(x.dtype)[()]
+        if gather:  # a gather moves bits: one kernel per element width, not per dtype
+            bits = np.dtype(f"u{x.dtype.itemsize}")
+            x, y, extrap = x.view(bits), y.view(bits), np.array(extrap).view(bits)[()]
         need = self.scratch_bytes([shape])
         raw = np.zeros(0, np.uint8) if scratch is None else reshape_view(scratch, (-1,)).view(np.uint8)
         if raw.size < need:
@@ -451,8 +454,7 @@ class _Resample(Op):
             rep = ow // w if ow % w == 0 and np.array_equal(cidx, np.arange(ow) // (ow // w)) else 0
             cout = cout if cout.any() else cout[:0]
             if rep == 2 and cout.size == 0 and x.dtype.itemsize == 4:
-                bits = np.array(extrap, x.dtype).view(np.uint32)[()]
-                args = (src.view(np.uint32), dst.view(np.uint64), planes, h, w, oh, ridx, rout, bits)
+                args = (src, dst.view(np.uint64), planes, h, w, oh, ridx, rout, extrap)
                 steps.append((nearest2x_bits, args))
             else:
                 steps.append(
