@@ -237,3 +237,24 @@ def test_refusals():
         ).infer([(1, 1, 2, 4)], [None])
     with pytest.raises(ShapeError, match="scales"):
         resize((1, 1, 2, 4), scales=(2, 2), mode="linear").infer([(1, 1, 2, 4)], [None])
+
+
+@pytest.mark.parametrize(
+    ("mode", "transform"),
+    [("nearest", "tf_half_pixel_for_nn"), ("linear", "half_pixel"), ("cubic", "align_corners")],
+)
+def test_resize_opset11_matches_onnxruntime(mode, transform):
+    x = data((1, 2, 5, 6), seed=8)
+    roi, scales = np.zeros(0, np.float32), np.array([1, 1, 1.6, 2.5], np.float32)
+    attrs = {"mode": mode, "coordinate_transformation_mode": transform}
+    if transform == "align_corners":
+        scales = np.array([1, 1, 2, 1.5], np.float32)  # whole output lengths: 10, 9
+    op, kept = Resize.from_onnx(attrs, [None, roi, scales], "r", 11)
+    assert kept == (0,)
+    check_kernel(op, x)
+    want = ort_run("Resize", [x], consts=(roi, scales), opset=11, **attrs)
+    assert_close_to_reference(op.reference([x])[0], want)
+    with pytest.raises(UnsupportedOp, match="only in opset 11"):
+        Resize.from_onnx(
+            {"coordinate_transformation_mode": "tf_half_pixel_for_nn"}, [None, roi, scales], "r", 13
+        )
