@@ -1,5 +1,5 @@
-"""The LayerNorm that older exporters (torch before opset 17, TF converters) write as ten nodes
-becomes one LayerNormalization node:
+"""The LayerNorm that older exporters (torch before opset 17) write as up to nine nodes becomes one
+LayerNormalization node:
 
     m = ReduceMean(x, trailing axes)    d = Sub(x, m)      q = Pow(d, 2) | Mul(d, d)
     v = ReduceMean(q, same axes)        e = Add(v, eps)
@@ -10,7 +10,7 @@ Only exactly that: every intermediate read by the next node alone and not a grap
 axes a trailing run of x's axes (keepdims), eps a constant scalar, scale and bias constants that
 vary only along the normalized axes, and nothing broadcasting to another shape. Anything else is
 left as it is. The fused node computes the same arithmetic (a mean of squared deviations), in one
-pass over x instead of ten.
+pass over x instead of nine.
 """
 
 from __future__ import annotations
@@ -33,7 +33,10 @@ _READ_FIELDS = {"Pow": ("exponent", "exponent_shape"), "ReduceMean": ("axes", "k
 def _plain(node: Node) -> bool:
     """No attribute but those the pattern reads, and no fused activation."""
     fields = _READ_FIELDS.get(node.op_type, ())
-    return node.op == type(node.op)(**{f: getattr(node.op, f) for f in fields})
+    try:
+        return node.op == type(node.op)(**{f: getattr(node.op, f) for f in fields})
+    except TypeError:  # an op with required attributes is no part of the pattern
+        return False
 
 
 def _exponent(node: Node) -> float | None:
