@@ -34,7 +34,7 @@ class _Movement(Op):
 
 def _absorb(cls, attrs, consts, node, opset, pos: int, field: str, what: str, required: bool = True):
     """The op built with constant input `pos` as `field` (a tuple of ints); keeps input 0 only."""
-    value = constant_ints(cls.op_type, node, opset, consts, pos, what)
+    value = constant_ints(cls.op_type, node, opset, consts, pos, what, optional=not required)
     if value is None and required:
         raise UnsupportedOp(cls.op_type, node, opset, f"{what} (input {pos}) is missing")
     op, _ = Op.from_onnx.__func__(cls, attrs, consts[:1], node, opset)

@@ -56,9 +56,7 @@ class Pad(Op):
                 if value.size != 1:
                     raise UnsupportedOp(cls.op_type, node, opset, f"constant_value has {value.size} elements")
                 attrs["value"] = value[0].item()
-            elif len(consts) > 2:
-                raise UnsupportedOp(cls.op_type, node, opset, "constant_value (input 2) is not a constant")
-            axes = constant_ints(cls.op_type, node, opset, consts, 3, "axes")
+            axes = constant_ints(cls.op_type, node, opset, consts, 3, "axes", optional=True)
             op, _ = super().from_onnx(attrs, consts[:1], node, opset)
             op = cls(mode=op.mode, pads=op.pads, value=op.value, axes=axes)
         else:

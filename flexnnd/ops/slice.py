@@ -18,9 +18,13 @@ from flexnnd.ops.strided import Copy, flat_bits, same_dtype
 from flexnnd.ops.tensor import normalize_axis
 
 
-def constant_ints(op_type: str, node: str, opset: int, consts, pos: int, what: str) -> tuple[int, ...] | None:
-    """Input `pos` as a tuple of ints; None when absent; UnsupportedOp when computed at run time."""
-    if len(consts) <= pos:
+def constant_ints(
+    op_type: str, node: str, opset: int, consts, pos: int, what: str, optional: bool = False
+) -> tuple[int, ...] | None:
+    """Input `pos` as a tuple of ints, or None when absent. A required one computed at run time is an
+    UnsupportedOp; an optional one reads as None whether absent or computed, and the importer
+    refuses the latter (a named input the op does not keep must be a constant)."""
+    if len(consts) <= pos or (consts[pos] is None and optional):
         return None
     if consts[pos] is None:
         raise UnsupportedOp(op_type, node, opset, f"{what} (input {pos}) is not a constant")
@@ -45,7 +49,7 @@ class Slice(Op):
             if set(attrs):
                 raise UnsupportedOp(cls.op_type, node, opset, f"attribute(s) {sorted(attrs)} not supported")
             for pos, name in enumerate(("starts", "ends", "axes", "steps"), start=1):
-                value = constant_ints(cls.op_type, node, opset, consts, pos, name)
+                value = constant_ints(cls.op_type, node, opset, consts, pos, name, optional=pos > 2)
                 if value is not None:
                     attrs[name] = value
             if "starts" not in attrs or "ends" not in attrs:

@@ -36,7 +36,7 @@ class Split(Op):
             attrs["split"] = tuple(int(v) for v in attrs["split"])
         elif "split" in attrs:
             raise UnsupportedOp(cls.op_type, node, opset, "attribute(s) ['split'] not supported")
-        sizes = constant_ints(cls.op_type, node, opset, consts, 1, "split")
+        sizes = constant_ints(cls.op_type, node, opset, consts, 1, "split", optional=True)
         if sizes is not None:
             attrs["split"] = sizes
         unknown = set(attrs) - cls.onnx_attribute_names() - {"split"}
@@ -52,8 +52,8 @@ class Split(Op):
                 self.op_type,
                 node,
                 opset,
-                "equal parts by the number of outputs (no split sizes, no num_outputs) are not "
-                "supported: give the sizes as `split`",
+                "no constant split sizes and no num_outputs: equal parts by the number of outputs "
+                "(which import does not see) or sizes computed at run time are not supported",
             )
         if self.split is not None and self.num_outputs is not None:
             raise UnsupportedOp(self.op_type, node, opset, "both split and num_outputs are given")

@@ -152,8 +152,6 @@ def test_trilu_takes_every_dtype(dtype):
 def test_trilu_refusals():
     with pytest.raises(ShapeError, match=r"rank 2 or more.*\(5,\)"):
         Trilu().infer([(5,)], [None])
-    with pytest.raises(UnsupportedOp, match=r"k \(input 1\) is not a constant"):
-        Trilu.from_onnx({}, [None, None], "t", 14)
 
 
 # ---- CumSum -----------------------------------------------------------------------------------------
@@ -180,6 +178,38 @@ def test_cumsum_refusals():
         CumSum().output_dtypes(["int8"])
     with pytest.raises(ShapeError, match="axis 2 is out of range"):
         CumSum(axis=2).infer([(3, 4)], [None])
+
+
+@pytest.mark.parametrize(
+    ("op_type", "inputs", "attrs", "why"),
+    [
+        ("Slice", ["x", "starts", "ends", "k"], {}, r"input 3 \('k'\) must be a constant"),
+        ("Split", ["x", "k"], {"axis": 0}, "no constant split sizes"),
+        ("Pad", ["x", "pads", "", "k"], {}, r"input 3 \('k'\) must be a constant"),
+        ("Trilu", ["x", "k"], {}, r"input 1 \('k'\) must be a constant"),
+    ],
+)
+def test_an_optional_parameter_computed_at_run_time_is_refused_at_import(op_type, inputs, attrs, why):
+    """An optional parameter input reads as absent in from_onnx; the importer refuses it by name."""
+    from flexnnd.graph.onnx_import import import_onnx
+
+    graph = helper.make_graph(
+        [helper.make_node(op_type, inputs, ["y"], **attrs)],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2]),
+            helper.make_tensor_value_info("k", TensorProto.INT64, [1]),  # a graph input: known at run time
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [
+            numpy_helper.from_array(np.array([0], np.int64), "starts"),
+            numpy_helper.from_array(np.array([1], np.int64), "ends"),
+            numpy_helper.from_array(np.array([0, 0], np.int64), "pads"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    with pytest.raises(UnsupportedOp, match=rf"{op_type}.*{why}"):
+        import_onnx(model)
 
 
 @pytest.mark.parametrize(
