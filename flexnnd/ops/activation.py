@@ -106,6 +106,16 @@ ACT_CODES = {
 @kernel
 def activate(src, dst, act, alpha, beta):
     """dst = act(src) over flat contiguous float32 arrays (src may be dst)."""
+    if src.size > 0 and src.ctypes.data == dst.ctypes.data:
+        # In place: one array for both, else LLVM's overlap check fails and runs the scalar loop
+        # (Sigmoid 35x slower in place than out of place, measured).
+        _activate(dst, dst, act, alpha, beta)
+    else:
+        _activate(src, dst, act, alpha, beta)
+
+
+@kernel(inline="always")
+def _activate(src, dst, act, alpha, beta):
     n = src.size
     if act == ACT_NONE:
         for i in range(n):

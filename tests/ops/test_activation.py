@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from flexnnd.ops.activation import Clip, HardSigmoid, HardSwish, LeakyRelu, Relu, Sigmoid
+from flexnnd.ops.activation import ACT_CODES, Clip, HardSigmoid, HardSwish, LeakyRelu, Relu, Sigmoid, activate
 from flexnnd.ops.base import op_class
 from flexnnd.ops.unary import Exp
 from tests.conftest import assert_model_matches_ort, make_model
@@ -47,6 +47,16 @@ def test_reference_matches_onnxruntime(op, op_type, attrs):
     x = values((2, 3, 5, 4), seed=1)
     want = ort_run(op_type, [x], opset=14, **attrs)
     np.testing.assert_allclose(op.reference([x])[0], want, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("op", [o[0] for o in OPS] + [Clip(min=-1.5, max=2.0)], ids=lambda o: o.op_type)
+def test_in_place_as_fused_ops_run_it(op):
+    """activate(y, y, ...) (the fused Add's epilogue) runs its own one-array loop: same results."""
+    x = values((3, 1000, 7))
+    y = x.reshape(-1).copy()
+    name, alpha, beta = op.act()
+    activate(y, y, ACT_CODES[name], alpha, beta)
+    np.testing.assert_allclose(y.reshape(x.shape), op.reference([x])[0], rtol=3e-7, atol=1e-7)
 
 
 def test_sigmoid_saturates_and_keeps_nan():
