@@ -224,7 +224,7 @@ def test_registered_never_sliced_priced_by_bytes():
 
 # ---- models -------------------------------------------------------------------------------------
 
-VOCAB, WIDTH, TOKENS = 1000, 64, 16
+VOCAB, WIDTH, TOKENS, HIDDEN = 1000, 64, 16, 1024
 
 
 def embedding_model() -> onnx.ModelProto:
@@ -232,8 +232,8 @@ def embedding_model() -> onnx.ModelProto:
     transformer; a second output picks the first ("CLS") row of the activations at run time."""
     rng = np.random.default_rng(0)
     table = rng.standard_normal((VOCAB, WIDTH)).astype(np.float32)
-    weight = (rng.standard_normal((WIDTH, 32)) / 8).astype(np.float32)
-    bias = rng.standard_normal(32).astype(np.float32)
+    weight = (rng.standard_normal((WIDTH, HIDDEN)) / 8).astype(np.float32)
+    bias = rng.standard_normal(HIDDEN).astype(np.float32)
     nodes = [
         helper.make_node("Gather", ["table", "ids"], ["embedded"], name="embed", axis=0),
         helper.make_node("MatMul", ["embedded", "weight"], ["projected"], name="project"),
@@ -245,8 +245,8 @@ def embedding_model() -> onnx.ModelProto:
         "embedding",
         [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, TOKENS])],
         [
-            helper.make_tensor_value_info("hidden", TensorProto.FLOAT, [1, TOKENS, 32]),
-            helper.make_tensor_value_info("cls", TensorProto.FLOAT, [1, 32]),
+            helper.make_tensor_value_info("hidden", TensorProto.FLOAT, [1, TOKENS, HIDDEN]),
+            helper.make_tensor_value_info("cls", TensorProto.FLOAT, [1, HIDDEN]),
         ],
         [
             numpy_helper.from_array(table, "table"),
@@ -263,7 +263,8 @@ def embedding_model() -> onnx.ModelProto:
 def test_embedding_model_matches_onnxruntime(tmp_path):
     ids = np.random.default_rng(1).integers(0, VOCAB, (1, TOKENS)).astype(np.int64)
     ids[0, :3] = [0, VOCAB - 1, -1]  # both ends of the table, and one from its end
-    assert_model_matches_ort(embedding_model(), {"ids": ids}, tmp_path)
+    resident, smallest = assert_model_matches_ort(embedding_model(), {"ids": ids}, tmp_path)
+    assert smallest < resident  # the table and the projection take turns in the arena
 
 
 def test_embedding_out_of_range_token_fails_the_request_naming_the_node(tmp_path):
@@ -277,7 +278,7 @@ def test_embedding_out_of_range_token_fails_the_request_naming_the_node(tmp_path
             sess.run({"ids": ids})
         assert e.value.node == "embed"
         ids[0, 5] = 7  # the session stays usable
-        assert sess.run({"ids": ids})["hidden"].shape == (1, TOKENS, 32)
+        assert sess.run({"ids": ids})["hidden"].shape == (1, TOKENS, HIDDEN)
 
 
 def test_runtime_indices_into_activations_match_onnxruntime(tmp_path):
