@@ -90,9 +90,10 @@ def strided_copy(src, dst, bases, shape, src_strides, dst_strides):
                                 v = src[su]
                                 for k in range(run):
                                     dst[du + k] = v
-                            else:
-                                for k in range(n5):
-                                    dst[d + k * b5] = src[s + k * a5]
+                            else:  # unsigned arithmetic wraps a negative stride to the right index
+                                sa, sb = np.uint64(a5), np.uint64(b5)
+                                for k in range(run):
+                                    dst[du + k * sb] = src[su + k * sa]
 
 
 def _element_offset(view: np.ndarray, flat: np.ndarray) -> int:
