@@ -14,6 +14,7 @@ Types flexnn does not hold (string, uint32/64, bfloat16, float8, 4-bit) are refu
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,6 +76,14 @@ class Cast(Op):
     # The element type of the input as flexnn holds it, recorded by output_dtypes (the one place an
     # op sees it): it decides whether the Cast is an alias.
     source: str = internal("")
+    # The input is a constant (CastLike's with a run-time target_type): the output needs memory of
+    # its own, since a constant lives with the weights, not in the arena's tensors.
+    constant_input: bool = internal(False)
+
+    @classmethod
+    def from_onnx(cls, attrs, consts, node, opset):
+        op, kept = super().from_onnx(attrs, consts, node, opset)
+        return dataclasses.replace(op, constant_input=consts[0] is not None), kept
 
     def check(self, node, opset):
         if self.to not in HELD:
@@ -88,7 +97,7 @@ class Cast(Op):
     @property
     def alias(self) -> bool:  # type: ignore[override]
         """Output and input are held alike: no kernel, the output shares the input's memory."""
-        return self.to != T.FLOAT16 and self.source == HELD.get(self.to)
+        return self.to != T.FLOAT16 and self.source == HELD.get(self.to) and not self.constant_input
 
     @property
     def target(self) -> str:
@@ -173,11 +182,12 @@ class CastLike(Cast):
             raise UnsupportedOp(cls.op_type, node, opset, "target_type is missing")
         like = consts[1]
         if like is None:
-            return cls(**attrs), (0, 1)  # `to` is the run-time input's type: output_dtypes sets it
+            # `to` is the run-time input's type: output_dtypes sets it
+            return cls(**attrs, constant_input=consts[0] is not None), (0, 1)
         to = _ONNX_OF.get(np.asarray(like).dtype)
         if to is None:
             raise UnsupportedOp(cls.op_type, node, opset, f"target_type is {np.asarray(like).dtype}")
-        op = cls(to=to, **attrs)
+        op = cls(to=to, **attrs, constant_input=consts[0] is not None)
         op.check(node, opset)
         return op, (0,)
 

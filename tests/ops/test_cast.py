@@ -200,3 +200,25 @@ def test_float_to_float_cast_runs_no_step_and_shares_memory(tmp_path):
         assert "noop" not in steps and "from_half" not in steps
         assert sess.plan.aliases["x_same"] == "x" and sess.plan.aliases["back"] == "half"
         sess.run(mixed_feeds())
+
+
+def test_castlike_of_a_constant_to_a_run_time_type_gets_memory_of_its_own(tmp_path):
+    """A constant lives with the weights: casting it to a run-time input's type, even the same type,
+    is a copy into the arena, never an alias of a constant."""
+    nodes = [
+        helper.make_node("CastLike", ["w", "x"], ["w_like_x"]),
+        helper.make_node("Add", ["w_like_x", "x"], ["y"]),
+    ]
+    weight = np.random.default_rng(4).standard_normal((2, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", T.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", T.FLOAT, [2, 3])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    model.ir_version = 9
+    op, kept = CastLike.from_onnx({}, [weight, None], "like", 19)
+    assert kept == (0, 1) and op.output_dtypes(["float32", "float32"]) == ["float32"] and not op.alias
+    assert_model_matches_ort(model, {"x": np.arange(6, dtype=np.float32).reshape(2, 3)}, tmp_path)
