@@ -28,6 +28,7 @@ from flexnnd.graph import passes
 from flexnnd.graph.conv1d import conv1d_as_2d
 from flexnnd.graph.fold import FOLDERS, SHAPE_FOLDERS, attribute_values, fold_output_elements
 from flexnnd.graph.fuse_gelu import fuse_gelu
+from flexnnd.graph.fuse_layernorm import fuse_layernorm
 from flexnnd.graph.ir import Graph, Node, Shape, TensorInfo, runtime_dtype
 from flexnnd.graph.limits import (
     DEFAULT_LIMITS,
@@ -304,6 +305,7 @@ def import_onnx(
         with _float_errors_raise():
             passes.remove_identities(draft)
             fuse_gelu(draft)
+            fuse_layernorm(draft)
             passes.fold_batchnorm(draft)
             passes.fuse_activations(draft)
             passes.fuse_residual_adds(draft)

@@ -291,3 +291,10 @@ def test_the_decomposition_runs_end_to_end_like_onnxruntime(tmp_path):
 
     model = decomposition(shape=(1, 12, 48), scale=(48,), bias=(48,))
     assert_model_matches_ort(model, {"x": random((1, 12, 48), 4) * 2 + 3}, tmp_path)
+
+
+def test_the_importer_fuses_the_decomposition():
+    from flexnnd.graph.onnx_import import import_onnx
+
+    graph, _ = import_onnx(decomposition())
+    assert [n.op_type for n in graph.nodes] == ["LayerNormalization"]
