@@ -258,3 +258,43 @@ def test_resize_opset11_matches_onnxruntime(mode, transform):
         Resize.from_onnx(
             {"coordinate_transformation_mode": "tf_half_pixel_for_nn"}, [None, roi, scales], "r", 13
         )
+
+
+def test_uint8_mask_model_with_computed_sizes_matches_onnxruntime(tmp_path):
+    """A uint8 mask upsampled by nearest to sizes computed from its own shape (Shape * [1,1,2,3],
+    folded at import), then compared as a bool mask: all-resident and at the smallest plan."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tests.conftest import assert_model_matches_ort
+
+    nodes = [
+        helper.make_node("Shape", ["mask"], ["shape"]),
+        helper.make_node("Mul", ["shape", "factor"], ["sizes"]),
+        helper.make_node("Resize", ["mask", "", "", "sizes"], ["big"], mode="nearest", nearest_mode="floor"),
+        helper.make_node(
+            "Resize",
+            ["x", "", "scales"],
+            ["up"],
+            mode="linear",
+            coordinate_transformation_mode="align_corners",
+        ),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mask",
+        [
+            helper.make_tensor_value_info("mask", TensorProto.UINT8, (1, 2, 5, 4)),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, (1, 3, 6, 7)),
+        ],
+        [
+            helper.make_tensor_value_info("big", TensorProto.UINT8, (1, 2, 10, 12)),
+            helper.make_tensor_value_info("up", TensorProto.FLOAT, (1, 3, 12, 14)),
+        ],
+        [
+            numpy_helper.from_array(np.array([1, 1, 2, 3], np.int64), "factor"),
+            numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    feeds = {"mask": data((1, 2, 5, 4), "uint8", seed=9), "x": data((1, 3, 6, 7), seed=10)}
+    assert_model_matches_ort(model, feeds, tmp_path)
