@@ -35,6 +35,8 @@ TRANSFORMS = (
     "tf_crop_and_resize",
     "tf_half_pixel_for_nn",
 )
+# An axis's sampling table holds (taps x length) entries: a hostile length would make it GiBs.
+MAX_AXIS = 1 << 24
 # Scratch elements of the leading-axis passes are counted at 8 bytes: scratch_bytes sees no dtype.
 _WIDEST = 8
 
@@ -352,7 +354,13 @@ class _Resample(Op):
     def infer(self, shapes, consts):
         if shapes[0] is None or len(shapes[0]) == 0:
             raise ShapeError(f"{self.op_type}: input must have rank >= 1, got {shapes[0]}")
-        return [tuple(a.n_out for a in self.axis_plans(tuple(shapes[0])))]
+        plans = self.axis_plans(tuple(shapes[0]))
+        if any(max(a.n_in, a.n_out) > MAX_AXIS for a in plans):
+            raise ShapeError(
+                f"{self.op_type}: input {tuple(shapes[0])} to {tuple(a.n_out for a in plans)}: an axis is longer "
+                f"than {MAX_AXIS:,}, the most flexnn's per-axis sampling tables take"
+            )
+        return [tuple(a.n_out for a in plans)]
 
     def tables(self, shape) -> list[AxisTable]:
         """One table per axis; an axis that is not resampled gets the identity."""

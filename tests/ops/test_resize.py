@@ -237,6 +237,8 @@ def test_refusals():
         ).infer([(1, 1, 2, 4)], [None])
     with pytest.raises(ShapeError, match="scales"):
         resize((1, 1, 2, 4), scales=(2, 2), mode="linear").infer([(1, 1, 2, 4)], [None])
+    with pytest.raises(ShapeError, match="longer than"):
+        resize((1, 4), scales=(1, 1e7), mode="linear").infer([(1, 4)], [None])
 
 
 @pytest.mark.parametrize(
@@ -262,7 +264,7 @@ def test_resize_opset11_matches_onnxruntime(mode, transform):
 
 def test_uint8_mask_model_with_computed_sizes_matches_onnxruntime(tmp_path):
     """A uint8 mask upsampled by nearest to sizes computed from its own shape (Shape * [1,1,2,3],
-    folded at import), then compared as a bool mask: all-resident and at the smallest plan."""
+    folded at import), beside a float linear resize: all-resident and at the smallest plan."""
     from onnx import TensorProto, helper, numpy_helper
 
     from tests.conftest import assert_model_matches_ort
