@@ -5,7 +5,7 @@ ReduceSumSquare, ReduceLogSum, ReduceLogSumExp; ArgMax and ArgMin.
 both are absorbed into the `axes` field at import. No axes (or an empty list) means every axis,
 or none at all with noop_with_empty_axes (the map still applies: ReduceSumSquare squares).
 
-One kernel serves every reduction pattern. Size-1 axes are dropped and adjacent axes that are all
+One loop nest serves every reduction pattern. Size-1 axes are dropped and adjacent axes that are all
 kept or all reduced are merged, which leaves at most six alternating blocks, seen as
 (K0, R0, K1, R1, K2, R2): the output is (K0, K1, K2). When R2 > 1 the innermost loop runs along a
 contiguous row (ReduceMean over H, W of NCHW: (C, HW); LayerNorm's last axis: (rows, 768)); when
@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
-from numba import types
-from numba.extending import overload
 
 from flexnnd.errors import DtypeRefused, ShapeError, UnsupportedOp
 from flexnnd.graph.ir import Shape
@@ -40,24 +38,18 @@ KEEP, SCALE, SQRT, LOG, LOG_SUM_EXP = range(5)
 
 BLOCKS = 6  # (K0, R0, K1, R1, K2, R2)
 INT_TYPES = ("int32", "int64")
-SMALL_TYPES = ("uint8", "int8", "bool")  # Max and Min only (masks, quantized tensors)
+SMALL_TYPES = ("uint8", "bool")  # Max and Min only (masks, quantized tensors)
 
 
+@kernel  # called (LLVM inlines it): numba's own inlining here doubled reduce_max's compile time
 def _key(bits):
     """float32 bits (as an int32) mapped to an integer that orders as the float does; its own
     inverse. Ordered so: -NaN < -inf < ... < -0.0 < +0.0 < ... < +inf < +NaN."""
     return bits ^ ((bits >> 31) & 0x7FFFFFFF)
 
 
-@overload(_key, inline="always")
-def _key_typed(bits):
-    if isinstance(bits, types.Integer):
-        return _key
-    return lambda bits: bits  # the float kernels never take the FMAX/FMIN branches
-
-
 @kernel(inline="always")
-def _combine(kind, acc, x):
+def _sum_like(kind, acc, x):
     # Loop-invariant `kind`: LLVM unswitches the loop, so each loop body stays branch-free.
     if kind == SUM:
         return acc + x
@@ -65,8 +57,11 @@ def _combine(kind, acc, x):
         return acc + abs(x)
     if kind == SUM_SQUARE:
         return acc + x * x
-    if kind == PROD:
-        return acc * x
+    return acc * x
+
+
+@kernel(inline="always")
+def _max_like(kind, acc, x):
     if kind == MAX:
         return max(acc, x)
     if kind == MIN:
@@ -77,24 +72,24 @@ def _combine(kind, acc, x):
 
 
 @kernel(inline="always")
-def _row(src, start, n, kind, acc):
+def _row(src, start, n, kind, acc, combine):
     """acc combined with src[start : start + n]."""
     s = np.uint64(start)
     for j in range(np.uint64(n)):
-        acc = _combine(kind, acc, src[s + j])
+        acc = combine(kind, acc, src[s + j])
     return acc
 
 
 @kernel(inline="always")
-def _into(src, start, dst, at, n, kind):
+def _into(src, start, dst, at, n, kind, combine):
     """dst[at : at + n] combined elementwise with src[start : start + n]."""
     s, d = np.uint64(start), np.uint64(at)
     for j in range(np.uint64(n)):
-        dst[d + j] = _combine(kind, dst[d + j], src[s + j])
+        dst[d + j] = combine(kind, dst[d + j], src[s + j])
 
 
-@kernel
-def reduce_blocks(src, dst, k0n, r0n, k1n, r1n, k2n, r2n, kind, init):
+@kernel(inline="always")
+def _reduce(src, dst, k0n, r0n, k1n, r1n, k2n, r2n, kind, init, combine):
     """dst (K0, K1, K2) = src (K0, R0, K1, R1, K2, R2) reduced over the R axes; both flat."""
     for i in range(dst.size):
         dst[i] = init
@@ -105,34 +100,46 @@ def reduce_blocks(src, dst, k0n, r0n, k1n, r1n, k2n, r2n, kind, init):
                     s = (((k0 * r0n + r0) * k1n + k1) * r1n + r1) * k2n * r2n
                     d = (k0 * k1n + k1) * k2n
                     if r2n == 1:
-                        _into(src, s, dst, d, k2n, kind)
+                        _into(src, s, dst, d, k2n, kind, combine)
                     else:
                         for k2 in range(k2n):
-                            dst[d + k2] = _row(src, s + k2 * r2n, r2n, kind, dst[d + k2])
+                            dst[d + k2] = _row(src, s + k2 * r2n, r2n, kind, dst[d + k2], combine)
+
+
+# Two kernels, not one: each dtype compiles only the kinds it can take (compile time).
+@kernel
+def reduce_sum(src, dst, k0n, r0n, k1n, r1n, k2n, r2n, kind, init):
+    """_reduce with SUM, SUM_ABS, SUM_SQUARE or PROD."""
+    _reduce(src, dst, k0n, r0n, k1n, r1n, k2n, r2n, kind, init, _sum_like)
+
+
+@kernel
+def reduce_max(src, dst, k0n, r0n, k1n, r1n, k2n, r2n, kind, init):
+    """_reduce with MAX, MIN, FMAX or FMIN (then the keys made floats again)."""
+    _reduce(src, dst, k0n, r0n, k1n, r1n, k2n, r2n, kind, init, _max_like)
     if kind in (FMAX, FMIN):
         for i in range(dst.size):
             dst[i] = _key(dst[i])
 
 
 @kernel
-def reduce_float(src, dst, tmp, k0n, r0n, k1n, r1n, k2n, r2n, kind, post, scale):
-    """A sum (kind SUM, SUM_ABS or SUM_SQUARE) then `post`, on float32; tmp (dst's size) holds
-    log-sum-exp's sums."""
-    if post != LOG_SUM_EXP:
-        reduce_blocks(src, dst, k0n, r0n, k1n, r1n, k2n, r2n, kind, np.float32(0.0))
-        for i in range(dst.size):
-            if post == SCALE:
-                dst[i] *= scale
-            elif post == SQRT:
-                dst[i] = math.sqrt(dst[i])
-            elif post == LOG:
-                dst[i] = math.log(dst[i])
-        return
-    reduce_blocks(src, dst, k0n, r0n, k1n, r1n, k2n, r2n, MAX, np.float32(-np.inf))
+def finish(dst, post, scale):
+    """dst (float32) times `scale`, or its sqrt or log, in place."""
+    for i in range(dst.size):
+        if post == SCALE:
+            dst[i] *= scale
+        elif post == SQRT:
+            dst[i] = math.sqrt(dst[i])
+        else:
+            dst[i] = math.log(dst[i])
+
+
+@kernel
+def log_sum_exp(src, dst, tmp, k0n, r0n, k1n, r1n, k2n, r2n):
+    """dst = dst + log(sum(exp(src - dst))) over the R axes, dst holding the max (float32);
+    tmp (dst's size) holds the sums. A max of +-inf (or NaN) is the result itself."""
     for i in range(dst.size):
         tmp[i] = 0.0
-        if not math.isfinite(dst[i]):  # all -inf (or a +inf or NaN among them): exp would give NaN
-            tmp[i] = 1.0
     for k0 in range(k0n):
         for r0 in range(r0n):
             for k1 in range(k1n):
@@ -141,7 +148,7 @@ def reduce_float(src, dst, tmp, k0n, r0n, k1n, r1n, k2n, r2n, kind, post, scale)
                     d = (k0 * k1n + k1) * k2n
                     for k2 in range(k2n):
                         m = dst[d + k2]
-                        if not math.isfinite(m):
+                        if not math.isfinite(m):  # exp(inf - inf) would make a NaN
                             continue
                         acc = tmp[d + k2]
                         row = s + k2 * r2n
@@ -275,19 +282,30 @@ class _Reduce(Op):
         blocks = reduced_blocks(self.op_type, x.shape, self.reduced_axes(x.shape))
         src, dst = _flat(x), _flat(y)
         kind, post = self.kind, self.post
+        if kind in (MAX, MIN) or post == LOG_SUM_EXP:
+            keys, key_dst = src, dst
+            if src.dtype == np.float32:  # float32 bits as ordered int32 keys (see _key)
+                keys, key_dst, kind = src.view(np.int32), dst.view(np.int32), FMIN if kind == MIN else FMAX
+            init = _identity(kind, keys.dtype)
+            if post != LOG_SUM_EXP:
+                return lambda: reduce_max(keys, key_dst, *blocks, kind, init)
+            tmp = _scratch(self.op_type, scratch, dst.size)
+
+            def run_log_sum_exp():
+                reduce_max(keys, key_dst, *blocks, kind, init)
+                log_sum_exp(src, dst, tmp, *blocks)
+
+            return run_log_sum_exp
+        init = _identity(kind, src.dtype)
         if post == KEEP:
-            if src.dtype == np.float32 and kind in (MAX, MIN):
-                src, dst, kind = src.view(np.int32), dst.view(np.int32), FMAX if kind == MAX else FMIN
-            init = _identity(kind, src.dtype)
-            return lambda: reduce_blocks(src, dst, *blocks, kind, init)
-        tmp = dst  # unused but typed alike, so one specialization serves every float op
-        if post == LOG_SUM_EXP:
-            have = 0 if scratch is None else scratch.size
-            if have < dst.size:
-                raise ValueError(f"{self.op_type}.bind: scratch of {have * 4} bytes, need {dst.size * 4}")
-            tmp = reshape_view(scratch, (-1,))[: dst.size]
+            return lambda: reduce_sum(src, dst, *blocks, kind, init)
         scale = np.float32(dst.size / x.size)
-        return lambda: reduce_float(src, dst, tmp, *blocks, kind, post, scale)
+
+        def run_then_finish():
+            reduce_sum(src, dst, *blocks, kind, init)
+            finish(dst, post, scale)
+
+        return run_then_finish
 
     def reference(self, ins):
         x = np.asarray(ins[0])
@@ -300,6 +318,13 @@ class _Reduce(Op):
     def _reference(self, x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
         """The reduction with keepdims; floats in float64."""
         raise NotImplementedError
+
+
+def _scratch(op: str, scratch: np.ndarray | None, need: int) -> np.ndarray:
+    have = 0 if scratch is None else scratch.size
+    if have < need:
+        raise ValueError(f"{op}.bind: scratch of {have * 4} bytes, need {need * 4}")
+    return reshape_view(scratch, (-1,))[:need]
 
 
 def _identity(kind: int, dtype: np.dtype) -> np.generic:

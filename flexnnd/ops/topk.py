@@ -29,7 +29,7 @@ def _better(va, ia, vb, ib, largest):
     return va > vb if largest else va < vb
 
 
-@kernel(inline="always")
+@kernel  # called, not inlined: four inlined copies would triple the compile time
 def _sift_down(vals, idx, base, step, size, at, largest):
     """Restore the heap (root = the worst) of `size` entries at vals/idx[base + j * step] below `at`."""
     while True:
