@@ -70,6 +70,38 @@ def col2im_add(
                             y[d + k * step] += col[s + k]
 
 
+@kernel
+def depthwise_transpose(
+    x, xbase, y, ybase, wk, channels, h, w_in, kh, kw, out_h, out_w, sh, sw, dh, dw, pt, pl, bias, tiles
+):
+    """A depthwise ConvTranspose (one input and one output channel per group) with no matmul: each tap
+    adds wk[c, ky, kx] * x[c] into the output pixels it lands on (x, y flat from xbase, ybase)."""
+    for c in range(channels):
+        b = bias[c] if bias.size > 0 else np.float32(0.0)
+        for ky in range(kh):
+            for kx in range(kw):
+                wt = wk[(c * kh + ky) * kw + kx]
+                shift = kx * dw - pl
+                ix0 = max(0, -(shift // sw))
+                ix1 = min(w_in, (out_w - 1 - shift) // sw + 1)
+                if ix1 <= ix0:
+                    continue
+                n = np.uint64(ix1 - ix0)
+                step = np.uint64(sw)
+                for iy in range(h):
+                    oy = iy * sh + ky * dh - pt
+                    if oy < 0 or oy >= out_h:
+                        continue
+                    s = np.uint64(xbase + (c * h + iy) * w_in + ix0)
+                    d = np.uint64(ybase + (c * out_h + oy) * out_w + ix0 * sw + shift)
+                    if tiles:
+                        for k in range(n):
+                            y[d + k * step] = wt * x[s + k] + b
+                    else:
+                        for k in range(n):
+                            y[d + k * step] += wt * x[s + k]
+
+
 @dataclass(frozen=True)
 class Geometry:
     """Every number of one ConvTranspose, 1-D as 2-D with one row (pads resolved)."""
@@ -95,6 +127,10 @@ class Geometry:
     @property
     def kk(self) -> int:
         return self.kh * self.kw
+
+    @property
+    def depthwise(self) -> bool:
+        return self.group == self.cin == self.cout
 
     @property
     def tiles(self) -> bool:
@@ -259,6 +295,8 @@ class ConvTranspose(Op):
     def scratch_bytes(self, shapes, part=None):
         geo = self._geometry_of(shapes)
         c0, c1 = self._channels(geo, part)
+        if geo.depthwise:
+            return 0
         channels = (c1 - c0) if geo.group == 1 else geo.cout // geo.group
         return 4 * channels * geo.kk * self._band(geo, channels) * geo.width
 
@@ -300,12 +338,17 @@ class ConvTranspose(Op):
         for name, a in (("input", x), ("weight", wp), ("bias", bias), ("output", y)):
             if a.dtype != np.float32 or not a.flags.c_contiguous:
                 raise ValueError(f"ConvTranspose.bind: {name} must be C-contiguous float32, got {a.dtype}")
+        yflat = reshape_view(y, (-1,))
+        plane = geo.out_h * geo.out_w
+        inits = [] if geo.tiles else [((n * geo.cout + c0) * plane) for n in range(geo.batch)]
+        if geo.depthwise:
+            return self._bind_depthwise(
+                geo, reshape_view(x, (-1,)), yflat, reshape_view(wp, (-1,)), bias, inits
+            )
         per_group = (c1 - c0) if geo.group == 1 else cout_g
         band = self._band(geo, per_group)
         col = scratch_floats(scratch, per_group * geo.kk * band * geo.width)
         x4 = reshape_view(x, (geo.batch, geo.cin, geo.height, geo.width))
-        yflat = reshape_view(y, (-1,))
-        plane = geo.out_h * geo.out_w
         calls = []  # (A, X band, col view, col2im arguments)
         for n in range(geo.batch):
             for g in range(geo.group):
@@ -323,7 +366,6 @@ class ConvTranspose(Op):
                     args += (geo.out_h, geo.out_w, geo.sh, geo.sw, geo.dh, geo.dw, geo.pt, geo.pl)
                     args += (bias[g * per_group : (g + 1) * per_group] if bias.size else bias, geo.tiles)
                     calls.append((a, xb, cb, args))
-        inits = [] if geo.tiles else [((n * geo.cout + c0) * plane) for n in range(geo.batch)]
         channels, matmul = c1 - c0, np.matmul
 
         def run_conv_transpose():
@@ -334,6 +376,23 @@ class ConvTranspose(Op):
                 col2im_add(*args)
 
         return run_conv_transpose
+
+    def _bind_depthwise(self, geo, xflat, yflat, wk, bias, inits):
+        g = geo
+        shape = (g.cout, g.height, g.width, g.kh, g.kw, g.out_h, g.out_w, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl)
+        per_image = []
+        for n in range(g.batch):
+            bases = (xflat, n * g.cin * g.height * g.width, yflat, n * g.cout * g.out_h * g.out_w, wk)
+            per_image.append((*bases, *shape, bias, g.tiles))
+        plane = g.out_h * g.out_w
+
+        def run_depthwise_transpose():
+            for base in inits:
+                fill_planes(yflat, base, g.cout, plane, bias)
+            for args in per_image:
+                depthwise_transpose(*args)
+
+        return run_depthwise_transpose
 
     def reference(self, ins):
         x = np.asarray(ins[0], dtype=np.float64)

@@ -25,6 +25,7 @@ CASES = [
         False,
         dict(group=6, strides=(2, 2), pads=(1, 1, 1, 1), output_padding=(1, 1)),
     ),
+    ((2, 4, 3, 5), (4, 1, 2, 2), True, dict(group=4, strides=(2, 2))),  # depthwise, tiling
     ((1, 3, 5, 5), (3, 2, 3, 3), True, dict(strides=(2, 2), auto_pad="SAME_UPPER")),
     ((1, 3, 5, 4), (3, 2, 4, 3), True, dict(strides=(2, 2), auto_pad="SAME_LOWER")),
     ((1, 3, 4, 4), (3, 2, 3, 3), True, dict(strides=(2, 2), output_shape=(10, 8))),
@@ -127,7 +128,9 @@ def test_weight_layout_is_output_channel_major():
     assert wp[4].reshape(2, 3, 2)[1, 2, 1] == w[3, 1, 1, 2]
 
 
-@pytest.mark.parametrize("case", [CASES[1], CASES[5], CASES[11]], ids=["4x4s2", "depthwise", "1d"])
+@pytest.mark.parametrize(
+    "case", [CASES[1], CASES[5], CASES[6], CASES[12]], ids=["4x4s2", "depthwise", "depthwise-tiling", "1d"]
+)
 def test_allocates_nothing(case):
     op, x, w, b = make(case)
     (run,), _ = bind(op, x, w, b)
