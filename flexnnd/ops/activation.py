@@ -76,7 +76,8 @@ def expm1_32(x):
 
 @kernel(fastmath=_EXACT)
 def erfc32(z):
-    """erfc(z) for z >= 0 within about 2e-7 relative (Numerical Recipes' erfcc, no cancellation)."""
+    """erfc(z) for z >= 0 (Numerical Recipes' erfcc, no cancellation): within 1.2e-6 relative up to
+    z = 4 (erfc 1.5e-8), the float32 rounding of z*z taking over from the fit's 1.2e-7 as z grows."""
     t = _F32(1.0) / (_F32(1.0) + _F32(0.5) * z)
     p = _F32(0.17087277) * t + _F32(-0.82215223)
     p = p * t + _F32(1.48851587)
