@@ -24,6 +24,7 @@ import numpy as np
 
 from flexnnd.errors import DtypeRefused, ShapeError, UnsupportedOp
 from flexnnd.graph.ir import Shape
+from flexnnd.ops.activation import exp32
 from flexnnd.ops.base import Op, register
 from flexnnd.ops.buffers import reshape_view
 from flexnnd.ops.jit import kernel
@@ -134,27 +135,35 @@ def finish(dst, post, scale):
             dst[i] = math.log(dst[i])
 
 
+@kernel(inline="always")
+def _finite_or_zero(m):
+    return m if math.isfinite(m) else np.float32(0.0)
+
+
 @kernel
 def log_sum_exp(src, dst, tmp, k0n, r0n, k1n, r1n, k2n, r2n):
     """dst = dst + log(sum(exp(src - dst))) over the R axes, dst holding the max (float32);
-    tmp (dst's size) holds the sums. A max of +-inf (or NaN) is the result itself."""
+    tmp (dst's size) holds the sums. A max of +-inf (or NaN) is the result itself (the sum,
+    shifted by 0 instead, is ignored: exp(inf - inf) would make a NaN)."""
     for i in range(dst.size):
         tmp[i] = 0.0
     for k0 in range(k0n):
         for r0 in range(r0n):
             for k1 in range(k1n):
                 for r1 in range(r1n):
-                    s = (((k0 * r0n + r0) * k1n + k1) * r1n + r1) * k2n * r2n
-                    d = (k0 * k1n + k1) * k2n
-                    for k2 in range(k2n):
-                        m = dst[d + k2]
-                        if not math.isfinite(m):  # exp(inf - inf) would make a NaN
-                            continue
-                        acc = tmp[d + k2]
-                        row = s + k2 * r2n
-                        for j in range(r2n):
-                            acc += math.exp(src[row + j] - m)
-                        tmp[d + k2] = acc
+                    s = np.uint64((((k0 * r0n + r0) * k1n + k1) * r1n + r1) * k2n * r2n)
+                    d = np.uint64((k0 * k1n + k1) * k2n)
+                    if r2n == 1:
+                        for k2 in range(np.uint64(k2n)):
+                            tmp[d + k2] += exp32(src[s + k2] - _finite_or_zero(dst[d + k2]))
+                        continue
+                    for k2 in range(np.uint64(k2n)):
+                        m = _finite_or_zero(dst[d + k2])
+                        row = s + k2 * np.uint64(r2n)
+                        acc = np.float32(0.0)
+                        for j in range(np.uint64(r2n)):
+                            acc += exp32(src[row + j] - m)
+                        tmp[d + k2] += acc
     for i in range(dst.size):
         if math.isfinite(dst[i]):
             dst[i] += math.log(tmp[i])
