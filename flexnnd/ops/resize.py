@@ -525,10 +525,15 @@ def _const(value) -> np.ndarray | None:
     return np.asarray(value)
 
 
+def scaled_length(n: int, scale: float) -> int:
+    """floor(n * scale) computed in float32, as ONNX Runtime does (10 * 0.7f is 7 there, 6 in float64)."""
+    return math.floor(float(np.float32(n) * np.float32(scale)))
+
+
 def _legacy_plans(shape, scales) -> list[AxisPlan]:
     if len(scales) != len(shape):
         raise ShapeError(f"scales {list(scales)} do not match the input's rank {len(shape)} (shape {shape})")
-    return [AxisPlan(int(n), math.floor(n * s), float(s)) for n, s in zip(shape, scales, strict=True)]
+    return [AxisPlan(int(n), scaled_length(n, s), float(s)) for n, s in zip(shape, scales, strict=True)]
 
 
 # ---- Resize --------------------------------------------------------------------------------------------
@@ -598,6 +603,8 @@ class Resize(_Resample):
 
         if self.mode not in MODES:
             raise bad(f"mode {self.mode!r} (flexnn takes {', '.join(MODES)})")
+        if self.antialias and self.mode == "nearest":
+            raise bad("antialias applies to linear and cubic only (ONNX Runtime refuses it with nearest)")
         if self.nearest_mode not in NEAREST_MODES:
             raise bad(f"nearest_mode {self.nearest_mode!r}")
         if self.coordinate_transformation_mode not in TRANSFORMS:
@@ -633,7 +640,7 @@ class Resize(_Resample):
         if self.scale_values:
             for a, s in zip(axes, self.scale_values, strict=True):
                 scales[a] = s
-                sizes[a] = math.floor(shape[a] * s)
+                sizes[a] = scaled_length(shape[a], s)
                 if self.coordinate_transformation_mode in ("align_corners", "tf_crop_and_resize") and (
                     not math.isclose(shape[a] * s, sizes[a], rel_tol=1e-6)
                 ):

@@ -224,6 +224,8 @@ def test_refusals():
         Resize.from_onnx({"antialias": 1}, [None, None, np.ones(4, np.float32)], "r", 13)
     with pytest.raises(UnsupportedOp, match="must be finite and > 0"):
         Resize.from_onnx({}, [None, None, np.array([1, 1, 0, 2], np.float32)], "r", 13)
+    with pytest.raises(UnsupportedOp, match="antialias applies to linear and cubic"):
+        Resize.from_onnx({"antialias": 1}, [None, None, np.ones(4, np.float32)], "r", 18)
     with pytest.raises(UnsupportedOp, match="input 1"):
         Upsample.from_onnx({"mode": "nearest"}, [None, None], "u", 9)
     with pytest.raises(DtypeRefused, match="int64"):
@@ -300,3 +302,17 @@ def test_uint8_mask_model_with_computed_sizes_matches_onnxruntime(tmp_path):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
     feeds = {"mask": data((1, 2, 5, 4), "uint8", seed=9), "x": data((1, 3, 6, 7), seed=10)}
     assert_model_matches_ort(model, feeds, tmp_path)
+
+
+@pytest.mark.parametrize("mode", ["linear", "cubic"])
+@pytest.mark.parametrize("exclude_outside", [0, 1])
+def test_antialias_matches_onnxruntime(mode, exclude_outside):
+    """Down-sampling with antialias; 10 * 0.7f is 7 output columns in float32, as ORT counts them."""
+    x = data((1, 2, 9, 10), seed=12)
+    roi, scales = np.zeros(0, np.float32), np.array([1, 1, 0.45, 0.7], np.float32)
+    attrs = {"mode": mode, "antialias": 1, "exclude_outside": exclude_outside}
+    op, _ = Resize.from_onnx(attrs, [None, roi, scales], "r", 18)
+    assert op.infer([x.shape], [None]) == [(1, 2, 4, 7)]
+    check_kernel(op, x)
+    want = ort_run("Resize", [x], consts=(roi, scales), opset=18, **attrs)
+    assert_close_to_reference(op.reference([x])[0], want)
