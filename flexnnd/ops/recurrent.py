@@ -20,6 +20,7 @@ from typing import ClassVar
 import numpy as np
 
 from flexnnd.errors import DtypeRefused, InputValueError, ShapeError, UnsupportedOp
+from flexnnd.ops.activation import exp32
 from flexnnd.ops.base import COST_GEMM, Op, register
 from flexnnd.ops.buffers import check_blas, reshape_view
 from flexnnd.ops.jit import kernel
@@ -59,9 +60,9 @@ KIND_LSTM, KIND_GRU, KIND_RNN = 0, 1, 2
 @kernel(inline="always")
 def _act(code, x, alpha, beta):
     if code == 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    if code == 1:
-        return math.tanh(x)
+        return 1.0 / (1.0 + exp32(-x))
+    if code == 1:  # 1 - 2 / (e^2x + 1): exact at the limits, absolute error ~1e-7 near 0
+        return 1.0 - 2.0 / (exp32(2.0 * x) + 1.0)
     if code == 2:
         return max(x, 0.0)
     if code == 3:
@@ -89,131 +90,189 @@ def _clip(x, clip):
 
 
 @kernel(inline="always")
-def _gates(acc, xp, xrow, r, rbase, b, bbase, has_bias, h, stop, gh, hidden):
-    """acc[j] = xp[xrow + j] + Wb[j] + Rb[j] + R[j] . h for j < stop (R's rows from rbase)."""
-    for j in range(stop):
-        s = np.float32(0.0)
-        rrow = rbase + j * hidden
-        for k in range(hidden):
-            s += r[rrow + k] * h[k]
-        v = xp[xrow + j] + s
-        if has_bias:
-            v += b[bbase + j] + b[bbase + gh + j]
-        acc[j] = v
+def _axpy(dst, d0, src, s0, alpha, n):
+    """dst[d0 : d0+n] += alpha * src[s0 : s0+n]; unsigned offsets let LLVM vectorize (buffers.py)."""
+    i, j = np.uint64(d0), np.uint64(s0)
+    for k in range(np.uint64(n)):
+        dst[i + k] += alpha * src[j + k]
+
+
+@kernel(inline="always")
+def _time(step, n, seq, steps, reverse):
+    """The time index batch row n is at on `step`, or -1 once past its sequence length."""
+    length = seq[n] if seq.size > 0 else steps
+    if step >= length:
+        return -1
+    return length - 1 - step if reverse else step
+
+
+@kernel(inline="always")
+def _times_r(acc, a0, a_ld, rt, r0, gh, h, h0, hidden, batch, col, width, step, seq, steps, reverse):
+    """acc[a0 + n*a_ld + j] += h[h0 + n*hidden : ...] . R^T[:, col + j] for j < width, for each live
+    row n: R^T's row k (contiguous) is read once per step for every batch row."""
+    for k in range(hidden):
+        for n in range(batch):
+            if _time(step, n, seq, steps, reverse) >= 0:
+                _axpy(acc, a0 + n * a_ld, rt, r0 + k * gh + col, h[h0 + n * hidden + k], width)
 
 
 @kernel
-def recurrence(dims, xp, r, b, peep, seq, h0, c0, y, yh, yc, acts, params, state):
+def recurrence(dims, xp, rt, b, peep, seq, h0, c0, y, yh, yc, acts, params, state):
     """Run the recurrence on the projected inputs xp (W's bias not yet added); -1, or the batch row
     whose sequence length is outside [0, steps] (then nothing is written).
 
-    dims holds the integers (see _DIMS); offsets are in elements of flat arrays: xp[t*xp_t + n*xp_n +
-    d*xp_d + j], y[t*y_t + d*y_d + n*y_n + k], the states (h0, c0, yh, yc) [d*s_d + n*s_n + k].
-    Empty seq/h0/c0/peep/b: absent. Per direction, three activation slots (the cell's f, g, h): codes
-    in acts, alphas in params[1:7], betas in params[7:13]; params[0] is clip (0: none). `state` holds
-    h, c, GRU's r*h and the gate sums: 3*hidden + gates*hidden floats.
+    dims holds the integers (see bind); offsets are in elements of flat arrays: xp[t*xp_t + n*xp_n +
+    d*xp_d + j], y[t*y_t + d*y_d + n*y_n + k], the states (h0, c0, yh, yc) [d*s_d + n*s_n + k]; rt is
+    R transposed, (dirs, hidden, gates*hidden). Empty seq/h0/c0/peep/b: absent. Per direction, three
+    activation slots (the cell's f, g, h): codes in acts, alphas in params[1:7], betas in
+    params[7:13]; params[0] is clip (0: none). `state` holds, per batch row, h, c, GRU's r*h (or
+    Rh.h) and the gate sums: batch * (3 + gates) * hidden floats.
     """
-    kind, xp_t, xp_n, xp_d, s_d, s_n, y_t, y_d, y_n = (
-        dims[0],
-        dims[1],
-        dims[2],
-        dims[3],
-        dims[4],
-        dims[5],
-        dims[6],
-        dims[7],
-        dims[8],
-    )
-    dirs, steps, batch, hidden, gates = dims[9], dims[10], dims[11], dims[12], dims[13]
-    reverse_first, input_forget, linear_before_reset = dims[14], dims[15], dims[16]
+    kind, xp_t, xp_n, xp_d, s_d, s_n = dims[0], dims[1], dims[2], dims[3], dims[4], dims[5]
+    y_t, y_d, y_n, dirs, steps, batch = dims[6], dims[7], dims[8], dims[9], dims[10], dims[11]
+    hidden, gates, reverse_first, input_forget, lbr = dims[12], dims[13], dims[14], dims[15], dims[16]
     has_bias = b.size > 0
     clip = params[0]
     for n in range(batch):
         if seq.size > 0 and not 0 <= seq[n] <= steps:
             return n
     gh = gates * hidden
-    h = state[:hidden]
-    c = state[hidden : 2 * hidden]
-    rh = state[2 * hidden : 3 * hidden]
-    acc = state[3 * hidden : 3 * hidden + gh]
+    hh = hidden
+    h_at, c_at, rh_at, acc_at = 0, batch * hh, 2 * batch * hh, 3 * batch * hh
     for d in range(dirs):
         reverse = d == 1 or reverse_first
         f_code, g_code, h_code = acts[3 * d], acts[3 * d + 1], acts[3 * d + 2]
         fa, ga, ha = params[1 + 3 * d], params[2 + 3 * d], params[3 + 3 * d]
         fb, gb, hb = params[7 + 3 * d], params[8 + 3 * d], params[9 + 3 * d]
-        rbase = d * gh * hidden
-        bbase = d * 2 * gh
+        r0 = d * hh * gh
+        bb = d * 2 * gh
+        pp = d * 3 * hh
         for n in range(batch):
-            length = seq[n] if seq.size > 0 else steps
             st = d * s_d + n * s_n
-            for k in range(hidden):  # a row of length 0 outputs zero states, as ONNX Runtime does
-                h[k] = h0[st + k] if h0.size > 0 and length > 0 else 0.0
-                c[k] = c0[st + k] if c0.size > 0 and length > 0 else 0.0
-            for step in range(length):
-                t = length - 1 - step if reverse else step
+            live = (seq[n] if seq.size > 0 else steps) > 0  # a row of length 0 ends in zero states
+            for k in range(hh):
+                state[h_at + n * hh + k] = h0[st + k] if h0.size > 0 and live else 0.0
+                state[c_at + n * hh + k] = c0[st + k] if c0.size > 0 and live else 0.0
+        # GRU's candidate gate gets R's part apart from the others (after the reset gate, or scaled by it)
+        summed = 2 * hh if kind == 1 else gh
+        for step in range(steps):
+            for n in range(batch):  # the gate sums start as X W^T + Wb (+ Rb)
+                t = _time(step, n, seq, steps, reverse)
+                if t < 0:
+                    continue
                 xrow = t * xp_t + n * xp_n + d * xp_d
-                yrow = t * y_t + d * y_d + n * y_n
+                a = acc_at + n * gh
+                for j in range(gh):
+                    v = xp[xrow + j]
+                    if has_bias:
+                        v += b[bb + j]
+                        if j < summed:
+                            v += b[bb + gh + j]
+                    state[a + j] = v
+                if kind == 1:
+                    for k in range(hh):  # Rbh, to which lbr's Rh . h is added
+                        state[rh_at + n * hh + k] = b[bb + gh + 2 * hh + k] if has_bias else 0.0
+            _times_r(
+                state, acc_at, gh, rt, r0, gh, state, h_at, hh, batch, 0, summed, step, seq, steps, reverse
+            )
+            if kind == 1 and lbr:
+                _times_r(
+                    state,
+                    rh_at,
+                    hh,
+                    rt,
+                    r0,
+                    gh,
+                    state,
+                    h_at,
+                    hh,
+                    batch,
+                    2 * hh,
+                    hh,
+                    step,
+                    seq,
+                    steps,
+                    reverse,
+                )
+            for n in range(batch):
+                t = _time(step, n, seq, steps, reverse)
+                if t < 0:
+                    continue
+                a, hn, cn, rn = acc_at + n * gh, h_at + n * hh, c_at + n * hh, rh_at + n * hh
                 if kind == 0:  # LSTM, gates i o f c
-                    _gates(acc, xp, xrow, r, rbase, b, bbase, has_bias, h, gh, gh, hidden)
-                    for k in range(hidden):
-                        gi = acc[k]
-                        go = acc[hidden + k]
-                        gf = acc[2 * hidden + k]
+                    for k in range(hh):
+                        gi, go, gf = state[a + k], state[a + hh + k], state[a + 2 * hh + k]
+                        c = state[cn + k]
                         if peep.size > 0:
-                            gi += peep[d * 3 * hidden + k] * c[k]
-                            gf += peep[d * 3 * hidden + 2 * hidden + k] * c[k]
+                            gi += peep[pp + k] * c
+                            gf += peep[pp + 2 * hh + k] * c
                         i = _act(f_code, _clip(gi, clip), fa, fb)
                         f = 1.0 - i if input_forget else _act(f_code, _clip(gf, clip), fa, fb)
-                        g = _act(g_code, _clip(acc[3 * hidden + k], clip), ga, gb)
-                        c[k] = f * c[k] + i * g
+                        c = f * c + i * _act(g_code, _clip(state[a + 3 * hh + k], clip), ga, gb)
                         if peep.size > 0:
-                            go += peep[d * 3 * hidden + hidden + k] * c[k]
-                        o = _act(f_code, _clip(go, clip), fa, fb)
-                        h[k] = o * _act(h_code, c[k], ha, hb)  # acc holds every R . h already
+                            go += peep[pp + hh + k] * c
+                        state[cn + k] = c
+                        state[hn + k] = _act(f_code, _clip(go, clip), fa, fb) * _act(h_code, c, ha, hb)
                 elif kind == 1:  # GRU, gates z r h
-                    _gates(acc, xp, xrow, r, rbase, b, bbase, has_bias, h, 2 * hidden, gh, hidden)
-                    for k in range(hidden):
-                        acc[k] = _act(f_code, _clip(acc[k], clip), fa, fb)  # z
-                        acc[hidden + k] = _act(f_code, _clip(acc[hidden + k], clip), fa, fb)  # r
-                        rh[k] = acc[hidden + k] * h[k]
-                    for k in range(hidden):
-                        j = 2 * hidden + k
-                        rrow = rbase + j * hidden
-                        s = np.float32(0.0)
-                        if linear_before_reset:  # r * (Rh . h + Rbh)
-                            for m in range(hidden):
-                                s += r[rrow + m] * h[m]
-                            if has_bias:
-                                s += b[bbase + gh + j]
-                            s *= acc[hidden + k]
-                        else:  # Rh . (r * h) + Rbh
-                            for m in range(hidden):
-                                s += r[rrow + m] * rh[m]
-                            if has_bias:
-                                s += b[bbase + gh + j]
-                        v = xp[xrow + j] + s
-                        if has_bias:
-                            v += b[bbase + j]
-                        acc[j] = _act(g_code, _clip(v, clip), ga, gb)
-                    for k in range(hidden):
-                        z = acc[k]
-                        h[k] = (1.0 - z) * acc[2 * hidden + k] + z * h[k]
-                else:  # RNN, one gate
-                    _gates(acc, xp, xrow, r, rbase, b, bbase, has_bias, h, gh, gh, hidden)
-                    for k in range(hidden):
-                        h[k] = _act(f_code, _clip(acc[k], clip), fa, fb)
-                for k in range(hidden):
-                    y[yrow + k] = h[k]
-            for t in range(length, steps):  # past a row's end, Y is 0
+                    for k in range(hh):
+                        state[a + k] = _act(f_code, _clip(state[a + k], clip), fa, fb)  # z
+                        r = _act(f_code, _clip(state[a + hh + k], clip), fa, fb)
+                        if lbr:  # the candidate's sum is complete: X Wh + Wbh + r (Rh . h + Rbh)
+                            state[a + 2 * hh + k] += r * state[rn + k]
+                        else:  # r * h, which Rh multiplies next
+                            state[rn + k] = r * state[hn + k]
+                else:  # RNN
+                    for k in range(hh):
+                        state[hn + k] = _act(f_code, _clip(state[a + k], clip), fa, fb)
+            if kind == 1:
+                if not lbr:
+                    _times_r(
+                        state,
+                        acc_at + 2 * hh,
+                        gh,
+                        rt,
+                        r0,
+                        gh,
+                        state,
+                        rh_at,
+                        hh,
+                        batch,
+                        2 * hh,
+                        hh,
+                        step,
+                        seq,
+                        steps,
+                        reverse,
+                    )
+                    for n in range(batch):
+                        if _time(step, n, seq, steps, reverse) >= 0 and has_bias:
+                            for k in range(hh):
+                                state[acc_at + n * gh + 2 * hh + k] += b[bb + gh + 2 * hh + k]
+                for n in range(batch):
+                    if _time(step, n, seq, steps, reverse) < 0:
+                        continue
+                    a, hn = acc_at + n * gh, h_at + n * hh
+                    for k in range(hh):
+                        z = state[a + k]
+                        cand = _act(g_code, _clip(state[a + 2 * hh + k], clip), ga, gb)
+                        state[hn + k] = (1.0 - z) * cand + z * state[hn + k]
+            for n in range(batch):
+                t = _time(step, n, seq, steps, reverse)
+                if t >= 0:
+                    yrow = t * y_t + d * y_d + n * y_n
+                    for k in range(hh):
+                        y[yrow + k] = state[h_at + n * hh + k]
+        for n in range(batch):
+            st = d * s_d + n * s_n
+            for t in range(seq[n] if seq.size > 0 else steps, steps):  # past a row's end, Y is 0
                 yrow = t * y_t + d * y_d + n * y_n
-                for k in range(hidden):
+                for k in range(hh):
                     y[yrow + k] = 0.0
-            if yh.size > 0:
-                for k in range(hidden):
-                    yh[st + k] = h[k]
-            if yc.size > 0:
-                for k in range(hidden):
-                    yc[st + k] = c[k]
+            for k in range(hh):
+                if yh.size > 0:
+                    yh[st + k] = state[h_at + n * hh + k]
+                if yc.size > 0:
+                    yc[st + k] = state[c_at + n * hh + k]
     return -1
 
 
@@ -334,10 +393,16 @@ class _Recurrent(Op):
         state = (batch, d, hidden) if self.layout else (d, batch, hidden)
         return [y] + [state] * (self.n_outputs - 1)
 
+    def prepare(self, consts):
+        out = list(consts)
+        if len(consts) > 2 and consts[2] is not None:  # R^T per direction: (hidden, gates*hidden)
+            out[2] = np.ascontiguousarray(np.asarray(consts[2], np.float32).transpose(0, 2, 1))
+        return out
+
     def scratch_bytes(self, shapes, part=None):
         steps, batch, _, hidden = self._dims(shapes)
         gh = self.n_gates * hidden
-        return 4 * (steps * batch * self.dirs * gh + 3 * hidden + gh)
+        return 4 * (steps * batch * self.dirs * gh + batch * (3 * hidden + gh))
 
     def flops(self, shapes, out_shapes):
         steps, batch, inputs, hidden = self._dims(shapes)
@@ -355,6 +420,10 @@ class _Recurrent(Op):
             raise ValueError(f"{self.op_type}.bind: {self.op_type} is not sliced, got part {part}")
         ins = list(ins) + [None] * (8 - len(ins))
         shapes = [None if a is None else a.shape for a in ins[: 8 if self.kind == KIND_LSTM else 6]]
+        if ins[2] is not None:  # R comes prepared, transposed
+            shapes[2] = (
+                (ins[2].shape[0], ins[2].shape[2], ins[2].shape[1]) if ins[2].ndim == 3 else ins[2].shape
+            )
         steps, batch, inputs, hidden = self._dims(shapes)
         want = self.infer(shapes, [None] * len(shapes))
         if len(outs) > len(want) or any(

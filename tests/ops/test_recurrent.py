@@ -87,6 +87,7 @@ def bind(op, ins, n_outputs=None):
     """Bind `op` to arena views of `ins` (None stays absent) and of its outputs."""
     shapes = [None if a is None else a.shape for a in ins]
     outs_shapes = op.infer(shapes, [None] * len(ins))[:n_outputs]
+    ins = op.prepare(ins)  # R transposed, as the importer stores it
     given = [a for a in ins if a is not None]
     views = arena_views(
         [a.shape for a in given] + list(outs_shapes),
