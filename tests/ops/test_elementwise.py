@@ -7,7 +7,20 @@ import numpy as np
 import pytest
 
 from flexnnd.errors import DtypeRefused, InputValueError, ShapeError, UnsupportedOp
-from flexnnd.ops.elementwise import Add, Div, Max, Mean, Min, Mod, Mul, Sub, Sum, binary_path
+from flexnnd.ops.elementwise import (
+    Add,
+    Div,
+    Max,
+    Mean,
+    Min,
+    Mod,
+    Mul,
+    Sub,
+    Sum,
+    binary_path,
+    collapsed,
+    element_strides,
+)
 from tests.ops.harness import arena_views, assert_no_numpy_allocations, ort_run, run_in_arena
 
 BINARY = [Add, Sub, Mul, Div]
@@ -342,3 +355,17 @@ def test_integer_model_matches_onnxruntime(tmp_path):
         "x": rng.standard_normal((2, 11)).astype(np.float32),
     }
     assert_model_matches_ort(model, feeds, tmp_path)
+
+
+def test_strided_kernels_merge_axes():
+    """Adjacent axes both operands read alike merge, so the inner loop is long."""
+
+    def merged(a, b):
+        out = np.broadcast_shapes(a, b)
+        shape, sa, sb = collapsed(out, element_strides(a, out), element_strides(b, out))
+        return [int(d) for d in shape if d != 1], list(sa[-2:]), list(sb[-2:])
+
+    assert merged((2, 3, 4), (2, 3, 4)) == ([24], [0, 1], [0, 1])
+    assert merged((1, 12, 197, 197), (197,)) == ([2364, 197], [197, 1], [0, 1])
+    assert merged((2, 3, 4), (3, 1)) == ([2, 3, 4], [4, 1], [1, 0])
+    assert merged((5, 1), ()) == ([5], [0, 1], [0, 0])
