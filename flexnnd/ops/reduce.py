@@ -270,6 +270,9 @@ class _Reduce(Op):
             return [tuple(1 if a in axes else d for a, d in enumerate(shape))]
         return [tuple(d for a, d in enumerate(shape) if a not in axes)]
 
+    def flops(self, shapes, out_shapes):
+        return int(np.prod(shapes[0], dtype=np.int64))  # one step per input element, not output
+
     def scratch_bytes(self, shapes, part=None):
         if self.post != LOG_SUM_EXP:
             return 0
@@ -524,6 +527,9 @@ class _ArgReduce(Op):
         if self.keepdims:
             return [(*shape[:axis], 1, *shape[axis + 1 :])]
         return [(*shape[:axis], *shape[axis + 1 :])]
+
+    def flops(self, shapes, out_shapes):
+        return int(np.prod(shapes[0], dtype=np.int64))
 
     def slice_axes(self, shapes, out_shapes):
         return ()  # no weights to cut: it runs whole

@@ -221,6 +221,7 @@ def test_registered_never_sliced_priced_by_bytes(cls):
     assert op.cost_kind([(2, 3)]) == "memory"
     scratch = op.scratch_bytes([(2, 3)])
     assert scratch == (4 if cls is ReduceLogSumExp else 0)
+    assert op.flops([(2, 3)], op.infer([(2, 3)], [None])) == 6  # the input's elements, not the output's
 
 
 # ---- ArgMax / ArgMin ----------------------------------------------------------------------------
