@@ -241,34 +241,37 @@ class AxisPlan:
     roi: tuple[float, float] = (0.0, 1.0)
 
 
-def source_coords(transform: str, a: AxisPlan) -> tuple[np.ndarray, np.ndarray]:
-    """x_original for every output position of the axis (float64), and which are outside the box."""
-    y = np.arange(a.n_out, dtype=np.float64)
-    n_in, n_out, scale = a.n_in, a.n_out, a.scale
-    outside = np.zeros(n_out, bool)
+def source_coords(transform: str, a: AxisPlan, dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
+    """x_original for every output position of the axis, and which are outside the box. In float32
+    (for nearest, whose rounding flips on the last bit), with ONNX Runtime's order of operations."""
+    f = np.dtype(dtype).type
+    y = np.arange(a.n_out, dtype=dtype)
+    n_in, n_out = f(a.n_in), f(a.n_out)
+    scale, half, one = f(a.scale), f(0.5), f(1)
+    outside = np.zeros(a.n_out, bool)
     if transform == "half_pixel":
-        x = (y + 0.5) / scale - 0.5
+        x = (y + half) / scale - half
     elif transform == "half_pixel_symmetric":
-        offset = n_in / 2 * (1 - n_out / (scale * n_in))
-        x = offset + (y + 0.5) / scale - 0.5
+        offset = n_in / f(2) * (one - n_out / (scale * n_in))
+        x = offset + (y + half) / scale - half
     elif transform == "pytorch_half_pixel":
-        x = (y + 0.5) / scale - 0.5 if n_out > 1 else np.zeros(n_out)
+        x = (y + half) / scale - half if a.n_out > 1 else np.zeros(a.n_out, dtype)
     elif transform == "align_corners":
-        x = y * (n_in - 1) / (n_out - 1) if n_out > 1 else np.zeros(n_out)
+        x = y * (n_in - one) / (n_out - one) if a.n_out > 1 else np.zeros(a.n_out, dtype)
     elif transform == "asymmetric":
         x = y / scale
     elif transform == "tf_half_pixel_for_nn":
-        x = (y + 0.5) / scale
+        x = (y + half) / scale
     elif transform == "tf_crop_and_resize":
-        start, end = a.roi
-        if n_out > 1:
-            x = start * (n_in - 1) + y * (end - start) * (n_in - 1) / (n_out - 1)
+        start, end = f(a.roi[0]), f(a.roi[1])
+        if a.n_out > 1:
+            x = start * (n_in - one) + y * (end - start) * (n_in - one) / (n_out - one)
         else:
-            x = np.full(n_out, 0.5 * (start + end) * (n_in - 1))
-        outside = (x < 0) | (x > n_in - 1)
+            x = np.full(a.n_out, half * (start + end) * (n_in - one), dtype)
+        outside = (x < 0) | (x > n_in - one)
     else:
         raise ValueError(f"Resize: coordinate_transformation_mode {transform!r}")
-    return x, outside
+    return x.astype(np.float64), outside
 
 
 def _cubic(s: np.ndarray, a: float) -> np.ndarray:
@@ -280,7 +283,7 @@ def _cubic(s: np.ndarray, a: float) -> np.ndarray:
 
 def axis_table(op: _Resample, transform: str, a: AxisPlan) -> AxisTable:
     """The sampling table of one axis under `op`'s mode (ONNX's reference, per output position)."""
-    x, outside = source_coords(transform, a)
+    x, outside = source_coords(transform, a, np.float32 if op.mode == "nearest" else np.float64)
     last = a.n_in - 1
     if op.mode == "nearest":
         if op.legacy_nearest:  # opsets < 11 (and Upsample): truncate up-sampling, ceil down-sampling
