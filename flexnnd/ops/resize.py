@@ -327,6 +327,7 @@ class _Resample(Op):
     """What Resize and Upsample share: from the input shape, a plan per axis; from those, tables; the
     kernels bound over them. Subclasses give `axis_plans` and the attributes the tables read."""
 
+    # Upsample's fixed semantics; Resize makes each of these a field.
     mode = "nearest"
     nearest_mode = "round_prefer_floor"
     coordinate_transformation_mode = "asymmetric"
@@ -342,7 +343,7 @@ class _Resample(Op):
     @classmethod
     def _build(cls, attrs, own, node, opset):
         """The op from ONNX attributes (checked as the base does) plus flexnn's own fields `own`."""
-        op, _ = Op.from_onnx.__func__(cls, attrs, [], node, opset)
+        op, _ = super(_Resample, cls).from_onnx(attrs, [], node, opset)
         op = replace(op, **own)
         op.check(node, opset)
         return op, (0,)
