@@ -21,6 +21,11 @@ def nbytes_of(shape: Shape, dtype: str = "float32") -> int:
     return math.prod(shape) * np.dtype(dtype).itemsize
 
 
+def rows_of(shape: Shape) -> int:
+    """The rows a weight is cut and streamed by: its first dimension; a rank-0 tensor is one row."""
+    return int(shape[0]) if shape else 1
+
+
 def runtime_dtype(value: np.ndarray) -> str:
     """The element type a constant is stored and read as: floats as float32, others as they are."""
     return "float32" if np.issubdtype(value.dtype, np.floating) else str(value.dtype)

@@ -215,7 +215,7 @@ def prepare_constants(draft: Draft) -> None:
         for pos, (name, value) in enumerate(zip(node.inputs, new_values, strict=True)):
             if not name or name not in draft.consts or value is None:
                 continue
-            value = np.ascontiguousarray(value, dtype=runtime_dtype(value))
+            value = np.asarray(value, dtype=runtime_dtype(value), order="C")  # rank 0 stays rank 0
             if name in prepared or uses[name] > 1:
                 name = draft.fresh_name(f"{name}@{node.name}")
                 names[pos] = name

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 
 from flexnnd import progress
 from flexnnd.errors import BudgetTooSmall, StalePlanFile
-from flexnnd.graph.ir import Graph
+from flexnnd.graph.ir import Graph, rows_of
 from flexnnd.ops.base import Axis
 from flexnnd.planner.plan import Plan
 from flexnnd.planner.plan_budget import Planner, plan_for_budget, plan_with_slicing, slicing_of, smallest_plan
@@ -81,7 +81,7 @@ def load_joins(graph: Graph, plan: Plan) -> list[bool]:
     for ld in plan.loads:
         piece = plan.pieces[ld.piece]
         info = graph.tensors[piece.tensor]
-        row = info.nbytes // info.shape[0]
+        row = info.nbytes // rows_of(info.shape)
         start = offsets[piece.tensor] + row * piece.start
         joins.append(start == end and start % DIRECT_ALIGN == 0)
         end = start + row * (piece.stop - piece.start)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from flexnnd.errors import PlanError
-from flexnnd.graph.ir import Graph
+from flexnnd.graph.ir import Graph, rows_of
 from flexnnd.ops.base import Part
 
 # 2: direct depthwise 3x3 convs need no scratch (their plans reserved the padded band).
@@ -58,7 +58,7 @@ class WeightPiece:
 def piece_nbytes(graph: Graph, piece: WeightPiece) -> int:
     """Bytes of a piece: its share of the weight's rows."""
     info = graph.tensors[piece.tensor]
-    return info.nbytes // info.shape[0] * (piece.stop - piece.start)
+    return info.nbytes // rows_of(info.shape) * (piece.stop - piece.start)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from types import MappingProxyType
 import numpy as np
 
 from flexnnd.errors import BudgetTooSmall
-from flexnnd.graph.ir import Graph, Node
+from flexnnd.graph.ir import Graph, Node, rows_of
 from flexnnd.ops.base import Axis, Part, SliceAxis
 from flexnnd.planner.lifetimes import lifetimes
 from flexnnd.planner.pack import DIRECT_ALIGN, FullSpanGaps, Occupancy, Request, align, place_greedy_by_size
@@ -232,7 +232,7 @@ def _layout(planner: Planner, slicing: Slicing) -> Layout:
         for part in parts:
             names = []
             for tensor in constants:
-                rows = graph.shape(tensor)[0]
+                rows = rows_of(graph.shape(tensor))
                 if part is not None and cut.cuts_weights:
                     piece = WeightPiece(f"{tensor}[{part.start}:{part.stop}]", tensor, part.start, part.stop)
                 else:
@@ -275,7 +275,7 @@ def _direct_residue(graph: Graph, piece: WeightPiece) -> int | None:
     """Where the piece starts in the weights file modulo DIRECT_ALIGN (every weight starts on a
     multiple of it); None when no 64-byte-aligned arena offset can match it."""
     info = graph.tensors[piece.tensor]
-    residue = info.nbytes // info.shape[0] * piece.start % DIRECT_ALIGN
+    residue = info.nbytes // rows_of(info.shape) * piece.start % DIRECT_ALIGN
     return residue if residue % ALIGNMENT == 0 else None
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from flexnnd.graph.ir import Graph, Node
+from flexnnd.graph.ir import Graph, Node, rows_of
 from flexnnd.planner.lifetimes import lifetimes
 from flexnnd.planner.pack import Request, place_greedy_by_size
 from flexnnd.planner.plan import Plan, Step, WeightPiece, scratch_name
@@ -30,7 +30,7 @@ def plan_resident(graph: Graph) -> Plan:
         if scratch:
             requests.append(Request(scratch_name(node.name), scratch, i, i))
     regions, arena = place_greedy_by_size(requests)
-    pieces = {w: WeightPiece(w, w, 0, graph.tensors[w].shape[0]) for w in graph.constants}
+    pieces = {w: WeightPiece(w, w, 0, rows_of(graph.tensors[w].shape)) for w in graph.constants}
     plan = Plan(
         model=graph.name,
         budget=None,

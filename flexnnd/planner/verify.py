@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import Counter
 
 from flexnnd.errors import PlanError
-from flexnnd.graph.ir import Graph, Node
+from flexnnd.graph.ir import Graph, Node, rows_of
 from flexnnd.planner.plan import Plan, Step, check_no_overlap, piece_nbytes, scratch_name
 
 
@@ -86,7 +86,7 @@ def verify(plan: Plan, graph: Graph) -> None:
             reserved(scratch_name(node.name), i - 1, "scratch")  # one region for both, kept between
 
     for piece in plan.pieces.values():
-        rows = graph.tensors[piece.tensor].shape[0]
+        rows = rows_of(graph.tensors[piece.tensor].shape)
         if not 0 <= piece.start < piece.stop <= rows:
             raise PlanError(
                 f"piece {piece.name!r} covers rows {piece.start}:{piece.stop} of a weight with {rows} rows"

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from flexnnd.errors import FeedError, InputValueError, LoadError
+from flexnnd.graph.ir import rows_of
 from flexnnd.graph.package import Package
 from flexnnd.ops.base import Kernel
 from flexnnd.planner import scratch_name
@@ -33,7 +34,8 @@ class Executor:
                 self.views[name] = self.arena.view(plan.address(name), info.shape, info.dtype)
         for piece in plan.pieces.values():
             info = graph.tensors[piece.tensor]
-            shape = (piece.stop - piece.start, *info.shape[1:])
+            # A rank-0 constant is one piece of one row; its view keeps rank 0.
+            shape = (piece.stop - piece.start, *info.shape[1:]) if info.shape else ()
             self.views[piece.name] = self.arena.view(plan.region[piece.name].offset, shape, info.dtype)
         by_weight = self._pieces_by_weight()
         self._load_resident(by_weight)
@@ -80,7 +82,7 @@ class Executor:
         """(file offset, bytes) of a weight piece: its rows are contiguous in the weights file."""
         piece = self.plan.pieces[name]
         entry = self.package.weights[piece.tensor]
-        row = entry.nbytes // entry.shape[0]
+        row = entry.nbytes // rows_of(entry.shape)
         return entry.offset + piece.start * row, (piece.stop - piece.start) * row
 
     def _pieces_by_weight(self) -> dict[str, list[str]]:
