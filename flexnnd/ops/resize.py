@@ -343,7 +343,7 @@ class _Resample(Op):
     @classmethod
     def _build(cls, attrs, own, node, opset):
         """The op from ONNX attributes (checked as the base does) plus flexnn's own fields `own`."""
-        op, _ = super(_Resample, cls).from_onnx(attrs, [], node, opset)
+        op, _ = super().from_onnx(attrs, [], node, opset)
         op = replace(op, **own)
         op.check(node, opset)
         return op, (0,)
