@@ -490,6 +490,7 @@ def _import_node(
         for n, v in zip(kept_names, kept_values, strict=True)
     ]
     try:
+        op = op.typed(in_dtypes)
         out_dtypes = op.output_dtypes(in_dtypes)
     except DtypeRefused as e:
         raise UnsupportedOp(proto.op_type, node_name, opset, e.why) from None

@@ -178,6 +178,12 @@ class Op:
         return {f.name: f.default for f in fields(cls) if f.default is not MISSING}
 
     # ---- element types --------------------------------------------------------------------
+    def typed(self, dtypes: Sequence[str | None]) -> Op:
+        """The op for inputs of these element types (as output_dtypes gets them), called once at
+        import before output_dtypes: an op whose attributes depend on its input's type (Cast is an
+        alias when nothing changes) returns a replaced copy. The default: the op itself."""
+        return self
+
     def output_dtypes(self, dtypes: Sequence[str | None]) -> list[str]:
         """The outputs' element types (numpy names) from the inputs' (None where an input is absent);
         raise DtypeRefused(reason) for types the kernels do not take. Constant float inputs count as

@@ -73,8 +73,8 @@ class Cast(Op):
     to: int = 0
     saturate: int = 1  # float8 targets only (refused)
     round_mode: str = "up"  # float8e8m0 targets only (refused)
-    # The element type of the input as flexnn holds it, recorded by output_dtypes (the one place an
-    # op sees it): it decides whether the Cast is an alias.
+    # The element type of the input as flexnn holds it, set by typed() at import: it decides whether
+    # the Cast is an alias.
     source: str = internal("")
     # The input is a constant (CastLike's with a run-time target_type): the output needs memory of
     # its own, since a constant lives with the weights, not in the arena's tensors.
@@ -103,10 +103,12 @@ class Cast(Op):
     def target(self) -> str:
         return HELD[self.to]
 
+    def typed(self, dtypes):
+        return dataclasses.replace(self, source=dtypes[0] or "")
+
     def output_dtypes(self, dtypes):
         if dtypes[0] not in DATA_DTYPES:
             raise DtypeRefused(f"{self.op_type}: input is {dtypes[0]}; flexnn casts {sorted(DATA_DTYPES)}")
-        object.__setattr__(self, "source", dtypes[0])
         return [self.target]
 
     def infer(self, shapes, consts):
@@ -191,12 +193,16 @@ class CastLike(Cast):
         op.check(node, opset)
         return op, (0,)
 
-    def output_dtypes(self, dtypes):
+    def typed(self, dtypes):
+        op = self
         if len(dtypes) > 1:  # a run-time target_type: its held type is the target
             like = dtypes[1]
             if like not in DATA_DTYPES:
                 raise DtypeRefused(f"CastLike: target_type is {like}")
-            object.__setattr__(self, "to", _ONNX_OF[np.dtype(like)])
+            op = dataclasses.replace(self, to=_ONNX_OF[np.dtype(like)])
+        return Cast.typed(op, dtypes[:1])
+
+    def output_dtypes(self, dtypes):
         return super().output_dtypes(dtypes[:1])
 
     def infer(self, shapes, consts):

@@ -29,8 +29,9 @@ def run_in_arena(op, inputs, consts=None):
     known at import, as op.infer sees them); return (kernel, outputs). Output dtypes come from
     op.output_dtypes, so integer and bool tensors work as in the executor."""
     consts = list(consts) if consts is not None else [None] * len(inputs)
-    out_shapes = op.infer([x.shape for x in inputs], consts)
     in_dtypes = [str(x.dtype) for x in inputs]
+    op = op.typed(in_dtypes)  # as the importer does, before anything else
+    out_shapes = op.infer([x.shape for x in inputs], consts)
     out_dtypes = op.output_dtypes(in_dtypes)[: len(out_shapes)]
     views = arena_views([x.shape for x in inputs] + list(out_shapes), in_dtypes + list(out_dtypes))
     for view, x in zip(views, inputs, strict=False):

@@ -46,6 +46,7 @@ def source_values(dtype: str) -> np.ndarray:
 
 
 def ready(op: Cast, source: str) -> Cast:
+    op = op.typed([source])
     assert op.output_dtypes([source]) == [HELD[op.to]]
     return op
 
@@ -107,6 +108,7 @@ def test_castlike_takes_a_constant_or_run_time_target():
     assert op.to == T.FLOAT16 and op.output_dtypes(["float32"]) == ["float32"] and not op.alias
     op, kept = CastLike.from_onnx({"saturate": 1}, [None, None], "like", 19)
     assert kept == (0, 1)
+    op = op.typed(["int64", "float32"])
     assert op.output_dtypes(["int64", "float32"]) == ["float32"] and op.to == T.FLOAT
     x = source_values("int64")
     kernel, (y,) = run_in_arena(op, [x, np.zeros(3, np.float32)])
@@ -220,5 +222,6 @@ def test_castlike_of_a_constant_to_a_run_time_type_gets_memory_of_its_own(tmp_pa
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
     model.ir_version = 9
     op, kept = CastLike.from_onnx({}, [weight, None], "like", 19)
+    op = op.typed(["float32", "float32"])
     assert kept == (0, 1) and op.output_dtypes(["float32", "float32"]) == ["float32"] and not op.alias
     assert_model_matches_ort(model, {"x": np.arange(6, dtype=np.float32).reshape(2, 3)}, tmp_path)
