@@ -297,6 +297,11 @@ class _Recurrent(Op):
 
     @classmethod
     def from_onnx(cls, attrs, consts, node, opset):
+        most = 8 if cls.kind == KIND_LSTM else 6
+        if len(consts) > most:
+            raise UnsupportedOp(
+                cls.op_type, node, opset, f"{len(consts)} inputs, {cls.op_type} takes at most {most}"
+            )
         if "clip" in attrs and not float(attrs["clip"]) > 0:
             raise UnsupportedOp(cls.op_type, node, opset, f"clip {attrs['clip']} is not positive")
         return super().from_onnx(attrs, consts, node, opset)

@@ -237,6 +237,8 @@ def test_refusals():
         RNN.from_onnx({"hidden_size": 3, "activations": ["ThresholdedRelu"]}, [None] * 3, "n", 14)
     with pytest.raises(UnsupportedOp, match=r"clip -1\.0 is not positive"):
         LSTM.from_onnx({"hidden_size": 3, "clip": -1.0}, [None] * 3, "n", 14)
+    with pytest.raises(UnsupportedOp, match="7 inputs, GRU takes at most 6"):
+        GRU.from_onnx({"hidden_size": 3}, [None] * 7, "n", 14)
     with pytest.raises(UnsupportedOp, match="layout 2"):
         GRU.from_onnx({"hidden_size": 3, "layout": 2}, [None] * 3, "n", 14)
     op = LSTM(hidden_size=3)
