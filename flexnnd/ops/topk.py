@@ -99,6 +99,8 @@ class TopK(Op):
         return op, (0,)
 
     def check(self, node, opset):
+        if self.k < 1:  # missing (attribute or input), or an empty output flexnn cannot hold
+            raise UnsupportedOp(self.op_type, node, opset, f"k is {self.k}; flexnn needs k >= 1")
         if self.largest not in (0, 1) or self.sorted not in (0, 1):
             raise UnsupportedOp(
                 self.op_type, node, opset, f"largest {self.largest} / sorted {self.sorted} are not 0 or 1"

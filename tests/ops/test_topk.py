@@ -80,6 +80,8 @@ def test_k_from_attribute_or_constant_input():
         TopK.from_onnx({}, [None, None], "n", 11)
     with pytest.raises(UnsupportedOp, match=r"k \(input 1\) has 2 values"):
         TopK.from_onnx({}, [None, np.array([1, 2])], "n", 11)
+    with pytest.raises(UnsupportedOp, match="k is 0; flexnn needs k >= 1"):
+        TopK.from_onnx({}, [None], "n", 1)  # opset 1 without its k attribute
     with pytest.raises(UnsupportedOp, match="largest 3"):
         TopK.from_onnx({"largest": 3}, [None, np.array([1])], "n", 11)
 
