@@ -433,3 +433,17 @@ def test_session_refuses_lying_lengths(tmp_path):
     onnx.save(model, str(path))
     with pytest.raises(ShapeError, match=r"sequence_lens\[1\] = -2 is outside \[0, 4\]"):
         flexnnd.Session(path, threads=1, cache_dir=tmp_path / "cache2")
+
+
+def test_weights_computed_at_run_time_are_refused(tmp_path):
+    """W, R, B and P are weights: one fed at run time is refused at import, naming the input."""
+    import flexnnd
+
+    model = state_model(False)
+    w = model.graph.initializer[0]
+    model.graph.input.append(helper.make_tensor_value_info("W", TensorProto.FLOAT, list(w.dims)))
+    del model.graph.initializer[0]
+    path = tmp_path / "w.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(UnsupportedOp, match=r"LSTM.*input 1 \('W'\) must be a constant"):
+        flexnnd.Session(path, threads=1, cache_dir=tmp_path / "cache")
