@@ -41,6 +41,7 @@ CASES = {
     "gru_reverse_lbr": (GRU, dict(direction="reverse", linear_before_reset=1, bias=True, h0=True)),
     "gru_bi_seq": (GRU, dict(direction="bidirectional", seq=[1, 5, 0], bias=True)),
     "gru_clip_lbr": (GRU, dict(clip=0.4, linear_before_reset=1, bias=True)),
+    "gru_clip_reverse": (GRU, dict(clip=0.4, direction="reverse", bias=True, seq=[2, 5, 4])),
     "gru_bi_acts": (
         GRU,
         dict(direction="bidirectional", activations=["Sigmoid", "Relu", "HardSigmoid", "Tanh"]),
