@@ -10,6 +10,7 @@ from outside the tensor. All-constant Gathers never reach these ops: graph/fold.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import numpy as np
 
 from flexnnd.errors import DtypeRefused, InputValueError, ShapeError
 from flexnnd.graph.ir import Shape
-from flexnnd.ops.base import Op, register
+from flexnnd.ops.base import Axis, Op, SliceAxis, internal, register
 from flexnnd.ops.buffers import copy, reshape_view
 from flexnnd.ops.jit import kernel
 from flexnnd.ops.tensor import normalize_axis
@@ -117,13 +118,51 @@ def gather_rows(src, indices, dst, outer, axis_len, row):
     return True
 
 
+@kernel
+def gather_table_rows(src, indices, dst, lo, hi, axis_len, row):
+    """The part of an axis-0 Gather from a constant table that holds table rows [lo, hi) (src is
+    those rows): dst[j, :] = src[indices[j] - lo, :] for every index in the part; the others are
+    another part's. Returns False (nothing written) if an index is outside [-axis_len, axis_len)."""
+    n = indices.size
+    for j in range(n):
+        if indices[j] < -axis_len or indices[j] >= axis_len:
+            return False
+    for j in range(n):
+        k = indices[j]
+        if k < 0:
+            k += axis_len
+        if lo <= k < hi:
+            copy(dst, j * row, src, (k - lo) * row, row)
+    return True
+
+
 @register
 @dataclass(frozen=True)
 class Gather(_Indexing):
-    """ONNX Gather (opsets 1, 11, 13): out = data indexed along `axis` by every index."""
+    """ONNX Gather (opsets 1, 11, 13): out = data indexed along `axis` by every index.
+
+    An embedding lookup (a constant table, run-time indices, axis 0) may be cut by table rows, like
+    a weight by output channels: part [a, b) holds rows [a, b) of the table and writes the output
+    rows whose index falls there, so a big vocabulary streams in pieces."""
 
     op_type = "Gather"
     axis: int = 0
+    table: bool = internal(False)  # data is a constant and the indices are not
+    vocab: int = internal(0)  # the table's rows then (a part sees only its own)
+
+    @classmethod
+    def from_onnx(cls, attrs, consts, node, opset):
+        op, kept = super().from_onnx(attrs, consts, node, opset)
+        data = consts[0] if consts else None
+        if len(consts) > 1 and data is not None and data.ndim and consts[1] is None:
+            op = dataclasses.replace(op, table=True, vocab=int(data.shape[0]))
+        return op, kept
+
+    def slice_axes(self, shapes, out_shapes):
+        data = shapes[0]
+        if not self.table or not data or normalize_axis("Gather", self.axis, len(data), data) != 0:
+            return ()
+        return (SliceAxis(Axis.CHANNELS, int(data[0])),)
 
     def output_dtypes(self, dtypes):
         index_dtype("Gather", dtypes[1])
@@ -138,11 +177,13 @@ class Gather(_Indexing):
         return [data[:axis] + indices + data[axis + 1 :]]
 
     def bind(self, ins, outs, scratch, part=None, reuse=False):
+        if part is not None:
+            return self._bind_table_part(ins, outs, part)
         self.whole("Gather", part, reuse)
         data, indices, out = ins[0], ins[1], outs[0]
         axis = normalize_axis("Gather", self.axis, data.ndim, data.shape)
-        # A constant scalar index is stored as shape (1,): the output's shape is the one to trust.
-        want = data.shape[:axis] + (indices.size,) + data.shape[axis + 1 :]
+        # Scalar or not, the indices give the output indices.size rows along the axis.
+        want = (*data.shape[:axis], indices.size, *data.shape[axis + 1 :])
         if out.dtype != data.dtype or out.size != math.prod(want) or out.shape[:axis] != data.shape[:axis]:
             raise ShapeError(
                 f"Gather.bind: data {data.shape} {data.dtype}, indices {indices.shape}, out {out.shape} {out.dtype}"
@@ -157,6 +198,24 @@ class Gather(_Indexing):
                 raise out_of_range("Gather", flat, axis_len, f"axis {axis}")
 
         return run_gather
+
+    def _bind_table_part(self, ins, outs, part):
+        table, indices, out = ins[0], ins[1], outs[0]
+        if not self.table or part.axis is not Axis.CHANNELS or table.shape[0] != part.stop - part.start:
+            raise ValueError(
+                f"Gather.bind: not sliced but as an embedding table by its rows; got part {part} of {table.shape}"
+            )
+        vocab = self.vocab
+        row = math.prod(table.shape[1:]) * table.itemsize
+        src, dst = byte_view(table, (-1,)), byte_view(out, (-1,))
+        flat = reshape_view(indices, (-1,))
+        lo, hi = part.start, part.stop
+
+        def run_gather_part():
+            if not gather_table_rows(src, flat, dst, lo, hi, vocab, row):
+                raise out_of_range("Gather", flat, vocab, "axis 0")
+
+        return run_gather_part
 
     def reference(self, ins):
         data, indices = np.asarray(ins[0]), np.asarray(ins[1])

@@ -108,7 +108,7 @@ def test_a_token_model_stays_within_the_budget(tmp_path):
         ladder = sess.rungs
         arenas = sorted({e.arena_bytes for e in ladder.index})
         budgets = [a + ladder.output_bytes for a in (arenas[0], arenas[len(arenas) // 2], arenas[-1])]
-    assert budgets[0] < budgets[-1]  # the MLP's weights stream (the table is read whole by Gather)
+    assert budgets[0] < budgets[-1] // 2  # the table streams in row pieces, the MLP by channels
     for budget in budgets:
         (row,) = measure(path, cache, [budget])
         assert row["arena"] <= budget

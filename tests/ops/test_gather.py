@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import flexnnd
 from flexnnd.errors import DtypeRefused, InputValueError, ShapeError
-from flexnnd.ops.base import Part, op_class
+from flexnnd.ops.base import Part, SliceAxis, op_class
 from flexnnd.ops.gather import Gather, GatherElements, GatherND
 from tests.conftest import assert_model_matches_ort, save
 from tests.ops.harness import assert_no_numpy_allocations, ort_run, run_in_arena
@@ -309,3 +309,21 @@ def test_runtime_indices_into_activations_match_onnxruntime(tmp_path):
         "rows": indices((2, 2, 1), 3, seed=9),
     }
     assert_model_matches_ort(model, feeds, tmp_path)
+
+
+def test_an_embedding_table_is_cut_by_rows_and_its_parts_fill_the_output():
+    table = np.arange(40, dtype=np.float32).reshape(10, 4)
+    ids = np.array([[9, 0, -1, 4, 4, 5]], dtype=np.int64)
+    op, kept = Gather.from_onnx({}, [table, None], "embed", 13)
+    assert op.table and op.vocab == 10 and kept == (0, 1)
+    assert op.slice_axes([(10, 4), (1, 6)], [(1, 6, 4)]) == (SliceAxis("channels", 10),)
+    assert Gather.from_onnx({}, [None, None], "g", 13)[0].slice_axes([(10, 4), (1, 6)], [(1, 6, 4)]) == ()
+    out = np.full((1, 6, 4), np.nan, np.float32)
+    for a, b in ((0, 3), (3, 7), (7, 10)):
+        run = op.bind([table[a:b], ids], [out], None, Part("channels", a, b))
+        run()
+        assert_no_numpy_allocations(run)
+    np.testing.assert_array_equal(out, table[ids % 10])
+    bad = np.array([[10, 0, 0, 0, 0, 0]], dtype=np.int64)
+    with pytest.raises(InputValueError, match="out of range"):
+        op.bind([table[0:3], bad], [out], None, Part("channels", 0, 3))()
