@@ -29,6 +29,7 @@ from flexnnd.graph.conv1d import conv1d_as_2d
 from flexnnd.graph.fold import FOLDERS, SHAPE_FOLDERS, attribute_values, fold_output_elements
 from flexnnd.graph.fuse_gelu import fuse_gelu
 from flexnnd.graph.fuse_layernorm import fuse_layernorm
+from flexnnd.graph.fuse_swish import fuse_swish
 from flexnnd.graph.ir import Graph, Node, Shape, TensorInfo, runtime_dtype
 from flexnnd.graph.limits import (
     DEFAULT_LIMITS,
@@ -306,6 +307,7 @@ def import_onnx(
             passes.remove_identities(draft)
             fuse_gelu(draft)
             fuse_layernorm(draft)
+            fuse_swish(draft)
             passes.fold_batchnorm(draft)
             passes.fuse_activations(draft)
             passes.fuse_residual_adds(draft)

@@ -14,7 +14,7 @@ import numpy as np
 
 from flexnnd.graph.ir import Node, TensorInfo, runtime_dtype
 
-FUSABLE_ACTIVATIONS = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish"}
+FUSABLE_ACTIVATIONS = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Swish"}
 
 
 @dataclass

@@ -92,7 +92,7 @@ def erfc32(z):
 
 
 # Activation codes shared with the fused epilogues of Conv and Gemm.
-ACT_NONE, ACT_RELU, ACT_CLIP, ACT_LEAKY, ACT_SIGMOID, ACT_HARDSIGMOID, ACT_HARDSWISH = range(7)
+ACT_NONE, ACT_RELU, ACT_CLIP, ACT_LEAKY, ACT_SIGMOID, ACT_HARDSIGMOID, ACT_HARDSWISH, ACT_SWISH = range(8)
 ACT_CODES = {
     "": ACT_NONE,
     "Relu": ACT_RELU,
@@ -101,6 +101,7 @@ ACT_CODES = {
     "Sigmoid": ACT_SIGMOID,
     "HardSigmoid": ACT_HARDSIGMOID,
     "HardSwish": ACT_HARDSWISH,
+    "Swish": ACT_SWISH,
 }
 
 
@@ -142,11 +143,16 @@ def _activate(src, dst, act, alpha, beta):
         b = np.float32(beta)
         for i in range(n):
             dst[i] = min(max(src[i] * a + b, np.float32(0.0)), np.float32(1.0))
-    else:  # ACT_HARDSWISH
+    elif act == ACT_HARDSWISH:
         sixth = np.float32(1.0 / 6.0)
         for i in range(n):
             v = src[i]
             dst[i] = v * min(max(v * sixth + np.float32(0.5), np.float32(0.0)), np.float32(1.0))
+    else:  # ACT_SWISH: x * sigmoid(alpha * x), SiLU at alpha 1
+        a = np.float32(alpha)
+        for i in range(n):
+            v = src[i]
+            dst[i] = v / (np.float32(1.0) + exp32(-a * v))
 
 
 def reference_activation(x: np.ndarray, act: str, alpha: float, beta: float) -> np.ndarray:
@@ -166,6 +172,9 @@ def reference_activation(x: np.ndarray, act: str, alpha: float, beta: float) -> 
         return np.clip(x * np.float32(alpha) + np.float32(beta), 0, 1).astype(np.float32)
     if act == "HardSwish":
         return (x * np.clip(x / 6.0 + 0.5, 0, 1)).astype(np.float32)
+    if act == "Swish":
+        x64 = x.astype(np.float64)
+        return (x64 / (1.0 + np.exp(-alpha * x64))).astype(np.float32)
     raise ValueError(f"unknown activation {act!r}")
 
 
@@ -205,6 +214,19 @@ class Sigmoid(_Activation):
 @dataclass(frozen=True)
 class HardSwish(_Activation):
     op_type = "HardSwish"
+
+
+@register
+@dataclass(frozen=True)
+class Swish(_Activation):
+    """ONNX Swish (opset 24): x * sigmoid(alpha * x); SiLU at alpha 1. Exporters before opset 24
+    write x * Sigmoid(x), which graph/fuse_swish.py turns into this op (then into a Conv's epilogue)."""
+
+    op_type = "Swish"
+    alpha: float = 1.0
+
+    def act(self):
+        return "Swish", float(self.alpha), 0.0
 
 
 @register

@@ -13,6 +13,8 @@ from flexnnd.ops.activation import (
     ACT_NONE,
     ACT_RELU,
     ACT_SIGMOID,
+    ACT_SWISH,
+    exp32,
 )
 from flexnnd.ops.jit import kernel
 
@@ -72,7 +74,7 @@ def bias_act(y, res, off, ld, rows, cols, bias, boff, act, alpha, beta):
         for r in range(rows):
             b, s = (bias[boff + r] if has_bias else zero), np.uint64(off + r * ld)
             for k in range(n):
-                y[s + k] = one / (one + np.exp(-(y[s + k] + b)))
+                y[s + k] = one / (one + exp32(-(y[s + k] + b)))  # vectorizes; np.exp is a libm call
     elif act == ACT_HARDSIGMOID:
         scale, shift = np.float32(alpha), np.float32(beta)
         for r in range(rows):
@@ -86,3 +88,10 @@ def bias_act(y, res, off, ld, rows, cols, bias, boff, act, alpha, beta):
             for k in range(n):
                 v = y[s + k] + b
                 y[s + k] = v * min(max(v * sixth + half, zero), one)
+    elif act == ACT_SWISH:
+        a = np.float32(alpha)
+        for r in range(rows):
+            b, s = (bias[boff + r] if has_bias else zero), np.uint64(off + r * ld)
+            for k in range(n):
+                v = y[s + k] + b
+                y[s + k] = v / (one + exp32(-a * v))
