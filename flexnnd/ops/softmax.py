@@ -158,6 +158,27 @@ def softmax_strided(x, y, work, log):
 
 
 @kernel
+def hardmax_rows(x, y):
+    """y[r] = one-hot of the first largest x[r] (the first NaN if any, as np.argmax), x (rows, n)."""
+    rows, n = x.shape
+    for r in range(rows):
+        xr, yr = x[r], y[r]
+        nans = 0
+        for i in range(n):
+            nans += xr[i] != xr[i]
+        top = row_max(xr)
+        arg = 0
+        for i in range(n):
+            v = xr[i]
+            if (v != v) if nans else (v == top):
+                arg = i
+                break
+        for i in range(n):
+            yr[i] = np.float32(0.0)
+        yr[arg] = np.float32(1.0)
+
+
+@kernel
 def hardmax(x, y):
     """y[o, :, i] = one-hot of the first largest x[o, :, i] (NaN counts as largest, as np.argmax)."""
     outer, n, inner = x.shape
@@ -281,6 +302,9 @@ class Hardmax(_AlongAxis):
         x3, y3 = self._views(ins, outs)
         if np.may_share_memory(ins[0], outs[0]):
             raise ValueError("Hardmax: output must not overlap the input")
+        if x3.shape[2] == 1:
+            x2, y2 = reshaped(ins[0], x3.shape[:2]), reshaped(outs[0], x3.shape[:2])
+            return lambda: hardmax_rows(x2, y2)
         return lambda: hardmax(x3, y3)
 
     def reference(self, ins):

@@ -36,6 +36,10 @@ def test_hardmax_takes_the_first_largest():
     x = np.array([[1.0, 3.0, 3.0, 2.0], [0.0, 0.0, 0.0, 0.0]], dtype=np.float32)
     np.testing.assert_array_equal(_run(Hardmax(), x), [[0, 1, 0, 0], [1, 0, 0, 0]])
     np.testing.assert_array_equal(_run(Hardmax(axis=0), x), [[1, 1, 1, 1], [0, 0, 0, 0]])
+    nan = np.array([[5.0, np.nan, 7.0, np.nan], [7.0, 1.0, 7.0, 2.0]], dtype=np.float32)
+    for op in (Hardmax(), Hardmax(axis=0)):  # the rows kernel and the strided one
+        np.testing.assert_array_equal(_run(op, nan), op.reference([nan])[0])
+    np.testing.assert_array_equal(_run(Hardmax(), nan), [[0, 1, 0, 0], [1, 0, 0, 0]])
 
 
 def test_softmax_is_numerically_stable():
