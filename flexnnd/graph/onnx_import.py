@@ -474,6 +474,7 @@ def _import_node(
     if not wanted:
         raise MalformedGraph(f"node {node_name!r} ({proto.op_type}) has no output")
     op, kept = cls.from_onnx(attrs, values, node_name, opset)
+    op = op.for_outputs(len(wanted))
     for pos, name in enumerate(proto.input):
         if name and pos not in kept and values[pos] is None:
             raise UnsupportedOp(proto.op_type, node_name, opset, f"input {pos} ({name!r}) must be a constant")

@@ -177,6 +177,12 @@ class Op:
     def defaults(cls) -> dict[str, Any]:
         return {f.name: f.default for f in fields(cls) if f.default is not MISSING}
 
+    def for_outputs(self, count: int) -> Op:
+        """The op for a node that names `count` outputs (up to its last named one), called at import
+        right after from_onnx: Split without sizes splits equally among them. The default: the op
+        itself."""
+        return self
+
     # ---- element types --------------------------------------------------------------------
     def typed(self, dtypes: Sequence[str | None]) -> Op:
         """The op for inputs of these element types (as output_dtypes gets them), called once at

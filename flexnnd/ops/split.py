@@ -1,13 +1,13 @@
 """Split: the input cut along one axis into several outputs, any element type.
 
 The sizes are the `split` attribute (opsets 2-12) or a constant input (13+), or, since opset 18,
-`num_outputs` equal chunks of ceil(d / num_outputs) with a smaller last one. Without either, ONNX
-splits equally among the node's outputs; flexnn's op contract (from_onnx) does not see how many
-outputs a node has, so that form is refused at import, naming the fix (a `split`).
+`num_outputs` equal chunks of ceil(d / num_outputs) with a smaller last one. Without either (opsets
+up to 17), ONNX splits equally among the node's outputs (for_outputs tells the op how many).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +28,7 @@ class Split(Op):
     axis: int = 0
     num_outputs: int | None = None
     split: tuple[int, ...] | None = internal(None)  # an attribute before opset 13, an input since
+    outputs: int = internal(0)  # the node's outputs, for equal parts without split or num_outputs
 
     @classmethod
     def from_onnx(cls, attrs, consts, node, opset):
@@ -46,15 +47,12 @@ class Split(Op):
         op.check(node, opset)
         return op, (0,)
 
-    def check(self, node, opset):
+    def for_outputs(self, count):
         if self.split is None and self.num_outputs is None:
-            raise UnsupportedOp(
-                self.op_type,
-                node,
-                opset,
-                "no constant split sizes and no num_outputs: equal parts by the number of outputs "
-                "(which import does not see) or sizes computed at run time are not supported",
-            )
+            return dataclasses.replace(self, outputs=count)
+        return self
+
+    def check(self, node, opset):
         if self.split is not None and self.num_outputs is not None:
             raise UnsupportedOp(self.op_type, node, opset, "both split and num_outputs are given")
         if self.num_outputs is not None and self.num_outputs < 1:
@@ -63,7 +61,8 @@ class Split(Op):
             raise UnsupportedOp(self.op_type, node, opset, f"split {self.split} has a negative size")
 
     def output_dtypes(self, dtypes):
-        return [same_dtype(self.op_type, dtypes)] * len(self.split or range(self.num_outputs or 0))
+        count = len(self.split) if self.split is not None else self.num_outputs or self.outputs
+        return [same_dtype(self.op_type, dtypes)] * count
 
     def sizes(self, shape) -> tuple[int, tuple[int, ...]]:
         """The normalized axis and each output's extent along it."""
@@ -75,6 +74,13 @@ class Split(Op):
                     f"Split: sizes {self.split} do not add up to {d} (axis {self.axis} of {tuple(shape)})"
                 )
             return axis, self.split
+        if self.num_outputs is None:  # equal parts among the node's outputs (opsets up to 17)
+            if not self.outputs or d % self.outputs:
+                raise ShapeError(
+                    f"Split: no sizes, and {d} (axis {self.axis} of {tuple(shape)}) does not split equally "
+                    f"among {self.outputs} outputs"
+                )
+            return axis, (d // self.outputs,) * self.outputs
         chunk = -(-d // self.num_outputs)
         if chunk * (self.num_outputs - 1) >= d:
             raise ShapeError(

@@ -11,7 +11,7 @@ from onnx import helper
 
 import flexnnd
 from flexnnd.graph.onnx_import import import_onnx, load_onnx
-from tests.conftest import assert_close_to_reference, make_model, ort_run, save
+from tests.conftest import assert_close_to_reference, assert_model_matches_ort, make_model, ort_run, save
 
 RNG = np.random.default_rng(7)
 
@@ -287,3 +287,15 @@ def test_add_of_a_graph_output_or_a_broadcast_is_not_fused():
     inits = [("w", np.ones((2, 2, 1, 1), np.float32)), ("bias", np.ones((1, 2, 1, 1), np.float32))]
     graph, _ = import_onnx(make_model(nodes, [("x", [1, 2, 3, 3])], [("y", None)], inits))
     assert [n.op_type for n in graph.nodes] == ["Conv", "Add"]
+
+
+def test_split_without_sizes_splits_equally_among_the_named_outputs(tmp_path):
+    nodes = [helper.make_node("Split", ["x"], ["a", "b", "c"], axis=1)]
+    model = make_model(nodes, [("x", [1, 6, 2])], [("a", None), ("b", None), ("c", None)], opset=13)
+    graph, _ = import_onnx(model)
+    assert [graph.shape(o) for o in ("a", "b", "c")] == [(1, 2, 2)] * 3
+    x = np.arange(12, dtype=np.float32).reshape(1, 6, 2)
+    assert_model_matches_ort(model, {"x": x}, tmp_path)
+    uneven = make_model(nodes, [("x", [1, 7, 2])], [("a", None), ("b", None), ("c", None)], opset=13)
+    with pytest.raises(flexnnd.ShapeError, match="does not split equally among 3 outputs"):
+        import_onnx(uneven)

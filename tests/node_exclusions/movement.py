@@ -3,19 +3,12 @@ SpaceToDepth, Trilu, CumSum) that flexnn refuses on purpose, each with the reaso
 
 _EMPTY = "zero-size tensors are refused at import"
 _FLOAT64 = "float64 graph inputs are held as float32: the session refuses a float64 feed"
-_EQUAL_SPLIT = (
-    "Split into equal parts by the number of outputs: Op.from_onnx does not see a node's outputs, "
-    "so flexnn needs the sizes (split) or num_outputs"
-)
 EXCLUDED = {
     "test_slice_start_out_of_bounds": _EMPTY,
     "test_split_zero_size_splits_opset13": _EMPTY,
     "test_split_zero_size_splits_opset18": _EMPTY,
     "test_tril_zero": _EMPTY,
     "test_triu_zero": _EMPTY,
-    "test_split_equal_parts_1d_opset13": _EQUAL_SPLIT,
-    "test_split_equal_parts_2d_opset13": _EQUAL_SPLIT,
-    "test_split_equal_parts_default_axis_opset13": _EQUAL_SPLIT,
     **{
         f"test_cumsum_{case}": _FLOAT64
         for case in (

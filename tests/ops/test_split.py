@@ -84,8 +84,10 @@ def test_only_the_outputs_named_are_computed():
 
 
 def test_split_refusals():
-    with pytest.raises(UnsupportedOp, match="no constant split sizes and no num_outputs"):
-        Split.from_onnx({"axis": 0}, [None], "s", 13)
+    equal, _ = Split.from_onnx({"axis": 0}, [None], "s", 13)  # sizes from the node's outputs
+    with pytest.raises(ShapeError, match="does not split equally among 0 outputs"):
+        equal.infer([(6,)], [None])
+    assert equal.for_outputs(3).infer([(6,)], [None]) == [(2,), (2,), (2,)]
     with pytest.raises(UnsupportedOp, match="negative"):
         Split.from_onnx({}, [None, np.array([3, -1], np.int64)], "s", 13)
     with pytest.raises(ShapeError, match=r"sizes \(2, 2\) do not add up to 5"):
