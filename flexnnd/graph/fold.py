@@ -118,7 +118,15 @@ def _binary(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]):
 
 
 def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return a // b if np.issubdtype(a.dtype, np.integer) else a / b
+    """ONNX's Div: integers truncate toward zero (numpy's // floors); a zero divisor is an error."""
+    if not np.issubdtype(a.dtype, np.integer):
+        return a / b
+    if np.any(np.asarray(b) == 0):
+        raise ZeroDivisionError(
+            f"integer Div by zero on constants ({int(np.count_nonzero(np.asarray(b) == 0))} zero divisors)"
+        )
+    q = np.abs(a) // np.abs(b)
+    return np.where((a < 0) != (b < 0), -q, q)
 
 
 FOLDERS: dict[str, Callable[..., list[np.ndarray]]] = {

@@ -299,3 +299,12 @@ def test_split_without_sizes_splits_equally_among_the_named_outputs(tmp_path):
     uneven = make_model(nodes, [("x", [1, 7, 2])], [("a", None), ("b", None), ("c", None)], opset=13)
     with pytest.raises(flexnnd.ShapeError, match="does not split equally among 3 outputs"):
         import_onnx(uneven)
+
+
+def test_integer_div_of_constants_truncates_like_onnxruntime():
+    from flexnnd.graph.fold import FOLDERS
+
+    a, b = np.array([-7, 7, -7, 6], np.int64), np.array([2, -2, -2, 4], np.int64)
+    np.testing.assert_array_equal(FOLDERS["Div"]([a, b], {}, 13)[0], [-3, -3, 3, 1])
+    with pytest.raises(ZeroDivisionError, match="zero divisors"):
+        FOLDERS["Div"]([a, np.array([1, 0, 2, 0], np.int64)], {}, 13)
