@@ -3,16 +3,57 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import numba
-from numba.core import event
+from numba.core import caching, event
 
 from flexnnd import progress
 
 # Reassociation lets LLVM vectorize reductions; no 'nnan'/'ninf', so NaN and Inf still propagate.
 FASTMATH = frozenset({"reassoc", "contract", "nsz", "arcp"})
+
+
+PACKAGE = Path(__file__).resolve().parents[1]  # flexnnd/
+
+
+def _sources_digest() -> str:
+    """A digest of every flexnnd module a kernel is written in or inlines from (ops/, planner/)."""
+    digest = hashlib.sha256()
+    for path in sorted([*(PACKAGE / "ops").glob("*.py"), *(PACKAGE / "planner").glob("*.py")]):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+SOURCES_DIGEST = _sources_digest()
+
+
+def _whole_source(base: type) -> type:
+    """numba's cache locator `base`, for flexnnd's kernels only, with a source stamp that also
+    covers every kernel module: numba stamps only the function's own file, so a kernel that inlines
+    a changed helper from another file (bias_act, exp32) would load its stale machine code."""
+
+    class Locator(base):
+        @classmethod
+        def from_function(cls, py_func, py_file):
+            if not Path(py_file).resolve().is_relative_to(PACKAGE):
+                return None  # not flexnnd's: numba's own locators take it
+            return super().from_function(py_func, py_file)
+
+        def get_source_stamp(self):
+            return (super().get_source_stamp(), SOURCES_DIGEST)
+
+    Locator.__name__ = Locator.__qualname__ = f"WholeSource{base.__name__}"
+    return Locator
+
+
+CACHE_IMPL = getattr(caching, "CacheImpl", None) or caching._CacheImpl  # renamed in numba 0.61
+if not any(c.__name__.startswith("WholeSource") for c in CACHE_IMPL._locator_classes):
+    CACHE_IMPL._locator_classes[:0] = [_whole_source(c) for c in CACHE_IMPL._locator_classes]
 
 
 def kernel(fn=None, **kw):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mmap
+import os
 import subprocess
 import sys
 import tempfile
@@ -78,8 +79,14 @@ def test_compiler_pages_are_released_once_per_use():
     assert pages.released_at == jit.compiler_use()[0]
 
 
-def test_a_fresh_process_gives_back_llvm_code_and_its_kernels_still_run():
-    # A fresh interpreter: pytest's own mapping of llvmlite would make the pages shared, kept.
+def test_a_fresh_process_gives_back_llvm_code_and_its_kernels_still_run(tmp_path):
+    # A fresh interpreter with its own copy of llvmlite: pages of the library that another process
+    # (pytest itself, a parallel run) has mapped too are shared, and MADV_PAGEOUT leaves those.
+    import shutil
+
+    import llvmlite
+
+    shutil.copytree(Path(llvmlite.__file__).parent, tmp_path / "llvmlite")
     script = textwrap.dedent(
         """
         import sys
@@ -110,8 +117,25 @@ def test_a_fresh_process_gives_back_llvm_code_and_its_kernels_still_run():
         text=True,
         check=True,
         cwd=Path(__file__).parents[2],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).parents[2])])},
     ).stdout.split()
     before, after, released = (int(v) for v in out)
     assert before > 20 * MIB  # LLVM's code is resident after a compile
     assert after < before // 4, f"llvmlite's code: {before} bytes before, {after} after"
     assert released > 0
+
+
+def test_a_kernels_cache_stamp_covers_every_kernel_module():
+    # numba stamps a cached kernel with its own file only; a changed helper it inlines from another
+    # file (the epilogue's bias_act) must invalidate it too.
+    from flexnnd.ops import epilogue
+
+    locator = epilogue.bias_act._cache._impl.locator
+    assert type(locator).__name__.startswith("WholeSource")
+    assert locator.get_source_stamp()[1] == jit.SOURCES_DIGEST
+
+    @numba.njit(cache=True)
+    def elsewhere(x):
+        return x
+
+    assert not type(elsewhere._cache._impl.locator).__name__.startswith("WholeSource")
