@@ -1,0 +1,309 @@
+"""One model per op family of issue 17, built in code, flexnn against ONNX Runtime in the same run.
+
+    python -m benchmarks.families                       # every family, 1 thread
+    python -m benchmarks.families --models encoder --runs 50
+
+The models are small stand-ins with seeded random weights for what real models of each family
+run: a transformer encoder block (int64 token ids, embedding Gather, LayerNorm, attention with
+Softmax, GELU MLP), an EfficientNet-style block (SiLU convolutions, squeeze-excitation), a
+YOLO-style head (Split, Sigmoid, Concat, nearest Resize), a CNN+BiLSTM text recognizer
+(LogSoftmax over the classes), an FPN/DB-style segmenter (ConvTranspose, linear Resize) and a QDQ
+int8 conv net. Each is imported once; then flexnn's Session (all-resident plan) and ONNX Runtime
+run in alternating blocks on one thread. Latency ratios are flexnn ÷ ORT, medians of the block
+medians. Writes benchmarks/results/families.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+RESULTS = Path(__file__).resolve().parent / "results"
+RNG = np.random.default_rng(17)
+
+
+def _w(*shape, scale=None):
+    scale = scale if scale is not None else 1.0 / np.sqrt(max(1, np.prod(shape[1:])))
+    return (RNG.standard_normal(shape) * scale).astype(np.float32)
+
+
+def _model(nodes, inputs, outputs, inits, opset=17):
+    graph = helper.make_graph(
+        nodes,
+        "family",
+        inputs,
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+def _f(name, shape):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def encoder():
+    """Token ids -> embedding -> one pre-norm transformer block (4 heads of 64) -> pooled."""
+    seq, width, heads, vocab = 128, 256, 4, 8000
+    n = helper.make_node
+    inits = {
+        "table": _w(vocab, width, scale=0.1), "g1": np.ones(width, np.float32), "b1": np.zeros(width, np.float32),
+        "wqkv": _w(width, 3 * width), "wo": _w(width, width), "g2": np.ones(width, np.float32),
+        "b2": np.zeros(width, np.float32), "w1": _w(width, 4 * width), "w2": _w(4 * width, width),
+        "split": np.array([width] * 3, np.int64), "heads": np.array([1, seq, heads, width // heads], np.int64),
+        "flat": np.array([1, seq, width], np.int64), "scale": np.array(1 / 8, np.float32),
+        "axes": np.array([1], np.int64),
+    }  # fmt: skip
+    nodes = [
+        n("Gather", ["table", "ids"], ["x"]),
+        n("LayerNormalization", ["x", "g1", "b1"], ["h"], axis=-1),
+        n("MatMul", ["h", "wqkv"], ["qkv"]),
+        n("Split", ["qkv", "split"], ["q0", "k0", "v0"], axis=-1),
+        *[n("Reshape", [f"{t}0", "heads"], [f"{t}1"]) for t in "qkv"],
+        n("Transpose", ["q1"], ["q"], perm=[0, 2, 1, 3]),
+        n("Transpose", ["k1"], ["kt"], perm=[0, 2, 3, 1]),
+        n("Transpose", ["v1"], ["v"], perm=[0, 2, 1, 3]),
+        n("MatMul", ["q", "kt"], ["s0"]),
+        n("Mul", ["s0", "scale"], ["s1"]),
+        n("Softmax", ["s1"], ["p"], axis=-1),
+        n("MatMul", ["p", "v"], ["o0"]),
+        n("Transpose", ["o0"], ["o1"], perm=[0, 2, 1, 3]),
+        n("Reshape", ["o1", "flat"], ["o2"]),
+        n("MatMul", ["o2", "wo"], ["o3"]),
+        n("Add", ["x", "o3"], ["r1"]),
+        n("LayerNormalization", ["r1", "g2", "b2"], ["h2"], axis=-1),
+        n("MatMul", ["h2", "w1"], ["m1"]),
+        n("Gelu", ["m1"], ["m2"]),
+        n("MatMul", ["m2", "w2"], ["m3"]),
+        n("Add", ["r1", "m3"], ["r2"]),
+        n("ReduceMean", ["r2", "axes"], ["y"], keepdims=0),
+    ]
+    ids = helper.make_tensor_value_info("ids", TensorProto.INT64, [1, seq])
+    model = _model(nodes, [ids], ["y"], inits, opset=20)
+    return model, {"ids": RNG.integers(0, vocab, (1, seq), dtype=np.int64)}
+
+
+def _silu(n, x, y):
+    return [n("Sigmoid", [x], [f"{y}_g"]), n("Mul", [x, f"{y}_g"], [y])]
+
+
+def efficientnet_block():
+    """MBConv: 1x1 expand + SiLU, 3x3 depthwise + SiLU, squeeze-excitation, 1x1 project, residual."""
+    c, e, hw = 40, 240, 28
+    n = helper.make_node
+    inits = {
+        "we": _w(e, c, 1, 1),
+        "wd": _w(e, 1, 3, 3),
+        "ws1": _w(10, e, 1, 1),
+        "ws2": _w(e, 10, 1, 1),
+        "wp": _w(c, e, 1, 1),
+    }
+    nodes = [
+        n("Conv", ["x", "we"], ["a"]),
+        *_silu(n, "a", "a1"),
+        n("Conv", ["a1", "wd"], ["d"], group=e, pads=[1, 1, 1, 1]),
+        *_silu(n, "d", "d1"),
+        n("GlobalAveragePool", ["d1"], ["s"]),
+        n("Conv", ["s", "ws1"], ["s1"]),
+        *_silu(n, "s1", "s2"),
+        n("Conv", ["s2", "ws2"], ["s3"]),
+        n("Sigmoid", ["s3"], ["s4"]),
+        n("Mul", ["d1", "s4"], ["se"]),
+        n("Conv", ["se", "wp"], ["p"]),
+        n("Add", ["x", "p"], ["y"]),
+    ]
+    return _model(nodes, [_f("x", [1, c, hw, hw])], ["y"], inits), {
+        "x": RNG.standard_normal((1, c, hw, hw)).astype(np.float32)
+    }
+
+
+def yolo_head():
+    """Conv + SiLU -> 2x nearest upsample -> head conv -> split box/class -> sigmoid -> concat."""
+    c, hw, out = 64, 20, 85
+    n = helper.make_node
+    inits = {
+        "w0": _w(c, c, 3, 3), "wh": _w(out, c, 1, 1), "scales": np.array([1, 1, 2, 2], np.float32),
+        "split": np.array([4, 1, 80], np.int64), "shape": np.array([1, out, 4 * hw * hw], np.int64),
+    }  # fmt: skip
+    nodes = [
+        n("Conv", ["x", "w0"], ["a"], pads=[1, 1, 1, 1]),
+        *_silu(n, "a", "a1"),
+        n("Resize", ["a1", "", "scales"], ["u"], mode="nearest"),
+        n("Conv", ["u", "wh"], ["h"]),
+        n("Reshape", ["h", "shape"], ["h1"]),
+        n("Split", ["h1", "split"], ["box", "obj", "cls"], axis=1),
+        n("Sigmoid", ["obj"], ["obj1"]),
+        n("Sigmoid", ["cls"], ["cls1"]),
+        n("Concat", ["box", "obj1", "cls1"], ["y"], axis=1),
+    ]
+    return _model(nodes, [_f("x", [1, c, hw, hw])], ["y"], inits, opset=13), {
+        "x": RNG.standard_normal((1, c, hw, hw)).astype(np.float32)
+    }
+
+
+def bilstm_recognizer():
+    """Conv -> pool -> [T, N, C] -> bidirectional LSTM -> classes -> LogSoftmax (CTC-style)."""
+    t, c, hidden, classes = 80, 64, 96, 97
+    n = helper.make_node
+    inits = {
+        "wc": _w(c, 1, 3, 3), "W": _w(2, 4 * hidden, c * 4, scale=0.1), "R": _w(2, 4 * hidden, hidden, scale=0.1),
+        "B": np.zeros((2, 8 * hidden), np.float32), "wo": _w(2 * hidden, classes),
+        "seq": np.array([t, 1, c * 4], np.int64), "tnc": np.array([t, 1, 2 * hidden], np.int64),
+    }  # fmt: skip
+    nodes = [
+        n("Conv", ["x", "wc"], ["a"], pads=[1, 1, 1, 1]),
+        n("Relu", ["a"], ["a1"]),
+        n("MaxPool", ["a1"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),  # [1, c, 4, t]
+        n("Transpose", ["p"], ["pt"], perm=[3, 0, 1, 2]),
+        n("Reshape", ["pt", "seq"], ["s"]),
+        n("LSTM", ["s", "W", "R", "B"], ["yl"], hidden_size=hidden, direction="bidirectional"),
+        n("Transpose", ["yl"], ["yt"], perm=[0, 2, 1, 3]),
+        n("Reshape", ["yt", "tnc"], ["f"]),
+        n("MatMul", ["f", "wo"], ["logits"]),
+        n("LogSoftmax", ["logits"], ["y"], axis=-1),
+    ]
+    return _model(nodes, [_f("x", [1, 1, 8, 2 * t])], ["y"], inits, opset=14), {
+        "x": RNG.standard_normal((1, 1, 8, 2 * t)).astype(np.float32)
+    }
+
+
+def fpn_segmenter():
+    """Conv -> ConvTranspose 4x4/2 -> linear 2x Resize -> skip Add -> Conv -> Sigmoid."""
+    n = helper.make_node
+    inits = {
+        "w0": _w(64, 3, 3, 3), "wt": _w(64, 32, 4, 4), "w1": _w(1, 32, 3, 3),
+        "scales": np.array([1, 1, 2, 2], np.float32),
+    }  # fmt: skip
+    nodes = [
+        n("Conv", ["x", "w0"], ["a"], pads=[1, 1, 1, 1], strides=[4, 4]),
+        n("Relu", ["a"], ["a1"]),
+        n("ConvTranspose", ["a1", "wt"], ["u"], strides=[2, 2], pads=[1, 1, 1, 1]),
+        n("Resize", ["u", "", "scales"], ["u2"], mode="linear"),
+        n("Add", ["u2", "skip"], ["m"]),
+        n("Conv", ["m", "w1"], ["h"], pads=[1, 1, 1, 1]),
+        n("Sigmoid", ["h"], ["y"]),
+    ]
+    feeds = {
+        "x": RNG.standard_normal((1, 3, 320, 320)).astype(np.float32),
+        "skip": RNG.standard_normal((1, 32, 320, 320)).astype(np.float32),
+    }
+    return _model(
+        nodes, [_f("x", [1, 3, 320, 320]), _f("skip", [1, 32, 320, 320])], ["y"], inits, opset=13
+    ), feeds
+
+
+def qdq_convnet():
+    """A QDQ int8 conv net: quantized input, int8 weights behind DequantizeLinear (folded)."""
+    n = helper.make_node
+    inits = {
+        "w1": RNG.integers(-127, 128, (32, 3, 3, 3), dtype=np.int8), "s1": np.full(32, 0.01, np.float32),
+        "z1": np.zeros(32, np.int8), "w2": RNG.integers(-127, 128, (64, 32, 3, 3), dtype=np.int8),
+        "s2": np.array(0.005, np.float32), "z2": np.array(0, np.int8), "a_s": np.array(0.05, np.float32),
+        "a_z": np.array(128, np.uint8),
+    }  # fmt: skip
+    nodes = [
+        n("QuantizeLinear", ["x", "a_s", "a_z"], ["xq"]),
+        n("DequantizeLinear", ["xq", "a_s", "a_z"], ["xd"]),
+        n("DequantizeLinear", ["w1", "s1", "z1"], ["w1f"], axis=0),
+        n("Conv", ["xd", "w1f"], ["c1"], pads=[1, 1, 1, 1], strides=[2, 2]),
+        n("Relu", ["c1"], ["r1"]),
+        n("DequantizeLinear", ["w2", "s2", "z2"], ["w2f"]),
+        n("Conv", ["r1", "w2f"], ["y"], pads=[1, 1, 1, 1]),
+    ]
+    return _model(nodes, [_f("x", [1, 3, 224, 224])], ["y"], inits, opset=13), {
+        "x": RNG.standard_normal((1, 3, 224, 224)).astype(np.float32)
+    }
+
+
+FAMILIES = {
+    "encoder": encoder,
+    "efficientnet_block": efficientnet_block,
+    "yolo_head": yolo_head,
+    "bilstm_recognizer": bilstm_recognizer,
+    "fpn_segmenter": fpn_segmenter,
+    "qdq_convnet": qdq_convnet,
+}
+
+
+def measure(name: str, blocks: int, runs: int, work: Path) -> dict:
+    import onnxruntime as ort
+
+    import flexnnd
+
+    model, feeds = FAMILIES[name]()
+    path = work / f"{name}.onnx"
+    onnx.save(model, str(path))
+    start = time.perf_counter()
+    sess = flexnnd.Session(path, threads=1, cache_dir=work / "cache")
+    import_s = time.perf_counter() - start
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    peer = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    got, want = sess.run(feeds), peer.run(None, feeds)
+    diff = max(
+        float(np.abs(got[o.name] - w).max()) / max(1.0, float(np.abs(w).max()))
+        for o, w in zip(sess.outputs, want, strict=True)
+    )
+    for _ in range(3):
+        sess.run(feeds)
+        peer.run(None, feeds)
+    ours, theirs = [], []
+    for i in range(blocks):
+        order = (0, 1) if i % 2 == 0 else (1, 0)
+        for which in order:
+            times = []
+            for _ in range(runs):
+                t = time.perf_counter()
+                sess.run(feeds) if which == 0 else peer.run(None, feeds)
+                times.append(time.perf_counter() - t)
+            (ours if which == 0 else theirs).append(statistics.median(times))
+    fused = sorted({n.op_type for n in sess.package.graph.nodes})
+    sess.close()
+    return {
+        "model": name,
+        "flexnn_median_s": statistics.median(ours),
+        "ort_median_s": statistics.median(theirs),
+        "ratio": statistics.median(ours) / statistics.median(theirs),
+        "max_rel_diff_vs_ort": diff,
+        "import_s": import_s,
+        "ops_after_import": fused,
+        "blocks": blocks,
+        "runs_per_block": runs,
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="*", default=list(FAMILIES))
+    parser.add_argument("--blocks", type=int, default=9)
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=RESULTS / "families.json")
+    args = parser.parse_args(argv)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            row = measure(name, args.blocks, args.runs, Path(tmp))
+            rows.append(row)
+            print(
+                f"{name:20s} flexnn {row['flexnn_median_s'] * 1e3:8.2f} ms  ORT {row['ort_median_s'] * 1e3:8.2f} ms  "
+                f"ratio {row['ratio']:.2f}  max rel diff {row['max_rel_diff_vs_ort']:.1e}",
+                flush=True,
+            )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"threads": 1, "models": rows}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
