@@ -51,7 +51,9 @@ class FlexnnRep(BackendRep):
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "model.onnx"
             onnx.save(model, str(path))
-            with flexnnd.Session(path, cache_dir=Path(tmp) / "cache") as sess:
+            # No ladder: a node test runs the all-resident plan only, planned on demand.
+            package = flexnnd.import_model(path, Path(tmp) / "package", ladder=False)
+            with flexnnd.Session(package) as sess:
                 outs = sess.run(feeds)
                 return [outs[o.name] for o in self.model.graph.output]
 
