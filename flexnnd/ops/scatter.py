@@ -71,7 +71,7 @@ class _Scatter(_Indexing):
             raise DtypeRefused(f"{self.op_type}: reduction {self.reduction!r} on bool")
         return [data_dtype(self.op_type, data)]
 
-    def typed(self, a: np.ndarray) -> np.ndarray:
+    def kernel_view(self, a: np.ndarray) -> np.ndarray:
         """The view the kernel writes: raw elements for plain writes, the real type to reduce."""
         return element_view(a) if self.reduction == "none" else a
 
@@ -133,7 +133,7 @@ class ScatterND(_Scatter):
         dims = np.array(data.shape[:k], dtype=np.int64)
         row = math.prod(data.shape[k:])
         src = reshape_view(data, (-1,))
-        dst, upd = reshape_view(self.typed(out), (-1,)), reshape_view(self.typed(updates), (-1,))
+        dst, upd = reshape_view(self.kernel_view(out), (-1,)), reshape_view(self.kernel_view(updates), (-1,))
         flat, flat_out = reshape_view(indices, (-1,)), reshape_view(out, (-1,))
         reduction = REDUCTIONS[self.reduction]
 
@@ -215,8 +215,8 @@ class ScatterElements(_Scatter):
             )
         axis = elements_shapes(self.op_type, data.shape, indices.shape, self.axis)
         block = tuple(slice(None) if a == axis else slice(0, n) for a, n in enumerate(indices.shape))
-        dst = moved_last(self.typed(out)[block], axis)
-        idx, upd = moved_last(indices, axis), moved_last(self.typed(updates), axis)
+        dst = moved_last(self.kernel_view(out)[block], axis)
+        idx, upd = moved_last(indices, axis), moved_last(self.kernel_view(updates), axis)
         src, flat_out = reshape_view(data, (-1,)), reshape_view(out, (-1,))
         reduction, size = REDUCTIONS[self.reduction], data.shape[axis]
 
