@@ -15,15 +15,25 @@ Types flexnn does not hold (string, uint32/64, bfloat16, float8, 4-bit) are refu
 from __future__ import annotations
 
 import dataclasses
+import enum
 from dataclasses import dataclass
 
 import numpy as np
-from onnx import TensorProto as T
 
 from flexnnd.errors import DtypeRefused, ShapeError, UnsupportedOp
 from flexnnd.ops.base import Op, internal, register
 from flexnnd.ops.buffers import reshape_view
 from flexnnd.ops.gather import DATA_DTYPES
+
+
+class T(enum.IntEnum):
+    """ONNX's TensorProto.DataType values (fixed by the spec): the daemon serves packages without
+    importing onnx, and ops are imported there too."""
+
+    UNDEFINED, FLOAT, UINT8, INT8, UINT16, INT16, INT32, INT64, STRING, BOOL = range(10)
+    FLOAT16, DOUBLE, UINT32, UINT64, COMPLEX64, COMPLEX128, BFLOAT16 = range(10, 17)
+    FLOAT8E4M3FN, FLOAT8E4M3FNUZ, FLOAT8E5M2, FLOAT8E5M2FNUZ, UINT4, INT4, FLOAT4E2M1 = range(17, 24)
+
 
 # ONNX element type -> the element type flexnn holds it as.
 HELD = {
@@ -57,7 +67,7 @@ _ONNX_OF = {
 
 def _type_name(to: int) -> str:
     try:
-        return T.DataType.Name(to)
+        return T(to).name
     except ValueError:
         return f"element type {to}"
 

@@ -225,3 +225,11 @@ def test_castlike_of_a_constant_to_a_run_time_type_gets_memory_of_its_own(tmp_pa
     op = op.typed(["float32", "float32"])
     assert kept == (0, 1) and op.output_dtypes(["float32", "float32"]) == ["float32"] and not op.alias
     assert_model_matches_ort(model, {"x": np.arange(6, dtype=np.float32).reshape(2, 3)}, tmp_path)
+
+
+def test_the_element_type_codes_are_onnxs():
+    # cast.py spells TensorProto's codes out so the daemon need not import onnx.
+    from flexnnd.ops import cast
+
+    for name, code in cast.T.__members__.items():
+        assert getattr(TensorProto, name) == code, name
