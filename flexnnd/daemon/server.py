@@ -123,11 +123,12 @@ class Daemon:
         self.servers = wiring.start_servers(self.config, dirs.socket, backend, self.health)
         if self.config.metrics_host_port is not None:
             self.metrics.start(*self.config.metrics_host_port)
-        released = self.compiler_pages.release_if_used()
-        if released:
-            log.info("paged out LLVM's code now that the kernels are loaded: RSS -%s", format_size(released))
+        # Measured before LLVM's code is paged out: a later compile (a new kernel at a swap) reads it
+        # back, and a cgroup budget must leave it room.
         budget.runtime_overhead = max(0, psutil.Process().memory_info().rss - self.models.committed)
         log.info("runtime overhead %s (RSS beside the models' arenas)", format_size(budget.runtime_overhead))
+        if released := self.compiler_pages.release_if_used():
+            log.info("paged out LLVM's code now that the kernels are loaded: RSS -%s", format_size(released))
         budget.reevaluate([])
         self.file_watch.start()
         calibration = prepare.calibrate_later(self.models)  # ladders planned with estimated rates
