@@ -44,10 +44,10 @@ def own_memory() -> tuple[int, int]:
     return fields.get("VmRSS", 0), fields.get("RssAnon", 0)
 
 
-def trim_if_grown(committed: int, runtime_overhead: int) -> None:
-    """Trim the heap when RSS beside the plans exceeds the runtime measured at start by TRIM_SLACK."""
+def trim_if_grown(committed: int, idle_overhead: int) -> None:
+    """Trim the heap when RSS beside the plans exceeds the idle runtime measured at start by TRIM_SLACK."""
     rss, _ = own_memory()
-    if rss - committed - runtime_overhead > TRIM_SLACK:
+    if rss - committed - idle_overhead > TRIM_SLACK:
         trim_malloc()
 
 

@@ -76,6 +76,7 @@ class Daemon:
         self.started = time.time()
         self.servers: list[grpc.Server] = []
         self.compiler_pages = heap.CompilerPages()
+        self.idle_overhead = 0  # RSS beside the arenas once LLVM's code is out: what trimming aims back at
         self.lock: InstanceLock | None = None
         self.should_exit = threading.Event()
         self.force_exit = False
@@ -129,6 +130,7 @@ class Daemon:
         log.info("runtime overhead %s (RSS beside the models' arenas)", format_size(budget.runtime_overhead))
         if released := self.compiler_pages.release_if_used():
             log.info("paged out LLVM's code now that the kernels are loaded: RSS -%s", format_size(released))
+        self.idle_overhead = max(0, psutil.Process().memory_info().rss - self.models.committed)
         budget.reevaluate([])
         self.file_watch.start()
         calibration = prepare.calibrate_later(self.models)  # ladders planned with estimated rates
@@ -175,7 +177,7 @@ class Daemon:
                 )
             budget.reevaluate(pressure, force=budget.pending)
             budget.pending = False
-            heap.trim_if_grown(self.models.committed, budget.runtime_overhead)
+            heap.trim_if_grown(self.models.committed, self.idle_overhead)
             if released := self.compiler_pages.release_if_used():
                 log.debug(
                     "paged out LLVM's code after a compile or cache load: RSS -%s", format_size(released)
