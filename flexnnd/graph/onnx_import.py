@@ -577,7 +577,7 @@ def _support_refusal(proto: onnx.NodeProto, node_name: str, opset: int) -> Unsup
         cls = op_class(proto.op_type, node_name, opset)
     except UnsupportedOp as e:
         return e
-    unknown = {a.name for a in proto.attribute} - cls.onnx_attribute_names()
+    unknown = {a.name for a in proto.attribute} - cls.accepted_attributes(opset)
     if unknown:
         return UnsupportedOp(proto.op_type, node_name, opset, f"attribute(s) {sorted(unknown)} not supported")
     return None

@@ -143,6 +143,12 @@ class Op:
         return frozenset(f.name for f in fields(cls) if not f.metadata.get("internal"))
 
     @classmethod
+    def accepted_attributes(cls, opset: int) -> frozenset[str]:
+        """The attribute names a node of this op may carry at `opset` (the importer refuses others,
+        also before any weight is read): its ONNX fields, and whatever from_onnx absorbs besides."""
+        return cls.onnx_attribute_names()
+
+    @classmethod
     def from_onnx(
         cls,
         attrs: Mapping[str, Any],
@@ -156,7 +162,7 @@ class Op:
         Returns the op and the input positions the runtime node keeps; an op may absorb constant
         parameter inputs (Clip's min/max, Reshape's shape) into its attributes and drop them.
         """
-        unknown = set(attrs) - cls.onnx_attribute_names()
+        unknown = set(attrs) - cls.accepted_attributes(opset)
         if unknown:
             raise UnsupportedOp(cls.op_type, node, opset, f"attribute(s) {sorted(unknown)} not supported")
         op = cls(**attrs)

@@ -31,18 +31,20 @@ class Split(Op):
     outputs: int = internal(0)  # the node's outputs, for equal parts without split or num_outputs
 
     @classmethod
+    def accepted_attributes(cls, opset):
+        return cls.onnx_attribute_names() | ({"split"} if opset < 13 else set())  # an input since 13
+
+    @classmethod
     def from_onnx(cls, attrs, consts, node, opset):
         attrs = dict(attrs)
-        if opset < 13 and "split" in attrs:
+        unknown = set(attrs) - cls.accepted_attributes(opset)
+        if unknown:
+            raise UnsupportedOp(cls.op_type, node, opset, f"attribute(s) {sorted(unknown)} not supported")
+        if "split" in attrs:
             attrs["split"] = tuple(int(v) for v in attrs["split"])
-        elif "split" in attrs:
-            raise UnsupportedOp(cls.op_type, node, opset, "attribute(s) ['split'] not supported")
         sizes = constant_ints(cls.op_type, node, opset, consts, 1, "split", optional=True)
         if sizes is not None:
             attrs["split"] = sizes
-        unknown = set(attrs) - cls.onnx_attribute_names() - {"split"}
-        if unknown:
-            raise UnsupportedOp(cls.op_type, node, opset, f"attribute(s) {sorted(unknown)} not supported")
         op = cls(**attrs)
         op.check(node, opset)
         return op, (0,)

@@ -117,3 +117,13 @@ def test_flexnnctl_check_prints_and_fails_on_refused_nodes(tmp_path):
     assert "2 nodes cannot run:" in out.stdout and "n2_Frobnicate (Frobnicate)" in out.stdout
     report = json.loads(ctl("check", "--json", str(bad)).stdout)
     assert [r["node"] for r in report["refused"]] == ["n0_Frobnicate", "n2_Frobnicate"]
+
+
+def test_the_check_before_weights_accepts_what_each_op_takes_at_its_opset():
+    # Split's sizes are an attribute before opset 13 and an input since: only the later is refused.
+    from flexnnd.graph.onnx_import import refusals_before_weights
+
+    split = helper.make_node("Split", ["x"], ["a", "b"], axis=1, split=[1, 2], name="s")
+    assert refusals_before_weights([split], 11) == []
+    (refusal,) = refusals_before_weights([split], 13)
+    assert "['split'] not supported" in refusal.why
