@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 import grpc
+from flexnn_api.datatypes import DATATYPE_OF, WIRE_DTYPES
 from flexnn_api.paths import default_address
 from flexnn_api.proto import inference_pb2, inference_pb2_grpc
 from flexnn_api.proto.flexnn.control.v1 import control_pb2, control_pb2_grpc
@@ -21,25 +22,8 @@ if TYPE_CHECKING:
     import numpy as np  # imported where arrays are made: `flexnnctl status` needs no numpy
 
 MAX_MESSAGE_BYTES = 256 * 2**20
-# OIP datatype -> numpy dtype (little-endian on the wire), both ways.
-DATATYPES = {
-    "FP32": "<f4",
-    "FP16": "<f2",
-    "FP64": "<f8",
-    "UINT8": "u1",
-    "UINT16": "<u2",
-    "INT8": "i1",
-    "INT16": "<i2",
-    "INT32": "<i4",
-    "INT64": "<i8",
-    "BOOL": "?",
-}
-SENT_AS = {"float32": "FP32", "float16": "FP16", "float64": "FP32", **{
-    name: datatype for datatype, name in (
-        ("UINT8", "uint8"), ("UINT16", "uint16"), ("INT8", "int8"), ("INT16", "int16"),
-        ("INT32", "int32"), ("INT64", "int64"), ("BOOL", "bool"),
-    )
-}}  # fmt: skip
+DATATYPES = WIRE_DTYPES  # OIP datatype -> numpy dtype of its wire bytes
+SENT_AS = {**DATATYPE_OF, "float64": "FP32"}  # the daemon's float inputs are float32
 
 
 class ClientError(Exception):

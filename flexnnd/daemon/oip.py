@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+from flexnn_api.datatypes import DATATYPE_OF, WIRE_DTYPES
 from flexnn_api.proto import inference_pb2 as pb
 
 from flexnnd.errors import InvalidRequest
@@ -27,18 +28,7 @@ if TYPE_CHECKING:
     from flexnnd.graph.package import TensorSpec
 
 # numpy dtype name -> OIP datatype, for metadata and responses.
-DATATYPES = {
-    "float32": "FP32",
-    "float16": "FP16",
-    "float64": "FP64",
-    "uint8": "UINT8",
-    "uint16": "UINT16",
-    "int8": "INT8",
-    "int16": "INT16",
-    "int32": "INT32",
-    "int64": "INT64",
-    "bool": "BOOL",
-}
+DATATYPES = DATATYPE_OF
 # numpy dtype name -> Triton model configuration DataType.
 CONFIG_DATATYPES = {
     "float32": pb.TYPE_FP32,
@@ -55,17 +45,18 @@ CONFIG_DATATYPES = {
 # Model states as Triton's repository index names them.
 INDEX_STATES = {"ready": "READY", "loading": "LOADING"}  # the others (no-fit, failed): UNAVAILABLE
 # Each datatype's wire dtype and the typed field that carries it (None: raw only, as Triton has it).
-WIRE = {
-    "FP32": (np.dtype("<f4"), "fp32_contents"),
-    "FP16": (np.dtype("<f2"), None),
-    "UINT8": (np.dtype("u1"), "uint_contents"),
-    "UINT16": (np.dtype("<u2"), "uint_contents"),
-    "INT8": (np.dtype("i1"), "int_contents"),
-    "INT16": (np.dtype("<i2"), "int_contents"),
-    "INT32": (np.dtype("<i4"), "int_contents"),
-    "INT64": (np.dtype("<i8"), "int64_contents"),
-    "BOOL": (np.dtype("?"), "bool_contents"),
+_TYPED_FIELD = {
+    "FP32": "fp32_contents",
+    "FP16": None,
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "BOOL": "bool_contents",
 }
+WIRE = {name: (np.dtype(WIRE_DTYPES[name]), field) for name, field in _TYPED_FIELD.items()}
 # The datatypes a model input of each dtype accepts (converted to the model's dtype, never narrowed).
 ACCEPTED = {
     "float32": ("FP32", "FP16", "UINT8"),
