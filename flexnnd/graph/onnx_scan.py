@@ -20,7 +20,7 @@ MODEL_OPSET_IMPORT, MODEL_GRAPH, MODEL_IR_VERSION = 8, 7, 1  # ir_version is a v
 GRAPH_NODE, GRAPH_NAME, GRAPH_INITIALIZER, GRAPH_INPUT, GRAPH_OUTPUT = 1, 2, 5, 11, 12
 GRAPH_SPARSE_INITIALIZER = 15
 TENSOR_DIMS, TENSOR_DATA_TYPE, TENSOR_NAME = 1, 2, 8  # dims and data_type are varints (dims maybe packed)
-SMALL_FIELD = 1 << 20  # a node, input or output bigger than this is not plausible: a broken file
+SMALL_FIELD = 1 << 20  # an input, output or name bigger than this is not plausible: a broken file
 
 
 @dataclass
@@ -90,8 +90,8 @@ class _Reader:
     def skip(self, n: int) -> None:
         self.f.seek(n, os.SEEK_CUR)
 
-    def read(self, n: int, what: str) -> bytes:
-        if n > SMALL_FIELD:
+    def read(self, n: int, what: str, limit: int = SMALL_FIELD) -> bytes:
+        if n > limit:
             raise self.broken(f"a {what} of {n:,} bytes")
         data = self.f.read(n)
         if len(data) != n:
@@ -130,7 +130,8 @@ def _scan_graph(r: _Reader, end: int, scan: Scan) -> None:
         if wire != 2:
             continue
         if number == GRAPH_NODE:
-            scan.nodes.append(_parse(onnx.NodeProto, r.read(value, "node"), r))
+            # A node may be big: a Constant's tensor, or an If/Loop holding whole subgraphs.
+            scan.nodes.append(_parse(onnx.NodeProto, r.read(value, "node", limit=end), r))
         elif number == GRAPH_INPUT:
             scan.inputs.append(_parse(onnx.ValueInfoProto, r.read(value, "graph input"), r))
         elif number == GRAPH_OUTPUT:

@@ -127,3 +127,16 @@ def test_the_check_before_weights_accepts_what_each_op_takes_at_its_opset():
     assert refusals_before_weights([split], 11) == []
     (refusal,) = refusals_before_weights([split], 13)
     assert "['split'] not supported" in refusal.why
+
+
+def test_a_node_bigger_than_a_mebibyte_is_scanned(tmp_path):
+    """A Constant node holding a 4 MiB tensor (as PaddleOCR's recognizer has) is a valid node."""
+    table = np.arange(1 << 20, dtype=np.float32).reshape(1024, 1024)
+    nodes = [
+        helper.make_node("Constant", [], ["c"], value=onnx.numpy_helper.from_array(table), name="table"),
+        helper.make_node("Add", ["x", "c"], ["y"], name="add"),
+    ]
+    path = save(make_model(nodes, [("x", [1024, 1024])], [("y", None)], name="bignode"), tmp_path / "m.onnx")
+    scan = scan_onnx(path)
+    assert [n.op_type for n in scan.nodes] == ["Constant", "Add"]
+    assert scan.nodes[0].attribute[0].t.dims == [1024, 1024]
