@@ -31,6 +31,10 @@ def runtime_dtype(value: np.ndarray) -> str:
     return "float32" if np.issubdtype(value.dtype, np.floating) else str(value.dtype)
 
 
+# ONNX float element types held as float32 (computed in float32) but kept at the graph's boundary.
+WIDENED = frozenset({"float16", "float64"})
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     name: str
@@ -82,9 +86,18 @@ class Graph:
     @cached_property
     def _constant_set(self) -> frozenset[str]:
         return frozenset(self.constants)
+    # A graph input's or output's ONNX element type where it differs from the type held (float16 and
+    # double are held as float32): the caller feeds and gets this type; the arena holds the other.
+    declared: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def is_constant(self, name: str) -> bool:
         return name in self._constant_set
 
+        if not isinstance(self.declared, MappingProxyType):
+            object.__setattr__(self, "declared", MappingProxyType(dict(self.declared)))
+
+    def boundary_dtype(self, name: str) -> str:
+        """The element type a caller feeds or gets for graph input or output `name`."""
+        return self.declared.get(name, self.tensors[name].dtype)
     def shape(self, name: str) -> Shape:
         return self.tensors[name].shape

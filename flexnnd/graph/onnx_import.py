@@ -51,6 +51,8 @@ MAX_OPSET = 28
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
 # A graph input's element type as the runtime holds it: float inputs are float32 (fed so).
 _T = onnx.TensorProto
+# Float types held as float32 whose declared type the graph's inputs and outputs keep (ir.Graph.declared).
+DECLARED_FLOATS = {_T.FLOAT16: "float16", _T.DOUBLE: "float64"}
 INPUT_DTYPES = {
     **dict.fromkeys(FLOAT_TYPES, "float32"),
     _T.INT64: "int64",
@@ -219,6 +221,7 @@ def import_onnx(
         consts[init.name] = value
     infos: dict[str, TensorInfo] = {}
     inputs: list[str] = []
+    declared: dict[str, str] = {}
     unresolved: list[str] = []
     for value in g.input:
         if value.name in consts:
@@ -232,6 +235,8 @@ def import_onnx(
                 "tensors as inputs"
             )
         dtype = INPUT_DTYPES[elem]
+        if elem in DECLARED_FLOATS:
+            declared[value.name] = DECLARED_FLOATS[elem]
         shape = _static_input_shape(value, input_shapes.pop(value.name, None), limits, dtype, unresolved)
         if shape is not None:
             infos[value.name] = TensorInfo(value.name, shape, dtype)
@@ -300,6 +305,9 @@ def import_onnx(
             raise ModelImportError(f"output {o!r} is produced by no node")
     if len(set(outputs)) != len(outputs):
         raise MalformedGraph(f"outputs {outputs[:8]} name a tensor twice")
+    for o in g.output:  # a float16/double output is computed as float32 and returned as declared
+        if o.type.tensor_type.elem_type in DECLARED_FLOATS and infos[o.name].dtype == "float32":
+            declared[o.name] = DECLARED_FLOATS[o.type.tensor_type.elem_type]
 
     draft = passes.Draft(nodes, {k: v for k, v in consts.items()}, infos, inputs, outputs)
     try:
@@ -319,12 +327,14 @@ def import_onnx(
     for line in draft.log:
         log.debug(line)
 
-    graph = _freeze(graph_name, draft, tuple(draft.nodes), opset)
+    graph = _freeze(graph_name, draft, tuple(draft.nodes), opset, declared)
     # Branches run in the order that keeps each step's memory low; the weights file follows it.
-    return _freeze(graph_name, draft, memory_order(graph), opset), draft.consts
+    return _freeze(graph_name, draft, memory_order(graph), opset, declared), draft.consts
 
 
-def _freeze(name: str, draft: passes.Draft, nodes: tuple[Node, ...], opset: int) -> Graph:
+def _freeze(
+    name: str, draft: passes.Draft, nodes: tuple[Node, ...], opset: int, declared: Mapping[str, str]
+) -> Graph:
     """The graph of `draft` with `nodes` in this order, its constants in the order they are read."""
     used = {i: None for node in nodes for i in node.inputs if i in draft.consts}
     return Graph(
@@ -335,6 +345,7 @@ def _freeze(name: str, draft: passes.Draft, nodes: tuple[Node, ...], opset: int)
         tensors=draft.infos,
         constants=tuple(used),
         opset=opset,
+        declared={n: d for n, d in declared.items() if n in draft.inputs or n in draft.outputs},
     )
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from flexnnd.errors import PackageError, UnsupportedOp
 from flexnnd.graph.import_limits import DEFAULT_LIMITS
-from flexnnd.graph.ir import Graph, Node, TensorInfo, nbytes_of
+from flexnnd.graph.ir import WIDENED, Graph, Node, TensorInfo, nbytes_of
 from flexnnd.ops import op_class
 from flexnnd.storage import fsync_dir, storage_error
 from flexnnd.weights_file import align, weight_offsets
@@ -70,16 +70,23 @@ class Package:
 
     @cached_property
     def inputs(self) -> tuple[TensorSpec, ...]:
-        return tuple(TensorSpec(t.name, t.shape, t.dtype) for t in self.graph.inputs)
+        """As the caller feeds them: a float16 or double input keeps its declared type."""
+        return tuple(
+            TensorSpec(t.name, t.shape, self.graph.boundary_dtype(t.name)) for t in self.graph.inputs
+        )
 
     @cached_property
     def outputs(self) -> tuple[TensorSpec, ...]:
-        return tuple(TensorSpec(t.name, t.shape, t.dtype) for t in self.graph.outputs)
+        """As the caller gets them: a float16 or double output keeps its declared type."""
+        return tuple(
+            TensorSpec(t.name, t.shape, self.graph.boundary_dtype(t.name)) for t in self.graph.outputs
+        )
 
     @cached_property
     def output_bytes(self) -> int:
-        """What one inference allocates besides the arena: the copies of its outputs it returns."""
-        return sum(t.nbytes for t in self.graph.outputs)
+        """What one inference allocates besides the arena: the copies of its outputs it returns, in
+        their declared types (a double output's copy is twice its float32 tensor)."""
+        return sum(nbytes_of(s.shape, s.dtype) for s in self.outputs)
 
     def read_weight(self, name: str) -> np.ndarray:
         """One weight as a fresh array (tests and tools; the runtime reads into its arena)."""
@@ -100,6 +107,8 @@ def graph_to_json(graph: Graph) -> dict[str, Any]:
         "outputs": [t.name for t in graph.outputs],
         "constants": list(graph.constants),
         "tensors": [[t.name, list(t.shape), t.dtype] for t in graph.tensors.values()],
+        # Only when some input or output is float16/double: older packages have none and read alike.
+        **({"declared": dict(graph.declared)} if graph.declared else {}),
         "nodes": [
             {
                 "name": n.name,
@@ -129,6 +138,7 @@ def graph_from_json(d: Mapping[str, Any]) -> Graph:
         tensors=tensors,
         constants=tuple(d["constants"]),
         opset=d["opset"],
+        declared=dict(d.get("declared", {})),
     )
 
 
@@ -262,6 +272,18 @@ def _check_index(path: Path, graph: Graph, entries: Mapping[str, WeightEntry], s
         nbytes = info.nbytes
         if nbytes > limit:
             raise PackageError(f"{path}: tensor {name!r} declares {nbytes:,} bytes, above {limit:,}; {redo}")
+    boundary = {t.name for t in (*graph.inputs, *graph.outputs)}
+    for name, dtype in graph.declared.items():
+        if (
+            name not in boundary
+            or not isinstance(dtype, str)
+            or dtype not in WIDENED
+            or graph.tensors[name].dtype != "float32"
+        ):
+            raise PackageError(
+                f"{path}: {str(name)[:80]!r} is declared {str(dtype)[:40]!r}; only float32 graph inputs "
+                f"and outputs may be declared {sorted(WIDENED)}; {redo}"
+            )
     for e in entries.values():
         try:
             expected = nbytes_of(e.shape, e.dtype) if e.dtype in DTYPES else -1

@@ -54,7 +54,8 @@ class Executor:
             scratch = None if region is None else self.arena.view(region.offset, (region.nbytes // 4,))
             self.kernels.append(node.op.bind(ins, outs, scratch, step.part, reuse[i]))
         self.inputs = [(t.name, self.views[t.name]) for t in graph.inputs]
-        self.outputs = [(t.name, self.views[t.name]) for t in graph.outputs]
+        # Each output is copied out in its declared type (a float16 output is held as float32).
+        self.outputs = [(t.name, self.views[t.name], graph.boundary_dtype(t.name)) for t in graph.outputs]
         self.loader: Loader | None = None
         self.stall_seconds = 0.0  # the last inference's wait for weights
         if plan.loads:
@@ -158,7 +159,7 @@ class Executor:
                     self.stall_seconds = stalled
         except InputValueError as e:  # a kernel knows its op, not its node: the step says which
             raise InputValueError(self.plan.steps[i].node, e.op_type, e.why) from None
-        return {name: view.copy() for name, view in self.outputs}
+        return {name: view.astype(dtype) for name, view, dtype in self.outputs}
 
     def close(self) -> None:
         if self.loader is not None:
