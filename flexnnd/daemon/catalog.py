@@ -9,19 +9,33 @@ from pathlib import Path
 
 from flexnnd import zoo
 from flexnnd.daemon import prepare
-from flexnnd.daemon.config import Dirs
+from flexnnd.daemon.config import Config, Dirs
 from flexnnd.daemon.events import Event, EventBus
-from flexnnd.daemon.models import Models, ModelState
+from flexnnd.daemon.models import Model, Models, ModelState
 from flexnnd.daemon.prepare import in_child
-from flexnnd.errors import FlexnnError, InvalidRequest
+from flexnnd.errors import FlexnnError, InvalidRequest, ShapeError
 from flexnnd.storage import write_atomically
 
 LOADED_FILE = "models.json"  # models loaded with LoadModel: name -> path in the models directory
 
 
 class Catalog:
-    def __init__(self, dirs: Dirs, events: EventBus):
-        self.dirs, self.events = dirs, events
+    def __init__(self, dirs: Dirs, events: EventBus, config: Callable[[], Config] = Config):
+        """`config()` is the configuration in force (as reloaded): its input_shapes apply at each load."""
+        self.dirs, self.events, self.config = dirs, events, config
+        self.loaded_shapes: dict[str, dict[str, tuple[int, ...]] | None] = {}  # what each load imported with
+
+    def load(self, models: Models, name: str, spec: str, required: bool = False) -> Model:
+        """Load `spec` as `name` with the input shapes the config gives for `name`; a model whose
+        shapes stay unknown gets the importer's ShapeError, which then names the config key."""
+        shapes = self.config().shapes_for(name)
+        try:
+            model = models.load(name, self.resolve(spec), required=required, input_shapes=shapes)
+        except ShapeError as e:
+            hint = "" if shapes else f" In the daemon's config: [input_shapes.{name}] INPUT = [D, D, ...]."
+            raise ShapeError(f"model {name!r}: {e}{hint}") from None
+        self.loaded_shapes[name] = shapes
+        return model
 
     def resolve(self, spec: str) -> Path:
         """A model named in the configuration: a file or package inside the models directory, or a zoo name."""
@@ -72,27 +86,34 @@ class Catalog:
         the restart (a failure is an error event); `say` tells systemd which one loads."""
         for spec in specs:
             say(f"loading {served_name(spec)}")
-            models.load(served_name(spec), self.resolve(spec))
+            self.load(models, served_name(spec), spec)
         for name, spec in self.remembered().items():
             if name not in models.names():
                 say(f"loading {name}")
                 try:
-                    models.load(name, self.resolve(spec))
+                    self.load(models, name, spec)
                 except FlexnnError as e:
                     self.events.publish(
                         Event("error", f"cannot load {name} again after the restart: {e}", model=name)
                     )
 
     def load_wanted(self, models: Models, specs: Iterable[str]) -> None:
-        """A reload: unload the models neither configured nor remembered, load the missing and the failed."""
+        """A reload: unload the models neither configured nor remembered, load the missing and the
+        failed, and load again those whose input_shapes changed."""
         wanted = {served_name(s): s for s in specs}
         wanted.update({n: s for n, s in self.remembered().items() if n not in wanted})
-        for name in set(models.names()) - set(wanted):
+        reshaped = {
+            n
+            for n in models.names()
+            if n in wanted and self.loaded_shapes.get(n) != self.config().shapes_for(n)
+        }
+        for name in (set(models.names()) - set(wanted)) | reshaped:
             models.unload(name)
+            self.loaded_shapes.pop(name, None)
         for name, spec in wanted.items():
             if name not in models.names() or models.get(name).state is ModelState.FAILED:
                 try:
-                    models.load(name, self.resolve(spec))
+                    self.load(models, name, spec)
                 except FlexnnError as e:
                     self.events.publish(Event("error", f"reload: cannot load {name}: {e}", model=name))
 

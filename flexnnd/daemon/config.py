@@ -60,6 +60,16 @@ class Config:
             "mobilenet_v2. Each adds its import and ladder to startup and shares the budget."
         ),
     )
+    input_shapes: tuple[tuple[str, str, tuple[int, ...]], ...] = field(
+        default=(),
+        metadata=doc(
+            "Static shapes for model inputs whose ONNX dimensions are symbolic or -1, by served model name "
+            "then input name: [input_shapes.yolo] images = [1, 3, 640, 640] (flag: --input-shapes "
+            "yolo:images=1,3,640,640). Applies to .onnx models at import (configured or LoadModel); each "
+            "shape is a separate cached import. Unset dimensions other than a leading batch of 1 are refused.",
+            metavar="MODEL:INPUT=D,D,...",
+        ),
+    )
     socket: Path | None = field(
         default=None,
         metadata=doc(
@@ -231,6 +241,11 @@ class Config:
         """`models`, or the built-in default model when none is configured."""
         return self.models or (DEFAULT_MODEL,)
 
+    def shapes_for(self, model: str) -> dict[str, tuple[int, ...]] | None:
+        """input_shapes of one served model as import_model takes them; None when none is set."""
+        shapes = {name: dims for owner, name, dims in self.input_shapes if owner == model}
+        return shapes or None
+
     @property
     def psi_trigger(self) -> tuple[str, int, int]:
         """pressure_trigger as (kind, stall_us, window_us)."""
@@ -273,6 +288,7 @@ def _kind(f: dataclasses.Field) -> str:
         (Path, "path"),
         (Path | None, "path?"),
         (tuple[str, ...], "list"),
+        (tuple[tuple[str, str, tuple[int, ...]], ...], "shapes"),
     ]
     for known, kind in kinds:
         if hint == known:
@@ -289,12 +305,83 @@ def _check_type(kind: str, value: Any) -> bool:
         return isinstance(value, Path) or (kind == "path?" and value is None)
     if kind == "list":
         return isinstance(value, tuple) and all(isinstance(v, str) for v in value)
+    if kind == "shapes":
+        return isinstance(value, tuple) and all(_is_shape_entry(v) for v in value)
     want = {"str": str, "int": int, "size": int, "float": (int, float), "bool": bool}[kind]
     return isinstance(value, want) and (kind == "bool" or not isinstance(value, bool))
 
 
+def _is_shape_entry(entry: Any) -> bool:
+    return (
+        isinstance(entry, tuple)
+        and len(entry) == 3
+        and isinstance(entry[0], str)
+        and isinstance(entry[1], str)
+        and isinstance(entry[2], tuple)
+        and all(isinstance(d, int) and not isinstance(d, bool) for d in entry[2])
+    )
+
+
+def _shapes_from_toml(value: Any) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
+    """`{model: {input: [dims]}}` as (model, input, dims) entries; every wrong type named at once."""
+    if not isinstance(value, dict):
+        raise TypeError(
+            f"expected a table of models, each a table of input = [dims], got {value!r:.80}; write "
+            "[input_shapes.MODEL] then INPUT = [1, 3, 224, 224]"
+        )
+    entries, wrong = [], []
+    for model, inputs in value.items():
+        if not isinstance(inputs, dict):
+            wrong.append(
+                f"{model}: expected a table of input = [dims] for model {model!r}, got {inputs!r:.80}"
+            )
+            continue
+        for name, dims in inputs.items():
+            if not isinstance(dims, list) or not all(
+                isinstance(d, int) and not isinstance(d, bool) for d in dims
+            ):
+                wrong.append(f"{model}.{name}: expected a list of integers, got {dims!r:.80}")
+                continue
+            entries.append((model, name, tuple(dims)))
+    if wrong:
+        raise TypeError("; ".join(wrong))
+    return tuple(entries)
+
+
+def _shape_flag(text: str) -> tuple[str, str, tuple[int, ...]]:
+    """One --input-shapes entry, MODEL:INPUT=D,D,...; the ranges are checked with the other settings."""
+    model, colon, rest = text.partition(":")
+    name, equals, dims = rest.partition("=")
+    try:
+        if not (colon and equals):
+            raise ValueError
+        return model, name, tuple(int(d) for d in dims.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MODEL:INPUT=D,D,..., got {text!r}") from None
+
+
+def _shape_problems(entries: tuple[tuple[str, str, tuple[int, ...]], ...]) -> list[str]:
+    """Every input_shapes entry that cannot be a shape: empty names, no or non-positive dimensions,
+    an input given twice."""
+    problems, seen = [], set()
+    for model, name, dims in entries:
+        where = f"{model}.{name}"
+        if not model.strip() or not name.strip():
+            problems.append(f"{where!r} needs a model and an input name")
+        if not dims:
+            problems.append(f"{where} has no dimensions")
+        elif any(d <= 0 for d in dims):
+            problems.append(f"{where} = {list(dims)}: every dimension must be above 0")
+        if (model, name) in seen:
+            problems.append(f"{where} is given twice")
+        seen.add((model, name))
+    return problems
+
+
 def _from_toml(kind: str, value: Any, base: Path) -> Any:
     """A TOML value as the field's type; relative paths are relative to the file's folder."""
+    if kind == "shapes":
+        return _shapes_from_toml(value)
     if kind == "size":
         if isinstance(value, (int, str)) and not isinstance(value, bool):
             return parse_size(value)
@@ -317,6 +404,8 @@ def _from_toml(kind: str, value: Any, base: Path) -> Any:
 
 
 def _flag_type(kind: str) -> Callable[[str], Any]:
+    if kind == "shapes":
+        return _shape_flag
     if kind == "size":
         return parse_size
     if kind == "path":
@@ -335,6 +424,12 @@ def _toml_value(kind: str, value: Any) -> str:
         return json.dumps(size_text(value))
     if kind == "list":
         return json.dumps(list(value), ensure_ascii=False)
+    if kind == "shapes":
+        models: dict[str, list[str]] = {}
+        for model, name, dims in value:
+            models.setdefault(model, []).append(f"{json.dumps(name)} = {json.dumps(list(dims))}")
+        tables = [f"{json.dumps(m)} = {{ {', '.join(inputs)} }}" for m, inputs in models.items()]
+        return "{ " + ", ".join(tables) + " }" if tables else "{}"
     return json.dumps("" if value is None else str(value), ensure_ascii=False)
 
 
@@ -389,6 +484,8 @@ def _problems(c: Config) -> list[tuple[str, str]]:
         except ValueError as e:
             problems.append(("budget", f"{e}; or write auto"))
     need(all(m.strip() for m in c.models), "models", "has an empty name")
+    shape_problems = _shape_problems(c.input_shapes)
+    need(not shape_problems, "input_shapes", "; ".join(shape_problems))
     need(c.threads >= 0, "threads", f"is {c.threads}; use 0 for one per core")
     need(c.queue_depth >= 0, "queue_depth", f"is {c.queue_depth}; cannot be negative")
     # gRPC keeps message limits in a signed 32-bit int.
@@ -484,7 +581,8 @@ def read_toml(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
 
 
 def _where(path: Path, text: str, key: str) -> str:
-    pattern = re.compile(rf"""^\s*(["']?){re.escape(key)}\1\s*=""")
+    # `key = ...`, or a table header `[key]` / `[key.sub]`
+    pattern = re.compile(rf"""^\s*(?:(["']?){re.escape(key)}\1\s*=|\[\s*{re.escape(key)}\s*[.\]])""")
     for number, line in enumerate(text.splitlines(), start=1):
         if pattern.match(line):
             return f"{path} line {number}"
@@ -562,14 +660,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 default=argparse.SUPPRESS,
                 help=help_text,
             )
-        elif kind == "list":
+        elif kind in ("list", "shapes"):
             parser.add_argument(
                 flag,
                 dest=name,
                 nargs="*",
-                metavar="NAME",
+                metavar=f.metadata["metavar"] or "NAME",
                 default=argparse.SUPPRESS,
-                type=str,
+                type=_flag_type(kind) if kind == "shapes" else str,
                 help=help_text,
             )
         else:
@@ -603,7 +701,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     """The Config for parsed flags: reads args.config each time, so calling it again reloads the file."""
     overrides = {name: getattr(args, name) for name in FIELDS if hasattr(args, name)}
     for name, kind in KINDS.items():
-        if kind == "list" and name in overrides:
+        if kind in ("list", "shapes") and name in overrides:
             overrides[name] = tuple(overrides[name])
     return load_config(getattr(args, "config", None), overrides)
 

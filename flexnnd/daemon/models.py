@@ -352,17 +352,24 @@ class Models:
             for model in self._models.values():
                 model.failed_swap = None
 
-    def load(self, name: str, source: Path, required: bool = False) -> Model:
+    def load(
+        self,
+        name: str,
+        source: Path,
+        required: bool = False,
+        input_shapes: dict[str, tuple[int, ...]] | None = None,
+    ) -> Model:
         """Import (cached), plan the ladder if the package has none, fit it into the budget and warm it.
 
         With required=True a budget too small for it raises BudgetTooSmall; else it stays loaded but
-        not ready ("no-fit") until the budget grows.
+        not ready ("no-fit") until the budget grows. `input_shapes`: an .onnx file's unknown input
+        dimensions, as the config gives them.
         """
         with self._lock:
             old = self._models.get(name)
             if old is not None and old.state is not ModelState.FAILED:
                 raise ModelAlreadyLoaded(name, old.source)
-            package = self._package(source, verify=old is not None)  # a reload re-checks every byte
+            package = self._package(source, old is not None, input_shapes)  # a reload re-checks every byte
             ladder = stored_rungs(package)
             if ladder is None:
                 start = time.perf_counter()
@@ -396,25 +403,23 @@ class Models:
             )
             return model
 
-    def _package(self, source: Path, verify: bool) -> Package:
+    def _package(self, source: Path, verify: bool, shapes: dict | None = None) -> Package:
         """The source's package; an import cache whose weights went bad is rebuilt from the .onnx."""
+        packages = self.cache_dir / "packages"
         try:
-            if (
-                not source.is_dir()
-                and not (package_for_path(source, self.cache_dir / "packages") / MANIFEST).is_file()
-            ):
+            if not source.is_dir() and not (package_for_path(source, packages, shapes) / MANIFEST).is_file():
                 in_child(
-                    package_with_ladder, str(source), str(self.cache_dir), self.estimate
+                    package_with_ladder, str(source), str(self.cache_dir), self.estimate, shapes
                 )  # import in a child: see prepare.py
-            return read_package(package_for(source, self.cache_dir / "packages"), verify=verify)
+            return read_package(package_for(source, packages, input_shapes=shapes), verify=verify)
         except PackageError:
             if source.is_dir():
                 raise  # the package is the source: only the operator can restore it
-            cached = package_for(source, self.cache_dir / "packages")
+            cached = package_for(source, packages, input_shapes=shapes)
         log.warning("re-importing %s: the cached package %s no longer matches its manifest", source, cached)
         shutil.rmtree(cached)
-        in_child(package_with_ladder, str(source), str(self.cache_dir), self.estimate)
-        return read_package(package_for(source, self.cache_dir / "packages"), verify=True)
+        in_child(package_with_ladder, str(source), str(self.cache_dir), self.estimate, shapes)
+        return read_package(package_for(source, packages, input_shapes=shapes), verify=True)
 
     def adopt_ladder(self, name: str, package_dir: Path) -> None:
         """Put the ladder planned again after calibration (NEXT_LADDER) in place of the model's

@@ -31,21 +31,33 @@ def zoo_model(name: str, zoo_dir: str) -> str:
     return str(path)
 
 
-def package_with_ladder(source: str, cache_dir: str, estimate: bool = False) -> str:
+def package_with_ladder(
+    source: str,
+    cache_dir: str,
+    estimate: bool = False,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+) -> str:
     """The package of `source` with its ladder stored, importing and planning as needed. With
     `estimate`, a machine not calibrated yet gets a ladder planned with estimated rates, marked
-    provisional: the daemon calibrates after READY (calibrate_later)."""
+    provisional: the daemon calibrates after READY (calibrate_later). `input_shapes` fixes an .onnx
+    file's unknown input dimensions (the config's input_shapes); each set is its own cached import."""
     from flexnnd.graph.package import MANIFEST, read_package
     from flexnnd.planner.ladder import provisional, stored_rungs
     from flexnnd.runtime.ladders import build_and_store
     from flexnnd.runtime.session import package_for_path
 
     path = Path(source)
-    target = package_for_path(path, Path(cache_dir) / "packages")
+    target = package_for_path(path, Path(cache_dir) / "packages", input_shapes)
+    if target == path and input_shapes:
+        raise errors.ShapeError(
+            f"{path} is a package, imported with fixed shapes already: input_shapes apply to an .onnx file"
+        )
     if target != path and not (target / MANIFEST).is_file():
         from flexnnd.runtime.ladders import import_model
 
-        import_model(path, target, ladder=False)  # the ladder is planned below, where `estimate` applies
+        import_model(
+            path, target, input_shapes, ladder=False
+        )  # the ladder is planned below, where `estimate` applies
     package = read_package(target)
     if stored_rungs(package) is None or (not estimate and provisional(package)):
         build_and_store(package, cache_dir, estimate=estimate)

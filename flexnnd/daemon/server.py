@@ -70,7 +70,7 @@ class Daemon:
         self.budget.on_change = self.health.update
         # the endpoint starts with the servers, if metrics_address is set
         self.metrics = Metrics(self.budget, self.models, ready=self.health.ready)
-        self.catalog = Catalog(self.dirs, self.events)
+        self.catalog = Catalog(self.dirs, self.events, lambda: self.config)
         self.file_watch = FileWatch(self.budget, config_path, self.request_reload)
         self.notifier = Notifier.from_env(self.env)
         self.started = time.time()

@@ -69,8 +69,9 @@ def resolve(spec: str, models_dir: Path, zoo_dir: Path) -> Path:
     )
 
 
-def warm_model(source: Path, cache_dir: Path) -> int:
-    """Import (with the ladder), then run every distinct plan once; the number of kernels compiled."""
+def warm_model(source: Path, cache_dir: Path, input_shapes: dict[str, tuple[int, ...]] | None = None) -> int:
+    """Import (with the ladder and the config's input_shapes), then run every distinct plan once;
+    the number of kernels compiled."""
     import numpy as np
 
     from flexnnd import progress
@@ -81,7 +82,7 @@ def warm_model(source: Path, cache_dir: Path) -> int:
     from flexnnd.planner.plan_file import read_plan
     from flexnnd.runtime.session import Session
 
-    package = read_package(package_with_ladder(str(source), str(cache_dir)))
+    package = read_package(package_with_ladder(str(source), str(cache_dir), input_shapes=input_shapes))
     entries = stored_rungs(package)
     distinct = list({e.arena_bytes: e for e in entries}.values())  # one run per plan, not per rung
     with (
@@ -114,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     log.setLevel(logging.INFO)
     from flexnnd import zoo
+    from flexnnd.daemon.catalog import served_name
     from flexnnd.daemon.config import load_config, resolve_dirs
     from flexnnd.errors import FlexnnError
 
@@ -136,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for spec in specs:
             source = resolve(spec, models_dir, cache / "zoo")
-            compiled = warm_model(source, cache)
+            compiled = warm_model(source, cache, config.shapes_for(served_name(spec)))
             log.info("%s: warm (%d kernels compiled)", spec, compiled)
     except FlexnnError as e:
         print(f"flexnnd warm: {e}", file=sys.stderr)

@@ -40,7 +40,7 @@ def backend(
         """LoadModel: only files inside the models directory (or built-in zoo names); remembered across restarts."""
         if not name:
             raise InvalidRequest("a model name is required")
-        model = models.load(name, catalog.resolve(path or name), required=True)
+        model = catalog.load(models, name, path or name, required=True)
         catalog.remember(name, path or name)
         health.update()
         return model
