@@ -1,4 +1,4 @@
-"""Pooling: MaxPool, AveragePool (1-D and 2-D, NC[H]W), GlobalAveragePool, GlobalMaxPool.
+"""Pooling: MaxPool, AveragePool (1-D, 2-D and 3-D), GlobalAveragePool, GlobalMaxPool (any rank).
 
 Output sizes follow onnxruntime, which follows the spec plus one rule: with ceil_mode, a window
 that would start beyond the input and its left padding is dropped. Padded cells never win a max;
@@ -10,17 +10,21 @@ input (a branch-free loop over the output width that vectorizes), and the few bo
 valid kernel rows are computed once per output row. MaxPool without dilation has two faster
 kernels: max_pool3x3_same (GoogLeNet's 3x3 stride-1 pools: flat loops over chunks of planes) and
 max_pool2d_rows (all others: a max over rows into one padded row buffer, then over columns).
+
+A 1-D pool is the 2-D one of height 1. A 3-D pool is separable, since a window is a box and its
+divisor the product of per-axis counts: the 2-D kernels pool every depth slice into scratch, then
+pool_depth reduces over the depth taps (no kernel specialized per rank).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from flexnnd.errors import ShapeError, UnsupportedOp
 from flexnnd.graph.ir import Shape
-from flexnnd.ops.base import Op, register, require_rank
+from flexnnd.ops.base import Kernel, Op, register, require_rank
 from flexnnd.ops.jit import kernel
 from flexnnd.ops.tensor import reshaped
 
@@ -380,6 +384,39 @@ def global_max_pool(x, y):
         y[p] = m
 
 
+@kernel
+def pool_depth(t, y, kd, sd, dd, pad_front, padded_d, is_max, include_pad):
+    """y[p, od] = max or mean of t[p, d] over the depth taps d of window od: t (P, D, S) holds a 3-D
+    pool's per-slice 2-D results (means already), y (P, OD, S); both C-contiguous.
+
+    padded_d: the depth with its explicit pads, the extent counted when include_pad.
+    """
+    planes, depth, size = t.shape
+    out_d = y.shape[1]
+    lowest, zero = np.float32(-np.inf), np.float32(0.0)
+    for p in range(planes):
+        for od in range(out_d):
+            d0 = od * sd - pad_front
+            lo, hi = _taps(d0, dd, kd, depth)
+            yrow = y[p, od]
+            for i in range(size):
+                yrow[i] = lowest if is_max else zero
+            for r in range(lo, hi):
+                if is_max:
+                    _row_max(yrow, t[p, d0 + r * dd], size, 1)
+                else:
+                    _row_sum(yrow, t[p, d0 + r * dd], size, 1)
+            if not is_max:
+                if include_pad:
+                    n_lo, n_hi = _taps(d0 + pad_front, dd, kd, padded_d)
+                    cells = n_hi - n_lo
+                else:
+                    cells = hi - lo
+                scale = np.float32(1.0) / np.float32(cells) if cells > 0 else zero
+                for i in range(size):
+                    yrow[i] *= scale
+
+
 # ---- ops ----------------------------------------------------------------------------------------
 
 
@@ -399,8 +436,8 @@ class _Pool(Op):
             return UnsupportedOp(self.op_type, node, opset, why)
 
         rank = len(self.kernel_shape)
-        if rank not in (1, 2):
-            raise bad(f"kernel_shape {self.kernel_shape}: only 1-D and 2-D pooling")
+        if rank not in (1, 2, 3):
+            raise bad(f"kernel_shape {self.kernel_shape}: only 1-D, 2-D and 3-D pooling")
         for name, value, n in (
             ("strides", self.strides, rank),
             ("dilations", self.dilations, rank),
@@ -420,15 +457,15 @@ class _Pool(Op):
             # onnxruntime and the spec disagree on SAME padding with dilation.
             raise bad(f"auto_pad {self.auto_pad} with dilations {self.dilations}")
 
-    def windows(self, shape: Shape) -> tuple[Window, Window]:
-        """(rows, columns) geometry for an input of `shape`; a 1-D pool has one row."""
+    def axes(self, shape: Shape) -> list[Window]:
+        """The geometry of each spatial axis for an input of `shape`."""
         rank = len(self.kernel_shape)
         require_rank(self.op_type, shape, (rank + 2,))
         spatial = tuple(shape[2:])
         strides = self.strides or (1,) * rank
         dilations = self.dilations or (1,) * rank
         pads = self.pads or (0,) * (2 * rank)
-        axes = [
+        return [
             window(
                 spatial[i],
                 self.kernel_shape[i],
@@ -442,14 +479,65 @@ class _Pool(Op):
             )
             for i in range(rank)
         ]
-        if rank == 1:
+
+    def windows(self, shape: Shape) -> tuple[Window, Window]:
+        """(rows, columns) geometry for an input of `shape`; a 1-D pool has one row, a 3-D pool's
+        are its last two axes."""
+        axes = self.axes(shape)
+        if len(axes) == 1:
             axes.insert(0, Window(1, 1, 1, 1, 1, 0, 0))
-        return axes[0], axes[1]
+        return axes[-2], axes[-1]
+
+    def plane_op(self, shape: Shape) -> tuple[_Pool, Shape, Window]:
+        """A 3-D pool's 2-D pool over (H, W) with its pads resolved, the (N*C*D, 1, H, W) shape it
+        pools, and the depth axis' geometry."""
+        depth, rows, cols = self.axes(shape)
+        op = replace(
+            self,
+            auto_pad="NOTSET",
+            kernel_shape=(rows.kernel, cols.kernel),
+            strides=(rows.stride, cols.stride),
+            dilations=(rows.dilation, cols.dilation),
+            pads=(rows.pad_begin, cols.pad_begin, rows.pad_end, cols.pad_end),
+        )
+        return op, (shape[0] * shape[1] * depth.size, 1, rows.size, cols.size), depth
+
+    def depth_scratch(self, shape: Shape) -> tuple[int, int]:
+        """A 3-D pool's scratch: (floats of its per-slice 2-D results, rounded up to 64 bytes; bytes of
+        its 2-D pool's own scratch)."""
+        op, flat, _ = self.plane_op(shape)
+        rows, cols = op.windows(flat)
+        return -(-flat[0] * rows.out * cols.out // 16) * 16, op.scratch_bytes([flat])
+
+    def bind_depth(self, ins, outs, scratch) -> Kernel:
+        """A 3-D pool: the 2-D pool of every depth slice into scratch, then pool_depth over depth."""
+        x, y = ins[0], outs[0]
+        op, flat, depth = self.plane_op(x.shape)
+        rows, cols = op.windows(flat)
+        floats, plane_bytes = self.depth_scratch(x.shape)
+        if scratch is None or scratch.size * 4 < floats * 4 + plane_bytes:
+            raise ValueError(f"{self.op_type}.bind: scratch too small for input {x.shape}")
+        scratch = reshaped(scratch, (-1,))
+        slices = reshaped(scratch[: flat[0] * rows.out * cols.out], (flat[0], 1, rows.out, cols.out))
+        plane_scratch = scratch[floats:] if plane_bytes else None
+        pool_planes = op.bind([reshaped(x, flat)], [slices], plane_scratch)
+        planes = x.shape[0] * x.shape[1]
+        t = reshaped(slices, (planes, depth.size, rows.out * cols.out))
+        yd = reshaped(y, (planes, depth.out, rows.out * cols.out))
+        is_max = isinstance(self, MaxPool)
+        include = bool(getattr(self, "count_include_pad", 0))
+        padded = depth.size + depth.pad_begin + depth.pad_end
+        geometry = (depth.kernel, depth.stride, depth.dilation, depth.pad_begin, padded, is_max, include)
+
+        def run():
+            pool_planes()
+            pool_depth(t, yd, *geometry)
+
+        return run
 
     def infer(self, shapes, consts):
         shape = tuple(shapes[0])
-        rows, cols = self.windows(shape)
-        return [shape[:2] + ((cols.out,) if len(self.kernel_shape) == 1 else (rows.out, cols.out))]
+        return [shape[:2] + tuple(w.out for w in self.axes(shape))]
 
     def flops(self, shapes, out_shapes):
         return int(np.prod(out_shapes[0], dtype=np.int64)) * int(np.prod(self.kernel_shape))
@@ -467,46 +555,35 @@ class _Pool(Op):
     def reference_pool(self, x: np.ndarray, is_max: bool, include_pad: bool) -> np.ndarray:
         """Pad explicitly (and as far as ceil_mode reaches), then reduce over the kernel taps."""
         x = np.asarray(x, dtype=np.float32)
-        rows, cols = self.windows(x.shape)
-        x4 = x.reshape(x.shape[0], x.shape[1], rows.size, cols.size)
+        axes = self.axes(x.shape)
         full = []
-        for w in (rows, cols):
+        for w in axes:
             reach = (w.out - 1) * w.stride + w.dilation * (w.kernel - 1) + 1
             full.append(max(w.size + w.pad_begin + w.pad_end, reach))
         fill = -np.inf if is_max else 0.0
-        padded = np.full(x4.shape[:2] + tuple(full), fill, dtype=np.float32)
+        padded = np.full(x.shape[:2] + tuple(full), fill, dtype=np.float32)
         valid = np.zeros(tuple(full), dtype=np.float32)  # which cells count in the divisor
-        inside = (
-            slice(rows.pad_begin, rows.pad_begin + rows.size),
-            slice(cols.pad_begin, cols.pad_begin + cols.size),
-        )
-        padded[(..., *inside)] = x4
+        inside = tuple(slice(w.pad_begin, w.pad_begin + w.size) for w in axes)
+        padded[(..., *inside)] = x
         if include_pad:
-            valid[
-                : rows.size + rows.pad_begin + rows.pad_end, : cols.size + cols.pad_begin + cols.pad_end
-            ] = 1
+            valid[tuple(slice(0, w.size + w.pad_begin + w.pad_end) for w in axes)] = 1
         else:
             valid[inside] = 1
-        acc = np.full((*x4.shape[:2], rows.out, cols.out), fill, dtype=np.float32)
-        count = np.zeros((rows.out, cols.out), dtype=np.float32)
-        for i in range(rows.kernel):
-            for j in range(cols.kernel):
-                sel = (
-                    slice(
-                        i * rows.dilation, i * rows.dilation + (rows.out - 1) * rows.stride + 1, rows.stride
-                    ),
-                    slice(
-                        j * cols.dilation, j * cols.dilation + (cols.out - 1) * cols.stride + 1, cols.stride
-                    ),
-                )
-                if is_max:
-                    np.maximum(acc, padded[(..., *sel)], out=acc)
-                else:
-                    acc += padded[(..., *sel)]
-                    count += valid[sel]
+        acc = np.full((*x.shape[:2], *(w.out for w in axes)), fill, dtype=np.float32)
+        count = np.zeros(tuple(w.out for w in axes), dtype=np.float32)
+        for taps in np.ndindex(*(w.kernel for w in axes)):
+            sel = tuple(
+                slice(t * w.dilation, t * w.dilation + (w.out - 1) * w.stride + 1, w.stride)
+                for t, w in zip(taps, axes, strict=True)
+            )
+            if is_max:
+                np.maximum(acc, padded[(..., *sel)], out=acc)
+            else:
+                acc += padded[(..., *sel)]
+                count += valid[sel]
         if not is_max:
             acc = np.divide(acc, count, out=np.zeros_like(acc), where=count > 0)
-        return acc.reshape(x.shape[:2] + tuple(self.infer([x.shape], [None])[0][2:]))
+        return acc
 
 
 @register
@@ -541,6 +618,9 @@ class MaxPool(_Pool):
         return chunk + 2, -(-chunk // 4)
 
     def scratch_bytes(self, shapes, part=None):
+        if len(self.kernel_shape) == 3:
+            floats, plane_bytes = self.depth_scratch(shapes[0])
+            return floats * 4 + plane_bytes
         if self._same3(shapes[0]):
             return sum(self._same3_scratch(shapes[0])) * 4
         if not self._separable(shapes[0]):
@@ -549,6 +629,8 @@ class MaxPool(_Pool):
         return row_buffer_length(cols.size, cols.out, cols.kernel, cols.stride, cols.pad_begin) * 4
 
     def bind(self, ins, outs, scratch, part=None, reuse=False):
+        if len(self.kernel_shape) == 3:
+            return self.bind_depth(ins, outs, scratch)
         x, y, rows, cols = self.planes(ins[0], outs[0])
         pads = (rows.pad_begin, cols.pad_begin)
         flat_x, flat_y = reshaped(x, (-1,)), reshaped(y, (-1,))
@@ -577,7 +659,15 @@ class AveragePool(_Pool):
     op_type = "AveragePool"
     count_include_pad: int = 0
 
+    def scratch_bytes(self, shapes, part=None):
+        if len(self.kernel_shape) == 3:
+            floats, plane_bytes = self.depth_scratch(shapes[0])
+            return floats * 4 + plane_bytes
+        return 0
+
     def bind(self, ins, outs, scratch, part=None, reuse=False):
+        if len(self.kernel_shape) == 3:
+            return self.bind_depth(ins, outs, scratch)
         x, y, rows, cols = self.planes(ins[0], outs[0])
         args = (rows.kernel, cols.kernel, rows.stride, cols.stride, rows.dilation, cols.dilation)
         pads = (rows.pad_begin, cols.pad_begin)
@@ -592,7 +682,11 @@ class AveragePool(_Pool):
 @dataclass(frozen=True)
 class _GlobalPool(Op):
     def infer(self, shapes, consts):
-        shape = tuple(require_rank(self.op_type, shapes[0], (3, 4, 5)))
+        if shapes[0] is None or len(shapes[0]) < 3:
+            raise ShapeError(
+                f"{self.op_type}: input must have rank 3 or more (N, C, spatial...), got shape {shapes[0]}"
+            )
+        shape = tuple(shapes[0])
         return [shape[:2] + (1,) * (len(shape) - 2)]
 
     def flops(self, shapes, out_shapes):

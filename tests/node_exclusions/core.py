@@ -2,23 +2,12 @@
 refuses on purpose, each with the reason."""
 
 _INT = "flexnn runs float32 models; integer tensors are refused at import"
-_1D3D = "flexnn's pooling kernels are 1-D and 2-D (3-D is refused)"
 EXCLUDED = {
     "test_reshape_allowzero_reordered": "zero-size tensors are refused at import",
     "test_clip_default_int8_inbounds": _INT,
     "test_clip_default_int8_max": _INT,
     "test_clip_default_int8_min": _INT,
     "test_maxpool_2d_uint8": _INT,
-    "test_averagepool_3d_default": _1D3D,
-    "test_averagepool_3d_dilations_small": _1D3D,
-    "test_averagepool_3d_dilations_large_count_include_pad_is_0_ceil_mode_is_False": _1D3D,
-    "test_averagepool_3d_dilations_large_count_include_pad_is_0_ceil_mode_is_True": _1D3D,
-    "test_averagepool_3d_dilations_large_count_include_pad_is_1_ceil_mode_is_False": _1D3D,
-    "test_averagepool_3d_dilations_large_count_include_pad_is_1_ceil_mode_is_True": _1D3D,
-    "test_maxpool_3d_default": _1D3D,
-    "test_maxpool_3d_dilations": _1D3D,
-    "test_maxpool_3d_dilations_use_ref_impl": _1D3D,
-    "test_maxpool_3d_dilations_use_ref_impl_large": _1D3D,
     "test_maxpool_with_argmax_2d_precomputed_pads": "MaxPool's Indices output is not supported (one output per op)",
     "test_maxpool_with_argmax_2d_precomputed_strides": "MaxPool's Indices output is not supported (one output per op)",
     "test_batchnorm_epsilon_training_mode": "inference only: training-mode BatchNormalization is refused",

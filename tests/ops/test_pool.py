@@ -183,7 +183,7 @@ def test_from_onnx_reads_attributes():
 @pytest.mark.parametrize(
     "attrs",
     [
-        {"kernel_shape": [2, 2, 2]},  # 3-D pooling
+        {"kernel_shape": [2, 2, 2, 2]},  # 4-D pooling
         {"kernel_shape": [3, 3], "pads": [3, 0, 0, 0]},  # pad as large as the kernel
         {"kernel_shape": [3, 3], "dilations": [2, 2], "auto_pad": "SAME_UPPER"},
         {"kernel_shape": [3, 3], "auto_pad": "SAME"},
