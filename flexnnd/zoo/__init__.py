@@ -29,12 +29,24 @@ _BUILDERS: dict[str, str] = {
     "squeezenet1_1": "flexnnd.zoo.squeezenet",
     "vgg16": "flexnnd.zoo.vgg",
     "googlenet": "flexnnd.zoo.googlenet",
+    "resnet152": "flexnnd.zoo.resnet",
+    "vgg19": "flexnnd.zoo.vgg",
+    "vit_b_16": "flexnnd.zoo.vit",
+    "bert_base": "flexnnd.zoo.bert",
+    "gpt2": "flexnnd.zoo.gpt2",
+    "vit_mini": "flexnnd.zoo.vit",
+    "bert_mini": "flexnnd.zoo.bert",
+    "gpt2_mini": "flexnnd.zoo.gpt2",
 }
-MODELS: tuple[str, ...] = tuple(_BUILDERS)
+# The 224x224 image classifiers that the per-model tests and benchmarks iterate.
+MODELS: tuple[str, ...] = ("resnet18", "resnet50", "mobilenet_v2", "squeezenet1_1", "vgg16", "googlenet")
+# 0.2 to 0.6 GB of weights each: built only when named, each tested on its own.
+LARGE_MODELS: tuple[str, ...] = ("resnet152", "vgg19", "vit_b_16", "bert_base", "gpt2")
+# The transformers' graphs, narrowed and shortened to run in milliseconds, for fast tests.
+MINI_MODELS: tuple[str, ...] = ("vit_mini", "bert_mini", "gpt2_mini")
+# Every name build() and the daemon take.
+ALL_MODELS: tuple[str, ...] = MODELS + LARGE_MODELS + MINI_MODELS
 DEFAULT_MODEL = "mobilenet_v2"
-
-# Inputs of these ops that torchvision counts as parameters (weight, bias); BN running stats are not.
-_PARAMETER_INPUTS = {"Conv": (1, 2), "BatchNormalization": (1, 2), "Gemm": (1, 2)}
 
 
 class UnknownModel(FlexnnError, ValueError, KeyError):
@@ -42,7 +54,7 @@ class UnknownModel(FlexnnError, ValueError, KeyError):
 
     def __init__(self, name: str):
         self.name = name
-        super().__init__(f"unknown zoo model {name!r}; the zoo has: {', '.join(MODELS)}")
+        super().__init__(f"unknown zoo model {name!r}; the zoo has: {', '.join(ALL_MODELS)}")
 
     def __str__(self) -> str:
         # KeyError.__str__ would repr() the message and wrap it in quotes.
@@ -59,15 +71,26 @@ def build(name: str, seed: int = 0) -> onnx.ModelProto:
 
 
 def parameter_count(model: onnx.ModelProto) -> int:
-    """torchvision's count: conv weights and biases, BN weight and bias, Linear weight and bias."""
-    initializers = {t.name: t for t in model.graph.initializer}
-    names = {
-        node.input[i]
-        for node in model.graph.node
-        for i in _PARAMETER_INPUTS.get(node.op_type, ())
-        if i < len(node.input) and node.input[i] in initializers
+    """torch's count, sum(p.numel() for p in model.parameters()), read from the graph.
+
+    The rule: every floating-point initializer of rank 1 or more, each counted once (a tied weight
+    is one initializer), except BatchNormalization's running mean and variance (inputs 3 and 4:
+    buffers in torch). Literals (shapes, indices, scales, Clip's bounds, Dropout's ratio) are
+    Constant nodes or 0-d; masks and position ids are bool or int64 buffers, not counted.
+    """
+    import numpy as np
+    from onnx import helper
+
+    running_stats = {
+        node.input[i] for node in model.graph.node if node.op_type == "BatchNormalization" for i in (3, 4)
     }
-    return sum(math.prod(initializers[n].dims) for n in names)
+    return sum(
+        math.prod(t.dims)
+        for t in model.graph.initializer
+        if len(t.dims) >= 1
+        and t.name not in running_stats
+        and np.issubdtype(helper.tensor_dtype_to_np_dtype(t.data_type), np.floating)
+    )
 
 
 def save(name: str, path: str | os.PathLike, seed: int = 0) -> pathlib.Path:
@@ -105,4 +128,15 @@ def cached(name: str, cache_dir: str | os.PathLike, seed: int = 0) -> pathlib.Pa
     return path
 
 
-__all__ = ["DEFAULT_MODEL", "MODELS", "UnknownModel", "build", "cached", "parameter_count", "save"]
+__all__ = [
+    "ALL_MODELS",
+    "DEFAULT_MODEL",
+    "LARGE_MODELS",
+    "MINI_MODELS",
+    "MODELS",
+    "UnknownModel",
+    "build",
+    "cached",
+    "parameter_count",
+    "save",
+]

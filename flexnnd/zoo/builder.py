@@ -43,11 +43,17 @@ class GraphBuilder:
 
     def node(self, op_type: str, inputs: list[str], scope: str = "", **attrs) -> str:
         """Append one node named like the exporter ("/layer1/0/conv1/Conv"); return its output."""
+        return self.node_outputs(op_type, inputs, 1, scope, **attrs)[0]
+
+    def node_outputs(
+        self, op_type: str, inputs: list[str], count: int, scope: str = "", **attrs
+    ) -> list[str]:
+        """Append one node with `count` outputs ("..._output_0", "..._output_1", ...)."""
         path = "/".join(scope.split(".")) if scope else ""
         name = self._unique(f"/{path}/{op_type}" if path else f"/{op_type}")
-        output = f"{name}_output_0"
-        self.graph.node.append(helper.make_node(op_type, inputs, [output], name=name, **attrs))
-        return output
+        outputs = [f"{name}_output_{i}" for i in range(count)]
+        self.graph.node.append(helper.make_node(op_type, inputs, outputs, name=name, **attrs))
+        return outputs
 
     def initializer(self, name: str, array: np.ndarray) -> str:
         """A graph initializer; numpy_helper.from_array's fields, written in place to avoid a copy."""
@@ -177,26 +183,109 @@ class GraphBuilder:
         """torch.cat(xs, 1)."""
         return self.node("Concat", xs, scope, axis=1)
 
+    # -- transformer layers (as the exporter writes them from torch.nn and Hugging Face) ---------
+
+    def scalar(self, value: float, scope: str = "") -> str:
+        """A 0-d float Constant, as the exporter writes a Python float in an expression."""
+        return self.constant(np.array(value, dtype=np.float32), scope)
+
+    def int64s(self, values, scope: str = "") -> str:
+        """An int64 Constant: a shape, axes, or indices the exporter folded to a literal."""
+        return self.constant(np.array(values, dtype=np.int64), scope)
+
+    def layer_norm(self, x: str, width: int, name: str, eps: float) -> str:
+        """nn.LayerNorm over the last axis: opset 17's LayerNormalization, with a non-trivial affine."""
+        weight = self._uniform(width, 0.8, 1.2)
+        bias = self._normal((width,), 0.05)
+        inputs = [x, self.initializer(f"{name}.weight", weight), self.initializer(f"{name}.bias", bias)]
+        return self.node("LayerNormalization", inputs, name, axis=-1, epsilon=eps)
+
+    def matmul_linear(
+        self,
+        x: str,
+        in_features: int,
+        out_features: int,
+        name: str,
+        bias: bool = True,
+        std: float | None = None,
+    ) -> str:
+        """nn.Linear on a 3-D input: MatMul by the weight, then Add the bias.
+
+        The exporter folds the weight's transpose, so the initializer is [in, out]; std defaults to
+        1/sqrt(in), which keeps a unit-scale input at unit scale."""
+        weight = self._normal((in_features, out_features), std or in_features**-0.5)
+        x = self.node("MatMul", [x, self.initializer(f"{name}.weight", weight)], name)
+        if not bias:
+            return x
+        return self.node(
+            "Add", [self.initializer(f"{name}.bias", self._normal((out_features,), 0.02)), x], name
+        )
+
+    def parameter(self, name: str, shape: tuple[int, ...], std: float) -> str:
+        """A learned tensor used as it is (an nn.Embedding's table, a position embedding)."""
+        return self.initializer(name, self._normal(shape, std))
+
+    def gelu_erf(self, x: str, scope: str = "") -> str:
+        """nn.GELU() (exact): x * 0.5 * (1 + erf(x / sqrt 2)), written out as the exporter does."""
+        inner = self.node("Div", [x, self.scalar(1.4142135381698608, scope)], scope)
+        inner = self.node("Add", [self.node("Erf", [inner], scope), self.scalar(1.0, scope)], scope)
+        return self.node("Mul", [self.node("Mul", [x, inner], scope), self.scalar(0.5, scope)], scope)
+
+    def gelu_tanh(self, x: str, scope: str = "") -> str:
+        """Hugging Face's gelu_new: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), as exported."""
+        half = self.node("Mul", [self.scalar(0.5, scope), x], scope)
+        cube = self.node("Pow", [x, self.scalar(3.0, scope)], scope)
+        inner = self.node("Add", [x, self.node("Mul", [self.scalar(0.044715, scope), cube], scope)], scope)
+        inner = self.node("Mul", [self.scalar(0.7978845608028654, scope), inner], scope)
+        inner = self.node("Add", [self.scalar(1.0, scope), self.node("Tanh", [inner], scope)], scope)
+        return self.node("Mul", [half, inner], scope)
+
+    def reshape(self, x: str, shape, scope: str = "") -> str:
+        """view/reshape with the target shape the exporter folded to a constant (a static export)."""
+        return self.node("Reshape", [x, self.int64s(list(shape), scope)], scope)
+
+    def transpose(self, x: str, perm, scope: str = "") -> str:
+        return self.node("Transpose", [x], scope, perm=list(perm))
+
     # -- result ---------------------------------------------------------------------------------
 
     def model(self, output: str, graph_name: str) -> onnx.ModelProto:
-        """Finish the model: input [batch,3,224,224] float32, output "logits" [batch,1000]."""
+        """Finish an image classifier: input [batch,3,224,224] float32, output "logits" [batch,1000]."""
         # The last node writes "logits" itself, as an exporter names the graph output.
         last = self.graph.node[-1]
         if list(last.output) != [output]:
             raise ValueError(f"the graph output {output!r} is not the last node's output")
-        last.output[0] = OUTPUT
+        return self.finish(
+            graph_name,
+            [(INPUT, TensorProto.FLOAT, ["batch", 3, IMAGE_SIZE, IMAGE_SIZE])],
+            [(output, OUTPUT, TensorProto.FLOAT, ["batch", NUM_CLASSES])],
+            f"torchvision {graph_name}",
+        )
+
+    def finish(
+        self,
+        graph_name: str,
+        inputs: list[tuple[str, int, list]],
+        outputs: list[tuple[str, str, int, list]],
+        origin: str,
+    ) -> onnx.ModelProto:
+        """The model: `inputs` as (name, element type, shape); `outputs` as (tensor, graph output
+        name, element type, shape), each tensor renamed where it is written and read."""
+        renamed = {tensor: name for tensor, name, _, _ in outputs}
+        for node in self.graph.node:
+            for i, name in enumerate(node.input):
+                node.input[i] = renamed.get(name, name)
+            for i, name in enumerate(node.output):
+                node.output[i] = renamed.get(name, name)
         self.graph.name = graph_name
-        self.graph.input.append(
-            helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["batch", 3, IMAGE_SIZE, IMAGE_SIZE])
-        )
-        self.graph.output.append(
-            helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch", NUM_CLASSES])
-        )
+        for name, elem_type, shape in inputs:
+            self.graph.input.append(helper.make_tensor_value_info(name, elem_type, shape))
+        for _, name, elem_type, shape in outputs:
+            self.graph.output.append(helper.make_tensor_value_info(name, elem_type, shape))
         model = self._model
         model.ir_version = IR_VERSION
         model.opset_import.append(helper.make_opsetid("", OPSET))
         model.producer_name = "flexnnd.zoo"
-        model.doc_string = f"torchvision {graph_name} with seeded random weights (seed {self.seed})"
+        model.doc_string = f"{origin} with seeded random weights (seed {self.seed})"
         helper.set_model_props(model, {"flexnn.zoo.model": graph_name, "flexnn.zoo.seed": str(self.seed)})
         return model

@@ -1,4 +1,4 @@
-"""torchvision ResNet-18 and ResNet-50 (v1.5: a bottleneck strides in its 3x3 conv)."""
+"""torchvision ResNet-18, -50 and -152 (v1.5: a bottleneck strides in its 3x3 conv)."""
 
 from __future__ import annotations
 
@@ -53,6 +53,7 @@ def bottleneck(b: GraphBuilder, x: str, inplanes: int, planes: int, stride: int,
 ARCHITECTURES = {
     18: (basic_block, 1, (2, 2, 2, 2)),
     50: (bottleneck, 4, (3, 4, 6, 3)),
+    152: (bottleneck, 4, (3, 8, 36, 3)),
 }
 
 
@@ -89,3 +90,7 @@ def resnet18(seed: int) -> onnx.ModelProto:
 
 def resnet50(seed: int) -> onnx.ModelProto:
     return resnet(50, seed)
+
+
+def resnet152(seed: int) -> onnx.ModelProto:
+    return resnet(152, seed)
