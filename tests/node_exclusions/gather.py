@@ -1,31 +1,9 @@
 """Node tests of Gather/GatherElements/GatherND, ScatterND/ScatterElements/Scatter, Where, Cast,
 CastLike and OneHot that flexnn refuses on purpose, each with the reason."""
 
-_FEED = (
-    "flexnn holds float16 and double tensors as float32, and Session.run takes such an input fed as "
-    "float32: this case feeds float16/float64 and gets a FeedError (the Cast itself is checked on "
-    "float32 feeds in tests/ops/test_cast.py)"
-)
 _TYPES = "bfloat16, float8, float4, int4 and int2 tensors are not held by flexnn: refused at import"
 
 EXCLUDED = {
-    **dict.fromkeys(
-        [
-            "test_cast_DOUBLE_to_FLOAT",
-            "test_cast_DOUBLE_to_FLOAT16",
-            "test_cast_FLOAT16_to_DOUBLE",
-            "test_cast_FLOAT16_to_FLOAT",
-            "test_castlike_DOUBLE_to_FLOAT",
-            "test_castlike_DOUBLE_to_FLOAT16",
-            "test_castlike_DOUBLE_to_FLOAT16_expanded",
-            "test_castlike_DOUBLE_to_FLOAT_expanded",
-            "test_castlike_FLOAT16_to_DOUBLE",
-            "test_castlike_FLOAT16_to_DOUBLE_expanded",
-            "test_castlike_FLOAT16_to_FLOAT",
-            "test_castlike_FLOAT16_to_FLOAT_expanded",
-        ],
-        _FEED,
-    ),
     **dict.fromkeys(
         [
             "test_cast_BFLOAT16_to_FLOAT",

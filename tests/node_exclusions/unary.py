@@ -7,7 +7,5 @@ EXCLUDED = {
     "test_pow_types_int64_int64": _INT_POW,
     "test_pow_types_int32_float32": _INT_POW,
     "test_pow_types_int64_float32": _INT_POW,
-    "test_celu_float16": "float16 model inputs are widened to float32 at import, so a float16 feed is refused",
     "test_celu_bfloat16": "bfloat16 model inputs are refused at import",
-    "test_swiglu_float16_expanded": "float16 model inputs are widened to float32 at import, so a float16 feed is refused",
 }
