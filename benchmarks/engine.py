@@ -1,7 +1,8 @@
 """Engine benchmark: flexnn against ONNX Runtime (and ncnn, where installed), same run, interleaved.
 
-    python -m benchmarks.engine                       # every zoo model, 1 and 2 threads
-    python -m benchmarks.engine --models resnet18 --runs 30
+    python -m benchmarks.engine                       # every zoo model, 1 and 2 threads, and the families
+    python -m benchmarks.engine --models resnet18 --runs 30 --families
+    python -m benchmarks.engine --models --update      # only the families; the zoo rows kept from --out
 
 Per model: import time; first inference with a cold and a warm numba cache and RSS after load
 (each in a fresh subprocess); median latency over `--runs` runs after warm-up at each thread
@@ -10,6 +11,10 @@ are flexnn ÷ peer. Writes benchmarks/results/engine.json and prints a markdown 
 
 ncnn: `pip install ncnn` and `pip install --no-deps pnnx` (pnnx's wheel depends on torch, but its
 converter binary reads ONNX without it). Without them ncnn is reported as not installed.
+
+Families: one model per family of issue 17 (`benchmarks.families.REPRESENTATIVES`: a transformer
+encoder, EfficientNet-B0, a YOLO head, a CNN+BiLSTM recognizer, an FPN segmenter, a QDQ int8 net),
+flexnn's Session against ONNX Runtime at 1 thread in alternating blocks (`families.measure`).
 """
 
 from __future__ import annotations
@@ -191,6 +196,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS / "engine.json")
     parser.add_argument(
+        "--families",
+        nargs="*",
+        default=None,
+        metavar="MODEL",
+        help="families.py models to measure at 1 thread (default: one per family; none given: none)",
+    )
+    parser.add_argument("--family-blocks", type=int, default=9, help="alternating blocks per family model")
+    parser.add_argument("--family-runs", type=int, default=10, help="runs per block per family model")
+    parser.add_argument(
+        "--update", action="store_true", help="keep the rows of --out that this run does not measure"
+    )
+    parser.add_argument(
         "--probe", nargs=4, metavar=("ENGINE", "MODEL", "ONNX", "PACKAGE"), help=argparse.SUPPRESS
     )
     args = parser.parse_args(argv)
@@ -199,13 +216,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     import flexnnd  # the runtime (imports, numba) counts before the model, not in its share
+    from benchmarks import families
 
     CACHE.mkdir(parents=True, exist_ok=True)
     report = {
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
         "ncnn": ncnn_available(),
         "models": {},
+        "families": {},
     }
+    if args.update and args.out.exists():
+        kept = json.loads(args.out.read_text())
+        report["models"].update(kept.get("models", {}))
+        report["families"].update(kept.get("families", {}))
     for model in args.models:
         onnx_path = zoo.cached(model, CACHE)
         package = CACHE / f"{model}.pkg"
@@ -229,6 +252,16 @@ def main(argv: list[str] | None = None) -> int:
             ratios = ", ".join(f"÷{k} {v:.2f}" for k, v in lat["ratio_vs"].items())
             print(f"{model} {t}T: flexnn {lat['median_s']['flexnn'] * 1e3:.1f} ms ({ratios})", flush=True)
         report["models"][model] = entry
+    chosen = list(families.REPRESENTATIVES.values()) if args.families is None else args.families
+    family_of = {m: f for f, m in families.REPRESENTATIVES.items()}
+    with tempfile.TemporaryDirectory() as work:
+        for model in chosen:
+            row = families.measure(model, args.family_blocks, args.family_runs, Path(work))
+            row["family"] = family_of.get(model, model)
+            report["families"][model] = row
+            print(
+                f"{model} 1T: flexnn {row['flexnn_median_s'] * 1e3:.2f} ms (÷onnxruntime {row['ratio']:.2f})"
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     print(markdown(report))
@@ -248,6 +281,17 @@ def markdown(report: dict) -> str:
             lines.append(
                 f"| {model} | {t} | {m['flexnn'] * 1e3:.1f} | {m['onnxruntime'] * 1e3:.1f} | "
                 f"{lat['ratio_vs']['onnxruntime']:.2f} | {ncnn_ms} | {ncnn_ratio} |"
+            )
+    if report.get("families"):
+        lines += [
+            "",
+            "| family | model | threads | flexnn ms | ORT ms | flexnn ÷ ORT | max rel diff |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for model, row in report["families"].items():
+            lines.append(
+                f"| {row['family']} | {model} | 1 | {row['flexnn_median_s'] * 1e3:.2f} | "
+                f"{row['ort_median_s'] * 1e3:.2f} | {row['ratio']:.2f} | {row['max_rel_diff_vs_ort']:.1e} |"
             )
     lines += [
         "",

@@ -8,7 +8,8 @@ run: a transformer encoder block (int64 token ids, embedding Gather, LayerNorm, 
 Softmax, GELU MLP), an EfficientNet-style block (SiLU convolutions, squeeze-excitation), a
 YOLO-style head (Split, Sigmoid, Concat, nearest Resize), a CNN+BiLSTM text recognizer
 (LogSoftmax over the classes), an FPN/DB-style segmenter (ConvTranspose, linear Resize) and a QDQ
-int8 conv net. Each is imported once; then flexnn's Session (all-resident plan) and ONNX Runtime
+int8 conv net; then whole EfficientNet-B0 (real channels and strides), and standalone Sigmoid,
+SiLU (x * Sigmoid(x)) and Gelu on [1, 96, 112, 112], the elementwise cases issue 17 measured. Each is imported once; then flexnn's Session (all-resident plan) and ONNX Runtime
 run in alternating blocks on one thread. Latency ratios are flexnn ÷ ORT, medians of the block
 medians. Writes benchmarks/results/families.json.
 """
@@ -226,6 +227,80 @@ def qdq_convnet():
     }
 
 
+def _elementwise(build):
+    """One standalone elementwise op on [1, 96, 112, 112], the size issue 17 measured Sigmoid at."""
+    shape = [1, 96, 112, 112]
+    nodes, opset = build(helper.make_node)
+    return _model(nodes, [_f("x", shape)], ["y"], {}, opset=opset), {
+        "x": RNG.standard_normal(shape).astype(np.float32) * 3
+    }
+
+
+def sigmoid():
+    """A standalone Sigmoid on [1, 96, 112, 112] (issue 17: 7.5x ORT's time)."""
+    return _elementwise(lambda n: ([n("Sigmoid", ["x"], ["y"])], 13))
+
+
+def silu():
+    """A standalone x * Sigmoid(x) on [1, 96, 112, 112]: fused into one Swish at import."""
+    return _elementwise(lambda n: (_silu(n, "x", "y"), 13))
+
+
+def gelu():
+    """A standalone Gelu (opset 20, erf form) on [1, 96, 112, 112]."""
+    return _elementwise(lambda n: ([n("Gelu", ["x"], ["y"])], 20))
+
+
+# EfficientNet-B0's stages: (expand ratio, kernel, stride, output channels, repeats).
+B0_STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
+             (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))  # fmt: skip
+
+
+def efficientnet_b0():
+    """EfficientNet-B0 at its real channels, kernels and strides on 224x224: stem, 16 MBConv blocks
+    with squeeze-excitation (a quarter of the block's input channels) and SiLU, head, classifier.
+    BatchNorm appears as each Conv's bias (exporters fold it); weights are seeded random."""
+    n = helper.make_node
+    inits: dict[str, np.ndarray] = {}
+    nodes: list = []
+
+    def conv(x, y, cin, cout, k=1, stride=1, group=1):
+        inits[f"{y}_w"], inits[f"{y}_b"] = _w(cout, cin // group, k, k), _w(cout, scale=0.1)
+        nodes.append(n("Conv", [x, f"{y}_w", f"{y}_b"], [y], kernel_shape=[k, k], strides=[stride, stride],
+                       pads=[k // 2] * 4, group=group))  # fmt: skip
+        return y
+
+    def silu_of(x):
+        nodes.extend(_silu(n, x, f"{x}_s"))
+        return f"{x}_s"
+
+    x = silu_of(conv("x", "stem", 3, 32, 3, 2))
+    cin, index = 32, 0
+    for expand, k, stride, cout, repeats in B0_STAGES:
+        for r in range(repeats):
+            b, s = f"b{index}", stride if r == 0 else 1
+            mid = cin * expand
+            h = silu_of(conv(x, f"{b}_e", cin, mid)) if expand != 1 else x
+            h = silu_of(conv(h, f"{b}_d", mid, mid, k, s, group=mid))
+            nodes.append(n("GlobalAveragePool", [h], [f"{b}_p"]))
+            squeeze = silu_of(conv(f"{b}_p", f"{b}_r", mid, max(1, cin // 4)))
+            nodes.append(n("Sigmoid", [conv(squeeze, f"{b}_x", max(1, cin // 4), mid)], [f"{b}_g"]))
+            nodes.append(n("Mul", [h, f"{b}_g"], [f"{b}_se"]))
+            y = conv(f"{b}_se", f"{b}_o", mid, cout)
+            if s == 1 and cin == cout:
+                nodes.append(n("Add", [x, y], [f"{b}_y"]))
+                y = f"{b}_y"
+            x, cin, index = y, cout, index + 1
+    h = silu_of(conv(x, "head", cin, 1280))
+    nodes.append(n("GlobalAveragePool", [h], ["pool"]))
+    nodes.append(n("Flatten", ["pool"], ["flat"]))
+    inits["fc_w"], inits["fc_b"] = _w(1000, 1280), np.zeros(1000, np.float32)
+    nodes.append(n("Gemm", ["flat", "fc_w", "fc_b"], ["y"], transB=1))
+    return _model(nodes, [_f("x", [1, 3, 224, 224])], ["y"], inits, opset=13), {
+        "x": RNG.standard_normal((1, 3, 224, 224)).astype(np.float32)
+    }
+
+
 FAMILIES = {
     "encoder": encoder,
     "efficientnet_block": efficientnet_block,
@@ -233,6 +308,20 @@ FAMILIES = {
     "bilstm_recognizer": bilstm_recognizer,
     "fpn_segmenter": fpn_segmenter,
     "qdq_convnet": qdq_convnet,
+    "sigmoid": sigmoid,
+    "silu": silu,
+    "gelu": gelu,
+    "efficientnet_b0": efficientnet_b0,
+}
+
+# One model per family of real models issue 17 names, as benchmarks/engine.py reports them.
+REPRESENTATIVES = {
+    "transformer encoder": "encoder",
+    "EfficientNet (SiLU, squeeze-excitation)": "efficientnet_b0",
+    "YOLO-style detector head": "yolo_head",
+    "CNN+BiLSTM text recognizer": "bilstm_recognizer",
+    "FPN/DB-style segmenter": "fpn_segmenter",
+    "QDQ int8 conv net": "qdq_convnet",
 }
 
 
