@@ -75,6 +75,10 @@ class Conv(Op):
         if len(consts) < 2 or consts[1] is None:
             raise UnsupportedOp(cls.op_type, node, opset, "weight W must be a constant")
         w = consts[1]
+        if w.ndim == 5 and cls is Conv:
+            from flexnnd.ops.conv3d import Conv3D  # 3-D convolutions: their own op, in ops/conv3d.py
+
+            return Conv3D.from_onnx(attrs, consts, node, opset)
         if w.ndim != 4:
             raise UnsupportedOp(
                 cls.op_type, node, opset, f"{w.ndim - 2}-D convolution (weight shape {w.shape})"
@@ -83,6 +87,14 @@ class Conv(Op):
         # bind() sees only the prepared (Cout, K) weight: keep the kernel size in the op.
         attrs.setdefault("kernel_shape", tuple(int(d) for d in w.shape[2:]))
         return super().from_onnx(attrs, consts, node, opset)
+
+    @classmethod
+    def from_dict(cls, d):
+        if cls is Conv and len(d.get("kernel_shape", ())) == 3:  # a saved Conv3D (ops/conv3d.py)
+            from flexnnd.ops.conv3d import Conv3D
+
+            return Conv3D.from_dict(d)
+        return super().from_dict(d)
 
     def check(self, node: str, opset: int) -> None:
         def bad(why: str) -> UnsupportedOp:
