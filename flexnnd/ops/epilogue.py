@@ -14,7 +14,7 @@ from flexnnd.ops.activation import (
     ACT_RELU,
     ACT_SIGMOID,
     ACT_SWISH,
-    exp32,
+    logistic32,
 )
 from flexnnd.ops.jit import kernel
 
@@ -74,7 +74,7 @@ def bias_act(y, res, off, ld, rows, cols, bias, boff, act, alpha, beta):
         for r in range(rows):
             b, s = (bias[boff + r] if has_bias else zero), np.uint64(off + r * ld)
             for k in range(n):
-                y[s + k] = one / (one + exp32(-(y[s + k] + b)))  # vectorizes; np.exp is a libm call
+                y[s + k] = logistic32(y[s + k] + b)  # arithmetic only: vectorizes
     elif act == ACT_HARDSIGMOID:
         scale, shift = np.float32(alpha), np.float32(beta)
         for r in range(rows):
@@ -94,4 +94,4 @@ def bias_act(y, res, off, ld, rows, cols, bias, boff, act, alpha, beta):
             b, s = (bias[boff + r] if has_bias else zero), np.uint64(off + r * ld)
             for k in range(n):
                 v = y[s + k] + b
-                y[s + k] = v / (one + exp32(-a * v))
+                y[s + k] = v * logistic32(a * v)
