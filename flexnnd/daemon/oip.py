@@ -3,8 +3,9 @@ answers (model configuration, statistics, repository index) built from plain val
 
 Inputs come raw (`raw_input_contents`: little-endian, row-major, one blob per input in the order of
 `inputs`) or typed (`InferInputTensor.contents`), never both in one request. A float32 input takes
-FP32, FP16 (widened) and UINT8 (camera frames: float32 with the values 0..255 unscaled); an integer or
-bool input takes its own datatype (an int64 one INT32 too, widened). BYTES is refused. Outputs go back raw, one
+FP32, FP16 (widened) and UINT8 (camera frames: float32 with the values 0..255 unscaled); a float16
+input (a model exported in half precision) FP16; a double input FP64, FP32 and FP16 (widened); an
+integer or bool input takes its own datatype (an int64 one INT32 too, widened). BYTES is refused. Outputs go back raw, one
 `raw_output_contents` blob per output in order: the common clients (tritonclient) read only that.
 Every malformed request raises InvalidRequest with the numbers, and is rejected before any buffer is
 sized from what it declares.
@@ -48,6 +49,7 @@ INDEX_STATES = {"ready": "READY", "loading": "LOADING"}  # the others (no-fit, f
 _TYPED_FIELD = {
     "FP32": "fp32_contents",
     "FP16": None,
+    "FP64": "fp64_contents",
     "UINT8": "uint_contents",
     "UINT16": "uint_contents",
     "INT8": "int_contents",
@@ -60,6 +62,8 @@ WIRE = {name: (np.dtype(WIRE_DTYPES[name]), field) for name, field in _TYPED_FIE
 # The datatypes a model input of each dtype accepts (converted to the model's dtype, never narrowed).
 ACCEPTED = {
     "float32": ("FP32", "FP16", "UINT8"),
+    "float16": ("FP16",),
+    "float64": ("FP64", "FP32", "FP16"),
     "int64": ("INT64", "INT32"),
     "int32": ("INT32",),
     "int16": ("INT16",),
@@ -123,7 +127,7 @@ def decode_infer_request(
     for i, tensor in enumerate(request.inputs):
         spec = specs[tensor.name]
         array = _decode_raw(tensor, raw[i], spec) if len(raw) else _decode_typed(tensor, spec)
-        if not allow_nonfinite and tensor.datatype in ("FP32", "FP16"):
+        if not allow_nonfinite and tensor.datatype in ("FP32", "FP16", "FP64"):
             _check_finite(tensor.name, array)
         feeds[tensor.name] = array
     return feeds
@@ -361,7 +365,13 @@ def _decode_typed(tensor: pb.ModelInferRequest.InferInputTensor, spec: TensorSpe
             tensor=tensor.name,
         )
     if field == "fp32_contents":
-        return np.fromiter(values, dtype=np.float32, count=count).reshape(spec.shape)
+        return (
+            np.fromiter(values, dtype=np.float32, count=count)
+            .astype(spec.dtype, copy=False)
+            .reshape(spec.shape)
+        )
+    if field == "fp64_contents":
+        return np.fromiter(values, dtype=np.float64, count=count).reshape(spec.shape)
     if field == "bool_contents":
         return np.fromiter(values, dtype=np.bool_, count=count).reshape(spec.shape)
     carrier = {"uint_contents": np.uint32, "int_contents": np.int32, "int64_contents": np.int64}[field]
