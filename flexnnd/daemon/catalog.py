@@ -50,12 +50,12 @@ class Catalog:
         named = candidate.with_name(candidate.name + ".onnx")  # `load sq` means sq.onnx as well as sq/
         if named.exists() and named.is_relative_to(models_dir):
             return named
-        if spec in zoo.MODELS:
+        if spec in zoo.ALL_MODELS:
             path = zoo.cached_path(spec, self.dirs.cache / "zoo")
             return path if path.exists() else Path(in_child(prepare.zoo_model, spec, str(path.parent)))
         raise InvalidRequest(
             f"no model {spec!r} in {models_dir} (an .onnx file or a package folder), and it is not a built-in "
-            f"model ({', '.join(zoo.MODELS)})"
+            f"model ({', '.join(zoo.ALL_MODELS)})"
         )
 
     @property

@@ -61,11 +61,11 @@ def resolve(spec: str, models_dir: Path, zoo_dir: Path) -> Path:
     for candidate in (models_dir / spec, models_dir / f"{spec}.onnx"):
         if candidate.exists():
             return candidate
-    if spec in zoo.MODELS:
+    if spec in zoo.ALL_MODELS:
         return zoo.cached(spec, zoo_dir)
     raise InvalidRequest(
         f"no model {spec!r} in {models_dir} (an .onnx file or a package folder), and it is not a built-in "
-        f"model ({', '.join(zoo.MODELS)})"
+        f"model ({', '.join(zoo.ALL_MODELS)})"
     )
 
 
