@@ -1,6 +1,7 @@
 """Cast and CastLike: element type conversions, as ONNX and numpy define them.
 
-flexnn holds every float tensor as float32 (float16 and double inputs and weights are widened), so:
+flexnn holds every float tensor as float32 (float16 and double inputs and weights are widened; a
+graph input or output keeps its declared type only at the boundary, ir.Graph.declared), so:
   - a Cast between two types flexnn holds alike (float32 -> float32, float16/double -> float32 or
     double, int64 -> int64) is an alias: it shares its input's memory and costs nothing;
   - to=FLOAT16 rounds every value to the nearest float16 (ties to even, overflow to inf), exactly as

@@ -255,7 +255,9 @@ class Session:
             self.budget = None if budget is None else parse_size(budget)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Outputs by name for one set of inputs (copies; the arena is reused next time)."""
+        """Outputs by name for one set of inputs (copies; the arena is reused next time). Feeds and
+        outputs have the model's declared types (`inputs`, `outputs`): a float16 or double one is
+        converted to and from the arena's float32 as it is copied in and out."""
         check_feeds(feeds, self._expected)
         with self._turn:  # one arena holds one inference's activations at a time
             while self._swaps_waiting:
