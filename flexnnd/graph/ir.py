@@ -57,10 +57,18 @@ class Node:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     in_shapes: tuple[Shape | None, ...] = ()
+    # (condition tensor, branch) pairs: the node runs only when each bool condition equals its
+    # branch (a step inside an If whose condition is known only at run time); () = always runs.
+    guard: tuple[tuple[str, bool], ...] = ()
 
     @property
     def op_type(self) -> str:
         return self.op.op_type
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        """The tensors the node needs before it runs: its inputs and its guard's conditions."""
+        return (*self.inputs, *(cond for cond, _ in self.guard)) if self.guard else self.inputs
 
 
 @dataclass(frozen=True)
@@ -78,26 +86,26 @@ class Graph:
     tensors: Mapping[str, TensorInfo] = field(repr=False)
     constants: tuple[str, ...] = ()
     opset: int = 13
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.tensors, MappingProxyType):
-            object.__setattr__(self, "tensors", MappingProxyType(dict(self.tensors)))
-
-    @cached_property
-    def _constant_set(self) -> frozenset[str]:
-        return frozenset(self.constants)
     # A graph input's or output's ONNX element type where it differs from the type held (float16 and
     # double are held as float32): the caller feeds and gets this type; the arena holds the other.
     declared: Mapping[str, str] = field(default_factory=dict, repr=False)
 
-    def is_constant(self, name: str) -> bool:
-        return name in self._constant_set
-
+    def __post_init__(self) -> None:
+        if not isinstance(self.tensors, MappingProxyType):
+            object.__setattr__(self, "tensors", MappingProxyType(dict(self.tensors)))
         if not isinstance(self.declared, MappingProxyType):
             object.__setattr__(self, "declared", MappingProxyType(dict(self.declared)))
 
     def boundary_dtype(self, name: str) -> str:
         """The element type a caller feeds or gets for graph input or output `name`."""
         return self.declared.get(name, self.tensors[name].dtype)
+
+    @cached_property
+    def _constant_set(self) -> frozenset[str]:
+        return frozenset(self.constants)
+
+    def is_constant(self, name: str) -> bool:
+        return name in self._constant_set
+
     def shape(self, name: str) -> Shape:
         return self.tensors[name].shape

@@ -52,7 +52,7 @@ class _Costs:
         self.reads: list[tuple[str, ...]] = []
         self.work: list[int] = []
         for i, node in enumerate(nodes):
-            variables = [t for t in node.inputs if t and not graph.is_constant(t)]
+            variables = [t for t in node.reads if t and not graph.is_constant(t)]
             for p in dict.fromkeys(producer[t] for t in variables if t in producer):
                 self.pred[i] |= 1 << p
                 self.succ[p].append(i)

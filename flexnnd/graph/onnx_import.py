@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import heapq
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from flexnnd.errors import (
     UnsupportedOp,
     UnsupportedOps,
 )
-from flexnnd.graph import passes
+from flexnnd.graph import control_flow, passes
 from flexnnd.graph.conv1d import conv1d_as_2d
 from flexnnd.graph.fold import FOLDERS, SHAPE_FOLDERS, attribute_values, fold_output_elements
 from flexnnd.graph.fuse_gelu import fuse_gelu
@@ -256,40 +257,9 @@ def import_onnx(
     rewritten = conv1d_as_2d(g.node, consts, taken, opset)
     if rewritten is not None:  # the caller's model stays as it was: a graph of the new nodes
         g = onnx.GraphProto(name=g.name, node=rewritten, input=g.input, output=g.output)
-    nodes: list[Node] = []
-    names_seen: set[str] = set()
-    refusals: list[UnsupportedOp] = []
-    unknown: set[str] = set()  # outputs of refused nodes: their readers are only checked for support
-    for index in _topological_order(g, set(consts) | set(infos)):
-        proto = g.node[index]
-        base = node_name = proto.name or f"{proto.op_type}_{index}"
-        suffix = index
-        while node_name in names_seen:  # passes key nodes by name: a duplicate would fuse the wrong one
-            node_name, suffix = f"{base}_{suffix}", suffix + 1
-        names_seen.add(node_name)
-        if unknown.intersection(proto.input):
-            refusal = _support_refusal(proto, node_name, opset)
-            if refusal is not None:
-                refusals.append(refusal)
-            unknown.update(o for o in proto.output if o)
-            continue
-        try:
-            if proto.domain not in ("", "ai.onnx"):
-                raise UnsupportedOp(f"{proto.domain}.{proto.op_type}", node_name, opset, "custom domain")
-            with _float_errors_raise():
-                node = _import_node(proto, node_name, opset, consts, infos, held, limits)
-        except UnsupportedOp as e:  # the rest of the graph is still checked: one error lists them all
-            refusals.append(e)
-            unknown.update(o for o in proto.output if o)
-            continue
-        except ModelImportError:
-            raise
-        except _DATA_ERRORS as e:  # numpy's AxisError is a ValueError and an IndexError
-            raise ModelImportError(
-                f"node {node_name!r} ({proto.op_type}) is malformed: {type(e).__name__}: {str(e)[:300]}"
-            ) from e
-        if node is not None:
-            nodes.append(node)
+    importer = _Importer(opset, consts, infos, held, limits)
+    importer.import_nodes(g.node, control_flow.TOP, (), set(consts) | set(infos))
+    nodes, refusals = importer.nodes, importer.refusals
 
     if len(refusals) == 1:
         raise refusals[0]
@@ -368,13 +338,99 @@ class _Held:
             )
 
 
-def _topological_order(g: onnx.GraphProto, available: set[str]) -> list[int]:
+class _Importer:
+    """The import of a graph's nodes, shared by the graph and the subgraphs of its If and Loop
+    nodes (graph/control_flow.py), which are imported into the same lists and dicts."""
+
+    def __init__(self, opset: int, consts: dict, infos: dict, held: _Held, limits: ImportLimits):
+        self.opset, self.consts, self.infos, self.held, self.limits = opset, consts, infos, held, limits
+        self.nodes: list[Node] = []
+        self.names_seen: set[str] = set()
+        self.refusals: list[UnsupportedOp] = []
+        self.unknown: set[str] = set()  # outputs of refused nodes: their readers are only checked for support
+        self.expanded = 0  # nodes added by unrolling loops and inlining branches (control_flow's cap)
+
+    def known(self, name: str) -> bool:
+        return name in self.consts or name in self.infos or name in self.unknown
+
+    def import_nodes(
+        self,
+        protos: Sequence[onnx.NodeProto],
+        scope: control_flow.Scope,
+        guard: tuple[tuple[str, bool], ...],
+        available: Container[str] | None = None,
+    ) -> None:
+        """Import `protos` (a graph's or subgraph's nodes, their names already global) in dependency
+        order; an If or Loop among them reads the outer names its subgraphs use, so it waits for them."""
+        implicit = {i: control_flow.outer_reads(p, scope) for i, p in enumerate(protos) if p.op_type in control_flow.OPS}
+        available = _Known(self) if available is None else available
+        for index in _topological_order(protos, available, implicit):
+            self.import_one(protos[index], f"{scope.prefix}{protos[index].name or f'{protos[index].op_type}_{index}'}", scope, guard, index, implicit.get(index, ()))
+
+    def import_one(
+        self,
+        proto: onnx.NodeProto,
+        base: str,
+        scope: control_flow.Scope,
+        guard: tuple[tuple[str, bool], ...],
+        suffix: int = 0,
+        implicit: Sequence[str] = (),
+    ) -> None:
+        opset, node_name = self.opset, base
+        while node_name in self.names_seen:  # passes key nodes by name: a duplicate would fuse the wrong one
+            node_name, suffix = f"{base}_{suffix}", suffix + 1
+        self.names_seen.add(node_name)
+        if self.unknown.intersection(proto.input) or self.unknown.intersection(implicit):
+            refusal = _support_refusal(proto, node_name, opset)
+            if refusal is not None:
+                self.refusals.append(refusal)
+            self.unknown.update(o for o in proto.output if o)
+            return
+        try:
+            if proto.domain not in ("", "ai.onnx"):
+                raise UnsupportedOp(f"{proto.domain}.{proto.op_type}", node_name, opset, "custom domain")
+            if proto.op_type in control_flow.OPS:
+                control_flow.expand(self, proto, node_name, scope, guard)
+                return
+            with _float_errors_raise():
+                node = _import_node(proto, node_name, opset, self.consts, self.infos, self.held, self.limits)
+        except UnsupportedOp as e:  # the rest of the graph is still checked: one error lists them all
+            self.refusals.append(e)
+            self.unknown.update(o for o in proto.output if o)
+            return
+        except ModelImportError:
+            raise
+        except _DATA_ERRORS as e:  # numpy's AxisError is a ValueError and an IndexError
+            raise ModelImportError(
+                f"node {node_name!r} ({proto.op_type}) is malformed: {type(e).__name__}: {str(e)[:300]}"
+            ) from e
+        if node is not None:
+            self.nodes.append(dataclasses.replace(node, guard=guard) if guard else node)
+
+
+class _Known:
+    """The names an importer knows so far, as a container (no copy of its dicts per subgraph)."""
+
+    def __init__(self, importer: _Importer):
+        self.importer = importer
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.importer.known(name)
+
+
+def _topological_order(
+    nodes: Sequence[onnx.NodeProto],
+    available: Container[str],
+    implicit: Mapping[int, Sequence[str]] | None = None,
+) -> list[int]:
     """Node indices in dependency order (the file's order when it is already one), in O(n log n).
+    `implicit` adds, per node index, the outer names an If's or Loop's subgraphs read.
 
     Refuses a tensor produced twice, an input nobody produces, and cycles, naming node and tensor.
     """
+    implicit = implicit or {}
     producer: dict[str, int] = {}
-    for index, proto in enumerate(g.node):
+    for index, proto in enumerate(nodes):
         label = proto.name or f"{proto.op_type}_{index}"
         if not any(proto.output):
             raise MalformedGraph(f"node {label!r} ({proto.op_type}) has no outputs")
@@ -386,17 +442,17 @@ def _topological_order(g: onnx.GraphProto, available: set[str]) -> list[int]:
                     f"node {label!r} ({proto.op_type}) writes {out!r}, which is already a graph input or initializer"
                 )
             if out in producer:
-                other = g.node[producer[out]]
+                other = nodes[producer[out]]
                 raise MalformedGraph(
                     f"tensor {out!r} is produced twice: by node {other.name or other.op_type!r} "
                     f"and by node {label!r}"
                 )
             producer[out] = index
-    waiting = [0] * len(g.node)
+    waiting = [0] * len(nodes)
     consumers: dict[int, list[int]] = {}
-    for index, proto in enumerate(g.node):
+    for index, proto in enumerate(nodes):
         label = proto.name or f"{proto.op_type}_{index}"
-        for name in set(proto.input):
+        for name in {*proto.input, *implicit.get(index, ())}:
             if not name or name in available:
                 continue
             if name not in producer:
@@ -416,15 +472,17 @@ def _topological_order(g: onnx.GraphProto, available: set[str]) -> list[int]:
             waiting[c] -= 1
             if waiting[c] == 0:
                 heapq.heappush(ready, c)
-    if len(order) < len(g.node):
+    if len(order) < len(nodes):
         stuck = next(i for i, w in enumerate(waiting) if w)
-        proto = g.node[stuck]
-        blocked = next(n for n in proto.input if n in producer and waiting[producer[n]])
-        source = g.node[producer[blocked]]
+        proto = nodes[stuck]
+        blocked = next(
+            n for n in (*proto.input, *implicit.get(stuck, ())) if n in producer and waiting[producer[n]]
+        )
+        source = nodes[producer[blocked]]
         raise MalformedGraph(
             f"the graph has a cycle: node {proto.name or proto.op_type!r} reads {blocked!r}, which node "
             f"{source.name or source.op_type!r} produces from a value that depends on it "
-            f"({len(g.node) - len(order)} node(s) on or after cycles)"
+            f"({len(nodes) - len(order)} node(s) on or after cycles)"
         )
     return order
 
@@ -565,14 +623,23 @@ def _import_node(
     return Node(node_name, op, tuple(kept_names), tuple(out_names), in_shapes)
 
 
-def refusals_before_weights(nodes: Sequence[onnx.NodeProto], opset: int) -> list[UnsupportedOp]:
+def refusals_before_weights(
+    nodes: Sequence[onnx.NodeProto], opset: int, prefix: str = "", depth: int = 0
+) -> list[UnsupportedOp]:
     """The nodes refused for their op alone (unknown op, custom domain, unknown attribute names),
-    judged from the graph's nodes without any weight: see graph/onnx_scan.py."""
+    judged from the graph's nodes without any weight: see graph/onnx_scan.py. The nodes of If and
+    Loop subgraphs are judged too, named with their nesting (`if/then/node`; see control_flow)."""
     refusals = []
+    literals = control_flow.literal_conditions(nodes)
     for index, proto in enumerate(nodes):
-        refusal = _support_refusal(proto, proto.name or f"{proto.op_type}_{index}", opset)
+        label = prefix + (proto.name or f"{proto.op_type}_{index}")
+        refusal = _support_refusal(proto, label, opset)
         if refusal is not None:
             refusals.append(refusal)
+        elif proto.op_type in control_flow.OPS and proto.domain in ("", "ai.onnx"):
+            refusals.extend(
+                control_flow.subgraph_refusals(proto, label, literals, depth, refusals_before_weights, opset)
+            )
     return refusals
 
 

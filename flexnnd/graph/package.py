@@ -117,6 +117,7 @@ def graph_to_json(graph: Graph) -> dict[str, Any]:
                 "inputs": list(n.inputs),
                 "outputs": list(n.outputs),
                 "in_shapes": [None if s is None else list(s) for s in n.in_shapes],
+                **({"guard": [[c, b] for c, b in n.guard]} if n.guard else {}),
             }
             for n in graph.nodes
         ],
@@ -129,7 +130,8 @@ def graph_from_json(d: Mapping[str, Any]) -> Graph:
     for n in d["nodes"]:
         op = op_class(n["op_type"], n["name"]).from_dict(n["attrs"])
         in_shapes = tuple(None if s is None else tuple(s) for s in n["in_shapes"])
-        nodes.append(Node(n["name"], op, tuple(n["inputs"]), tuple(n["outputs"]), in_shapes))
+        guard = tuple((str(c), bool(b)) for c, b in n.get("guard", ()))
+        nodes.append(Node(n["name"], op, tuple(n["inputs"]), tuple(n["outputs"]), in_shapes, guard))
     return Graph(
         name=d["name"],
         inputs=tuple(tensors[i] for i in d["inputs"]),

@@ -77,7 +77,9 @@ def remove_identities(draft: Draft) -> None:
         return tuple(find(n) if n else n for n in names)
 
     draft.nodes = [
-        dataclasses.replace(n, inputs=sub(n.inputs), outputs=sub(n.outputs))
+        dataclasses.replace(
+            n, inputs=sub(n.inputs), outputs=sub(n.outputs), guard=tuple((find(c), b) for c, b in n.guard)
+        )
         for n in draft.nodes
         if id(n) not in removed
     ]

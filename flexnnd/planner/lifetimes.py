@@ -50,7 +50,7 @@ def lifetimes(graph: Graph) -> Lifetimes:
             root = aliases.get(name, name)
             first.setdefault(root, i)
             last.setdefault(root, i)
-        for name in node.inputs:
+        for name in node.reads:  # a guard's condition is read until the last step it guards
             if name and not graph.is_constant(name):
                 root = aliases.get(name, name)
                 last[root] = max(last.get(root, i), i)

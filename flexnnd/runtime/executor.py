@@ -52,7 +52,8 @@ class Executor:
             outs = [self.views[o] for o in node.outputs]
             region = plan.region.get(scratch_name(node.name))
             scratch = None if region is None else self.arena.view(region.offset, (region.nbytes // 4,))
-            self.kernels.append(node.op.bind(ins, outs, scratch, step.part, reuse[i]))
+            kernel = node.op.bind(ins, outs, scratch, step.part, reuse[i])
+            self.kernels.append(_guarded(kernel, node.guard, self.views) if node.guard else kernel)
         self.inputs = [(t.name, self.views[t.name]) for t in graph.inputs]
         # Each output is copied out in its declared type (a float16 output is held as float32).
         self.outputs = [(t.name, self.views[t.name], graph.boundary_dtype(t.name)) for t in graph.outputs]
@@ -174,6 +175,20 @@ class Executor:
         self.views.clear()
         self.inputs = self.outputs = []
         self.arena.close()
+
+
+def _guarded(kernel: Kernel, guard: tuple[tuple[str, bool], ...], views: Mapping[str, np.ndarray]) -> Kernel:
+    """The step of a branch of an If decided at run time: it runs only when its conditions hold, so
+    unguarded steps pay nothing. Its weights are still streamed (correct, if wasteful)."""
+    conds = [(views[name].reshape(-1), branch) for name, branch in guard]
+
+    def run() -> None:
+        for cond, branch in conds:
+            if bool(cond[0]) is not branch:
+                return
+        kernel()
+
+    return run
 
 
 def check_feeds(feeds: Mapping[str, np.ndarray], expected: Mapping[str, tuple[tuple[int, ...], str]]) -> None:
