@@ -6,15 +6,15 @@ import argparse
 import sys
 
 from flexnnd.errors import FlexnnError
-from flexnnd.zoo import MODELS, build, parameter_count
+from flexnnd.zoo import ALL_MODELS, build, parameter_count
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m flexnnd.zoo",
-        description="Write a built-in model (torchvision's architecture, seeded random weights) as ONNX.",
+        description="Write a built-in model (torchvision's or transformers' architecture, seeded random weights) as ONNX.",
     )
-    parser.add_argument("name", choices=MODELS, help="the model")
+    parser.add_argument("name", choices=ALL_MODELS, help="the model")
     parser.add_argument("out", help="the .onnx file to write")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     args = parser.parse_args(argv)

@@ -24,3 +24,10 @@ def test_an_unknown_name_or_an_unwritable_path_fails_clearly(tmp_path, capsys):
     assert exit_.value.code == 2 and "invalid choice: 'alexnet'" in capsys.readouterr().err
     assert main(["squeezenet1_1", str(tmp_path / "missing" / "a.onnx")]) == 1
     assert "No such file or directory" in capsys.readouterr().err
+
+
+def test_writes_a_transformer_with_its_token_inputs(tmp_path, capsys):
+    out = tmp_path / "bert.onnx"
+    assert main(["bert_mini", str(out)]) == 0
+    assert zoo.parameter_count(onnx.load(out)) == 172_480
+    assert "input_ids [1,16], attention_mask [1,16], token_type_ids [1,16]" in capsys.readouterr().out

@@ -8,6 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from flexnnd import zoo
+from flexnnd.zoo.builder import INPUT, GraphBuilder
 
 # torchvision's sum(p.numel() for p in model.parameters()).
 TORCHVISION_PARAMETERS = {
@@ -67,6 +68,24 @@ def outputs(model) -> dict[str, np.ndarray]:
 def test_the_zoo_is_complete():
     assert set(zoo.MODELS) == set(TORCHVISION_PARAMETERS)
     assert zoo.DEFAULT_MODEL in zoo.MODELS
+    # The per-model tests here iterate MODELS only; the large and mini models are tested by name.
+    assert zoo.LARGE_MODELS == ("resnet152", "vgg19", "vit_b_16", "bert_base", "gpt2")
+    assert zoo.MINI_MODELS == ("vit_mini", "bert_mini", "gpt2_mini")
+    assert zoo.ALL_MODELS == zoo.MODELS + zoo.LARGE_MODELS + zoo.MINI_MODELS
+    assert len(set(zoo.ALL_MODELS)) == len(zoo.ALL_MODELS)
+
+
+def test_parameter_count_skips_buffers_and_literals():
+    """The rule: float initializers of rank >= 1, once each; not BN's running statistics, not a
+    0-d scalar, not a bool or int64 buffer."""
+    b = GraphBuilder(0)
+    x = b.batch_norm(b.conv(INPUT, 3, 4, 1, "conv"), 4, "bn")  # 12 + (4 + 4) counted, not the 8 stats
+    x = b.dropout(x, 0.5)  # a 0-d ratio
+    x = b.node("Add", [x, b.initializer("shift", np.ones((4, 1, 1), np.float32))])  # 4
+    b.initializer("mask", np.ones((3, 3), bool))
+    b.initializer("positions", np.arange(5))
+    x = b.node("Add", [x, "shift"])  # the same initializer read twice is one parameter
+    assert zoo.parameter_count(b.model(b.linear(b.flatten(x), 4, 2, "fc"), "t")) == 12 + 8 + 4 + 10
 
 
 def test_parameter_count_is_torchvisions(model_name, model):

@@ -1,0 +1,29 @@
+"""Inputs for any zoo model, read off its graph: an image, or token ids, token types and a mask."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto
+
+
+def example_feeds(model: onnx.ModelProto, seed: int) -> dict[str, np.ndarray]:
+    """Inputs a zoo model takes: a standard-normal image, or token ids drawn below the size of the
+    table they index, a random 0/1 token type, and an attention mask whose last quarter is padding."""
+    rng = np.random.default_rng(seed)
+    rows = {t.name: t.dims[0] for t in model.graph.initializer if t.dims}
+    tables = {
+        n.input[1]: rows[n.input[0]] for n in model.graph.node if n.op_type == "Gather" and n.input[0] in rows
+    }
+    feeds = {}
+    for value in model.graph.input:
+        shape = [d.dim_value or 1 for d in value.type.tensor_type.shape.dim]
+        if value.type.tensor_type.elem_type == TensorProto.FLOAT:
+            feeds[value.name] = rng.standard_normal(shape, dtype=np.float32)
+        elif value.name == "attention_mask":
+            mask = np.ones(shape, dtype=np.int64)
+            mask[:, shape[1] * 3 // 4 :] = 0
+            feeds[value.name] = mask
+        else:
+            feeds[value.name] = rng.integers(0, tables[value.name], shape, dtype=np.int64)
+    return feeds
