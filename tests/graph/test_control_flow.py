@@ -282,40 +282,44 @@ def test_a_loop_whose_condition_folds_stops_where_it_says(tmp_path):
     assert_model_matches_ort(counting_loop_model(), feeds, tmp_path)
 
 
-def test_loop_inside_a_runtime_if(tmp_path):
+def loop_in_if_model(stacked):
+    """If(c) then Loop(4 iterations) else (x, -x tiled 4 times): `stacked` tiles a [1, 2, 3] view
+    of -x to [4, 2, 3]; else a [2, 3] one to [8, 3], which the then branch's [4, 2, 3] disagrees with."""
     loop = loop_model(4).graph.node[0]
     then_g = branch("then", [loop], [vi("acc", F, [2, 3]), vi("scans", F, [4, 2, 3])])
+    reps = [4, 1, 1] if stacked else [4, 1]
+    neg = [helper.make_node("Neg", ["x"], ["n"])]
+    if stacked:
+        neg.append(helper.make_node("Unsqueeze", ["n", "zero"], ["n3"]))
     else_g = branch(
         "else",
         [
-            helper.make_node("Neg", ["x"], ["n"]),
-            helper.make_node("Tile", ["n", "reps"], ["t"]),
+            *neg,
+            helper.make_node("Tile", [neg[-1].output[0], "reps"], ["t"]),
             helper.make_node("Identity", ["x"], ["xe"]),
         ],
         [vi("xe", F, [2, 3]), vi("t", F, [4, 2, 3])],
-        [init("reps", np.array([4, 1], np.int64))],
+        [init("reps", np.array(reps, np.int64))],
     )
-    m = model(
-        [
-            helper.make_node("Unsqueeze", ["x", "zero"], ["x3"]),
-            helper.make_node("If", ["c"], ["acc", "x_or_t"], then_branch=then_g, else_branch=else_g),
-        ],
+    return model(
+        [helper.make_node("If", ["c"], ["acc", "x_or_t"], then_branch=then_g, else_branch=else_g)],
         [vi("x", F, [2, 3]), vi("acc0", F, [2, 3]), vi("c", B, [])],
         [vi("acc", F, [2, 3]), vi("x_or_t", F, [4, 2, 3])],
         [init("M", np.int64(4)), init("zero", np.array([0], np.int64))],
     )
-    # Tile of a [2, 3] by [4, 1] is [8, 3]: the branches disagree, and the error names both shapes.
+
+
+def test_loop_inside_a_runtime_if(tmp_path):
     with pytest.raises(
         UnsupportedOp, match=r"output 1 .*\[4, 2, 3\] in the then branch and float32 \[8, 3\]"
     ):
-        import_onnx(m)
-    else_g.node[1].input[0] = "n3"
-    else_g.node.insert(1, helper.make_node("Unsqueeze", ["n", "zero"], ["n3"]))
-    else_g.initializer[0].CopyFrom(init("reps", np.array([4, 1, 1], np.int64)))
+        import_onnx(loop_in_if_model(stacked=False))
     for c in (True, False):
-        feeds = {"x": RNG.standard_normal((2, 3)).astype(np.float32), "acc0": np.zeros((2, 3), np.float32)}
+        feeds = {"x": RNG.standard_normal((2, 3)).astype(np.float32), "acc0": np.ones((2, 3), np.float32)}
         (tmp_path / str(c)).mkdir()
-        assert_model_matches_ort(m, {**feeds, "c": np.array(c)}, tmp_path / str(c))
+        assert_model_matches_ort(
+            loop_in_if_model(stacked=True), {**feeds, "c": np.array(c)}, tmp_path / str(c)
+        )
 
 
 def test_a_branch_that_cannot_take_the_input_shapes_fails_only_when_selected(tmp_path):
