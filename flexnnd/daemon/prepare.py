@@ -55,9 +55,8 @@ def package_with_ladder(
     if target != path and not (target / MANIFEST).is_file():
         from flexnnd.runtime.ladders import import_model
 
-        import_model(
-            path, target, input_shapes, ladder=False
-        )  # the ladder is planned below, where `estimate` applies
+        # the ladder is planned below, where `estimate` applies
+        import_model(path, target, input_shapes, ladder=False)
     package = read_package(target)
     if stored_rungs(package) is None or (not estimate and provisional(package)):
         build_and_store(package, cache_dir, estimate=estimate)
