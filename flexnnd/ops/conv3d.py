@@ -23,7 +23,7 @@ import numpy as np
 from flexnnd.errors import ShapeError, UnsupportedOp
 from flexnnd.ops.activation import ACT_CODES, reference_activation
 from flexnnd.ops.base import COST_DEPTHWISE, COST_GEMM, Axis, Kernel, Part, SliceAxis
-from flexnnd.ops.buffers import check_blas, copy, fill, reshape_view, scratch_floats
+from flexnnd.ops.buffers import check_blas, copy, fill, fill_strided, reshape_view, scratch_floats
 from flexnnd.ops.conv import Conv
 from flexnnd.ops.conv_geometry import band_rows, same_pads
 from flexnnd.ops.conv_im2col import IM2COL_BAND_BYTES, MIN_BAND_COLS
@@ -71,6 +71,39 @@ class Geometry3D:
         return self.kernel == self.stride == (1, 1, 1) and not any(self.pad_begin + self.pad_end)
 
 
+@kernel(inline="always")
+def _flat_rows(xf, cf, base, row, r0, r1, lo, hi, shift, a, i, geo, depth, height, width):
+    """im2col3d's col row of tap (a, i, j) for stride 1 in H and W and out_w == width: the output
+    rows of one output depth read one contiguous run of an input slice, copied at once; then the
+    columns that wrapped into a neighbouring input row are zeroed."""
+    out_h, out_w, sd, pf, pt, dd, dh = geo[0], geo[1], geo[5], geo[11], geo[12], geo[8], geo[9]
+    r = r0
+    while r < r1:
+        od = r // out_h
+        end = min(r1, (od + 1) * out_h)
+        oh0, oh1 = r - od * out_h, end - od * out_h
+        dst0 = row + (r - r0) * out_w
+        id_ = od * sd - pf + a * dd
+        if id_ < 0 or id_ >= depth:
+            fill(cf, dst0, (end - r) * out_w, 0.0)
+        else:
+            ha = min(max(oh0, pt - i * dh), oh1)  # output rows [ha, hb) read real input rows
+            hb = max(min(oh1, height + pt - i * dh), ha)
+            fill(cf, dst0, (ha - oh0) * out_w, 0.0)
+            fill(cf, dst0 + (hb - oh0) * out_w, (oh1 - hb) * out_w, 0.0)
+            dst = dst0 + (ha - oh0) * out_w
+            plane = base + id_ * height * width
+            src = plane + (ha - pt + i * dh) * width + shift
+            k0 = max(0, plane - src)  # clipped to the slice: those are wrapped columns
+            k1 = min((hb - ha) * out_w, plane + height * width - src)
+            copy(cf, dst + k0, xf, src + k0, k1 - k0)
+            for ow in range(lo):
+                fill_strided(cf, dst + ow, out_w, hb - ha, 0.0)
+            for ow in range(hi, out_w):
+                fill_strided(cf, dst + ow, out_w, hb - ha, 0.0)
+        r = end
+
+
 @kernel
 def im2col3d(x, n, c0, channels, col, r0, r1, geo):
     """col[((c*kd + a)*kh + i)*kw + j, (r-r0)*out_w + ow] = x[n, c0+c, od*sd-pf+a*dd, oh*sh-pt+i*dh,
@@ -84,6 +117,7 @@ def im2col3d(x, n, c0, channels, col, r0, r1, geo):
     volume = depth * height * width
     xf, cf = x.reshape(-1), col.reshape(-1)
     span = (r1 - r0) * out_w
+    flat = sh == 1 and sw == 1 and out_w == width
     for c in range(channels):
         base = (n * x.shape[1] + c0 + c) * volume
         for a in range(kd):
@@ -93,6 +127,9 @@ def im2col3d(x, n, c0, channels, col, r0, r1, geo):
                     shift = j * dw - pl
                     lo = min(max(-(shift // sw), 0), out_w)  # first ow with ow*sw + shift >= 0
                     hi = min(max((width - 1 - shift) // sw + 1, lo), out_w)  # past the last valid ow
+                    if flat:
+                        _flat_rows(xf, cf, base, row, r0, r1, lo, hi, shift, a, i, geo, depth, height, width)
+                        continue
                     for r in range(r0, r1):
                         od = r // out_h
                         oh = r - od * out_h
