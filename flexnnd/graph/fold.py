@@ -100,8 +100,32 @@ def ConstantOfShape(ins, attrs, opset):
     return [np.full([int(d) for d in ins[0]], value.reshape(-1)[0], dtype=value.dtype)]
 
 
+def _range_length(start, limit, delta) -> int:
+    """Range's element count as ONNX Runtime computes it: (limit - start) / delta in the type for
+    floats (float32 0.1..100 by 0.1 is 999, not 1000), in double for integers."""
+    with np.errstate(all="ignore"):
+        span = np.asarray(limit - start)
+        quotient = (
+            span / np.asarray(delta, span.dtype) if span.dtype.kind == "f" else float(span) / float(delta)
+        )
+        return max(math.ceil(float(quotient)), 0)
+
+
 def Range(ins, attrs, opset):
-    return [np.arange(ins[0], ins[1], ins[2]).astype(ins[0].dtype)]
+    start, limit, delta = (np.asarray(v).reshape(()) for v in ins[:3])
+    n = _range_length(start, limit, delta)
+    # start, start + delta, ... added up in the type, as ONNX Runtime does (floats drift alike)
+    steps = np.full(n, delta, dtype=start.dtype)
+    if n:
+        steps[0] = start
+    return [np.cumsum(steps, dtype=start.dtype)]
+
+
+def NonZero(ins, attrs, opset):
+    x = np.asarray(ins[0])
+    return [
+        np.array(np.nonzero(x.reshape(-1) if x.ndim == 0 else x), dtype=np.int64).reshape(max(x.ndim, 1), -1)
+    ]
 
 
 def Expand(ins, attrs, opset):
@@ -142,6 +166,7 @@ FOLDERS: dict[str, Callable[..., list[np.ndarray]]] = {
     "Constant": Constant,
     "ConstantOfShape": ConstantOfShape,
     "Range": Range,
+    "NonZero": NonZero,
     "Expand": Expand,
     "Transpose": Transpose,
     "Identity": lambda ins, attrs, opset: [ins[0]],
@@ -201,10 +226,13 @@ def fold_output_elements(op_type: str, ins: Values, attrs: dict[str, Any]) -> in
             raise ValueError(f"Expand to shape {dims[:8]} with a negative dimension")
         return _elements(_broadcast((np.shape(ins[0]), dims)))
     if op_type == "Range":
-        start, limit, delta = (float(np.asarray(v).reshape(-1)[0]) for v in ins[:3])
-        if delta == 0 or not all(math.isfinite(x) for x in (start, limit, delta)):
+        start, limit, delta = (np.asarray(v).reshape(-1)[0] for v in ins[:3])
+        if delta == 0 or not all(math.isfinite(float(x)) for x in (start, limit, delta)):
             raise ValueError(f"Range({start}, {limit}, {delta}) has no finite length")
-        return max(math.ceil((limit - start) / delta), 0)
+        return _range_length(start, limit, delta)
+    if op_type == "NonZero":  # int64 indices, counted in elements of the input's width
+        data = np.asarray(ins[0])
+        return data.size * max(data.ndim, 1) * (8 // data.itemsize)
     if op_type == "Concat":
         return sum(v.size for v in present)
     if op_type == "Gather":
