@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from flexnnd.graph.onnx_import import _Importer
 
 OPS = frozenset({"If", "Loop"})
-MAX_NESTING = 32  # subgraphs inside subgraphs: deeper is refused (no real model nests so)
+MAX_NESTING = 16  # subgraphs inside subgraphs: deeper is refused (real models nest 2-4 deep)
 MAX_TRIP_COUNT = 4096  # iterations a Loop is unrolled into at most
 MAX_UNROLLED_NODES = 100_000  # nodes all inlined branches and unrolled iterations add, at most
 RUN_TIME_TRIP_COUNT = "trip count known only at run time; flexnn plans static shapes"
@@ -406,6 +406,12 @@ def _expand_loop(im, proto, node_name, scope, guard, body) -> None:
             node_name,
             im.opset,
             f"trip count {trips:,} is above the {MAX_TRIP_COUNT:,} iterations flexnn unrolls",
+        )
+    if not cond_name and im.expanded + trips * len(body.node) > MAX_UNROLLED_NODES:
+        raise ModelImportError(
+            f"node {node_name!r} (Loop): unrolling {trips:,} iterations of {len(body.node)} nodes would add "
+            f"{trips * len(body.node):,} nodes to the {im.expanded:,} inlined so far, above the limit of "
+            f"{MAX_UNROLLED_NODES:,}"
         )
     label = f"{node_name}/body"
     constants = _initializers(im, body, label, node_name)

@@ -121,3 +121,112 @@ def test_an_index_out_of_range_fails_the_request_and_the_next_one_runs(
             sess.run(bad)
         assert caught.value.node  # the executor names the node
         assert np.isfinite(sess.run(good)["y"]).all()
+
+
+# ---- If and Loop (graph/control_flow.py) --------------------------------------------------------
+
+B = TensorProto.BOOL
+
+
+def sub(nodes, outputs, inputs=()):
+    """A subgraph: outputs and inputs as (name, type) pairs, shapes left unknown."""
+    return helper.make_graph(
+        nodes,
+        "sub",
+        [helper.make_tensor_value_info(name, t, None) for name, t in inputs],
+        [helper.make_tensor_value_info(name, t, None) for name, t in outputs],
+    )
+
+
+def if_model(then_g, else_g, cond_value=None):
+    """y = If(c): c a constant when `cond_value` is given, else a bool input."""
+    inputs = [*X] if cond_value is not None else [*X, ("c", B, [])]
+    inits = [("c", np.array(cond_value))] if cond_value is not None else []
+    return model([n("If", ["c"], ["y"], then_branch=then_g, else_branch=else_g)], inputs, inits)
+
+
+RELU = sub([n("Relu", ["x"], ["r"])], [("r", F)])
+LOOP_BODY = sub(
+    [n("Identity", ["ci"], ["co"]), n("Relu", ["v"], ["w"])],
+    [("co", B), ("w", F)],
+    [("i", I64), ("ci", B), ("v", F)],
+)
+
+
+FAT_BODY = sub(
+    [n("Identity", ["ci"], ["co"]), n("Relu", ["v"], ["w0"]), *(n("Relu", [f"w{k}"], [f"w{k + 1}"]) for k in range(28))],
+    [("co", B), ("w28", F)],
+    [("i", I64), ("ci", B), ("v", F)],
+)  # fmt: skip
+
+
+def deep_if(depth):
+    """If inside If ... `depth` deep, every condition the bool input c."""
+    graph = RELU
+    for _ in range(depth):
+        graph = sub([n("If", ["c"], ["r"], then_branch=graph, else_branch=RELU)], [("r", F)])
+    return model(list(graph.node), [*X, ("c", B, [])])
+
+
+@pytest.mark.parametrize(
+    "build, error, words",
+    [
+        (lambda: if_model(sub([n("Relu", ["b"], ["a"]), n("Relu", ["a"], ["b"])], [("a", F)]), RELU, True), "MalformedGraph", "cycle"),
+        (lambda: if_model(RELU, sub([n("Relu", ["b"], ["a"]), n("Relu", ["a"], ["b"])], [("a", F)])), "MalformedGraph", "cycle"),
+        (lambda: if_model(sub([n("Relu", ["ghost"], ["a"])], [("a", F)]), RELU), "MalformedGraph", "'ghost', which no node produces"),
+        (lambda: if_model(sub([n("Relu", ["x"], ["a"])], [("ghost", F)]), RELU, False), "MalformedGraph", "'ghost', which no node produces"),
+        (lambda: if_model(sub([n("Relu", ["x"], ["a"]), n("Neg", ["x"], ["b"])], [("a", F), ("b", F)]), RELU), "MalformedGraph", "then branch has 2 outputs, the node 1"),
+        (lambda: if_model(RELU, sub([], []), True), "MalformedGraph", "else branch has 0 outputs"),
+        (lambda: model([n("If", ["c"], ["y"], then_branch=RELU)], [*X, ("c", B, [])]), "MalformedGraph", "no subgraph attribute"),
+        (lambda: if_model(RELU, RELU, [True, False]), "ShapeError", "one element"),
+        (lambda: model([n("If", ["k"], ["y"], then_branch=RELU, else_branch=RELU)], [*X, ("k", F, [])]), "UnsupportedOp", "bool condition"),
+        (lambda: deep_if(20), "ModelImportError", "nested 17 deep, above the limit of 16"),
+        (lambda: model([n("Loop", ["m", "", "x"], ["y"], body=LOOP_BODY)], X, [("m", np.array(2**62, np.int64))]), "UnsupportedOp", "trip count 4,611,686,018,427,387,904 is above the 4,096"),
+        (lambda: model([n("Loop", ["m", "t", "x"], ["y"], body=LOOP_BODY)], X, [("m", np.array(2**62, np.int64)), ("t", np.array(True))]), "UnsupportedOp", "still running after 4,096 iterations"),
+        (lambda: model([n("Loop", ["", "", "x"], ["y"], body=LOOP_BODY)], X), "UnsupportedOp", "never ends"),
+        (lambda: model([n("Loop", ["m", "", "x"], ["y"], body=LOOP_BODY)], [*X, ("m", I64, [])]), "UnsupportedOp", "trip count known only at run time"),
+        (lambda: model([n("Loop", ["m", "", "x", "x"], ["y"], body=LOOP_BODY)], X, [("m", np.array(2, np.int64))]), "MalformedGraph", r"body takes 3 inputs; it must take 2 \+ 2"),
+        (lambda: model([n("Loop", ["m", "", "x"], ["y", "z"], body=LOOP_BODY)], X, [("m", np.array(2, np.int64))]), "MalformedGraph", "names 2 outputs"),
+        (lambda: model([n("Loop", ["m", "", "x"], ["y"], body=FAT_BODY)], X, [("m", np.array(4000, np.int64))]), "ModelImportError", "4,000 iterations of 30 nodes would add 120,000 nodes"),
+    ],
+    ids=[
+        "cycle-in-taken-branch", "cycle-in-runtime-branch", "undefined-name", "undefined-output", "then-output-count",
+        "else-output-count", "no-else", "cond-two-elements", "cond-float", "nested-40-deep", "trip-2**62",
+        "while-true-2**62", "loop-forever", "trip-at-run-time", "body-inputs", "loop-outputs", "nested-loops-cap",
+    ],
+)  # fmt: skip
+def test_hostile_control_flow_is_a_clear_import_error(build, error, words):
+    with pytest.raises(flexnnd.FlexnnError, match=words) as caught:
+        import_onnx(build())
+    assert type(caught.value).__name__ == error
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """One length-delimited protobuf field."""
+    key, length, out = (number << 3) | 2, len(payload), bytearray()
+    for value in (key, length):
+        while value > 0x7F:
+            out.append(value & 0x7F | 0x80)
+            value >>= 7
+        out.append(value)
+    return bytes(out) + payload
+
+
+def test_if_nested_1000_deep_is_refused_from_the_file_without_recursion_error(tmp_path):
+    """onnx's helper cannot even build it: the bytes are written by hand, If inside If 1000 deep."""
+    leaf = RELU.SerializeToString()
+    graph = leaf
+    for _ in range(1000):
+        attrs = [
+            _field(1, b"then_branch") + b"\xa0\x01\x05" + _field(6, graph),
+            _field(1, b"else_branch") + b"\xa0\x01\x05" + _field(6, leaf),
+        ]
+        node = _field(1, b"c") + _field(2, b"r") + _field(4, b"If") + b"".join(_field(5, a) for a in attrs)
+        graph = _field(1, node) + _field(12, helper.make_tensor_value_info("r", F, None).SerializeToString())
+    outer = model([], [*X, ("c", B, [])])
+    outer.graph.ClearField("node")
+    data = outer.SerializeToString() + _field(7, graph)  # a second graph field merges into the first
+    path = tmp_path / "deep.onnx"
+    path.write_bytes(data)
+    with pytest.raises(flexnnd.FlexnnError, match=r"deep|not a readable ONNX model"):
+        flexnnd.import_model(path, tmp_path / "package", ladder=False)
