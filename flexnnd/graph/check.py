@@ -19,6 +19,7 @@ from flexnnd.graph.fold import FOLDERS
 from flexnnd.graph.onnx_import import refusals_before_weights
 from flexnnd.graph.onnx_scan import scan_onnx
 from flexnnd.ops import registered_ops
+from flexnnd.ops.value_sized import CONSTANT_ONLY
 
 SUPPORTED, FOLDED, REFUSED = "supported", "constant inputs only", "refused"
 
@@ -60,7 +61,7 @@ def check_model(path: str | os.PathLike) -> dict[str, Any]:
     for op, count in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
         if op in refused_by_op:
             status, why = REFUSED, refused_by_op[op]
-        elif op in registered:
+        elif op in registered and op not in CONSTANT_ONLY:
             status, why = SUPPORTED, ""
         elif op in FOLDERS:
             status, why = FOLDED, "computed at import when its inputs are constants (shape arithmetic)"

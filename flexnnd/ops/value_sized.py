@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from flexnnd.errors import UnsupportedOp
 from flexnnd.ops.base import Op, register
 
+CONSTANT_ONLY = frozenset({"NonZero", "Range"})  # registered only to refuse: `flexnnctl check` says so
 RUN_TIME_SIZE = "output size depends on run-time values (computed at import only when {} constant)"
 
 

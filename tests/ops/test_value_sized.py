@@ -109,3 +109,12 @@ def test_run_time_input_is_refused_with_the_reason(op, tmp_path):
     path = save(model, tmp_path / "model.onnx")
     with pytest.raises(flexnnd.UnsupportedOp, match=f"{op}.*output size depends on run-time values"):
         flexnnd.import_model(path, tmp_path / "package", ladder=False)
+
+
+def test_check_reports_them_as_constant_inputs_only(tmp_path):
+    from flexnnd.graph.check import FOLDED, check_model
+
+    report = check_model(save(positions_model(), tmp_path / "model.onnx"))
+    status = {row["op"]: row["status"] for row in report["ops"]}
+    assert status["Range"] == status["NonZero"] == status["Shape"] == FOLDED
+    assert status["Add"] != FOLDED
