@@ -1,4 +1,5 @@
-"""Pooling: MaxPool, AveragePool (1-D, 2-D and 3-D), GlobalAveragePool, GlobalMaxPool (any rank).
+"""Pooling: MaxPool, AveragePool, LpPool (1-D, 2-D and 3-D); GlobalAveragePool, GlobalMaxPool,
+GlobalLpPool (any rank).
 
 Output sizes follow onnxruntime, which follows the spec plus one rule: with ceil_mode, a window
 that would start beyond the input and its left padding is dropped. Padded cells never win a max;
@@ -417,6 +418,48 @@ def pool_depth(t, y, kd, sd, dd, pad_front, padded_d, is_max, include_pad):
                     yrow[i] *= scale
 
 
+@kernel
+def lp_power(x, t, p):
+    """t = |x|**p (flat)."""
+    if p == 2:
+        for i in range(x.shape[0]):
+            t[i] = x[i] * x[i]
+    elif p == 1:
+        for i in range(x.shape[0]):
+            t[i] = abs(x[i])
+    else:
+        e = np.float32(p)
+        for i in range(x.shape[0]):
+            t[i] = abs(x[i]) ** e
+
+
+@kernel
+def lp_root(y, scale, p):
+    """y = (y * scale)**(1/p) in place (flat): a sum from a mean over `scale` cells."""
+    s = np.float32(scale)
+    if p == 2:
+        for i in range(y.shape[0]):
+            y[i] = np.sqrt(y[i] * s)
+    elif p == 1:
+        for i in range(y.shape[0]):
+            y[i] = y[i] * s
+    else:
+        e = np.float32(1.0 / p)
+        for i in range(y.shape[0]):
+            y[i] = (y[i] * s) ** e
+
+
+@kernel
+def global_lp_pool(x, y, p):
+    """y[p] = (sum of |x[p, :]|**p)**(1/p): x (P, S), y (P,); summed in float64."""
+    planes, size = x.shape
+    for q in range(planes):
+        s = 0.0
+        for i in range(size):
+            s += abs(np.float64(x[q, i])) ** p
+        y[q] = s ** (1.0 / p)
+
+
 # ---- ops ----------------------------------------------------------------------------------------
 
 
@@ -724,3 +767,96 @@ class GlobalMaxPool(_GlobalPool):
     def reference(self, ins):
         x = np.asarray(ins[0], dtype=np.float32)
         return [x.max(axis=tuple(range(2, x.ndim)), keepdims=True)]
+
+
+@register
+@dataclass(frozen=True)
+class LpPool(_Pool):
+    """LpPool: (sum of |x|**p over the window)**(1/p), padding counting as zeros. Runs as |x|**p into
+    scratch, AveragePool(count_include_pad=1) over it, then (mean * kernel cells)**(1/p): each
+    window lies inside the padded input, so its mean is over exactly the kernel's cells (a ceil_mode
+    window reaching past the pads is refused)."""
+
+    op_type = "LpPool"
+    p: int = 2
+
+    def check(self, node, opset):
+        super().check(node, opset)
+        if self.p < 1:
+            raise UnsupportedOp(self.op_type, node, opset, f"p={self.p}: only p >= 1")
+
+    def mean_op(self) -> AveragePool:
+        fields = {k: v for k, v in self.to_dict().items() if k != "p"}
+        return AveragePool(count_include_pad=1, **fields)
+
+    def infer(self, shapes, consts):
+        for w in self.axes(tuple(shapes[0])):
+            if (w.out - 1) * w.stride + w.dilation * (w.kernel - 1) + 1 > w.size + w.pad_begin + w.pad_end:
+                raise UnsupportedOp(
+                    self.op_type,
+                    "?",
+                    None,
+                    f"ceil_mode window reaching past the pads (input {tuple(shapes[0])}, kernel "
+                    f"{self.kernel_shape}, strides {self.strides}, pads {self.pads})",
+                )
+        return super().infer(shapes, consts)
+
+    def power_floats(self, shape: Shape) -> int:
+        """Floats of the |x|**p buffer, rounded up to 64 bytes."""
+        return -(-int(np.prod(shape)) // 16) * 16
+
+    def scratch_bytes(self, shapes, part=None):
+        return self.power_floats(shapes[0]) * 4 + self.mean_op().scratch_bytes(shapes)
+
+    def bind(self, ins, outs, scratch, part=None, reuse=False):
+        x, y = ins[0], outs[0]
+        floats = self.power_floats(x.shape)
+        if scratch is None or scratch.size * 4 < self.scratch_bytes([x.shape]):
+            raise ValueError(f"LpPool.bind: scratch too small for input {x.shape}")
+        scratch = reshaped(scratch, (-1,))
+        powers = reshaped(scratch[: x.size], x.shape)
+        mean_scratch = scratch[floats:] if scratch.size > floats else None
+        mean = self.mean_op().bind([powers], [y], mean_scratch)
+        flat_x, flat_p, flat_y = reshaped(x, (-1,)), reshaped(powers, (-1,)), reshaped(y, (-1,))
+        cells, p = int(np.prod(self.kernel_shape)), int(self.p)
+
+        def run():
+            lp_power(flat_x, flat_p, p)
+            mean()
+            lp_root(flat_y, cells, p)
+
+        return run
+
+    def reference(self, ins):
+        x = np.abs(np.asarray(ins[0], dtype=np.float64)) ** self.p
+        axes = self.axes(x.shape)
+        padded = np.pad(x, [(0, 0), (0, 0)] + [(w.pad_begin, w.pad_end) for w in axes])
+        acc = np.zeros((*x.shape[:2], *(w.out for w in axes)))
+        for taps in np.ndindex(*(w.kernel for w in axes)):
+            sel = tuple(
+                slice(t * w.dilation, t * w.dilation + (w.out - 1) * w.stride + 1, w.stride)
+                for t, w in zip(taps, axes, strict=True)
+            )
+            acc += padded[(..., *sel)]
+        return [(acc ** (1.0 / self.p)).astype(np.float32)]
+
+
+@register
+@dataclass(frozen=True)
+class GlobalLpPool(_GlobalPool):
+    op_type = "GlobalLpPool"
+    p: int = 2
+
+    def check(self, node, opset):
+        if self.p < 1:
+            raise UnsupportedOp(self.op_type, node, opset, f"p={self.p}: only p >= 1")
+
+    def bind(self, ins, outs, scratch, part=None, reuse=False):
+        x, y = self.flat(ins, outs)
+        p = float(self.p)
+        return lambda: global_lp_pool(x, y, p)
+
+    def reference(self, ins):
+        x = np.abs(np.asarray(ins[0], dtype=np.float64)) ** self.p
+        total = x.sum(axis=tuple(range(2, x.ndim)), keepdims=True)
+        return [(total ** (1.0 / self.p)).astype(np.float32)]

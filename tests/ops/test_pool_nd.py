@@ -8,7 +8,7 @@ import pytest
 from onnx import helper
 
 from flexnnd.errors import ShapeError, UnsupportedOp
-from flexnnd.ops.pool import AveragePool, GlobalAveragePool, GlobalMaxPool, MaxPool
+from flexnnd.ops.pool import AveragePool, GlobalAveragePool, GlobalLpPool, GlobalMaxPool, LpPool, MaxPool
 from tests.conftest import assert_model_matches_ort, make_model
 from tests.ops.harness import assert_no_numpy_allocations, ort_run, run_in_arena
 
@@ -186,3 +186,46 @@ def test_conv1d_pool1d_model_matches_onnxruntime(tmp_path):
 
     model = make_model(nodes, [("x", [1, 3, 101])], [("y", None)], [("w", w), ("b", b)], opset=17)
     assert_model_matches_ort(model, {"x": rng.standard_normal((1, 3, 101)).astype(np.float32)}, tmp_path)
+
+
+# ---- LpPool and GlobalLpPool ----------------------------------------------------------------
+
+LP_CASES = [
+    ({"kernel_shape": [3], "strides": [2], "pads": [1, 2], "p": 3}, (15,)),
+    ({"kernel_shape": [3, 2], "strides": [2, 1], "pads": [1, 0, 2, 1], "p": 2}, (7, 6)),
+    ({"kernel_shape": [2, 2], "dilations": [2, 1], "p": 1}, (5, 2)),
+    ({"kernel_shape": [2, 3], "strides": [2, 2], "auto_pad": "SAME_UPPER", "p": 4}, (5, 7)),
+    ({"kernel_shape": [2, 2, 2], "strides": [1, 2, 2], "pads": [1, 0, 1, 0, 1, 1], "p": 2}, (3, 5, 4)),
+    ({"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "ceil_mode": 1, "p": 2}, (7, 7)),
+]
+
+
+@pytest.mark.parametrize(("attrs", "size"), LP_CASES)
+def test_lp_pool_kernel_reference_and_onnxruntime(attrs, size):
+    x = np.random.default_rng(9).standard_normal((2, 3, *size)).astype(np.float32)
+    op = LpPool(**attrs)
+    check_against_reference(op, x)
+    want = ort_run("LpPool", [x], opset=18, **attrs)
+    np.testing.assert_allclose(op.reference([x])[0], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 7), (1, 3, 2, 5, 4)])
+@pytest.mark.parametrize("p", [1, 2, 3])
+def test_global_lp_pool_kernel_reference_and_onnxruntime(shape, p):
+    x = np.random.default_rng(10).standard_normal(shape).astype(np.float32)
+    check_against_reference(GlobalLpPool(p=p), x)
+    want = ort_run("GlobalLpPool", [x], p=p)
+    np.testing.assert_allclose(GlobalLpPool(p=p).reference([x])[0], want, rtol=1e-5, atol=1e-6)
+
+
+def test_lp_pool_allocates_nothing_and_refuses_clearly():
+    x = np.random.default_rng(2).standard_normal((2, 5, 9, 11)).astype(np.float32)
+    kernel, _ = run_in_arena(LpPool(kernel_shape=(3, 3), pads=(1, 1, 1, 1), p=3), [x])
+    assert_no_numpy_allocations(kernel)
+    kernel, _ = run_in_arena(GlobalLpPool(), [x])
+    assert_no_numpy_allocations(kernel)
+    with pytest.raises(UnsupportedOp, match=r"LpPool.*p=0"):
+        LpPool.from_onnx({"kernel_shape": [2], "p": 0}, [None], "lp", 18)
+    # A ceil_mode window past the pads would count cells beyond them: refused, naming the input.
+    with pytest.raises(UnsupportedOp, match=r"past the pads.*\(1, 1, 5\)"):
+        LpPool(kernel_shape=(2,), strides=(2,), ceil_mode=1).infer([(1, 1, 5)], [None])
