@@ -138,6 +138,55 @@ def test_mixed_model_casts_to_float16_inside(tmp_path):
     matches_ort_to_float16_precision(model, feeds(np.float32), tmp_path)
 
 
+def test_half_transformer_block_matches_ort(tmp_path):
+    """As torch's `.half()` exports one: LayerNormalization, MatMul, an erf GELU written out with
+    float16 constants, a residual Add, a Reshape by a constant shape, Softmax; all float16."""
+    rng = np.random.default_rng(9)
+
+    def half(value, name):
+        return numpy_helper.from_array(np.asarray(value).astype(np.float16), name)
+
+    inits = [
+        half(1 + 0.1 * rng.standard_normal(32), "scale"),
+        half(0.1 * rng.standard_normal(32), "bias"),
+        half(rng.standard_normal((32, 64)) / 6, "w1"),
+        half(0.1 * rng.standard_normal(64), "b1"),
+        half(rng.standard_normal((64, 32)) / 8, "w2"),
+        half(0.1 * rng.standard_normal(32), "b2"),
+        half(np.sqrt(2), "sqrt2"),
+        half(1.0, "one"),
+        half(0.5, "half"),
+        numpy_helper.from_array(np.array([8, 32], np.int64), "shape"),
+    ]
+    node = helper.make_node
+    nodes = [
+        node("LayerNormalization", ["x", "scale", "bias"], ["ln"], axis=-1),
+        node("MatMul", ["ln", "w1"], ["m1"]),
+        node("Add", ["m1", "b1"], ["a1"]),
+        node("Div", ["a1", "sqrt2"], ["d"]),
+        node("Erf", ["d"], ["e"]),
+        node("Add", ["e", "one"], ["e1"]),
+        node("Mul", ["a1", "e1"], ["g0"]),
+        node("Mul", ["g0", "half"], ["g"]),
+        node("MatMul", ["g", "w2"], ["m2"]),
+        node("Add", ["m2", "b2"], ["a2"]),
+        node("Add", ["a2", "x"], ["r"]),
+        node("Reshape", ["r", "shape"], ["rr"]),
+        node("Softmax", ["rr"], ["y"], axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "block",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, 8, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [8, 32])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    x = {"x": rng.standard_normal((1, 8, 32)).astype(np.float16)}
+    matches_ort_to_float16_precision(model, x, tmp_path)
+
+
 def test_double_model_matches_ort_in_float64(tmp_path):
     x = {"x": np.random.default_rng(4).standard_normal((2, 64))}
     arenas = assert_model_matches_ort(mlp(np.float64), x, tmp_path)
