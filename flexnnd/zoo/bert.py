@@ -3,9 +3,10 @@
 Inputs are int64 [1, sequence]: `input_ids`, `attention_mask` and `token_type_ids` (an input, not
 the model's zero buffer, so that the token type table stays a run-time Gather and a parameter).
 The mask is extended as the exporter writes `(1.0 - mask[:, None, None, :].to(float)) * finfo.min`:
-Unsqueeze/Cast/Sub/Mul, added to every layer's scores. Eager attention: Linear layers as MatMul+Add,
-heads by Reshape/Transpose, scores divided by sqrt(head width); GELU in its erf form; LayerNorm
-as LayerNormalization (eps 1e-12). Outputs: `last_hidden_state` and `pooler_output`.
+Unsqueeze/Cast/Sub/Mul, added to every layer's scores. Sizes are read off tensors (Shape, Gather,
+Slice, Concat: shape arithmetic an importer folds), position ids sliced from their int64 buffer.
+Eager attention: Linear layers as MatMul+Add, heads by Reshape/Transpose, scores divided by
+sqrt(head width); GELU in its erf form; LayerNorm as LayerNormalization (eps 1e-12). Outputs: `last_hidden_state` and `pooler_output`.
 """
 
 from __future__ import annotations
@@ -55,14 +56,14 @@ def extended_mask(b: GraphBuilder, mask: str) -> str:
 
 
 def self_attention(b: GraphBuilder, x: str, mask: str, c: BertConfig, name: str) -> str:
-    s, h = c.sequence, c.heads
+    h = c.heads
     d = c.hidden // h
 
     def heads(projection: str, perm: tuple[int, ...]) -> str:
-        # transpose_for_scores: view(1, S, heads, d).permute(0, 2, 1, 3); the key's extra
+        # transpose_for_scores: view(size()[:-1] + (heads, d)).permute(0, 2, 1, 3); the key's extra
         # transpose(-1, -2) is merged into the same Transpose by the exporter.
         y = b.matmul_linear(x, c.hidden, c.hidden, f"{name}.{projection}")
-        return b.transpose(b.reshape(y, (1, s, h, d), name), perm, name)
+        return b.transpose(b.view(y, [b.size_slice(y, 0, -1, name), [h, d]], name), perm, name)
 
     q = heads("query", (0, 2, 1, 3))
     k = heads("key", (0, 2, 3, 1))
@@ -70,7 +71,7 @@ def self_attention(b: GraphBuilder, x: str, mask: str, c: BertConfig, name: str)
     scores = b.node("Div", [b.node("MatMul", [q, k], name), b.scalar(math.sqrt(d), name)], name)
     probs = b.node("Softmax", [b.node("Add", [scores, mask], name)], name, axis=-1)
     out = b.transpose(b.node("MatMul", [probs, v], name), (0, 2, 1, 3), name)
-    return b.reshape(out, (1, s, c.hidden), name)
+    return b.view(out, [b.size_slice(out, 0, -2, name), [c.hidden]], name)  # size()[:-2] + (width,)
 
 
 def layer(b: GraphBuilder, x: str, mask: str, c: BertConfig, name: str) -> str:
@@ -93,9 +94,11 @@ def bert(c: BertConfig, graph_name: str, seed: int) -> onnx.ModelProto:
     x = b.node("Gather", [words, ids], f"{scope}.word_embeddings", axis=0)
     table = b.parameter("embeddings.token_type_embeddings.weight", (c.type_vocab, c.hidden), 0.1)
     x = b.add(x, b.node("Gather", [table, types], f"{scope}.token_type_embeddings", axis=0), scope)
-    # position_ids[:, :S], a buffer the exporter folds to a constant.
+    # self.position_ids[:, 0:seq_length] of the buffer arange(positions)[None], S read off input_ids.
     table = b.parameter("embeddings.position_embeddings.weight", (c.positions, c.hidden), 0.1)
-    position_ids = b.int64s([list(range(c.sequence))], scope)
+    buffer = b.initializer("embeddings.position_ids", np.arange(c.positions, dtype=np.int64)[None])
+    bounds = [b.int64s([0], scope), b.size_dim(ids, 1, scope), b.int64s([1], scope), b.int64s([1], scope)]
+    position_ids = b.node("Slice", [buffer, *bounds], scope)
     x = b.add(x, b.node("Gather", [table, position_ids], f"{scope}.position_embeddings", axis=0), scope)
     x = b.layer_norm(x, c.hidden, "embeddings.LayerNorm", EPS)
     additive_mask = extended_mask(b, mask)

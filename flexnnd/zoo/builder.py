@@ -247,6 +247,23 @@ class GraphBuilder:
     def transpose(self, x: str, perm, scope: str = "") -> str:
         return self.node("Transpose", [x], scope, perm=list(perm))
 
+    def size_slice(self, x: str, start: int, end: int, scope: str = "") -> str:
+        """x.size()[start:end] as the exporter writes it: Shape, then Slice, a 1-D int64 tensor."""
+        shape = self.node("Shape", [x], scope)
+        bounds = [self.int64s([start], scope), self.int64s([end], scope), self.int64s([0], scope)]
+        return self.node("Slice", [shape, *bounds], scope)
+
+    def size_dim(self, x: str, axis: int, scope: str = "") -> str:
+        """x.size(axis) made a 1-element int64 tensor to concatenate: Shape, Gather, Unsqueeze."""
+        size = self.node("Gather", [self.node("Shape", [x], scope), self.int64s(axis, scope)], scope, axis=0)
+        return self.node("Unsqueeze", [size, self.int64s([0], scope)], scope)
+
+    def view(self, x: str, parts: list, scope: str = "") -> str:
+        """x.view(*sizes) with sizes read off tensors: Concat of 1-D int64 parts (tensor names, or
+        lists of literals), then Reshape; shape arithmetic an importer must fold."""
+        parts = [p if isinstance(p, str) else self.int64s(list(p), scope) for p in parts]
+        return self.node("Reshape", [x, self.node("Concat", parts, scope, axis=0)], scope)
+
     # -- result ---------------------------------------------------------------------------------
 
     def model(self, output: str, graph_name: str) -> onnx.ModelProto:

@@ -82,10 +82,12 @@ def vision_transformer(c: VitConfig, graph_name: str, seed: int) -> onnx.ModelPr
     side = c.image_size // c.patch_size
     # conv_proj: patches of 3*16*16 values, He-normal like every zoo conv, with a bias.
     x = b.conv(INPUT, 3, c.hidden, c.patch_size, "conv_proj", stride=c.patch_size, bias=True)
-    x = b.transpose(b.reshape(x, (1, c.hidden, side * side)), (0, 2, 1))
-    # class_token.expand(n, -1, -1), then torch.cat([class_token, x], dim=1).
+    n = b.size_dim(INPUT, 0)  # n, c, h, w = x.shape
+    x = b.transpose(b.view(x, [n, [c.hidden, side * side]]), (0, 2, 1))
+    # class_token.expand(n, -1, -1), then torch.cat([class_token, x], dim=1); the exporter makes
+    # the -1 sizes 1, which broadcasting keeps.
     token = b.parameter("class_token", (1, 1, c.hidden), 0.1)
-    token = b.node("Expand", [token, b.int64s([1, 1, 1])])  # -1 sizes become 1: broadcasting keeps them
+    token = b.node("Expand", [token, b.node("Concat", [n, b.int64s([1, 1])], axis=0)])
     x = b.node("Concat", [token, x], axis=1)
     x = b.add(x, b.parameter("encoder.pos_embedding", (1, c.tokens, c.hidden), 0.1), "encoder")
     for i in range(c.layers):

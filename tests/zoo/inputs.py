@@ -11,10 +11,6 @@ def example_feeds(model: onnx.ModelProto, seed: int) -> dict[str, np.ndarray]:
     """Inputs a zoo model takes: a standard-normal image, or token ids drawn below the size of the
     table they index, a random 0/1 token type, and an attention mask whose last quarter is padding."""
     rng = np.random.default_rng(seed)
-    rows = {t.name: t.dims[0] for t in model.graph.initializer if t.dims}
-    tables = {
-        n.input[1]: rows[n.input[0]] for n in model.graph.node if n.op_type == "Gather" and n.input[0] in rows
-    }
     feeds = {}
     for value in model.graph.input:
         shape = [d.dim_value or 1 for d in value.type.tensor_type.shape.dim]
@@ -25,5 +21,18 @@ def example_feeds(model: onnx.ModelProto, seed: int) -> dict[str, np.ndarray]:
             mask[:, shape[1] * 3 // 4 :] = 0
             feeds[value.name] = mask
         else:
-            feeds[value.name] = rng.integers(0, tables[value.name], shape, dtype=np.int64)
+            feeds[value.name] = rng.integers(0, _table_rows(model, value.name), shape, dtype=np.int64)
     return feeds
+
+
+def _table_rows(model: onnx.ModelProto, ids: str) -> int:
+    """The rows of the embedding table that `ids` index, through the views between (as GPT-2's
+    input_ids.view(-1, S))."""
+    rows = {t.name: t.dims[0] for t in model.graph.initializer if t.dims}
+    tensors = {ids}
+    for node in model.graph.node:  # in topological order, as the zoo writes them
+        if node.op_type == "Gather" and node.input[1] in tensors and node.input[0] in rows:
+            return rows[node.input[0]]
+        if node.op_type in ("Reshape", "Unsqueeze", "Squeeze") and node.input[0] in tensors:
+            tensors.add(node.output[0])
+    raise ValueError(f"no embedding table reads {ids!r}")
