@@ -4,10 +4,12 @@ Conv.from_onnx hands a node with a 5-D weight to Conv3D, and Conv.from_dict a ke
 three; Conv3D is a Conv (op_type "Conv", the same attributes), so the graph passes fold
 BatchNorm, activations and residual Adds into it as into a 2-D one.
 
-Two paths, both BLAS matmuls straight into the output, then epilogue.bias_act:
-  pointwise  1x1x1, stride 1, no padding: the input already is the GEMM operand;
-  im2col     anything else (grouped and depthwise too): im2col3d into scratch, one matmul per
-             batch, group and band of output rows.
+Three paths, each writing straight into the output, then epilogue.bias_act:
+  pointwise  1x1x1, stride 1, no padding: the input already is the GEMM operand of a BLAS matmul;
+  depthwise  group == Cin == Cout: depthwise3d, per channel im2col3d then a numba dot (no BLAS
+             call per channel);
+  im2col     anything else (grouped too): im2col3d into scratch, one BLAS matmul per batch, group
+             and band of output rows.
 An output "row" is one (depth, height) pair: the output plane (OD*OH*OW) is OD*OH rows of OW, so a
 band of rows is contiguous in every channel, and Part("rows", a, b) cuts bands of them as for
 the 2-D conv. Part("channels", a, b) computes output channels [a, b) from those weight rows; each
@@ -148,6 +150,30 @@ def im2col3d(x, n, c0, channels, col, r0, r1, geo):
                             d, s, step = np.uint64(dst + lo), np.uint64(src), np.uint64(sw)
                             for k in range(np.uint64(hi - lo)):
                                 cf[d + k] = xf[s + step * k]
+
+
+@kernel
+def depthwise3d(x, w, y, col, n, c0, c1, r0, r1, geo):
+    """A depthwise conv (one input channel per output channel) for channels [c0, c1) and output rows
+    [r0, r1): per channel, im2col3d of its plane into `col` (K, (r1-r0)*out_w), then
+    y[n, c, rows] = w[c - c0] @ col as K long vectorized passes (BLAS would see a 1-row matrix).
+    w: (c1 - c0, K); geo as in im2col3d."""
+    out_w = geo[1]
+    plane = y.shape[2] * y.shape[3] * y.shape[4]
+    taps, span = col.shape
+    yf = y.reshape(-1)
+    for c in range(c0, c1):
+        im2col3d(x, n, c, 1, col, r0, r1, geo)
+        dst = np.uint64((n * y.shape[1] + c) * plane + r0 * out_w)
+        first = col[0]
+        wv = w[c - c0, 0]
+        for q in range(np.uint64(span)):
+            yf[dst + q] = wv * first[q]
+        for k in range(1, taps):
+            src = col[k]
+            wv = w[c - c0, k]
+            for q in range(np.uint64(span)):
+                yf[dst + q] += wv * src[q]
 
 
 @dataclass(frozen=True)
@@ -333,8 +359,24 @@ class Conv3D(Conv):
             res = reshape_view(ins[3], (-1,))
         flat = reshape_view(y, (-1,))
         out_w, plane = geo.out[2], geo.plane
-        cout_g, cin_g = geo.cout // geo.group, geo.cin // geo.group
+        spatial = (*geo.out[1:], *geo.kernel, *geo.stride, *geo.dilation, *geo.pad_begin)
         band = self._band3d(geo, r1 - r0)
+        if geo.depthwise:
+            col_d = scratch_floats(scratch, geo.k * band * out_w)
+            bands = [(b0, min(b0 + band, r1)) for b0 in range(r0, r1, band)]
+            cols_d = [
+                col_d[: geo.k * (b1 - b0) * out_w].reshape(geo.k, (b1 - b0) * out_w) for b0, b1 in bands
+            ]
+
+            def run_depthwise():
+                for n in range(geo.batch):
+                    for (b0, b1), col in zip(bands, cols_d, strict=True):
+                        depthwise3d(x, wp, y, col, n, c0, c1, b0, b1, spatial)
+                        off = (n * geo.cout + c0) * plane + b0 * out_w
+                        bias_act(flat, res, off, plane, c1 - c0, (b1 - b0) * out_w, bias, 0, act, alpha, beta)
+
+            return run_depthwise
+        cout_g, cin_g = geo.cout // geo.group, geo.cin // geo.group
         if not geo.pointwise:
             scratch = scratch_floats(scratch, geo.k * band * out_w)
         tasks = []
@@ -354,7 +396,6 @@ class Conv3D(Conv):
                     check_blas(w_g, col, out)
                     off = (n * geo.cout + lo_c) * plane + b0 * out_w
                     tasks.append((n, grp * cin_g, b0, b1, w_g, col, out, off, hi_c - lo_c, lo_c - c0))
-        spatial = (*geo.out[1:], *geo.kernel, *geo.stride, *geo.dilation, *geo.pad_begin)
         pointwise = geo.pointwise
 
         def run():

@@ -26,6 +26,12 @@ CASES = [
     ),
     ((1, 6, 3, 5, 5), (6, 2, 3, 1, 3), {"group": 3, "pads": (1, 0, 1, 1, 0, 1)}),
     ((1, 5, 3, 5, 5), (5, 1, 3, 3, 3), {"group": 5, "pads": (1, 1, 1, 1, 1, 1), "strides": (1, 2, 2)}),
+    ((1, 13, 4, 6, 9), (13, 1, 3, 3, 3), {"group": 13, "pads": (1, 1, 1, 1, 1, 1)}),
+    (
+        (2, 3, 5, 7, 10),
+        (3, 1, 2, 3, 3),
+        {"group": 3, "strides": (2, 1, 3), "dilations": (1, 2, 1), "pads": (0, 2, 1, 1, 0, 2)},
+    ),
     ((2, 4, 3, 4, 5), (7, 4, 1, 1, 1), {}),  # pointwise
     ((1, 13, 2, 3, 3), (24, 13, 1, 1, 1), {"strides": (1, 2, 1)}),  # 1x1x1 strided: im2col
     ((1, 2, 5, 6, 7), (3, 2, 2, 2, 3), {"auto_pad": "SAME_UPPER", "strides": (2, 2, 3)}),
@@ -141,7 +147,7 @@ def test_reference_matches_onnxruntime(x_shape, w_shape, attrs):
 
 
 @pytest.mark.parametrize(
-    ("x_shape", "w_shape", "attrs"), [CASES[0], CASES[3], CASES[4]], ids=["im2col", "depthwise", "pointwise"]
+    ("x_shape", "w_shape", "attrs"), [CASES[0], CASES[3], CASES[6]], ids=["im2col", "depthwise", "pointwise"]
 )
 def test_no_numpy_allocation_per_call(x_shape, w_shape, attrs):
     op, x, w, b = make(x_shape, w_shape, attrs)
