@@ -283,9 +283,11 @@ def import_onnx(
     try:
         with _float_errors_raise():
             passes.remove_identities(draft)
+            guards = {n.name: n.guard for n in draft.nodes if n.guard}
             fuse_gelu(draft)
             fuse_layernorm(draft)
             fuse_swish(draft)
+            control_flow.keep_guards(draft, guards)
             passes.fold_batchnorm(draft)
             passes.fuse_activations(draft)
             passes.fuse_residual_adds(draft)
@@ -362,10 +364,21 @@ class _Importer:
     ) -> None:
         """Import `protos` (a graph's or subgraph's nodes, their names already global) in dependency
         order; an If or Loop among them reads the outer names its subgraphs use, so it waits for them."""
-        implicit = {i: control_flow.outer_reads(p, scope) for i, p in enumerate(protos) if p.op_type in control_flow.OPS}
+        implicit = {
+            i: control_flow.outer_reads(p, scope)
+            for i, p in enumerate(protos)
+            if p.op_type in control_flow.OPS
+        }
         available = _Known(self) if available is None else available
         for index in _topological_order(protos, available, implicit):
-            self.import_one(protos[index], f"{scope.prefix}{protos[index].name or f'{protos[index].op_type}_{index}'}", scope, guard, index, implicit.get(index, ()))
+            self.import_one(
+                protos[index],
+                f"{scope.prefix}{protos[index].name or f'{protos[index].op_type}_{index}'}",
+                scope,
+                guard,
+                index,
+                implicit.get(index, ()),
+            )
 
     def import_one(
         self,

@@ -120,6 +120,28 @@ def test_guarded_nodes_keep_their_condition_alive_and_survive_the_package(tmp_pa
     assert all(read_back[n.name] == n.guard for n in guarded)
 
 
+def test_a_node_fused_inside_a_branch_keeps_its_guard(tmp_path):
+    """x * Sigmoid(x) in the then branch becomes one Swish node, guarded like the nodes it replaced."""
+    then_g = branch(
+        "then",
+        [helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", ["x", "s"], ["t"])],
+        [vi("t", F, [2, 5])],
+    )
+    else_g = branch("else", [helper.make_node("Neg", ["x"], ["e"])], [vi("e", F, [2, 5])])
+    m = model(
+        [helper.make_node("If", ["c"], ["y"], then_branch=then_g, else_branch=else_g)],
+        [vi("x", F, [2, 5]), vi("c", B, [])],
+        [vi("y", F, [2, 5])],
+    )
+    graph, _ = import_onnx(m)
+    swish = next(n for n in graph.nodes if n.op_type == "Swish")
+    assert swish.guard == (("c", True),)
+    x = RNG.standard_normal((2, 5)).astype(np.float32)
+    for c in (True, False):
+        (tmp_path / str(c)).mkdir()
+        assert_model_matches_ort(m, {"x": x, "c": np.array(c)}, tmp_path / str(c))
+
+
 def test_if_with_a_constant_condition_imports_only_the_taken_branch(tmp_path):
     then_g = branch("then", [helper.make_node("Sigmoid", ["x"], ["t"])], [vi("t", F, [2, 5])])
     # The dropped branch uses an op flexnn does not have: it is never imported.
