@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import tracemalloc
+import warnings
 
 import numpy as np
 import onnx
@@ -291,3 +292,40 @@ def test_a_package_declaring_other_types_is_refused(tmp_path, declared, words):
     (package_dir / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(PackageError, match=words):
         read_package(package_dir)
+
+
+def _scale_model(elem, shape, factor):
+    """y = x * factor, both of element type `elem`."""
+    dtype = {TensorProto.FLOAT16: np.float16, TensorProto.DOUBLE: np.float64}[elem]
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "k"], ["y"])],
+        "scale",
+        [helper.make_tensor_value_info("x", elem, shape)],
+        [helper.make_tensor_value_info("y", elem, shape)],
+        [numpy_helper.from_array(np.array(factor, dtype), "k")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_a_float16_output_beyond_its_range_is_inf_as_in_ort(tmp_path):
+    path = save(_scale_model(TensorProto.FLOAT16, [4], 300.0), tmp_path / "m.onnx")
+    x = {"x": np.array([1.0, -300.0, 300.0, 250.0], np.float16)}
+    (want,) = ort_run(path, x)
+    with flexnnd.Session(path, threads=1, cache_dir=tmp_path / "c") as sess, warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow warning: inf is the answer
+        got = sess.run(x)["y"]
+    np.testing.assert_array_equal(got, want)
+    assert np.isinf(got[1:]).all()
+
+
+def test_a_double_feed_beyond_float32_range_is_refused(tmp_path):
+    """Computed in float32, 1e300 would become inf without a word: the feed is refused instead."""
+    path = save(_scale_model(TensorProto.DOUBLE, [3], 0.5), tmp_path / "m.onnx")
+    with flexnnd.Session(path, threads=1, cache_dir=tmp_path / "c") as sess:
+        with pytest.raises(FeedError, match=r"'x' holds -1e\+300, beyond float32's range"):
+            sess.run({"x": np.array([np.nan, -1e300, 2.0])})
+        got = sess.run({"x": np.array([1.0, 3e38, np.nan])})["y"]  # the largest float32s still pass
+    np.testing.assert_allclose(got[:2], [0.5, 1.5e38], rtol=1e-6)
+    assert np.isnan(got[2])
