@@ -144,12 +144,15 @@ def im2col3d(x, n, c0, channels, col, r0, r1, geo):
                         fill(cf, dst, lo, 0.0)
                         fill(cf, dst + hi, out_w - hi, 0.0)
                         src = base + (id_ * height + ih) * width + lo * sw + shift
+                        d, s = np.uint64(dst + lo), np.uint64(src)
                         if sw == 1:
                             copy(cf, dst + lo, xf, src, hi - lo)
-                        else:
-                            d, s, step = np.uint64(dst + lo), np.uint64(src), np.uint64(sw)
+                        elif sw == 2:  # a literal stride lets LLVM vectorize with interleaved loads
                             for k in range(np.uint64(hi - lo)):
-                                cf[d + k] = xf[s + step * k]
+                                cf[d + k] = xf[s + np.uint64(2) * k]
+                        else:
+                            for k in range(np.uint64(hi - lo)):
+                                cf[d + k] = xf[s + np.uint64(sw) * k]
 
 
 @kernel
