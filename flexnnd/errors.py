@@ -37,6 +37,8 @@ class UnsupportedOp(ModelImportError):
     """An op (or an attribute value of it) that flexnn cannot run."""
 
     def __init__(self, op_type: str, node: str, opset: int | None = None, why: str = ""):
+        if isinstance(op_type, bytes):  # protobuf hands over a name that is not UTF-8 as bytes
+            op_type = op_type.decode("utf-8", errors="replace")
         self.op_type, self.node, self.opset, self.why = op_type, node, opset, why
         where = f"node {node!r}" + (f", opset {opset}" if opset is not None else "")
         super().__init__(f"unsupported op {op_type} ({where})" + (f": {why}" if why else ""))

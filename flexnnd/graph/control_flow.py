@@ -95,7 +95,7 @@ def outer_reads(proto: onnx.NodeProto, scope: Scope) -> list[str]:
     names: set[str] = set()
     for g in _graphs(proto).values():
         names |= free_names(g, scope.depth + 1, label)
-    return sorted({scope.resolve(n) for n in names})
+    return sorted({scope.resolve(n) for n in names}, key=str)  # a name upb cannot decode is bytes
 
 
 def literal_conditions(nodes: Sequence[onnx.NodeProto]) -> dict[str, bool]:

@@ -230,3 +230,58 @@ def test_if_nested_1000_deep_is_refused_from_the_file_without_recursion_error(tm
     path.write_bytes(data)
     with pytest.raises(flexnnd.FlexnnError, match=r"deep|not a readable ONNX model"):
         flexnnd.import_model(path, tmp_path / "package", ladder=False)
+
+
+def control_flow_seed() -> bytes:
+    """A small model with a constant If, a run-time If and a Loop with a scan output: the bytes the
+    truncation sweep and the byte flips below start from."""
+    body = sub(
+        [n("Identity", ["ci"], ["co"]), n("Add", ["v", "x"], ["w"]), n("Relu", ["w"], ["s"])],
+        [("co", B), ("w", F), ("s", F)],
+        [("i", I64), ("ci", B), ("v", F)],
+    )
+    nodes = [
+        n("If", ["yes"], ["a"], then_branch=RELU, else_branch=sub([n("Neg", ["x"], ["r"])], [("r", F)])),
+        n("If", ["c"], ["b"], then_branch=sub([n("Relu", ["a"], ["r"])], [("r", F)]), else_branch=RELU),
+        n("Loop", ["m", "", "b"], ["y", "scan"], body=body),
+    ]
+    m = model(nodes, [*X, ("c", B, [])], [("yes", np.array(True)), ("m", np.array(3, np.int64))])
+    m.graph.output.append(helper.make_tensor_value_info("scan", F, None))
+    import_onnx(m)  # the seed itself imports
+    return m.SerializeToString()
+
+
+def test_truncated_and_flipped_control_flow_models_are_clear_errors():
+    """Every cut of the seed's bytes, and 400 seeded byte flips, either import or fail with a flexnn
+    error: never another exception, never a hang."""
+    from flexnnd.graph.onnx_import import parse_onnx
+
+    seed = control_flow_seed()
+    rng = np.random.default_rng(5)
+    cases = [seed[:cut] for cut in range(0, len(seed), 7)]
+    for _ in range(400):
+        data = bytearray(seed)
+        for pos in rng.integers(0, len(data), size=int(rng.integers(1, 4))):
+            data[pos] = int(rng.integers(0, 256))
+        cases.append(bytes(data))
+    outcomes = {"imported": 0, "refused": 0}
+    for data in cases:
+        try:
+            import_onnx(parse_onnx(data, "cut"))
+        except flexnnd.FlexnnError:
+            outcomes["refused"] += 1
+        else:
+            outcomes["imported"] += 1
+    assert outcomes["refused"] > len(seed) // 14  # most cuts break the model
+
+
+def test_op_types_that_are_not_utf8_are_listed_in_one_refusal():
+    """protobuf hands such names over as bytes: the error that lists every refused node still forms."""
+    from flexnnd.errors import UnsupportedOps
+    from flexnnd.graph.onnx_import import parse_onnx
+
+    m = model([n("Zzzz", ["x"], ["t"]), n("Yyyy", ["t"], ["y"])], X)
+    data = m.SerializeToString().replace(b"Zzzz", b"\x80zzz").replace(b"Yyyy", b"\xffyyy")
+    with pytest.raises(UnsupportedOps, match="2 nodes cannot run") as caught:
+        import_onnx(parse_onnx(data, "bytes"))
+    assert all(isinstance(r.op_type, str) for r in caught.value.refusals)
