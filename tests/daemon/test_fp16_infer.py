@@ -139,3 +139,14 @@ def test_stock_tritonclient_sends_and_gets_fp16(daemon, models_dir, tmp_path):
     got = json.loads(done.stdout)
     assert got["dtype"] == "float16"
     assert_float16_bar(np.array(got["values"], np.float16).reshape(1, 10), ort(models_dir, "half", X16))
+
+
+def test_an_fp64_value_beyond_float32_is_refused_and_the_model_still_serves(stub):
+    x = X64.copy()
+    x[1, 5] = 1e300
+    with pytest.raises(grpc.RpcError) as error:
+        stub.ModelInfer(raw_request("double", x, "FP64"))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "beyond float32's range" in error.value.details()
+    got, _ = output(stub.ModelInfer(raw_request("double", X64, "FP64")), "<f8")
+    assert np.isfinite(got).all()
