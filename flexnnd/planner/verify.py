@@ -64,7 +64,7 @@ def verify(plan: Plan, graph: Graph) -> None:
             if piece is None or piece.tensor != tensor:
                 raise PlanError(f"step {i} ({step.label}) binds piece {piece_name!r} to weight {tensor!r}")
             reserved(piece_name, i, "weight piece")
-        for name in (*node.inputs, *node.outputs):
+        for name in (*node.reads, *node.outputs):  # reads: inputs and a guard's conditions
             if name and not graph.is_constant(name):
                 reserved(plan.aliases.get(name, name), i, "tensor")
         if scratch_name(node.name) in plan.region:

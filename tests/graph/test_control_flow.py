@@ -410,3 +410,34 @@ def test_an_unknown_op_inside_a_branch_is_refused_before_weights_with_its_nestin
         check_ops_before_weights(save(m, tmp_path / "m.onnx"))
     names = {r.node for r in caught.value.refusals}
     assert names == {"gate/then/NoSuchOp_0", "gate/else/AlsoNoOp_0", "steps/body/NoSuchOp_1"}
+
+
+def test_the_plan_verifier_requires_the_condition_reserved_at_every_guarded_step():
+    """A guarded node whose output nobody reads runs after the select: only its guard reads c then."""
+    import dataclasses
+
+    from flexnnd.errors import PlanError
+    from flexnnd.planner.resident import plan_resident
+    from flexnnd.planner.verify import verify
+
+    then_g = branch(
+        "then",
+        [helper.make_node("Relu", ["x"], ["t"]), helper.make_node("Neg", ["x"], ["unread"])],
+        [vi("t", F, [2, 5])],
+    )
+    else_g = branch("else", [helper.make_node("Sigmoid", ["x"], ["e"])], [vi("e", F, [2, 5])])
+    m = model(
+        [helper.make_node("If", ["c"], ["y"], then_branch=then_g, else_branch=else_g)],
+        [vi("x", F, [2, 5]), vi("c", B, [])],
+        [vi("y", F, [2, 5])],
+    )
+    graph, _ = import_onnx(m)
+    dead = next(n for n in graph.nodes if n.op_type == "Neg")
+    graph = dataclasses.replace(graph, nodes=(*(n for n in graph.nodes if n is not dead), dead))
+    plan = plan_resident(graph)
+    verify(plan, graph)
+    select = next(i for i, s in enumerate(plan.steps) if s.node == "If_0")
+    assert plan.region["c"].last == len(plan.steps) - 1 > select  # lifetimes: the guard reads c last
+    cut = tuple(dataclasses.replace(r, last=select) if r.name == "c" else r for r in plan.regions)
+    with pytest.raises(PlanError, match=r"uses tensor 'c', but its region is reserved only for steps 0-"):
+        verify(dataclasses.replace(plan, regions=cut), graph)
