@@ -29,6 +29,7 @@ import onnx
 from onnx import numpy_helper
 
 from flexnnd.errors import DtypeRefused, MalformedGraph, ModelImportError, ShapeError, UnsupportedOp
+from flexnnd.graph.conv1d import conv1d_as_2d
 from flexnnd.graph.ir import Node, TensorInfo, runtime_dtype
 from flexnnd.graph.limits import checked_nbytes, tensor_to_array
 from flexnnd.ops.control_flow import IfSelect
@@ -242,8 +243,22 @@ def _import_subgraph(
         del copy.output[:]
         copy.output.extend(names[o] if o else "" for o in n.output)
         protos.append(copy)
-    im.import_nodes(protos, child, guard)
+    rewritten = conv1d_as_2d(protos, im.consts, _Taken(im), im.opset)  # as the main graph's are
+    im.import_nodes(protos if rewritten is None else rewritten, child, guard)
     return [child.resolve(o.name) for o in graph.output]
+
+
+class _Taken:
+    """The names in use, for conv1d_as_2d's fresh names: the importer's and those it adds."""
+
+    def __init__(self, im: _Importer):
+        self.im, self.added = im, set()
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.added or (isinstance(name, str) and self.im.known(name))
+
+    def add(self, name: str) -> None:
+        self.added.add(name)
 
 
 def _identity(im: _Importer, source: str, target: str, node_name: str, scope: Scope, guard) -> None:

@@ -441,3 +441,33 @@ def test_the_plan_verifier_requires_the_condition_reserved_at_every_guarded_step
     cut = tuple(dataclasses.replace(r, last=select) if r.name == "c" else r for r in plan.regions)
     with pytest.raises(PlanError, match=r"uses tensor 'c', but its region is reserved only for steps 0-"):
         verify(dataclasses.replace(plan, regions=cut), graph)
+
+
+@pytest.mark.parametrize("cond", [None, True, False])
+def test_a_1d_conv_inside_a_branch_runs_as_a_2d_one(cond, tmp_path):
+    """cond None: the condition is the constant True; else a run-time input fed `cond`."""
+    w = (RNG.standard_normal((6, 4, 3)) * 0.3).astype(np.float32)
+    then_g = branch(
+        "then",
+        [helper.make_node("Conv", ["x", "w"], ["t"], pads=[1, 1])],
+        [vi("t", F, [1, 6, 10])],
+        [init("w", w)],
+    )
+    else_g = branch(
+        "else", [helper.make_node("Conv", ["x", "w2"], ["e"], pads=[1, 1])], [vi("e", F, [1, 6, 10])]
+    )
+    inputs, inits = [vi("x", F, [1, 4, 10])], [init("w2", -w)]
+    if cond is None:
+        inits.append(init("c", np.array(True)))
+    else:
+        inputs.append(vi("c", B, []))
+    m = model(
+        [helper.make_node("If", ["c"], ["y"], then_branch=then_g, else_branch=else_g)],
+        inputs,
+        [vi("y", F, [1, 6, 10])],
+        inits,
+    )
+    graph, _ = import_onnx(m)
+    assert all(len(n.in_shapes[1]) == 4 for n in graph.nodes if n.op_type == "Conv")
+    feeds = {"x": RNG.standard_normal((1, 4, 10)).astype(np.float32)}
+    assert_model_matches_ort(m, feeds if cond is None else {**feeds, "c": np.array(cond)}, tmp_path)
