@@ -135,8 +135,12 @@ class Executor:
                 )
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        for name, view in self.inputs:
-            np.copyto(view, feeds[name])
+        with np.errstate(over="raise"):  # a double feed beyond float32 would become inf unseen
+            for name, view in self.inputs:
+                try:
+                    np.copyto(view, feeds[name])
+                except FloatingPointError:
+                    raise _beyond_float32(name, feeds[name]) from None
         loader = self.loader
         i = 0
         try:
@@ -190,6 +194,17 @@ def _guarded(kernel: Kernel, guard: tuple[tuple[str, bool], ...], views: Mapping
         kernel()
 
     return run
+
+
+def _beyond_float32(name: str, value: np.ndarray) -> FeedError:
+    """A double feed's first finite value beyond float32's range (infinities pass as they are)."""
+    flat = value.reshape(-1)
+    top = float(np.finfo(np.float32).max)
+    first = int(np.flatnonzero(np.isfinite(flat) & (np.abs(flat) > top))[0])
+    return FeedError(
+        f"input {name!r} holds {float(flat[first]):.6g} at flat index {first}, beyond float32's range "
+        f"(±{top:.6g}): flexnn computes double models in float32"
+    )
 
 
 def check_feeds(feeds: Mapping[str, np.ndarray], expected: Mapping[str, tuple[tuple[int, ...], str]]) -> None:

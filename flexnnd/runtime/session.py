@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from flexnn_api.sizes import parse_size
 
-from flexnnd.errors import BudgetTooSmall, FeedError, LoadError, ShapeError
+from flexnnd.errors import BudgetTooSmall, LoadError, ShapeError
 from flexnnd.graph.package import MANIFEST, Package, read_package
 from flexnnd.planner.ladder import LADDER_FILE, choose, stored_ladder
 from flexnnd.planner.plan import Plan
@@ -42,21 +42,6 @@ class _Closed:
 
     def close(self) -> None:
         pass
-
-
-def _check_float32_range(name: str, value: np.ndarray) -> None:
-    """A double input is computed in float32: a value beyond float32's range would turn into an
-    infinity silently, so it is refused (two reductions, no copy)."""
-    if not value.size:
-        return
-    top = float(np.finfo(np.float32).max)
-    # fmax/fmin skip NaN (which passes, as it does for float32 inputs) without a copy
-    high, low = float(np.fmax.reduce(value, axis=None)), float(np.fmin.reduce(value, axis=None))
-    if high > top or low < -top:
-        raise FeedError(
-            f"input {name!r} holds {high if high > top else low:.6g}, beyond float32's range "
-            f"(±{top:.6g}): flexnn computes double models in float32"
-        )
 
 
 def default_cache_dir() -> Path:
@@ -238,7 +223,6 @@ class Session:
         self._count_lock = threading.Lock()
         self.inputs, self.outputs = self.package.inputs, self.package.outputs
         self._expected = {t.name: (t.shape, t.dtype) for t in self.inputs}
-        self._doubles = [t.name for t in self.inputs if t.dtype == "float64"]
         # Only the ladder's index is held; the plan adopted is read (and verified) when chosen.
         if ladder is None:
             ladder = Ladder.of(self.package)
@@ -275,8 +259,6 @@ class Session:
         outputs have the model's declared types (`inputs`, `outputs`): a float16 or double one is
         converted to and from the arena's float32 as it is copied in and out."""
         check_feeds(feeds, self._expected)
-        for name in self._doubles:
-            _check_float32_range(name, feeds[name])
         with self._turn:  # one arena holds one inference's activations at a time
             while self._swaps_waiting:
                 self._turn.wait()
