@@ -22,6 +22,7 @@ LARGE_PARAMETERS = {
     "vit_b_16": 86_859_496,
     "bert_base": 109_482_240,
     "gpt2": 124_439_808,
+    "gpt2_decoder": 124_439_808,
 }
 
 

@@ -34,16 +34,18 @@ _BUILDERS: dict[str, str] = {
     "vit_b_16": "flexnnd.zoo.vit",
     "bert_base": "flexnnd.zoo.bert",
     "gpt2": "flexnnd.zoo.gpt2",
+    "gpt2_decoder": "flexnnd.zoo.gpt2",
     "vit_mini": "flexnnd.zoo.vit",
     "bert_mini": "flexnnd.zoo.bert",
     "gpt2_mini": "flexnnd.zoo.gpt2",
+    "gpt2_mini_decoder": "flexnnd.zoo.gpt2",
 }
 # The 224x224 image classifiers that the per-model tests and benchmarks iterate.
 MODELS: tuple[str, ...] = ("resnet18", "resnet50", "mobilenet_v2", "squeezenet1_1", "vgg16", "googlenet")
 # 0.2 to 0.6 GB of weights each: built only when named, each tested on its own.
-LARGE_MODELS: tuple[str, ...] = ("resnet152", "vgg19", "vit_b_16", "bert_base", "gpt2")
+LARGE_MODELS: tuple[str, ...] = ("resnet152", "vgg19", "vit_b_16", "bert_base", "gpt2", "gpt2_decoder")
 # The transformers' graphs, narrowed and shortened to run in milliseconds, for fast tests.
-MINI_MODELS: tuple[str, ...] = ("vit_mini", "bert_mini", "gpt2_mini")
+MINI_MODELS: tuple[str, ...] = ("vit_mini", "bert_mini", "gpt2_mini", "gpt2_mini_decoder")
 # Every name build() and the daemon take.
 ALL_MODELS: tuple[str, ...] = MODELS + LARGE_MODELS + MINI_MODELS
 DEFAULT_MODEL = "mobilenet_v2"

@@ -8,14 +8,20 @@ from onnx import TensorProto
 
 
 def example_feeds(model: onnx.ModelProto, seed: int) -> dict[str, np.ndarray]:
-    """Inputs a zoo model takes: a standard-normal image, or token ids drawn below the size of the
-    table they index, a random 0/1 token type, and an attention mask whose last quarter is padding."""
+    """Inputs a zoo model takes: a standard-normal image (or past keys and values), token ids drawn
+    below the size of the table they index, a random 0/1 token type, a position inside the static
+    cache, and an attention mask whose last quarter is padding."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for value in model.graph.input:
         shape = [d.dim_value or 1 for d in value.type.tensor_type.shape.dim]
         if value.type.tensor_type.elem_type == TensorProto.FLOAT:
             feeds[value.name] = rng.standard_normal(shape, dtype=np.float32)
+        elif value.name == "cache_position":  # a position inside the static cache
+            cache = next(i for i in model.graph.input if i.name.startswith("past_key_values"))
+            feeds[value.name] = rng.integers(
+                0, cache.type.tensor_type.shape.dim[2].dim_value, shape, dtype=np.int64
+            )
         elif value.name == "attention_mask":
             mask = np.ones(shape, dtype=np.int64)
             mask[:, shape[1] * 3 // 4 :] = 0

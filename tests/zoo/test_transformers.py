@@ -1,5 +1,6 @@
-"""The zoo's transformers, narrowed (vit_mini, bert_mini, gpt2_mini): the exporter's graph shapes,
-masks that really mask, and flexnn's import against ONNX Runtime at all-resident and the smallest rung.
+"""The zoo's transformers, narrowed (vit_mini, bert_mini, gpt2_mini and its decoder step): the
+exporter's graph shapes, masks that really mask, a static cache that reproduces the one-step graph,
+and flexnn's import against ONNX Runtime at all-resident and the smallest rung.
 The full-size models run the same code with bigger numbers; tests/test_zoo_vs_onnxruntime.py has them."""
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ MINI_PARAMETERS = {
     "bert_mini": 68_352 + 2 * 49_984 + 4_160,
     # wte 1000*64, wpe 64*64, 2 x 49,984 per layer, ln_f 128 (the LM head is wte)
     "gpt2_mini": 64_000 + 4_096 + 2 * 49_984 + 128,
+    "gpt2_mini_decoder": 64_000 + 4_096 + 2 * 49_984 + 128,  # the same weights, with a cache
 }
 
 
@@ -120,6 +122,29 @@ def test_gpt2_is_causal_and_its_head_is_the_token_table():
         # A token changes its own logits and later ones, never earlier ones.
         np.testing.assert_array_equal(other[0, :t], logits[0, :t])
         assert not np.allclose(other[0, t:], logits[0, t:])
+
+
+def test_gpt2_decoder_steps_with_the_static_cache_reproduce_the_one_step_logits():
+    one_step, decoder = zoo.build("gpt2_mini", seed=4), zoo.build("gpt2_mini_decoder", seed=4)
+    assert zoo.parameter_count(decoder) == zoo.parameter_count(one_step)
+    ids = example_feeds(one_step, 6)["input_ids"]
+    (want,) = _ort(one_step, {"input_ids": ids})
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(decoder.SerializeToString(), providers=["CPUExecutionProvider"])
+    outputs = [o.name for o in session.get_outputs()]
+    # Garbage past the position being written: the mask must hide it, as a reused cache holds it.
+    cache = {
+        i.name: np.full([d.dim_value for d in i.type.tensor_type.shape.dim], 1e4, np.float32)
+        for i in decoder.graph.input
+        if i.name.startswith("past_key_values")
+    }
+    assert len(cache) == 4 and outputs[1:] == [n.replace("past_key_values", "present") for n in cache]
+    for t in range(ids.shape[1]):
+        feeds = {"input_ids": ids[:, t : t + 1], "cache_position": np.array([t]), **cache}
+        got = dict(zip(outputs, session.run(None, feeds), strict=True))
+        np.testing.assert_allclose(got["logits"][0, 0], want[0, t], rtol=0, atol=1e-5)
+        cache = {name: got[name.replace("past_key_values", "present")] for name in cache}
 
 
 def _ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

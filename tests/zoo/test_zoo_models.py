@@ -69,8 +69,8 @@ def test_the_zoo_is_complete():
     assert set(zoo.MODELS) == set(TORCHVISION_PARAMETERS)
     assert zoo.DEFAULT_MODEL in zoo.MODELS
     # The per-model tests here iterate MODELS only; the large and mini models are tested by name.
-    assert zoo.LARGE_MODELS == ("resnet152", "vgg19", "vit_b_16", "bert_base", "gpt2")
-    assert zoo.MINI_MODELS == ("vit_mini", "bert_mini", "gpt2_mini")
+    assert zoo.LARGE_MODELS == ("resnet152", "vgg19", "vit_b_16", "bert_base", "gpt2", "gpt2_decoder")
+    assert zoo.MINI_MODELS == ("vit_mini", "bert_mini", "gpt2_mini", "gpt2_mini_decoder")
     assert zoo.ALL_MODELS == zoo.MODELS + zoo.LARGE_MODELS + zoo.MINI_MODELS
     assert len(set(zoo.ALL_MODELS)) == len(zoo.ALL_MODELS)
 
