@@ -120,27 +120,56 @@ def subgraph_refusals(
     depth: int,
     judge: Callable[..., list[UnsupportedOp]],
     opset: int,
+    runtime: set[str] | None = None,
 ) -> list[UnsupportedOp]:
     """The pre-scan's refusals inside an If's or Loop's subgraphs (`judge` is
-    refusals_before_weights). A Loop's body is always imported, so its refusals count. An If's
-    branch may be dropped when its condition is known at import, which the pre-scan cannot tell
-    unless the condition is a literal: there, only the taken branch counts; otherwise the If is
-    refused only when both branches are (the import names the rest once it knows the condition)."""
+    refusals_before_weights). A Loop's body is always imported, so its refusals count. So are both
+    branches of an If whose condition depends on a run-time value (in `runtime`). A branch is
+    dropped when the condition is known at import, which the pre-scan cannot evaluate unless it is
+    a literal: there, only the taken branch counts; for any other condition the If is refused only
+    when both branches are (the import names the rest once it knows the condition)."""
     _check_depth(depth + 1, label)
     graphs = _graphs(proto)
     if proto.op_type == "Loop":
         body = graphs.get("body")
-        return [] if body is None else judge(body.node, opset, f"{label}/body/", depth + 1)
+        if body is None:
+            return []
+        inner = None
+        if runtime is not None:  # a loop-carried value starts as its initial value
+            initial = list(proto.input[2:])
+            inner = runtime | {v.name for v, i in zip(body.input[2:], initial, strict=False) if i in runtime}
+        return judge(body.node, opset, f"{label}/body/", depth + 1, inner)
     found = {
-        key: judge(g.node, opset, f"{label}/{key.removesuffix('_branch')}/", depth + 1)
+        key: judge(
+            g.node,
+            opset,
+            f"{label}/{key.removesuffix('_branch')}/",
+            depth + 1,
+            None if runtime is None else set(runtime),
+        )
         for key, g in graphs.items()
         if key in ("then_branch", "else_branch")
     }
     then, other = found.get("then_branch", []), found.get("else_branch", [])
     cond = proto.input[0] if proto.input else ""
+    if runtime is not None and cond in runtime:
+        return then + other
     if cond in literals:
         return then if literals[cond] else other
     return then + other if then and other else []
+
+
+def mark_runtime(proto: onnx.NodeProto, runtime: set[str], depth: int, label: str) -> None:
+    """Add `proto`'s outputs to `runtime` when it reads a value known only at run time (Shape and
+    Size read only a shape, which is static). A file out of dependency order leaves some out: the
+    pre-scan then refuses less, never more."""
+    if proto.op_type in ("Shape", "Size"):
+        return
+    reads = set(proto.input)
+    for g in _graphs(proto).values():
+        reads |= free_names(g, depth + 1, label)
+    if not runtime.isdisjoint(reads):
+        runtime.update(o for o in proto.output if o)
 
 
 def keep_guards(draft, guards: dict[str, tuple[tuple[str, bool], ...]]) -> None:

@@ -637,11 +637,17 @@ def _import_node(
 
 
 def refusals_before_weights(
-    nodes: Sequence[onnx.NodeProto], opset: int, prefix: str = "", depth: int = 0
+    nodes: Sequence[onnx.NodeProto],
+    opset: int,
+    prefix: str = "",
+    depth: int = 0,
+    runtime: set[str] | None = None,
 ) -> list[UnsupportedOp]:
     """The nodes refused for their op alone (unknown op, custom domain, unknown attribute names),
     judged from the graph's nodes without any weight: see graph/onnx_scan.py. The nodes of If and
-    Loop subgraphs are judged too, named with their nesting (`if/then/node`; see control_flow)."""
+    Loop subgraphs are judged too, named with their nesting (`if/then/node`; see control_flow).
+    `runtime`: the names whose values are known only at run time (the graph's inputs, and what the
+    nodes compute from them, added here), which tells an If that imports both branches."""
     refusals = []
     literals = control_flow.literal_conditions(nodes)
     for index, proto in enumerate(nodes):
@@ -651,8 +657,12 @@ def refusals_before_weights(
             refusals.append(refusal)
         elif proto.op_type in control_flow.OPS and proto.domain in ("", "ai.onnx"):
             refusals.extend(
-                control_flow.subgraph_refusals(proto, label, literals, depth, refusals_before_weights, opset)
+                control_flow.subgraph_refusals(
+                    proto, label, literals, depth, refusals_before_weights, opset, runtime
+                )
             )
+        if runtime is not None:
+            control_flow.mark_runtime(proto, runtime, depth, label)
     return refusals
 
 
@@ -692,7 +702,8 @@ def check_ops_before_weights(path: str | os.PathLike) -> None:
     opset = scan.opset
     if opset is None:
         return
-    refusals = refusals_before_weights(scan.nodes, opset)
+    runtime = {v.name for v in scan.inputs if v.name not in scan.initializers}
+    refusals = refusals_before_weights(scan.nodes, opset, runtime=runtime)
     if len(refusals) == 1:
         raise refusals[0]
     if refusals:
