@@ -1,8 +1,9 @@
 """A 1-D convolution runs as the 2-D one of height 1 (issue 17: "Conv/Pool in 1-D where the 2-D
 kernels generalise"): audio, voice-activity and OCR sequence models write Conv over [N, C, L].
 
-At import, each Conv whose weight is a 3-D constant becomes Unsqueeze(axis 2) -> Conv with [1, k]
-kernel attributes and a [M, C/g, 1, K] weight (a view of the same array) -> Squeeze(axis 2).
+At import, each Conv whose weight is a 3-D constant (an initializer, or a Constant node's value)
+becomes Unsqueeze(axis 2) -> Conv with [1, k] kernel attributes and a [M, C/g, 1, K] weight (a
+view of the same array) -> Squeeze(axis 2).
 Unsqueeze and Squeeze share their input's memory, so the rewrite adds no copy and no pass over the
 data. A 1-D Conv whose weight is computed at run time is left as it is, and the import refuses it
 saying why. The caller's ModelProto is not changed.
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 _SPATIAL = ("kernel_shape", "strides", "dilations", "pads")
 
@@ -46,8 +47,11 @@ def conv1d_as_2d(
     out: list[onnx.NodeProto] = []
     axes_name = None
     count = 0
+    literals = _constant_node_values(nodes)
     for index, node in enumerate(nodes):
-        weight = consts.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
+        weight = None
+        if node.op_type == "Conv" and len(node.input) > 1:
+            weight = consts.get(node.input[1], literals.get(node.input[1]))
         attrs = [_spatial_2d(a) for a in node.attribute]
         if weight is None or weight.ndim != 3 or node.domain not in ("", "ai.onnx") or None in attrs:
             out.append(node)
@@ -76,3 +80,14 @@ def conv1d_as_2d(
         )
         count += 1
     return out if count else None
+
+
+def _constant_node_values(nodes: Sequence[onnx.NodeProto]) -> dict[str, np.ndarray]:
+    """The 3-D tensors Constant nodes hold (some exporters write Conv weights so, e.g. OpenVINO's)."""
+    values = {}
+    for node in nodes:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.output) == 1:
+            for attr in node.attribute:
+                if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR and len(attr.t.dims) == 3:
+                    values[node.output[0]] = numpy_helper.to_array(attr.t)
+    return values

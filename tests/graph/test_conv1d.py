@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import helper
+from onnx import helper, numpy_helper
 
 import flexnnd
 from flexnnd.graph.onnx_import import import_onnx
@@ -53,3 +53,15 @@ def test_a_conv1d_with_a_runtime_weight_is_refused_clearly():
     model = make_model(nodes, [("x", [1, 2, 9]), ("w", [3, 2, 3])], [("y", None)])
     with pytest.raises(flexnnd.UnsupportedOp, match="weight W must be a constant"):
         import_onnx(model)
+
+
+def test_a_conv1d_whose_weight_is_a_constant_node_matches_onnxruntime(tmp_path):
+    """OpenVINO's exports (silero-vad's) write Conv weights as Constant nodes, not initializers."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((6, 4, 5)).astype(np.float32)
+    nodes = [
+        helper.make_node("Constant", [], ["w"], value=numpy_helper.from_array(w), name="weight"),
+        helper.make_node("Conv", ["x", "w"], ["y"], name="conv", strides=[2], pads=[2, 1]),
+    ]
+    model = make_model(nodes, [("x", [1, 4, 31])], [("y", None)], opset=16)
+    assert_model_matches_ort(model, {"x": rng.standard_normal((1, 4, 31)).astype(np.float32)}, tmp_path)
