@@ -283,10 +283,12 @@ def _regions(scratch, counts, dtype):
     raw = reshape_view(scratch, (-1,)).view(np.uint8)
     views, offset = [], 0
     for n in counts:
+        if offset + n * dtype.itemsize > raw.size:
+            raise ValueError(
+                f"Einsum.bind: scratch of {raw.size} bytes, regions of {counts} {dtype} need more"
+            )
         views.append(raw[offset : offset + n * dtype.itemsize].view(dtype))
         offset += -(-n * dtype.itemsize // _ALIGN) * _ALIGN
-    if offset > raw.size + _ALIGN:
-        raise ValueError(f"Einsum.bind: scratch of {raw.size} bytes, need {offset}")
     return views
 
 

@@ -32,6 +32,7 @@ CASES = [
     ((2, 3, 11), (4, 3, 3), "uint8", "uint8", 7, 9, {"pads": [2, 1], "strides": [2]}),  # 1-D
     ((1, 4, 6, 5), (4, 1, 3, 3), "uint8", "uint8", 255, 255, {"group": 4, "auto_pad": "SAME_UPPER"}),
     ((1, 16, 40, 40), (8, 16, 3, 3), "uint8", "int8", 100, 0, {"pads": [1, 1, 1, 1]}),  # several bands
+    ((1, 2, 6, 6), (3, 2, 3, 3), "uint8", "int8", None, 5, {"pads": [1, 1, 1, 1]}),  # x's zero point left out
 ]
 
 

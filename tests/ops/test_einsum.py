@@ -11,7 +11,7 @@ from flexnnd.errors import DtypeRefused, ShapeError, UnsupportedOp
 from flexnnd.ops.base import COST_GEMM, COST_MEMORY
 from flexnnd.ops.einsum import Einsum
 from tests.conftest import assert_model_matches_ort
-from tests.ops.harness import assert_no_numpy_allocations, ort_run, run_in_arena
+from tests.ops.harness import arena_views, assert_no_numpy_allocations, ort_run, run_in_arena
 
 CASES = [
     ("bij,bjk->bik", [(3, 5, 7), (3, 7, 4)], ("view", "view"), False),
@@ -120,6 +120,15 @@ def test_einsum_shape_and_dtype_errors_name_them():
         op.output_dtypes(["float32", "int64"])
     with pytest.raises(DtypeRefused, match="operand 0 is uint8"):
         op.output_dtypes(["uint8", "uint8"])
+
+
+def test_einsum_bind_refuses_a_short_scratch():
+    op = Einsum(equation="bqhd,bkhd->bhqk").typed(["float32"])
+    shapes = [(2, 5, 3, 4), (2, 6, 3, 4)]
+    a, b, y = arena_views([*shapes, (2, 3, 5, 6)])
+    short = arena_views([(op.scratch_bytes(shapes) // 8,)])[0]
+    with pytest.raises(ValueError, match="scratch of"):
+        op.bind([a, b], [y], short)
 
 
 def attention_model():
