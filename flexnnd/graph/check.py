@@ -49,7 +49,8 @@ def check_model(path: str | os.PathLike) -> dict[str, Any]:
     """The report as a dict (JSON-ready); raises ModelFormatError for a file that is not ONNX."""
     scan = scan_onnx(path)
     opset = scan.opset
-    refusals = refusals_before_weights(scan.nodes, opset) if opset is not None else []
+    runtime = {v.name for v in scan.inputs if v.name not in scan.initializers}  # as the importer's pre-scan
+    refusals = refusals_before_weights(scan.nodes, opset, runtime=runtime) if opset is not None else []
     refused_by_op: dict[str, str] = {}
     for r in refusals:
         refused_by_op.setdefault(r.op_type, r.why or "not an op flexnn has")

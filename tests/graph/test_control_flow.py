@@ -502,3 +502,11 @@ def test_the_pre_scan_refuses_a_bad_branch_only_when_both_branches_will_be_impor
     x = RNG.standard_normal((3, 6)).astype(np.float32)
     with flexnnd.Session(path, cache_dir=tmp_path / "cache") as sess:
         np.testing.assert_array_equal(sess.run({"x": x})["y"], np.maximum(x, 0))
+
+
+def test_flexnnctl_check_lists_the_nested_refusal_the_import_would_make(tmp_path):
+    from flexnnd.graph.check import check_model
+
+    report = check_model(save(one_bad_branch_model(cond_from_shape=False), tmp_path / "m.onnx"))
+    assert [r["node"] for r in report["refused"]] == ["If_0/else/NoSuchOp_0"]
+    assert {o["op"]: o["status"] for o in report["ops"]}["If"] == "supported"
