@@ -175,3 +175,28 @@ def test_einsum_int64_model_matches_ort(tmp_path):
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)], ir_version=8)
     assert_model_matches_ort(model, {"ids": np.array([[1, -2, 3], [40, 5, -6]], np.int64)}, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("equation", "shapes", "error"),
+    [
+        ("i,j->ij", [(1 << 20,), (1 << 20,)], "TensorTooLarge"),  # a 4 TiB outer product
+        ("ij,jk->ik", [(3, 4), (5, 6)], "ShapeError"),
+        ("ijk,jk->i", [(3, 4), (4, 5)], "ShapeError"),
+        ("ii->i", [(3, 3)], "UnsupportedOp"),
+    ],
+)
+def test_hostile_einsum_is_refused_at_import(equation, shapes, error):
+    import flexnnd.errors
+    from flexnnd.graph.onnx_import import import_onnx
+
+    names = ["a", "b"][: len(shapes)]
+    graph = helper.make_graph(
+        [helper.make_node("Einsum", names, ["y"], equation=equation)],
+        "hostile",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in zip(names, shapes, strict=True)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)], ir_version=8)
+    with pytest.raises(getattr(flexnnd.errors, error), match="Einsum"):
+        import_onnx(model)
