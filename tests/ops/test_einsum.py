@@ -25,6 +25,8 @@ CASES = [
     ("ij,jk->ki", [(3, 4), (4, 5)], None, None),
     ("ij,jk", [(3, 4), (4, 5)], None, None),  # implicit output
     ("bij,jk->bik", [(2, 3, 4), (4, 5)], ("view", "view"), False),
+    ("abcde,abcef->abcdf", [(2, 1, 3, 5, 7), (2, 4, 3, 7, 13)], None, None),  # rank 5, b broadcast
+    ("abcde->ecadb", [(2, 3, 1, 5, 7)], None, None),
     ("i,j->ij", [(3,), (4,)], None, None),
     ("bij,bij->bij", [(2, 3, 13), (2, 3, 13)], None, None),
     ("bij,bij->bji", [(2, 3, 4), (2, 1, 4)], None, None),
