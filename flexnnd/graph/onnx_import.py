@@ -43,7 +43,7 @@ from flexnnd.graph.limits import (
 )
 from flexnnd.graph.memory_order import memory_order
 from flexnnd.graph.package import Package, write_package
-from flexnnd.ops import op_class
+from flexnnd.ops import op_class, registered_ops
 
 log = logging.getLogger("flexnnd.import")
 
@@ -400,7 +400,7 @@ class _Importer:
             self.unknown.update(o for o in proto.output if o)
             return
         try:
-            if proto.domain not in ("", "ai.onnx"):
+            if proto.domain not in ("", "ai.onnx") and _op_name(proto) not in registered_ops():
                 raise UnsupportedOp(f"{proto.domain}.{proto.op_type}", node_name, opset, "custom domain")
             if proto.op_type in control_flow.OPS:
                 control_flow.expand(self, proto, node_name, scope, guard)
@@ -514,7 +514,7 @@ def _import_node(
     values = [consts.get(n) if n else None for n in proto.input]
     all_const = all(v is not None for n, v in zip(proto.input, values, strict=True) if n)
 
-    if proto.op_type in FOLDERS and (all_const or proto.op_type in SHAPE_FOLDERS):
+    if _op_name(proto) in FOLDERS and (all_const or proto.op_type in SHAPE_FOLDERS):
         fold = FOLDERS[proto.op_type]
         if proto.op_type in SHAPE_FOLDERS:
             if not proto.input or not proto.input[0]:
@@ -543,7 +543,7 @@ def _import_node(
         return None
 
     try:
-        cls = op_class(proto.op_type, node_name, opset)
+        cls = op_class(_op_name(proto), node_name, opset)
     except UnsupportedOp:
         if proto.op_type in FOLDERS:
             raise UnsupportedOp(
@@ -670,18 +670,24 @@ def _support_refusal(proto: onnx.NodeProto, node_name: str, opset: int) -> Unsup
     """For a node whose inputs are unknown (downstream of a refused one, or before any weight is
     read): whether its op and attribute names are supported at all, as an UnsupportedOp, else None.
     Attribute values and constant inputs are judged only once the node's inputs are known."""
-    if proto.domain not in ("", "ai.onnx"):
+    if proto.domain not in ("", "ai.onnx") and _op_name(proto) not in registered_ops():
         return UnsupportedOp(f"{proto.domain}.{proto.op_type}", node_name, opset, "custom domain")
-    if proto.op_type in FOLDERS:
+    if _op_name(proto) in FOLDERS:
         return None  # a shape computation: folded or refused once its inputs are known
     try:
-        cls = op_class(proto.op_type, node_name, opset)
+        cls = op_class(_op_name(proto), node_name, opset)
     except UnsupportedOp as e:
         return e
     unknown = {a.name for a in proto.attribute} - cls.accepted_attributes(opset)
     if unknown:
         return UnsupportedOp(proto.op_type, node_name, opset, f"attribute(s) {sorted(unknown)} not supported")
     return None
+
+
+def _op_name(proto: onnx.NodeProto) -> str:
+    """The name a node's op is registered under: its op_type, prefixed by a domain other than
+    the default one (an op of ONNX Runtime's contrib domain registers as "com.microsoft.X")."""
+    return proto.op_type if proto.domain in ("", "ai.onnx") else f"{proto.domain}.{proto.op_type}"
 
 
 def _shape_of(name: str, consts: Mapping[str, np.ndarray], infos: Mapping[str, TensorInfo]) -> Shape:
