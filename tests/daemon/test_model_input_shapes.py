@@ -198,3 +198,20 @@ def test_shapes_added_by_a_reload_apply_to_load_model(daemon):
     assert got.shape == (1, 4, 8, 40)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     assert re.search(r"model wide.*loaded", daemon.log())
+
+
+def test_flexnnd_warm_imports_with_the_configured_shapes(daemon, capsys):
+    """`flexnnd warm` reads the same config: the daemon's cache (calibrated already) gets the import."""
+    from flexnnd.daemon import warm
+    from flexnnd.graph.package import read_package
+    from flexnnd.runtime.session import package_for_path
+
+    config = daemon.tmp / "warm.toml"
+    config.write_text(f'models_dir = "{daemon.models_dir}"\n\n[input_shapes.wide]\nx = [1, 3, 12, 4]\n')
+    cache = daemon.cache
+    assert warm.main(["--config", str(config), "--cache-dir", str(cache), "wide"]) == 0
+    package = package_for_path(daemon.models_dir / "wide.onnx", cache / "packages", {"x": (1, 3, 12, 4)})
+    assert read_package(package).graph.inputs[0].shape == (1, 3, 12, 4)
+    config.write_text(f'models_dir = "{daemon.models_dir}"\n')
+    assert warm.main(["--config", str(config), "--cache-dir", str(cache), "wide"]) == 1
+    assert "dimension 2 ('height'), dimension 3 ('width')" in capsys.readouterr().err
