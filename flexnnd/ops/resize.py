@@ -21,7 +21,14 @@ import numpy as np
 from flexnnd.errors import DtypeRefused, ShapeError, UnsupportedOp
 from flexnnd.ops.base import Op, internal, register
 from flexnnd.ops.buffers import reshape_view
-from flexnnd.ops.resize_kernels import gather2d, gather_axis, interp2d, interp_axis, nearest2x_bits
+from flexnnd.ops.resize_kernels import (
+    bilinear_ort,
+    gather2d,
+    gather_axis,
+    interp2d,
+    interp_axis,
+    nearest2x_bits,
+)
 
 GATHER_DTYPES = ("float32", "int64", "int32", "int16", "int8", "uint8", "uint16", "bool")
 MODES = ("nearest", "linear", "cubic")
@@ -110,6 +117,85 @@ def source_coords(transform: str, a: AxisPlan, dtype=np.float64) -> tuple[np.nda
     else:
         raise ValueError(f"Resize: coordinate_transformation_mode {transform!r}")
     return x.astype(np.float64), outside
+
+
+@dataclass(frozen=True)
+class LinearTable:
+    """ONNX Runtime's bilinear table of one axis: per output position the two input positions `lo`,
+    `hi` (int64) and their distances `d_lo`, `d_hi` (float32; the weight of `lo` is d_hi), and
+    which positions a tf_crop_and_resize box puts outside the input."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+    d_lo: np.ndarray
+    d_hi: np.ndarray
+    outside: np.ndarray
+
+
+def ort_coords(transform: str, a: AxisPlan) -> np.ndarray:
+    """x_original for every output position as ONNX Runtime computes it for linear: float32
+    arithmetic in its order of operations (float64 where it promotes), and the position itself
+    wherever the axis's float32 scale is exactly 1, whatever the transform."""
+    f = np.float32
+    x = np.arange(a.n_out, dtype=f)
+    scale, half, one = f(a.scale), f(0.5), f(1)
+    n_in, n_out = f(a.n_in), f(a.n_out)
+    if scale == 1:
+        return x
+    if transform == "half_pixel":
+        return (x + half) / scale - half
+    if transform == "half_pixel_symmetric":  # offset in float32, the rest in float64
+        offset = np.float64(n_in / f(2) * (one - n_out / (scale * n_in)))
+        return ((offset + (x.astype(np.float64) + 0.5) / np.float64(scale)) - 0.5).astype(f)
+    if transform == "pytorch_half_pixel":
+        return (x + half) / scale - half if a.n_out > 1 else np.zeros(a.n_out, f)
+    if transform == "align_corners":
+        return x * (n_in - one) / (n_out - one) if a.n_out > 1 else np.zeros(a.n_out, f)
+    if transform == "asymmetric":
+        return x / scale
+    if transform == "tf_half_pixel_for_nn":
+        return (x + half) / scale
+    if transform == "tf_crop_and_resize":
+        start, end = f(a.roi[0]), f(a.roi[1])
+        if a.n_out > 1:
+            return start * (n_in - one) + (x * (end - start) * (n_in - one)) / (n_out - one)
+        return np.full(a.n_out, f(0.5 * np.float64(start + end) * np.float64(n_in - one)), f)
+    raise ValueError(f"Resize: coordinate_transformation_mode {transform!r}")
+
+
+def ort_linear_table(transform: str, a: AxisPlan) -> LinearTable:
+    """One axis of ONNX Runtime's UpsampleBilinear setup: clamp x_original into the input, take
+    floor and floor + 1 (clamped), their float32 distances; where both are the same, 0.5 each."""
+    f = np.float32
+    raw = ort_coords(transform, a)
+    last = a.n_in - 1
+    x = np.maximum(f(0), np.minimum(raw, f(last)))
+    lo = np.minimum(x.astype(np.int64), last)
+    hi = np.minimum(lo + 1, last)
+    d_lo, d_hi = np.abs(x - lo.astype(f)), np.abs(x - hi.astype(f))
+    same = lo == hi
+    d_lo[same], d_hi[same] = f(0.5), f(0.5)
+    outside = (raw < 0) | (raw > f(last)) if transform == "tf_crop_and_resize" else np.zeros(a.n_out, bool)
+    return LinearTable(lo, hi, d_lo.astype(f), d_hi.astype(f), outside)
+
+
+def ort_bilinear(x: np.ndarray, th: LinearTable, tw: LinearTable, extrap: float) -> np.ndarray:
+    """ONNX Runtime's bilinear over the last two axes of float32 `x`, in numpy (the kernel's
+    reference): each weight product and term rounded to float32, summed left to right."""
+    rows = lambda t: t[:, None]  # noqa: E731
+    a, b = rows(th.d_hi), rows(th.d_lo)
+
+    def at(r, c):
+        return x[..., r[:, None], c[None, :]]
+
+    out = (
+        tw.d_hi * a * at(th.lo, tw.lo)
+        + tw.d_lo * a * at(th.lo, tw.hi)
+        + tw.d_hi * b * at(th.hi, tw.lo)
+        + tw.d_lo * b * at(th.hi, tw.hi)
+    )
+    out[..., th.outside[:, None] | tw.outside[None, :]] = np.float32(extrap)
+    return out
 
 
 def _cubic(s: np.ndarray, a: float) -> np.ndarray:
@@ -212,6 +298,17 @@ class _Resample(Op):
             out.append(AxisTable.identity(a.n_in) if t.is_identity(a.n_in) else t)
         return out
 
+    def ort_bilinear_tables(self, shape) -> tuple[LinearTable, LinearTable] | None:
+        """ONNX Runtime's tables of the last two axes where it runs its UpsampleBilinear (linear
+        without antialias, rank 2, or rank 4 leaving N and C as they are); None elsewhere."""
+        if self.mode != "linear" or self.antialias or len(shape) not in (2, 4):
+            return None
+        plans = self.axis_plans(shape)
+        if any(a.n_out != a.n_in or np.float32(a.scale) != 1 for a in plans[:-2]):
+            return None
+        t = self.coordinate_transformation_mode
+        return ort_linear_table(t, plans[-2]), ort_linear_table(t, plans[-1])
+
     def _layout(self, shape):
         """The tables, and the axes before the last two that are resampled."""
         tabs = self.tables(shape)
@@ -220,6 +317,8 @@ class _Resample(Op):
 
     def scratch_bytes(self, shapes, part=None):
         shape = tuple(shapes[0])
+        if self._copies(shape) or self.ort_bilinear_tables(shape) is not None:
+            return 0
         tabs, lead = self._layout(shape)
         lead_elems = 0
         if lead:
@@ -234,6 +333,10 @@ class _Resample(Op):
             rt = tabs[-2].taps if len(shape) >= 2 else 1
             cache = 4 * (rt * tabs[-1].index.shape[0] + rt)
         return _WIDEST * lead_elems + cache + (64 if lead and cache else 0)
+
+    def _copies(self, shape) -> bool:
+        """Whether no length changes: ONNX Runtime then copies the input, whatever the scales."""
+        return tuple(self.infer([shape], [None])[0]) == tuple(shape)
 
     def flops(self, shapes, out_shapes):
         tabs = self.tables(tuple(shapes[0]))
@@ -252,9 +355,32 @@ class _Resample(Op):
             raise ShapeError(
                 f"{self.op_type}.bind: input {x.shape} {x.dtype}, output {y.shape} {y.dtype}; want {want}"
             )
+        if want == shape:
+
+            def run_resize_copy():
+                np.copyto(y, x)
+
+            return run_resize_copy
+        extrap = np.array(self.extrapolation_value).astype(x.dtype)[()]
+        ort = self.ort_bilinear_tables(shape)
+        if ort is not None:
+            th, tw = ort
+            (h, w), (oh, ow) = shape[-2:], want[-2:]
+            u = np.uint64
+            args = (
+                reshape_view(x, (-1,)), reshape_view(y, (-1,)), int(np.prod(shape[:-2])), h, w, oh, ow,
+                (th.lo * w).astype(u), (th.hi * w).astype(u), th.d_lo, th.d_hi,
+                tw.lo.astype(u), tw.hi.astype(u), tw.d_lo, tw.d_hi,
+                th.outside.astype(np.uint8), tw.outside.astype(np.uint8)[: ow if tw.outside.any() else 0],
+                np.float32(extrap),
+            )  # fmt: skip
+
+            def run_resize_bilinear():
+                bilinear_ort(*args)
+
+            return run_resize_bilinear
         tabs, lead = self._layout(shape)
         gather = self.mode == "nearest"
-        extrap = np.array(self.extrapolation_value).astype(x.dtype)[()]
         if gather:  # a gather moves bits: one kernel per element width, not per dtype
             bits = np.dtype(f"u{x.dtype.itemsize}")
             x, y, extrap = x.view(bits), y.view(bits), np.array(extrap).view(bits)[()]
@@ -336,6 +462,11 @@ class _Resample(Op):
 
     def reference(self, ins):
         x = np.asarray(ins[0])
+        if self._copies(x.shape):
+            return [x.copy()]
+        ort = self.ort_bilinear_tables(x.shape)
+        if ort is not None:
+            return [ort_bilinear(x.astype(np.float32), *ort, self.extrapolation_value)]
         result = x if self.mode == "nearest" else x.astype(np.float64)
         for axis, t in enumerate(self.tables(tuple(x.shape))):
             taken = np.take(result, t.index, axis=axis)  # (..., n_out, taps, ...)
@@ -492,7 +623,11 @@ class Resize(_Resample):
                         "and ONNX Runtime disagree there; give sizes instead of scales"
                     )
         else:
-            ratios = {a: n / shape[a] for a, n in zip(axes, self.size_values, strict=True)}
+            # float32, as ONNX Runtime divides: its coordinates use exactly this scale
+            ratios = {
+                a: float(np.float32(n) / np.float32(shape[a]))
+                for a, n in zip(axes, self.size_values, strict=True)
+            }
             if self.keep_aspect_ratio_policy == "stretch":
                 for a, n in zip(axes, self.size_values, strict=True):
                     scales[a], sizes[a] = ratios[a], n

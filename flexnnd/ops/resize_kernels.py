@@ -169,3 +169,35 @@ def interp_axis(src, dst, outer, n_in, n_out, inner, idx, wgt, taps, out_mask, e
                 s = so + np.uint64(idx[j * taps + t] * inner)
                 for i in range(inner):
                     dst[d + i] += wt * src[s + i]
+
+
+# No fastmath: ONNX Runtime's bilinear rounds each product and sums left to right (no FMA, no
+# reassociation), and matching it bit for bit needs the same operations in the same order.
+@kernel(fastmath=False)
+def bilinear_ort(src, dst, planes, h, w, oh, ow, y1, y2, dy1, dy2, x1, x2, dx1, dx2, rout, cout, extrap):
+    """ONNX Runtime's bilinear over the last two axes (float32): dst[p, y, x] =
+    dx2*dy2*X[y1, x1] + dx1*dy2*X[y1, x2] + dx2*dy1*X[y2, x1] + dx1*dy1*X[y2, x2], each product
+    rounded, left to right; y1/y2 are row offsets (row * w), x1/x2 columns, all uint64. Rows or
+    columns outside a tf_crop_and_resize box (rout, cout; cout empty when none is) get `extrap`."""
+    for p in range(planes):
+        sp, dp = np.uint64(p * h * w), np.uint64(p * oh * ow)
+        for y in range(oh):
+            d = dp + np.uint64(y * ow)
+            if rout[y]:
+                for x in range(ow):
+                    dst[d + x] = extrap
+                continue
+            r1, r2 = sp + y1[y], sp + y2[y]
+            a, b = dy2[y], dy1[y]
+            for x in range(ow):
+                i, j = x1[x], x2[x]
+                dst[d + x] = (
+                    dx2[x] * a * src[r1 + i]
+                    + dx1[x] * a * src[r1 + j]
+                    + dx2[x] * b * src[r2 + i]
+                    + dx1[x] * b * src[r2 + j]
+                )
+            if cout.size > 0:
+                for x in range(ow):
+                    if cout[x]:
+                        dst[d + x] = extrap
