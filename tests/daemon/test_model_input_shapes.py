@@ -215,3 +215,16 @@ def test_flexnnd_warm_imports_with_the_configured_shapes(daemon, capsys):
     config.write_text(f'models_dir = "{daemon.models_dir}"\n')
     assert warm.main(["--config", str(config), "--cache-dir", str(cache), "wide"]) == 1
     assert "dimension 2 ('height'), dimension 3 ('width')" in capsys.readouterr().err
+
+
+def test_a_configured_model_without_its_shapes_fails_the_start_saying_what_to_write(daemon, tmp_path):
+    config = tmp_path / "flexnnd.toml"
+    config.write_text(f'models_dir = "{daemon.models_dir}"\nmodels = ["wide.onnx"]\nthreads = 1\n')
+    d = DaemonProcess(tmp_path / "daemon", ["--config", str(config)], cache=daemon.cache)
+    try:
+        d.start(wait=False)
+        assert d.proc.wait(timeout=300) == 3, d.log()  # startup failed
+    finally:
+        d.close()
+    assert "'x' dimension 2 ('height'), dimension 3 ('width')" in d.log()
+    assert "[input_shapes.wide]" in d.log()
