@@ -510,3 +510,41 @@ def test_flexnnctl_check_lists_the_nested_refusal_the_import_would_make(tmp_path
     report = check_model(save(one_bad_branch_model(cond_from_shape=False), tmp_path / "m.onnx"))
     assert [r["node"] for r in report["refused"]] == ["If_0/else/NoSuchOp_0"]
     assert {o["op"]: o["status"] for o in report["ops"]}["If"] == "supported"
+
+
+@pytest.mark.parametrize("c", [True, False])
+def test_a_runtime_if_inside_an_unrolled_loop(c, tmp_path):
+    """Each of the 3 iterations has its own guarded branches and select: v += x, or v -= x * i."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["ci"], ["co"]),
+            helper.make_node(
+                "If",
+                ["c"],
+                ["w"],
+                then_branch=branch("then", [helper.make_node("Add", ["v", "x"], ["t"])], [vi("t", F, [4])]),
+                else_branch=branch(
+                    "else",
+                    [
+                        helper.make_node("Cast", ["i"], ["fi"], to=F),
+                        helper.make_node("Mul", ["x", "fi"], ["xi"]),
+                        helper.make_node("Sub", ["v", "xi"], ["e"]),
+                    ],
+                    [vi("e", F, [4])],
+                ),
+            ),
+        ],
+        "body",
+        [vi("i", I64, []), vi("ci", B, []), vi("v", F, [4])],
+        [vi("co", B, []), vi("w", F, [4])],
+    )
+    m = model(
+        [helper.make_node("Loop", ["M", "", "v0"], ["v"], body=body)],
+        [vi("x", F, [4]), vi("v0", F, [4]), vi("c", B, [])],
+        [vi("v", F, [4])],
+        [init("M", np.int64(3))],
+    )
+    graph, _ = import_onnx(m)
+    assert sum(n.op_type == "flexnn.IfSelect" for n in graph.nodes) == 3
+    feeds = {"x": RNG.standard_normal(4).astype(np.float32), "v0": RNG.standard_normal(4).astype(np.float32)}
+    assert_model_matches_ort(m, {**feeds, "c": np.array(c)}, tmp_path)
