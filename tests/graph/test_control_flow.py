@@ -548,3 +548,39 @@ def test_a_runtime_if_inside_an_unrolled_loop(c, tmp_path):
     assert sum(n.op_type == "flexnn.IfSelect" for n in graph.nodes) == 3
     feeds = {"x": RNG.standard_normal(4).astype(np.float32), "v0": RNG.standard_normal(4).astype(np.float32)}
     assert_model_matches_ort(m, {**feeds, "c": np.array(c)}, tmp_path)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int64, np.bool_, np.uint8])
+def test_if_select_copies_the_taken_branch_without_allocating(dtype):
+    from flexnnd.ops.control_flow import IfSelect
+    from tests.ops.harness import assert_no_numpy_allocations
+
+    op = IfSelect(outputs=2)
+    cond = np.array([True])
+    then = [np.arange(6).reshape(2, 3).astype(dtype), np.ones(4, dtype)]
+    other = [np.zeros((2, 3), dtype), np.zeros(4, dtype)]
+    outs = [np.empty((2, 3), dtype), np.empty(4, dtype)]
+    shapes = [(1,), (2, 3), (4,), (2, 3), (4,)]
+    assert op.infer(shapes, [None] * 5) == [(2, 3), (4,)]
+    assert op.slice_axes(shapes, [(2, 3), (4,)]) == ()
+    run = op.bind([cond, *then, *other], outs, None)
+    for value, want in ((True, then), (False, other)):
+        cond[0] = value
+        assert_no_numpy_allocations(run)
+        for got, expected, reference in zip(outs, want, op.reference([cond, *then, *other]), strict=True):
+            np.testing.assert_array_equal(got, expected)
+            np.testing.assert_array_equal(reference, expected)
+
+
+def test_if_select_refuses_branches_that_disagree_and_is_not_an_onnx_op():
+    from flexnnd.errors import DtypeRefused
+    from flexnnd.ops.control_flow import IfSelect
+
+    with pytest.raises(
+        ShapeError, match=r"then branch outputs \[\(2, 3\)\], else branch outputs \[\(3, 2\)\]"
+    ):
+        IfSelect().infer([(), (2, 3), (3, 2)], [None] * 3)
+    with pytest.raises(DtypeRefused, match="int64"):
+        IfSelect().output_dtypes(["int64", "float32", "float32"])
+    with pytest.raises(UnsupportedOp, match="flexnn's own op"):
+        IfSelect.from_onnx({}, [None], "n", 17)
