@@ -402,7 +402,7 @@ class _Importer:
         try:
             if proto.domain not in ("", "ai.onnx") and _op_name(proto) not in registered_ops():
                 raise UnsupportedOp(f"{proto.domain}.{proto.op_type}", node_name, opset, "custom domain")
-            if proto.op_type in control_flow.OPS:
+            if proto.op_type in control_flow.OPS and proto.domain in ("", "ai.onnx"):
                 control_flow.expand(self, proto, node_name, scope, guard)
                 return
             with _float_errors_raise():
