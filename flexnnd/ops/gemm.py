@@ -181,7 +181,8 @@ class MatMul(Op):
     @classmethod
     def from_onnx(cls, attrs, consts, node, opset):
         op, kept = super().from_onnx(attrs, consts, node, opset)
-        if len(consts) > 1 and consts[1] is not None and np.ndim(consts[1]) <= 2:
+        a_const = len(consts) > 0 and consts[0] is not None  # the planner would cut A's rows too
+        if len(consts) > 1 and consts[1] is not None and np.ndim(consts[1]) <= 2 and not a_const:
             op = dataclasses.replace(op, const_b=True)
         return op, kept
 
@@ -215,6 +216,12 @@ class MatMul(Op):
         k = shapes[0][-1]
         return 2 * k * int(np.prod(out_shapes[0], dtype=np.int64))
 
+    def slice_axes(self, shapes, out_shapes):
+        """A constant 2-D B is cut by output columns: the rows of its prepared (N, K) weight."""
+        if not self.const_b or len(shapes[1]) != 2:
+            return ()
+        return (SliceAxis(Axis.CHANNELS, int(out_shapes[0][-1])),)
+
     def cost_kind(self, shapes):
         return COST_FC
 
@@ -222,25 +229,35 @@ class MatMul(Op):
         return 4 * int(np.prod(shapes[0], dtype=np.int64))
 
     def bind(self, ins, outs, scratch, part=None, reuse=False):
-        if part is not None:
-            raise ValueError(f"MatMul cannot be sliced (part {part})")
         a, b, y = ins[0], ins[1], outs[0]
         if not self.const_b:
+            if part is not None:
+                raise ValueError(f"MatMul of two run-time operands cannot be sliced (part {part})")
 
             def run_matmul():
                 np.matmul(a, b, out=y)
 
             return run_matmul
         k = a.shape[-1]
-        if b.ndim != 2 or b.shape[1] != k:
-            raise ShapeError(f"MatMul.bind: A {a.shape} and prepared B {b.shape} (N, K) disagree on K")
         a2 = reshape_view(a, (-1, k))
-        y2 = reshape_view(y, (a2.shape[0], b.shape[0]))
-        wt = b.T
-        check_blas(a2, wt, y2)
+        n = 1 if y.ndim < a.ndim else y.shape[-1]  # a 1-D B drops the output's last axis
+        y2 = reshape_view(y, (a2.shape[0], n))
+        n0, n1 = 0, n
+        if part is not None:
+            if part.axis is not Axis.CHANNELS or not 0 <= part.start < part.stop <= n or b.ndim != 2:
+                raise ValueError(f"MatMul: cannot compute part {part} of an output with {n} columns")
+            n0, n1 = part.start, part.stop
+        if b.shape != (n1 - n0, k):
+            raise ShapeError(
+                f"MatMul.bind: A {a.shape}, prepared B {b.shape}, output {y.shape}; "
+                f"want B {(n1 - n0, k)} (N, K) for part {part}"
+            )
+        # A column block of the row-major output: BLAS writes it in place with ldc = n.
+        out, wt = (y2 if part is None else y2[:, n0:n1]), b.T
+        check_blas(a2, wt, out)
 
         def run_matmul_const():
-            np.matmul(a2, wt, out=y2)
+            np.matmul(a2, wt, out=out)
 
         return run_matmul_const
 

@@ -1,4 +1,5 @@
-"""Gemm and MatMul against their numpy references; weight slicing; no allocation per call."""
+"""Gemm and MatMul against their numpy references; weight slicing by output columns; no allocation
+per call."""
 
 from __future__ import annotations
 
@@ -174,6 +175,81 @@ def test_matmul_matches_reference(a_shape, b_shape, b_const):
     assert_no_numpy_allocations(kernel)
 
 
+def matmul_case(a_shape, n, seed=3):
+    """-> (op, values in ONNX layout, consts, output shape) of A @ B with a constant (K, n) B."""
+    rng = np.random.default_rng(seed)
+    values = [rng.standard_normal(a_shape, dtype=np.float32)]
+    values.append(rng.standard_normal((a_shape[-1], n), dtype=np.float32))
+    consts = [None, values[1]]
+    op, _ = MatMul.from_onnx({}, consts, "matmul", 13)
+    (out_shape,) = op.infer([v.shape for v in values], consts)
+    return op, values, consts, out_shape
+
+
+@pytest.mark.parametrize(
+    ("a_shape", "n", "cuts"),
+    [
+        ((3, 29), 37, [0, 1, 16, 37]),
+        ((1, 7, 24), 33, [0, 11, 22, 33]),  # transformer-like [1, S, K], odd N, 3 equal parts
+        ((2, 3, 5, 24), 50, [0, 16, 33, 50]),  # rank 4: batch dims flattened into rows
+        ((24,), 41, [0, 13, 27, 41]),  # a vector A: output [N]
+        ((1, 1, 64), 101, [0, 34, 68, 101]),  # one token, N not divisible by the part count
+        ((1, 9, 16), 17, [0, 17]),  # one part that is the whole
+    ],
+    ids=["2d", "batched", "rank4", "vector", "one-row", "whole-part"],
+)
+def test_matmul_column_parts_equal_the_whole_op(a_shape, n, cuts):
+    op, values, consts, out_shape = matmul_case(a_shape, n)
+    assert op.slice_axes([v.shape for v in values], [out_shape]) == (SliceAxis("channels", n),)
+    whole, y_whole = bind_on_arena(op, values, consts, out_shape)
+    whole()
+    assert_close(y_whole, op.reference(values)[0])
+    y = arena_views([out_shape])[0]
+    y[...] = np.nan  # a column no part writes shows up
+    for n0, n1 in itertools.pairwise(cuts):
+        a, w = arena_views([values[0].shape, (n1 - n0, a_shape[-1])])
+        a[...], w[...] = values[0], op.prepare(consts)[1][n0:n1]  # the part's rows of the weight
+        kernel = op.bind([a, w], [y], None, Part("channels", n0, n1))
+        kernel()
+        assert_no_numpy_allocations(kernel)
+    # Each output element is one dot product over the same K values: within float rounding of
+    # the whole op (BLAS may block a narrow column block differently).
+    np.testing.assert_allclose(y, y_whole, rtol=1e-5, atol=1e-5)
+
+
+def test_matmul_part_refusals():
+    op, values, consts, out_shape = matmul_case((2, 5, 8), 20)
+    w = op.prepare(consts)[1]
+    y = np.empty(out_shape, np.float32)
+    with pytest.raises(ValueError, match="part"):
+        op.bind([values[0], w], [y], None, Part("rows", 0, 1))
+    with pytest.raises(ValueError, match="part"):
+        op.bind([values[0], w[0:30]], [y], None, Part("channels", 10, 30))
+    with pytest.raises(ShapeError, match=r"want B \(10, 8\)"):
+        op.bind([values[0], w], [y], None, Part("channels", 0, 10))  # the whole weight for a part
+    dynamic, _ = MatMul.from_onnx({}, [None, None], "scores", 13)
+    with pytest.raises(ValueError, match="run-time operands"):
+        dynamic.bind([values[0], values[1]], [y], None, Part("channels", 0, 10))
+
+
+def test_matmul_declared_slicing():
+    b = np.zeros((8, 4), np.float32)
+    const, _ = MatMul.from_onnx({}, [None, b], "fc", 13)
+    # A constant 2-D B: output columns, which are the rows of the prepared (N, K) weight.
+    assert const.prepare([None, b])[1].shape == (4, 8)
+    assert const.slice_axes([(2, 8), (8, 4)], [(2, 4)]) == (SliceAxis("channels", 4),)
+    assert const.slice_axes([(1, 128, 8), (8, 4)], [(1, 128, 4)]) == (SliceAxis("channels", 4),)
+    assert const.cost_kind([(2, 8), (8, 4)]) == "fc"
+    assert const.shared_bytes([(1, 128, 8), (8, 4)]) == 4 * 128 * 8  # every part reads A whole
+    # Two run-time operands (attention scores), a vector B, or a constant A: never cut.
+    dynamic, _ = MatMul.from_onnx({}, [None, None], "scores", 13)
+    assert dynamic.slice_axes([(1, 4, 9, 8), (1, 4, 8, 9)], [(1, 4, 9, 9)]) == ()
+    vector, _ = MatMul.from_onnx({}, [None, np.zeros(8, np.float32)], "mv", 13)
+    assert vector.const_b and vector.slice_axes([(2, 8), (8,)], [(2,)]) == ()
+    both, _ = MatMul.from_onnx({}, [np.zeros((2, 8), np.float32), b], "cc", 13)
+    assert not both.const_b and both.slice_axes([(2, 8), (8, 4)], [(2, 4)]) == ()
+
+
 def test_matmul_errors():
     with pytest.raises(ShapeError, match="disagree on K"):
         MatMul().infer([(3, 4), (5, 6)], [None, None])
@@ -196,6 +272,7 @@ def test_gemm_allocates_nothing(m, c_shape):
 def test_registered():
     assert op_class("Gemm") is Gemm
     assert op_class("MatMul") is MatMul
-    # Cut by output channels (the rows of the prepared weight); MatMul is never cut.
+    # Cut by output channels (the rows of the prepared weight); a MatMul only with a constant B.
     assert Gemm().slice_axes([(2, 8), (8, 4), None], [(2, 4)]) == (SliceAxis("channels", 4),)
     assert MatMul().slice_axes([(2, 8), (8, 4)], [(2, 4)]) == ()
+    assert MatMul(const_b=True).slice_axes([(2, 8), (8, 4)], [(2, 4)]) == (SliceAxis("channels", 4),)
