@@ -28,6 +28,7 @@ from flexnnd.ops.resize_kernels import (
     interp2d,
     interp_axis,
     nearest2x_bits,
+    trilinear_ort,
 )
 
 GATHER_DTYPES = ("float32", "int64", "int32", "int16", "int8", "uint8", "uint16", "bool")
@@ -179,23 +180,28 @@ def ort_linear_table(transform: str, a: AxisPlan) -> LinearTable:
     return LinearTable(lo, hi, d_lo.astype(f), d_hi.astype(f), outside)
 
 
-def ort_bilinear(x: np.ndarray, th: LinearTable, tw: LinearTable, extrap: float) -> np.ndarray:
-    """ONNX Runtime's bilinear over the last two axes of float32 `x`, in numpy (the kernel's
-    reference): each weight product and term rounded to float32, summed left to right."""
-    rows = lambda t: t[:, None]  # noqa: E731
-    a, b = rows(th.d_hi), rows(th.d_lo)
-
-    def at(r, c):
-        return x[..., r[:, None], c[None, :]]
-
-    out = (
-        tw.d_hi * a * at(th.lo, tw.lo)
-        + tw.d_lo * a * at(th.lo, tw.hi)
-        + tw.d_hi * b * at(th.hi, tw.lo)
-        + tw.d_lo * b * at(th.hi, tw.hi)
-    )
-    out[..., th.outside[:, None] | tw.outside[None, :]] = np.float32(extrap)
-    return out
+def ort_linear(x: np.ndarray, tabs: tuple[LinearTable, ...], extrap: float) -> np.ndarray:
+    """ONNX Runtime's bilinear (two tables) or trilinear (three) over the last axes of float32 `x`,
+    in numpy (the kernels' reference): its terms in its order, each product rounded to float32,
+    summed left to right."""
+    k = len(tabs)
+    grids = np.ix_(*[np.arange(t.lo.size) for t in tabs])  # broadcastable output positions per axis
+    total, outside = None, np.zeros((), bool)
+    for t, g in zip(tabs, grids, strict=True):
+        outside = outside | t.outside[g]
+    # ORT's term order: x fastest, lo before hi; the weight of lo is d_hi; factors x, y, z.
+    for bits in range(1 << k):
+        picks = [(bits >> (k - 1 - i)) & 1 for i in range(k)]  # per axis, outermost first
+        weight = None
+        for i in reversed(range(k)):  # x first
+            t, g = tabs[i], grids[i]
+            d = (t.d_lo if picks[i] else t.d_hi)[g]
+            weight = d if weight is None else weight * d
+        index = tuple((tabs[i].hi if picks[i] else tabs[i].lo)[grids[i]] for i in range(k))
+        term = weight * x[(Ellipsis, *index)]
+        total = term if total is None else total + term
+    total[..., outside] = np.float32(extrap)
+    return total
 
 
 def _cubic(s: np.ndarray, a: float) -> np.ndarray:
@@ -298,16 +304,17 @@ class _Resample(Op):
             out.append(AxisTable.identity(a.n_in) if t.is_identity(a.n_in) else t)
         return out
 
-    def ort_bilinear_tables(self, shape) -> tuple[LinearTable, LinearTable] | None:
-        """ONNX Runtime's tables of the last two axes where it runs its UpsampleBilinear (linear
-        without antialias, rank 2, or rank 4 leaving N and C as they are); None elsewhere."""
-        if self.mode != "linear" or self.antialias or len(shape) not in (2, 4):
+    def ort_linear_tables(self, shape) -> tuple[LinearTable, ...] | None:
+        """ONNX Runtime's tables of the axes it interpolates where it runs its UpsampleBilinear
+        (linear without antialias, rank 2, or rank 4 leaving N and C as they are: the last two
+        axes) or UpsampleTrilinear (rank 3, or rank 5 so: the last three); None elsewhere."""
+        if self.mode != "linear" or self.antialias or len(shape) not in (2, 3, 4, 5):
             return None
         plans = self.axis_plans(shape)
-        if any(a.n_out != a.n_in or np.float32(a.scale) != 1 for a in plans[:-2]):
+        k = 2 if len(shape) in (2, 4) else 3
+        if any(a.n_out != a.n_in or np.float32(a.scale) != 1 for a in plans[:-k]):
             return None
-        t = self.coordinate_transformation_mode
-        return ort_linear_table(t, plans[-2]), ort_linear_table(t, plans[-1])
+        return tuple(ort_linear_table(self.coordinate_transformation_mode, a) for a in plans[-k:])
 
     def _layout(self, shape):
         """The tables, and the axes before the last two that are resampled."""
@@ -317,7 +324,7 @@ class _Resample(Op):
 
     def scratch_bytes(self, shapes, part=None):
         shape = tuple(shapes[0])
-        if self._copies(shape) or self.ort_bilinear_tables(shape) is not None:
+        if self._copies(shape) or self.ort_linear_tables(shape) is not None:
             return 0
         tabs, lead = self._layout(shape)
         lead_elems = 0
@@ -362,7 +369,9 @@ class _Resample(Op):
 
             return run_resize_copy
         extrap = np.array(self.extrapolation_value).astype(x.dtype)[()]
-        ort = self.ort_bilinear_tables(shape)
+        ort = self.ort_linear_tables(shape)
+        if ort is not None and len(ort) == 3:
+            return self._bind_trilinear(x, y, ort, np.float32(extrap))
         if ort is not None:
             th, tw = ort
             (h, w), (oh, ow) = shape[-2:], want[-2:]
@@ -379,6 +388,31 @@ class _Resample(Op):
                 bilinear_ort(*args)
 
             return run_resize_bilinear
+        return self._bind_separable(x, y, scratch, extrap)
+
+    def _bind_trilinear(self, x, y, tabs, extrap):
+        """ONNX Runtime's trilinear over the last three axes (rank 3 or 5)."""
+        (d, h, w), (od, oh, ow) = x.shape[-3:], y.shape[-3:]
+        u = np.uint64
+        tz, ty, tx = (
+            ((t.lo * m).astype(u), (t.hi * m).astype(u), t.d_lo, t.d_hi)
+            for t, m in zip(tabs, (h * w, w, 1), strict=True)
+        )
+        cout = tabs[2].outside.astype(np.uint8)
+        args = (
+            reshape_view(x, (-1,)), reshape_view(y, (-1,)), int(np.prod(x.shape[:-3])), d * h * w, od, oh, ow,
+            tz, ty, tx, tabs[0].outside.astype(np.uint8), tabs[1].outside.astype(np.uint8),
+            cout[: ow if cout.any() else 0], extrap,
+        )  # fmt: skip
+
+        def run_resize_trilinear():
+            trilinear_ort(*args)
+
+        return run_resize_trilinear
+
+    def _bind_separable(self, x, y, scratch, extrap):
+        """flexnn's own separable passes: every case ONNX Runtime's bi/trilinear does not cover."""
+        shape = tuple(x.shape)
         tabs, lead = self._layout(shape)
         gather = self.mode == "nearest"
         if gather:  # a gather moves bits: one kernel per element width, not per dtype
@@ -464,9 +498,9 @@ class _Resample(Op):
         x = np.asarray(ins[0])
         if self._copies(x.shape):
             return [x.copy()]
-        ort = self.ort_bilinear_tables(x.shape)
+        ort = self.ort_linear_tables(x.shape)
         if ort is not None:
-            return [ort_bilinear(x.astype(np.float32), *ort, self.extrapolation_value)]
+            return [ort_linear(x.astype(np.float32), ort, self.extrapolation_value)]
         result = x if self.mode == "nearest" else x.astype(np.float64)
         for axis, t in enumerate(self.tables(tuple(x.shape))):
             taken = np.take(result, t.index, axis=axis)  # (..., n_out, taps, ...)

@@ -201,3 +201,42 @@ def bilinear_ort(src, dst, planes, h, w, oh, ow, y1, y2, dy1, dy2, x1, x2, dx1, 
                 for x in range(ow):
                     if cout[x]:
                         dst[d + x] = extrap
+
+
+@kernel(fastmath=False)
+def trilinear_ort(src, dst, planes, plane_in, od, oh, ow, tz, ty, tx, zout, rout, cout, extrap):
+    """ONNX Runtime's trilinear over the last three axes (float32), as bilinear_ort with a third
+    factor: the eight terms dx*dy*dz*X in its order, each product rounded. tz, ty, tx are each
+    (lo offsets, hi offsets, d_lo, d_hi) with offsets in elements (uint64); zout/rout/cout mark
+    positions outside a tf_crop_and_resize box (cout empty when none is)."""
+    z1, z2, dz1, dz2 = tz
+    y1, y2, dy1, dy2 = ty
+    x1, x2, dx1, dx2 = tx
+    for p in range(planes):
+        sp, dp = np.uint64(p * plane_in), np.uint64(p * od * oh * ow)
+        for z in range(od):
+            for y in range(oh):
+                d = dp + np.uint64((z * oh + y) * ow)
+                if zout[z] or rout[y]:
+                    for x in range(ow):
+                        dst[d + x] = extrap
+                    continue
+                r11, r21 = sp + z1[z] + y1[y], sp + z1[z] + y2[y]
+                r12, r22 = sp + z2[z] + y1[y], sp + z2[z] + y2[y]
+                c2, c1 = dz2[z], dz1[z]
+                for x in range(ow):
+                    i, j = x1[x], x2[x]
+                    dst[d + x] = (
+                        dx2[x] * dy2[y] * c2 * src[r11 + i]
+                        + dx1[x] * dy2[y] * c2 * src[r11 + j]
+                        + dx2[x] * dy1[y] * c2 * src[r21 + i]
+                        + dx1[x] * dy1[y] * c2 * src[r21 + j]
+                        + dx2[x] * dy2[y] * c1 * src[r12 + i]
+                        + dx1[x] * dy2[y] * c1 * src[r12 + j]
+                        + dx2[x] * dy1[y] * c1 * src[r22 + i]
+                        + dx1[x] * dy1[y] * c1 * src[r22 + j]
+                    )
+                if cout.size > 0:
+                    for x in range(ow):
+                        if cout[x]:
+                            dst[d + x] = extrap

@@ -190,3 +190,32 @@ def test_model_up_and_down_matches_onnxruntime_bit_for_bit(tmp_path):
             sess.set_budget(budget)
             got = sess.run(feeds)["y"]
             assert np.array_equal(got, want), f"budget {budget}: max diff {np.max(np.abs(got - want)):.3g}"
+
+
+DHW_SIZES = [
+    ((3, 5, 7), (7, 4, 9)),
+    ((4, 1, 6), (1, 3, 13)),
+    ((5, 6, 7), (5, 6, 14)),
+    ((6, 9, 12), (2, 3, 4)),
+]
+
+
+@pytest.mark.parametrize("transform", EXACT_TRANSFORMS)
+@pytest.mark.parametrize(("dhw", "out_dhw"), DHW_SIZES, ids=[f"{a}-{b}" for a, b in DHW_SIZES])
+@pytest.mark.parametrize("rank", [3, 5])
+def test_trilinear_matches_onnxruntime_bit_for_bit(transform, dhw, out_dhw, rank):
+    lead = (1, 2) if rank == 5 else ()
+    shape, sizes = lead + dhw, lead + out_dhw
+    roi = ()
+    if transform == "tf_crop_and_resize":
+        roi = (0.0,) * len(lead) + (0.1, 0.2, -0.1) + (1.0,) * len(lead) + (0.8, 1.1, 0.9)
+    attrs = dict(mode="linear", coordinate_transformation_mode=transform, extrapolation_value=1.5)
+    op = Resize(size_values=sizes, roi_values=roi, **attrs)
+    consts = (np.array(roi, np.float32), np.zeros(0, np.float32), np.array(sizes, np.int64))
+    assert_equals_ort(op, data(shape, 12), consts, **attrs)
+
+
+def test_trilinear_allocates_nothing():
+    op = Resize(scale_values=(1, 1, 2, 2, 2), mode="linear")
+    _, run = run_kernel(op, data((1, 2, 3, 4, 5), 13))
+    assert_no_numpy_allocations(run)
