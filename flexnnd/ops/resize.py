@@ -22,6 +22,7 @@ from flexnnd.errors import DtypeRefused, ShapeError, UnsupportedOp
 from flexnnd.ops.base import Op, internal, register
 from flexnnd.ops.buffers import reshape_view
 from flexnnd.ops.resize_kernels import (
+    bicubic_ort,
     bilinear_ort,
     gather2d,
     gather_axis,
@@ -204,6 +205,66 @@ def ort_linear(x: np.ndarray, tabs: tuple[LinearTable, ...], extrap: float) -> n
     return total
 
 
+@dataclass(frozen=True)
+class CubicTable:
+    """ONNX Runtime's bicubic table of one axis: per output position four input positions `index`
+    (n, 4; floor - 1 .. floor + 2, clamped into the input), their Keys coefficients `coeff` (n, 4,
+    float32; zero outside the input with exclude_outside), the coefficients' float32 sum `total`
+    (1 without exclude_outside), and which positions a tf_crop_and_resize box puts outside."""
+
+    index: np.ndarray
+    coeff: np.ndarray
+    total: np.ndarray
+    outside: np.ndarray
+
+
+def ort_cubic_table(transform: str, a: AxisPlan, coeff_a: float, exclude_outside: bool) -> CubicTable:
+    """One axis of ONNX Runtime's ResizeBiCubic: coefficients of s = x - floor(x) in float32 in its
+    order of operations (GetCubicCoeffs), renormalized with exclude_outside."""
+    f = np.float32
+    raw = ort_coords(transform, a)
+    base = np.floor(raw)
+    s = np.abs(raw - base)
+    A, one, two, three = f(coeff_a), f(1), f(2), f(3)
+    five_a, eight_a, four_a = f(5) * A, f(8) * A, f(4) * A
+    s1, s2, s3 = s + one, one - s, two - s
+    coeff = np.stack(
+        [
+            ((A * s1 - five_a) * s1 + eight_a) * s1 - four_a,
+            ((A + two) * s - (A + three)) * s * s + one,
+            ((A + two) * s2 - (A + three)) * s2 * s2 + one,
+            ((A * s3 - five_a) * s3 + eight_a) * s3 - four_a,
+        ],
+        axis=1,
+    ).astype(f)
+    index = base.astype(np.int64)[:, None] + np.arange(-1, 3)[None, :]
+    total = np.ones(a.n_out, f)
+    if exclude_outside:
+        coeff = np.where((index < 0) | (index >= a.n_in), f(0), coeff)
+        total = np.zeros(a.n_out, f)
+        for i in range(4):  # ORT's running sum, from 0
+            total = total + coeff[:, i]
+    outside = (
+        (raw < 0) | (raw > f(a.n_in - 1)) if transform == "tf_crop_and_resize" else np.zeros(a.n_out, bool)
+    )
+    return CubicTable(np.clip(index, 0, a.n_in - 1), coeff, total, outside)
+
+
+def ort_bicubic(x: np.ndarray, ty: CubicTable, tx: CubicTable, extrap: float) -> np.ndarray:
+    """ONNX Runtime's bicubic over the last two axes of float32 `x`, in numpy (bicubic_ort's
+    reference): rows interpolated along W, then blended along H, each sum from 0 left to right."""
+    out = np.zeros((*x.shape[:-2], ty.index.shape[0], tx.index.shape[0]), np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 only where a box extrapolates
+        xw = tx.coeff / tx.total[:, None]
+        for i in range(4):
+            row = np.zeros_like(out)
+            for j in range(4):
+                row = row + xw[:, j] * x[..., ty.index[:, i][:, None], tx.index[:, j][None, :]]
+            out = out + (row * ty.coeff[:, i][:, None]) / ty.total[:, None]
+    out[..., ty.outside[:, None] | tx.outside[None, :]] = np.float32(extrap)
+    return out
+
+
 def _cubic(s: np.ndarray, a: float) -> np.ndarray:
     s = np.abs(s)
     near = ((a + 2) * s - (a + 3)) * s * s + 1
@@ -316,6 +377,21 @@ class _Resample(Op):
             return None
         return tuple(ort_linear_table(self.coordinate_transformation_mode, a) for a in plans[-k:])
 
+    def ort_cubic_tables(self, shape) -> tuple[CubicTable, CubicTable] | None:
+        """ONNX Runtime's tables of the last two axes where it runs its ResizeBiCubic (cubic
+        without antialias, rank 2, or rank 4 leaving N and C as they are); None elsewhere."""
+        if self.mode != "cubic" or self.antialias or len(shape) not in (2, 4):
+            return None
+        plans = self.axis_plans(shape)
+        if any(a.n_out != a.n_in or np.float32(a.scale) != 1 for a in plans[:-2]):
+            return None
+        t, coeff_a, exclude = (
+            self.coordinate_transformation_mode,
+            self.cubic_coeff_a,
+            bool(self.exclude_outside),
+        )
+        return tuple(ort_cubic_table(t, a, coeff_a, exclude) for a in plans[-2:])
+
     def _layout(self, shape):
         """The tables, and the axes before the last two that are resampled."""
         tabs = self.tables(shape)
@@ -324,7 +400,7 @@ class _Resample(Op):
 
     def scratch_bytes(self, shapes, part=None):
         shape = tuple(shapes[0])
-        if self._copies(shape) or self.ort_linear_tables(shape) is not None:
+        if self._copies(shape) or self.ort_linear_tables(shape) or self.ort_cubic_tables(shape):
             return 0
         tabs, lead = self._layout(shape)
         lead_elems = 0
@@ -388,7 +464,28 @@ class _Resample(Op):
                 bilinear_ort(*args)
 
             return run_resize_bilinear
+        cubic = self.ort_cubic_tables(shape)
+        if cubic is not None:
+            return self._bind_bicubic(x, y, cubic, np.float32(extrap))
         return self._bind_separable(x, y, scratch, extrap)
+
+    def _bind_bicubic(self, x, y, tabs, extrap):
+        """ONNX Runtime's bicubic over the last two axes (rank 2 or 4)."""
+        ty, tx = tabs
+        (h, w), (oh, ow) = x.shape[-2:], y.shape[-2:]
+        with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 only where a box extrapolates
+            xw = (tx.coeff / tx.total[:, None]).astype(np.float32)
+        cout = tx.outside.astype(np.uint8)
+        args = (
+            reshape_view(x, (-1,)), reshape_view(y, (-1,)), int(np.prod(x.shape[:-2])), h, w, oh, ow,
+            (ty.index * w).astype(np.uint64), ty.coeff, ty.total, tx.index.astype(np.uint64), xw,
+            ty.outside.astype(np.uint8), cout[: ow if cout.any() else 0], extrap,
+        )  # fmt: skip
+
+        def run_resize_bicubic():
+            bicubic_ort(*args)
+
+        return run_resize_bicubic
 
     def _bind_trilinear(self, x, y, tabs, extrap):
         """ONNX Runtime's trilinear over the last three axes (rank 3 or 5)."""
@@ -501,6 +598,9 @@ class _Resample(Op):
         ort = self.ort_linear_tables(x.shape)
         if ort is not None:
             return [ort_linear(x.astype(np.float32), ort, self.extrapolation_value)]
+        cubic = self.ort_cubic_tables(x.shape)
+        if cubic is not None:
+            return [ort_bicubic(x.astype(np.float32), *cubic, self.extrapolation_value)]
         result = x if self.mode == "nearest" else x.astype(np.float64)
         for axis, t in enumerate(self.tables(tuple(x.shape))):
             taken = np.take(result, t.index, axis=axis)  # (..., n_out, taps, ...)

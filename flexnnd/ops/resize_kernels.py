@@ -240,3 +240,33 @@ def trilinear_ort(src, dst, planes, plane_in, od, oh, ow, tz, ty, tx, zout, rout
                     for x in range(ow):
                         if cout[x]:
                             dst[d + x] = extrap
+
+
+@kernel(fastmath=False)
+def bicubic_ort(src, dst, planes, h, w, oh, ow, yoff, yc, ysum, xidx, xw, rout, cout, extrap):
+    """ONNX Runtime's bicubic over the last two axes (float32): per output, four source rows
+    (offsets yoff[y, :], uint64) each interpolated along W as sum_j xw[x, j] * row[xidx[x, j]]
+    (xw: coefficient / its row's total), then blended as sum_i (row_i * yc[y, i]) / ysum[y], each
+    sum from 0 left to right, every operation rounded to float32 as ORT's loops do."""
+    for p in range(planes):
+        sp, dp = np.uint64(p * h * w), np.uint64(p * oh * ow)
+        for y in range(oh):
+            d = dp + np.uint64(y * ow)
+            if rout[y]:
+                for x in range(ow):
+                    dst[d + x] = extrap
+                continue
+            total = ysum[y]
+            for x in range(ow):
+                acc = np.float32(0.0)
+                for i in range(4):
+                    r = sp + yoff[y, i]
+                    row = np.float32(0.0)
+                    for j in range(4):
+                        row = row + xw[x, j] * src[r + xidx[x, j]]
+                    acc = acc + row * yc[y, i] / total
+                dst[d + x] = acc
+            if cout.size > 0:
+                for x in range(ow):
+                    if cout[x]:
+                        dst[d + x] = extrap

@@ -219,3 +219,40 @@ def test_trilinear_allocates_nothing():
     op = Resize(scale_values=(1, 1, 2, 2, 2), mode="linear")
     _, run = run_kernel(op, data((1, 2, 3, 4, 5), 13))
     assert_no_numpy_allocations(run)
+
+
+CUBIC_SIZES = [
+    ((17, 40), (40, 17)),
+    ((5, 7), (10, 14)),
+    ((8, 8), (3, 5)),
+    ((1, 5), (4, 1)),
+    ((9, 12), (9, 29)),
+]
+
+
+@pytest.mark.parametrize("transform", EXACT_TRANSFORMS)
+@pytest.mark.parametrize(("hw", "out_hw"), CUBIC_SIZES, ids=[f"{a}-{b}" for a, b in CUBIC_SIZES])
+@pytest.mark.parametrize("exclude_outside", [0, 1])
+@pytest.mark.parametrize("rank", [2, 4])
+def test_bicubic_matches_onnxruntime_bit_for_bit(transform, hw, out_hw, exclude_outside, rank):
+    lead = (1, 2) if rank == 4 else ()
+    shape, sizes = lead + hw, lead + out_hw
+    roi = roi_for(transform, rank)
+    attrs = dict(
+        mode="cubic",
+        coordinate_transformation_mode=transform,
+        exclude_outside=exclude_outside,
+        cubic_coeff_a=-0.5 if exclude_outside else -0.75,
+        extrapolation_value=1.5,
+    )
+    op = Resize(size_values=sizes, roi_values=roi, **attrs)
+    consts = (np.array(roi, np.float32), np.zeros(0, np.float32), np.array(sizes, np.int64))
+    assert_equals_ort(op, data(shape, 14), consts, **attrs)
+
+
+def test_bicubic_scales_and_allocates_nothing():
+    op = Resize(scale_values=(1, 1, 2.5, 0.75), mode="cubic")
+    consts = (np.zeros(0, np.float32), np.array((1, 1, 2.5, 0.75), np.float32))
+    assert_equals_ort(op, data((2, 3, 10, 12), 15), consts, mode="cubic")
+    _, run = run_kernel(op, data((2, 3, 10, 12), 15))
+    assert_no_numpy_allocations(run)
