@@ -1,11 +1,17 @@
 """Resize (opsets 10-19) and Upsample (7-9): nearest, N-linear and N-cubic resampling.
 
-Resampling is separable: each axis has a table (per output position: which input positions, with
-which weights, and whether it falls outside a tf_crop_and_resize box), built once in bind from the
-shapes and the absorbed scales/sizes/roi. The last two axes (H, W of NCHW; every real model resizes
-only those) run fused in one pass per plane: a row is interpolated horizontally once into a small
-row cache, then output rows blend cached rows (vectorized). Resized axes before them (rare) run
-first, one pass each, through scratch. Nearest is a pure gather, so it takes every element type.
+Where ONNX Runtime runs its UpsampleBilinear/UpsampleTrilinear (linear, rank 2 or 4 / 3 or 5 with
+N and C unchanged) or ResizeBiCubic (cubic, rank 2 or 4), flexnn repeats its arithmetic bit for
+bit: its float32 coordinates, edge weights and order of roundings (`ort_*_table`, kernels without
+fastmath), because a DynamicQuantizeLinear downstream turns a last-bit difference into a step. A
+resize that changes no length copies, as ORT does.
+
+Everything else is separable: each axis has a table (per output position: which input positions,
+with which weights, and whether it falls outside a tf_crop_and_resize box), built once in bind from
+the shapes and the absorbed scales/sizes/roi. The last two axes run fused in one pass per plane: a
+row is interpolated horizontally once into a small row cache, then output rows blend cached rows
+(vectorized). Resized axes before them (rare) run first, one pass each, through scratch. Nearest is
+a pure gather, so it takes every element type.
 
 Where ONNX's reference and ONNX Runtime disagree (align_corners and tf_crop_and_resize with a scale
 whose output length in * scale is not whole), flexnn refuses rather than pick one.
