@@ -256,3 +256,12 @@ def test_bicubic_scales_and_allocates_nothing():
     assert_equals_ort(op, data((2, 3, 10, 12), 15), consts, mode="cubic")
     _, run = run_kernel(op, data((2, 3, 10, 12), 15))
     assert_no_numpy_allocations(run)
+
+
+@pytest.mark.parametrize("policy", ["not_larger", "not_smaller"])
+@pytest.mark.parametrize("mode", ["linear", "cubic"])
+def test_keep_aspect_ratio_matches_onnxruntime_bit_for_bit(policy, mode):
+    attrs = dict(mode=mode, axes=(2, 3), keep_aspect_ratio_policy=policy)
+    op = Resize(size_values=(20, 30), **attrs)
+    consts = (np.zeros(0, np.float32), np.zeros(0, np.float32), np.array((20, 30), np.int64))
+    assert_equals_ort(op, data((1, 2, 13, 17), 16), consts, **attrs)
