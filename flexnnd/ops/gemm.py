@@ -171,7 +171,8 @@ class Gemm(Op):
 @register
 @dataclass(frozen=True)
 class MatMul(Op):
-    """numpy matmul semantics. A constant 1-D/2-D B is prepared as (N, K), like Gemm's weight."""
+    """numpy matmul semantics. A constant 1-D/2-D B (with A computed at run time) is prepared as
+    (N, K), like Gemm's weight, and a 2-D one is cut by output columns as Gemm is."""
 
     op_type = "MatMul"
 
