@@ -14,8 +14,10 @@ integers and scaled by x_scale * W_scale[column]. At each step the hidden state 
 same way and multiplied by R, added to X's product in float32; then the gates, bias (Wb + Rb),
 peepholes, clip and activations as ONNX LSTM. ONNX Runtime quantizes the hidden state per block of
 batch rows when it splits a batch over several threads (batch > 4, or >= 2 with hidden <= 256); flexnn
-quantizes the batch as one block, as ONNX Runtime does on one thread. ONNX Runtime takes one zero
-point per direction (all the same, 0 for int8); flexnn takes one per column too.
+quantizes the batch as one block, as ONNX Runtime does on one thread. A node that leaves Y out has
+ONNX Runtime multiply an ended row's last h instead of 0 (flexnn always computes Y, as if named).
+ONNX Runtime takes one zero point per direction (all the same, 0 for int8); flexnn takes one per
+column too.
 
 W and R are stored with their zero points taken off, as int8 when the differences fit, else int16;
 the integer products run in numba loops over the gate columns (int32 sums, exact). Never sliced: every

@@ -327,3 +327,13 @@ def test_other_contrib_ops_are_still_refused(tmp_path):
     _, path, _ = recognizer(tmp_path, other_op="DynamicQuantizeGRU")
     with pytest.raises(UnsupportedOp, match=r"com\.microsoft\.DynamicQuantizeGRU.*custom domain"):
         check_ops_before_weights(path)
+
+
+def test_a_default_domain_node_is_not_the_contrib_op(tmp_path):
+    """A node of the default domain whose op_type spells the registered name is not the contrib op."""
+    model, path, _ = recognizer(tmp_path)
+    model.graph.node[0].domain = ""
+    model.graph.node[0].op_type = "com.microsoft.DynamicQuantizeLSTM"
+    onnx.save(model, path)
+    with pytest.raises(UnsupportedOp, match=r"unsupported op ai\.onnx\.com\.microsoft\.DynamicQuantizeLSTM"):
+        check_ops_before_weights(path)
