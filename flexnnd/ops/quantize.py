@@ -330,7 +330,9 @@ class MatMulInteger(Op):
 
     def scratch_bytes(self, shapes, part=None):
         a, b = shapes[0], shapes[1]
-        return 4 * (math.prod(a) + math.prod(b))  # A and B widened to int32, zero points taken off
+        rows = math.prod(a[:-1])
+        # A, B (zero points taken off) and the product in float64: BLAS, and exact (|sum| < 2**53).
+        return 8 * (math.prod(a) + math.prod(b) + rows * b[1])
 
     def flops(self, shapes, out_shapes):
         return 2 * shapes[0][-1] * math.prod(out_shapes[0])
@@ -341,24 +343,25 @@ class MatMulInteger(Op):
         b_zero = ins[3] if len(ins) > 3 and ins[3] is not None else np.zeros(1, b.dtype)
         k, n = b.shape
         rows = math.prod(a.shape[:-1])
-        words = scratch.view(np.int32)
-        a32 = reshape_view(words[: rows * k], (rows, k))
-        b32 = reshape_view(words[rows * k : rows * k + k * n], (k, n))
+        words = scratch.view(np.float64)
+        a64 = reshape_view(words[: rows * k], (rows, k))
+        b64 = reshape_view(words[rows * k : rows * k + k * n], (k, n))
+        y64 = reshape_view(words[rows * k + k * n : rows * k + k * n + rows * n], (rows, n))
         y2 = reshape_view(y, (rows, n))
         af, bf = reshape_view(a, (-1,)), reshape_view(b, (-1,))
         a_zero_f, b_zero_f = reshape_view(a_zero, (-1,)), reshape_view(b_zero, (-1,))
         a_per_row = a_zero_f.size > 1
         b_per_col = b_zero_f.size > 1
-        a32f, b32f = reshape_view(a32, (-1,)), reshape_view(b32, (-1,))
-        bt = reshape_view(b32, (k, n))
+        a64f, b64f = reshape_view(a64, (-1,)), reshape_view(b64, (-1,))
 
         def run_matmul_integer():
-            widen_minus(af, a32f, a_zero_f, rows, k, a_per_row)
+            widen_minus(af, a64f, a_zero_f, rows, k, a_per_row)
             if b_per_col:  # a zero point per column of B's (k, n) layout
-                minus_columns(bf, b32f, b_zero_f, k, n)
+                minus_columns(bf, b64f, b_zero_f, k, n)
             else:
-                widen_minus(bf, b32f, b_zero_f, 1, k * n, False)
-            np.matmul(a32, bt, out=y2)
+                widen_minus(bf, b64f, b_zero_f, 1, k * n, False)
+            np.matmul(a64, b64, out=y64)  # numpy's integer matmul has no BLAS: 60x slower
+            np.copyto(y2, y64, casting="unsafe")  # whole numbers, exact in int32
 
         return run_matmul_integer
 

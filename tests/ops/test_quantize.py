@@ -149,3 +149,16 @@ def test_qdq_int8_conv_net_matches_ort(tmp_path):
 def test_dynamically_quantized_matmul_matches_ort(tmp_path):
     x = np.random.default_rng(0).standard_normal((1, 10, 64)).astype(np.float32)
     assert_model_matches_ort(dynamic_mlp_model(), {"x": x}, tmp_path)
+
+
+def test_matmul_integer_is_exact_at_the_extremes():
+    """The largest products (255 x -128) summed over K = 4096 stay exact through the float64 BLAS."""
+    a = np.full((3, 4096), 255, np.uint8)
+    a[1] = RNG.integers(0, 256, 4096, dtype=np.uint8)
+    b = np.full((4096, 5), -128, np.int8)
+    b[:, 1] = RNG.integers(-128, 128, 4096, dtype=np.int8)
+    zeros = [np.array(0, np.uint8), np.array(0, np.int8)]
+    run, (y,) = run_in_arena(MatMulInteger(), [a, b, *zeros], consts=[None, b, *zeros])
+    run()
+    np.testing.assert_array_equal(y, ort_run("MatMulInteger", [a], [b, *zeros]))
+    assert y[0, 0] == 255 * -128 * 4096
