@@ -4,6 +4,8 @@
     python -m benchmarks.ladder --plan-only          # ladder planning time of every zoo model
     python -m benchmarks.ladder --packages /dev/shm/flexnn --out benchmarks/results/tmpfs/ladder.json
                                                      # weights streamed from memory, not the disk
+    python -m benchmarks.ladder --models vit_b_16 bert_base gpt2 --packages /dev/shm/flexnn --runs 3 --passes 1
+                                                     # the large models: results/ladder-large.json
 
 
 Per rung: the median over `--passes` passes of the ladder of its median latency over `--runs` runs
@@ -15,8 +17,12 @@ compute times of the all-resident plan, the storage's read rate timed just befor
 Also per rung: the read rate the loader got while the model computed (read bytes ÷ time in its
 reads), measured and predicted stalls, and the streaming floor again at the loader's rate.
 ONNX Runtime's and ncnn's points are their median latency at their peak model memory (peak RSS
-minus RSS before loading, in a fresh process). Writes benchmarks/results/ladder.json and one PNG per
-model (x: budget, y: latency).
+minus RSS before loading, in a fresh process). Writes benchmarks/results/ladder.json (ladder-large.json
+when a model of `zoo.LARGE_MODELS` is among them) and one PNG per model (x: budget, y: latency).
+
+Inputs have the model's types and shapes, seeded: token ids random within the table they index
+(BERT's and GPT-2's vocabularies, BERT's two token types), other integer inputs (masks) all ones,
+floats standard normal. A model taking token ids also reports steps per second per rung.
 """
 
 from __future__ import annotations
@@ -41,7 +47,8 @@ import sys, json, numpy as np
 def st(f):
     for l in open('/proc/self/status'):
         if l.startswith(f + ':'): return int(l.split()[1]) * 1024
-x = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
+feeds = dict(np.load(sys.argv[2]))
+x = feeds.get('input')
 %s
 before = st('VmRSS'); open('/proc/self/clear_refs', 'w').write('5')
 %s
@@ -51,21 +58,41 @@ ORT_PROBE = PROBE % (
     "import onnxruntime as ort",
     "o = ort.SessionOptions(); o.intra_op_num_threads = 1\n"
     "s = ort.InferenceSession(sys.argv[1], o, providers=['CPUExecutionProvider'])\n"
-    "s.run(None, {'input': x})",
+    "s.run(None, feeds)",
 )
 NCNN_PROBE = PROBE % (
     "import ncnn\nfrom pathlib import Path\nfrom benchmarks.engine import Ncnn",
-    "net = Ncnn(sys.argv[1], Path(sys.argv[2]), 1)\nnet.run(x)",
+    "net = Ncnn(sys.argv[1], Path(sys.argv[3]), 1)\nnet.run(x)",
 )
 
 
-def node_seconds(sess, x: np.ndarray, runs: int) -> dict[str, float]:
+def model_feeds(package) -> dict[str, np.ndarray]:
+    """Seeded inputs of the model's types: token ids within the table they index, masks all ones."""
+    rows = {  # an input used as a Gather's indices into a weight -> that weight's rows
+        node.inputs[1]: package.weights[node.inputs[0]].shape[0]
+        for node in package.graph.nodes
+        if node.op_type == "Gather" and len(node.inputs) > 1 and node.inputs[0] in package.weights
+    }
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for spec in package.inputs:
+        dtype = np.dtype(spec.dtype)
+        if spec.name in rows:
+            feeds[spec.name] = rng.integers(0, rows[spec.name], spec.shape, dtype=dtype)
+        elif np.issubdtype(dtype, np.integer) or dtype == np.bool_:
+            feeds[spec.name] = np.ones(spec.shape, dtype)
+        else:
+            feeds[spec.name] = rng.standard_normal(spec.shape).astype(dtype)
+    return feeds
+
+
+def node_seconds(sess, feeds: dict[str, np.ndarray], runs: int) -> dict[str, float]:
     """Median compute time of each node of the all-resident plan, kernel by kernel."""
     ex = sess._executor
     times: dict[str, list[float]] = {}
     for _ in range(runs + 1):
-        for _, view in ex.inputs:  # later steps reuse the input's memory
-            np.copyto(view, x)
+        for name, view in ex.inputs:  # later steps reuse the input's memory
+            np.copyto(view, feeds[name])
         seen: dict[str, float] = {}
         for step, kernel in zip(ex.plan.steps, ex.kernels, strict=True):
             start = time.perf_counter()
@@ -133,12 +160,12 @@ def bench_model(name: str, runs: int, passes: int, packages: Path | None = None)
     start = time.perf_counter()
     ladder = build_ladder(package.graph, rates)
     ladder_seconds = time.perf_counter() - start
-    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
+    feeds = model_feeds(package)
     rungs = []
     with flexnnd.Session(package, threads=1, ladder=ladder) as sess:  # the ladder timed above
         sess.set_budget(ladder[-1].arena_bytes + sess.output_bytes)
-        sess.run({"input": x})
-        per_node = node_seconds(sess, x, runs)
+        sess.run(feeds)
+        per_node = node_seconds(sess, feeds, runs)
         # Passes over the whole ladder, each rung measured once per pass: the storage drifts 2x
         # within minutes here, so one pass would give neighbouring rungs different storages.
         measured: list[list[tuple]] = [[] for _ in ladder]
@@ -150,7 +177,7 @@ def bench_model(name: str, runs: int, passes: int, packages: Path | None = None)
                 seen = []  # (read bytes, read seconds, stall seconds) of each inference
 
                 def run_once(seen=seen):
-                    sess.run({"input": x})
+                    sess.run(feeds)
                     s = sess.stats()
                     seen.append((s["last_read_bytes"], s["last_read_seconds"], s["last_stall_seconds"]))
 
@@ -199,10 +226,13 @@ def bench_model(name: str, runs: int, passes: int, packages: Path | None = None)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     ort_sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-    ort_seconds = median_latency(lambda: ort_sess.run(None, {"input": x}), runs)
+    ort_seconds = median_latency(lambda: ort_sess.run(None, feeds), runs)
+    feeds_path = CACHE / f"{name}-feeds.npz"
+    np.savez(feeds_path, **feeds)
     probe = subprocess.run(
-        [sys.executable, "-c", ORT_PROBE, str(onnx_path)], capture_output=True, text=True, check=True
-    )
+        [sys.executable, "-c", ORT_PROBE, str(onnx_path), str(feeds_path)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
     ort_peak = json.loads(probe.stdout)["peak_model_bytes"]
     result = {
         "ladder_plan_seconds": ladder_seconds,
@@ -212,6 +242,8 @@ def bench_model(name: str, runs: int, passes: int, packages: Path | None = None)
         "rungs": sorted(rungs, key=lambda r: r["budget"]),
         "onnxruntime": {"median_s": ort_seconds, "peak_model_bytes": ort_peak},
         "smallest_budget_vs_ort_peak": min(r["budget"] for r in rungs) / ort_peak,
+        "resident_vs_ort": resident / ort_seconds,
+        "inputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in feeds.items()},
         "quarter": {
             "budget": quarter["budget"],
             "ratio_to_resident": quarter["median_s"] / resident,
@@ -223,12 +255,17 @@ def bench_model(name: str, runs: int, passes: int, packages: Path | None = None)
             / resident,
         },
     }
+    if "input_ids" in feeds:  # a step of a token model: its rate, and the tokens it reads
+        result["tokens_per_step"] = feeds["input_ids"].shape[-1]
+        for r in result["rungs"]:
+            r["steps_per_s"] = 1.0 / r["median_s"]
+        result["onnxruntime"]["steps_per_s"] = 1.0 / ort_seconds
     result["bar"] = bar_summary(result["rungs"])
-    if ncnn_available():
+    if ncnn_available() and name in zoo.MODELS:  # ncnn's wrapper takes one 224x224 image
         net = Ncnn(name, onnx_path, 1)
-        ncnn_seconds = median_latency(lambda: net.run(x), runs)
+        ncnn_seconds = median_latency(lambda: net.run(feeds["input"]), runs)
         probe = subprocess.run(
-            [sys.executable, "-c", NCNN_PROBE, name, str(onnx_path)],
+            [sys.executable, "-c", NCNN_PROBE, name, str(feeds_path), str(onnx_path)],
             capture_output=True, text=True, check=True, cwd=ROOT,
         )  # fmt: skip
         result["ncnn"] = {
@@ -290,6 +327,10 @@ def plot(name: str, result: dict, path: Path) -> None:
     ax.set_xlabel("model memory budget (MiB)")
     ax.set_ylabel("latency, 1 thread (ms)")
     ax.set_title(f"{name}: latency against memory")
+    if "tokens_per_step" in result:  # a token model's step: its rate on the right
+        ax.set_title(f"{name}: one step of {result['tokens_per_step']} tokens, latency against memory")
+        rate = lambda v: 1e3 / np.maximum(v, 1e-9)  # noqa: E731 - ms <-> steps/s, its own inverse
+        ax.secondary_yaxis("right", functions=(rate, rate)).set_ylabel("steps per second")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)  # off the points
     fig.tight_layout()
@@ -326,9 +367,13 @@ def main(argv: list[str] | None = None) -> int:
         return plan_only(args)
     if args.summary:
         return summarize(args.out or RESULTS / "ladder.json")
-    args.out = args.out or RESULTS / "ladder.json"
-    args.out.parent.mkdir(parents=True, exist_ok=True)  # the plots go beside it as they are made
+    from flexnnd import zoo
+
     args.models = args.models or ["squeezenet1_1", "resnet18"]
+    # The large models' figures go apart: rerunning them must not touch the CNNs' results.
+    large = any(name in zoo.LARGE_MODELS for name in args.models)
+    args.out = args.out or RESULTS / ("ladder-large.json" if large else "ladder.json")
+    args.out.parent.mkdir(parents=True, exist_ok=True)  # the plots go beside it as they are made
     report = json.loads(args.out.read_text()) if args.out.exists() else {}  # models not rerun are kept
     for name in args.models:
         report[name] = result = bench_model(name, args.runs, args.passes, args.packages)
@@ -341,9 +386,17 @@ def main(argv: list[str] | None = None) -> int:
             f"= {result['smallest_budget_vs_ort_peak']:.3f} × ORT's peak model memory; latency ÷ issue's bound "
             f"median {bound[len(bound) // 2]:.2f} worst {bound[-1]:.2f} ({sum(b <= 1.2 for b in bound)}/{len(bound)} "
             f"≤ 1.2); ÷ floor median {floor[len(floor) // 2]:.2f} worst {floor[-1]:.2f}; quarter rung "
-            f"{q['ratio_to_resident']:.2f} × all-resident (floor there {q['floor_ratio_to_resident']:.2f})",
+            f"{q['ratio_to_resident']:.2f} × all-resident (floor there {q['floor_ratio_to_resident']:.2f}); "
+            f"all-resident {result['resident_vs_ort']:.2f} × ORT",
             flush=True,
         )
+        if "tokens_per_step" in result:
+            print(
+                f"    steps/s by rung, smallest to all-resident: "
+                f"{' '.join(format(r['steps_per_s'], '.2f') for r in result['rungs'])} "
+                f"(ORT {result['onnxruntime']['steps_per_s']:.2f})",
+                flush=True,
+            )
         print_bar(name, result["bar"])
         rates = [r["loader_read_bytes_per_s"] for r in result["rungs"] if r["loader_read_bytes_per_s"]]
         at_rate = sorted(
