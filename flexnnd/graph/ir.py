@@ -89,12 +89,36 @@ class Graph:
     # A graph input's or output's ONNX element type where it differs from the type held (float16 and
     # double are held as float32): the caller feeds and gets this type; the arena holds the other.
     declared: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # State kept in the arena across runs (a decoder's key/value cache): graph output -> the graph
+    # input it becomes on the next run. The caller neither feeds those inputs nor gets those outputs.
+    state: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.tensors, MappingProxyType):
             object.__setattr__(self, "tensors", MappingProxyType(dict(self.tensors)))
         if not isinstance(self.declared, MappingProxyType):
             object.__setattr__(self, "declared", MappingProxyType(dict(self.declared)))
+        if not isinstance(self.state, MappingProxyType):
+            object.__setattr__(self, "state", MappingProxyType(dict(self.state)))
+
+    def state_problem(self) -> str | None:
+        """Why `state` is not a set of (graph output, graph input) pairs of one shape and type, or None."""
+        inputs, outputs = {t.name for t in self.inputs}, {t.name for t in self.outputs}
+        if len(set(self.state.values())) != len(self.state):
+            return f"state pairs {dict(self.state)} feed some input twice"
+        for out, inp in self.state.items():
+            if out not in outputs or inp not in inputs:
+                return (
+                    f"state pair {out!r} -> {inp!r} must name a graph output and a graph input; "
+                    f"outputs {sorted(outputs)[:8]}, inputs {sorted(inputs)[:8]}"
+                )
+            a, b = self.tensors[out], self.tensors[inp]
+            if (a.shape, self.boundary_dtype(out)) != (b.shape, self.boundary_dtype(inp)):
+                return (
+                    f"state pair {out!r} -> {inp!r}: {self.boundary_dtype(out)} {list(a.shape)} "
+                    f"cannot become {self.boundary_dtype(inp)} {list(b.shape)}"
+                )
+        return None
 
     def boundary_dtype(self, name: str) -> str:
         """The element type a caller feeds or gets for graph input or output `name`."""

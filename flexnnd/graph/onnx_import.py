@@ -731,15 +731,21 @@ def import_to_package(
     package_dir: str | os.PathLike,
     input_shapes: Mapping[str, Shape] | None = None,
     limits: ImportLimits = DEFAULT_LIMITS,
+    state: Mapping[str, str] | None = None,
 ) -> Package:
     """Import an ONNX file into a model package folder, without its ladder (which
-    `flexnnd.import_model` plans next, with this machine's rates)."""
+    `flexnnd.import_model` plans next, with this machine's rates). `state`: graph output -> graph
+    input fed from it on the next run (`Graph.state`), kept in the arena."""
     onnx_path = Path(onnx_path)
     with progress.task(f"importing {onnx_path.name}", total=3, detail="reading the file") as task:
         check_ops_before_weights(onnx_path)
         model = load_onnx(onnx_path, limits)
         task.advance(detail="converting and folding")
         graph, consts = import_onnx(model, input_shapes, name=onnx_path.stem, limits=limits)
+        if state:
+            graph = dataclasses.replace(graph, state=dict(state))
+            if problem := graph.state_problem():
+                raise ModelImportError(f"{onnx_path}: {problem}")
         del model  # the weights are in `consts` now; planning needs neither
         task.advance(detail="writing the weights")
         source = {"onnx": str(onnx_path.resolve()), "sha256": file_sha256(onnx_path), "opset": graph.opset}

@@ -70,16 +70,23 @@ class Package:
 
     @cached_property
     def inputs(self) -> tuple[TensorSpec, ...]:
-        """As the caller feeds them: a float16 or double input keeps its declared type."""
+        """As the caller feeds them: a float16 or double input keeps its declared type; state inputs
+        (`Graph.state`) are the arena's, not the caller's."""
+        state = set(self.graph.state.values())
         return tuple(
-            TensorSpec(t.name, t.shape, self.graph.boundary_dtype(t.name)) for t in self.graph.inputs
+            TensorSpec(t.name, t.shape, self.graph.boundary_dtype(t.name))
+            for t in self.graph.inputs
+            if t.name not in state
         )
 
     @cached_property
     def outputs(self) -> tuple[TensorSpec, ...]:
-        """As the caller gets them: a float16 or double output keeps its declared type."""
+        """As the caller gets them: a float16 or double output keeps its declared type; state outputs
+        stay in the arena."""
         return tuple(
-            TensorSpec(t.name, t.shape, self.graph.boundary_dtype(t.name)) for t in self.graph.outputs
+            TensorSpec(t.name, t.shape, self.graph.boundary_dtype(t.name))
+            for t in self.graph.outputs
+            if t.name not in self.graph.state
         )
 
     @cached_property
@@ -109,6 +116,7 @@ def graph_to_json(graph: Graph) -> dict[str, Any]:
         "tensors": [[t.name, list(t.shape), t.dtype] for t in graph.tensors.values()],
         # Only when some input or output is float16/double: older packages have none and read alike.
         **({"declared": dict(graph.declared)} if graph.declared else {}),
+        **({"state": dict(graph.state)} if graph.state else {}),  # likewise: only a stateful model's
         "nodes": [
             {
                 "name": n.name,
@@ -141,6 +149,7 @@ def graph_from_json(d: Mapping[str, Any]) -> Graph:
         constants=tuple(d["constants"]),
         opset=d["opset"],
         declared=dict(d.get("declared", {})),
+        state=dict(d.get("state", {})),
     )
 
 
@@ -286,6 +295,13 @@ def _check_index(path: Path, graph: Graph, entries: Mapping[str, WeightEntry], s
                 f"{path}: {str(name)[:80]!r} is declared {str(dtype)[:40]!r}; only float32 graph inputs "
                 f"and outputs may be declared {sorted(WIDENED)}; {redo}"
             )
+    if not isinstance(graph.state, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in graph.state.items()
+    ):
+        raise PackageError(f"{path}: the state pairs are not names; {redo}")
+    problem = graph.state_problem()
+    if problem:
+        raise PackageError(f"{path}: {problem}; {redo}")
     for e in entries.values():
         try:
             expected = nbytes_of(e.shape, e.dtype) if e.dtype in DTYPES else -1

@@ -14,7 +14,7 @@ class Lifetimes:
     aliases: dict[str, str]  # tensor -> storage root
     offsets: dict[str, int]  # tensor -> byte offset inside its root (a slice of an elided Concat)
     first: dict[str, int]  # storage root -> step that writes it (0 for graph inputs)
-    last: dict[str, int]  # storage root -> last step that reads it (the end for graph outputs)
+    last: dict[str, int]  # storage root -> last step that reads it (the end for graph outputs and state)
 
 
 def lifetimes(graph: Graph) -> Lifetimes:
@@ -56,4 +56,6 @@ def lifetimes(graph: Graph) -> Lifetimes:
                 last[root] = max(last.get(root, i), i)
     for t in graph.outputs:
         last[aliases.get(t.name, t.name)] = end
+    for name in graph.state.values():  # kept from one run to the next: no activation may reuse it
+        last[name] = end
     return Lifetimes(tuple(steps), aliases, offsets, first, last)

@@ -54,9 +54,16 @@ class Executor:
             scratch = None if region is None else self.arena.view(region.offset, (region.nbytes // 4,))
             kernel = node.op.bind(ins, outs, scratch, step.part, reuse[i])
             self.kernels.append(_guarded(kernel, node.guard, self.views) if node.guard else kernel)
-        self.inputs = [(t.name, self.views[t.name]) for t in graph.inputs]
+        kept = set(graph.state.values())
+        self.inputs = [(t.name, self.views[t.name]) for t in graph.inputs if t.name not in kept]
         # Each output is copied out in its declared type (a float16 output is held as float32).
-        self.outputs = [(t.name, self.views[t.name], graph.boundary_dtype(t.name)) for t in graph.outputs]
+        self.outputs = [
+            (t.name, self.views[t.name], graph.boundary_dtype(t.name))
+            for t in graph.outputs
+            if t.name not in graph.state
+        ]
+        # (state input's view, the output's view it takes after each run): both planned live to the end.
+        self.state = [(inp, self.views[inp], self.views[out]) for out, inp in graph.state.items()]
         self.loader: Loader | None = None
         self.stall_seconds = 0.0  # the last inference's wait for weights
         if plan.loads:
@@ -164,8 +171,18 @@ class Executor:
                     self.stall_seconds = stalled
         except InputValueError as e:  # a kernel knows its op, not its node: the step says which
             raise InputValueError(self.plan.steps[i].node, e.op_type, e.why) from None
+        for _, kept, new in self.state:  # a copy within the arena; a failed run leaves the state as it was
+            np.copyto(kept, new)
         with np.errstate(over="ignore"):  # a float16 output beyond its range is inf, as in ORT
             return {name: view.astype(dtype) for name, view, dtype in self.outputs}
+
+    def state_views(self) -> dict[str, np.ndarray]:
+        """The state inputs' views of the arena, by name (what the next run reads)."""
+        return {name: view for name, view, _ in self.state}
+
+    def reset_state(self) -> None:
+        for _, kept, _ in self.state:
+            kept.fill(0)
 
     def close(self) -> None:
         if self.loader is not None:
@@ -178,7 +195,7 @@ class Executor:
             self.loader = None
         self.kernels.clear()
         self.views.clear()
-        self.inputs = self.outputs = []
+        self.inputs = self.outputs = self.state = []
         self.arena.close()
 
 

@@ -68,16 +68,19 @@ def import_model(
     *,
     ladder: bool = True,
     calibration_dir: str | os.PathLike | None = None,
+    state: Mapping[str, str] | None = None,
 ) -> Path:
     """Import an ONNX file into a model package folder; returns the folder.
 
     With `ladder` (the default) the plans of every budget are built too and stored with the
     package, with this machine's rates (measured once, cached in `calibration_dir`, by default
-    ~/.cache/flexnn), so a session or the daemon only reads them.
+    ~/.cache/flexnn), so a session or the daemon only reads them. `state` maps graph outputs to the
+    inputs they feed on the next run (a decoder's cache, see `runtime.generate.cache_state`): every
+    plan keeps those inputs in its arena, and a session neither takes nor returns them.
     """
     from flexnnd.graph.onnx_import import import_to_package  # onnx only where an .onnx is imported
 
-    package = import_to_package(onnx_path, package_dir, input_shapes, limits)
+    package = import_to_package(onnx_path, package_dir, input_shapes, limits, state)
     if ladder:
         start = time.perf_counter()
         plans = build_and_store(package, calibration_dir or calibrate.default_cache_dir())

@@ -35,6 +35,12 @@ class _Closed:
     def __init__(self, plan: Plan):
         self.plan = plan
 
+    def state_views(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def reset_state(self) -> None:
+        pass
+
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise LoadError(
             f"no plan is loaded (wanted a {self.plan.arena_bytes:,}-byte arena): the last plan adoption failed"
@@ -191,6 +197,13 @@ class Swap:
     overlapped: bool  # the old plan kept serving while the new arena was loaded
 
 
+def _carry_state(state: Mapping[str, np.ndarray], fresh: Executor) -> None:
+    """The state a run left (views of the old arena, or their copies) into a new plan's arena."""
+    views = fresh.state_views()
+    for name, value in state.items():
+        np.copyto(views[name], value)
+
+
 class Session:
     """Runs one model. `model` is an .onnx file (imported once, cached), a package folder, or a
     Package already read; `ladder` its Ladder (or the plans or index to make one of) when the caller
@@ -292,6 +305,7 @@ class Session:
         if overlap:
             fresh = Executor(self.package, plan)  # a failure here has touched nothing of the old plan
             with self._priority():
+                _carry_state(self._executor.state_views(), fresh)  # arena to arena, between two runs
                 old, self._executor = self._executor, fresh
                 self.plan, self._pending, self.budget = plan, None, budget
             old.close()
@@ -305,13 +319,33 @@ class Session:
         """The old arena goes first, then `plan`'s is built: the two never add up beyond the budget.
         The caller holds the turn. A failure leaves no plan: runs raise LoadError, not a closed
         executor's {}, until the next adopt."""
+        # The state (a decoder's cache) outlives its arena in a heap copy: at most the old arena's size.
+        state = {name: view.copy() for name, view in self._executor.state_views().items()}
         try:
             self._executor.close()  # inside the try: a half-closed executor must not stay in use
             fresh = Executor(self.package, plan)
         except BaseException:
             self._executor = _Closed(plan)
             raise
+        _carry_state(state, fresh)
         self._executor, self.plan = fresh, plan
+
+    def reset_state(self) -> None:
+        """Zero the state the model keeps between runs (a decoder's cache: a new conversation)."""
+        with self._priority():
+            self._executor.reset_state()
+
+    @property
+    def state(self) -> dict[str, str]:
+        """The model's state pairs, output -> the input it feeds on the next run (none: stateless)."""
+        return dict(self.package.graph.state)
+
+    @property
+    def state_bytes(self) -> int:
+        """The arena bytes the state inputs hold in every plan (the outputs they are copied from are
+        planned like any output)."""
+        tensors = self.package.graph.tensors
+        return sum(tensors[name].nbytes for name in self.package.graph.state.values())
 
     @contextlib.contextmanager
     def _priority(self):
