@@ -4,6 +4,9 @@ import flexnnd
 flexnnd.import_model("model.onnx", "pkgdir")
 sess = flexnnd.Session("model.onnx")        # or the package folder
 outs = sess.run({"input": x})
+# a decoder whose cache stays in the arena (see flexnnd.runtime.generate):
+flexnnd.import_model("decoder.onnx", "pkg", state=flexnnd.cache_state(output_names))
+flexnnd.generate(flexnnd.Session("pkg"), [464, 2068], 20).tokens
 """
 
 from flexnnd.errors import (
@@ -29,6 +32,8 @@ _LAZY = {
     "import_model": "flexnnd.runtime.ladders",
     "Session": "flexnnd.runtime.session",
     "TensorSpec": "flexnnd.graph.package",
+    "generate": "flexnnd.runtime.generate",
+    "cache_state": "flexnnd.runtime.generate",
 }
 
 
@@ -59,5 +64,7 @@ __all__ = [
     "UnsupportedOp",
     "UnsupportedOps",
     "__version__",
+    "cache_state",
+    "generate",
     "import_model",
 ]
