@@ -34,6 +34,16 @@ class Arena:
             raise ValueError(f"view [{offset}, {offset + n}) outside the arena of {self.nbytes} bytes")
         return self.bytes[offset : offset + n].view(dt).reshape(shape)
 
+    def drop_pages_except(self, keep: list[tuple[int, int]]) -> None:
+        """Return every page outside the (offset, nbytes) ranges `keep` to the OS (they read as zeros
+        after): a blocking swap keeps a decoder's cache while the rest of the old arena goes first."""
+        page, start = mmap.PAGESIZE, 0
+        for offset, nbytes in [*sorted(keep), (self.nbytes + page, 0)]:
+            stop = offset // page * page
+            if stop > start:
+                self._map.madvise(mmap.MADV_DONTNEED, start, min(stop, len(self._map)) - start)
+            start = max(start, -(-(offset + nbytes) // page) * page)
+
     def close(self) -> None:
         """Unmap now if nothing else views the arena; otherwise (say, a caller still holds a
         traceback whose frames hold views) the mapping goes when the last view does."""

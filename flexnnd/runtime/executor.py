@@ -180,6 +180,15 @@ class Executor:
         """The state inputs' views of the arena, by name (what the next run reads)."""
         return {name: view for name, view, _ in self.state}
 
+    def evict_state(self) -> dict[str, np.ndarray]:
+        """The state as heap copies, every other page of the arena returned first, so the copy adds
+        nothing to the arena's peak: the executor is spent, to be closed next."""
+        plan = self.plan
+        self.arena.drop_pages_except(
+            [(plan.region[n].offset, plan.region[n].nbytes) for n, _, _ in self.state]
+        )
+        return {name: kept.copy() for name, kept, _ in self.state}
+
     def reset_state(self) -> None:
         for _, kept, _ in self.state:
             kept.fill(0)

@@ -38,6 +38,9 @@ class _Closed:
     def state_views(self) -> dict[str, np.ndarray]:
         return {}
 
+    def evict_state(self) -> dict[str, np.ndarray]:
+        return {}
+
     def reset_state(self) -> None:
         pass
 
@@ -319,9 +322,10 @@ class Session:
         """The old arena goes first, then `plan`'s is built: the two never add up beyond the budget.
         The caller holds the turn. A failure leaves no plan: runs raise LoadError, not a closed
         executor's {}, until the next adopt."""
-        # The state (a decoder's cache) outlives its arena in a heap copy: at most the old arena's size.
-        state = {name: view.copy() for name, view in self._executor.state_views().items()}
         try:
+            # The state (a decoder's cache) outlives its arena in a heap copy, made once the arena's
+            # other pages are returned: the copy and the new arena never add up beyond the budget.
+            state = self._executor.evict_state() if self._executor.state_views() else {}
             self._executor.close()  # inside the try: a half-closed executor must not stay in use
             fresh = Executor(self.package, plan)
         except BaseException:

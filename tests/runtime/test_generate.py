@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import mmap
 import re
 
 import numpy as np
@@ -17,6 +18,7 @@ import flexnnd
 from flexnnd.errors import FeedError, ModelImportError
 from flexnnd.graph.package import read_package
 from flexnnd.planner.resident import plan_resident
+from flexnnd.runtime.arena import Arena
 from flexnnd.runtime.generate import cache_state, generate, stream
 from flexnnd.zoo.gpt2 import GPT2_MINI, gpt2_cached
 from tests.conftest import save
@@ -199,3 +201,16 @@ def test_state_pairs_are_checked_at_import(decoder, tmp_path):
             ladder=False,
             state={"present.0.key": "past_key_values.0.key", "present.1.key": "past_key_values.0.key"},
         )
+
+
+def test_a_blocking_swap_returns_the_old_arena_but_the_cache_before_copying_it():
+    page = mmap.PAGESIZE
+    arena = Arena(5 * page + 100)
+    try:
+        arena.bytes[:] = 1
+        arena.drop_pages_except([(page + 10, 20), (3 * page - 1, 2)])
+        kept = np.zeros(arena.nbytes, bool)
+        kept[page : 4 * page] = True  # pages 1 and 2 hold the first range, 2 and 3 the second
+        assert np.all(arena.bytes[kept] == 1) and not np.any(arena.bytes[~kept])
+    finally:
+        arena.close()
