@@ -86,9 +86,10 @@ def generate(
 ) -> Generation:
     """`max_new_tokens` tokens after `prompt_ids`, a new conversation (the cache is zeroed first).
 
-    Greedy (the most likely token) unless `top_k` or `top_p` is given: then sampled from the `top_k`
-    most likely tokens, cut to the fewest whose probability reaches `top_p`, with a numpy generator
-    seeded by `seed` (the same seed, the same tokens). The budget may change between tokens
+    Greedy (the most likely token) unless `greedy=False`, `top_k` or `top_p` is given: then sampled
+    at `temperature` from the `top_k` most likely tokens (all when None), cut to the fewest whose
+    probability reaches `top_p`, with a numpy generator seeded by `seed` (the same seed, the same
+    tokens). The budget may change between tokens
     (`session.set_budget`): the cache moves to the new plan's arena."""
     tokens, seconds = [], []
     for token, elapsed in stream(
@@ -115,7 +116,7 @@ def stream(
     checked before the first step runs. The session must not run anything else until it ends."""
     decoder = Decoder.of(session)
     prompt = _checked_prompt(prompt_ids, decoder)
-    sampled = top_k is not None or top_p is not None
+    sampled = greedy is False or top_k is not None or top_p is not None
     if greedy and sampled:
         raise FeedError(f"greedy generation takes no top_k ({top_k}) or top_p ({top_p})")
     _check_sampling(max_new_tokens, top_k, top_p, temperature, decoder)

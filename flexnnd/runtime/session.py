@@ -214,7 +214,8 @@ class Session:
     `input_shapes` fixes the shapes of an .onnx file's inputs whose dimensions it leaves unknown.
 
     A session is its package, one plan and that plan's arena; `adopt` changes the plan, and
-    `set_budget` is an adopt deferred to the next run."""
+    `set_budget` is an adopt deferred to the next run. A model's state (`Graph.state`, a decoder's
+    cache) stays in the arena between runs and moves with each adopt; `reset_state` zeroes it."""
 
     def __init__(
         self,

@@ -124,6 +124,9 @@ def test_seeded_sampling_is_reproducible_and_top_k_1_is_greedy(package, referenc
         again = generate(session, PROMPT, NEW, top_k=50, top_p=0.95, temperature=1.5, seed=7).tokens
         other = generate(session, PROMPT, NEW, top_k=50, top_p=0.95, temperature=1.5, seed=8).tokens
         nucleus = generate(session, PROMPT, NEW, top_p=0.5, seed=7).tokens
+        unfiltered = generate(session, PROMPT, NEW, greedy=False, temperature=2.0, seed=7).tokens
+        assert unfiltered == generate(session, PROMPT, NEW, greedy=False, temperature=2.0, seed=7).tokens
+        assert unfiltered != reference
         assert generate(session, PROMPT, NEW, top_k=1, seed=1).tokens == reference
     assert first == again and first != other and first != reference
     assert all(0 <= t < CONFIG.vocab for t in first + nucleus)
