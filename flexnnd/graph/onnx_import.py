@@ -687,9 +687,14 @@ def _support_refusal(proto: onnx.NodeProto, node_name: str, opset: int) -> Unsup
 def _op_name(proto: onnx.NodeProto) -> str:
     """The name a node's op is registered under: its op_type, prefixed by a domain other than
     the default one (an op of ONNX Runtime's contrib domain registers as "com.microsoft.X")."""
-    if proto.domain not in ("", "ai.onnx"):
-        return f"{proto.domain}.{proto.op_type}"
-    return f"ai.onnx.{proto.op_type}" if "." in proto.op_type else proto.op_type  # not another domain's
+    # protobuf hands over a name that is not UTF-8 as bytes
+    op_type, domain = (
+        v.decode("utf-8", errors="replace") if isinstance(v, bytes) else v
+        for v in (proto.op_type, proto.domain)
+    )
+    if domain not in ("", "ai.onnx"):
+        return f"{domain}.{op_type}"
+    return f"ai.onnx.{op_type}" if "." in op_type else op_type  # not another domain's
 
 
 def _shape_of(name: str, consts: Mapping[str, np.ndarray], infos: Mapping[str, TensorInfo]) -> Shape:
