@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from flexnn_api.sizes import parse_size
 
-from flexnnd.errors import BudgetTooSmall, LoadError, ShapeError
+from flexnnd.errors import BudgetTooSmall, LoadError, PackageError, ShapeError
 from flexnnd.graph.package import MANIFEST, Package, read_package
 from flexnnd.planner.ladder import LADDER_FILE, choose, stored_ladder
 from flexnnd.planner.plan import Plan
@@ -61,9 +61,10 @@ def package_for_path(
     model: str | os.PathLike,
     cache_dir: str | os.PathLike | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
+    state: Mapping[str, str] | None = None,
 ) -> Path:
     """Where package_for keeps the import of `model` (which may not exist yet), by file identity and
-    the input shapes it was imported with."""
+    the input shapes and state pairs it was imported with."""
     path = Path(model)
     if path.is_dir():
         return path
@@ -71,6 +72,7 @@ def package_for_path(
     shapes = (
         "" if not input_shapes else repr(sorted((k, tuple(map(int, v))) for k, v in input_shapes.items()))
     )
+    shapes += "" if not state else f"|state {sorted(state.items())!r}"
     key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}{shapes}".encode()).hexdigest()[:16]
     return Path(cache_dir or default_cache_dir()) / f"{path.stem}-{key}"
 
@@ -80,20 +82,26 @@ def package_for(
     cache_dir: str | os.PathLike | None = None,
     calibration_dir: str | os.PathLike | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
+    state: Mapping[str, str] | None = None,
 ) -> Path:
     """The package folder for `model`: itself if it is one, else an import (with its ladder) cached
-    by file identity and `input_shapes` (static shapes for inputs whose dimensions the file leaves
-    unknown); `calibration_dir` holds this machine's rates (import_model's default if None)."""
+    by file identity, `input_shapes` (static shapes for inputs whose dimensions the file leaves
+    unknown) and `state` (import_model's state pairs); `calibration_dir` holds this machine's rates
+    (import_model's default if None)."""
     path = Path(model)
-    target = package_for_path(path, cache_dir, input_shapes)
+    target = package_for_path(path, cache_dir, input_shapes, state)
     if target == path and input_shapes:
         raise ShapeError(
             f"{path} is a package, imported with fixed shapes already: input_shapes apply to an .onnx file"
         )
+    if target == path and state:
+        raise PackageError(
+            f"{path} is a package, imported with its state pairs: state applies to an .onnx file"
+        )
     if target != path and not (target / MANIFEST).is_file():
         from flexnnd.runtime.ladders import import_model  # onnx only where an .onnx is imported
 
-        import_model(path, target, input_shapes, calibration_dir=calibration_dir)
+        import_model(path, target, input_shapes, calibration_dir=calibration_dir, state=state)
     return target
 
 
@@ -211,7 +219,8 @@ class Session:
     """Runs one model. `model` is an .onnx file (imported once, cached), a package folder, or a
     Package already read; `ladder` its Ladder (or the plans or index to make one of) when the caller
     has one already; `plan` the one to start with when the caller has read it (else chosen for `budget`);
-    `input_shapes` fixes the shapes of an .onnx file's inputs whose dimensions it leaves unknown.
+    `input_shapes` fixes the shapes of an .onnx file's inputs whose dimensions it leaves unknown, and
+    `state` declares its state pairs (see `flexnnd.import_model`).
 
     A session is its package, one plan and that plan's arena; `adopt` changes the plan, and
     `set_budget` is an adopt deferred to the next run. A model's state (`Graph.state`, a decoder's
@@ -226,11 +235,16 @@ class Session:
         ladder: Ladder | Sequence[Plan] | Sequence[IndexEntry] | None = None,
         plan: Plan | None = None,
         input_shapes: Mapping[str, Sequence[int]] | None = None,
+        state: Mapping[str, str] | None = None,
     ):
+        if isinstance(model, Package) and state:
+            raise PackageError(
+                f"{model.path} is a package, imported with its state pairs: state applies to an .onnx file"
+            )
         self.package: Package = (
             model
             if isinstance(model, Package)
-            else read_package(package_for(model, cache_dir, input_shapes=input_shapes))
+            else read_package(package_for(model, cache_dir, input_shapes=input_shapes, state=state))
         )
         self.threads = int(threads) if threads else threads_mod.available_cores()
         self._lock = threading.Lock()

@@ -15,7 +15,7 @@ import pytest
 from onnx import numpy_helper
 
 import flexnnd
-from flexnnd.errors import FeedError, ModelImportError
+from flexnnd.errors import FeedError, ModelImportError, PackageError
 from flexnnd.graph.package import read_package
 from flexnnd.planner.resident import plan_resident
 from flexnnd.runtime.arena import Arena
@@ -217,3 +217,13 @@ def test_a_blocking_swap_returns_the_old_arena_but_the_cache_before_copying_it()
         assert np.all(arena.bytes[kept] == 1) and not np.any(arena.bytes[~kept])
     finally:
         arena.close()
+
+
+def test_a_session_imports_an_onnx_decoder_with_its_state(decoder, package, reference, tmp_path):
+    path = save(decoder, tmp_path / "decoder.onnx")
+    state = cache_state(o.name for o in decoder.graph.output)
+    with flexnnd.Session(path, threads=1, cache_dir=tmp_path / "cache", state=state) as session:
+        assert session.state == state
+        assert generate(session, PROMPT, NEW).tokens == reference
+    with pytest.raises(PackageError, match=r"state applies to an \.onnx file"):
+        flexnnd.Session(package, state=state)
