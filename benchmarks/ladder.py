@@ -103,6 +103,16 @@ def node_seconds(sess, feeds: dict[str, np.ndarray], runs: int) -> dict[str, flo
     return {node: statistics.median(t[1:]) for node, t in times.items()}
 
 
+def seconds_by_op(graph, per_node: dict[str, float]) -> dict[str, float]:
+    """Per-node times summed by op type, slowest first."""
+    op_of = {node.name: node.op_type for node in graph.nodes}
+    by_op: dict[str, float] = {}
+    for node, seconds in per_node.items():
+        op = op_of.get(node, "other")
+        by_op[op] = by_op.get(op, 0.0) + seconds
+    return dict(sorted(by_op.items(), key=lambda kv: -kv[1]))
+
+
 def median_latency(fn, runs: int) -> float:
     fn()
     times = []
@@ -239,6 +249,9 @@ def bench_model(name: str, runs: int, passes: int, packages: Path | None = None)
         "read_bytes_per_s": read_bytes,  # the median of the rungs' own
         "calibrated_read_bytes_per_s": rates.read_bytes,
         "resident_node_seconds_sum": sum(per_node.values()),
+        # Where the all-resident time goes: by op type, and the slowest nodes.
+        "resident_seconds_by_op": seconds_by_op(package.graph, per_node),
+        "resident_slowest_nodes": dict(sorted(per_node.items(), key=lambda kv: -kv[1])[:8]),
         "rungs": sorted(rungs, key=lambda r: r["budget"]),
         "onnxruntime": {"median_s": ort_seconds, "peak_model_bytes": ort_peak},
         "smallest_budget_vs_ort_peak": min(r["budget"] for r in rungs) / ort_peak,
@@ -328,7 +341,7 @@ def plot(name: str, result: dict, path: Path) -> None:
     ax.set_ylabel("latency, 1 thread (ms)")
     ax.set_title(f"{name}: latency against memory")
     if "tokens_per_step" in result:  # a token model's step: its rate on the right
-        ax.set_title(f"{name}: one step of {result['tokens_per_step']} tokens, latency against memory")
+        ax.set_title(f"{name}: {result['tokens_per_step']} tokens a step, latency against memory")
         rate = lambda v: 1e3 / np.maximum(v, 1e-9)  # noqa: E731 - ms <-> steps/s, its own inverse
         ax.secondary_yaxis("right", functions=(rate, rate)).set_ylabel("steps per second")
     ax.grid(True, which="both", alpha=0.3)
@@ -350,6 +363,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, default=None, help="default: results/ladder.json (or ladder-plan.json)"
     )
+    parser.add_argument(
+        "--quarter-ab",
+        type=int,
+        metavar="ROUNDS",
+        help="only the quarter rung against all-resident, alternated ROUNDS times (ladder-large-quarter.json)",
+    )
     parser.add_argument("--plan-only", action="store_true", help="only time ladder planning (all zoo models)")
     parser.add_argument("--repeat", type=int, default=3, help="--plan-only: timed runs per model")
     parser.add_argument(
@@ -365,6 +384,16 @@ def main(argv: list[str] | None = None) -> int:
     CACHE.mkdir(parents=True, exist_ok=True)
     if args.plan_only:
         return plan_only(args)
+    if args.quarter_ab:
+        if not args.models:
+            parser.error("--quarter-ab needs --models")
+        out = args.out or RESULTS / "ladder-large-quarter.json"
+        report = json.loads(out.read_text()) if out.exists() else {}
+        for name in args.models:
+            report[name] = q = quarter_ab(name, args.quarter_ab, args.runs, args.packages)
+            print(f"{name}: quarter rung ÷ all-resident, alternated: {q['ratio_to_resident']}", flush=True)
+        out.write_text(json.dumps(report, indent=1))
+        return 0
     if args.summary:
         return summarize(args.out or RESULTS / "ladder.json")
     from flexnnd import zoo
@@ -432,6 +461,47 @@ def summarize(path: Path) -> int:
         print_bar(name, result["bar"])
     path.write_text(json.dumps(report, indent=1))
     return 0
+
+
+def quarter_ab(name: str, rounds: int, runs: int, packages: Path | None) -> dict:
+    """The quarter rung against all-resident, alternated within each round (the load of a shared
+    machine drifts between a ladder's passes), with every thread on the compute's core and then free
+    to use core 0 too: on tmpfs a read is a memory copy the loader makes on whichever core it has."""
+    import os
+
+    import flexnnd
+    from flexnnd import zoo
+    from flexnnd.graph.package import read_package
+    from flexnnd.planner.ladder import build_ladder
+    from flexnnd.runtime.calibrate import machine
+    from flexnnd.runtime.session import package_for
+
+    onnx_path = zoo.cached(name, CACHE)
+    package = read_package(package_for(onnx_path, packages or CACHE / "packages", calibration_dir=CACHE))
+    ladder = build_ladder(package.graph, machine(CACHE, package.weights_path))
+    quarter = min(ladder, key=lambda r: abs(r.arena_bytes - ladder[-1].arena_bytes / 4))
+    feeds = model_feeds(package)
+    own = os.sched_getaffinity(0)
+    ratios: dict[str, list[float]] = {}
+    with flexnnd.Session(package, threads=1, ladder=ladder) as sess:
+        for _ in range(rounds):
+            for cores in dict.fromkeys((frozenset(own), frozenset(own | {0}))):  # one set if own has 0
+                seconds = []
+                for rung in (ladder[-1], quarter):
+                    sess.set_budget(rung.arena_bytes + sess.output_bytes)
+                    sess.run(feeds)  # adopts the plan, and starts its loader thread
+                    for tid in os.listdir("/proc/self/task"):  # the loader's thread too
+                        os.sched_setaffinity(int(tid), cores)
+                    seconds.append(median_latency(lambda: sess.run(feeds), runs))
+                ratios.setdefault(f"cores {','.join(map(str, sorted(cores)))}", []).append(
+                    seconds[1] / seconds[0]
+                )
+    return {
+        "quarter_budget": quarter.budget + sess.output_bytes,
+        "streamed_bytes": sum(quarter.region[ld.piece].nbytes for ld in quarter.loads),
+        "ratio_to_resident": {k: statistics.median(v) for k, v in ratios.items()},
+        "ratio_by_round": ratios,
+    }
 
 
 def plan_only(args: argparse.Namespace) -> int:
