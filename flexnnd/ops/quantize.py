@@ -53,11 +53,13 @@ def dequantize(x, y, scale, zero, outer, channels, inner):
 
 
 @kernel
-def minus_columns(src, dst, zero, k, n):
-    """dst = int32(src) - zero[c] over (k, n), column c."""
+def widen_column_block(src, dst, zero, k, n, start, width, per_column):
+    """dst (k, width) = src[:, start:start + width] - zero (zero[c] per column of src's (k, n), else
+    zero[0]), widened: one block of B's columns, contiguous for BLAS."""
     for r in range(k):
-        for c in range(n):
-            dst[r * n + c] = np.int32(src[r * n + c]) - np.int32(zero[c])
+        for c in range(width):
+            z = zero[start + c] if per_column else zero[0]
+            dst[r * width + c] = np.int32(src[r * n + start + c]) - np.int32(z)
 
 
 @kernel
@@ -77,6 +79,11 @@ def widen_minus(src, dst, zero, rows, cols, per_row):
         z = np.int32(zero[r] if per_row else zero[0])
         for k in range(cols):
             dst[r * cols + k] = np.int32(src[r * cols + k]) - z
+
+
+def _column_block(k: int, n: int) -> int:
+    """Columns of B widened at a time: about 1 MiB of float64, at least 64 columns."""
+    return min(n, max(64, (1 << 17) // max(k, 1)))
 
 
 def _geometry(shape, axis: int, n: int) -> tuple[int, int, int]:
@@ -330,9 +337,10 @@ class MatMulInteger(Op):
 
     def scratch_bytes(self, shapes, part=None):
         a, b = shapes[0], shapes[1]
-        rows = math.prod(a[:-1])
-        # A, B (zero points taken off) and the product in float64: BLAS, and exact (|sum| < 2**53).
-        return 8 * (math.prod(a) + math.prod(b) + rows * b[1])
+        rows, width = math.prod(a[:-1]), _column_block(b[0], b[1])
+        # A, a block of B's columns (zero points taken off) and their product in float64: BLAS, and
+        # exact (|sum| < 2**53); blocks keep the scratch small beside an int8 B.
+        return 8 * (math.prod(a) + b[0] * width + rows * width)
 
     def flops(self, shapes, out_shapes):
         return 2 * shapes[0][-1] * math.prod(out_shapes[0])
@@ -343,25 +351,36 @@ class MatMulInteger(Op):
         b_zero = ins[3] if len(ins) > 3 and ins[3] is not None else np.zeros(1, b.dtype)
         k, n = b.shape
         rows = math.prod(a.shape[:-1])
+        width = _column_block(k, n)
         words = scratch.view(np.float64)
         a64 = reshape_view(words[: rows * k], (rows, k))
-        b64 = reshape_view(words[rows * k : rows * k + k * n], (k, n))
-        y64 = reshape_view(words[rows * k + k * n : rows * k + k * n + rows * n], (rows, n))
+        b64 = words[rows * k : rows * k + k * width]
+        y64 = words[rows * k + k * width : rows * k + k * width + rows * width]
         y2 = reshape_view(y, (rows, n))
         af, bf = reshape_view(a, (-1,)), reshape_view(b, (-1,))
         a_zero_f, b_zero_f = reshape_view(a_zero, (-1,)), reshape_view(b_zero, (-1,))
         a_per_row = a_zero_f.size > 1
         b_per_col = b_zero_f.size > 1
-        a64f, b64f = reshape_view(a64, (-1,)), reshape_view(b64, (-1,))
+        a64f = reshape_view(a64, (-1,))
+        blocks = []
+        for start in range(0, n, width):
+            w = min(width, n - start)
+            blocks.append(
+                (
+                    start,
+                    w,
+                    reshape_view(b64[: k * w], (k, w)),
+                    reshape_view(y64[: rows * w], (rows, w)),
+                    y2[:, start : start + w],
+                )
+            )
 
         def run_matmul_integer():
             widen_minus(af, a64f, a_zero_f, rows, k, a_per_row)
-            if b_per_col:  # a zero point per column of B's (k, n) layout
-                minus_columns(bf, b64f, b_zero_f, k, n)
-            else:
-                widen_minus(bf, b64f, b_zero_f, 1, k * n, False)
-            np.matmul(a64, b64, out=y64)  # numpy's integer matmul has no BLAS: 60x slower
-            np.copyto(y2, y64, casting="unsafe")  # whole numbers, exact in int32
+            for start, w, b_block, y_block, y_out in blocks:
+                widen_column_block(bf, b64, b_zero_f, k, n, start, w, b_per_col)
+                np.matmul(a64, b_block, out=y_block)  # numpy's integer matmul has no BLAS: 60x slower
+                np.copyto(y_out, y_block, casting="unsafe")  # whole numbers, exact in int32
 
         return run_matmul_integer
 

@@ -162,3 +162,18 @@ def test_matmul_integer_is_exact_at_the_extremes():
     run()
     np.testing.assert_array_equal(y, ort_run("MatMulInteger", [a], [b, *zeros]))
     assert y[0, 0] == 255 * -128 * 4096
+
+
+@pytest.mark.parametrize("b_zero", ["scalar", "per_column"])
+def test_matmul_integer_in_column_blocks_with_a_ragged_last_one(b_zero):
+    """K = 2048 widens B 64 columns at a time: 150 columns are blocks of 64, 64 and 22."""
+    a = RNG.integers(0, 256, (2, 5, 2048), dtype=np.uint8)
+    b = RNG.integers(-128, 128, (2048, 150), dtype=np.int8)
+    az = np.array(3, np.uint8)
+    bz = np.array(-7, np.int8) if b_zero == "scalar" else RNG.integers(-5, 5, 150, dtype=np.int8)
+    op = MatMulInteger()
+    assert op.scratch_bytes([a.shape, b.shape, (), bz.shape]) < b.size * 8
+    run, (y,) = run_in_arena(op, [a, b, az, bz], consts=[None, b, az, bz])
+    run()
+    np.testing.assert_array_equal(y, ort_run("MatMulInteger", [a], [b, az, bz]))
+    assert_no_numpy_allocations(run)
