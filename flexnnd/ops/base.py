@@ -128,6 +128,9 @@ class Op:
     op_type: ClassVar[str] = ""
     # Output 0 is input 0 with another shape: no kernel, shares the input's memory.
     alias: ClassVar[bool] = False
+    # Output 0 may share input 0's storage (a state updated in place, planner/lifetimes.py): the
+    # kernel copies input 0 whole into output 0 (a no-op then) before it reads anything else.
+    in_place: ClassVar[bool] = False
     # Input positions that must be constants known at import (weights, biases).
     const_inputs: ClassVar[tuple[int, ...]] = ()
     # Input positions that are optional in ONNX (may be given as "").

@@ -111,6 +111,7 @@ class ScatterND(_Scatter):
     """ONNX ScatterND (opsets 11, 13; reduction since 16, max/min since 18)."""
 
     op_type = "ScatterND"
+    in_place = True  # run_scatter_nd copies data whole first
 
     def infer(self, shapes, consts):
         data, indices, updates = (tuple(s) for s in shapes[:3])
@@ -193,6 +194,7 @@ class ScatterElements(_Scatter):
     """ONNX ScatterElements (opsets 11, 13; reduction since 16, max/min since 18)."""
 
     op_type = "ScatterElements"
+    in_place = True  # run_scatter_elements copies data whole first
     axis: int = 0
 
     def infer(self, shapes, consts):

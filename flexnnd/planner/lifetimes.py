@@ -29,6 +29,7 @@ def lifetimes(graph: Graph) -> Lifetimes:
                 parent[name] = (node.outputs[0], offset)
         else:
             steps.append(node)
+    parent.update((out, (inp, 0)) for out, inp in in_place_state(graph) if out not in parent)
     aliases: dict[str, str] = {}
     offsets: dict[str, int] = {}
     for name in parent:
@@ -59,3 +60,29 @@ def lifetimes(graph: Graph) -> Lifetimes:
     for name in graph.state.values():  # kept from one run to the next: no activation may reuse it
         last[name] = end
     return Lifetimes(tuple(steps), aliases, offsets, first, last)
+
+
+def in_place_state(graph: Graph) -> list[tuple[str, str]]:
+    """State pairs whose output may take its input's storage: the output's node updates that input
+    in place (`op.in_place`) and is its only reader, so the arena holds the state once, not twice."""
+    readers: dict[str, list[Node]] = {}
+    producer: dict[str, Node] = {}
+    for node in graph.nodes:
+        for name in set(node.reads):
+            readers.setdefault(name, []).append(node)
+        for name in node.outputs:
+            producer[name] = node
+    pairs = []
+    for out, inp in graph.state.items():
+        node = producer.get(out)
+        if (
+            node is not None
+            and node.op.in_place
+            and not node.guard
+            and node.outputs[0] == out
+            and node.inputs[0] == inp
+            and node.inputs.count(inp) == 1
+            and readers.get(inp) == [node]
+        ):
+            pairs.append((out, inp))
+    return pairs

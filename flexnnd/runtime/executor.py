@@ -64,6 +64,12 @@ class Executor:
         ]
         # (state input's view, the output's view it takes after each run): both planned live to the end.
         self.state = [(inp, self.views[inp], self.views[out]) for out, inp in graph.state.items()]
+        # Pairs updated in place share one region (planner.lifetimes.in_place_state): nothing to copy.
+        self.state_copies = [
+            (self.views[inp], self.views[out])
+            for out, inp in graph.state.items()
+            if plan.address(out) != plan.address(inp)
+        ]
         self.loader: Loader | None = None
         self.stall_seconds = 0.0  # the last inference's wait for weights
         if plan.loads:
@@ -171,7 +177,7 @@ class Executor:
                     self.stall_seconds = stalled
         except InputValueError as e:  # a kernel knows its op, not its node: the step says which
             raise InputValueError(self.plan.steps[i].node, e.op_type, e.why) from None
-        for _, kept, new in self.state:  # a copy within the arena; a failed run leaves the state as it was
+        for kept, new in self.state_copies:  # within the arena, after a run that succeeded
             np.copyto(kept, new)
         with np.errstate(over="ignore"):  # a float16 output beyond its range is inf, as in ORT
             return {name: view.astype(dtype) for name, view, dtype in self.outputs}
@@ -204,7 +210,7 @@ class Executor:
             self.loader = None
         self.kernels.clear()
         self.views.clear()
-        self.inputs = self.outputs = self.state = []
+        self.inputs = self.outputs = self.state = self.state_copies = []
         self.arena.close()
 
 

@@ -12,11 +12,12 @@ import re
 import numpy as np
 import onnx
 import pytest
-from onnx import numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 import flexnnd
 from flexnnd.errors import FeedError, ModelImportError, PackageError
 from flexnnd.graph.package import read_package
+from flexnnd.planner.lifetimes import in_place_state
 from flexnnd.planner.resident import plan_resident
 from flexnnd.runtime.arena import Arena
 from flexnnd.runtime.generate import cache_state, generate, stream
@@ -164,6 +165,8 @@ def test_every_rung_keeps_the_cache_live_for_every_step(package):
         for name in cache:
             region = plan.region[name]
             assert (region.first, region.last) == (0, len(plan.steps) - 1), (plan.budget, name)
+        # Each ScatterElements updates its past in place: the arena holds the cache once.
+        assert {plan.aliases.get(out) for out in graph.state} == set(cache)
         assert plan.arena_bytes >= cache_bytes
     # Without the state pairs the pasts die at their last reader: the extension is the state's doing.
     stateless = plan_resident(dataclasses.replace(graph, state={}))
@@ -227,3 +230,36 @@ def test_a_session_imports_an_onnx_decoder_with_its_state(decoder, package, refe
         assert generate(session, PROMPT, NEW).tokens == reference
     with pytest.raises(PackageError, match=r"state applies to an \.onnx file"):
         flexnnd.Session(package, state=state)
+
+
+def test_a_state_read_by_another_node_is_copied_not_updated_in_place(tmp_path):
+    """The past is read after its update by another node: sharing its storage would feed that node
+    the updated values, so the output keeps its own region and the run ends with a copy."""
+    nodes = [
+        helper.make_node("ScatterElements", ["past", "at", "new"], ["present"], axis=0),
+        helper.make_node("Add", ["past", "present"], ["sum"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "state",
+        [
+            helper.make_tensor_value_info("past", TensorProto.FLOAT, [4]),
+            helper.make_tensor_value_info("at", TensorProto.INT64, [1]),
+            helper.make_tensor_value_info("new", TensorProto.FLOAT, [1]),
+        ],
+        [
+            helper.make_tensor_value_info("sum", TensorProto.FLOAT, [4]),
+            helper.make_tensor_value_info("present", TensorProto.FLOAT, [4]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = save(model, tmp_path / "s.onnx")
+    folder = flexnnd.import_model(path, tmp_path / "pkg", ladder=False, state={"present": "past"})
+    assert in_place_state(read_package(folder).graph) == []
+    with flexnnd.Session(folder, threads=1) as session:
+        sums = [
+            session.run({"at": np.array([i]), "new": np.array([i + 1.0], np.float32)})["sum"]
+            for i in range(3)
+        ]
+    # past before each run: 0000, 1000, 1200; sum = past + present.
+    np.testing.assert_array_equal(sums, [[1, 0, 0, 0], [2, 2, 0, 0], [2, 4, 3, 0]])
