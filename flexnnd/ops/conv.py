@@ -36,7 +36,7 @@ from flexnnd.ops.base import (
 )
 from flexnnd.ops.buffers import reshape_view
 from flexnnd.ops.conv_depthwise import bind_depthwise, bind_depthwise3x3, depthwise_scratch
-from flexnnd.ops.conv_geometry import Geometry, band_rows, same_pads
+from flexnnd.ops.conv_geometry import Geometry, band_rows, reference_conv, same_pads
 from flexnnd.ops.conv_im2col import (
     IM2COL_BAND_BYTES,
     MIN_BAND_COLS,
@@ -162,7 +162,11 @@ class Conv(Op):
             raise ShapeError(f"Conv: weight must have rank 4, got shape {w} (input {x})")
         if self.kernel_shape and tuple(self.kernel_shape) != tuple(w[2:]):
             raise ShapeError(f"Conv: kernel_shape {list(self.kernel_shape)} does not match weight {w}")
-        geo = self.geometry(x, int(w[0]), (int(w[2]), int(w[3])))
+        return self._channels_checked(self.geometry(x, int(w[0]), (int(w[2]), int(w[3]))), shapes)
+
+    def _channels_checked(self, geo, shapes):
+        """`geo`, once the weight's input channels and the bias agree with it (2-D and 3-D alike)."""
+        x, w = shapes[0], shapes[1]
         if w[1] * self.group != geo.cin:
             raise ShapeError(
                 f"Conv: input {x} has {geo.cin} channels but weight {w} with group {self.group} "
@@ -323,23 +327,7 @@ class Conv(Op):
         w = np.asarray(ins[1], dtype=np.float64)
         bias = ins[2] if len(ins) > 2 and ins[2] is not None else np.zeros(w.shape[0])
         g = self._geometry_of([x.shape, w.shape, None])
-        xp = np.pad(x, ((0, 0), (0, 0), (g.pt, g.pb), (g.pl, g.pr)))
-        y = np.zeros((g.batch, g.cout, g.out_h, g.out_w))
-        cin_g, cout_g = g.cin // g.group, g.cout // g.group
-        for grp in range(g.group):
-            xs = xp[:, grp * cin_g : (grp + 1) * cin_g]
-            ws = w[grp * cout_g : (grp + 1) * cout_g]
-            for i in range(g.kh):
-                for j in range(g.kw):
-                    patch = xs[
-                        :,
-                        :,
-                        i * g.dh : i * g.dh + (g.out_h - 1) * g.sh + 1 : g.sh,
-                        j * g.dw : j * g.dw + (g.out_w - 1) * g.sw + 1 : g.sw,
-                    ]
-                    y[:, grp * cout_g : (grp + 1) * cout_g] += np.einsum(
-                        "nchw,oc->nohw", patch, ws[:, :, i, j]
-                    )
+        y = reference_conv(x, w, g)
         y += np.asarray(bias, dtype=np.float64).reshape(1, -1, 1, 1)
         if self.residual:
             y += np.asarray(ins[3], dtype=np.float64)

@@ -256,16 +256,7 @@ class Conv3D(Conv):
             raise ShapeError(f"Conv: weight must have rank 5, got shape {w} (input {x})")
         if tuple(self.kernel_shape) != tuple(w[2:]):
             raise ShapeError(f"Conv: kernel_shape {list(self.kernel_shape)} does not match weight {w}")
-        geo = self.geometry(x, int(w[0]), tuple(w[2:]))
-        if w[1] * self.group != geo.cin:
-            raise ShapeError(
-                f"Conv: input {x} has {geo.cin} channels but weight {w} with group {self.group} "
-                f"expects {w[1] * self.group}"
-            )
-        bias = shapes[2] if len(shapes) > 2 else None
-        if bias is not None and tuple(bias) != (geo.cout,):
-            raise ShapeError(f"Conv: bias shape {bias} does not match weight {w} (want ({geo.cout},))")
-        return geo
+        return self._channels_checked(self.geometry(x, int(w[0]), tuple(w[2:])), shapes)
 
     def infer(self, shapes, consts):
         geo = self._geometry_of(shapes)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 # With a column stride, im2col_strided (split each input row by column phase once, then contiguous
 # copies) replaces the strided gather per tap when the kernel is at least STRIDED_MIN_KW wide or
 # the output at least STRIDED_MIN_WIDTH wide. Measured: 7x7/2 stem 0.32 ms vs 0.57, 3x3/2 stems
@@ -113,3 +115,24 @@ def band_rows(rows: int, row_bytes: int, row_cols: int, limit: int, min_cols: in
     """Output rows per band: below `limit` bytes, but at least `min_cols` GEMM columns (BLAS
     loses a third of its speed on narrow matrices)."""
     return even_split(rows, max(limit // max(row_bytes, 1), -(-min_cols // row_cols)))
+
+
+def reference_conv(x: np.ndarray, w: np.ndarray, g: Geometry) -> np.ndarray:
+    """Plain numpy convolution of NCHW `x` by (cout, cin/group, kh, kw) `w` in their dtype (float64
+    or int64 for the references): a sum over the kernel taps of strided views, per group."""
+    xp = np.pad(x, ((0, 0), (0, 0), (g.pt, g.pb), (g.pl, g.pr)))
+    y = np.zeros((g.batch, g.cout, g.out_h, g.out_w), np.result_type(x, w))
+    cin_g, cout_g = g.cin // g.group, g.cout // g.group
+    for grp in range(g.group):
+        xs = xp[:, grp * cin_g : (grp + 1) * cin_g]
+        ws = w[grp * cout_g : (grp + 1) * cout_g]
+        for i in range(g.kh):
+            for j in range(g.kw):
+                patch = xs[
+                    :,
+                    :,
+                    i * g.dh : i * g.dh + (g.out_h - 1) * g.sh + 1 : g.sh,
+                    j * g.dw : j * g.dw + (g.out_w - 1) * g.sw + 1 : g.sw,
+                ]
+                y[:, grp * cout_g : (grp + 1) * cout_g] += np.einsum("nchw,oc->nohw", patch, ws[:, :, i, j])
+    return y

@@ -21,7 +21,7 @@ import numpy as np
 from flexnnd.errors import DtypeRefused, ShapeError, UnsupportedOp
 from flexnnd.ops.base import COST_GEMM, Op, internal, register
 from flexnnd.ops.buffers import reshape_view
-from flexnnd.ops.conv_geometry import Geometry, band_rows, same_pads
+from flexnnd.ops.conv_geometry import Geometry, band_rows, reference_conv, same_pads
 from flexnnd.ops.jit import kernel
 
 QUANT_TYPES = ("uint8", "int8")
@@ -308,22 +308,6 @@ class ConvInteger(Op):
         g = self.geometry([x.shape, w.shape])
         if len(self.kernel_shape) == 1:
             x, w = x[:, :, None, :], w[:, :, None, :]
-        xp = np.pad(x, ((0, 0), (0, 0), (g.pt, g.pb), (g.pl, g.pr)))
-        y = np.zeros((g.batch, g.cout, g.out_h, g.out_w), np.int64)
-        cin_g, cout_g = g.cin // g.group, g.cout // g.group
-        for grp in range(g.group):
-            xs = xp[:, grp * cin_g : (grp + 1) * cin_g]
-            ws = w[grp * cout_g : (grp + 1) * cout_g]
-            for i in range(g.kh):
-                for j in range(g.kw):
-                    patch = xs[
-                        :,
-                        :,
-                        i * g.dh : i * g.dh + (g.out_h - 1) * g.sh + 1 : g.sh,
-                        j * g.dw : j * g.dw + (g.out_w - 1) * g.sw + 1 : g.sw,
-                    ]
-                    y[:, grp * cout_g : (grp + 1) * cout_g] += np.einsum(
-                        "nchw,oc->nohw", patch, ws[:, :, i, j]
-                    )
+        y = reference_conv(x, w, g)
         y = y.astype(np.int32)
         return [y[:, :, 0, :] if len(self.kernel_shape) == 1 else y]
