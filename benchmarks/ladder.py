@@ -6,6 +6,8 @@
                                                      # weights streamed from memory, not the disk
     python -m benchmarks.ladder --models vit_b_16 bert_base gpt2 --packages /dev/shm/flexnn --runs 3 --passes 1
                                                      # the large models: results/ladder-large.json
+    python -m benchmarks.ladder --models gpt2 --packages /dev/shm/flexnn --quarter-ab 7
+                                                     # quarter rung vs all-resident, alternated
 
 
 Per rung: the median over `--passes` passes of the ladder of its median latency over `--runs` runs
