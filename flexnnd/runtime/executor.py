@@ -62,14 +62,17 @@ class Executor:
             for t in graph.outputs
             if t.name not in graph.state
         ]
-        # (state input's view, the output's view it takes after each run): both planned live to the end.
-        self.state = [(inp, self.views[inp], self.views[out]) for out, inp in graph.state.items()]
+        # (state input, its view): planned live to the end, so a run leaves it for the next.
+        self.state = [(inp, self.views[inp]) for inp in graph.state.values()]
         # Pairs updated in place share one region (planner.lifetimes.in_place_state): nothing to copy.
         self.state_copies = [
             (self.views[inp], self.views[out])
             for out, inp in graph.state.items()
             if plan.address(out) != plan.address(inp)
         ]
+        # Only a double feed can overflow on its way into float32, only a float16 output on its way out.
+        self.narrowed_inputs = any(graph.boundary_dtype(name) == "float64" for name, _ in self.inputs)
+        self.narrowed_outputs = any(dtype == "float16" for _, _, dtype in self.outputs)
         self.loader: Loader | None = None
         self.stall_seconds = 0.0  # the last inference's wait for weights
         if plan.loads:
@@ -148,12 +151,11 @@ class Executor:
                 )
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        with np.errstate(over="raise"):  # a double feed beyond float32 would become inf unseen
+        if self.narrowed_inputs:
+            self._copy_narrowed_in(feeds)
+        else:
             for name, view in self.inputs:
-                try:
-                    np.copyto(view, feeds[name])
-                except FloatingPointError:
-                    raise _beyond_float32(name, feeds[name]) from None
+                np.copyto(view, feeds[name])
         loader = self.loader
         i = 0
         try:
@@ -179,24 +181,32 @@ class Executor:
             raise InputValueError(self.plan.steps[i].node, e.op_type, e.why) from None
         for kept, new in self.state_copies:  # within the arena, after a run that succeeded
             np.copyto(kept, new)
+        if not self.narrowed_outputs:
+            return {name: view.astype(dtype) for name, view, dtype in self.outputs}
         with np.errstate(over="ignore"):  # a float16 output beyond its range is inf, as in ORT
             return {name: view.astype(dtype) for name, view, dtype in self.outputs}
 
+    def _copy_narrowed_in(self, feeds: Mapping[str, np.ndarray]) -> None:
+        with np.errstate(over="raise"):  # a double feed beyond float32 would become inf unseen
+            for name, view in self.inputs:
+                try:
+                    np.copyto(view, feeds[name])
+                except FloatingPointError:
+                    raise _beyond_float32(name, feeds[name]) from None
+
     def state_views(self) -> dict[str, np.ndarray]:
         """The state inputs' views of the arena, by name (what the next run reads)."""
-        return {name: view for name, view, _ in self.state}
+        return dict(self.state)
 
     def evict_state(self) -> dict[str, np.ndarray]:
         """The state as heap copies, every other page of the arena returned first, so the copy adds
         nothing to the arena's peak: the executor is spent, to be closed next."""
         plan = self.plan
-        self.arena.drop_pages_except(
-            [(plan.region[n].offset, plan.region[n].nbytes) for n, _, _ in self.state]
-        )
-        return {name: kept.copy() for name, kept, _ in self.state}
+        self.arena.drop_pages_except([(plan.region[n].offset, plan.region[n].nbytes) for n, _ in self.state])
+        return {name: kept.copy() for name, kept in self.state}
 
     def reset_state(self) -> None:
-        for _, kept, _ in self.state:
+        for _, kept in self.state:
             kept.fill(0)
 
     def close(self) -> None:
