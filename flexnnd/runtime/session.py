@@ -95,9 +95,7 @@ def package_for(
             f"{path} is a package, imported with fixed shapes already: input_shapes apply to an .onnx file"
         )
     if target == path and state:
-        raise PackageError(
-            f"{path} is a package, imported with its state pairs: state applies to an .onnx file"
-        )
+        raise _state_of_a_package(path)
     if target != path and not (target / MANIFEST).is_file():
         from flexnnd.runtime.ladders import import_model  # onnx only where an .onnx is imported
 
@@ -208,6 +206,10 @@ class Swap:
     overlapped: bool  # the old plan kept serving while the new arena was loaded
 
 
+def _state_of_a_package(path) -> PackageError:
+    return PackageError(f"{path} is a package, imported with its state pairs: state applies to an .onnx file")
+
+
 def _carry_state(state: Mapping[str, np.ndarray], fresh: Executor) -> None:
     """The state a run left (views of the old arena, or their copies) into a new plan's arena."""
     views = fresh.state_views()
@@ -238,9 +240,7 @@ class Session:
         state: Mapping[str, str] | None = None,
     ):
         if isinstance(model, Package) and state:
-            raise PackageError(
-                f"{model.path} is a package, imported with its state pairs: state applies to an .onnx file"
-            )
+            raise _state_of_a_package(model.path)
         self.package: Package = (
             model
             if isinstance(model, Package)
