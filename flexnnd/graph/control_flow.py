@@ -18,7 +18,6 @@ not define is looked up in the scopes around it, as ONNX scoping says (`Scope.re
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -170,16 +169,6 @@ def mark_runtime(proto: onnx.NodeProto, runtime: set[str], depth: int, label: st
         reads |= free_names(g, depth + 1, label)
     if not runtime.isdisjoint(reads):
         runtime.update(o for o in proto.output if o)
-
-
-def keep_guards(draft, guards: dict[str, tuple[tuple[str, bool], ...]]) -> None:
-    """A fusion that builds a new node names it after the pattern's last node and drops its guard:
-    give it that node's guard back (whatever reads its output sits in the same branch or deeper)."""
-    if guards:
-        draft.nodes = [
-            dataclasses.replace(n, guard=guards[n.name]) if not n.guard and n.name in guards else n
-            for n in draft.nodes
-        ]
 
 
 # ---- the import ---------------------------------------------------------------------------------

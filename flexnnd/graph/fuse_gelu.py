@@ -162,7 +162,7 @@ def fuse_gelu(draft: Draft) -> None:
             continue
         approximate = "none" if node.op_type == "Erf" else "tanh"
         op = gelu(approximate=approximate)
-        fused = Node(tail[-1].name, op, (x,), (y,), (draft.infos[x].shape,))
+        fused = Node(tail[-1].name, op, (x,), (y,), (draft.infos[x].shape,), guard=tail[-1].guard)
         removed.update(n.name for n in chain)
         replacement[tail[-1].name] = fused
         draft.log.append(f"fused {len(chain)} nodes into Gelu({approximate}) {fused.name}")

@@ -193,7 +193,7 @@ def _match(draft: Draft, mean: Node, readers: dict[str, list[Node]]) -> tuple[No
         inputs.append(next(n for n in bias[0].inputs if n in draft.consts))
     op = LayerNormalization(axis=axis - len(x_shape), epsilon=epsilon)
     in_shapes = tuple(x_shape if n == chain.x else tuple(draft.consts[n].shape) for n in inputs)
-    return Node(last.name, op, tuple(inputs), (out,), in_shapes), chain.nodes
+    return Node(last.name, op, tuple(inputs), (out,), in_shapes, guard=last.guard), chain.nodes
 
 
 def fuse_layernorm(draft: Draft) -> None:

@@ -54,7 +54,7 @@ def fuse_swish(draft: Draft) -> None:
         if draft.infos[y].shape != draft.infos[x].shape or mul.name in removed:
             continue
         op = op_class(kind)()
-        replacement[mul.name] = Node(mul.name, op, (x,), (y,), (draft.infos[x].shape,))
+        replacement[mul.name] = Node(mul.name, op, (x,), (y,), (draft.infos[x].shape,), guard=mul.guard)
         removed.update((gate.name, mul.name))
         draft.log.append(f"fused {gate.op_type} {gate.name} and Mul {mul.name} into {kind}")
     if removed:

@@ -283,11 +283,9 @@ def import_onnx(
     try:
         with _float_errors_raise():
             passes.remove_identities(draft)
-            guards = {n.name: n.guard for n in draft.nodes if n.guard}
             fuse_gelu(draft)
             fuse_layernorm(draft)
             fuse_swish(draft)
-            control_flow.keep_guards(draft, guards)
             passes.fold_batchnorm(draft)
             passes.fuse_activations(draft)
             passes.fuse_residual_adds(draft)
